@@ -1,0 +1,170 @@
+"""SQLAlchemy 2 typed models. Alembic (``backend/db/migrations``) owns the schema.
+
+Tables: ``bots``, ``chats``, ``chat_bots`` (membership), ``messages`` (bots' and humans'),
+``settings`` (operator settings, one row per key) and ``webhook_updates`` (deduplication of
+Telegram updates on (bot, update_id)). Timestamps are aware UTC (:class:`UTCDateTime`);
+JSON columns are validated by pydantic models (:class:`PydanticJSON`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import JsonValue
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy import (
+    text as sql_text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from backend.db.types import PydanticJSON, UTCDateTime, utcnow
+from backend.schemas import HoldingList, MessageMeta, PersonaProfile, StanceList, TopicWeights
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention (stable Alembic diffs)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Bot(Base):
+    """A bot account and its persona.
+
+    ``token_encrypted`` holds the Fernet ciphertext of the bot token; the plain token never
+    touches the database (see ``backend.crypto``).
+    """
+
+    __tablename__ = "bots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    telegram_user_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    token_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    persona: Mapped[PersonaProfile] = mapped_column(PydanticJSON(PersonaProfile))
+    stances: Mapped[StanceList] = mapped_column(PydanticJSON(StanceList))
+    holdings: Mapped[HoldingList] = mapped_column(PydanticJSON(HoldingList))
+    mood: Mapped[float] = mapped_column(Float, default=0.0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("mood >= -1 AND mood <= 1", name="mood_range"),)
+
+
+class Chat(Base):
+    """A Telegram group the bots talk in."""
+
+    __tablename__ = "chats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    telegram_chat_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    title: Mapped[str] = mapped_column(String(255))
+    topics: Mapped[TopicWeights] = mapped_column(PydanticJSON(TopicWeights))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ChatBot(Base):
+    """Membership of a bot in a chat."""
+
+    __tablename__ = "chat_bots"
+
+    chat_id: Mapped[int] = mapped_column(
+        ForeignKey("chats.id", ondelete="CASCADE"), primary_key=True
+    )
+    bot_id: Mapped[int] = mapped_column(
+        ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True
+    )
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Message(Base):
+    """A message in a chat, from one of our bots or from anyone else (humans, other bots).
+
+    ``bot_id`` is NULL for humans, who have ``sender_id`` (Telegram user id) and
+    ``sender_name`` instead: the prototype dropped human messages because ``bot_id`` was
+    NOT NULL. ``reply_wanted`` marks a human message the engine has not answered yet.
+    ``turn_id`` is the scheduler's turn that produced a bot message (unique: one message
+    per turn).
+    """
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
+    bot_id: Mapped[int | None] = mapped_column(ForeignKey("bots.id", ondelete="SET NULL"))
+    sender_id: Mapped[int | None] = mapped_column(BigInteger)
+    sender_name: Mapped[str | None] = mapped_column(String(255))
+    telegram_message_id: Mapped[int] = mapped_column(BigInteger)
+    reply_to_telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text, default="")
+    meta: Mapped[MessageMeta] = mapped_column(
+        "metadata", PydanticJSON(MessageMeta), default=MessageMeta
+    )
+    turn_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    reply_wanted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("chat_id", "telegram_message_id", name="uq_messages_chat_tg_id"),
+        CheckConstraint(
+            "bot_id IS NOT NULL OR sender_id IS NOT NULL", name="sender_known"
+        ),
+        Index("ix_messages_chat_created", "chat_id", "created_at"),
+        Index("ix_messages_bot_created", "bot_id", "created_at"),
+        Index(
+            "ix_messages_reply_wanted",
+            "chat_id",
+            sqlite_where=sql_text("reply_wanted"),
+            postgresql_where=sql_text("reply_wanted"),
+        ),
+    )
+
+
+class SettingRow(Base):
+    """One operator setting (a field of ``SimulationSettings``), validated by the store."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(PydanticJSON(JsonValue))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookUpdate(Base):
+    """A Telegram update already taken, keyed by (bot, update_id) for deduplication.
+
+    Telegram retries updates it thinks failed and keeps them up to 24 h
+    (core.telegram.org/bots/api#getting-updates).
+    """
+
+    __tablename__ = "webhook_updates"
+
+    bot_id: Mapped[int] = mapped_column(
+        ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True
+    )
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

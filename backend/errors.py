@@ -1,0 +1,130 @@
+"""The one error tree of botsim.
+
+Every error the engine raises on purpose derives from :class:`BotsimError`. Errors carry
+what recovery needs (``TelegramRetryAfter.retry_after``, ``TelegramChatMigrated.new_chat_id``);
+only the API layer turns them into HTTP answers, and only the CLI into exit codes::
+
+    BotsimError
+    ├── ConfigError                 settings missing, malformed or unsafe (exit code 2)
+    ├── ValidationFailed            input that does not fit its model; names where and why
+    │   └── PersonaFileError        a persona file: file name, field, reason
+    ├── NotFound                    an id that names nothing
+    ├── StorageError                the database refused or is unreachable
+    └── TelegramError               a Bot API call failed (``bot_id`` says which bot)
+        ├── TelegramRetryAfter      429: wait ``retry_after`` seconds for that bot
+        ├── TelegramChatMigrated    400 with ``migrate_to_chat_id``: use ``new_chat_id``
+        ├── TelegramReplyNotFound   400 "message to be replied not found"
+        ├── TelegramForbidden       403: the bot was kicked or blocked in that chat
+        ├── TelegramInvalidToken    401/404 on the token: wrong or revoked
+        ├── TelegramBadRequest      any other 400
+        └── TelegramUnavailable     network error or 5xx; ``delivered_unknown`` says whether
+                                    the request may have reached Telegram
+
+The split between ``TelegramUnavailable(delivered_unknown=True)`` and the rest matters for
+exactly-once sending: only a send that certainly did not reach Telegram may be retried.
+"""
+
+from __future__ import annotations
+
+
+class BotsimError(Exception):
+    """Root of every error botsim raises on purpose."""
+
+
+class ConfigError(BotsimError):
+    """Settings are missing, malformed or unsafe for the chosen environment."""
+
+
+class ValidationFailed(BotsimError):
+    """Input does not fit its model.
+
+    Args:
+        where: what was being validated (a file name, a settings key, an API body).
+        problems: one ``(field, reason)`` pair per problem, field as a dotted path.
+    """
+
+    def __init__(self, where: str, problems: list[tuple[str, str]]) -> None:
+        self.where = where
+        self.problems = problems
+        lines = "; ".join(f"{field}: {reason}" for field, reason in problems)
+        super().__init__(f"{where}: {lines}")
+
+
+class PersonaFileError(ValidationFailed):
+    """A persona file was refused; the message names the file, the field and the reason."""
+
+
+class NotFound(BotsimError):
+    """An id that names nothing (``kind`` and ``key`` say which)."""
+
+    def __init__(self, kind: str, key: object) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key!r} not found")
+
+
+class StorageError(BotsimError):
+    """The database refused an operation or could not be reached."""
+
+
+class TelegramError(BotsimError):
+    """A Bot API call failed.
+
+    Args:
+        message: Telegram's description, or what went wrong on the way.
+        bot_id: our id of the bot whose call failed, if known.
+    """
+
+    def __init__(self, message: str, *, bot_id: int | None = None) -> None:
+        self.bot_id = bot_id
+        super().__init__(message)
+
+
+class TelegramRetryAfter(TelegramError):
+    """HTTP 429: the bot must not call Telegram again for ``retry_after`` seconds.
+
+    Source: core.telegram.org/bots/faq ("retry after N"); ignoring it can get a bot banned.
+    """
+
+    def __init__(self, retry_after: float, *, bot_id: int | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"Too Many Requests: retry after {retry_after:g}", bot_id=bot_id)
+
+
+class TelegramChatMigrated(TelegramError):
+    """The group became a supergroup; ``new_chat_id`` is the chat's id from now on."""
+
+    def __init__(self, new_chat_id: int, *, bot_id: int | None = None) -> None:
+        self.new_chat_id = new_chat_id
+        super().__init__(f"chat migrated to {new_chat_id}", bot_id=bot_id)
+
+
+class TelegramReplyNotFound(TelegramError):
+    """The message to reply to is gone: send without the reply, keep the thread in our data."""
+
+
+class TelegramForbidden(TelegramError):
+    """403: the bot was kicked from the chat (stop posting there, tell the operator)."""
+
+
+class TelegramInvalidToken(TelegramError):
+    """401: the token is wrong or revoked (disable the bot, tell the operator)."""
+
+
+class TelegramBadRequest(TelegramError):
+    """Any other 400 answer from the Bot API."""
+
+
+class TelegramUnavailable(TelegramError):
+    """The Bot API could not be reached or answered 5xx.
+
+    Attributes:
+        delivered_unknown: True when the request may have reached Telegram (read timeout,
+            connection dropped after sending); such a send must never be repeated by itself.
+    """
+
+    def __init__(
+        self, message: str, *, delivered_unknown: bool, bot_id: int | None = None
+    ) -> None:
+        self.delivered_unknown = delivered_unknown
+        super().__init__(message, bot_id=bot_id)

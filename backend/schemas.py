@@ -1,0 +1,293 @@
+"""Typed models for every JSON column and every persona file.
+
+The prototype stored JSON as strings and read it back as dicts (``'str' object has no
+attribute 'get'``). Here every JSON value passes through one of these pydantic models on the
+way into the database and on the way out (see ``backend.db.types.PydanticJSON``).
+
+Topic ids are lowercase slugs. The demo world knows ``usdtry``, ``bist100``, ``btc``, ``gold``,
+``rates`` and ``inflation``; any other slug is accepted and treated as a free topic.
+Market symbols (holdings) are the uppercase ids of ``behavior_engine.market``: ``USDTRY``,
+``BIST100``, ``BTC``, ``GOLD``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+TopicId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
+Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]{1,15}$")]
+
+#: Telegram bot usernames: 5–32 characters of ``A-Za-z0-9_``, ending in "bot"
+#: (core.telegram.org/bots/features#botfather).
+BOT_USERNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,28}[Bb][Oo][Tt]$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Style(_Strict):
+    """How a persona writes.
+
+    Attributes:
+        formality: ``casual`` (slang, lowercase), ``neutral`` or ``formal`` (full sentences).
+        emoji_rate: expected emojis per message, 0.0–3.0.
+        length: preferred message length: ``short`` (≤ 8 words), ``medium`` (8–20),
+            ``long`` (20–45).
+    """
+
+    formality: Literal["casual", "neutral", "formal"]
+    emoji_rate: float = Field(ge=0.0, le=3.0)
+    length: Literal["short", "medium", "long"]
+
+
+class Stance(_Strict):
+    """A persona's view on one topic.
+
+    Attributes:
+        topic: topic id (``usdtry``, ``btc``, ...).
+        view: ``bullish`` (goes up / good), ``bearish`` or ``neutral``.
+        conviction: 0.0 (open to persuasion) – 1.0 (immovable).
+        reason: one sentence in the persona's language, used in prompts and templates.
+    """
+
+    topic: TopicId
+    view: Literal["bullish", "bearish", "neutral"]
+    conviction: float = Field(ge=0.0, le=1.0)
+    reason: str = Field(min_length=1, max_length=300)
+
+
+class Holding(_Strict):
+    """A position in a market symbol.
+
+    Attributes:
+        symbol: market symbol (``USDTRY``, ``BIST100``, ``BTC``, ``GOLD``).
+        quantity: units held, > 0.
+        avg_cost: average cost per unit in the symbol's quote currency, > 0.
+    """
+
+    symbol: Symbol
+    quantity: float = Field(gt=0)
+    avg_cost: float = Field(gt=0)
+
+
+class TopicWeights(_Strict):
+    """Topic id → relative weight (> 0); at least one topic."""
+
+    weights: dict[TopicId, float] = Field(min_length=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for topic, w in v.items():
+            if not w > 0:
+                raise ValueError(f"weight of topic {topic!r} must be > 0, got {w}")
+        return v
+
+
+class PersonaProfile(_Strict):
+    """The stable part of a persona, stored in ``bots.persona``.
+
+    Attributes:
+        role: short role label (``long-term investor``, ``scalper``, ...).
+        language: ISO 639-1 code of the language the persona writes in (``tr`` or ``en``).
+        bio: persona text: who they are, how they think (1–4000 characters).
+        style: how they write.
+        topics: topic id → weight: what they like to talk about.
+        talkativeness: relative share of the chat's messages (1.0 = average), 0.05–10.
+        mood_baseline: resting mood, -1.0 (gloomy) – 1.0 (euphoric).
+    """
+
+    role: str = Field(min_length=1, max_length=80)
+    language: Literal["tr", "en"]
+    bio: str = Field(min_length=1, max_length=4000)
+    style: Style
+    topics: dict[TopicId, float] = Field(min_length=1)
+    talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
+    mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
+
+    @field_validator("topics")
+    @classmethod
+    def _positive_topics(cls, v: dict[str, float]) -> dict[str, float]:
+        for topic, w in v.items():
+            if not w > 0:
+                raise ValueError(f"weight of topic {topic!r} must be > 0, got {w}")
+        return v
+
+
+class StanceList(_Strict):
+    """The ``bots.stances`` column: at most one stance per topic."""
+
+    items: list[Stance] = Field(default_factory=list)
+
+    @field_validator("items")
+    @classmethod
+    def _one_per_topic(cls, v: list[Stance]) -> list[Stance]:
+        seen: set[str] = set()
+        for s in v:
+            if s.topic in seen:
+                raise ValueError(f"two stances on topic {s.topic!r}")
+            seen.add(s.topic)
+        return v
+
+
+class HoldingList(_Strict):
+    """The ``bots.holdings`` column: at most one holding per symbol."""
+
+    items: list[Holding] = Field(default_factory=list)
+
+    @field_validator("items")
+    @classmethod
+    def _one_per_symbol(cls, v: list[Holding]) -> list[Holding]:
+        seen: set[str] = set()
+        for h in v:
+            if h.symbol in seen:
+                raise ValueError(f"two holdings of symbol {h.symbol!r}")
+            seen.add(h.symbol)
+        return v
+
+
+class Persona(_Strict):
+    """A whole persona as written in ``bots/personas/*.yaml``.
+
+    Attributes:
+        name: display name (``Mehmet Yatırımcı``), 1–64 characters.
+        username: Telegram username, must end in "bot" (Telegram's rule for bot accounts).
+        profile fields: see :class:`PersonaProfile` (flattened in the file).
+        stances: views on topics, one per topic.
+        holdings: positions, one per symbol.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    username: str
+    role: str = Field(min_length=1, max_length=80)
+    language: Literal["tr", "en"]
+    bio: str = Field(min_length=1, max_length=4000)
+    style: Style
+    topics: dict[TopicId, float] = Field(min_length=1)
+    talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
+    mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
+    stances: list[Stance] = Field(default_factory=list)
+    holdings: list[Holding] = Field(default_factory=list)
+
+    @field_validator("username")
+    @classmethod
+    def _bot_username(cls, v: str) -> str:
+        if not BOT_USERNAME_RE.fullmatch(v):
+            raise ValueError(
+                "must be 5-32 characters of A-Za-z0-9_, start with a letter and end in 'bot'"
+                " (Telegram's rule for bot usernames)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Persona:
+        PersonaProfile.model_validate(self.profile().model_dump())
+        StanceList(items=self.stances)
+        HoldingList(items=self.holdings)
+        return self
+
+    def profile(self) -> PersonaProfile:
+        """Return the stable profile part stored in ``bots.persona``."""
+        return PersonaProfile(
+            role=self.role,
+            language=self.language,
+            bio=self.bio,
+            style=self.style,
+            topics=self.topics,
+            talkativeness=self.talkativeness,
+            mood_baseline=self.mood_baseline,
+        )
+
+
+class HourlyLimit(_Strict):
+    """Messages per bot per hour, drawn per bot between ``min`` and ``max`` (inclusive)."""
+
+    min: int = Field(ge=0, le=1200)
+    max: int = Field(ge=0, le=1200)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HourlyLimit:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class PrimeHours(_Strict):
+    """Hours of the day (local to ``timezone``) when bots talk ``boost`` times more."""
+
+    hours: list[int] = Field(default_factory=lambda: [9, 10, 12, 13, 18, 19, 20, 21])
+    boost: float = Field(default=1.5, ge=1.0, le=10.0)
+    timezone: str = "Europe/Istanbul"
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: list[int]) -> list[int]:
+        bad = [h for h in v if not 0 <= h <= 23]
+        if bad:
+            raise ValueError(f"hours must be 0-23, got {bad}")
+        return sorted(set(v))
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+
+class SimulationSettings(_Strict):
+    """Operator settings stored in the ``settings`` table, one row per field.
+
+    Attributes:
+        simulation_active: when False no bot starts a turn (human messages are still stored).
+        bot_hourly_msg_limit: per-bot budget of messages per hour.
+        max_msgs_per_min: cap on messages per chat per minute, all bots together, 1–20
+            (Telegram allows a bot 20 messages/min per group; core.telegram.org/bots/faq).
+        prime_hours: hours with more activity and their boost.
+        scale_factor: multiplies every bot's budget (0.01–100), for quick tuning.
+    """
+
+    simulation_active: bool = True
+    bot_hourly_msg_limit: HourlyLimit = HourlyLimit(min=6, max=12)
+    max_msgs_per_min: int = Field(default=6, ge=1, le=20)
+    prime_hours: PrimeHours = PrimeHours()
+    scale_factor: float = Field(default=1.0, ge=0.01, le=100.0)
+
+
+class MessageMeta(_Strict):
+    """The ``messages.metadata`` column.
+
+    Attributes:
+        provider: which generator wrote a bot message (``offline``, ``groq``, ...).
+        model: the provider's model name, if any.
+        topic: topic id the turn was about.
+        sender_is_bot: True when the sender is a bot (ours or another).
+        sender_username: Telegram username of the sender, if it has one.
+        kind: ``text`` or the kind of a non-text message (``photo``, ``sticker``, ...).
+        update_id: the webhook update that brought a received message.
+        edited: True if this row was updated by an ``edited_message`` update.
+    """
+
+    provider: str | None = None
+    model: str | None = None
+    topic: str | None = None
+    sender_is_bot: bool = False
+    sender_username: str | None = None
+    kind: str = "text"
+    update_id: int | None = None
+    edited: bool = False

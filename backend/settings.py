@@ -1,0 +1,134 @@
+"""Process settings (pydantic-settings): built once in each entry point and passed down.
+
+Nothing in botsim reads ``os.environ`` after this object is built, and nothing builds one at
+import time. Every field can be set by an environment variable named ``BOTSIM_<FIELD>``
+(upper case); the database and Redis URLs also answer to the conventional ``DATABASE_URL``
+and ``REDIS_URL``. The README's configuration table lists them all.
+
+Operator settings that change while the simulation runs (``simulation_active``, hourly
+budgets, ...) live in the database instead: see ``backend.schemas.SimulationSettings``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.errors import ConfigError
+
+_SECRET_MIN_CHARS = 32
+
+
+class Settings(BaseSettings):
+    """Settings of one botsim process.
+
+    Attributes:
+        env: ``development`` allows generated secrets (the demo); ``production`` refuses to
+            start without ``fernet_key`` and ``webhook_secret`` (see :meth:`check_secrets`).
+        data_dir: folder for the SQLite file and generated development keys.
+        database_url: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/botsim.db``.
+            PostgreSQL: ``postgresql+asyncpg://user@host:5432/db`` (``postgresql://`` is
+            accepted and given the asyncpg driver).
+        redis_url: Redis URL, or None for the embedded default (in-process only).
+        fernet_key: Fernet key (urlsafe base64, 32 bytes) that encrypts bot tokens at rest.
+        webhook_secret: master secret from which each bot's webhook ``secret_token`` is
+            derived (HMAC-SHA256), at least 32 characters.
+        telegram_api_url: Bot API base URL handed to python-telegram-bot (``base_url``), e.g.
+            ``https://api.telegram.org/bot`` or the sandbox's ``http://127.0.0.1:8081/bot``.
+        public_webhook_url: the URL Telegram reaches the listener at, without the trailing
+            ``/webhook/<bot_id>``.
+        listener_host / listener_port: where the listener binds.
+        tick_seconds: how often the worker's scheduler decides turns, seconds (0.1–60).
+        seed: seed of the market feed and the offline generator.
+        log_level: Python logging level name.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BOTSIM_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".botsim")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("BOTSIM_DATABASE_URL", "DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("BOTSIM_REDIS_URL", "REDIS_URL")
+    )
+    fernet_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    telegram_api_url: str = "http://127.0.0.1:8081/bot"
+    public_webhook_url: str = "http://127.0.0.1:8082"
+    listener_host: str = "127.0.0.1"
+    listener_port: int = Field(default=8082, ge=0, le=65535)
+    tick_seconds: float = Field(default=1.0, ge=0.1, le=60.0)
+    seed: int = 42
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if re.match(r"^postgres(ql)?://", v):
+            v = re.sub(r"^postgres(ql)?://", "postgresql+asyncpg://", v)
+        if v.startswith("sqlite://"):
+            v = "sqlite+aiosqlite://" + v[len("sqlite://") :]
+        if not (v.startswith("postgresql+asyncpg://") or v.startswith("sqlite+aiosqlite://")):
+            raise ValueError(
+                "must be a PostgreSQL (postgresql://...) or SQLite (sqlite:///path) URL"
+            )
+        return v
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: ``database_url`` or the SQLite file in ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'botsim.db').resolve()}"
+
+    def check_secrets(self) -> None:
+        """Refuse unsafe secrets outside development.
+
+        Raises:
+            ConfigError: in production, when ``fernet_key`` or ``webhook_secret`` is missing
+                or ``webhook_secret`` is shorter than 32 characters.
+        """
+        if self.env != "production":
+            return
+        missing = [
+            name.upper()
+            for name in ("fernet_key", "webhook_secret")
+            if getattr(self, name) is None
+        ]
+        if missing:
+            raise ConfigError(
+                "production mode refuses to start without "
+                + ", ".join(f"BOTSIM_{m}" for m in missing)
+                + " (no default secrets outside development)"
+            )
+        assert self.webhook_secret is not None
+        if len(self.webhook_secret.get_secret_value()) < _SECRET_MIN_CHARS:
+            raise ConfigError(
+                f"BOTSIM_WEBHOOK_SECRET must be at least {_SECRET_MIN_CHARS} characters"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the process settings from the environment plus ``overrides``.
+
+    Raises:
+        ConfigError: naming each bad variable and why (instead of pydantic's traceback).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            env_name = f"BOTSIM_{field.upper()}"
+            problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("bad settings: " + "; ".join(problems)) from None

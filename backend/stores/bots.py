@@ -1,0 +1,77 @@
+"""Bots and their personas. Keyword-only async functions over an ``AsyncSession``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.crypto import TokenCipher
+from backend.db.models import Bot
+from backend.errors import NotFound, ValidationFailed
+from backend.schemas import HoldingList, Persona, StanceList
+
+
+def bot_id_from_token(token: str) -> int:
+    """Return the Telegram user id at the start of a bot token (``123456:AA...``).
+
+    Raises:
+        ValidationFailed: when the token does not look like ``<digits>:<secret>``.
+    """
+    head, sep, rest = token.partition(":")
+    if not (sep and head.isdigit() and len(rest) >= 8):
+        raise ValidationFailed("bot token", [("token", "expected '<bot id>:<secret>'")])
+    return int(head)
+
+
+async def upsert_persona_bot(
+    session: AsyncSession, *, persona: Persona, token: str, cipher: TokenCipher
+) -> Bot:
+    """Create the bot for ``persona`` or update the one with its username.
+
+    The token is stored encrypted; the persona's mood starts at its baseline.
+
+    Returns:
+        The bot row (flushed, with its id).
+    """
+    bot = (
+        await session.execute(select(Bot).where(Bot.username == persona.username))
+    ).scalar_one_or_none()
+    if bot is None:
+        bot = Bot(username=persona.username, mood=persona.mood_baseline, enabled=True)
+        session.add(bot)
+    bot.name = persona.name
+    bot.telegram_user_id = bot_id_from_token(token)
+    bot.token_encrypted = cipher.encrypt(token)
+    bot.persona = persona.profile()
+    bot.stances = StanceList(items=list(persona.stances))
+    bot.holdings = HoldingList(items=list(persona.holdings))
+    await session.flush()
+    return bot
+
+
+async def get_bot(session: AsyncSession, *, bot_id: int) -> Bot:
+    """Return the bot with ``bot_id``.
+
+    Raises:
+        NotFound: when there is none.
+    """
+    bot = await session.get(Bot, bot_id)
+    if bot is None:
+        raise NotFound("bot", bot_id)
+    return bot
+
+
+async def list_bots(session: AsyncSession, *, enabled_only: bool = False) -> Sequence[Bot]:
+    """Return bots ordered by id (only enabled ones if ``enabled_only``)."""
+    stmt = select(Bot).order_by(Bot.id)
+    if enabled_only:
+        stmt = stmt.where(Bot.enabled.is_(True))
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def set_mood(session: AsyncSession, *, bot_id: int, mood: float) -> None:
+    """Store a bot's mood, clamped to [-1, 1]."""
+    bot = await get_bot(session, bot_id=bot_id)
+    bot.mood = max(-1.0, min(1.0, mood))

@@ -1,0 +1,77 @@
+"""Chats and which bots are in them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.db.models import Bot, Chat, ChatBot
+from backend.errors import NotFound
+from backend.schemas import TopicWeights
+
+
+async def upsert_chat(
+    session: AsyncSession, *, telegram_chat_id: int, title: str, topics: dict[str, float]
+) -> Chat:
+    """Create the chat with ``telegram_chat_id`` or update its title and topics."""
+    chat = (
+        await session.execute(select(Chat).where(Chat.telegram_chat_id == telegram_chat_id))
+    ).scalar_one_or_none()
+    if chat is None:
+        chat = Chat(telegram_chat_id=telegram_chat_id, enabled=True)
+        session.add(chat)
+    chat.title = title
+    chat.topics = TopicWeights(weights=topics)
+    await session.flush()
+    return chat
+
+
+async def add_bot(session: AsyncSession, *, chat_id: int, bot_id: int) -> None:
+    """Make ``bot_id`` a member of ``chat_id`` (idempotent)."""
+    if await session.get(ChatBot, (chat_id, bot_id)) is None:
+        session.add(ChatBot(chat_id=chat_id, bot_id=bot_id))
+        await session.flush()
+
+
+async def get_chat(session: AsyncSession, *, chat_id: int) -> Chat:
+    """Return the chat with our id ``chat_id``.
+
+    Raises:
+        NotFound: when there is none.
+    """
+    chat = await session.get(Chat, chat_id)
+    if chat is None:
+        raise NotFound("chat", chat_id)
+    return chat
+
+
+async def get_chat_by_telegram_id(session: AsyncSession, *, telegram_chat_id: int) -> Chat | None:
+    """Return the chat with Telegram id ``telegram_chat_id``, or None."""
+    return (
+        await session.execute(select(Chat).where(Chat.telegram_chat_id == telegram_chat_id))
+    ).scalar_one_or_none()
+
+
+async def list_chats(session: AsyncSession, *, enabled_only: bool = False) -> Sequence[Chat]:
+    """Return chats ordered by id."""
+    stmt = select(Chat).order_by(Chat.id)
+    if enabled_only:
+        stmt = stmt.where(Chat.enabled.is_(True))
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def chat_bots(
+    session: AsyncSession, *, chat_id: int, enabled_only: bool = True
+) -> Sequence[Bot]:
+    """Return the bots that are members of ``chat_id``, ordered by id."""
+    stmt = (
+        select(Bot)
+        .join(ChatBot, ChatBot.bot_id == Bot.id)
+        .where(ChatBot.chat_id == chat_id)
+        .order_by(Bot.id)
+    )
+    if enabled_only:
+        stmt = stmt.where(Bot.enabled.is_(True))
+    return (await session.execute(stmt)).scalars().all()

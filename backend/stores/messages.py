@@ -1,0 +1,257 @@
+"""Messages (bots' and humans') and the deduplication of webhook updates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from backend.db.models import Message, WebhookUpdate
+from backend.db.types import utcnow
+from backend.schemas import MessageMeta
+
+
+async def _insert_ignore(
+    session: AsyncSession, model: Any, values: dict[str, Any], conflict: list[str]
+) -> int | None:
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING; return the new primary key or None."""
+    dialect = session.get_bind().dialect.name
+    table = model.__table__
+    # Column types (validation, UTC) apply in Core inserts through the Column objects.
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
+    pk = next(iter(table.primary_key.columns))
+    stmt = ins.on_conflict_do_nothing(index_elements=conflict).returning(pk)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def take_update(session: AsyncSession, *, bot_id: int, update_id: int) -> bool:
+    """Record that ``(bot_id, update_id)`` was taken.
+
+    Returns:
+        True the first time, False when that update was already taken (a redelivery).
+    """
+    got = await _insert_ignore(
+        session,
+        WebhookUpdate,
+        {"bot_id": bot_id, "update_id": update_id, "received_at": utcnow()},
+        ["bot_id", "update_id"],
+    )
+    return got is not None
+
+
+async def record_incoming(
+    session: AsyncSession,
+    *,
+    chat_id: int,
+    telegram_message_id: int,
+    text: str,
+    sender_id: int,
+    sender_name: str,
+    meta: MessageMeta,
+    created_at: datetime,
+    reply_to_telegram_message_id: int | None = None,
+    bot_id: int | None = None,
+    reply_wanted: bool = False,
+) -> int | None:
+    """Store a message that arrived by webhook (a human's, or another bot's).
+
+    The same group message reaches every member bot as its own update; it is stored once,
+    on the unique (chat, Telegram message id).
+
+    Returns:
+        The new message id, or None when the message was already stored.
+    """
+    return await _insert_ignore(
+        session,
+        Message,
+        {
+            "chat_id": chat_id,
+            "bot_id": bot_id,
+            "sender_id": sender_id,
+            "sender_name": sender_name,
+            "telegram_message_id": telegram_message_id,
+            "reply_to_telegram_message_id": reply_to_telegram_message_id,
+            "text": text,
+            "metadata": meta,
+            "reply_wanted": reply_wanted,
+            "created_at": created_at,
+        },
+        ["chat_id", "telegram_message_id"],
+    )
+
+
+async def record_sent(
+    session: AsyncSession,
+    *,
+    chat_id: int,
+    bot_id: int,
+    turn_id: str,
+    telegram_message_id: int,
+    text: str,
+    meta: MessageMeta,
+    created_at: datetime,
+    reply_to_telegram_message_id: int | None = None,
+) -> Message:
+    """Store a message one of our bots sent, from Telegram's answer to sendMessage.
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: when the turn or the (chat, Telegram id) is already
+            stored — a duplicate, which must never happen.
+    """
+    msg = Message(
+        chat_id=chat_id,
+        bot_id=bot_id,
+        turn_id=turn_id,
+        telegram_message_id=telegram_message_id,
+        reply_to_telegram_message_id=reply_to_telegram_message_id,
+        text=text,
+        meta=meta,
+        created_at=created_at,
+    )
+    session.add(msg)
+    await session.flush()
+    return msg
+
+
+async def recent_messages(
+    session: AsyncSession, *, chat_id: int, limit: int = 20
+) -> list[Message]:
+    """Return the last ``limit`` messages of a chat, oldest first."""
+    rows = (
+        await session.execute(
+            select(Message)
+            .where(Message.chat_id == chat_id)
+            .order_by(Message.telegram_message_id.desc())
+            .limit(limit)
+        )
+    ).scalars().all()
+    return list(reversed(rows))
+
+
+async def waiting_for_reply(
+    session: AsyncSession, *, chat_id: int, since: datetime
+) -> Sequence[Message]:
+    """Return messages of ``chat_id`` marked ``reply_wanted`` and newer than ``since``, oldest first."""
+    return (
+        await session.execute(
+            select(Message)
+            .where(
+                Message.chat_id == chat_id,
+                Message.reply_wanted.is_(True),
+                Message.created_at >= since,
+            )
+            .order_by(Message.telegram_message_id)
+        )
+    ).scalars().all()
+
+
+async def mark_answered(
+    session: AsyncSession, *, chat_id: int, telegram_message_ids: Sequence[int]
+) -> None:
+    """Clear ``reply_wanted`` on the given messages of ``chat_id``."""
+    if telegram_message_ids:
+        await session.execute(
+            update(Message)
+            .where(
+                Message.chat_id == chat_id,
+                Message.telegram_message_id.in_(telegram_message_ids),
+            )
+            .values(reply_wanted=False)
+        )
+
+
+async def bot_message_counts(
+    session: AsyncSession, *, since: datetime, bot_ids: Sequence[int] | None = None
+) -> dict[int, int]:
+    """Return bot id → messages sent since ``since`` (all chats)."""
+    stmt = (
+        select(Message.bot_id, func.count())
+        .where(Message.bot_id.is_not(None), Message.created_at >= since)
+        .group_by(Message.bot_id)
+    )
+    if bot_ids is not None:
+        stmt = stmt.where(Message.bot_id.in_(bot_ids))
+    return {int(b): int(n) for b, n in (await session.execute(stmt)).all() if b is not None}
+
+
+async def chat_bot_message_count(session: AsyncSession, *, chat_id: int, since: datetime) -> int:
+    """Return how many messages our bots sent in ``chat_id`` since ``since``."""
+    stmt = select(func.count()).where(
+        Message.chat_id == chat_id, Message.bot_id.is_not(None), Message.created_at >= since
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def run_summary(session: AsyncSession, *, since: datetime) -> dict[str, int]:
+    """Figures of the messages stored since ``since`` (the demo's summary).
+
+    Returns:
+        ``messages`` (bot messages), ``bots_spoken`` (distinct bots), ``human_messages``,
+        ``human_replies`` (human messages answered by a bot message replying to them),
+        ``duplicates`` (extra rows sharing a (chat, Telegram id) or a turn id).
+    """
+    base = Message.created_at >= since
+    bot_msgs = (
+        await session.execute(select(func.count()).where(base, Message.bot_id.is_not(None)))
+    ).scalar_one()
+    bots_spoken = (
+        await session.execute(
+            select(func.count(func.distinct(Message.bot_id))).where(
+                base, Message.bot_id.is_not(None)
+            )
+        )
+    ).scalar_one()
+    humans = (
+        await session.execute(
+            select(func.count()).where(
+                base, Message.bot_id.is_(None), Message.sender_id.is_not(None)
+            )
+        )
+    ).scalar_one()
+    reply = aliased(Message)
+    answered = (
+        await session.execute(
+            select(func.count(func.distinct(Message.id))).where(
+                base,
+                Message.bot_id.is_(None),
+                select(reply.id)
+                .where(
+                    reply.chat_id == Message.chat_id,
+                    reply.bot_id.is_not(None),
+                    reply.reply_to_telegram_message_id == Message.telegram_message_id,
+                )
+                .exists(),
+            )
+        )
+    ).scalar_one()
+    dup_tg = (
+        select(func.count().label("n"))
+        .where(base)
+        .group_by(Message.chat_id, Message.telegram_message_id)
+        .subquery()
+    )
+    dup_turn = (
+        select(func.count().label("n"))
+        .where(base, Message.turn_id.is_not(None))
+        .group_by(Message.turn_id)
+        .subquery()
+    )
+    dups = 0
+    for sub in (dup_tg, dup_turn):
+        extra = (
+            await session.execute(select(func.coalesce(func.sum(sub.c.n - 1), 0)))
+        ).scalar_one()
+        dups += int(extra)
+    return {
+        "messages": int(bot_msgs),
+        "bots_spoken": int(bots_spoken),
+        "human_messages": int(humans),
+        "human_replies": int(answered),
+        "duplicates": dups,
+    }

@@ -1,0 +1,357 @@
+"""Who speaks, when, and to whom: budgets, per-chat caps, prime hours, reply priority, timing.
+
+Each tick the worker hands the scheduler one :class:`ChatView` per chat and the member
+bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
+
+* **Humans first.** A human message waiting for an answer gets one replier (two with
+  probability :data:`SECOND_REPLIER_P`; REALISM.md: ≤ 15 % of messages are answered by ≥ 2
+  others): the bot it mentions or replies to, else a bot drawn by topic affinity and
+  talkativeness. The reply is due after a reading-and-typing delay (log-normal, median
+  :data:`HUMAN_REPLY_MEDIAN_S` s).
+* **Budgets.** Bot *b* may send ``limit_b`` messages per rolling hour, with ``limit_b`` drawn
+  once per bot between ``bot_hourly_msg_limit.min`` and ``.max``, times ``scale_factor``,
+  times ``prime_hours.boost`` during prime hours. A bot at its budget is not chosen.
+* **Per-chat cap.** At most ``max_msgs_per_min`` bot messages per chat per rolling minute.
+* **Timing.** Gaps between spontaneous messages are log-normal with σ = :data:`GAP_SIGMA`
+  (heavy-tailed, not a clock; REALISM.md) and a mean of 1/λ, λ = Σ budgets / 3600 s.
+* **Who and to whom.** A spontaneous speaker is drawn by talkativeness × budget left; with
+  probability :data:`REPLY_P` it replies to one of the last :data:`REPLY_WINDOW` messages of
+  others (humans weighted up, not always the last one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from backend.schemas import SimulationSettings
+from behavior_engine.topics import detect_topic
+from behavior_engine.turn import ChatLine, Turn
+
+GAP_SIGMA = 1.3
+REPLY_P = 0.4
+REPLY_WINDOW = 8
+SECOND_REPLIER_P = 0.12
+HUMAN_REPLY_MEDIAN_S = 3.0
+HUMAN_WAIT_MAX = timedelta(minutes=30)
+
+
+@dataclass(frozen=True, slots=True)
+class BotView:
+    """A bot as the scheduler sees it at one tick.
+
+    Attributes:
+        bot_id: our bot id.
+        name: display name (its first word counts as a mention).
+        username: Telegram username (``@username`` counts as a mention).
+        talkativeness: relative share of messages (1.0 = average).
+        topics: topic id → weight of interest.
+        sent_last_hour: messages sent in the last 60 minutes, all chats.
+        send_wait: seconds before Telegram's limits let it send here (0 = now).
+    """
+
+    bot_id: int
+    name: str
+    username: str
+    talkativeness: float
+    topics: dict[str, float]
+    sent_last_hour: int
+    send_wait: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingMessage:
+    """A human message that wants an answer.
+
+    Attributes:
+        message_id: our message id (``messages.id``).
+        line: the message.
+        reply_to_bot_id: our bot id when the human replied to one of our bots' messages.
+    """
+
+    message_id: int
+    line: ChatLine
+    reply_to_bot_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatView:
+    """A chat as the scheduler sees it at one tick.
+
+    Attributes:
+        chat_id / telegram_chat_id: our id and Telegram's.
+        topics: topic id → weight.
+        sent_last_minute: bot messages in this chat in the last 60 s.
+        recent: the last messages, oldest first.
+        waiting: human messages waiting for an answer, oldest first.
+        in_flight: turns of this chat decided but not yet finished.
+    """
+
+    chat_id: int
+    telegram_chat_id: int
+    topics: dict[str, float]
+    sent_last_minute: int
+    recent: Sequence[ChatLine]
+    waiting: Sequence[WaitingMessage] = ()
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
+class _Planned:
+    due: datetime
+    bot_id: int
+    reply_to: ChatLine
+    waiting_id: int  # Telegram message id of the human message
+    reason: str
+
+
+@dataclass(slots=True)
+class _ChatState:
+    next_at: datetime | None = None
+    planned: list[_Planned] = field(default_factory=list)
+    handled: set[int] = field(default_factory=set)
+
+
+def _stable_unit(*parts: object) -> float:
+    """A number in [0, 1) that depends only on ``parts`` (stable across processes)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class Scheduler:
+    """Decides turns; keeps only timing state in memory (counts come from the store).
+
+    Args:
+        seed: seed of the scheduler's random choices.
+    """
+
+    def __init__(self, *, seed: int) -> None:
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._chats: dict[int, _ChatState] = {}
+
+    # -- budgets -------------------------------------------------------------------------
+    def hourly_limit(self, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
+        """Messages per hour ``bot_id`` may send now (see the module docstring)."""
+        lim = settings.bot_hourly_msg_limit
+        base = lim.min + _stable_unit(self._seed, "budget", bot_id) * (lim.max - lim.min)
+        local_hour = now.astimezone(ZoneInfo(settings.prime_hours.timezone)).hour
+        boost = settings.prime_hours.boost if local_hour in settings.prime_hours.hours else 1.0
+        return base * settings.scale_factor * boost
+
+    def _budget_left(self, bot: BotView, settings: SimulationSettings, now: datetime) -> float:
+        return self.hourly_limit(bot.bot_id, settings, now) - bot.sent_last_hour
+
+    # -- decisions -----------------------------------------------------------------------
+    def decide(
+        self,
+        chat: ChatView,
+        bots: Sequence[BotView],
+        settings: SimulationSettings,
+        now: datetime,
+    ) -> list[Turn]:
+        """Return the turns of ``chat`` due at ``now`` (possibly none).
+
+        Args:
+            chat: the chat now.
+            bots: its member bots (enabled ones).
+            settings: the operator settings.
+            now: aware UTC time.
+        """
+        if not settings.simulation_active or not bots:
+            return []
+        st = self._chats.setdefault(chat.chat_id, _ChatState())
+        by_id = {b.bot_id: b for b in bots}
+        self._plan_human_replies(st, chat, bots, settings, now)
+        room = settings.max_msgs_per_min - chat.sent_last_minute - chat.in_flight
+        turns: list[Turn] = []
+        speakers: set[int] = set()
+        for planned in sorted(st.planned, key=lambda p: p.due):
+            if room <= 0 or planned.due > now:
+                break
+            bot = by_id.get(planned.bot_id)
+            if bot is None or bot.send_wait > 0 or bot.bot_id in speakers:
+                continue  # keep it planned: the bot waits for Telegram or is busy
+            if self._budget_left(bot, settings, now) < 1:
+                continue
+            st.planned.remove(planned)
+            turns.append(self._turn(chat, bot, planned.reply_to, planned.reason, now))
+            speakers.add(bot.bot_id)
+            room -= 1
+        if room <= 0 or turns:
+            return turns
+        if st.next_at is None:
+            st.next_at = now + self._gap(bots, settings, now, first=True)
+        if now < st.next_at:
+            return turns
+        speaker = self._choose_speaker(chat, bots, settings, now)
+        if speaker is None:
+            return turns
+        st.next_at = now + self._gap(bots, settings, now)
+        reply_to = self._choose_reply_target(chat, speaker)
+        reason = "spontaneous"
+        if reply_to is not None:
+            reason = "mention" if _mentions(reply_to.text, speaker) else "reply"
+        turns.append(self._turn(chat, speaker, reply_to, reason, now))
+        return turns
+
+    def forget_handled(self, chat_id: int, telegram_message_id: int) -> None:
+        """Let a waiting human message be planned again (its reply turn did not get out)."""
+        st = self._chats.get(chat_id)
+        if st:
+            st.handled.discard(telegram_message_id)
+
+    def pending_replies(self, chat_id: int) -> int:
+        """How many human replies are planned but not yet due or not yet possible."""
+        st = self._chats.get(chat_id)
+        return len(st.planned) if st else 0
+
+    # -- helpers -------------------------------------------------------------------------
+    def _plan_human_replies(
+        self,
+        st: _ChatState,
+        chat: ChatView,
+        bots: Sequence[BotView],
+        settings: SimulationSettings,
+        now: datetime,
+    ) -> None:
+        for waiting in chat.waiting:
+            key = waiting.line.telegram_message_id
+            if key in st.handled:
+                continue
+            st.handled.add(key)
+            repliers = self._choose_repliers(waiting, bots, settings, now)
+            for i, bot in enumerate(repliers):
+                delay = HUMAN_REPLY_MEDIAN_S * math.exp(self._rng.gauss(0.0, 0.45))
+                delay = min(12.0, max(1.5, delay)) + 4.0 * i
+                direct = waiting.reply_to_bot_id == bot.bot_id or _mentions(
+                    waiting.line.text, bot
+                )
+                st.planned.append(
+                    _Planned(
+                        due=now + timedelta(seconds=delay),
+                        bot_id=bot.bot_id,
+                        reply_to=waiting.line,
+                        waiting_id=key,
+                        reason="mention" if direct else "human",
+                    )
+                )
+
+    def _choose_repliers(
+        self,
+        waiting: WaitingMessage,
+        bots: Sequence[BotView],
+        settings: SimulationSettings,
+        now: datetime,
+    ) -> list[BotView]:
+        addressed = [
+            b
+            for b in bots
+            if b.bot_id == waiting.reply_to_bot_id or _mentions(waiting.line.text, b)
+        ]
+        if addressed:
+            return addressed[:2]
+        topic = detect_topic(waiting.line.text)
+        candidates = [b for b in bots if self._budget_left(b, settings, now) >= 1] or list(bots)
+        weights = [
+            b.talkativeness * (1.0 + 2.0 * b.topics.get(topic or "", 0.0)) for b in candidates
+        ]
+        first = self._rng.choices(candidates, weights=weights)[0]
+        chosen = [first]
+        rest = [b for b in candidates if b is not first]
+        if rest and self._rng.random() < SECOND_REPLIER_P:
+            chosen.append(self._rng.choice(rest))
+        return chosen
+
+    def _choose_speaker(
+        self,
+        chat: ChatView,
+        bots: Sequence[BotView],
+        settings: SimulationSettings,
+        now: datetime,
+    ) -> BotView | None:
+        last_bot = next((m.bot_id for m in reversed(chat.recent)), None)
+        candidates: list[BotView] = []
+        weights: list[float] = []
+        for b in bots:
+            if b.send_wait > 0:
+                continue
+            limit = self.hourly_limit(b.bot_id, settings, now)
+            left = limit - b.sent_last_hour
+            if left < 1:
+                continue
+            w = b.talkativeness * (0.25 + left / max(limit, 1.0))
+            if b.bot_id == last_bot:
+                w *= 0.5
+            candidates.append(b)
+            weights.append(w)
+        if not candidates:
+            return None
+        return self._rng.choices(candidates, weights=weights)[0]
+
+    def _choose_reply_target(self, chat: ChatView, speaker: BotView) -> ChatLine | None:
+        window = [m for m in list(chat.recent)[-REPLY_WINDOW:] if m.bot_id != speaker.bot_id]
+        if not window or self._rng.random() >= REPLY_P:
+            return None
+        n = len(window)
+        weights = [(3.0 if m.is_human else 1.0) * (0.6 + 0.4 * (i + 1) / n) for i, m in
+                   enumerate(window)]
+        weights = [w * (3.0 if _mentions(m.text, speaker) else 1.0)
+                   for w, m in zip(weights, window, strict=True)]
+        return self._rng.choices(window, weights=weights)[0]
+
+    def _topic(self, chat: ChatView, bot: BotView, reply_to: ChatLine | None) -> str:
+        if reply_to is not None:
+            found = detect_topic(reply_to.text)
+            if found:
+                return found
+        topics = sorted(set(chat.topics) | set(bot.topics))
+        weights = [
+            (chat.topics.get(t, 0.1) + 0.1) * (bot.topics.get(t, 0.1) + 0.1) for t in topics
+        ]
+        return self._rng.choices(topics, weights=weights)[0]
+
+    def _gap(
+        self, bots: Sequence[BotView], settings: SimulationSettings, now: datetime,
+        *, first: bool = False,
+    ) -> timedelta:
+        rate = sum(self.hourly_limit(b.bot_id, settings, now) for b in bots) / 3600.0
+        if rate <= 0:
+            return timedelta(hours=1)
+        mean = 1.0 / rate
+        mu = math.log(mean) - GAP_SIGMA**2 / 2
+        gap = math.exp(self._rng.gauss(mu, GAP_SIGMA))
+        if first:
+            gap *= 0.3
+        return timedelta(seconds=min(max(gap, 0.5), 1800.0))
+
+    def _turn(
+        self, chat: ChatView, bot: BotView, reply_to: ChatLine | None, reason: str,
+        now: datetime,
+    ) -> Turn:
+        return Turn(
+            turn_id=str(uuid.uuid4()),  # unique across runs and processes
+            chat_id=chat.chat_id,
+            telegram_chat_id=chat.telegram_chat_id,
+            bot_id=bot.bot_id,
+            topic=self._topic(chat, bot, reply_to),
+            reply_to=reply_to,
+            reason=reason,  # type: ignore[arg-type]
+            decided_at=now,
+        )
+
+
+def _mentions(text: str, bot: BotView) -> bool:
+    """True when ``text`` mentions ``bot`` by @username or by its first name."""
+    low = text.lower()
+    if f"@{bot.username.lower()}" in low:
+        return True
+    first = bot.name.split()[0].lower() if bot.name.split() else ""
+    return bool(first) and re.search(rf"(?<!\w){re.escape(first)}", low) is not None

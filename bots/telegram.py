@@ -1,0 +1,183 @@
+"""The bots as Telegram sees them: one python-telegram-bot ``Bot`` per token.
+
+Every call goes through python-telegram-bot against ``base_url`` (real Telegram or the
+sandbox: the same code path). Telegram's errors are turned into ``backend.errors``:
+
+=====================================  ==========================================
+python-telegram-bot                    botsim
+=====================================  ==========================================
+``RetryAfter``                         ``TelegramRetryAfter(retry_after)``
+``ChatMigrated``                       ``TelegramChatMigrated(new_chat_id)``
+``BadRequest`` "replied not found"     ``TelegramReplyNotFound``
+``BadRequest`` (other)                 ``TelegramBadRequest``
+``Forbidden``                          ``TelegramForbidden``
+``InvalidToken``                       ``TelegramInvalidToken``
+``TimedOut`` / ``NetworkError``        ``TelegramUnavailable(delivered_unknown=...)``
+=====================================  ==========================================
+
+Each bot gets its own ``HTTPXRequest``: python-telegram-bot closes a shared one for all
+bots when any one shuts down (TELEGRAM.md, "Clients").
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import telegram
+from telegram import ReplyParameters
+from telegram import error as tg_error
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
+
+from backend.errors import (
+    TelegramBadRequest,
+    TelegramChatMigrated,
+    TelegramError,
+    TelegramForbidden,
+    TelegramInvalidToken,
+    TelegramReplyNotFound,
+    TelegramRetryAfter,
+    TelegramUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+#: Errors of httpx after which the request certainly did not reach the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """Telegram's answer to a send: the message id in its chat and its time (aware UTC)."""
+
+    message_id: int
+    date: datetime
+    chat_id: int
+
+
+def retry_after_seconds(exc: tg_error.RetryAfter) -> float:
+    """Seconds to wait from a ``RetryAfter`` (an int or a timedelta, by PTB version)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def translate_error(exc: tg_error.TelegramError, *, bot_id: int | None) -> TelegramError:
+    """Map a python-telegram-bot error to botsim's error tree (see the module table)."""
+    if isinstance(exc, tg_error.RetryAfter):
+        return TelegramRetryAfter(retry_after_seconds(exc), bot_id=bot_id)
+    if isinstance(exc, tg_error.ChatMigrated):
+        return TelegramChatMigrated(int(exc.new_chat_id), bot_id=bot_id)
+    if isinstance(exc, tg_error.InvalidToken):
+        return TelegramInvalidToken(str(exc), bot_id=bot_id)
+    if isinstance(exc, tg_error.Forbidden):
+        return TelegramForbidden(exc.message, bot_id=bot_id)
+    if isinstance(exc, tg_error.BadRequest):
+        if "replied not found" in exc.message.lower():
+            return TelegramReplyNotFound(exc.message, bot_id=bot_id)
+        return TelegramBadRequest(exc.message, bot_id=bot_id)
+    if isinstance(exc, tg_error.NetworkError):
+        cause = exc.__cause__
+        unknown = not isinstance(cause, _NOT_SENT)
+        return TelegramUnavailable(
+            f"{type(exc).__name__}: {exc.message}", delivered_unknown=unknown, bot_id=bot_id
+        )
+    return TelegramBadRequest(str(exc), bot_id=bot_id)
+
+
+class BotClient:
+    """One bot account speaking the Bot API through python-telegram-bot.
+
+    Args:
+        bot_id: our id of the bot (for errors and logs; the token is never logged).
+        token: the bot token.
+        base_url: Bot API base, e.g. ``https://api.telegram.org/bot`` or the sandbox's.
+        timeout: read/write/connect timeout of each request, seconds.
+    """
+
+    def __init__(self, *, bot_id: int, token: str, base_url: str, timeout: float = 10.0) -> None:
+        self.bot_id = bot_id
+        request = HTTPXRequest(
+            connection_pool_size=4,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            pool_timeout=timeout,
+        )
+        self._bot = telegram.Bot(token, base_url=base_url, request=request)
+
+    async def start(self) -> None:
+        """Initialize the client (calls getMe).
+
+        Raises:
+            TelegramInvalidToken: when Telegram refuses the token.
+            TelegramUnavailable: when Telegram cannot be reached.
+        """
+        try:
+            await self._bot.initialize()
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        try:
+            await self._bot.shutdown()
+        except tg_error.TelegramError as exc:  # pragma: no cover - shutdown is local
+            log.warning("bot %s shutdown: %s", self.bot_id, exc)
+
+    async def send_message(
+        self, *, chat_id: int, text: str, reply_to_message_id: int | None = None
+    ) -> SentMessage:
+        """sendMessage; a reply uses ``reply_parameters`` with ``allow_sending_without_reply``.
+
+        Raises:
+            TelegramError: a subclass per the module table.
+        """
+        reply = (
+            ReplyParameters(message_id=reply_to_message_id, allow_sending_without_reply=True)
+            if reply_to_message_id is not None
+            else None
+        )
+        try:
+            msg = await self._bot.send_message(
+                chat_id=chat_id, text=text, reply_parameters=reply
+            )
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc
+        date = msg.date if msg.date.tzinfo else msg.date.replace(tzinfo=UTC)
+        return SentMessage(message_id=msg.message_id, date=date, chat_id=msg.chat_id)
+
+    async def send_typing(self, *, chat_id: int) -> None:
+        """sendChatAction ``typing`` (limited by Telegram to 20 per 5 s per chat).
+
+        Raises:
+            TelegramError: a subclass per the module table.
+        """
+        try:
+            await self._bot.send_chat_action(chat_id=chat_id, action="typing")
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc
+
+    async def set_webhook(
+        self, *, url: str, secret_token: str, allowed_updates: list[str] | None = None
+    ) -> None:
+        """setWebhook with a secret token (sent back in ``X-Telegram-Bot-Api-Secret-Token``).
+
+        Raises:
+            TelegramError: a subclass per the module table.
+        """
+        try:
+            await self._bot.set_webhook(
+                url=url,
+                secret_token=secret_token,
+                allowed_updates=allowed_updates or ["message", "edited_message"],
+            )
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc

@@ -1,0 +1,355 @@
+"""The listener process: takes the groups' updates over webhooks, one route per bot id.
+
+``POST /webhook/{bot_id}``
+
+1. Unknown bot id → 404. Missing or wrong ``X-Telegram-Bot-Api-Secret-Token`` → 403 and
+   nothing is stored (compared in constant time, exact case; TELEGRAM.md "Webhooks").
+2. A body that is not a JSON update → 400 with the reason; the listener never crashes.
+3. In one transaction: the update is taken once per (bot, update_id), and its message is
+   stored once per (chat, Telegram message id): the same group message reaches every member
+   bot as its own update. A human's text message is marked ``reply_wanted`` for the worker.
+4. Then 200. Storing is a couple of small inserts, so the answer is still immediate; the slow
+   work (choosing a replier, generating, sending) is the worker's. A failure to store answers
+   500, so Telegram retries the update: a human message is never acknowledged unstored.
+
+Messages sent by our own bots are not stored from updates (they may arrive in Bot-to-Bot
+mode): the worker records them from the ``Message`` that sendMessage returns.
+Routes are by bot id, never by token (tokens in URLs end up in proxy logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from backend.crypto import Secrets, webhook_secret_for
+from backend.db.models import Bot, Message
+from backend.schemas import MessageMeta, TopicWeights
+from backend.stores import chats as chat_store
+from backend.stores import messages as message_store
+from bots.telegram import BotClient
+
+log = logging.getLogger("botsim.listener")
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_BODY_BYTES = 1_000_000
+
+
+class TgUser(BaseModel):
+    """The part of Telegram's ``User`` the listener reads."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    is_bot: bool = False
+    first_name: str = ""
+    last_name: str | None = None
+    username: str | None = None
+
+    def display_name(self) -> str:
+        """First and last name, or the username, or the id."""
+        full = " ".join(p for p in (self.first_name, self.last_name) if p)
+        return full or self.username or str(self.id)
+
+
+class TgChat(BaseModel):
+    """The part of Telegram's ``Chat`` the listener reads."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    type: str
+    title: str | None = None
+
+
+class TgReplyRef(BaseModel):
+    """A replied-to message, by id."""
+
+    model_config = ConfigDict(extra="ignore")
+    message_id: int
+
+
+class TgMessage(BaseModel):
+    """The part of Telegram's ``Message`` the listener reads."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    message_id: int
+    date: int
+    chat: TgChat
+    from_user: TgUser | None = Field(default=None, alias="from")
+    text: str | None = None
+    caption: str | None = None
+    reply_to_message: TgReplyRef | None = None
+    photo: list[Any] | None = None
+    sticker: dict[str, Any] | None = None
+    document: dict[str, Any] | None = None
+    voice: dict[str, Any] | None = None
+
+    def kind(self) -> str:
+        """``text`` or the kind of a non-text message."""
+        for name in ("photo", "sticker", "document", "voice"):
+            if getattr(self, name):
+                return name
+        return "text" if self.text is not None else "other"
+
+
+class TgUpdate(BaseModel):
+    """The part of Telegram's ``Update`` the listener reads."""
+
+    model_config = ConfigDict(extra="ignore")
+    update_id: int = Field(ge=0)
+    message: TgMessage | None = None
+    edited_message: TgMessage | None = None
+
+
+@dataclass
+class ListenerState:
+    """What the webhook routes need.
+
+    Attributes:
+        sessionmaker: database sessions.
+        webhook_secret: the master secret each bot's ``secret_token`` is derived from.
+        bots: cache of bot id → Telegram user id, refreshed from the database on a miss.
+        stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``).
+    """
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    webhook_secret: str
+    bots: dict[int, int | None] = field(default_factory=dict)
+    stats: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("updates", "duplicates", "stored", "rejected", "malformed", "ignored"), 0
+        )
+    )
+
+    async def refresh_bots(self) -> None:
+        """Reload the bot id → Telegram user id map."""
+        async with self.sessionmaker() as session:
+            rows = (await session.execute(select(Bot.id, Bot.telegram_user_id))).all()
+        self.bots = {int(i): (int(t) if t is not None else None) for i, t in rows}
+
+
+def _error(status: int, description: str) -> JSONResponse:
+    return JSONResponse({"ok": False, "description": description}, status_code=status)
+
+
+async def _store_message(
+    session: AsyncSession, state: ListenerState, bot_id: int, update_id: int, msg: TgMessage,
+    *, edited: bool,
+) -> bool:
+    """Store ``msg`` (once per chat and message id). Returns True if a row was written."""
+    sender = msg.from_user
+    our_bot_ids = {t for t in state.bots.values() if t is not None}
+    if sender is not None and sender.id in our_bot_ids:
+        return False  # our own bot: recorded from the send response
+    chat = await chat_store.get_chat_by_telegram_id(session, telegram_chat_id=msg.chat.id)
+    if chat is None:
+        # A chat the operator has not registered yet: keep its messages, do not talk there.
+        chat = await chat_store.upsert_chat(
+            session,
+            telegram_chat_id=msg.chat.id,
+            title=msg.chat.title or str(msg.chat.id),
+            topics=TopicWeights(weights={"general": 1.0}).weights,
+        )
+        chat.enabled = False
+        log.warning("update for unregistered chat %s: stored, chat added disabled", msg.chat.id)
+    text = msg.text if msg.text is not None else (msg.caption or "")
+    is_human = sender is not None and not sender.is_bot
+    sender_id = sender.id if sender is not None else msg.chat.id
+    meta = MessageMeta(
+        sender_is_bot=bool(sender and sender.is_bot),
+        sender_username=sender.username if sender else None,
+        kind=msg.kind(),
+        update_id=update_id,
+        edited=edited,
+    )
+    created = datetime.fromtimestamp(msg.date, UTC)
+    new_id = await message_store.record_incoming(
+        session,
+        chat_id=chat.id,
+        telegram_message_id=msg.message_id,
+        text=text,
+        sender_id=sender_id,
+        sender_name=sender.display_name() if sender else (msg.chat.title or "channel"),
+        meta=meta,
+        created_at=created,
+        reply_to_telegram_message_id=msg.reply_to_message.message_id
+        if msg.reply_to_message
+        else None,
+        reply_wanted=is_human and bool(text.strip()) and chat.enabled and not edited,
+    )
+    if new_id is None and edited:
+        await session.execute(
+            update(Message)
+            .where(Message.chat_id == chat.id, Message.telegram_message_id == msg.message_id)
+            .values(text=text, meta=meta)
+        )
+        return True
+    return new_id is not None
+
+
+async def webhook(request: Request) -> JSONResponse:
+    """``POST /webhook/{bot_id}``: take one Telegram update (see the module docstring)."""
+    state: ListenerState = request.app.state.listener
+    try:
+        bot_id = int(request.path_params["bot_id"])
+    except ValueError:
+        return _error(404, "unknown bot")
+    if bot_id not in state.bots:
+        await state.refresh_bots()
+        if bot_id not in state.bots:
+            return _error(404, "unknown bot")
+    expected = webhook_secret_for(state.webhook_secret, bot_id)
+    got = request.headers.get(SECRET_HEADER, "")
+    if not hmac.compare_digest(expected.encode(), got.encode()):
+        state.stats["rejected"] += 1
+        log.warning("webhook for bot %s: missing or wrong secret token", bot_id)
+        return _error(403, "wrong secret token")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return _error(413, f"update larger than {MAX_BODY_BYTES} bytes")
+    try:
+        raw = json.loads(body)
+        upd = TgUpdate.model_validate(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        state.stats["malformed"] += 1
+        log.warning("webhook for bot %s: body is not JSON: %s", bot_id, exc)
+        return _error(400, f"body is not JSON: {exc}")
+    except ValidationError as exc:
+        state.stats["malformed"] += 1
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'update'}: {e['msg']}" for e in exc.errors()
+        )
+        log.warning("webhook for bot %s: malformed update: %s", bot_id, where)
+        return _error(400, f"malformed update: {where}")
+    state.stats["updates"] += 1
+    async with state.sessionmaker() as session, session.begin():
+        if not await message_store.take_update(session, bot_id=bot_id, update_id=upd.update_id):
+            state.stats["duplicates"] += 1
+            return JSONResponse({"ok": True, "duplicate": True})
+        msg = upd.message or upd.edited_message
+        if msg is None:
+            state.stats["ignored"] += 1
+            log.info("bot %s update %s has no message: ignored", bot_id, upd.update_id)
+            return JSONResponse({"ok": True, "ignored": True})
+        stored = await _store_message(
+            session, state, bot_id, upd.update_id, msg, edited=upd.message is None
+        )
+    if stored:
+        state.stats["stored"] += 1
+    return JSONResponse({"ok": True, "stored": stored})
+
+
+async def live(_request: Request) -> JSONResponse:
+    """``GET /health/live``: the process answers."""
+    return JSONResponse({"status": "live"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """``GET /health/ready``: the database answers (503 otherwise)."""
+    state: ListenerState = request.app.state.listener
+    try:
+        async with state.sessionmaker() as session:
+            await session.execute(select(1))
+    except Exception as exc:  # readiness reports any failure
+        return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(state: ListenerState) -> Starlette:
+    """The listener's ASGI app (webhook route, health routes)."""
+    app = Starlette(
+        routes=[
+            Route("/webhook/{bot_id}", webhook, methods=["POST"]),
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+        ]
+    )
+    app.state.listener = state
+    return app
+
+
+async def register_webhooks(
+    *, sessionmaker: async_sessionmaker[AsyncSession], secrets: Secrets, api_url: str,
+    public_url: str,
+) -> int:
+    """setWebhook for every enabled bot to ``<public_url>/webhook/<bot_id>`` with its secret.
+
+    Telegram allows one setWebhook per second per bot; this calls it once per bot.
+
+    Returns:
+        How many webhooks were set.
+
+    Raises:
+        TelegramError: when Telegram refuses one (the message names the bot id).
+    """
+    from backend.stores import bots as bot_store
+
+    cipher = secrets.cipher()
+    async with sessionmaker() as session:
+        bots = await bot_store.list_bots(session, enabled_only=True)
+    for bot in bots:
+        client = BotClient(bot_id=bot.id, token=cipher.decrypt(bot.token_encrypted), base_url=api_url)
+        try:
+            await client.set_webhook(
+                url=f"{public_url.rstrip('/')}/webhook/{bot.id}",
+                secret_token=webhook_secret_for(secrets.webhook_secret, bot.id),
+            )
+        finally:
+            await client.close()
+    return len(bots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the listener process: ``python message_listener.py [--register]``."""
+    import uvicorn
+
+    from backend.crypto import resolve_secrets
+    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.settings import load_settings
+
+    parser = argparse.ArgumentParser(description="botsim webhook listener")
+    parser.add_argument("--register", action="store_true", help="setWebhook for every bot")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level)
+    secrets = resolve_secrets(settings)
+
+    async def run() -> None:
+        await upgrade(settings.effective_database_url)
+        engine = make_engine(settings.effective_database_url)
+        sm = make_sessionmaker(engine)
+        state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret)
+        await state.refresh_bots()
+        if args.register:
+            await register_webhooks(
+                sessionmaker=sm, secrets=secrets, api_url=settings.telegram_api_url,
+                public_url=settings.public_webhook_url,
+            )
+        config = uvicorn.Config(
+            create_app(state), host=settings.listener_host, port=settings.listener_port,
+            log_level="warning",
+        )
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""The worker process: drives the bots, one scheduler tick at a time (APScheduler).
+
+Each tick (``Settings.tick_seconds``) the worker reads the chats, budgets and waiting human
+messages, asks the :class:`~behavior_engine.scheduler.Scheduler` which turns are due, and
+runs each turn as a task: build the prompt, generate, wait for Telegram's limits, send
+through python-telegram-bot, store the sent message with its Telegram message id.
+
+Failures never crash the worker: a 429 blocks that bot for ``retry_after`` seconds (and a
+waiting human message is planned again), a reply to a vanished message is sent without the
+reply, a bot kicked from a chat or with a revoked token is disabled, and a send whose outcome
+is unknown (the request may have reached Telegram) is counted and never repeated by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.crypto import Secrets
+from backend.db.models import Bot, Message
+from backend.db.types import utcnow
+from backend.errors import (
+    TelegramError,
+    TelegramForbidden,
+    TelegramInvalidToken,
+    TelegramReplyNotFound,
+    TelegramRetryAfter,
+    TelegramUnavailable,
+)
+from backend.schemas import MessageMeta
+from backend.settings import Settings
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from backend.stores import messages as message_store
+from backend.stores import settings as settings_store
+from behavior_engine.llm.base import Provider
+from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
+from behavior_engine.prompt_builder import build_request
+from behavior_engine.scheduler import BotView, ChatView, Scheduler, WaitingMessage
+from behavior_engine.turn import ChatLine, Outcome, Turn, TurnContext
+from bots.ratelimit import TelegramLimiter
+from bots.telegram import BotClient, SentMessage
+
+log = logging.getLogger("botsim.worker")
+
+HISTORY_SIZE = 20
+#: Longest a turn waits for Telegram's limits before it is given up (seconds).
+MAX_LIMIT_WAIT_S = 5.0
+
+
+def to_line(msg: Message, bots: dict[int, Bot]) -> ChatLine:
+    """A stored message as a :class:`ChatLine` (bot messages named after their bot)."""
+    bot = bots.get(msg.bot_id) if msg.bot_id is not None else None
+    return ChatLine(
+        telegram_message_id=msg.telegram_message_id,
+        speaker=bot.name if bot else (msg.sender_name or str(msg.sender_id)),
+        speaker_username=bot.username if bot else msg.meta.sender_username,
+        is_human=msg.bot_id is None and not msg.meta.sender_is_bot,
+        text=msg.text,
+        bot_id=msg.bot_id,
+        created_at=msg.created_at,
+    )
+
+
+class Worker:
+    """Drives every enabled bot of the database (sharding comes later).
+
+    Args:
+        settings: process settings (``tick_seconds``, ``telegram_api_url``, ``seed``).
+        sessionmaker: database sessions.
+        secrets: the Fernet key that decrypts bot tokens.
+        provider: the text generator.
+        market: the market feed (holdings P&L → mood).
+        limiter: Telegram's send limits (a fresh in-process one by default).
+        clock: aware UTC now (injectable for tests).
+
+    Attributes:
+        stats: counters: ``ticks``, ``turns``, ``sent``, ``rate_limited``, ``failed``,
+            ``unknown`` (send outcome unknown, not repeated), ``errors`` (failed turns and
+            tick errors), ``reply_not_found``.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        secrets: Secrets,
+        provider: Provider,
+        market: MarketFeed,
+        limiter: TelegramLimiter | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.secrets = secrets
+        self.provider = provider
+        self.market = market
+        self.limiter = limiter or TelegramLimiter()
+        self.clock = clock
+        self.scheduler = Scheduler(seed=settings.seed)
+        self.stats: Counter[str] = Counter()
+        self._clients: dict[int, BotClient] = {}
+        self._bots: dict[int, Bot] = {}
+        self._busy: set[int] = set()
+        self._in_flight: Counter[int] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._aps: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        """Connect every enabled bot (getMe) and start ticking.
+
+        A bot whose token Telegram refuses is disabled and logged; the others go on.
+        """
+        cipher = self.secrets.cipher()
+        async with self.sessionmaker() as session, session.begin():
+            bots = await bot_store.list_bots(session, enabled_only=True)
+            for bot in bots:
+                client = BotClient(
+                    bot_id=bot.id,
+                    token=cipher.decrypt(bot.token_encrypted),
+                    base_url=self.settings.telegram_api_url,
+                )
+                try:
+                    await client.start()
+                except TelegramInvalidToken:
+                    log.error("bot %s (@%s): token refused by Telegram; disabled", bot.id,
+                              bot.username)
+                    bot.enabled = False
+                    await client.close()
+                    continue
+                self._clients[bot.id] = client
+                self._bots[bot.id] = bot
+        self._aps = AsyncIOScheduler(timezone=UTC)
+        self._aps.add_job(
+            self.tick,
+            "interval",
+            seconds=self.settings.tick_seconds,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        self._aps.start()
+        log.info("worker started with %d bots", len(self._clients))
+
+    async def stop(self) -> None:
+        """Stop ticking, let running turns finish (10 s at most), close the bots."""
+        if self._aps is not None:
+            self._aps.shutdown(wait=False)
+            self._aps = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    # -- the tick ------------------------------------------------------------------------
+    async def tick(self) -> None:
+        """Decide and launch the turns due now. Never raises (errors are counted)."""
+        self.stats["ticks"] += 1
+        try:
+            turns = await self._decide()
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("tick failed")
+            return
+        for turn in turns:
+            self._busy.add(turn.bot_id)
+            self._in_flight[turn.chat_id] += 1
+            task = asyncio.create_task(self.run_turn(turn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _decide(self) -> list[Turn]:
+        now = self.clock()
+        turns: list[Turn] = []
+        async with self.sessionmaker() as session:
+            sim = await settings_store.get_settings(session)
+            if not sim.simulation_active:
+                return []
+            counts = await message_store.bot_message_counts(
+                session, since=now - timedelta(hours=1)
+            )
+            for chat in await chat_store.list_chats(session, enabled_only=True):
+                members = [b for b in await chat_store.chat_bots(session, chat_id=chat.id)
+                           if b.id in self._clients]
+                if not members:
+                    continue
+                view = await self._chat_view(session, chat.id, chat.telegram_chat_id,
+                                             chat.topics.weights, now)
+                bot_views = [self._bot_view(b, counts, chat.id) for b in members]
+                turns.extend(self.scheduler.decide(view, bot_views, sim, now))
+        self.stats["turns"] += len(turns)
+        return turns
+
+    async def _chat_view(
+        self, session: AsyncSession, chat_id: int, tg_chat_id: int, topics: dict[str, float],
+        now: datetime,
+    ) -> ChatView:
+        recent = await message_store.recent_messages(session, chat_id=chat_id, limit=HISTORY_SIZE)
+        waiting_rows = await message_store.waiting_for_reply(
+            session, chat_id=chat_id, since=now - timedelta(minutes=30)
+        )
+        bot_by_tg = {m.telegram_message_id: m.bot_id for m in recent if m.bot_id is not None}
+        waiting = [
+            WaitingMessage(
+                message_id=m.id,
+                line=to_line(m, self._bots),
+                reply_to_bot_id=bot_by_tg.get(m.reply_to_telegram_message_id or -1),
+            )
+            for m in waiting_rows
+        ]
+        sent_minute = await message_store.chat_bot_message_count(
+            session, chat_id=chat_id, since=now - timedelta(seconds=60)
+        )
+        return ChatView(
+            chat_id=chat_id,
+            telegram_chat_id=tg_chat_id,
+            topics=topics,
+            sent_last_minute=sent_minute,
+            recent=[to_line(m, self._bots) for m in recent],
+            waiting=waiting,
+            in_flight=self._in_flight[chat_id],
+        )
+
+    def _bot_view(self, bot: Bot, counts: dict[int, int], chat_id: int) -> BotView:
+        wait = self.limiter.wait_time(bot.id, chat_id)
+        if bot.id in self._busy:
+            wait = max(wait, 1.0)
+        return BotView(
+            bot_id=bot.id,
+            name=bot.name,
+            username=bot.username,
+            talkativeness=bot.persona.talkativeness,
+            topics=bot.persona.topics,
+            sent_last_hour=counts.get(bot.id, 0),
+            send_wait=wait,
+        )
+
+    # -- one turn ------------------------------------------------------------------------
+    async def run_turn(self, turn: Turn) -> Outcome:
+        """Generate, send and store one turn. Never raises; returns how it ended."""
+        try:
+            outcome = await self._run_turn(turn)
+        except Exception as exc:
+            log.exception("turn %s of bot %s failed", turn.turn_id, turn.bot_id)
+            outcome = Outcome(turn=turn, status="failed", error=repr(exc))
+        finally:
+            self._busy.discard(turn.bot_id)
+            self._in_flight[turn.chat_id] -= 1
+        if outcome.status == "failed":
+            self.stats["failed"] += 1
+            self.stats["errors"] += 1
+        elif outcome.status != "sent" and turn.reply_to is not None and turn.reply_to.is_human:
+            # The human still waits: let the scheduler plan a reply again.
+            self.scheduler.forget_handled(turn.chat_id, turn.reply_to.telegram_message_id)
+        self.stats[outcome.status] += 1
+        return outcome
+
+    async def _context(self, turn: Turn, now: datetime) -> tuple[TurnContext, float]:
+        async with self.sessionmaker() as session:
+            bot = await bot_store.get_bot(session, bot_id=turn.bot_id)
+            recent = await message_store.recent_messages(
+                session, chat_id=turn.chat_id, limit=HISTORY_SIZE
+            )
+        self._bots[bot.id] = bot
+        snapshot = self.market.snapshot(now)
+        pnl = holdings_pnl_pct(bot.holdings.items, snapshot)
+        mood = mood_from_pnl(bot.persona.mood_baseline, pnl)
+        ctx = TurnContext(
+            turn_id=turn.turn_id,
+            bot_name=bot.name,
+            bot_username=bot.username,
+            profile=bot.persona,
+            stances=tuple(bot.stances.items),
+            holdings=tuple(bot.holdings.items),
+            mood=mood,
+            pnl_pct=pnl,
+            topic=turn.topic,
+            market=snapshot,
+            history=tuple(to_line(m, self._bots) for m in recent),
+            reply_to=turn.reply_to,
+            seed=zlib.crc32(f"{self.settings.seed}:{turn.turn_id}".encode()),
+        )
+        return ctx, mood
+
+    async def _run_turn(self, turn: Turn) -> Outcome:
+        client = self._clients.get(turn.bot_id)
+        if client is None:
+            return Outcome(turn=turn, status="skipped", error="bot not connected")
+        ctx, mood = await self._context(turn, self.clock())
+        generation = await self.provider.generate(build_request(ctx))
+        wait = self.limiter.try_acquire(turn.bot_id, turn.telegram_chat_id)
+        if wait > 0:
+            if wait > MAX_LIMIT_WAIT_S:
+                return Outcome(turn=turn, status="skipped", error="Telegram limit", retry_after=wait)
+            await asyncio.sleep(wait)
+            if self.limiter.try_acquire(turn.bot_id, turn.telegram_chat_id) > 0:
+                return Outcome(turn=turn, status="skipped", error="Telegram limit")
+        reply_id = turn.reply_to.telegram_message_id if turn.reply_to else None
+        try:
+            sent = await self._send(client, turn, generation.text, reply_id)
+        except TelegramRetryAfter as exc:
+            self.limiter.block(turn.bot_id, exc.retry_after)
+            log.warning("bot %s: 429, waits %.0f s", turn.bot_id, exc.retry_after)
+            return Outcome(turn=turn, status="rate_limited", error=str(exc),
+                           retry_after=exc.retry_after)
+        except TelegramUnavailable as exc:
+            if exc.delivered_unknown:
+                self.stats["unknown"] += 1
+                log.error("turn %s: send outcome unknown (%s); not repeated", turn.turn_id, exc)
+            return Outcome(turn=turn, status="failed", error=str(exc))
+        except (TelegramForbidden, TelegramInvalidToken) as exc:
+            await self._disable(turn.bot_id, exc)
+            return Outcome(turn=turn, status="failed", error=str(exc))
+        except TelegramError as exc:
+            return Outcome(turn=turn, status="failed", error=str(exc))
+        await self._record(turn, sent, generation.text, generation.provider, generation.model,
+                           reply_id, mood)
+        return Outcome(turn=turn, status="sent", telegram_message_id=sent.message_id)
+
+    async def _send(
+        self, client: BotClient, turn: Turn, text: str, reply_id: int | None
+    ) -> SentMessage:
+        try:
+            return await client.send_message(
+                chat_id=turn.telegram_chat_id, text=text, reply_to_message_id=reply_id
+            )
+        except TelegramReplyNotFound:
+            # Certainly not delivered (an error answer): send once more without the reply.
+            self.stats["reply_not_found"] += 1
+            return await client.send_message(chat_id=turn.telegram_chat_id, text=text)
+
+    async def _record(
+        self, turn: Turn, sent: SentMessage, text: str, provider: str, model: str | None,
+        reply_id: int | None, mood: float,
+    ) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await message_store.record_sent(
+                session,
+                chat_id=turn.chat_id,
+                bot_id=turn.bot_id,
+                turn_id=turn.turn_id,
+                telegram_message_id=sent.message_id,
+                text=text,
+                meta=MessageMeta(
+                    provider=provider,
+                    model=model,
+                    topic=turn.topic,
+                    sender_is_bot=True,
+                    sender_username=self._bots[turn.bot_id].username
+                    if turn.bot_id in self._bots else None,
+                ),
+                created_at=sent.date if sent.date.tzinfo else sent.date.replace(tzinfo=UTC),
+                reply_to_telegram_message_id=reply_id,
+            )
+            if turn.reply_to is not None and turn.reply_to.is_human:
+                await message_store.mark_answered(
+                    session, chat_id=turn.chat_id,
+                    telegram_message_ids=[turn.reply_to.telegram_message_id],
+                )
+            await bot_store.set_mood(session, bot_id=turn.bot_id, mood=mood)
+
+    async def _disable(self, bot_id: int, exc: TelegramError) -> None:
+        log.error("bot %s disabled: %s", bot_id, exc)
+        async with self.sessionmaker() as session, session.begin():
+            bot = await bot_store.get_bot(session, bot_id=bot_id)
+            bot.enabled = False
+        client = self._clients.pop(bot_id, None)
+        if client is not None:
+            await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker process until interrupted: ``python worker.py``."""
+    from behavior_engine.llm.offline import OfflineGenerator
+
+    from backend.crypto import resolve_secrets
+    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.settings import load_settings
+
+    argparse.ArgumentParser(description="botsim worker").parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level)
+    secrets = resolve_secrets(settings)
+
+    async def run() -> None:
+        await upgrade(settings.effective_database_url)
+        engine = make_engine(settings.effective_database_url)
+        worker = Worker(
+            settings=settings,
+            sessionmaker=make_sessionmaker(engine),
+            secrets=secrets,
+            provider=OfflineGenerator(),
+            market=MarketFeed(seed=settings.seed, start=utcnow()),
+        )
+        await worker.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await worker.stop()
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
