@@ -1,0 +1,151 @@
+"""The ``botsim`` command.
+
+Sub-commands::
+
+    botsim demo [--duration S] [--say TEXT] [--json] [--no-input]
+    botsim db upgrade                       run the Alembic migrations
+    botsim personas check FILE...           validate persona files
+    botsim settings show                    print the operator settings
+    botsim settings set KEY=JSON...         change operator settings (validated)
+    botsim worker | listener [--register]   run one process
+
+Exit codes: 0 success, 1 failure at run time, 2 bad input or configuration (the message
+names what is wrong and where).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backend.errors import BotsimError, ConfigError, ValidationFailed
+from backend.settings import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="botsim", description="Multi-bot Telegram simulation engine")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the four demo personas talking in a sandbox group")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--say", default=None, help="post this text as a human after a few seconds")
+    demo.add_argument("--json", action="store_true",
+                      help="end with one JSON object of figures on the last line")
+    demo.add_argument("--no-input", action="store_true",
+                      help="do not read lines to post from standard input")
+
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+
+    personas = sub.add_parser("personas", help="persona files")
+    personas.add_argument("action", choices=["check"])
+    personas.add_argument("files", nargs="+", type=Path)
+
+    st = sub.add_parser("settings", help="operator settings in the database")
+    st.add_argument("action", choices=["show", "set"])
+    st.add_argument("pairs", nargs="*", help="KEY=VALUE, VALUE as JSON (e.g. max_msgs_per_min=8)")
+
+    sub.add_parser("worker", help="run a worker process")
+    listener = sub.add_parser("listener", help="run the webhook listener")
+    listener.add_argument("--register", action="store_true", help="setWebhook for every bot")
+    return p
+
+
+def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValidationFailed("settings set", [(pair, "expected KEY=VALUE")])
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
+    return changes
+
+
+async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -> None:
+    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.stores import settings as store
+
+    await upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            if action == "set":
+                current = await store.update_settings(session, changes=_parse_pairs(pairs))
+            else:
+                current = await store.get_settings(session)
+        print(json.dumps(current.model_dump(mode="json"), indent=2))
+    finally:
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``botsim`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(
+            level=getattr(logging, settings.log_level),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        if args.command == "demo":
+            from backend.demo import DemoOptions, run_demo
+
+            logging.getLogger().setLevel(logging.WARNING)
+            options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
+                                  read_stdin=not args.no_input)
+            try:
+                asyncio.run(run_demo(settings, options))
+            except KeyboardInterrupt:
+                print("stopped", file=sys.stderr)
+            return 0
+        if args.command == "db":
+            from backend.db.session import upgrade_sync
+
+            upgrade_sync(settings.effective_database_url)
+            print(f"database at head: {settings.effective_database_url.split('@')[-1]}")
+            return 0
+        if args.command == "personas":
+            from bots.personas import load_persona_file
+
+            bad = 0
+            for path in args.files:
+                try:
+                    persona = load_persona_file(path)
+                    print(f"{path}: ok ({persona.name}, @{persona.username})")
+                except ValidationFailed as exc:
+                    bad += 1
+                    print(str(exc), file=sys.stderr)
+            return 2 if bad else 0
+        if args.command == "settings":
+            asyncio.run(_settings_cmd(settings, args.action, args.pairs))
+            return 0
+        if args.command == "worker":
+            import worker
+
+            return worker.main([])
+        if args.command == "listener":
+            import message_listener
+
+            return message_listener.main(["--register"] if args.register else [])
+    except (ConfigError, ValidationFailed) as exc:
+        print(f"botsim: {exc}", file=sys.stderr)
+        return 2
+    except BotsimError as exc:
+        print(f"botsim: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""``botsim demo``: the whole loop on the embedded default, in one process.
+
+It migrates a fresh SQLite database (``<data_dir>/demo.db``), seeds the four demo personas
+into one group, starts the sandbox Telegram, the webhook listener and one worker (each the
+same code the separate processes run), and prints the conversation as it is stored. A person
+can type lines (they are posted into the group as the human member "Deniz"), and ``--say``
+posts one after a few seconds. At the end it prints a summary; with ``--json`` the last line
+of standard output is one JSON object with the figures.
+
+No key, no network: the offline generator writes, the sandbox stands in for Telegram, and
+every server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets as pysecrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from sqlalchemy import func, select
+
+from backend.crypto import resolve_secrets
+from backend.db.models import Bot, Message
+from backend.db.session import make_engine, make_sessionmaker, upgrade
+from backend.db.types import utcnow
+from backend.serve import InProcessServer
+from backend.settings import Settings
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from backend.stores import messages as message_store
+from backend.stores import settings as settings_store
+
+DEMO_CHAT_ID = -1001000000001
+DEMO_CHAT_TITLE = "Piyasa Sohbeti"
+DEMO_TOPICS = {"usdtry": 3.0, "bist100": 2.0, "btc": 2.0, "gold": 1.5, "rates": 1.0,
+               "inflation": 1.0}
+HUMAN = {"id": 500001, "first_name": "Deniz", "username": "deniz_trader"}
+#: Livelier than the production defaults, so a minute shows a conversation.
+DEMO_SETTINGS: dict[str, Any] = {
+    "bot_hourly_msg_limit": {"min": 120, "max": 240},
+    "max_msgs_per_min": 12,
+    "scale_factor": 1.0,
+}
+SAY_AFTER_S = 5.0
+
+
+@dataclass
+class DemoOptions:
+    """Options of one demo run.
+
+    Attributes:
+        duration: seconds to run, or None for until Ctrl-C.
+        say: a text the human member posts after :data:`SAY_AFTER_S` seconds.
+        json_out: print the summary as one JSON object on the last line.
+        read_stdin: post each line typed on standard input as the human member.
+    """
+
+    duration: float | None = None
+    say: str | None = None
+    json_out: bool = False
+    read_stdin: bool = True
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+def _demo_token(index: int) -> str:
+    return f"{7100000000 + index}:{pysecrets.token_urlsafe(26)}"
+
+
+def _start_stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str]) -> None:
+    """Feed typed lines into ``queue`` from a daemon thread (ends at EOF)."""
+
+    def pump() -> None:
+        try:
+            for line in sys.stdin:
+                text = line.strip()
+                if text:
+                    loop.call_soon_threadsafe(queue.put_nowait, text)
+        except (OSError, ValueError):
+            return
+
+    threading.Thread(target=pump, name="demo-stdin", daemon=True).start()
+
+
+class _Printer:
+    """Prints stored messages as they appear (time, speaker, text, what they answer)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.last_id = 0
+        self.names: dict[int, str] = {}
+        self.texts: dict[int, tuple[str, str]] = {}
+
+    def show(self, msg: Message) -> None:
+        human = msg.bot_id is None
+        speaker = (msg.sender_name or "?") if human else self.names.get(msg.bot_id or 0, "?")
+        self.texts[msg.telegram_message_id] = (speaker, msg.text)
+        when = msg.created_at.astimezone().strftime("%H:%M:%S")
+        style = "bold cyan" if human else "bold"
+        line = f"[dim]{when}[/dim] [{style}]{escape(speaker)}[/{style}]: {escape(msg.text)}"
+        self.console.print(line, soft_wrap=True, highlight=False)
+        if msg.reply_to_telegram_message_id is not None:
+            who, text = self.texts.get(msg.reply_to_telegram_message_id, ("?", ""))
+            snippet = text if len(text) <= 60 else text[:57] + "..."
+            self.console.print(
+                f"         [dim]↪ answers {escape(who)}: \"{escape(snippet)}\"[/dim]",
+                soft_wrap=True, highlight=False,
+            )
+
+
+async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
+    """Run the demo and return its summary (also printed).
+
+    Returns:
+        ``messages``, ``bots_spoken``, ``human_messages``, ``human_replies``,
+        ``duplicates``, ``errors`` (failed turns + tick errors + sends not stored),
+        ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
+        ``per_bot`` (name → messages).
+    """
+    from message_listener import ListenerState, create_app, register_webhooks
+    from sandbox.telegram_api import TelegramSandbox
+
+    from behavior_engine.llm.offline import OfflineGenerator
+    from behavior_engine.market import MarketFeed
+    from bots.personas import load_persona_dir
+    from worker import Worker
+
+    console = Console(file=options.out, highlight=False, soft_wrap=True)
+    secrets = resolve_secrets(settings)
+    db_path = settings.data_dir / "demo.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite+aiosqlite:///{db_path.resolve()}"
+    await upgrade(url)
+    engine = make_engine(url)
+    sessionmaker = make_sessionmaker(engine)
+    personas = load_persona_dir()
+    cipher = secrets.cipher()
+
+    sandbox = TelegramSandbox()
+    sandbox.add_chat(DEMO_CHAT_ID, DEMO_CHAT_TITLE)
+    sandbox.add_member(DEMO_CHAT_ID, dict(HUMAN))
+    printer = _Printer(console)
+    async with sessionmaker() as session, session.begin():
+        chat = await chat_store.upsert_chat(
+            session, telegram_chat_id=DEMO_CHAT_ID, title=DEMO_CHAT_TITLE, topics=DEMO_TOPICS
+        )
+        for i, persona in enumerate(personas):
+            token = _demo_token(i)
+            bot = await bot_store.upsert_persona_bot(
+                session, persona=persona, token=token, cipher=cipher
+            )
+            await chat_store.add_bot(session, chat_id=chat.id, bot_id=bot.id)
+            sandbox.add_bot(token, persona.username, persona.name)
+            sandbox.add_bot_to_chat(DEMO_CHAT_ID, token)
+            printer.names[bot.id] = persona.name
+        await settings_store.update_settings(session, changes=DEMO_SETTINGS)
+
+    stack = contextlib.AsyncExitStack()
+    started = time.monotonic()
+    run_start: datetime = utcnow()
+    worker: Worker | None = None
+    listener_state = ListenerState(sessionmaker=sessionmaker,
+                                   webhook_secret=secrets.webhook_secret)
+    try:
+        await sandbox.start()
+        stack.push_async_callback(sandbox.stop)
+        await listener_state.refresh_bots()
+        listener = await InProcessServer.start(create_app(listener_state))
+        stack.push_async_callback(listener.stop)
+        worker_settings = settings.model_copy(
+            update={"telegram_api_url": sandbox.bot_api_url, "public_webhook_url": listener.url}
+        )
+        await register_webhooks(
+            sessionmaker=sessionmaker, secrets=secrets, api_url=sandbox.bot_api_url,
+            public_url=listener.url,
+        )
+        worker = Worker(
+            settings=worker_settings,
+            sessionmaker=sessionmaker,
+            secrets=secrets,
+            provider=OfflineGenerator(),
+            market=MarketFeed(seed=settings.seed, start=run_start),
+        )
+        await worker.start()
+        stack.push_async_callback(worker.stop)
+
+        console.print(
+            f"[bold]botsim demo[/bold]: {len(personas)} personas in \"{DEMO_CHAT_TITLE}\" "
+            f"(sandbox Telegram {sandbox.base_url}, listener {listener.url}, offline generator)."
+        )
+        console.print(
+            "Type a line and press Enter to post it as Deniz"
+            + (f"; stops after {options.duration:g} s." if options.duration else "; Ctrl-C stops.")
+        )
+        human_lines: asyncio.Queue[str] = asyncio.Queue()
+        if options.read_stdin and sys.stdin is not None and not sys.stdin.closed:
+            _start_stdin_reader(asyncio.get_running_loop(), human_lines)
+        said = options.say is None
+        while options.duration is None or time.monotonic() - started < options.duration:
+            if not said and time.monotonic() - started >= SAY_AFTER_S:
+                said = True
+                assert options.say is not None
+                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN["id"], options.say)
+            while not human_lines.empty():
+                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN["id"], human_lines.get_nowait())
+            async with sessionmaker() as session:
+                rows = (await session.execute(
+                    select(Message).where(Message.id > printer.last_id).order_by(Message.id)
+                )).scalars().all()
+            for msg in rows:
+                printer.show(msg)
+                printer.last_id = msg.id
+            await asyncio.sleep(0.25)
+    finally:
+        await stack.aclose()
+
+    # Let the listener's last writes land, then count.
+    async with sessionmaker() as session:
+        figures = await message_store.run_summary(session, since=run_start)
+        stored_ids = set((await session.execute(
+            select(Message.telegram_message_id).where(Message.bot_id.is_not(None))
+        )).scalars().all())
+        per_bot_rows = (await session.execute(
+            select(Bot.name, func.count(Message.id))
+            .outerjoin(Message, (Message.bot_id == Bot.id) & (Message.created_at >= run_start))
+            .group_by(Bot.id, Bot.name)
+            .order_by(Bot.id)
+        )).all()
+    await engine.dispose()
+    sent_ids = [m["message_id"] for m in sandbox.messages(DEMO_CHAT_ID) if m["from"]["is_bot"]]
+    unrecorded = sum(1 for i in sent_ids if i not in stored_ids)
+    stats = worker.stats if worker is not None else {}
+    per_bot = {name: int(n) for name, n in per_bot_rows}
+    summary: dict[str, Any] = {
+        **figures,
+        "errors": int(stats.get("errors", 0)) + unrecorded,
+        "rate_limited": int(stats.get("rate_limited", 0)),
+        "unrecorded_sends": unrecorded,
+        "telegram_429": int(sandbox.stats["too_many_requests"]),
+        "duration_s": round(time.monotonic() - started, 1),
+        "per_bot": per_bot,
+        "provider": "offline",
+    }
+    console.print(
+        f"\n[bold]Summary[/bold]: {summary['messages']} bot messages from "
+        f"{summary['bots_spoken']} bots, {summary['human_messages']} human messages "
+        f"({summary['human_replies']} answered), {summary['duplicates']} duplicates, "
+        f"{summary['errors']} errors, {summary['telegram_429']} 429s in "
+        f"{summary['duration_s']:g} s."
+    )
+    if options.json_out:
+        options.out.write(json.dumps(summary, ensure_ascii=False) + "\n")
+        options.out.flush()
+    return summary

@@ -1,0 +1,104 @@
+"""Shared fixtures: one storage fixture parametrized over SQLite and PostgreSQL.
+
+PostgreSQL tests use a dedicated database ``botsim_test`` on 127.0.0.1:5432 (user
+``postgres``), migrated once per session with Alembic and truncated before each test.
+When PostgreSQL is not reachable they skip with the reason, unless ``CI`` is set: then
+they fail, so CI can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from backend.crypto import TokenCipher
+from backend.db.models import Base
+from backend.db.session import make_engine, make_sessionmaker, upgrade_sync
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_DB = "botsim_test"
+PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
+
+
+def service_missing(what: str, why: str) -> None:
+    """Skip on a laptop, fail in CI, naming the missing service and why."""
+    msg = f"{what} not reachable: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg} (CI is set, so this fails instead of skipping)")
+    pytest.skip(msg)
+
+
+async def _prepare_pg() -> str | None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{PG_DB}"')
+    finally:
+        await conn.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated PostgreSQL database URL (created fresh for the session)."""
+    problem = asyncio.run(_prepare_pg())
+    if problem:
+        service_missing("PostgreSQL at 127.0.0.1:5432", problem)
+    upgrade_sync(PG_URL)
+    yield PG_URL
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade_sync(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    """The URL of an empty, migrated database: SQLite file or PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "test.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``db_url``; PostgreSQL tables are emptied first."""
+    eng = make_engine(db_url)
+    if eng.dialect.name == "postgresql":
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        async with eng.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the test database."""
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture
+def cipher() -> TokenCipher:
+    """A token cipher with a key made for this test."""
+    return TokenCipher(Fernet.generate_key().decode())
