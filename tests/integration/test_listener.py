@@ -1,0 +1,208 @@
+"""The webhook listener: secret token, deduplication, human messages, malformed updates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.crypto import TokenCipher, webhook_secret_for
+from backend.db.models import Chat, Message, WebhookUpdate
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from message_listener import SECRET_HEADER, ListenerState, create_app
+from tests.integration.test_storage import make_persona
+
+MASTER = "test-master-secret-0123456789abcdefghijkl"
+TOKEN = "7100000001:AAHsecretpartofthetoken_abcdefghij"
+CHAT = -100555
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def client(
+    sessionmaker: Sessions, cipher: TokenCipher
+) -> AsyncIterator[tuple[httpx.AsyncClient, int, ListenerState]]:
+    async with sessionmaker() as s, s.begin():
+        bot = await bot_store.upsert_persona_bot(s, persona=make_persona(), token=TOKEN,
+                                                 cipher=cipher)
+        chat = await chat_store.upsert_chat(s, telegram_chat_id=CHAT, title="Grup",
+                                            topics={"usdtry": 1.0})
+        await chat_store.add_bot(s, chat_id=chat.id, bot_id=bot.id)
+        bot_id = bot.id
+    state = ListenerState(sessionmaker=sessionmaker, webhook_secret=MASTER)
+    await state.refresh_bots()
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://listener") as c:
+        yield c, bot_id, state
+
+
+def update(update_id: int, message_id: int, text: str = "Dolar nereye gider?",
+           user: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id,
+            "date": 1_790_000_000,
+            "chat": {"id": CHAT, "type": "supergroup", "title": "Grup"},
+            "from": user or {"id": 501, "is_bot": False, "first_name": "Deniz",
+                             "username": "deniz"},
+            "text": text,
+            **extra,
+        },
+    }
+
+
+async def count(sm: Sessions, model: Any) -> int:
+    async with sm() as s:
+        return int((await s.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def post(c: httpx.AsyncClient, bot_id: int, body: Any, secret: str | None = "ok",
+               raw: bytes | None = None) -> httpx.Response:
+    headers = {}
+    if secret == "ok":
+        headers[SECRET_HEADER] = webhook_secret_for(MASTER, bot_id)
+    elif secret is not None:
+        headers[SECRET_HEADER] = secret
+    content = raw if raw is not None else json.dumps(body).encode()
+    return await c.post(f"/webhook/{bot_id}", content=content, headers=headers)
+
+
+@pytest.mark.parametrize("secret", [None, "wrong", "WRONG-CASE"])
+async def test_wrong_or_missing_secret_is_403_and_stores_nothing(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions,
+    secret: str | None,
+) -> None:
+    c, bot_id, state = client
+    if secret == "WRONG-CASE":
+        secret = webhook_secret_for(MASTER, bot_id).swapcase()
+    r = await post(c, bot_id, update(1, 1), secret=secret)
+    assert r.status_code == 403
+    assert await count(sessionmaker, Message) == 0
+    assert await count(sessionmaker, WebhookUpdate) == 0
+    assert state.stats["rejected"] == 1
+
+
+async def test_secret_of_another_bot_is_refused(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, _ = client
+    r = await post(c, bot_id, update(1, 1), secret=webhook_secret_for(MASTER, bot_id + 1))
+    assert r.status_code == 403
+    assert await count(sessionmaker, Message) == 0
+
+
+async def test_human_message_stored_with_no_bot_and_reply_wanted(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, _ = client
+    r = await post(c, bot_id, update(1, 11, reply_to_message={"message_id": 3, "date": 1,
+                                                               "chat": {"id": CHAT,
+                                                                        "type": "supergroup"}}))
+    assert r.status_code == 200 and r.json()["stored"] is True
+    async with sessionmaker() as s:
+        msg = (await s.execute(select(Message))).scalar_one()
+    assert msg.bot_id is None and msg.sender_id == 501 and msg.sender_name == "Deniz"
+    assert msg.reply_wanted is True and msg.text == "Dolar nereye gider?"
+    assert msg.reply_to_telegram_message_id == 3
+    assert msg.meta.update_id == 1 and msg.meta.sender_username == "deniz"
+
+
+async def test_duplicate_update_stored_once(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, state = client
+    for _ in range(3):
+        r = await post(c, bot_id, update(5, 12))
+        assert r.status_code == 200
+    assert await count(sessionmaker, Message) == 1
+    assert await count(sessionmaker, WebhookUpdate) == 1
+    assert state.stats["duplicates"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "why"),
+    [
+        (None, b"{not json", "not JSON"),
+        (None, b"\xff\xfe", "not JSON"),
+        ([1, 2], None, "update"),
+        ({"update_id": "x"}, None, "update_id"),
+        ({"update_id": -1}, None, "update_id"),
+        ({"update_id": 3, "message": {"message_id": 1}}, None, "message.date"),
+        ({"update_id": 3, "message": {"message_id": 1, "date": 1, "chat": "x"}}, None,
+         "message.chat"),
+    ],
+)
+async def test_malformed_update_is_400_and_listener_survives(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions,
+    body: Any, raw: bytes | None, why: str,
+) -> None:
+    c, bot_id, _ = client
+    r = await post(c, bot_id, body, raw=raw)
+    assert r.status_code == 400
+    assert why in r.json()["description"]
+    assert await count(sessionmaker, Message) == 0
+    ok = await post(c, bot_id, update(9, 1))
+    assert ok.status_code == 200
+    assert await count(sessionmaker, Message) == 1
+
+
+async def test_unknown_bot_is_404(client: tuple[httpx.AsyncClient, int, ListenerState]) -> None:
+    c, bot_id, _ = client
+    assert (await post(c, bot_id + 100, update(1, 1))).status_code == 404
+    assert (await c.post("/webhook/abc", content=b"{}")).status_code == 404
+
+
+async def test_non_text_and_other_updates_not_lost(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, _ = client
+    photo = update(1, 20, text=None, photo=[{"file_id": "x"}], caption="grafik")
+    photo["message"].pop("text")
+    assert (await post(c, bot_id, photo)).status_code == 200
+    r = await post(c, bot_id, {"update_id": 2, "my_chat_member": {"x": 1}})
+    assert r.status_code == 200 and r.json().get("ignored") is True
+    async with sessionmaker() as s:
+        msg = (await s.execute(select(Message))).scalar_one()
+    assert msg.meta.kind == "photo" and msg.text == "grafik"
+
+
+async def test_own_bot_messages_not_stored_from_updates(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, _ = client
+    own = {"id": 7100000001, "is_bot": True, "first_name": "Mehmet", "username": "m_bot"}
+    r = await post(c, bot_id, update(1, 30, user=own))
+    assert r.status_code == 200 and r.json()["stored"] is False
+    other_bot = {"id": 999, "is_bot": True, "first_name": "Other", "username": "other_bot"}
+    await post(c, bot_id, update(2, 31, user=other_bot))
+    async with sessionmaker() as s:
+        msg = (await s.execute(select(Message))).scalar_one()
+    assert msg.telegram_message_id == 31 and msg.meta.sender_is_bot and not msg.reply_wanted
+
+
+async def test_unregistered_chat_kept_but_disabled(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, _ = client
+    body = update(1, 1)
+    body["message"]["chat"] = {"id": -100999, "type": "supergroup", "title": "Yeni"}
+    assert (await post(c, bot_id, body)).status_code == 200
+    async with sessionmaker() as s:
+        chat = (await s.execute(select(Chat).where(Chat.telegram_chat_id == -100999))
+                ).scalar_one()
+        msg = (await s.execute(select(Message))).scalar_one()
+    assert chat.enabled is False and msg.chat_id == chat.id and msg.reply_wanted is False
+
+
+async def test_health(client: tuple[httpx.AsyncClient, int, ListenerState]) -> None:
+    c, _, _ = client
+    assert (await c.get("/health/live")).json() == {"status": "live"}
+    assert (await c.get("/health/ready")).status_code == 200
