@@ -318,11 +318,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from backend.crypto import resolve_secrets
     from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.cli import configure_process
     from backend.settings import load_settings
 
     parser = argparse.ArgumentParser(description="botsim webhook listener")
     parser.add_argument("--register", action="store_true", help="setWebhook for every bot")
     args = parser.parse_args(argv)
+    configure_process()
     settings = load_settings()
     logging.basicConfig(level=settings.log_level)
     secrets = resolve_secrets(settings)

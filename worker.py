@@ -44,7 +44,13 @@ from backend.stores import settings as settings_store
 from behavior_engine.llm.base import Provider
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
 from behavior_engine.prompt_builder import build_request
-from behavior_engine.scheduler import BotView, ChatView, Scheduler, WaitingMessage
+from behavior_engine.scheduler import (
+    HUMAN_WAIT_MAX,
+    BotView,
+    ChatView,
+    Scheduler,
+    WaitingMessage,
+)
 from behavior_engine.turn import ChatLine, Outcome, Turn, TurnContext
 from bots.ratelimit import TelegramLimiter
 from bots.telegram import BotClient, SentMessage
@@ -207,7 +213,7 @@ class Worker:
     ) -> ChatView:
         recent = await message_store.recent_messages(session, chat_id=chat_id, limit=HISTORY_SIZE)
         waiting_rows = await message_store.waiting_for_reply(
-            session, chat_id=chat_id, since=now - timedelta(minutes=30)
+            session, chat_id=chat_id, since=now - HUMAN_WAIT_MAX
         )
         bot_by_tg = {m.telegram_message_id: m.bot_id for m in recent if m.bot_id is not None}
         waiting = [
@@ -385,9 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from backend.crypto import resolve_secrets
     from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.cli import configure_process
     from backend.settings import load_settings
 
     argparse.ArgumentParser(description="botsim worker").parse_args(argv)
+    configure_process()
     settings = load_settings()
     logging.basicConfig(level=settings.log_level)
     secrets = resolve_secrets(settings)

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,15 @@ from typing import Any
 
 from backend.errors import BotsimError, ConfigError, ValidationFailed
 from backend.settings import Settings, load_settings
+
+
+def configure_process() -> None:
+    """Process-wide library switches, set once by each entry point before anything runs.
+
+    ``PTB_TIMEDELTA``: python-telegram-bot 22 reports time periods (``RetryAfter``) as
+    ``timedelta`` instead of warning that int seconds are deprecated.
+    """
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +101,7 @@ async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botsim`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    configure_process()
     try:
         settings = load_settings()
         logging.basicConfig(

@@ -32,6 +32,31 @@ Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]{1,15}$")]
 BOT_USERNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,28}[Bb][Oo][Tt]$")
 
 
+def _unique_topics(stances: list[Stance]) -> list[Stance]:
+    seen: set[str] = set()
+    for st in stances:
+        if st.topic in seen:
+            raise ValueError(f"two stances on topic {st.topic!r}")
+        seen.add(st.topic)
+    return stances
+
+
+def _unique_symbols(holdings: list[Holding]) -> list[Holding]:
+    seen: set[str] = set()
+    for h in holdings:
+        if h.symbol in seen:
+            raise ValueError(f"two holdings of symbol {h.symbol!r}")
+        seen.add(h.symbol)
+    return holdings
+
+
+def _positive_weights(weights: dict[str, float]) -> dict[str, float]:
+    for topic, w in weights.items():
+        if not w > 0:
+            raise ValueError(f"weight of topic {topic!r} must be > 0, got {w}")
+    return weights
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,13 +111,7 @@ class TopicWeights(_Strict):
 
     weights: dict[TopicId, float] = Field(min_length=1)
 
-    @field_validator("weights")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        for topic, w in v.items():
-            if not w > 0:
-                raise ValueError(f"weight of topic {topic!r} must be > 0, got {w}")
-        return v
+    _positive = field_validator("weights")(classmethod(lambda cls, v: _positive_weights(v)))
 
 
 class PersonaProfile(_Strict):
@@ -116,13 +135,7 @@ class PersonaProfile(_Strict):
     talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
     mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
 
-    @field_validator("topics")
-    @classmethod
-    def _positive_topics(cls, v: dict[str, float]) -> dict[str, float]:
-        for topic, w in v.items():
-            if not w > 0:
-                raise ValueError(f"weight of topic {topic!r} must be > 0, got {w}")
-        return v
+    _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
 
 
 class StanceList(_Strict):
@@ -130,15 +143,7 @@ class StanceList(_Strict):
 
     items: list[Stance] = Field(default_factory=list)
 
-    @field_validator("items")
-    @classmethod
-    def _one_per_topic(cls, v: list[Stance]) -> list[Stance]:
-        seen: set[str] = set()
-        for s in v:
-            if s.topic in seen:
-                raise ValueError(f"two stances on topic {s.topic!r}")
-            seen.add(s.topic)
-        return v
+    _unique = field_validator("items")(classmethod(lambda cls, v: _unique_topics(v)))
 
 
 class HoldingList(_Strict):
@@ -146,15 +151,7 @@ class HoldingList(_Strict):
 
     items: list[Holding] = Field(default_factory=list)
 
-    @field_validator("items")
-    @classmethod
-    def _one_per_symbol(cls, v: list[Holding]) -> list[Holding]:
-        seen: set[str] = set()
-        for h in v:
-            if h.symbol in seen:
-                raise ValueError(f"two holdings of symbol {h.symbol!r}")
-            seen.add(h.symbol)
-        return v
+    _unique = field_validator("items")(classmethod(lambda cls, v: _unique_symbols(v)))
 
 
 class Persona(_Strict):
@@ -190,12 +187,11 @@ class Persona(_Strict):
             )
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Persona:
-        PersonaProfile.model_validate(self.profile().model_dump())
-        StanceList(items=self.stances)
-        HoldingList(items=self.holdings)
-        return self
+    _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
+    _unique_stances = field_validator("stances")(classmethod(lambda cls, v: _unique_topics(v)))
+    _unique_holdings = field_validator("holdings")(
+        classmethod(lambda cls, v: _unique_symbols(v))
+    )
 
     def profile(self) -> PersonaProfile:
         """Return the stable profile part stored in ``bots.persona``."""

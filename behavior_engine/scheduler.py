@@ -41,6 +41,8 @@ REPLY_WINDOW = 8
 SECOND_REPLIER_P = 0.12
 HUMAN_REPLY_MEDIAN_S = 3.0
 HUMAN_WAIT_MAX = timedelta(minutes=30)
+#: A planned human reply holds back spontaneous chatter until this long after it is due.
+HUMAN_PRIORITY_WINDOW = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,8 @@ class Scheduler:
             room -= 1
         if room <= 0 or turns:
             return turns
+        if any(p.due > now - HUMAN_PRIORITY_WINDOW for p in st.planned):
+            return turns  # a human is about to be answered: no chatter in between
         if st.next_at is None:
             st.next_at = now + self._gap(bots, settings, now, first=True)
         if now < st.next_at:

@@ -7,13 +7,15 @@ Limits per bot token (core.telegram.org/bots/faq, "My bot is hitting limits"):
 * about 30 messages per second across all chats,
 * after a 429, nothing for ``retry_after`` seconds.
 
-A bucket of capacity ``c`` refilled at ``r`` tokens/s allows ``c`` at once and ``r``/s
-sustained. This limiter is per process; limits that must hold across workers need the
+The 1/s limit is a token bucket of capacity 1. "N per minute" is a sliding window (at most
+N sends in any 60 s): a bucket of capacity N refilled at N/60 s would allow almost 2N in the
+first minute. This limiter is per process; limits that must hold across workers need the
 shared (Redis) limiter that sharding brings.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
@@ -48,6 +50,27 @@ class TokenBucket:
         self.stamp = now
 
 
+@dataclass(slots=True)
+class SlidingWindow:
+    """At most ``limit`` events in any ``window`` seconds (a log of event times)."""
+
+    limit: int
+    window: float
+    events: deque[float] = field(default_factory=deque)
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one more event fits (0.0 if now)."""
+        while self.events and self.events[0] <= now - self.window:
+            self.events.popleft()
+        if len(self.events) < self.limit:
+            return 0.0
+        return self.events[0] + self.window - now
+
+    def take(self, now: float) -> None:
+        """Record an event at ``now`` (call after :meth:`wait_time` returned 0)."""
+        self.events.append(now)
+
+
 @dataclass
 class TelegramLimiter:
     """Every Telegram send limit of every bot this process drives.
@@ -61,23 +84,22 @@ class TelegramLimiter:
 
     clock: Callable[[], float] = monotonic
     per_chat_per_sec: float = 1.0
-    per_group_per_min: float = 20.0
-    per_bot_per_sec: float = 30.0
+    per_group_per_min: int = 20
+    per_bot_per_sec: int = 30
     _chat: dict[tuple[int, int], TokenBucket] = field(default_factory=dict)
-    _group: dict[tuple[int, int], TokenBucket] = field(default_factory=dict)
-    _bot: dict[int, TokenBucket] = field(default_factory=dict)
+    _group: dict[tuple[int, int], SlidingWindow] = field(default_factory=dict)
+    _bot: dict[int, SlidingWindow] = field(default_factory=dict)
     _blocked_until: dict[int, float] = field(default_factory=dict)
 
-    def _buckets(self, bot_id: int, chat_id: int) -> list[TokenBucket]:
+    def _buckets(self, bot_id: int, chat_id: int) -> list[TokenBucket | SlidingWindow]:
         chat = self._chat.setdefault(
             (bot_id, chat_id), TokenBucket(capacity=1, rate=self.per_chat_per_sec)
         )
         group = self._group.setdefault(
-            (bot_id, chat_id),
-            TokenBucket(capacity=self.per_group_per_min, rate=self.per_group_per_min / 60.0),
+            (bot_id, chat_id), SlidingWindow(limit=int(self.per_group_per_min), window=60.0)
         )
         bot = self._bot.setdefault(
-            bot_id, TokenBucket(capacity=self.per_bot_per_sec, rate=self.per_bot_per_sec)
+            bot_id, SlidingWindow(limit=int(self.per_bot_per_sec), window=1.0)
         )
         return [chat, group, bot]
 

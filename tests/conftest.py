@@ -23,6 +23,11 @@ from backend.crypto import TokenCipher
 from backend.db.models import Base
 from backend.db.session import make_engine, make_sessionmaker, upgrade_sync
 
+# python-telegram-bot 22 warns (an error under filterwarnings=error) when a RetryAfter is
+# built with int seconds unless the process opts in to timedelta periods; the entry points
+# opt in the same way (backend.cli.configure_process).
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "botsim_test"
 PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"

@@ -1,0 +1,946 @@
+"""In-process stand-in for the Telegram Bot API that enforces Telegram's limits.
+
+Speaks the Bot API wire format (``POST|GET /bot<token>/<method>``, answers
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N, "description": ...}``)
+so the real python-telegram-bot client can be pointed at it::
+
+    sandbox = TelegramSandbox()
+    sandbox.add_bot("123456:ABC-secret", "alice_bot", "Alice")
+    sandbox.add_chat(-1001, "Lounge")
+    sandbox.add_bot_to_chat(-1001, 123456)
+    await sandbox.start()
+    bot = telegram.Bot("123456:ABC-secret", base_url=sandbox.bot_api_url)
+
+Sources for every limit and message: core.telegram.org/bots/faq, /bots/api,
+tdlib/telegram-bot-api, summarised in ``/work/shared/TELEGRAM.md``.
+This module imports nothing from the project (stdlib and third-party only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import email.parser
+import email.policy
+import html
+import json
+import logging
+import math
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+log = logging.getLogger(__name__)
+
+TOKEN_RE = re.compile(r"^([1-9]\d{0,19}):([A-Za-z0-9_-]+)$")
+SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_TEXT_LENGTH = 4096  # Telegram: sendMessage text 1-4096 chars, core.telegram.org/bots/api
+UPDATE_TTL = 24 * 3600.0  # Telegram: updates are kept at most 24 h, core.telegram.org/bots/api
+WEBHOOK_PORTS = (443, 80, 88, 8443)  # Telegram: core.telegram.org/bots/api#setwebhook
+CHAT_ACTIONS = frozenset(
+    "typing upload_photo record_video upload_video record_voice upload_voice upload_document"
+    " choose_sticker find_location record_video_note upload_video_note".split()
+)
+GROUP_TYPES = frozenset({"group", "supergroup"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-bot-token rate limits (all times in seconds).
+
+    Attributes:
+        chat_rate: Token refill rate per chat, messages/s. Telegram: "avoid sending more
+            than one message per second" per chat (core.telegram.org/bots/faq).
+        chat_burst: Bucket capacity per chat. Telegram tolerates short bursts before a 429;
+            the exact size is unpublished, the sandbox allows 3.
+        group_per_minute: Messages per sliding ``group_window`` per group/supergroup.
+            Telegram: "no more than 20 messages per minute" in a group (bots/faq).
+        group_window: Window for ``group_per_minute``, 60 s.
+        global_per_second: Messages per sliding second across all chats. Telegram: "about
+            30 messages per second" for bulk notifications (bots/faq).
+        chat_actions: ``(count, window)`` pairs for sendChatAction per chat: 20 per 5 s and
+            40 per 30 s (tdlib/telegram-bot-api behaviour, TELEGRAM.md).
+        set_webhook_interval: Minimum gap between setWebhook calls, 1 s (telegram-bot-api).
+    """
+
+    chat_rate: float = 1.0
+    chat_burst: float = 3.0
+    group_per_minute: int = 20
+    group_window: float = 60.0
+    global_per_second: int = 30
+    chat_actions: tuple[tuple[int, float], ...] = ((20, 5.0), (40, 30.0))
+    set_webhook_interval: float = 1.0
+
+
+class SandboxError(ValueError):
+    """Bad input to a sandbox helper (not a Bot API error).
+
+    Attributes:
+        status: HTTP status the human endpoint answers with (400 bad input, 404 unknown).
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiError(Exception):
+    """A Bot API error answer: HTTP ``code`` with ``{"ok": false, ...}`` body."""
+
+    def __init__(self, code: int, description: str, **parameters: int) -> None:
+        super().__init__(description)
+        self.code, self.description, self.parameters = code, description, parameters
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"ok": False, "error_code": self.code,
+                                "description": self.description}
+        if self.parameters:
+            body["parameters"] = self.parameters
+        return JSONResponse(body, status_code=self.code)
+
+
+@dataclass(eq=False)
+class _Webhook:
+    url: str
+    secret: str | None
+    max_connections: int
+    allowed_updates: list[str]
+
+
+@dataclass(eq=False)
+class _Bot:
+    token: str
+    user: dict[str, Any]
+    webhook: _Webhook | None = None
+    allowed_updates: list[str] = field(default_factory=list)
+    pending: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
+    next_update_id: int = 1
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    poll_generation: int = 0
+    last_set_webhook: float | None = None
+    last_error_date: int | None = None
+    last_error_message: str | None = None
+    delivery: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class _Chat:
+    chat: dict[str, Any]
+    members: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bots: set[int] = field(default_factory=set)
+    kicked: set[int] = field(default_factory=set)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    by_id: dict[int, dict[str, Any]] = field(default_factory=dict)
+    next_message_id: int = 1
+    migrated_to: int | None = None
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn server that leaves the host process's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class BackgroundServer:
+    """Serves an ASGI app with uvicorn in a background asyncio task.
+
+    Use ``await BackgroundServer.start(app)``; ``url`` is ``http://host:port`` (port picked
+    by the OS when 0); ``await stop()`` shuts it down gracefully (at most ~2 s).
+    """
+
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str) -> None:
+        self._server, self._task, self.url = server, task, url
+
+    @classmethod
+    async def start(cls, app: Any, host: str = "127.0.0.1", port: int = 0) -> BackgroundServer:
+        """Bind ``host:port`` and serve ``app``; raises OSError if the port is taken."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # proto=IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted sockets (else ~40 ms
+        # per request from Nagle + delayed ACK).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=2)
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                sock.close()
+                task.result()
+                raise RuntimeError("uvicorn exited during startup")
+            await asyncio.sleep(0.01)
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        return cls(server, task, f"http://{shown}:{sock.getsockname()[1]}")
+
+    async def stop(self) -> None:
+        """Ask uvicorn to exit and wait for it."""
+        self._server.should_exit = True
+        await self._task
+
+
+def _retry_after(wait: float) -> int:
+    """Whole seconds until a wait of ``wait`` seconds is over, at least 1 (as Telegram)."""
+    return max(1, math.ceil(wait - 1e-9))
+
+
+def _text_of(params: dict[str, Any]) -> str:
+    text = params.get("text")
+    text = "" if text is None else str(text)
+    if str(params.get("parse_mode") or "").upper() == "HTML":
+        text = html.unescape(re.sub(r"<[^>]*>", "", text))
+    return text
+
+
+def _check_text(text: str) -> str:
+    """Telegram: 1-4096 characters after stripping (counted as Unicode code points here)."""
+    if not text.strip():
+        raise ApiError(400, "Bad Request: message text is empty")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ApiError(400, "Bad Request: message is too long")
+    return text
+
+
+def _int(params: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise ApiError(400, f"Bad Request: invalid {name} specified")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"Bad Request: invalid {name} specified") from None
+
+
+def _bool(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name)
+    return value is True or str(value).lower() in ("true", "1")
+
+
+def _json(params: dict[str, Any], name: str) -> Any:
+    """A nested parameter: JSON value, or JSON encoded as a string (PTB form encoding)."""
+    value = params.get(name)
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ApiError(400, f"Bad Request: can't parse {name} JSON object") from None
+    return value
+
+
+async def _read_params(request: Request) -> dict[str, Any]:
+    """Merge query string and body (JSON, urlencoded or multipart/form-data)."""
+    params: dict[str, Any] = dict(request.query_params)
+    body = await request.body()
+    ctype = request.headers.get("content-type", "").lower()
+    if not body:
+        return params
+    if ctype.startswith("application/json"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "Bad Request: can't parse JSON object") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "Bad Request: JSON body must be an object")
+        params.update(data)
+    elif ctype.startswith("multipart/form-data"):
+        head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name and not part.get_filename():
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    params[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+    else:
+        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return params
+
+
+class TelegramSandbox:
+    """World state (bots, chats, members, messages, webhooks, updates) plus the HTTP API.
+
+    Bot API (``GET|POST /bot<token>/<method>``, method names case-insensitive; parameters
+    from the query string and a JSON, urlencoded or multipart body; nested values may be
+    JSON objects or JSON-encoded strings as python-telegram-bot sends them):
+    getMe, sendMessage, sendChatAction, setWebhook, deleteWebhook, getWebhookInfo,
+    getUpdates, close, logOut. Errors are ``{"ok": false, "error_code", "description",
+    "parameters"?}`` with the same HTTP status: 401 "Unauthorized" (unknown token),
+    404 "Not Found" (unknown method or malformed token), 400 "Bad Request: ..." (chat not
+    found, text empty/too long, reply not found, bad webhook; ``migrate_to_chat_id`` after
+    :meth:`migrate_chat`), 403 "Forbidden: bot is not a member of the <type> chat" / "bot
+    was kicked from the <type> chat", 409 "Conflict: ..." (getUpdates with a webhook or a
+    newer poller), 429 "Too Many Requests: retry after N" with ``retry_after`` N (s).
+
+    Delivery: a human message (:meth:`post_as_human`) becomes one Update per member bot
+    (``update_id`` increasing per bot); bots' own messages are never delivered to bots.
+    With a webhook, updates are POSTed in order per bot with the
+    ``X-Telegram-Bot-Api-Secret-Token`` header; a non-2xx answer or connection error is
+    retried after ``retry_base_delay`` doubling up to ``retry_max_delay`` (Telegram: 1 s
+    doubling to 60-120 s). ``max_connections`` is stored but delivery is sequential.
+
+    Sandbox endpoints: ``POST /sandbox/chats/{chat_id}/messages`` with JSON
+    ``{"user_id", "text", "reply_to_message_id"?, "first_name"?, "username"?}`` posts as a
+    human (added as a member if unknown and ``first_name`` is given) and answers
+    ``{"ok": true, "result": Message}``; ``GET`` on the same path answers the chat log;
+    ``GET /sandbox/stats`` answers :attr:`stats`. Bad input: 400/404 with a description
+    naming the field.
+
+    Args:
+        clock: Monotonic seconds used for rate limits and update expiry; inject a fake
+            for deterministic tests. Default ``time.monotonic``.
+        wall_clock: Unix seconds for ``Message.date`` and ``last_error_date``.
+        limits: Rate limits, see :class:`Limits`.
+        retry_base_delay: First webhook retry delay in s, doubled per failure (Telegram: 1 s).
+        retry_max_delay: Cap of the retry delay in s (Telegram: 60-120 s).
+        webhook_timeout: Timeout in s of one webhook POST.
+        max_poll_timeout: Cap in s for getUpdates ``timeout`` (long polling).
+        http_webhook_hosts: Hosts a webhook may reach over plain ``http://`` on any port.
+            Real Telegram requires HTTPS on ports 443, 80, 88 or 8443; the sandbox allows
+            plain HTTP to these hosts (default loopback) for local testing.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
+        retry_base_delay: float = 1.0,
+        retry_max_delay: float = 60.0,
+        webhook_timeout: float = 5.0,
+        max_poll_timeout: float = 10.0,
+        http_webhook_hosts: Collection[str] = ("127.0.0.1", "localhost", "::1"),
+    ) -> None:
+        self.clock, self.wall_clock = clock, wall_clock
+        self.limits = limits or Limits()
+        self.retry_base_delay, self.retry_max_delay = retry_base_delay, retry_max_delay
+        self.webhook_timeout, self.max_poll_timeout = webhook_timeout, max_poll_timeout
+        self.http_webhook_hosts = frozenset(h.lower() for h in http_webhook_hosts)
+        self._bots: dict[int, _Bot] = {}
+        self._chats: dict[int, _Chat] = {}
+        self._buckets: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._windows: dict[tuple[Any, ...], deque[float]] = {}
+        self._penalties: dict[tuple[Any, ...], float] = {}
+        self._counters: dict[str, int] = dict.fromkeys(
+            ("too_many_requests", "ignored_retry_after", "webhook_ok", "webhook_failed",
+             "updates_queued", "updates_expired", "chat_actions"), 0)
+        self._sent: dict[int, int] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._server: BackgroundServer | None = None
+        self._closing = False
+        self._methods: dict[str, Callable[[_Bot, dict[str, Any]], Any]] = {
+            "getme": self._get_me, "sendmessage": self._send_message,
+            "sendchataction": self._send_chat_action, "setwebhook": self._set_webhook,
+            "deletewebhook": self._delete_webhook, "getwebhookinfo": self._get_webhook_info,
+            "getupdates": self._get_updates, "close": self._true, "logout": self._true,
+        }
+        self._app = Starlette(
+            routes=[
+                Route("/bot{token}/{method}", self._handle_bot_api, methods=["GET", "POST"]),
+                Route("/sandbox/chats/{chat_id}/messages", self._handle_human,
+                      methods=["GET", "POST"]),
+                Route("/sandbox/stats", self._handle_stats, methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    # ----------------------------------------------------------------- world building
+    def add_bot(self, token: str, username: str, first_name: str) -> dict[str, Any]:
+        """Register a bot; its user id is the integer before ':' in ``token``.
+
+        Returns:
+            The bot's User object ``{"id", "is_bot": True, "first_name", "username"}``.
+
+        Raises:
+            SandboxError: token is not ``<digits>:<[A-Za-z0-9_-]+>`` or the id is taken.
+        """
+        match = TOKEN_RE.match(token)
+        if not match:
+            raise SandboxError(f"token {token!r} is not of the form '123456:ABC-def_ghi'")
+        bot_id = int(match.group(1))
+        if bot_id in self._bots:
+            raise SandboxError(f"a bot with id {bot_id} already exists")
+        user = {"id": bot_id, "is_bot": True, "first_name": first_name, "username": username}
+        self._bots[bot_id] = _Bot(token=token, user=user)
+        return dict(user)
+
+    def add_chat(self, chat_id: int, title: str, type: str = "supergroup") -> dict[str, Any]:
+        """Create a chat; returns the Chat object ``{"id", "title", "type"}``.
+
+        Raises:
+            SandboxError: chat id exists or type not group/supergroup/channel/private.
+        """
+        if chat_id in self._chats:
+            raise SandboxError(f"chat {chat_id} already exists")
+        if type not in ("group", "supergroup", "channel", "private"):
+            raise SandboxError(f"type {type!r} must be group, supergroup, channel or private")
+        self._chats[chat_id] = _Chat(chat={"id": chat_id, "title": title, "type": type})
+        return dict(self._chats[chat_id].chat)
+
+    def add_member(self, chat_id: int, user: dict[str, Any]) -> dict[str, Any]:
+        """Add a human ``{"id": int, "first_name": str, "username"?: str}``; returns User."""
+        chat = self._chat(chat_id)
+        if not isinstance(user.get("id"), int) or not user.get("first_name"):
+            raise SandboxError("user needs an integer 'id' and a non-empty 'first_name'")
+        member = {"id": user["id"], "is_bot": False, "first_name": str(user["first_name"])}
+        if user.get("username"):
+            member["username"] = str(user["username"])
+        chat.members[user["id"]] = member
+        return dict(member)
+
+    def add_bot_to_chat(self, chat_id: int, token_or_bot_id: str | int) -> None:
+        """Make a registered bot (by token or user id) a member of ``chat_id``."""
+        bot = self._bot(token_or_bot_id)
+        chat = self._chat(chat_id)
+        chat.bots.add(bot.user["id"])
+        chat.kicked.discard(bot.user["id"])
+
+    def kick_bot(self, chat_id: int, token_or_bot_id: str | int) -> None:
+        """Remove a bot; its sends then get 403 "Forbidden: bot was kicked from the ... chat"."""
+        bot_id = self._bot(token_or_bot_id).user["id"]
+        chat = self._chat(chat_id)
+        chat.bots.discard(bot_id)
+        chat.kicked.add(bot_id)
+
+    def migrate_chat(self, chat_id: int, new_chat_id: int) -> dict[str, Any]:
+        """Upgrade a group to a supergroup with a new id (Telegram: migrate_to_chat_id).
+
+        Sends to the old id then answer 400 with ``parameters.migrate_to_chat_id``.
+        """
+        old = self._chat(chat_id)
+        new = self.add_chat(new_chat_id, old.chat["title"], "supergroup")
+        self._chats[new_chat_id].members = dict(old.members)
+        self._chats[new_chat_id].bots = set(old.bots)
+        old.migrated_to = new_chat_id
+        return new
+
+    def load_world(self, world: dict[str, Any]) -> None:
+        """Load ``{"bots": [{token, username, first_name}], "chats": [{id, title, type?,
+        members?: [user], bots?: [token or id]}]}`` (the CLI ``--world`` file)."""
+        for b in world.get("bots", []):
+            self.add_bot(b["token"], b["username"], b["first_name"])
+        for c in world.get("chats", []):
+            self.add_chat(int(c["id"]), c["title"], c.get("type", "supergroup"))
+            for user in c.get("members", []):
+                self.add_member(int(c["id"]), user)
+            for bot in c.get("bots", []):
+                self.add_bot_to_chat(int(c["id"]), bot)
+
+    async def post_as_human(self, chat_id: int, user_id: int, text: str,
+                            reply_to_message_id: int | None = None) -> dict[str, Any]:
+        """A human member posts ``text``; every member bot gets an Update.
+
+        Returns:
+            The stored Message object. Message ids are chat-wide (as in supergroups).
+
+        Raises:
+            SandboxError: unknown chat/user (status 404), empty or > 4096-char text, or
+                unknown ``reply_to_message_id`` (status 400).
+        """
+        chat = self._chat(chat_id)
+        user = chat.members.get(user_id)
+        if user is None:
+            raise SandboxError(f"user_id {user_id} is not a member of chat {chat_id}", 404)
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
+            raise SandboxError(f"text must be 1-{MAX_TEXT_LENGTH} non-blank characters")
+        reply = None
+        if reply_to_message_id is not None:
+            reply = chat.by_id.get(reply_to_message_id)
+            if reply is None:
+                raise SandboxError(
+                    f"reply_to_message_id {reply_to_message_id} not found in chat {chat_id}")
+        message = self._store(chat, user, text, reply)
+        for bot_id in sorted(chat.bots):
+            self._enqueue(self._bots[bot_id], {"message": copy.deepcopy(message)})
+        return copy.deepcopy(message)
+
+    # ------------------------------------------------------------------ inspection
+    def messages(self, chat_id: int) -> list[dict[str, Any]]:
+        """The chat log, oldest first, humans' and bots' messages (copies)."""
+        return copy.deepcopy(self._chat(chat_id).messages)
+
+    def pending_updates(self, token_or_bot_id: str | int) -> list[dict[str, Any]]:
+        """Updates not yet delivered/confirmed for a bot (copies)."""
+        return [copy.deepcopy(u) for _, u in self._bot(token_or_bot_id).pending]
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``sent`` ({bot_id: messages}), ``too_many_requests`` (429s returned),
+        ``ignored_retry_after`` (sends during a retry_after penalty), ``webhook_ok``,
+        ``webhook_failed``, ``updates_queued``, ``updates_expired``, ``chat_actions``."""
+        return {"sent": dict(self._sent), **self._counters}
+
+    @property
+    def app(self) -> Starlette:
+        """The Starlette ASGI app (Bot API + ``/sandbox/...`` endpoints)."""
+        return self._app
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` once :meth:`start` has run."""
+        if self._server is None:
+            raise RuntimeError("sandbox not started")
+        return self._server.url
+
+    @property
+    def bot_api_url(self) -> str:
+        """``base_url + "/bot"``: pass as python-telegram-bot's ``Bot(base_url=...)``."""
+        return self.base_url + "/bot"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the app with uvicorn in a background task; returns :attr:`base_url`."""
+        if self._server is not None:
+            raise RuntimeError("sandbox already started")
+        self._closing = False
+        self._server = await BackgroundServer.start(self._app, host, port)
+        return self._server.url
+
+    async def stop(self) -> None:
+        """Stop delivery loops, wake long polls, shut uvicorn down, close the HTTP client."""
+        self._closing = True
+        for bot in self._bots.values():
+            bot.wakeup.set()
+        await self._shutdown()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop()
+
+    # ---------------------------------------------------------------- internals
+    def _bot(self, token_or_bot_id: str | int) -> _Bot:
+        if isinstance(token_or_bot_id, int):
+            bot = self._bots.get(token_or_bot_id)
+        else:
+            bot = next((b for b in self._bots.values() if b.token == token_or_bot_id), None)
+        if bot is None:
+            raise SandboxError(f"unknown bot {token_or_bot_id!r}", 404)
+        return bot
+
+    def _chat(self, chat_id: int) -> _Chat:
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            raise SandboxError(f"chat {chat_id} not found", 404)
+        return chat
+
+    def _store(self, chat: _Chat, sender: dict[str, Any], text: str,
+               reply: dict[str, Any] | None) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "message_id": chat.next_message_id, "from": dict(sender),
+            "chat": dict(chat.chat), "date": int(self.wall_clock()), "text": text,
+        }
+        if reply is not None:  # Telegram does not nest reply_to_message further
+            message["reply_to_message"] = {k: v for k, v in reply.items()
+                                           if k != "reply_to_message"}
+        chat.next_message_id += 1
+        chat.messages.append(message)
+        chat.by_id[message["message_id"]] = message
+        return message
+
+    def _enqueue(self, bot: _Bot, payload: dict[str, Any]) -> None:
+        update = {"update_id": bot.next_update_id, **payload}
+        bot.next_update_id += 1
+        bot.pending.append((self.clock(), update))
+        self._counters["updates_queued"] += 1
+        bot.wakeup.set()
+        self._ensure_delivery(bot)
+
+    def _expire_and_filter(self, bot: _Bot, allowed: list[str]) -> None:
+        """Drop updates older than 24 h and updates of types not in ``allowed``."""
+        now = self.clock()
+        kept: deque[tuple[float, dict[str, Any]]] = deque()
+        for queued_at, update in bot.pending:
+            if now - queued_at > UPDATE_TTL:
+                self._counters["updates_expired"] += 1
+            elif not allowed or any(kind in update for kind in allowed):
+                kept.append((queued_at, update))
+        bot.pending = kept
+
+    # ------------------------------------------------------------------ limits
+    def _window_wait(self, key: tuple[Any, ...], limit: int, window: float, now: float) -> float:
+        events = self._windows.setdefault(key, deque())
+        while events and events[0] <= now - window:
+            events.popleft()
+        return events[-limit] + window - now if len(events) >= limit else 0.0
+
+    def _bucket_wait(self, key: tuple[Any, ...], now: float) -> float:
+        lim = self.limits
+        tokens, last = self._buckets.get(key, (lim.chat_burst, now))
+        tokens = min(lim.chat_burst, tokens + max(0.0, now - last) * lim.chat_rate)
+        self._buckets[key] = (tokens, now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / lim.chat_rate
+
+    def _throttle(self, scopes: dict[tuple[Any, ...], float], now: float) -> None:
+        """Raise 429 if a penalty is running or a wait in ``scopes`` (key -> wait) is > 0.
+
+        A 429 starts a penalty for the scope that hit; requests during the penalty get 429
+        again and count as ``ignored_retry_after``.
+        """
+        for key in scopes:
+            until = self._penalties.get(key, 0.0)
+            if until > now:
+                self._counters["too_many_requests"] += 1
+                self._counters["ignored_retry_after"] += 1
+                left = _retry_after(until - now)
+                raise ApiError(429, f"Too Many Requests: retry after {left}", retry_after=left)
+        key, wait = max(scopes.items(), key=lambda kv: kv[1])
+        if wait > 0:
+            seconds = _retry_after(wait)
+            self._penalties[key] = now + seconds
+            self._counters["too_many_requests"] += 1
+            raise ApiError(429, f"Too Many Requests: retry after {seconds}", retry_after=seconds)
+
+    def _chat_for_bot(self, bot: _Bot, params: dict[str, Any]) -> _Chat:
+        chat_id = params.get("chat_id")
+        if chat_id is None or chat_id == "":
+            raise ApiError(400, "Bad Request: chat_id is empty")
+        try:
+            chat = self._chats.get(int(chat_id))
+        except (TypeError, ValueError):
+            chat = None
+        if chat is None:
+            raise ApiError(400, "Bad Request: chat not found")
+        if chat.migrated_to is not None:
+            raise ApiError(400, "Bad Request: group chat was upgraded to a supergroup chat",
+                           migrate_to_chat_id=chat.migrated_to)
+        kind = chat.chat["type"]
+        if bot.user["id"] in chat.kicked:
+            raise ApiError(403, f"Forbidden: bot was kicked from the {kind} chat")
+        if bot.user["id"] not in chat.bots:
+            raise ApiError(403, f"Forbidden: bot is not a member of the {kind} chat")
+        return chat
+
+    # ------------------------------------------------------------------ methods
+    async def _true(self, bot: _Bot, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _get_me(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
+        return {**bot.user, "can_join_groups": True, "can_read_all_group_messages": True,
+                "supports_inline_queries": False}
+
+    async def _send_message(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
+        """sendMessage: chat checks, text 1-4096, reply_parameters, then rate limits."""
+        chat = self._chat_for_bot(bot, params)
+        text = _check_text(_text_of(params))
+        reply_params = _json(params, "reply_parameters")
+        if reply_params is not None and not isinstance(reply_params, dict):
+            raise ApiError(400, "Bad Request: can't parse reply parameters JSON object")
+        reply_params = reply_params or {}
+        reply_id = _int(reply_params, "message_id", _int(params, "reply_to_message_id"))
+        allow_missing = _bool(reply_params, "allow_sending_without_reply") or _bool(
+            params, "allow_sending_without_reply")
+        reply = chat.by_id.get(reply_id) if reply_id else None
+        if reply_id and reply is None and not allow_missing:
+            raise ApiError(400, "Bad Request: message to be replied not found")
+        now, bot_id, chat_id = self.clock(), bot.user["id"], chat.chat["id"]
+        lim, is_group = self.limits, chat.chat["type"] in GROUP_TYPES
+        chat_key: tuple[Any, ...] = ("chat", bot_id, chat_id)
+        chat_wait = self._bucket_wait(chat_key, now)
+        if is_group:
+            chat_wait = max(chat_wait, self._window_wait(
+                ("group", bot_id, chat_id), lim.group_per_minute, lim.group_window, now))
+        global_wait = self._window_wait(("global", bot_id), lim.global_per_second, 1.0, now)
+        self._throttle({chat_key: chat_wait, ("bot", bot_id): global_wait}, now)
+        tokens, last = self._buckets[chat_key]
+        self._buckets[chat_key] = (tokens - 1, last)
+        if is_group:
+            self._windows[("group", bot_id, chat_id)].append(now)
+        self._windows[("global", bot_id)].append(now)
+        self._sent[bot_id] = self._sent.get(bot_id, 0) + 1
+        # Bots' messages are not delivered to other bots (Telegram, TELEGRAM.md).
+        return copy.deepcopy(self._store(chat, bot.user, text, reply))
+
+    async def _send_chat_action(self, bot: _Bot, params: dict[str, Any]) -> bool:
+        """sendChatAction: 20 per 5 s and 40 per 30 s per chat."""
+        chat = self._chat_for_bot(bot, params)
+        if not params.get("action"):
+            raise ApiError(400, "Bad Request: action is empty")
+        if params["action"] not in CHAT_ACTIONS:
+            raise ApiError(400, "Bad Request: wrong parameter action in request")
+        now, key = self.clock(), ("action", bot.user["id"], chat.chat["id"])
+        waits = [self._window_wait((*key, n, w), n, w, now) for n, w in self.limits.chat_actions]
+        self._throttle({key: max(waits, default=0.0)}, now)
+        for n, w in self.limits.chat_actions:
+            self._windows[(*key, n, w)].append(now)
+        self._counters["chat_actions"] += 1
+        return True
+
+    def _check_webhook_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if not host or parts.scheme not in ("http", "https"):
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for "
+                                "webhook")
+        if host in self.http_webhook_hosts:
+            return
+        if parts.scheme != "https":
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for "
+                                "webhook")
+        if (parts.port or 443) not in WEBHOOK_PORTS:
+            raise ApiError(400, "Bad Request: bad webhook: Webhook can be set up only on "
+                                "ports 80, 88, 443 or 8443")
+
+    async def _set_webhook(self, bot: _Bot, params: dict[str, Any]) -> bool:
+        """setWebhook: url, secret_token, max_connections, allowed_updates, drop_pending."""
+        now = self.clock()
+        if bot.last_set_webhook is not None:
+            wait = bot.last_set_webhook + self.limits.set_webhook_interval - now
+            if wait > 0:
+                self._counters["too_many_requests"] += 1
+                raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
+        url = str(params.get("url") or "")
+        if not url:  # Telegram: an empty url removes the webhook
+            bot.last_set_webhook = now
+            return await self._delete_webhook(bot, params)
+        self._check_webhook_url(url)
+        secret = params.get("secret_token") or None
+        if secret is not None and not SECRET_RE.match(str(secret)):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        max_conn = _int(params, "max_connections", 40) or 40
+        if not 1 <= max_conn <= 100:
+            raise ApiError(400, "Bad Request: max_connections must be between 1 and 100")
+        allowed = _json(params, "allowed_updates")
+        if allowed is not None and not isinstance(allowed, list):
+            raise ApiError(400, "Bad Request: can't parse allowed updates JSON object")
+        bot.last_set_webhook = now
+        if _bool(params, "drop_pending_updates"):
+            bot.pending.clear()
+        self._stop_delivery(bot)
+        bot.webhook = _Webhook(url, secret, max_conn, [str(a) for a in allowed or []])
+        bot.poll_generation += 1
+        bot.wakeup.set()  # terminates a running long poll
+        bot.last_error_date = bot.last_error_message = None
+        self._ensure_delivery(bot)
+        return True
+
+    async def _delete_webhook(self, bot: _Bot, params: dict[str, Any]) -> bool:
+        self._stop_delivery(bot)
+        bot.webhook = None
+        if _bool(params, "drop_pending_updates"):
+            bot.pending.clear()
+        return True
+
+    async def _get_webhook_info(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
+        wh = bot.webhook
+        self._expire_and_filter(bot, wh.allowed_updates if wh else bot.allowed_updates)
+        info: dict[str, Any] = {"url": wh.url if wh else "", "has_custom_certificate": False,
+                                "pending_update_count": len(bot.pending)}
+        if wh is not None:
+            info["max_connections"] = wh.max_connections
+            if wh.allowed_updates:
+                info["allowed_updates"] = list(wh.allowed_updates)
+            if bot.last_error_date is not None:
+                info["last_error_date"] = bot.last_error_date
+                info["last_error_message"] = bot.last_error_message
+        return info
+
+    async def _get_updates(self, bot: _Bot, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """getUpdates: 409 while a webhook is set or when a newer poll starts."""
+        if bot.webhook is not None:
+            raise ApiError(409, "Conflict: can't use getUpdates method while webhook is "
+                                "active; use deleteWebhook to delete the webhook first")
+        offset = _int(params, "offset", 0) or 0
+        limit = min(100, max(1, _int(params, "limit", 100) or 100))
+        timeout = min(self.max_poll_timeout, max(0, _int(params, "timeout", 0) or 0))
+        allowed = _json(params, "allowed_updates")
+        if isinstance(allowed, list):
+            bot.allowed_updates = [str(a) for a in allowed]
+        bot.poll_generation += 1
+        generation = bot.poll_generation
+        bot.wakeup.set()  # wake an older poller so it can be terminated
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if offset > 0:
+                while bot.pending and bot.pending[0][1]["update_id"] < offset:
+                    bot.pending.popleft()
+            elif offset < 0:
+                while len(bot.pending) > -offset:
+                    bot.pending.popleft()
+            self._expire_and_filter(bot, bot.allowed_updates)
+            remaining = deadline - loop.time()
+            if bot.pending or remaining <= 0 or self._closing:
+                return [copy.deepcopy(u) for _, u in list(bot.pending)[:limit]]
+            bot.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(bot.wakeup.wait(), remaining)
+            if bot.poll_generation != generation:
+                raise ApiError(409, "Conflict: terminated by other getUpdates request; make "
+                                    "sure that only one bot instance is running")
+
+    # ---------------------------------------------------------------- webhooks
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.webhook_timeout, trust_env=False)
+        return self._client
+
+    def _ensure_delivery(self, bot: _Bot) -> None:
+        if bot.webhook is None or self._closing:
+            return
+        if bot.delivery is None or bot.delivery.done():
+            bot.delivery = asyncio.get_running_loop().create_task(
+                self._deliver(bot, bot.webhook))
+
+    def _stop_delivery(self, bot: _Bot) -> None:
+        if bot.delivery is not None:
+            bot.delivery.cancel()
+            bot.delivery = None
+
+    async def _deliver(self, bot: _Bot, webhook: _Webhook) -> None:
+        """POST pending updates in order; retry failures with doubling delay."""
+        delay = self.retry_base_delay
+        headers = {SECRET_HEADER: webhook.secret} if webhook.secret else {}
+        while bot.webhook is webhook and not self._closing:
+            self._expire_and_filter(bot, webhook.allowed_updates)
+            if not bot.pending:
+                bot.wakeup.clear()
+                await bot.wakeup.wait()
+                continue
+            update = bot.pending[0][1]
+            error: str | None = None
+            try:
+                response = await self._http().post(webhook.url, json=update, headers=headers)
+                if not 200 <= response.status_code < 300:
+                    error = (f"Wrong response from the webhook: {response.status_code} "
+                             f"{response.reason_phrase}")
+            except httpx.ConnectError:
+                error = "Connection refused"
+            except httpx.TimeoutException:
+                error = "Read timeout expired"
+            except httpx.HTTPError as exc:
+                error = f"Connection failed: {type(exc).__name__}"
+            if error is None:
+                self._counters["webhook_ok"] += 1
+                if bot.pending and bot.pending[0][1] is update:
+                    bot.pending.popleft()
+                delay = self.retry_base_delay
+                continue
+            self._counters["webhook_failed"] += 1
+            bot.last_error_date, bot.last_error_message = int(self.wall_clock()), error
+            log.info("webhook delivery to %s failed: %s; retry in %.2fs", webhook.url, error,
+                     delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_delay)
+
+    async def _shutdown(self) -> None:
+        tasks = [b.delivery for b in self._bots.values() if b.delivery is not None]
+        for bot in self._bots.values():
+            self._stop_delivery(bot)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        self._closing = True
+        for bot in self._bots.values():
+            bot.wakeup.set()
+        await self._shutdown()
+
+    # ------------------------------------------------------------------- HTTP
+    async def _handle_bot_api(self, request: Request) -> JSONResponse:
+        token, method = request.path_params["token"], request.path_params["method"].lower()
+        try:
+            if not TOKEN_RE.match(token):
+                raise ApiError(404, "Not Found")  # Telegram: malformed token -> 404
+            bot = next((b for b in self._bots.values() if b.token == token), None)
+            if bot is None:
+                raise ApiError(401, "Unauthorized")
+            handler = self._methods.get(method)
+            if handler is None:
+                raise ApiError(404, "Not Found")
+            result = await handler(bot, await _read_params(request))
+        except ApiError as exc:
+            return exc.response()
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _handle_human(self, request: Request) -> JSONResponse:
+        """``GET|POST /sandbox/chats/{chat_id}/messages``: chat log / post as a human."""
+        try:
+            try:
+                chat_id = int(request.path_params["chat_id"])
+            except ValueError:
+                raise SandboxError("chat_id in the path must be an integer") from None
+            chat = self._chat(chat_id)
+            if request.method == "GET":
+                return JSONResponse({"ok": True, "result": self.messages(chat_id)})
+            try:
+                data = json.loads(await request.body())
+            except ValueError:
+                raise SandboxError("body must be a JSON object") from None
+            if not isinstance(data, dict):
+                raise SandboxError("body must be a JSON object")
+            user_id, text = data.get("user_id"), data.get("text")
+            reply = data.get("reply_to_message_id")
+            if not isinstance(user_id, int) or isinstance(user_id, bool):
+                raise SandboxError("field 'user_id' is required and must be an integer")
+            if not isinstance(text, str):
+                raise SandboxError("field 'text' is required and must be a string")
+            if reply is not None and (not isinstance(reply, int) or isinstance(reply, bool)):
+                raise SandboxError("field 'reply_to_message_id' must be an integer")
+            if user_id not in chat.members:
+                if not data.get("first_name"):
+                    raise SandboxError(f"user_id {user_id} is not a member of chat {chat_id}; "
+                                       "pass 'first_name' (and 'username') to add them", 404)
+                self.add_member(chat_id, {"id": user_id, "first_name": data["first_name"],
+                                          "username": data.get("username")})
+            message = await self.post_as_human(chat_id, user_id, text, reply)
+        except SandboxError as exc:
+            return JSONResponse({"ok": False, "error_code": exc.status, "description": str(exc)},
+                                status_code=exc.status)
+        return JSONResponse({"ok": True, "result": message})
+
+    async def _handle_stats(self, request: Request) -> JSONResponse:
+        stats = self.stats
+        stats["sent"] = {str(k): v for k, v in stats["sent"].items()}
+        return JSONResponse({"ok": True, "result": stats})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m sandbox.telegram_api --port 8081 --world world.json``."""
+    parser = argparse.ArgumentParser(description="Telegram Bot API sandbox")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--world", help="JSON file: {bots: [...], chats: [...]}")
+    parser.add_argument("--http-webhook-host", action="append", default=[],
+                        help="extra host allowed as plain-http webhook target (repeatable)")
+    args = parser.parse_args(argv)
+    sandbox = TelegramSandbox(
+        http_webhook_hosts=["127.0.0.1", "localhost", "::1", *args.http_webhook_host])
+    if args.world:
+        with open(args.world, encoding="utf-8") as fh:
+            sandbox.load_world(json.load(fh))
+    # No access log: request paths contain bot tokens.
+    uvicorn.run(sandbox.app, host=args.host, port=args.port, log_level="info", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The scheduler: humans first, budgets, per-chat cap, mentions, who replies to whom."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from backend.schemas import SimulationSettings
+from behavior_engine.scheduler import BotView, ChatView, Scheduler, WaitingMessage
+from behavior_engine.turn import ChatLine
+
+NOW = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)  # 07:00 in Istanbul: not a prime hour
+SETTINGS = SimulationSettings.model_validate(
+    {"bot_hourly_msg_limit": {"min": 60, "max": 60}, "max_msgs_per_min": 6}
+)
+NAMES = ["Mehmet Yatırımcı", "Ayşe Scalper", "Ali Hoca", "Zeynep"]
+
+
+def bots(sent: int = 0, wait: float = 0.0) -> list[BotView]:
+    return [
+        BotView(bot_id=i + 1, name=n, username=f"{n.split()[0].lower()}_bot",
+                talkativeness=1.0, topics={"usdtry": 1.0}, sent_last_hour=sent, send_wait=wait)
+        for i, n in enumerate(NAMES)
+    ]
+
+
+def human(tg_id: int, text: str) -> ChatLine:
+    return ChatLine(telegram_message_id=tg_id, speaker="Deniz", speaker_username="deniz",
+                    is_human=True, text=text)
+
+
+def chat(waiting: list[WaitingMessage] | None = None, sent_minute: int = 0,
+         recent: list[ChatLine] | None = None) -> ChatView:
+    return ChatView(chat_id=1, telegram_chat_id=-100, topics={"usdtry": 1.0},
+                    sent_last_minute=sent_minute, recent=recent or [], waiting=waiting or [])
+
+
+def run(s: Scheduler, view: ChatView, bv: list[BotView], seconds: float,
+        settings: SimulationSettings = SETTINGS, step: float = 1.0) -> list:
+    turns = []
+    t = 0.0
+    while t <= seconds:
+        turns += s.decide(view, bv, settings, NOW + timedelta(seconds=t))
+        t += step
+    return turns
+
+
+def test_human_message_answered_first_with_reply_to() -> None:
+    s = Scheduler(seed=1)
+    w = WaitingMessage(message_id=7, line=human(70, "Dolar nereye gider sizce?"))
+    turns = run(s, chat([w]), bots(), 15)
+    replies = [t for t in turns if t.reply_to is not None and t.reply_to.telegram_message_id == 70]
+    assert replies, "the human message got no reply turn"
+    assert replies[0].reason == "human" and replies[0].topic == "usdtry"
+    assert turns.index(replies[0]) <= 1
+    # planned once: a second pass over the same waiting message adds nothing
+    assert len(replies) <= 2
+
+
+def test_mention_picks_the_mentioned_bot() -> None:
+    for seed in range(20):
+        s = Scheduler(seed=seed)
+        w = WaitingMessage(message_id=1, line=human(5, "Ali Hoca, faiz ne olur?"))
+        turns = [t for t in run(s, chat([w]), bots(), 15) if t.reply_to is not None]
+        assert turns[0].bot_id == 3 and turns[0].reason == "mention"
+
+
+def test_reply_to_a_bot_message_goes_to_that_bot() -> None:
+    s = Scheduler(seed=3)
+    w = WaitingMessage(message_id=1, line=human(5, "neden öyle düşünüyorsun"),
+                       reply_to_bot_id=2)
+    turns = [t for t in run(s, chat([w]), bots(), 15) if t.reply_to is not None]
+    assert turns[0].bot_id == 2
+
+
+def test_not_every_bot_answers_a_human() -> None:
+    answered_by = Counter()
+    for seed in range(200):
+        s = Scheduler(seed=seed)
+        w = WaitingMessage(message_id=1, line=human(5, "Borsa nasıl?"))
+        turns = run(s, chat([w]), bots(), 20)
+        answered_by[len({t.bot_id for t in turns if t.reply_to is not None
+                         and t.reply_to.telegram_message_id == 5})] += 1
+    assert answered_by[0] == 0
+    assert answered_by[1] > 150          # mostly one answer
+    assert 0 < answered_by[2] <= 40      # sometimes two (REALISM.md: ≤ 15 %)
+    assert answered_by[3] == answered_by[4] == 0
+
+
+def test_per_chat_cap_holds() -> None:
+    s = Scheduler(seed=5)
+    w = WaitingMessage(message_id=1, line=human(5, "dolar?"))
+    assert run(s, chat([w], sent_minute=6), bots(), 60) == []
+    # the same waiting message is answered once the minute has room
+    assert run(s, chat([w], sent_minute=5), bots(), 20)
+
+
+def test_cap_limits_turns_per_decision() -> None:
+    s = Scheduler(seed=2)
+    waiting = [WaitingMessage(message_id=i, line=human(i, f"soru {i} dolar?")) for i in range(10)]
+    view = chat(waiting, sent_minute=4)
+    for t in range(30):
+        turns = s.decide(view, bots(), SETTINGS, NOW + timedelta(seconds=t))
+        assert len(turns) <= 2  # 6 per minute minus the 4 already sent
+
+
+def test_budget_spent_bots_stay_quiet() -> None:
+    s = Scheduler(seed=4)
+    assert run(s, chat(), bots(sent=60), 600) == []
+    # the same chat with budget left does talk
+    assert run(Scheduler(seed=4), chat(), bots(sent=0), 600)
+
+
+def test_simulation_inactive_means_no_turns() -> None:
+    off = SETTINGS.model_copy(update={"simulation_active": False})
+    w = WaitingMessage(message_id=1, line=human(5, "selam"))
+    assert run(Scheduler(seed=1), chat([w]), bots(), 60, settings=off) == []
+
+
+def test_bots_waiting_for_telegram_are_not_chosen() -> None:
+    assert run(Scheduler(seed=1), chat(), bots(wait=3.0), 300) == []
+
+
+def test_hourly_limit_budget_and_prime_hours() -> None:
+    s = Scheduler(seed=9)
+    cfg = SimulationSettings.model_validate(
+        {"bot_hourly_msg_limit": {"min": 10, "max": 20}, "scale_factor": 2.0,
+         "prime_hours": {"hours": [12], "boost": 1.5, "timezone": "UTC"}}
+    )
+    off_peak = [s.hourly_limit(b, cfg, NOW.replace(hour=4)) for b in range(1, 50)]
+    peak = [s.hourly_limit(b, cfg, NOW.replace(hour=12)) for b in range(1, 50)]
+    assert all(20 <= x <= 40 for x in off_peak)
+    assert len({round(x, 3) for x in off_peak}) > 10  # drawn per bot, not one value
+    assert all(abs(p - 1.5 * o) < 1e-9 for p, o in zip(peak, off_peak, strict=True))
+    assert Scheduler(seed=9).hourly_limit(7, cfg, NOW) == s.hourly_limit(7, cfg, NOW)
+
+
+def test_spontaneous_rate_follows_budget_and_gaps_are_irregular() -> None:
+    s = Scheduler(seed=11)
+    times: list[datetime] = []
+    t = NOW
+    end = NOW + timedelta(hours=2)
+    while t < end:
+        for turn in s.decide(chat(), bots(), SETTINGS, t):
+            times.append(turn.decided_at)
+        t += timedelta(seconds=1)
+    per_hour = len(times) / 2
+    assert 120 <= per_hour <= 360  # budget: 4 bots × 60/h = 240/h
+    gaps = sorted((b - a).total_seconds() for a, b in zip(times, times[1:], strict=False))
+    median, p90 = gaps[len(gaps) // 2], gaps[int(len(gaps) * 0.9)]
+    assert p90 / median > 3  # heavy tail, not a clock
+
+
+def test_replies_do_not_always_target_the_last_message() -> None:
+    recent = [ChatLine(telegram_message_id=i, speaker=NAMES[i % 4], speaker_username=None,
+                       is_human=False, text=f"mesaj {i}", bot_id=i % 4 + 1) for i in range(1, 9)]
+    s = Scheduler(seed=21)
+    targets = Counter()
+    t = NOW
+    for _ in range(6000):
+        for turn in s.decide(chat(recent=recent), bots(), SETTINGS, t):
+            if turn.reply_to is not None:
+                targets[turn.reply_to.telegram_message_id] += 1
+        t += timedelta(seconds=1)
+    total = sum(targets.values())
+    assert total > 20
+    assert targets[8] / total < 0.5
+    assert len(targets) >= 4

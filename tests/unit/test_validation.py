@@ -1,0 +1,148 @@
+"""Bad input gets a clear error naming what is wrong and where: persona files, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backend.crypto import resolve_secrets
+from backend.errors import ConfigError, PersonaFileError
+from backend.settings import Settings, load_settings
+from bots.personas import load_persona_dir, load_persona_file, parse_persona
+
+GOOD = {
+    "name": "Test Kişi",
+    "username": "test_kisi_bot",
+    "role": "scalper",
+    "language": "tr",
+    "bio": "Kısa vadeli işlem yapar.",
+    "style": {"formality": "casual", "emoji_rate": 1.0, "length": "short"},
+    "topics": {"btc": 2.0},
+    "stances": [{"topic": "btc", "view": "bullish", "conviction": 0.5, "reason": "Talep güçlü."}],
+    "holdings": [{"symbol": "BTC", "quantity": 0.1, "avg_cost": 90000}],
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, allow_unicode=True),
+                    encoding="utf-8")
+    return path
+
+
+def refused(path: Path) -> PersonaFileError:
+    with pytest.raises(PersonaFileError) as err:
+        load_persona_file(path)
+    assert str(path) in str(err.value)
+    return err.value
+
+
+def test_good_persona_loads(tmp_path: Path) -> None:
+    persona = load_persona_file(write(tmp_path, GOOD))
+    assert persona.username == "test_kisi_bot"
+    assert persona.profile().style.length == "short"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"username": "mehmet"}, "username", "end in 'bot'"),
+        ({"language": "fr"}, "language", "'tr' or 'en'"),
+        ({"style": {"formality": "casual", "emoji_rate": 9, "length": "short"}},
+         "style.emoji_rate", "less than or equal to 3"),
+        ({"style": {"formality": "rude", "emoji_rate": 1, "length": "short"}},
+         "style.formality", "'casual', 'neutral' or 'formal'"),
+        ({"style": "casual"}, "style", "valid dictionary"),
+        ({"topics": {}}, "topics", "at least 1 item"),
+        ({"topics": {"btc": -1}}, "topics", "must be > 0"),
+        ({"topics": {"Bad Topic": 1}}, "topics.Bad Topic.[key]", "should match pattern"),
+        ({"stances": [{"topic": "btc", "view": "moon", "conviction": 0.5, "reason": "x"}]},
+         "stances.0.view", "'bullish', 'bearish' or 'neutral'"),
+        ({"stances": [{"topic": "btc", "view": "bullish", "conviction": 0.5, "reason": "x"},
+                      {"topic": "btc", "view": "bearish", "conviction": 0.5, "reason": "y"}]},
+         "stances", "two stances on topic 'btc'"),
+        ({"holdings": [{"symbol": "BTC", "quantity": 0, "avg_cost": 1}]},
+         "holdings.0.quantity", "greater than 0"),
+        ({"mood": 1}, "mood", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_field_named_with_reason(tmp_path: Path, change: dict, field: str, reason: str) -> None:
+    err = refused(write(tmp_path, {**GOOD, **change}))
+    fields = [f for f, _ in err.problems]
+    assert field in fields, err
+    assert reason in str(err)
+
+
+def test_missing_field(tmp_path: Path) -> None:
+    data = dict(GOOD)
+    del data["bio"]
+    err = refused(write(tmp_path, data))
+    assert err.problems == [("bio", "Field required")]
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, "name: [unclosed\n"))
+    assert "not valid YAML" in str(err) and "line" in err.problems[0][0]
+    err = refused(write(tmp_path, "- a\n- b\n"))
+    assert "expected a mapping" in str(err)
+    missing = tmp_path / "nope.yaml"
+    assert "cannot be read" in str(refused(missing))
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert "cannot be read" in str(refused(binary))
+
+
+def test_duplicate_username_across_files(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, {**GOOD, "username": "TEST_KISI_BOT"}, "b.yaml")
+    with pytest.raises(PersonaFileError, match="b.yaml: username: .* also used by a.yaml"):
+        load_persona_dir(tmp_path)
+
+
+def test_parse_persona_names_source() -> None:
+    with pytest.raises(PersonaFileError, match="^inline: "):
+        parse_persona("name: x", source="inline")
+
+
+def test_demo_personas_all_valid() -> None:
+    personas = load_persona_dir()
+    assert len(personas) == 4
+    assert {p.language for p in personas} == {"tr"}
+
+
+def test_bad_environment_settings_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTSIM_TICK_SECONDS", "fast")
+    with pytest.raises(ConfigError, match="BOTSIM_TICK_SECONDS: .*got 'fast'"):
+        load_settings()
+    monkeypatch.setenv("BOTSIM_TICK_SECONDS", "0")
+    with pytest.raises(ConfigError, match="BOTSIM_TICK_SECONDS: Input should be greater"):
+        load_settings()
+    monkeypatch.delenv("BOTSIM_TICK_SECONDS")
+    monkeypatch.setenv("DATABASE_URL", "mysql://x")
+    with pytest.raises(ConfigError, match="BOTSIM_DATABASE_URL: .*PostgreSQL"):
+        load_settings()
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h:5432/db")
+    assert load_settings().effective_database_url == "postgresql+asyncpg://u@h:5432/db"
+
+
+def test_production_refuses_missing_or_weak_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BOTSIM_FERNET_KEY, BOTSIM_WEBHOOK_SECRET"):
+        resolve_secrets(Settings(env="production", data_dir=tmp_path))
+    assert not (tmp_path / "fernet.key").exists()  # production never generates keys
+    with pytest.raises(ConfigError, match="at least 32"):
+        resolve_secrets(Settings(env="production", data_dir=tmp_path,
+                                 fernet_key="x" * 44, webhook_secret="short"))
+    with pytest.raises(ConfigError, match="not a valid Fernet key"):
+        resolve_secrets(Settings(env="production", data_dir=tmp_path,
+                                 fernet_key="x" * 10, webhook_secret="s" * 40))
+
+
+def test_development_generates_keys_once(tmp_path: Path) -> None:
+    first = resolve_secrets(Settings(data_dir=tmp_path))
+    again = resolve_secrets(Settings(data_dir=tmp_path))
+    assert first == again
+    assert (tmp_path / "fernet.key").stat().st_mode & 0o777 == 0o600
+    token = "123:ABCDEFGHIJKLMNOP"
+    assert first.cipher().decrypt(first.cipher().encrypt(token)) == token
