@@ -104,15 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_process()
     try:
         settings = load_settings()
+        level = getattr(logging, settings.log_level)
+        if args.command == "demo":
+            level = max(level, logging.WARNING)  # the conversation is the demo's output
         logging.basicConfig(
-            level=getattr(logging, settings.log_level),
+            level=level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
         if args.command == "demo":
             from backend.demo import DemoOptions, run_demo
 
-            logging.getLogger().setLevel(logging.WARNING)
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
                                   read_stdin=not args.no_input)
             try:

@@ -63,12 +63,15 @@ class DemoOptions:
         say: a text the human member posts after :data:`SAY_AFTER_S` seconds.
         json_out: print the summary as one JSON object on the last line.
         read_stdin: post each line typed on standard input as the human member.
+        say_after: seconds before ``say`` is posted.
+        out: where the conversation and the summary are printed.
     """
 
     duration: float | None = None
     say: str | None = None
     json_out: bool = False
     read_stdin: bool = True
+    say_after: float = SAY_AFTER_S
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
@@ -207,7 +210,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             _start_stdin_reader(asyncio.get_running_loop(), human_lines)
         said = options.say is None
         while options.duration is None or time.monotonic() - started < options.duration:
-            if not said and time.monotonic() - started >= SAY_AFTER_S:
+            if not said and time.monotonic() - started >= options.say_after:
                 said = True
                 assert options.say is not None
                 await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN["id"], options.say)

@@ -111,6 +111,7 @@ class BotClient:
             write_timeout=timeout,
             pool_timeout=timeout,
         )
+        self._request = request
         self._bot = telegram.Bot(token, base_url=base_url, request=request)
 
     async def start(self) -> None:
@@ -126,11 +127,13 @@ class BotClient:
             raise translate_error(exc, bot_id=self.bot_id) from exc
 
     async def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections (also when :meth:`start` was never called)."""
         try:
             await self._bot.shutdown()
         except tg_error.TelegramError as exc:  # pragma: no cover - shutdown is local
             log.warning("bot %s shutdown: %s", self.bot_id, exc)
+        # Bot.shutdown() does nothing for a bot that was never initialized.
+        await self._request.shutdown()
 
     async def send_message(
         self, *, chat_id: int, text: str, reply_to_message_id: int | None = None

@@ -1,0 +1,208 @@
+"""End to end: sandbox Telegram + listener + worker, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sandbox.telegram_api import Limits, TelegramSandbox
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.crypto import Secrets, resolve_secrets
+from backend.db.models import Message
+from backend.db.types import utcnow
+from backend.demo import DemoOptions, run_demo
+from backend.serve import InProcessServer
+from backend.settings import Settings
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from backend.stores import settings as settings_store
+from behavior_engine.llm.offline import OfflineGenerator
+from behavior_engine.market import MarketFeed
+from bots.personas import load_persona_dir
+from bots.ratelimit import TelegramLimiter
+from message_listener import ListenerState, create_app, register_webhooks
+from worker import Worker
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+CHAT = -100777
+HUMAN_ID = 900
+
+
+@dataclass
+class World:
+    sandbox: TelegramSandbox
+    sessionmaker: async_sessionmaker[AsyncSession]
+    secrets: Secrets
+    settings: Settings
+    listener: InProcessServer
+
+
+@pytest.fixture
+async def world(
+    tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession], request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
+    limits = getattr(request, "param", None)
+    settings = Settings(data_dir=tmp_path, tick_seconds=0.2, seed=3)
+    secrets = resolve_secrets(settings)
+    sandbox = TelegramSandbox(limits=limits)
+    sandbox.add_chat(CHAT, "Test grubu")
+    sandbox.add_member(CHAT, {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz"})
+    async with sessionmaker() as s, s.begin():
+        chat = await chat_store.upsert_chat(s, telegram_chat_id=CHAT, title="Test grubu",
+                                            topics={"usdtry": 1.0, "btc": 1.0})
+        for i, persona in enumerate(load_persona_dir()):
+            token = f"{8100000000 + i}:token-for-tests-{i:04d}-abcdefgh"
+            bot = await bot_store.upsert_persona_bot(s, persona=persona, token=token,
+                                                     cipher=secrets.cipher())
+            await chat_store.add_bot(s, chat_id=chat.id, bot_id=bot.id)
+            sandbox.add_bot(token, persona.username, persona.name)
+            sandbox.add_bot_to_chat(CHAT, token)
+        await settings_store.update_settings(
+            s, changes={"bot_hourly_msg_limit": {"min": 300, "max": 300},
+                        "max_msgs_per_min": 20}
+        )
+    await sandbox.start()
+    state = ListenerState(sessionmaker=sessionmaker, webhook_secret=secrets.webhook_secret)
+    await state.refresh_bots()
+    listener = await InProcessServer.start(create_app(state))
+    await register_webhooks(sessionmaker=sessionmaker, secrets=secrets,
+                            api_url=sandbox.bot_api_url, public_url=listener.url)
+    settings = settings.model_copy(update={"telegram_api_url": sandbox.bot_api_url})
+    try:
+        yield World(sandbox, sessionmaker, secrets, settings, listener)
+    finally:
+        await listener.stop()
+        await sandbox.stop()
+
+
+def make_worker(w: World, limiter: TelegramLimiter | None = None) -> Worker:
+    return Worker(settings=w.settings, sessionmaker=w.sessionmaker, secrets=w.secrets,
+                  provider=OfflineGenerator(), market=MarketFeed(seed=1, start=utcnow()),
+                  limiter=limiter)
+
+
+async def wait_until(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def test_reply_to_a_human_carries_its_reply_to(world: World) -> None:
+    worker = make_worker(world)
+    await worker.start()
+    try:
+        human = await world.sandbox.post_as_human(CHAT, HUMAN_ID, "Ali Hoca, faiz ne olur?")
+
+        async def answered() -> bool:
+            async with world.sessionmaker() as s:
+                rows = (await s.execute(select(Message).where(
+                    Message.reply_to_telegram_message_id == human["message_id"],
+                    Message.bot_id.is_not(None)))).scalars().all()
+            return bool(rows)
+
+        assert await wait_until(answered, 25), "no bot answered the human"
+    finally:
+        await worker.stop()
+    async with world.sessionmaker() as s:
+        stored_human = (await s.execute(select(Message).where(
+            Message.telegram_message_id == human["message_id"]))).scalar_one()
+        reply = (await s.execute(select(Message).where(
+            Message.reply_to_telegram_message_id == human["message_id"]))).scalars().first()
+    assert stored_human.bot_id is None and stored_human.reply_wanted is False
+    assert reply is not None and reply.bot_id is not None and reply.turn_id
+    # Telegram saw the same thread: the sent message replies to the human's message.
+    sent = {m["message_id"]: m for m in world.sandbox.messages(CHAT)}
+    assert sent[reply.telegram_message_id]["reply_to_message"]["message_id"] == (
+        human["message_id"])
+    assert "Ali Hoca" in reply.text or reply.meta.topic == "rates"
+    # every bot message Telegram accepted is stored exactly once, with its Telegram id
+    async with world.sessionmaker() as s:
+        stored = (await s.execute(select(Message.telegram_message_id)
+                                  .where(Message.bot_id.is_not(None)))).scalars().all()
+    bot_sent = [m["message_id"] for m in sent.values() if m["from"]["is_bot"]]
+    assert sorted(stored) == sorted(bot_sent)
+    assert worker.stats["errors"] == 0
+
+
+@pytest.mark.parametrize("world", [Limits(group_per_minute=2)], indirect=True)
+async def test_429_makes_the_bot_wait_and_nothing_crashes(world: World) -> None:
+    # A limiter looser than Telegram's, so the sandbox's 429s reach the worker.
+    loose = TelegramLimiter(per_chat_per_sec=100.0, per_group_per_min=1000, per_bot_per_sec=100)
+    worker = make_worker(world, limiter=loose)
+    await worker.start()
+    try:
+        async def limited() -> bool:
+            return worker.stats["rate_limited"] >= 2
+
+        assert await wait_until(limited, 30), dict(worker.stats)
+        await world.sandbox.post_as_human(CHAT, HUMAN_ID, "Hâlâ burada mısınız?")
+        import asyncio
+
+        await asyncio.sleep(2)
+    finally:
+        await worker.stop()
+    stats = world.sandbox.stats
+    assert stats["too_many_requests"] >= 2
+    assert stats["ignored_retry_after"] == 0  # never sent again before retry_after ran out
+    assert worker.stats["errors"] == 0 and worker.stats["ticks"] > 10
+    async with world.sessionmaker() as s:
+        humans = (await s.execute(select(Message).where(Message.bot_id.is_(None)))).scalars()
+        assert [m.text for m in humans] == ["Hâlâ burada mısınız?"]
+
+
+async def test_demo_run_summary(tmp_path: Path) -> None:
+    out = io.StringIO()
+    settings = Settings(data_dir=tmp_path, tick_seconds=0.5)
+    summary = await run_demo(settings, DemoOptions(
+        duration=25, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
+        say_after=2.0, out=out))
+    last = out.getvalue().strip().splitlines()[-1]
+    assert json.loads(last) == summary
+    assert summary["bots_spoken"] >= 3
+    assert summary["human_messages"] == 1 and summary["human_replies"] == 1
+    assert summary["duplicates"] == 0 and summary["errors"] == 0
+    assert "Deniz: Dolar nereye gider sizce?" in out.getvalue()
+    assert "↪ answers Deniz" in out.getvalue()
+
+
+def test_cli_demo_json_last_line(tmp_path: Path) -> None:
+    env = {**os.environ, "BOTSIM_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "demo", "--duration", "8", "--json"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=90, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"messages", "bots_spoken", "human_messages", "human_replies", "duplicates",
+            "errors"} <= set(figures)
+    assert figures["messages"] >= 1 and figures["errors"] == 0
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_bad_persona_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: X\nusername: nobot_here\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "personas", "check", str(bad)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert f"{bad}: username:" in proc.stderr and "role: Field required" in proc.stderr
