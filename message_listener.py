@@ -301,7 +301,8 @@ async def register_webhooks(
     async with sessionmaker() as session:
         bots = await bot_store.list_bots(session, enabled_only=True)
     for bot in bots:
-        client = BotClient(bot_id=bot.id, token=cipher.decrypt(bot.token_encrypted), base_url=api_url)
+        token = cipher.decrypt(bot.token_encrypted)
+        client = BotClient(bot_id=bot.id, token=token, base_url=api_url)
         try:
             await client.set_webhook(
                 url=f"{public_url.rstrip('/')}/webhook/{bot.id}",
@@ -316,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the listener process: ``python message_listener.py [--register]``."""
     import uvicorn
 
+    from backend.cli import configure_process
     from backend.crypto import resolve_secrets
     from backend.db.session import make_engine, make_sessionmaker, upgrade
-    from backend.cli import configure_process
     from backend.settings import load_settings
 
     parser = argparse.ArgumentParser(description="botsim webhook listener")

@@ -307,7 +307,9 @@ class Worker:
         wait = self.limiter.try_acquire(turn.bot_id, turn.telegram_chat_id)
         if wait > 0:
             if wait > MAX_LIMIT_WAIT_S:
-                return Outcome(turn=turn, status="skipped", error="Telegram limit", retry_after=wait)
+                return Outcome(
+                    turn=turn, status="skipped", error="Telegram limit", retry_after=wait
+                )
             await asyncio.sleep(wait)
             if self.limiter.try_acquire(turn.bot_id, turn.telegram_chat_id) > 0:
                 return Outcome(turn=turn, status="skipped", error="Telegram limit")
@@ -387,12 +389,11 @@ class Worker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker process until interrupted: ``python worker.py``."""
-    from behavior_engine.llm.offline import OfflineGenerator
-
+    from backend.cli import configure_process
     from backend.crypto import resolve_secrets
     from backend.db.session import make_engine, make_sessionmaker, upgrade
-    from backend.cli import configure_process
     from backend.settings import load_settings
+    from behavior_engine.llm.offline import OfflineGenerator
 
     argparse.ArgumentParser(description="botsim worker").parse_args(argv)
     configure_process()

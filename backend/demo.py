@@ -129,19 +129,18 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
         ``per_bot`` (name → messages).
     """
-    from message_listener import ListenerState, create_app, register_webhooks
-    from sandbox.telegram_api import TelegramSandbox
-
     from behavior_engine.llm.offline import OfflineGenerator
     from behavior_engine.market import MarketFeed
     from bots.personas import load_persona_dir
+    from message_listener import ListenerState, create_app, register_webhooks
+    from sandbox.telegram_api import TelegramSandbox
     from worker import Worker
 
     console = Console(file=options.out, highlight=False, soft_wrap=True)
     secrets = resolve_secrets(settings)
     db_path = settings.data_dir / "demo.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm"):  # a fresh database each run
+        await asyncio.to_thread(Path(f"{db_path}{suffix}").unlink, missing_ok=True)
     url = f"sqlite+aiosqlite:///{db_path.resolve()}"
     await upgrade(url)
     engine = make_engine(url)

@@ -2,8 +2,8 @@
 
 Nothing in botsim reads ``os.environ`` after this object is built, and nothing builds one at
 import time. Every field can be set by an environment variable named ``BOTSIM_<FIELD>``
-(upper case); the database and Redis URLs also answer to the conventional ``DATABASE_URL``
-and ``REDIS_URL``. The README's configuration table lists them all.
+(upper case); the database URL also answers to the conventional ``DATABASE_URL``.
+The README's configuration table lists them all.
 
 Operator settings that change while the simulation runs (``simulation_active``, hourly
 budgets, ...) live in the database instead: see ``backend.schemas.SimulationSettings``.
@@ -33,7 +33,6 @@ class Settings(BaseSettings):
         database_url: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/botsim.db``.
             PostgreSQL: ``postgresql+asyncpg://user@host:5432/db`` (``postgresql://`` is
             accepted and given the asyncpg driver).
-        redis_url: Redis URL, or None for the embedded default (in-process only).
         fernet_key: Fernet key (urlsafe base64, 32 bytes) that encrypts bot tokens at rest.
         webhook_secret: master secret from which each bot's webhook ``secret_token`` is
             derived (HMAC-SHA256), at least 32 characters.
@@ -53,9 +52,6 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".botsim")
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("BOTSIM_DATABASE_URL", "DATABASE_URL")
-    )
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("BOTSIM_REDIS_URL", "REDIS_URL")
     )
     fernet_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None

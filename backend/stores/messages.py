@@ -137,7 +137,7 @@ async def recent_messages(
 async def waiting_for_reply(
     session: AsyncSession, *, chat_id: int, since: datetime
 ) -> Sequence[Message]:
-    """Return messages of ``chat_id`` marked ``reply_wanted`` and newer than ``since``, oldest first."""
+    """Messages of ``chat_id`` marked ``reply_wanted``, newer than ``since``, oldest first."""
     return (
         await session.execute(
             select(Message)

@@ -186,7 +186,7 @@ async def test_settings_validated_and_atomic(sessionmaker: Sessions) -> None:
                     s, changes={"max_msgs_per_min": 50, "scale_factor": 2.0}
                 )
         assert "max_msgs_per_min" in str(err.value)
-        with pytest.raises(ValidationFailed, match="min .* must not exceed max"):
+        with pytest.raises(ValidationFailed, match=r"min .* must not exceed max"):
             async with s.begin():
                 await settings_store.update_settings(
                     s, changes={"bot_hourly_msg_limit": {"min": 9, "max": 3}}

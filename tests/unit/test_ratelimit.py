@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from bots.ratelimit import TelegramLimiter, TokenBucket
 
 
@@ -50,7 +52,7 @@ def test_twenty_per_minute_per_group() -> None:
             times.append(clock.t)
         clock.t += 0.1
     assert len(times) == 20
-    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times))
 
 
 def test_retry_after_blocks_the_bot_everywhere() -> None:

@@ -97,12 +97,12 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
 def test_duplicate_username_across_files(tmp_path: Path) -> None:
     write(tmp_path, GOOD, "a.yaml")
     write(tmp_path, {**GOOD, "username": "TEST_KISI_BOT"}, "b.yaml")
-    with pytest.raises(PersonaFileError, match="b.yaml: username: .* also used by a.yaml"):
+    with pytest.raises(PersonaFileError, match=r"b.yaml: username: .* also used by a.yaml"):
         load_persona_dir(tmp_path)
 
 
 def test_parse_persona_names_source() -> None:
-    with pytest.raises(PersonaFileError, match="^inline: "):
+    with pytest.raises(PersonaFileError, match=r"^inline: "):
         parse_persona("name: x", source="inline")
 
 
@@ -114,14 +114,14 @@ def test_demo_personas_all_valid() -> None:
 
 def test_bad_environment_settings_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOTSIM_TICK_SECONDS", "fast")
-    with pytest.raises(ConfigError, match="BOTSIM_TICK_SECONDS: .*got 'fast'"):
+    with pytest.raises(ConfigError, match=r"BOTSIM_TICK_SECONDS: .*got 'fast'"):
         load_settings()
     monkeypatch.setenv("BOTSIM_TICK_SECONDS", "0")
     with pytest.raises(ConfigError, match="BOTSIM_TICK_SECONDS: Input should be greater"):
         load_settings()
     monkeypatch.delenv("BOTSIM_TICK_SECONDS")
     monkeypatch.setenv("DATABASE_URL", "mysql://x")
-    with pytest.raises(ConfigError, match="BOTSIM_DATABASE_URL: .*PostgreSQL"):
+    with pytest.raises(ConfigError, match=r"BOTSIM_DATABASE_URL: .*PostgreSQL"):
         load_settings()
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@h:5432/db")
     assert load_settings().effective_database_url == "postgresql+asyncpg://u@h:5432/db"
