@@ -118,7 +118,7 @@ class Worker:
         self._bots: dict[int, Bot] = {}
         self._busy: set[int] = set()
         self._in_flight: Counter[int] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Outcome]] = set()
         self._aps: AsyncIOScheduler | None = None
 
     async def start(self) -> None:

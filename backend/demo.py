@@ -44,11 +44,12 @@ DEMO_CHAT_ID = -1001000000001
 DEMO_CHAT_TITLE = "Piyasa Sohbeti"
 DEMO_TOPICS = {"usdtry": 3.0, "bist100": 2.0, "btc": 2.0, "gold": 1.5, "rates": 1.0,
                "inflation": 1.0}
-HUMAN = {"id": 500001, "first_name": "Deniz", "username": "deniz_trader"}
+HUMAN_ID = 500001
+HUMAN = {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz_trader"}
 #: Livelier than the production defaults, so a minute shows a conversation.
 DEMO_SETTINGS: dict[str, Any] = {
-    "bot_hourly_msg_limit": {"min": 120, "max": 240},
-    "max_msgs_per_min": 12,
+    "bot_hourly_msg_limit": {"min": 240, "max": 480},
+    "max_msgs_per_min": 15,
     "scale_factor": 1.0,
 }
 SAY_AFTER_S = 5.0
@@ -212,9 +213,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             if not said and time.monotonic() - started >= options.say_after:
                 said = True
                 assert options.say is not None
-                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN["id"], options.say)
+                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN_ID, options.say)
             while not human_lines.empty():
-                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN["id"], human_lines.get_nowait())
+                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN_ID, human_lines.get_nowait())
             async with sessionmaker() as session:
                 rows = (await session.execute(
                     select(Message).where(Message.id > printer.last_id).order_by(Message.id)

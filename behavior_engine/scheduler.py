@@ -14,7 +14,8 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 * **Per-chat cap.** At most ``max_msgs_per_min`` bot messages per chat per rolling minute.
 * **Timing.** Gaps between spontaneous messages are log-normal with σ = :data:`GAP_SIGMA`
   (heavy-tailed, not a clock; REALISM.md) and a mean of 1/λ, λ = Σ budgets / 3600 s.
-* **Who and to whom.** A spontaneous speaker is drawn by talkativeness × budget left; with
+* **Who and to whom.** A spontaneous speaker is drawn by talkativeness × budget left (the
+  last speaker halved, a bot silent for :data:`QUIET_WINDOW` messages boosted); with
   probability :data:`REPLY_P` it replies to one of the last :data:`REPLY_WINDOW` messages of
   others (humans weighted up, not always the last one).
 """
@@ -40,6 +41,9 @@ REPLY_P = 0.4
 REPLY_WINDOW = 8
 SECOND_REPLIER_P = 0.12
 HUMAN_REPLY_MEDIAN_S = 3.0
+#: A bot with no message among the chat's last QUIET_WINDOW gets QUIET_BOOST × the weight.
+QUIET_WINDOW = 10
+QUIET_BOOST = 5.0
 HUMAN_WAIT_MAX = timedelta(minutes=30)
 #: A planned human reply holds back spontaneous chatter until this long after it is due.
 HUMAN_PRIORITY_WINDOW = timedelta(seconds=30)
@@ -282,6 +286,7 @@ class Scheduler:
         now: datetime,
     ) -> BotView | None:
         last_bot = next((m.bot_id for m in reversed(chat.recent)), None)
+        heard = {m.bot_id for m in list(chat.recent)[-QUIET_WINDOW:]}
         candidates: list[BotView] = []
         weights: list[float] = []
         for b in bots:
@@ -294,6 +299,8 @@ class Scheduler:
             w = b.talkativeness * (0.25 + left / max(limit, 1.0))
             if b.bot_id == last_bot:
                 w *= 0.5
+            elif b.bot_id not in heard:
+                w *= QUIET_BOOST  # a bot not heard lately joins in (no one stays mute)
             candidates.append(b)
             weights.append(w)
         if not candidates:

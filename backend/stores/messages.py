@@ -27,7 +27,8 @@ async def _insert_ignore(
     ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
     pk = next(iter(table.primary_key.columns))
     stmt = ins.on_conflict_do_nothing(index_elements=conflict).returning(pk)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    got: int | None = (await session.execute(stmt)).scalar_one_or_none()
+    return got
 
 
 async def take_update(session: AsyncSession, *, bot_id: int, update_id: int) -> bool:
