@@ -1,48 +1,45 @@
 """Topic detection from message text by keywords (Turkish and English).
 
-Topic ids: ``usdtry``, ``bist100``, ``btc``, ``gold``, ``rates``, ``inflation``.
+Topic ids: ``usdtry``, ``bist100``, ``btc``, ``gold``, ``rates``, ``inflation``. One detector
+for the whole engine: the scheduler (what a human asks about) and the offline generator
+(what a reply answers) use the same answer.
 """
 
 from __future__ import annotations
 
 import re
 
-#: topic id → keyword stems; a word that starts with a stem counts (Turkish suffixes:
-#: "dolar" matches "doları", "dolarda").
-TOPIC_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "usdtry": ("dolar", "kur", "usd", "döviz", "doviz", "lira", "tl", "dollar", "currency"),
-    "bist100": ("borsa", "bist", "hisse", "endeks", "temettü", "temettu", "stock", "index"),
-    "btc": ("bitcoin", "btc", "kripto", "crypto", "coin"),
-    "gold": ("altın", "altin", "gold", "ons", "gram"),
-    "rates": ("faiz", "tcmb", "merkez", "ppk", "rate", "fed", "central"),
-    "inflation": ("enflasyon", "tüfe", "tufe", "fiyat", "pahalı", "inflation", "cpi", "price"),
+#: topic id → keyword regex over lower-cased text. Turkish suffixes are allowed where they
+#: matter ("kurda", "altını"), and false friends are excluded ("altında" = "below").
+TOPIC_PATTERNS: dict[str, re.Pattern[str]] = {
+    topic: re.compile(pattern)
+    for topic, pattern in {
+        "usdtry": r"dolar|dollar|usd|döviz|\bkur(?:u|un|da|daki|dan|a|lar)?\b|\blira",
+        "bist100": r"borsa|\bbist|hisse|endeks|\bstocks?\b|\bindex|xu100",
+        "btc": r"bitcoin|\bbtc|kripto|crypto",
+        "gold": r"\baltın(?:ı|ın|lar\w*|cı\w*)?\b|\bgold|\bons\b",
+        "rates": r"\bfaiz|\brates?\b|interest|tcmb|merkez bankası|central bank|\bfed\b",
+        "inflation": r"enflasyon|inflation|tüfe|\bcpi\b|hayat pahalılığı",
+    }.items()
 }
-
-_WORD = re.compile(r"[\wçğıöşüÇĞİÖŞÜ]+", re.UNICODE)
 
 
 def _fold(text: str) -> str:
-    # Turkish dotted/dotless I before lowercasing, so "İ" → "i" and "I" → "ı".
-    return text.replace("İ", "i").replace("I", "ı").lower()
-
-
-def topic_scores(text: str) -> dict[str, int]:
-    """Return topic id → number of keyword hits in ``text`` (topics with hits only)."""
-    words = _WORD.findall(_fold(text))
-    scores: dict[str, int] = {}
-    for topic, stems in TOPIC_KEYWORDS.items():
-        hits = sum(1 for w in words for s in stems if w.startswith(s))
-        if hits:
-            scores[topic] = hits
-    return scores
+    """Lower-case the Turkish way (I → ı, İ → i) and the English way, both searched."""
+    turkish = text.replace("I", "ı").replace("İ", "i").lower()
+    return f"{turkish}\n{text.lower()}"
 
 
 def detect_topic(text: str, default: str | None = None) -> str | None:
-    """Return the topic ``text`` is most about, or ``default`` when no keyword matches.
+    """Return the topic ``text`` talks about most, or ``default`` when none matches.
 
-    Ties go to the topic listed first in :data:`TOPIC_KEYWORDS`.
+    Returns:
+        The topic with most keyword hits; ties go to the one mentioned first.
     """
-    scores = topic_scores(text)
-    if not scores:
-        return default
-    return max(scores, key=lambda t: (scores[t], -list(TOPIC_KEYWORDS).index(t)))
+    low = _fold(text)
+    best: tuple[int, int, str] | None = None
+    for topic, pattern in TOPIC_PATTERNS.items():
+        hits = [m.start() for m in pattern.finditer(low)]
+        if hits and (best is None or (-len(hits), hits[0]) < best[:2]):
+            best = (-len(hits), hits[0], topic)
+    return best[2] if best else default

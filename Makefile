@@ -1,0 +1,20 @@
+# Shortcuts; the README's two commands are the reference.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint typecheck
+
+$(VENV)/bin/botsim:
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e '.[test]'
+
+demo: $(VENV)/bin/botsim
+	$(VENV)/bin/botsim demo
+
+test: $(VENV)/bin/botsim
+	$(VENV)/bin/ruff check . && $(PY) -m pytest -q
+
+lint: $(VENV)/bin/botsim
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/bin/botsim
+	$(VENV)/bin/mypy backend bots behavior_engine sandbox worker.py message_listener.py
