@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import resolve_secrets
 from backend.db.models import Bot, Message
@@ -39,6 +40,7 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from sandbox.telegram_api import SandboxError, TelegramSandbox
 
 DEMO_CHAT_ID = -1001000000001
 DEMO_CHAT_TITLE = "Piyasa Sohbeti"
@@ -104,6 +106,16 @@ class _Printer:
         self.names: dict[int, str] = {}
         self.texts: dict[int, tuple[str, str]] = {}
 
+    async def poll(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        """Print the messages stored since the last poll."""
+        async with sessionmaker() as session:
+            rows = (await session.execute(
+                select(Message).where(Message.id > self.last_id).order_by(Message.id)
+            )).scalars().all()
+        for msg in rows:
+            self.show(msg)
+            self.last_id = msg.id
+
     def show(self, msg: Message) -> None:
         human = msg.bot_id is None
         speaker = (msg.sender_name or "?") if human else self.names.get(msg.bot_id or 0, "?")
@@ -121,6 +133,31 @@ class _Printer:
             )
 
 
+async def _converse(
+    options: DemoOptions,
+    sandbox: TelegramSandbox,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    printer: _Printer,
+    human_lines: asyncio.Queue[str],
+    started: float,
+) -> None:
+    """Post the human's lines and print new messages until the duration is over."""
+    said = options.say is None
+    while options.duration is None or time.monotonic() - started < options.duration:
+        if not said and time.monotonic() - started >= options.say_after:
+            said = True
+            assert options.say is not None
+            await human_lines.put(options.say)
+        while not human_lines.empty():
+            text = human_lines.get_nowait()
+            try:
+                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN_ID, text)
+            except SandboxError as exc:  # e.g. longer than Telegram's 4096 characters
+                printer.console.print(f"[red]not posted:[/red] {escape(str(exc))}")
+        await printer.poll(sessionmaker)
+        await asyncio.sleep(0.25)
+
+
 async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     """Run the demo and return its summary (also printed).
 
@@ -134,7 +171,6 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     from behavior_engine.market import MarketFeed
     from bots.personas import load_persona_dir
     from message_listener import ListenerState, create_app, register_webhooks
-    from sandbox.telegram_api import TelegramSandbox
     from worker import Worker
 
     console = Console(file=options.out, highlight=False, soft_wrap=True)
@@ -208,24 +244,17 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         human_lines: asyncio.Queue[str] = asyncio.Queue()
         if options.read_stdin and sys.stdin is not None and not sys.stdin.closed:
             _start_stdin_reader(asyncio.get_running_loop(), human_lines)
-        said = options.say is None
-        while options.duration is None or time.monotonic() - started < options.duration:
-            if not said and time.monotonic() - started >= options.say_after:
-                said = True
-                assert options.say is not None
-                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN_ID, options.say)
-            while not human_lines.empty():
-                await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN_ID, human_lines.get_nowait())
-            async with sessionmaker() as session:
-                rows = (await session.execute(
-                    select(Message).where(Message.id > printer.last_id).order_by(Message.id)
-                )).scalars().all()
-            for msg in rows:
-                printer.show(msg)
-                printer.last_id = msg.id
-            await asyncio.sleep(0.25)
+        try:
+            await _converse(options, sandbox, sessionmaker, printer, human_lines, started)
+        except asyncio.CancelledError:
+            # Ctrl-C: asyncio.run cancels this task; stop talking and print the summary.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            console.print("\n[dim]interrupted[/dim]")
     finally:
         await stack.aclose()
+    await printer.poll(sessionmaker)  # what arrived while stopping
 
     # Let the listener's last writes land, then count.
     async with sessionmaker() as session:
