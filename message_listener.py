@@ -19,11 +19,10 @@ Routes are by bot id, never by token (tokens in URLs end up in proxy logs).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hmac
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +38,7 @@ from starlette.routing import Route
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Bot, Message
 from backend.schemas import MessageMeta, TopicWeights
+from backend.settings import Settings
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from bots.telegram import BotClient
@@ -313,46 +313,38 @@ async def register_webhooks(
     return len(bots)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the listener process: ``python message_listener.py [--register]``."""
+async def serve(settings: Settings, secrets: Secrets, *, register: bool = False) -> None:
+    """Run the listener until cancelled (``register``: setWebhook for every bot first)."""
     import uvicorn
 
-    from backend.cli import configure_process
-    from backend.crypto import resolve_secrets
     from backend.db.session import make_engine, make_sessionmaker, upgrade
-    from backend.settings import load_settings
 
-    parser = argparse.ArgumentParser(description="botsim webhook listener")
-    parser.add_argument("--register", action="store_true", help="setWebhook for every bot")
-    args = parser.parse_args(argv)
-    configure_process()
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level)
-    secrets = resolve_secrets(settings)
-
-    async def run() -> None:
-        await upgrade(settings.effective_database_url)
-        engine = make_engine(settings.effective_database_url)
-        sm = make_sessionmaker(engine)
-        state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret)
-        await state.refresh_bots()
-        if args.register:
-            await register_webhooks(
-                sessionmaker=sm, secrets=secrets, api_url=settings.telegram_api_url,
-                public_url=settings.public_webhook_url,
-            )
-        config = uvicorn.Config(
-            create_app(state), host=settings.listener_host, port=settings.listener_port,
-            log_level="warning",
+    await upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    sm = make_sessionmaker(engine)
+    state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret)
+    await state.refresh_bots()
+    if register:
+        await register_webhooks(
+            sessionmaker=sm, secrets=secrets, api_url=settings.telegram_api_url,
+            public_url=settings.public_webhook_url,
         )
-        try:
-            await uvicorn.Server(config).serve()
-        finally:
-            await engine.dispose()
+    config = uvicorn.Config(
+        create_app(state), host=settings.listener_host, port=settings.listener_port,
+        log_level="warning", access_log=False,
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await engine.dispose()
 
-    asyncio.run(run())
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    """``python message_listener.py [--register]``: the same as ``botsim listener``."""
+    from backend.cli import main as cli_main
+
+    return cli_main(["listener", *(argv or [])])
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

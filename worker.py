@@ -2,8 +2,8 @@
 
 Each tick (``Settings.tick_seconds``) the worker reads the chats, budgets and waiting human
 messages, asks the :class:`~behavior_engine.scheduler.Scheduler` which turns are due, and
-runs each turn as a task: build the prompt, generate, wait for Telegram's limits, send
-through python-telegram-bot, store the sent message with its Telegram message id.
+runs each turn as a task: build the prompt, show "typing", generate, wait for Telegram's
+limits, send through python-telegram-bot, store the sent message with its Telegram id.
 
 Failures never crash the worker: a 429 blocks that bot for ``retry_after`` seconds (and a
 waiting human message is planned again), a reply to a vanished message is sent without the
@@ -13,9 +13,9 @@ is unknown (the request may have reached Telegram) is counted and never repeated
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -303,6 +303,10 @@ class Worker:
         if client is None:
             return Outcome(turn=turn, status="skipped", error="bot not connected")
         ctx, mood = await self._context(turn, self.clock())
+        try:
+            await client.send_typing(chat_id=turn.telegram_chat_id)
+        except TelegramError as exc:  # "typing…" is decoration: never worth a lost turn
+            log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
         generation = await self.provider.generate(build_request(ctx))
         wait = self.limiter.try_acquire(turn.bot_id, turn.telegram_chat_id)
         if wait > 0:
@@ -387,43 +391,38 @@ class Worker:
             await client.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a worker process until interrupted: ``python worker.py``."""
-    from backend.cli import configure_process
-    from backend.crypto import resolve_secrets
+async def serve(settings: Settings, secrets: Secrets) -> None:
+    """Run one worker until cancelled: migrate, connect the bots, tick.
+
+    Raises:
+        ConfigError, StorageError: when the database or the secrets are unusable.
+    """
     from backend.db.session import make_engine, make_sessionmaker, upgrade
-    from backend.settings import load_settings
     from behavior_engine.llm.offline import OfflineGenerator
 
-    argparse.ArgumentParser(description="botsim worker").parse_args(argv)
-    configure_process()
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level)
-    secrets = resolve_secrets(settings)
-
-    async def run() -> None:
-        await upgrade(settings.effective_database_url)
-        engine = make_engine(settings.effective_database_url)
-        worker = Worker(
-            settings=settings,
-            sessionmaker=make_sessionmaker(engine),
-            secrets=secrets,
-            provider=OfflineGenerator(),
-            market=MarketFeed(seed=settings.seed, start=utcnow()),
-        )
-        await worker.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await worker.stop()
-            await engine.dispose()
-
+    await upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    worker = Worker(
+        settings=settings,
+        sessionmaker=make_sessionmaker(engine),
+        secrets=secrets,
+        provider=OfflineGenerator(),
+        market=MarketFeed(seed=settings.seed, start=utcnow()),
+    )
+    await worker.start()
     try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    return 0
+        await asyncio.Event().wait()
+    finally:
+        await worker.stop()
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python worker.py``: the same as ``botsim worker``."""
+    from backend.cli import main as cli_main
+
+    return cli_main(["worker", *(argv or [])])
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

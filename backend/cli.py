@@ -98,6 +98,28 @@ async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -
         await engine.dispose()
 
 
+def _run_process(settings: Settings, name: str, *, register: bool) -> int:
+    """Run the worker or the listener until Ctrl-C or SIGTERM."""
+    import signal
+
+    import message_listener
+    import worker
+    from backend.crypto import resolve_secrets
+
+    secrets = resolve_secrets(settings)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # containers stop with TERM
+    body = (
+        worker.serve(settings, secrets)
+        if name == "worker"
+        else message_listener.serve(settings, secrets, register=register)
+    )
+    try:
+        asyncio.run(body)
+    except KeyboardInterrupt:
+        logging.getLogger("botsim").info("%s stopped", name)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botsim`` command; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -143,14 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "settings":
             asyncio.run(_settings_cmd(settings, args.action, args.pairs))
             return 0
-        if args.command == "worker":
-            import worker
-
-            return worker.main([])
-        if args.command == "listener":
-            import message_listener
-
-            return message_listener.main(["--register"] if args.register else [])
+        if args.command in ("worker", "listener"):
+            return _run_process(settings, args.command, register=getattr(args, "register", False))
     except (ConfigError, ValidationFailed) as exc:
         print(f"botsim: {exc}", file=sys.stderr)
         return 2

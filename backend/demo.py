@@ -34,13 +34,12 @@ from backend.crypto import resolve_secrets
 from backend.db.models import Bot, Message
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.db.types import utcnow
-from backend.serve import InProcessServer
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
-from sandbox.telegram_api import SandboxError, TelegramSandbox
+from sandbox.telegram_api import BackgroundServer, SandboxError, TelegramSandbox
 
 DEMO_CHAT_ID = -1001000000001
 DEMO_CHAT_TITLE = "Piyasa Sohbeti"
@@ -214,7 +213,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         await sandbox.start()
         stack.push_async_callback(sandbox.stop)
         await listener_state.refresh_bots()
-        listener = await InProcessServer.start(create_app(listener_state))
+        listener = await BackgroundServer.start(create_app(listener_state))
         stack.push_async_callback(listener.stop)
         worker_settings = settings.model_copy(
             update={"telegram_api_url": sandbox.bot_api_url, "public_webhook_url": listener.url}

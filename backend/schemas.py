@@ -13,7 +13,7 @@ Market symbols (holdings) are the uppercase ids of ``behavior_engine.market``: `
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -29,25 +29,28 @@ Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]{1,15}$")]
 
 #: Telegram bot usernames: 5–32 characters of ``A-Za-z0-9_``, ending in "bot"
 #: (core.telegram.org/bots/features#botfather).
+M = TypeVar("M")
+
 BOT_USERNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{1,28}[Bb][Oo][Tt]$")
 
 
-def _unique_topics(stances: list[Stance]) -> list[Stance]:
+def _one_each(items: list[M], key: str, what: str) -> list[M]:
+    """Refuse two items with the same ``key`` attribute (one stance per topic...)."""
     seen: set[str] = set()
-    for st in stances:
-        if st.topic in seen:
-            raise ValueError(f"two stances on topic {st.topic!r}")
-        seen.add(st.topic)
-    return stances
+    for item in items:
+        value = getattr(item, key)
+        if value in seen:
+            raise ValueError(f"two {what} {value!r}")
+        seen.add(value)
+    return items
+
+
+def _unique_topics(stances: list[Stance]) -> list[Stance]:
+    return _one_each(stances, "topic", "stances on topic")
 
 
 def _unique_symbols(holdings: list[Holding]) -> list[Holding]:
-    seen: set[str] = set()
-    for h in holdings:
-        if h.symbol in seen:
-            raise ValueError(f"two holdings of symbol {h.symbol!r}")
-        seen.add(h.symbol)
-    return holdings
+    return _one_each(holdings, "symbol", "holdings of symbol")
 
 
 def _positive_weights(weights: dict[str, float]) -> dict[str, float]:

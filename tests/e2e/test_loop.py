@@ -19,7 +19,6 @@ from backend.crypto import Secrets, resolve_secrets
 from backend.db.models import Message
 from backend.db.types import utcnow
 from backend.demo import DemoOptions, run_demo
-from backend.serve import InProcessServer
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
@@ -29,7 +28,7 @@ from behavior_engine.market import MarketFeed
 from bots.personas import load_persona_dir
 from bots.ratelimit import TelegramLimiter
 from message_listener import ListenerState, create_app, register_webhooks
-from sandbox.telegram_api import Limits, TelegramSandbox
+from sandbox.telegram_api import BackgroundServer, Limits, TelegramSandbox
 from worker import Worker
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +43,7 @@ class World:
     sessionmaker: async_sessionmaker[AsyncSession]
     secrets: Secrets
     settings: Settings
-    listener: InProcessServer
+    listener: BackgroundServer
 
 
 @pytest.fixture
@@ -74,7 +73,7 @@ async def world(
     await sandbox.start()
     state = ListenerState(sessionmaker=sessionmaker, webhook_secret=secrets.webhook_secret)
     await state.refresh_bots()
-    listener = await InProcessServer.start(create_app(state))
+    listener = await BackgroundServer.start(create_app(state))
     await register_webhooks(sessionmaker=sessionmaker, secrets=secrets,
                             api_url=sandbox.bot_api_url, public_url=listener.url)
     settings = settings.model_copy(update={"telegram_api_url": sandbox.bot_api_url})

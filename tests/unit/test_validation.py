@@ -106,12 +106,6 @@ def test_parse_persona_names_source() -> None:
         parse_persona("name: x", source="inline")
 
 
-def test_demo_personas_all_valid() -> None:
-    personas = load_persona_dir()
-    assert len(personas) == 4
-    assert {p.language for p in personas} == {"tr"}
-
-
 def test_bad_environment_settings_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOTSIM_TICK_SECONDS", "fast")
     with pytest.raises(ConfigError, match=r"BOTSIM_TICK_SECONDS: .*got 'fast'"):
