@@ -155,7 +155,10 @@ class Worker:
             next_run_time=datetime.now(UTC),
         )
         self._aps.start()
-        log.info("worker started with %d bots", len(self._clients))
+        if self._clients:
+            log.info("worker started with %d bots", len(self._clients))
+        else:
+            log.warning("worker started with no enabled bot: nothing will be posted")
 
     async def stop(self) -> None:
         """Stop ticking, let running turns finish (10 s at most), close the bots."""

@@ -134,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        for chatty in ("alembic", "apscheduler", "httpx"):  # one line per tick or request
+            logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
         if args.command == "demo":
             from backend.demo import DemoOptions, run_demo
 

@@ -125,6 +125,8 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            env_name = f"BOTSIM_{field.upper()}"
+            env_name = field.upper()
+            if not env_name.startswith(("BOTSIM_", "DATABASE_URL")):
+                env_name = f"BOTSIM_{env_name}"
             problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("bad settings: " + "; ".join(problems)) from None

@@ -8,7 +8,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,7 +17,21 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from backend.errors import StorageError
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    """Create the folder of a SQLite file URL (the file itself SQLite creates)."""
+    path = url.split("///", 1)[-1]
+    if url.startswith("sqlite") and path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def describe_url(url: str) -> str:
+    """``url`` without its password, safe to log."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
@@ -33,9 +48,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     """
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_sqlite_dir(url)
         kwargs["connect_args"] = {"timeout": 5}
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -67,8 +80,18 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_sync(url: str, revision: str = "head") -> None:
-    """Run Alembic migrations up to ``revision`` (blocking)."""
-    command.upgrade(alembic_config(url), revision)
+    """Run Alembic migrations up to ``revision`` (blocking).
+
+    Raises:
+        StorageError: when the database cannot be reached or opened (names the URL, without
+            its password, and the driver's reason).
+    """
+    try:
+        _ensure_sqlite_dir(url)
+        command.upgrade(alembic_config(url), revision)
+    except (DBAPIError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise StorageError(f"database {describe_url(url)}: {reason}") from exc
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
