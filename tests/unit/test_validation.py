@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from backend.crypto import resolve_secrets
-from backend.errors import ConfigError, PersonaFileError
+from backend.db.session import upgrade_sync
+from backend.errors import ConfigError, PersonaFileError, StorageError
 from backend.settings import Settings, load_settings
 from bots.personas import load_persona_dir, load_persona_file, parse_persona
 
@@ -115,7 +116,7 @@ def test_bad_environment_settings_named(monkeypatch: pytest.MonkeyPatch) -> None
         load_settings()
     monkeypatch.delenv("BOTSIM_TICK_SECONDS")
     monkeypatch.setenv("DATABASE_URL", "mysql://x")
-    with pytest.raises(ConfigError, match=r"BOTSIM_DATABASE_URL: .*PostgreSQL"):
+    with pytest.raises(ConfigError, match=r"bad settings: BOTSIM_DATABASE_URL: .*PostgreSQL"):
         load_settings()
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@h:5432/db")
     assert load_settings().effective_database_url == "postgresql+asyncpg://u@h:5432/db"
@@ -140,3 +141,13 @@ def test_development_generates_keys_once(tmp_path: Path) -> None:
     assert (tmp_path / "fernet.key").stat().st_mode & 0o777 == 0o600
     token = "123:ABCDEFGHIJKLMNOP"
     assert first.cipher().decrypt(first.cipher().encrypt(token)) == token
+
+
+def test_unreachable_database_is_a_storage_error_without_password(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"127\.0\.0\.1:9/x: .*(refused|failed)") as err:
+        upgrade_sync("postgresql+asyncpg://botsim:hunter2@127.0.0.1:9/x")
+    assert "hunter2" not in str(err.value)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="database sqlite"):
+        upgrade_sync(f"sqlite+aiosqlite:///{blocker}/sub/x.db")
