@@ -7,8 +7,9 @@ limits, send through python-telegram-bot, store the sent message with its Telegr
 
 Failures never crash the worker: a 429 blocks that bot for ``retry_after`` seconds (and a
 waiting human message is planned again), a reply to a vanished message is sent without the
-reply, a bot kicked from a chat or with a revoked token is disabled, and a send whose outcome
-is unknown (the request may have reached Telegram) is counted and never repeated by itself.
+reply (``allow_sending_without_reply``), a bot kicked from a chat stops posting there, a bot
+with a revoked token is disabled, and a send whose outcome is unknown (the request may have
+reached Telegram) is counted and never repeated by itself.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from backend.errors import (
     TelegramError,
     TelegramForbidden,
     TelegramInvalidToken,
-    TelegramReplyNotFound,
     TelegramRetryAfter,
     TelegramUnavailable,
 )
@@ -91,7 +91,7 @@ class Worker:
     Attributes:
         stats: counters: ``ticks``, ``turns``, ``sent``, ``rate_limited``, ``failed``,
             ``unknown`` (send outcome unknown, not repeated), ``errors`` (failed turns and
-            tick errors), ``reply_not_found``.
+            tick errors).
     """
 
     def __init__(
@@ -322,7 +322,10 @@ class Worker:
                 return Outcome(turn=turn, status="skipped", error="Telegram limit")
         reply_id = turn.reply_to.telegram_message_id if turn.reply_to else None
         try:
-            sent = await self._send(client, turn, generation.text, reply_id)
+            # allow_sending_without_reply: a vanished reply target does not lose the turn.
+            sent = await client.send_message(
+                chat_id=turn.telegram_chat_id, text=generation.text, reply_to_message_id=reply_id
+            )
         except TelegramRetryAfter as exc:
             self.limiter.block(turn.bot_id, exc.retry_after)
             log.warning("bot %s: 429, waits %.0f s", turn.bot_id, exc.retry_after)
@@ -333,7 +336,10 @@ class Worker:
                 self.stats["unknown"] += 1
                 log.error("turn %s: send outcome unknown (%s); not repeated", turn.turn_id, exc)
             return Outcome(turn=turn, status="failed", error=str(exc))
-        except (TelegramForbidden, TelegramInvalidToken) as exc:
+        except TelegramForbidden as exc:
+            await self._leave_chat(turn, exc)
+            return Outcome(turn=turn, status="failed", error=str(exc))
+        except TelegramInvalidToken as exc:
             await self._disable(turn.bot_id, exc)
             return Outcome(turn=turn, status="failed", error=str(exc))
         except TelegramError as exc:
@@ -341,18 +347,6 @@ class Worker:
         await self._record(turn, sent, generation.text, generation.provider, generation.model,
                            reply_id, mood)
         return Outcome(turn=turn, status="sent", telegram_message_id=sent.message_id)
-
-    async def _send(
-        self, client: BotClient, turn: Turn, text: str, reply_id: int | None
-    ) -> SentMessage:
-        try:
-            return await client.send_message(
-                chat_id=turn.telegram_chat_id, text=text, reply_to_message_id=reply_id
-            )
-        except TelegramReplyNotFound:
-            # Certainly not delivered (an error answer): send once more without the reply.
-            self.stats["reply_not_found"] += 1
-            return await client.send_message(chat_id=turn.telegram_chat_id, text=text)
 
     async def _record(
         self, turn: Turn, sent: SentMessage, text: str, provider: str, model: str | None,
@@ -383,6 +377,12 @@ class Worker:
                     telegram_message_ids=[turn.reply_to.telegram_message_id],
                 )
             await bot_store.set_mood(session, bot_id=turn.bot_id, mood=mood)
+
+    async def _leave_chat(self, turn: Turn, exc: TelegramError) -> None:
+        """403 in a chat (kicked, or not a member): stop posting there, tell the operator."""
+        log.error("bot %s removed from chat %s: %s", turn.bot_id, turn.telegram_chat_id, exc)
+        async with self.sessionmaker() as session, session.begin():
+            await chat_store.remove_bot(session, chat_id=turn.chat_id, bot_id=turn.bot_id)
 
     async def _disable(self, bot_id: int, exc: TelegramError) -> None:
         log.error("bot %s disabled: %s", bot_id, exc)

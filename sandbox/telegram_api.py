@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import email.parser
-import email.policy
 import html
 import json
 import logging
@@ -267,15 +265,9 @@ async def _read_params(request: Request) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ApiError(400, "Bad Request: JSON body must be an object")
         params.update(data)
-    elif ctype.startswith("multipart/form-data"):
-        head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
-        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        for part in msg.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if name and not part.get_filename():
-                payload = part.get_payload(decode=True)
-                if isinstance(payload, bytes):
-                    params[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+    elif ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        async with request.form() as form:  # python-multipart parses both
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
     else:
         params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     return params

@@ -35,6 +35,14 @@ async def add_bot(session: AsyncSession, *, chat_id: int, bot_id: int) -> None:
         await session.flush()
 
 
+async def remove_bot(session: AsyncSession, *, chat_id: int, bot_id: int) -> None:
+    """End ``bot_id``'s membership of ``chat_id`` (idempotent)."""
+    member = await session.get(ChatBot, (chat_id, bot_id))
+    if member is not None:
+        await session.delete(member)
+        await session.flush()
+
+
 async def get_chat(session: AsyncSession, *, chat_id: int) -> Chat:
     """Return the chat with our id ``chat_id``.
 

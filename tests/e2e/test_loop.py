@@ -205,3 +205,32 @@ def test_cli_refuses_bad_persona_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert f"{bad}: username:" in proc.stderr and "role: Field required" in proc.stderr
+
+
+async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> None:
+    kicked_token_bot = 8100000000  # the first persona's Telegram id
+    world.sandbox.kick_bot(CHAT, kicked_token_bot)
+    worker = make_worker(world)
+    await worker.start()
+    try:
+        async def left() -> bool:
+            async with world.sessionmaker() as s:
+                chat = await chat_store.get_chat_by_telegram_id(s, telegram_chat_id=CHAT)
+                assert chat is not None
+                members = await chat_store.chat_bots(s, chat_id=chat.id)
+            return kicked_token_bot not in {b.telegram_user_id for b in members}
+
+        assert await wait_until(left, 30), dict(worker.stats)
+
+        async def others_post() -> bool:
+            sent = [m for m in world.sandbox.messages(CHAT) if m["from"]["is_bot"]]
+            return len(sent) >= 3
+
+        assert await wait_until(others_post, 30)
+    finally:
+        await worker.stop()
+    async with world.sessionmaker() as s:
+        bots = await bot_store.list_bots(s)
+    kicked = next(b for b in bots if b.telegram_user_id == kicked_token_bot)
+    assert kicked.enabled  # still enabled: only that chat is left
+    assert all(m["from"]["id"] != kicked_token_bot for m in world.sandbox.messages(CHAT))
