@@ -10,6 +10,12 @@ only the API layer turns them into HTTP answers, and only the CLI into exit code
     │   └── PersonaFileError        a persona file: file name, field, reason
     ├── NotFound                    an id that names nothing
     ├── StorageError                the database refused or is unreachable
+    ├── ProviderError               an LLM provider call failed (``provider`` says which)
+    │   ├── ProviderRateLimited     429: retry after ``retry_after`` seconds (None: unknown)
+    │   ├── ProviderUnavailable     5xx, timeout, connection error, malformed answer: retryable
+    │   ├── ProviderRejected        400/401/403/404 (bad key, retired model, bad request):
+    │   │                           never retried; ``status`` says which
+    │   └── ProviderRefused         content filter or an empty answer: next provider, no retry
     └── TelegramError               a Bot API call failed (``bot_id`` says which bot)
         ├── TelegramRetryAfter      429: wait ``retry_after`` seconds for that bot
         ├── TelegramChatMigrated    400 with ``migrate_to_chat_id``: use ``new_chat_id``
@@ -65,6 +71,49 @@ class NotFound(BotsimError):
 
 class StorageError(BotsimError):
     """The database refused an operation or could not be reached."""
+
+
+class ProviderError(BotsimError):
+    """An LLM provider call failed.
+
+    Args:
+        provider: the provider's configured name (``groq``, ``openai``...).
+        message: what went wrong (never contains an API key).
+    """
+
+    retryable = False
+
+    def __init__(self, provider: str, message: str) -> None:
+        self.provider = provider
+        super().__init__(f"{provider}: {message}")
+
+
+class ProviderRateLimited(ProviderError):
+    """HTTP 429. ``retry_after`` is the server's ``Retry-After`` in seconds, or None."""
+
+    retryable = True
+
+    def __init__(self, provider: str, message: str, *, retry_after: float | None) -> None:
+        self.retry_after = retry_after
+        super().__init__(provider, message)
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx, a timeout, a dropped connection or an answer that is not the wire format."""
+
+    retryable = True
+
+
+class ProviderRejected(ProviderError):
+    """400, 401, 403 or 404: retrying cannot help (``status`` is the HTTP status)."""
+
+    def __init__(self, provider: str, message: str, *, status: int) -> None:
+        self.status = status
+        super().__init__(provider, message)
+
+
+class ProviderRefused(ProviderError):
+    """The provider answered but gave no usable text (content filter, empty choices)."""
 
 
 class TelegramError(BotsimError):

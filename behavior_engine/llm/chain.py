@@ -1,0 +1,303 @@
+"""The provider chain: provider 1 → 2 → … → offline, with retries, breakers and budgets.
+
+For each call, providers are tried in order (the global order, or a bot's own). A provider
+is *skipped without a network call* when its circuit breaker is open or its budget would
+run out; otherwise it gets attempts until it answers, its retries run out, or its deadline
+passes:
+
+* each attempt has a timeout (``timeout_s``), and all attempts on one provider together a
+  deadline (``deadline_s``; by default the timeout itself, so a hanging provider costs one
+  timeout, not one per retry);
+* 429, 5xx, timeouts and connection errors are retried with exponential backoff and jitter
+  (tenacity), a 429 after its ``Retry-After`` when that is at most ``max_retry_after_s``
+  (longer: next provider at once);
+* 400/401/403/404 are never retried; 401/403/404 (a bad key, a retired model) open that
+  provider's breaker for ``rejected_cooldown_s`` and are logged once, not on every message;
+* a refusal (content filter, empty answer) moves on at once.
+
+The offline generator is the last resort and always answers, so the simulation keeps
+running when every provider is down. Every network attempt is reported to ``recorder`` (the
+cost ledger); the result lists why each provider before the answering one was left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from backend.errors import (
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from behavior_engine.llm.base import Provider
+from behavior_engine.llm.guards import Budget, CircuitBreaker
+from behavior_engine.turn import Generation, GenerationRequest
+
+log = logging.getLogger("botsim.llm")
+
+Outcome = Literal["ok", "rate_limited", "unavailable", "rejected", "refused"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one provider is retried.
+
+    Attributes:
+        max_attempts: attempts per call, first included (1 = no retry).
+        timeout_s: timeout of one attempt, seconds.
+        deadline_s: all attempts on this provider together, seconds (None: ``timeout_s``).
+        backoff_initial_s / backoff_max_s / jitter_s: exponential backoff with jitter.
+        max_retry_after_s: longest ``Retry-After`` waited for; longer → next provider.
+        rejected_cooldown_s: how long a 401/403/404 keeps the provider skipped.
+    """
+
+    max_attempts: int = 3
+    timeout_s: float = 30.0
+    deadline_s: float | None = None
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 8.0
+    jitter_s: float = 0.5
+    max_retry_after_s: float = 5.0
+    rejected_cooldown_s: float = 600.0
+
+
+@dataclass
+class ChainEntry:
+    """One provider of the chain with its guards."""
+
+    provider: Provider
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    budget: Budget = field(default_factory=Budget)
+    max_tokens: int = 300
+    _told: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        """The provider's configured name."""
+        return self.provider.name
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One network attempt, for the cost ledger and the metrics.
+
+    Attributes:
+        provider / model: who was called.
+        outcome: ``ok`` or the kind of failure.
+        error: the failure's message (never a key), or None.
+        attempt: 1 for the first attempt on this provider in this call.
+        prompt_tokens / completion_tokens / cached_tokens: usage (0 for failures).
+        latency_ms: wall time of the attempt.
+    """
+
+    provider: str
+    model: str | None
+    outcome: Outcome
+    error: str | None
+    attempt: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Why a provider did not answer: ``breaker_open``, ``budget``, or an outcome."""
+
+    provider: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainResult:
+    """The answer and the path to it: ``skipped`` lists the providers left, in order."""
+
+    generation: Generation
+    skipped: tuple[Skip, ...]
+
+
+Recorder = Callable[[CallRecord], Awaitable[None]]
+
+
+def estimate_tokens(request: GenerationRequest, max_tokens: int) -> int:
+    """Tokens a call may use: prompt characters / 4 (a common estimate) + ``max_tokens``."""
+    return sum(len(m["content"]) for m in request.messages) // 4 + max_tokens
+
+
+def _outcome(exc: ProviderError) -> Outcome:
+    if isinstance(exc, ProviderRateLimited):
+        return "rate_limited"
+    if isinstance(exc, ProviderUnavailable):
+        return "unavailable"
+    if isinstance(exc, ProviderRejected):
+        return "rejected"
+    return "refused"
+
+
+class ProviderChain:
+    """Ordered providers with fallback; the offline generator answers last.
+
+    Args:
+        entries: the providers in their global order.
+        last_resort: the generator that always answers (offline).
+        recorder: awaited with a :class:`CallRecord` after every network attempt.
+        sleep: the sleep used between retries (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[ChainEntry],
+        *,
+        last_resort: Provider,
+        recorder: Recorder | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.entries = {e.name: e for e in entries}
+        self.order = [e.name for e in entries]
+        self.last_resort = last_resort
+        self.recorder = recorder
+        self._sleep = sleep
+
+    async def generate(
+        self, request: GenerationRequest, *, order: Sequence[str] | None = None
+    ) -> ChainResult:
+        """Answer ``request`` from the first provider that can.
+
+        Args:
+            request: the prompt.
+            order: a bot's own provider order (names); unknown names are skipped with the
+                reason ``unknown provider``. None: the global order.
+
+        Returns:
+            The generation and the skipped providers with their reasons. Never raises for
+            provider failures: the last resort answers.
+        """
+        skipped: list[Skip] = []
+        for name in order if order is not None else self.order:
+            entry = self.entries.get(name)
+            if entry is None:
+                skipped.append(Skip(name, "unknown provider"))
+                continue
+            why = entry.budget.blocked(estimate_tokens(request, entry.max_tokens))
+            if why is not None:
+                skipped.append(Skip(name, f"budget: {why}"))
+                continue
+            if not entry.breaker.allow():  # last: allow() may hand out the half-open probe
+                skipped.append(Skip(name, "breaker_open"))
+                continue
+            try:
+                generation = await self._call(entry, request)
+            except ProviderError as exc:
+                skipped.append(Skip(name, f"{_outcome(exc)}: {exc}"))
+                continue
+            return ChainResult(generation, tuple(skipped))
+        generation = await self.last_resort.generate(request)
+        return ChainResult(generation, tuple(skipped))
+
+    async def _call(self, entry: ChainEntry, request: GenerationRequest) -> Generation:
+        policy = entry.retry
+        deadline = policy.deadline_s if policy.deadline_s is not None else policy.timeout_s
+        started = time.monotonic()
+        backoff = wait_exponential_jitter(
+            initial=policy.backoff_initial_s, max=policy.backoff_max_s, jitter=policy.jitter_s
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
+                return exc.retry_after
+            return float(backoff(state))
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, ProviderError) or not exc.retryable:
+                return False
+            if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
+                return exc.retry_after <= policy.max_retry_after_s
+            return True
+
+        attempt = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(deadline),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for try_ in retrying:
+            with try_:
+                attempt += 1
+                remaining = deadline - (time.monotonic() - started)
+                generation = await self._attempt(
+                    entry, request, attempt, min(policy.timeout_s, max(remaining, 0.001))
+                )
+        return generation
+
+    async def _attempt(
+        self, entry: ChainEntry, request: GenerationRequest, attempt: int, limit_s: float
+    ) -> Generation:
+        model = getattr(entry.provider, "model", None)
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(limit_s):
+                generation = await entry.provider.generate(request)
+        except TimeoutError:
+            exc: ProviderError = ProviderUnavailable(entry.name, f"no answer in {limit_s:.1f} s")
+            await self._failed(entry, model, exc, attempt, t0)
+            raise exc from None
+        except ProviderError as err:
+            await self._failed(entry, model, err, attempt, t0)
+            raise
+        entry.breaker.success()
+        entry.budget.spend(generation.prompt_tokens + generation.completion_tokens)
+        entry._told.clear()
+        await self._record(CallRecord(
+            provider=entry.name, model=generation.model or model, outcome="ok", error=None,
+            attempt=attempt, prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            cached_tokens=generation.cached_tokens,
+            latency_ms=(time.perf_counter() - t0) * 1000.0,
+        ))
+        return generation
+
+    async def _failed(
+        self, entry: ChainEntry, model: str | None, exc: ProviderError, attempt: int,
+        t0: float,
+    ) -> None:
+        outcome = _outcome(exc)
+        if isinstance(exc, ProviderRejected) and exc.status in (401, 403, 404):
+            entry.breaker.trip(entry.retry.rejected_cooldown_s)
+            key = f"rejected:{exc.status}"
+            if key not in entry._told:  # the operator is told once, not on every message
+                entry._told.add(key)
+                log.error("provider %s refuses us (HTTP %s): %s; skipped for %.0f s",
+                          entry.name, exc.status, exc, entry.retry.rejected_cooldown_s)
+        elif outcome in ("rate_limited", "unavailable"):
+            entry.breaker.failure()
+        if outcome in ("rate_limited", "unavailable"):
+            entry.budget.spend(0)  # the request counts against requests/min all the same
+        await self._record(CallRecord(
+            provider=entry.name, model=model, outcome=outcome, error=str(exc)[:500],
+            attempt=attempt, prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+            latency_ms=(time.perf_counter() - t0) * 1000.0,
+        ))
+
+    async def _record(self, record: CallRecord) -> None:
+        if self.recorder is not None:
+            await self.recorder(record)
