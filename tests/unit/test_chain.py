@@ -107,7 +107,7 @@ async def test_retry_then_success_stays_on_provider() -> None:
     c, rec, _ = chain(a, Scripted("b"))
     result = await c.generate(request())
     assert result.generation.provider == "a" and result.skipped == ()
-    assert a.calls == 2
+    assert a.calls == 2 and [r.outcome for r in rec.records] == ["unavailable", "ok"]
 
 
 async def test_retry_after_is_honoured_or_moved_on() -> None:
@@ -132,6 +132,7 @@ async def test_bad_key_or_model_skipped_at_once_and_told_once(
     for _ in range(5):
         assert (await c.generate(request())).generation.provider == "b"
     assert a.calls == 1 and slept == []  # no retry, then skipped without a call
+    assert [r.outcome for r in rec.records if r.provider == "a"] == ["rejected"]
     told = [r for r in caplog.records if "refuses us" in r.getMessage()]
     assert len(told) == 1
 
