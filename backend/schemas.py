@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -128,6 +129,8 @@ class PersonaProfile(_Strict):
         topics: topic id → weight: what they like to talk about.
         talkativeness: relative share of the chat's messages (1.0 = average), 0.05–10.
         mood_baseline: resting mood, -1.0 (gloomy) – 1.0 (euphoric).
+        llm_providers: this bot's own provider order (names from the settings), or None
+            for the global order.
     """
 
     role: str = Field(min_length=1, max_length=80)
@@ -137,6 +140,7 @@ class PersonaProfile(_Strict):
     topics: dict[TopicId, float] = Field(min_length=1)
     talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
     mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
+    llm_providers: list[str] | None = None
 
     _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
 
@@ -177,6 +181,7 @@ class Persona(_Strict):
     topics: dict[TopicId, float] = Field(min_length=1)
     talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
     mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
+    llm_providers: list[str] | None = None
     stances: list[Stance] = Field(default_factory=list)
     holdings: list[Holding] = Field(default_factory=list)
 
@@ -206,6 +211,7 @@ class Persona(_Strict):
             topics=self.topics,
             talkativeness=self.talkativeness,
             mood_baseline=self.mood_baseline,
+            llm_providers=self.llm_providers,
         )
 
 
@@ -290,3 +296,80 @@ class MessageMeta(_Strict):
     kind: str = "text"
     update_id: int | None = None
     edited: bool = False
+
+
+class ModelPrice(_Strict):
+    """USD per million tokens of one model (the provider's published price list).
+
+    Attributes:
+        input: prompt tokens not served from the provider's prefix cache.
+        cached_input: prompt tokens served from the cache (None: same as ``input``).
+        output: completion tokens.
+    """
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float:
+        """USD of one call: uncached × input + cached × cached_input + completion × output."""
+        cached = min(cached_tokens, prompt_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return (
+            (prompt_tokens - cached) * self.input
+            + cached * cached_price
+            + completion_tokens * self.output
+        ) / 1_000_000
+
+
+#: Published list prices (USD per million tokens) as of 2025 for the default models of each
+#: provider; override them with BOTSIM_LLM_PRICES. Sources: groq.com/pricing,
+#: openai.com/api/pricing, ai.google.dev/gemini-api/docs/pricing.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "llama-3.3-70b-versatile": ModelPrice(input=0.59, output=0.79),
+    "llama-3.1-8b-instant": ModelPrice(input=0.05, output=0.08),
+    "gpt-4o-mini": ModelPrice(input=0.15, cached_input=0.075, output=0.60),
+    "gpt-4.1-mini": ModelPrice(input=0.40, cached_input=0.10, output=1.60),
+    "gemini-2.0-flash": ModelPrice(input=0.10, cached_input=0.025, output=0.40),
+    "gemini-2.5-flash": ModelPrice(input=0.30, cached_input=0.075, output=2.50),
+}
+
+
+class ProviderSettings(_Strict):
+    """One LLM provider of the chain (an item of ``BOTSIM_LLM_PROVIDERS``, a JSON list).
+
+    Attributes:
+        name: the provider's name in the chain, ledger and metrics (``groq``, ``openai-2``).
+        kind: which SDK speaks to it: ``groq``, ``openai``, ``gemini``, or
+            ``openai_compatible`` (Ollama, vLLM, a LiteLLM proxy: any OpenAI-style server).
+        model: the model name sent to the provider.
+        api_key: the key (required except for ``openai_compatible``); never logged.
+        base_url: the API base URL (None: the SDK's default host).
+        timeout_s: timeout of one attempt; deadline_s: all attempts together (None: timeout).
+        max_attempts / max_retry_after_s: retries (see ``behavior_engine.llm.chain``).
+        requests_per_min / tokens_per_min / tokens_per_day: budgets (None: no limit).
+        max_tokens: completion tokens asked for.
+        breaker_failures / breaker_cooldown_s: the circuit breaker.
+    """
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+    kind: Literal["groq", "openai", "gemini", "openai_compatible"]
+    model: str = Field(min_length=1, max_length=128)
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+    deadline_s: float | None = Field(default=None, gt=0, le=600)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    max_retry_after_s: float = Field(default=5.0, ge=0, le=300)
+    requests_per_min: int | None = Field(default=None, ge=1)
+    tokens_per_min: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    max_tokens: int = Field(default=300, ge=1, le=8192)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _key_needed(self) -> ProviderSettings:
+        if self.kind != "openai_compatible" and self.api_key is None:
+            raise ValueError(f"provider {self.name!r} ({self.kind}) needs an api_key")
+        return self

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from backend.errors import ConfigError
+from backend.schemas import DEFAULT_PRICES, ModelPrice, ProviderSettings
 
 _SECRET_MIN_CHARS = 32
 
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
             ``/webhook/<bot_id>``.
         listener_host / listener_port: where the listener binds.
         tick_seconds: how often the worker's scheduler decides turns, seconds (0.1–60).
+        llm_providers: the provider chain in order (JSON list of ``ProviderSettings``); empty:
+            the offline generator writes every message.
+        llm_prices: model name → USD per million tokens (JSON), merged over the defaults.
         seed: seed of the market feed and the offline generator.
         log_level: Python logging level name.
     """
@@ -60,6 +64,8 @@ class Settings(BaseSettings):
     listener_host: str = "127.0.0.1"
     listener_port: int = Field(default=8082, ge=0, le=65535)
     tick_seconds: float = Field(default=1.0, ge=0.1, le=60.0)
+    llm_providers: list[ProviderSettings] = Field(default_factory=list)
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -77,6 +83,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be a PostgreSQL (postgresql://...) or SQLite (sqlite:///path) URL"
             )
+        return v
+
+    @field_validator("llm_prices")
+    @classmethod
+    def _merge_prices(cls, v: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return {**DEFAULT_PRICES, **v}
+
+    @field_validator("llm_providers")
+    @classmethod
+    def _unique_names(cls, v: list[ProviderSettings]) -> list[ProviderSettings]:
+        names = [p.name for p in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes or "offline" in names:
+            raise ValueError(f"provider names must be unique and not 'offline': {dupes or names}")
         return v
 
     @property
@@ -113,6 +133,18 @@ class Settings(BaseSettings):
             )
 
 
+_SECRET_PARTS = {"fernet_key", "webhook_secret", "api_key"}
+
+
+def _shown_input(err: Any) -> str:
+    """`` (got 'x')`` for a plain bad value; nothing for secrets or whole structures."""
+    value = err.get("input")
+    secret = any(str(part).lower() in _SECRET_PARTS for part in err["loc"])
+    if secret or isinstance(value, dict | list) or value is None:
+        return ""
+    return f" (got {value!r})"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the process settings from the environment plus ``overrides``.
 
@@ -121,12 +153,17 @@ def load_settings(**overrides: object) -> Settings:
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a complex value (JSON list or object) that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"BOTSIM_{found.group(1).upper()}" if found else "a setting"
+        raise ConfigError(f"bad settings: {name}: not valid JSON") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
-            env_name = field.upper()
+            head, *rest = [str(p) for p in err["loc"]] or ["settings"]
+            env_name = head.upper()
             if not env_name.startswith(("BOTSIM_", "DATABASE_URL")):
                 env_name = f"BOTSIM_{env_name}"
-            problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
+            env_name += "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
+            problems.append(f"{env_name}: {err['msg']}{_shown_input(err)}")
         raise ConfigError("bad settings: " + "; ".join(problems)) from None

@@ -151,3 +151,32 @@ def test_unreachable_database_is_a_storage_error_without_password(tmp_path: Path
     blocker.write_text("not a folder")
     with pytest.raises(StorageError, match="database sqlite"):
         upgrade_sync(f"sqlite+aiosqlite:///{blocker}/sub/x.db")
+
+
+def test_provider_settings_errors_never_show_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTSIM_LLM_PROVIDERS",
+                       '[{"name": "groq", "kind": "groq", "model": "", "api_key": "sk-SECRET"}]')
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "BOTSIM_LLM_PROVIDERS[0].model: String should have at least 1" in str(err.value)
+    assert "sk-SECRET" not in str(err.value)
+    monkeypatch.setenv("BOTSIM_LLM_PROVIDERS", '[{"name": "g", "kind": "groq", "model": "m"}]')
+    with pytest.raises(ConfigError, match="needs an api_key"):
+        load_settings()
+    monkeypatch.setenv("BOTSIM_LLM_PROVIDERS",
+                       '[{"name": "a", "kind": "openai_compatible", "model": "m"},'
+                       ' {"name": "a", "kind": "openai_compatible", "model": "n"}]')
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings()
+    monkeypatch.setenv("BOTSIM_FERNET_KEY", "")
+    monkeypatch.setenv("BOTSIM_LLM_PROVIDERS", "not json")
+    with pytest.raises(ConfigError, match="BOTSIM_LLM_PROVIDERS"):
+        load_settings()
+
+
+def test_model_price_cost() -> None:
+    from backend.schemas import ModelPrice
+
+    price = ModelPrice(input=1.0, cached_input=0.5, output=2.0)
+    assert price.cost_usd(1_000_000, 1_000_000, 400_000) == pytest.approx(0.6 + 0.2 + 2.0)
+    assert ModelPrice(input=1.0, output=0).cost_usd(10, 0, 10) == pytest.approx(10 / 1e6)

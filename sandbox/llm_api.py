@@ -1,0 +1,646 @@
+"""In-process stand-in for LLM providers: OpenAI, Groq and Gemini wire formats on 127.0.0.1.
+
+One server plays several providers: the first path segment is the *provider name*, the rest
+is the provider's own path, so each SDK is pointed at ``url_for(name)``::
+
+    sandbox = LLMSandbox()
+    await sandbox.start()
+    openai.AsyncOpenAI(base_url=sandbox.url_for("openai") + "/v1", api_key="k", max_retries=0)
+    groq.AsyncGroq(base_url=sandbox.url_for("groq"), api_key="k", max_retries=0)
+    genai.Client(api_key="k", http_options=types.HttpOptions(base_url=sandbox.url_for("gemini")))
+
+Routes (all ``POST``):
+
+* ``/{name}/v1/chat/completions`` — OpenAI chat completions (and any OpenAI-compatible SDK);
+* ``/{name}/openai/v1/chat/completions`` — Groq (its SDK appends ``/openai/v1/...``);
+* ``/{name}/{v1|v1beta|v1alpha}/models/{model}:generateContent`` — Gemini (google-genai 3.x
+  uses ``v1`` by default; ``v1beta`` is what most docs and older SDKs use).
+
+Faults are scripted per provider name (:meth:`LLMSandbox.script`, :meth:`LLMSandbox.set_default`)
+from :class:`Fault` constructors. Usage is estimated at ``ceil(chars / 4)`` tokens
+(:data:`CHARS_PER_TOKEN`); prompt caching is simulated: a request whose first message (the
+system persona prefix; for Gemini the first ``systemInstruction`` part) is byte-identical to one
+this provider name answered before reports that message's estimate as cached tokens.
+
+Replies are persona-aware templates: the persona's name, role and language come from the first
+system message, the reply target or topic from the last user message (the wording of
+``behavior_engine.prompt_builder``), so a demo reads like a conversation. Deterministic: the
+phrase choice is seeded by the request content. This module imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import random
+import re
+import socket
+import struct
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sandbox.telegram_api import BackgroundServer
+
+#: Characters per token of the usage estimate (the usual rule of thumb for English text).
+CHARS_PER_TOKEN = 4
+#: First messages remembered per provider name for the prompt-cache simulation.
+CACHE_ENTRIES = 256
+_TRANSPORT_KEY = "sandbox.transport"
+
+FaultKind = Literal["ok", "status", "hang", "reset", "malformed", "empty_choices",
+                    "content_filter"]
+Dialect = Literal["openai", "gemini"]
+
+
+def estimate_tokens(text: str) -> int:
+    """Token estimate of ``text``: ``ceil(len(text) / CHARS_PER_TOKEN)``."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the sandbox does with one request instead of (or before) a normal answer.
+
+    Build with the constructors: ``Fault.latency(300)``, ``Fault.status(429, retry_after=2)``,
+    ``Fault.hang()``, ``Fault.reset()``, ``Fault.malformed()``, ``Fault.empty_choices()``,
+    ``Fault.content_filter()``; add a delay to any with ``.after(ms)``.
+
+    Attributes:
+        kind: ``ok`` (normal answer), ``status`` (HTTP error ``code`` with the provider's JSON
+            error body), ``hang`` (no answer until the client disconnects or the sandbox
+            stops), ``reset`` (connection dropped with a TCP reset, no answer), ``malformed``
+            (200 with a body that is not JSON), ``empty_choices`` (``choices: []`` /
+            ``candidates: []``), ``content_filter`` (finish ``content_filter`` / ``SAFETY``,
+            no text).
+        code: HTTP status for ``status``.
+        retry_after: seconds sent as ``Retry-After`` (and Gemini ``RetryInfo``), if any.
+        latency_ms: delay before the fault (or answer) happens.
+    """
+
+    kind: FaultKind = "ok"
+    code: int = 200
+    retry_after: float | None = None
+    latency_ms: float = 0.0
+
+    @classmethod
+    def latency(cls, ms: float) -> Fault:
+        """Answer normally after ``ms`` milliseconds."""
+        return cls(latency_ms=ms)
+
+    @classmethod
+    def status(cls, code: int, *, retry_after: float | None = None) -> Fault:
+        """Answer HTTP ``code`` (429, 500, 503, 401, 404...) with the provider's error body."""
+        if not 400 <= code <= 599:
+            raise ValueError(f"status fault needs a 4xx or 5xx code, not {code}")
+        return cls(kind="status", code=code, retry_after=retry_after)
+
+    @classmethod
+    def hang(cls) -> Fault:
+        """Never answer; the connection is dropped when the sandbox stops."""
+        return cls(kind="hang")
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """Drop the connection (TCP reset) without an answer."""
+        return cls(kind="reset")
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """Answer 200 with a body that is not valid JSON."""
+        return cls(kind="malformed")
+
+    @classmethod
+    def empty_choices(cls) -> Fault:
+        """Answer 200 with ``choices: []`` (Gemini: ``candidates: []``)."""
+        return cls(kind="empty_choices")
+
+    @classmethod
+    def content_filter(cls) -> Fault:
+        """Answer 200 with finish ``content_filter`` (Gemini: ``SAFETY``) and no text."""
+        return cls(kind="content_filter")
+
+    def after(self, ms: float) -> Fault:
+        """This fault, happening after ``ms`` milliseconds."""
+        return replace(self, latency_ms=ms)
+
+
+@dataclass(frozen=True)
+class Persona:
+    """What the sandbox reads from a system prompt (``prompt_builder.persona_core``)."""
+
+    name: str = "Bot"
+    role: str = "trader"
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A request reduced to what the reply writer and the usage counter need."""
+
+    model: str
+    first: str
+    texts: list[str]
+    last_user: str
+    max_tokens: int | None
+
+
+@dataclass
+class _Latency:
+    ms: float
+    jitter_ms: float
+    rng: random.Random
+
+    def draw(self) -> float:
+        jitter = self.rng.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0
+        return max(0.0, self.ms + jitter)
+
+
+# --- persona-aware replies -----------------------------------------------------------------
+
+_PERSONA_RE = re.compile(r"You are (?P<name>.+?) \(@[^)]*\), an? (?P<role>.+?) in a Telegram")
+_LANG_RE = re.compile(r"Write only in (?P<lang>[A-Za-z]+)")
+_REPLY_RE = re.compile(r'Reply to #\d+ from (?P<speaker>.+?): "(?P<text>.*)"\. Address', re.S)
+_TOPIC_RE = re.compile(r"Write one new message about (?P<topic>[\w/ -]+?)\. Write only")
+
+#: topic id → (Turkish name, English name, keyword prefixes).
+_TOPICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "usdtry": ("dolar/TL", "USD/TRY", ("dolar", "dollar", "usd", "kur", "döviz", "lira")),
+    "bist100": ("BIST 100", "BIST 100", ("bist", "borsa", "hisse", "endeks", "stock", "index")),
+    "btc": ("Bitcoin", "Bitcoin", ("btc", "bitcoin", "kripto", "crypto")),
+    "gold": ("altın", "gold", ("altın", "gold", "ons")),
+    "rates": ("faiz", "rates", ("faiz", "rate", "interest", "tcmb", "fed")),
+    "inflation": ("enflasyon", "inflation", ("enflasyon", "inflation", "tüfe", "cpi")),
+}
+_GENERIC_TOPIC = {"tr": "piyasa", "en": "the market"}
+
+_REPLIES = {
+    "tr": (
+        "{who}, {topic} konusunda pek emin değilim, acele etmemek lazım.",
+        "{who} haklı olabilirsin ama {topic} tarafında işler o kadar net değil.",
+        "Katılmıyorum {who}, {topic} bence daha oynak olacak.",
+        "{who}, güzel soru. {topic} için ben biraz daha beklerdim.",
+        "Valla {who}, {topic} konusunda ben farklı düşünüyorum.",
+        "{who}, yorumun ilginç; {topic} için seviyeleri izlemek şart.",
+        "{who}, {topic} bugün sakin görünüyor ama haberlere dikkat.",
+        "Hmm {who}, {topic} için ben o kadar iyimser değilim.",
+        "{who}, bence {topic} tarafında sabırlı olan kazanır.",
+        "{who} dediğin mantıklı ama {topic} için risk hâlâ yüksek.",
+        "Aynen {who}, yine de {topic} için stop seviyesini unutma.",
+        "{who}, {topic} geçen hafta da böyleydi, sonra hızlı döndü.",
+    ),
+    "en": (
+        "{who}, I'm not so sure about {topic}; no need to rush.",
+        "{who}, you may be right, but {topic} is not that clear to me.",
+        "I disagree, {who}. {topic} looks more volatile than that.",
+        "Good question, {who}. On {topic} I would wait a little longer.",
+        "Honestly {who}, I see {topic} differently.",
+        "{who}, interesting take; the levels on {topic} matter more.",
+        "{who}, {topic} is quiet today, but watch the news.",
+        "Hmm {who}, I'm less optimistic on {topic} than you.",
+        "{who}, patience usually pays on {topic}.",
+        "{who}, fair point, but the risk on {topic} is still high.",
+        "Sure {who}, just don't forget a stop on {topic}.",
+        "{who}, {topic} did the same last week and turned fast.",
+    ),
+}
+_FRESH = {
+    "tr": (
+        "{topic} bugün yine hareketli, siz ne düşünüyorsunuz?",
+        "Bence {topic} tarafında bu hafta sürpriz olabilir.",
+        "{topic} için temkinliyim, veriler henüz net değil.",
+        "{topic} grafiğine bakan var mı? İlginç bir seviyede.",
+        "{topic} konusunda sabırlı olmak lazım, panik yok.",
+        "Bugün {topic} sakin ama akşamki haberler önemli.",
+        "{topic} hakkında yeni bir şey duyan oldu mu?",
+        "{topic} yine gündemde, herkes bir şey söylüyor.",
+        "{topic} için bu seviyeler bana mantıklı geliyor.",
+        "{topic} tarafında hacim düşük, kırılım bekliyorum.",
+    ),
+    "en": (
+        "{topic} is busy again today, what do you all think?",
+        "I think {topic} could surprise us this week.",
+        "Careful with {topic}, the data is not clear yet.",
+        "Anyone watching the {topic} chart? Interesting level.",
+        "Patience on {topic}, no reason to panic.",
+        "{topic} is calm today, but tonight's news matters.",
+        "Has anyone heard anything new about {topic}?",
+        "{topic} is the talk of the day again.",
+        "These {topic} levels make sense to me.",
+        "Volume on {topic} is thin, I'm waiting for a breakout.",
+    ),
+}
+#: role keyword → a short tail per language, so personas sound different.
+_ROLE_TAILS: dict[str, dict[str, tuple[str, ...]]] = {
+    "scalper": {"tr": ("Ben kısa vadeden bakıyorum ⚡", "Gün içi oynuyorum, gece taşımam."),
+                "en": ("I trade it intraday ⚡", "Quick in, quick out for me.")},
+    "investor": {"tr": ("Ben uzun vadeliyim, sakinim.", "Temettü ve sabır, başka yolu yok."),
+                 "en": ("I'm in it for years anyway.", "Long term, I stay calm.")},
+    "economist": {"tr": ("Reel faize bakmak gerekiyor.", "Beklentiler her şeyi belirliyor."),
+                  "en": ("Real rates are what matter.", "Expectations drive all of it.")},
+    "newcomer": {"tr": ("Ben hâlâ öğreniyorum açıkçası 🙈", "Yanlış mı düşünüyorum?"),
+                 "en": ("I'm still learning, to be honest 🙈", "Am I wrong here?")},
+}
+_ROLE_KEYS = {"scalp": "scalper", "trader": "scalper", "invest": "investor", "yatırım": "investor",
+              "econom": "economist", "hoca": "economist", "new": "newcomer", "yeni": "newcomer",
+              "acemi": "newcomer", "beginner": "newcomer"}
+
+
+def parse_persona(system: str) -> Persona:
+    """Name, role and language (``tr``/``en``) of the persona prompt ``system``."""
+    m = _PERSONA_RE.search(system)
+    lang = _LANG_RE.search(system)
+    language = "tr" if lang and lang.group("lang").lower().startswith("turk") else "en"
+    if m is None:
+        return Persona(language=language)
+    return Persona(name=m.group("name"), role=m.group("role"), language=language)
+
+
+def topic_of(text: str) -> str | None:
+    """The topic id whose keywords ``text`` mentions first, or None."""
+    words = re.findall(r"\w+", text.lower())
+    for word in words:
+        for topic, (_, _, keys) in _TOPICS.items():
+            if any(word.startswith(k) for k in keys):
+                return topic
+    return None
+
+
+def write_reply(persona: Persona, instruction: str, seed: bytes) -> str:
+    """A short message in the persona's language for the turn ``instruction`` describes.
+
+    Args:
+        persona: who writes.
+        instruction: the last user message (history plus the prompt builder's instruction).
+        seed: bytes the phrase choice is derived from (same seed, same text).
+    """
+    rng = random.Random(hashlib.sha256(seed).digest())
+    lang = persona.language
+    reply = _REPLY_RE.search(instruction)
+    fresh = _TOPIC_RE.search(instruction)
+    topic = (topic_of(reply.group("text")) if reply else
+             fresh.group("topic").strip().lower() if fresh else None)
+    names = _TOPICS.get(topic or "")
+    topic_name = (names[0] if lang == "tr" else names[1]) if names else (
+        topic or _GENERIC_TOPIC[lang])
+    if reply:
+        who = reply.group("speaker").strip().split()[0] or reply.group("speaker")
+        text = rng.choice(_REPLIES[lang]).format(who=who, topic=topic_name)
+    else:
+        text = rng.choice(_FRESH[lang]).format(topic=topic_name)
+        text = text[0].upper() + text[1:]
+    role = persona.role.lower()
+    kind = next((v for k, v in _ROLE_KEYS.items() if k in role), None)
+    if kind and rng.random() < 0.5:
+        text = f"{text} {rng.choice(_ROLE_TAILS[kind][lang])}"
+    return text
+
+
+# --- request parsing and wire formats ------------------------------------------------------
+
+
+def _text(content: Any) -> str:
+    """Text of an OpenAI message ``content`` (a string or a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _parts(content: Any) -> list[str]:
+    if not isinstance(content, dict):
+        return []
+    return [str(p["text"]) for p in content.get("parts") or [] if isinstance(p, dict)
+            and "text" in p]
+
+
+def parse_prompt(dialect: Dialect, body: dict[str, Any], model: str) -> Prompt:
+    """Reduce an OpenAI or Gemini request body to a :class:`Prompt`."""
+    if dialect == "openai":
+        msgs = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        texts = [_text(m.get("content")) for m in msgs]
+        users = [_text(m.get("content")) for m in msgs if m.get("role") == "user"]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        return Prompt(str(body.get("model") or model), texts[0] if texts else "", texts,
+                      users[-1] if users else "", int(limit) if limit else None)
+    system = _parts(body.get("systemInstruction") or body.get("system_instruction"))
+    contents = [c for c in body.get("contents") or [] if isinstance(c, dict)]
+    texts = system + ["".join(_parts(c)) for c in contents]
+    users = ["".join(_parts(c)) for c in contents if c.get("role", "user") == "user"]
+    config = body.get("generationConfig") or {}
+    limit = config.get("maxOutputTokens")
+    return Prompt(model, texts[0] if texts else "", texts, users[-1] if users else "",
+                  int(limit) if limit else None)
+
+
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None, "Invalid request: 'messages' is malformed."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("permission_denied", None, "You are not allowed to use this model."),
+    404: ("invalid_request_error", "model_not_found",
+          "The model `{model}` does not exist or you do not have access to it."),
+    429: ("requests", "rate_limit_exceeded",
+          "Rate limit reached for {model}. Please try again in {retry}s."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+_GEMINI_ERRORS = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: ("UNAUTHENTICATED", "API key not valid. Please pass a valid API key."),
+    403: ("PERMISSION_DENIED", "The caller does not have permission."),
+    404: ("NOT_FOUND", "models/{model} is not found for this API version."),
+    429: ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    500: ("INTERNAL", "An internal error has occurred."),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+}
+
+
+def error_body(dialect: Dialect, fault: Fault, model: str) -> dict[str, Any]:
+    """The provider's JSON error body for a ``status`` fault."""
+    retry = f"{fault.retry_after:g}" if fault.retry_after is not None else "1"
+    if dialect == "openai":
+        kind, code, msg = _OPENAI_ERRORS.get(fault.code, ("api_error", None, "Error."))
+        return {"error": {"message": msg.format(model=model, retry=retry), "type": kind,
+                          "param": None, "code": code}}
+    status, msg = _GEMINI_ERRORS.get(fault.code, ("UNKNOWN", "Error."))
+    error: dict[str, Any] = {"code": fault.code, "message": msg.format(model=model),
+                             "status": status}
+    if fault.retry_after is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                             "retryDelay": f"{retry}s"}]
+    return {"error": error}
+
+
+def answer_body(dialect: Dialect, kind: FaultKind, prompt: Prompt, text: str,
+                cached: int) -> dict[str, Any]:
+    """A 200 answer in the provider's wire format (``ok``, ``empty_choices``, ``content_filter``).
+
+    Args:
+        dialect: ``openai`` (OpenAI and Groq) or ``gemini``.
+        kind: ``ok``, ``empty_choices`` or ``content_filter``.
+        prompt: the parsed request.
+        text: the reply text (unused unless ``ok``).
+        cached: prompt tokens to report as cached.
+    """
+    finish = "stop"
+    if prompt.max_tokens and estimate_tokens(text) > prompt.max_tokens:
+        text, finish = text[: prompt.max_tokens * CHARS_PER_TOKEN], "length"
+    if kind != "ok":
+        text = ""
+    p_tokens = sum(estimate_tokens(t) for t in prompt.texts)
+    c_tokens = estimate_tokens(text)
+    rid = hashlib.sha256(f"{time.time_ns()}{prompt.last_user}".encode()).hexdigest()[:24]
+    if dialect == "openai":
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+        reason = "content_filter" if kind == "content_filter" else finish
+        choices = [] if kind == "empty_choices" else [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}]
+        return {"id": f"chatcmpl-{rid}", "object": "chat.completion",
+                "created": int(time.time()), "model": prompt.model, "choices": choices,
+                "system_fingerprint": "fp_sandbox",
+                "usage": {"prompt_tokens": p_tokens, "completion_tokens": c_tokens,
+                          "total_tokens": p_tokens + c_tokens,
+                          "prompt_tokens_details": {"cached_tokens": cached}}}
+    if kind == "empty_choices":
+        candidates: list[dict[str, Any]] = []
+    elif kind == "content_filter":
+        candidates = [{"finishReason": "SAFETY", "index": 0, "safetyRatings": [
+            {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}]}]
+    else:
+        candidates = [{"content": {"role": "model", "parts": [{"text": text}]},
+                       "finishReason": "MAX_TOKENS" if finish == "length" else "STOP",
+                       "index": 0}]
+    usage = {"promptTokenCount": p_tokens, "candidatesTokenCount": c_tokens,
+             "totalTokenCount": p_tokens + c_tokens}
+    if cached:
+        usage["cachedContentTokenCount"] = cached
+    return {"candidates": candidates, "usageMetadata": usage, "modelVersion": prompt.model,
+            "responseId": rid}
+
+
+def _abort(transport: Any) -> None:
+    """Close ``transport`` at once with a TCP reset (SO_LINGER 0)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class _Drop(Response):
+    """A "response" that drops the connection, after waiting for ``until`` if given."""
+
+    def __init__(self, until: asyncio.Event | None = None) -> None:
+        super().__init__()
+        self._until = until
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._until is not None:
+            await _wait_disconnect_or(receive, self._until)
+        transport = scope.get(_TRANSPORT_KEY)
+        if transport is None:  # not uvicorn's h11/httptools: cut the body short instead
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"100")]})
+            await send({"type": "http.response.body", "body": b"{", "more_body": False})
+            return
+        _abort(transport)
+        for _ in range(3):  # let connection_lost run, so uvicorn logs no "returned without"
+            await asyncio.sleep(0)
+
+
+async def _wait_disconnect_or(receive: Receive, event: asyncio.Event) -> None:
+    """Return when the client disconnects or ``event`` is set."""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = {asyncio.ensure_future(disconnected()), asyncio.ensure_future(event.wait())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _KeepTransport:
+    """ASGI wrapper that puts the server's transport into the scope (for ``reset``/``hang``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[_TRANSPORT_KEY] = getattr(getattr(send, "__self__", None), "transport", None)
+        await self.app(scope, receive, send)
+
+
+_GEMINI_PATH = re.compile(r"^(v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):generateContent$")
+
+
+class LLMSandbox:
+    """A stand-in LLM server for several providers at once, with scriptable faults.
+
+    Attributes:
+        app: the ASGI app (serve it yourself, or use :meth:`start`).
+        log: one ``(provider name, HTTP status)`` per request, in arrival order; status 0 for
+            a request that got no HTTP answer (``hang``, ``reset``).
+    """
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
+        self._scripts: dict[str, deque[Fault]] = {}
+        self._defaults: dict[str, Fault] = {}
+        self._latency: dict[str, _Latency] = {}
+        self._counts: Counter[str] = Counter()
+        self._prefixes: dict[str, dict[str, None]] = {}
+        self._stopping = asyncio.Event()
+        self._server: BackgroundServer | None = None
+        routes = [Route("/{name}/{rest:path}", self._handle, methods=["POST"])]
+        self.app: ASGIApp = _KeepTransport(Starlette(routes=routes))
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: a free port) and return :attr:`base_url`."""
+        if self._server is not None:
+            raise RuntimeError("LLMSandbox already started")
+        self._stopping = asyncio.Event()
+        self._server = await BackgroundServer.start(self.app, host, port)
+        return self._server.url
+
+    async def stop(self) -> None:
+        """Release hanging requests (their connections drop) and shut the server down."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        if self._server is None:
+            raise RuntimeError("LLMSandbox is not started")
+        return self._server.url
+
+    def url_for(self, name: str) -> str:
+        """Base URL of the provider called ``name`` (give it to the SDK as described above)."""
+        return f"{self.base_url}/{name}"
+
+    def script(self, name: str, *faults: Fault) -> None:
+        """Queue ``faults`` for ``name``: each is used by one request, in order."""
+        self._scripts.setdefault(name, deque()).extend(faults)
+
+    def set_default(self, name: str, fault: Fault | None) -> None:
+        """Apply ``fault`` to every unscripted request of ``name`` (None: answer normally)."""
+        if fault is None:
+            self._defaults.pop(name, None)
+        else:
+            self._defaults[name] = fault
+
+    def set_latency(self, name: str, ms: float, jitter_ms: float = 0.0,
+                    seed: int | None = None) -> None:
+        """Delay every request of ``name`` by ``ms`` ± ``jitter_ms`` (uniform, seeded)."""
+        self._latency[name] = _Latency(ms, jitter_ms, random.Random(seed))
+
+    def requests(self, name: str) -> int:
+        """Requests received for ``name`` so far, failed ones included."""
+        return self._counts[name]
+
+    def _next_fault(self, name: str) -> Fault:
+        queue = self._scripts.get(name)
+        if queue:
+            return queue.popleft()
+        return self._defaults.get(name, Fault())
+
+    def _cached(self, name: str, first: str) -> int:
+        seen = self._prefixes.setdefault(name, {})
+        hit = first in seen
+        seen.pop(first, None)
+        seen[first] = None
+        while len(seen) > CACHE_ENTRIES:
+            del seen[next(iter(seen))]
+        return estimate_tokens(first) if hit and first else 0
+
+    async def _handle(self, request: Request) -> Response:
+        name, rest = request.path_params["name"], request.path_params["rest"]
+        raw = await request.body()
+        self._counts[name] += 1
+        gemini = _GEMINI_PATH.match(rest)
+        dialect: Dialect | None = ("openai" if rest in ("v1/chat/completions",
+                                                        "openai/v1/chat/completions")
+                                   else "gemini" if gemini else None)
+        if dialect is None:
+            self.log.append((name, 404))
+            return JSONResponse({"error": {"message": f"Unknown path /{rest}", "code": 404}}, 404)
+        fault = self._next_fault(name)
+        status = {"status": fault.code, "hang": 0, "reset": 0}.get(fault.kind, 200)
+        self.log.append((name, status))
+        delay = fault.latency_ms + (self._latency[name].draw() if name in self._latency else 0)
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay / 1000)
+        if fault.kind == "hang":
+            return _Drop(until=self._stopping)
+        if fault.kind == "reset":
+            return _Drop()
+        if fault.kind == "malformed":
+            return Response(b'{"id": "broken", "choices": [{"index": 0, "mess',
+                            media_type="application/json")
+        try:
+            body = _loads(raw)
+        except ValueError:
+            body = {}
+        model = gemini.group("model") if gemini else str(body.get("model") or "unknown")
+        if fault.kind == "status":
+            headers = ({"Retry-After": f"{math.ceil(fault.retry_after)}"}
+                       if fault.retry_after is not None else None)
+            return JSONResponse(error_body(dialect, fault, model), fault.code, headers=headers)
+        prompt = parse_prompt(dialect, body, model)
+        cached = self._cached(name, prompt.first)
+        persona = parse_persona(prompt.first)
+        text = write_reply(persona, prompt.last_user, raw)
+        return JSONResponse(answer_body(dialect, fault.kind, prompt, text, cached))
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw or b"{}")
+    if not isinstance(data, dict):
+        raise ValueError("request body is not a JSON object")
+    return data
+
+
+async def _serve(host: str, port: int) -> None:
+    sandbox = LLMSandbox()
+    url = await sandbox.start(host, port)
+    print(f"LLM sandbox on {url}: OpenAI {url}/<name>/v1, Groq {url}/<name>, "
+          f"Gemini {url}/<name>", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sandbox.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m sandbox.llm_api --port 8090``: serve until Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
