@@ -41,7 +41,8 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
-from behavior_engine.llm.base import Provider
+from behavior_engine.llm.chain import ProviderChain
+from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
 from behavior_engine.prompt_builder import build_request
 from behavior_engine.scheduler import (
@@ -83,7 +84,8 @@ class Worker:
         settings: process settings (``tick_seconds``, ``telegram_api_url``, ``seed``).
         sessionmaker: database sessions.
         secrets: the Fernet key that decrypts bot tokens.
-        provider: the text generator.
+        chain: the provider chain (offline generator last).
+        ledger: the chain's recorder, flushed every tick and on stop (None: no ledger).
         market: the market feed (holdings P&L → mood).
         limiter: Telegram's send limits (a fresh in-process one by default).
         clock: aware UTC now (injectable for tests).
@@ -91,7 +93,7 @@ class Worker:
     Attributes:
         stats: counters: ``ticks``, ``turns``, ``sent``, ``rate_limited``, ``failed``,
             ``unknown`` (send outcome unknown, not repeated), ``errors`` (failed turns and
-            tick errors).
+            tick errors), ``fallbacks`` (turns answered after a provider was left).
     """
 
     def __init__(
@@ -100,15 +102,17 @@ class Worker:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         secrets: Secrets,
-        provider: Provider,
+        chain: ProviderChain,
         market: MarketFeed,
+        ledger: Ledger | None = None,
         limiter: TelegramLimiter | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.secrets = secrets
-        self.provider = provider
+        self.chain = chain
+        self.ledger = ledger
         self.market = market
         self.limiter = limiter or TelegramLimiter()
         self.clock = clock
@@ -167,6 +171,8 @@ class Worker:
             self._aps = None
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+        if self.ledger is not None:
+            await self.ledger.flush()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -175,6 +181,8 @@ class Worker:
     async def tick(self) -> None:
         """Decide and launch the turns due now. Never raises (errors are counted)."""
         self.stats["ticks"] += 1
+        if self.ledger is not None:
+            await self.ledger.flush()
         try:
             turns = await self._decide()
         except Exception:
@@ -297,6 +305,8 @@ class Worker:
             market=snapshot,
             history=tuple(to_line(m, self._bots) for m in recent),
             reply_to=turn.reply_to,
+            bot_id=bot.id,
+            chat_id=turn.chat_id,
             seed=zlib.crc32(f"{self.settings.seed}:{turn.turn_id}".encode()),
         )
         return ctx, mood
@@ -310,7 +320,10 @@ class Worker:
             await client.send_typing(chat_id=turn.telegram_chat_id)
         except TelegramError as exc:  # "typing…" is decoration: never worth a lost turn
             log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
-        generation = await self.provider.generate(build_request(ctx))
+        result = await self.chain.generate(build_request(ctx), order=ctx.profile.llm_providers)
+        generation = result.generation
+        if result.skipped:
+            self.stats["fallbacks"] += 1
         wait = self.limiter.try_acquire(turn.bot_id, turn.telegram_chat_id)
         if wait > 0:
             if wait > MAX_LIMIT_WAIT_S:
@@ -401,15 +414,19 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
         ConfigError, StorageError: when the database or the secrets are unusable.
     """
     from backend.db.session import make_engine, make_sessionmaker, upgrade
-    from behavior_engine.llm.offline import OfflineGenerator
+    from behavior_engine.llm.factory import build_chain, close_chain
 
     await upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url)
+    sessionmaker = make_sessionmaker(engine)
+    ledger = Ledger(sessionmaker, settings.llm_prices)
+    chain = build_chain(settings.llm_providers, recorder=ledger)
     worker = Worker(
         settings=settings,
-        sessionmaker=make_sessionmaker(engine),
+        sessionmaker=sessionmaker,
         secrets=secrets,
-        provider=OfflineGenerator(),
+        chain=chain,
+        ledger=ledger,
         market=MarketFeed(seed=settings.seed, start=utcnow()),
     )
     await worker.start()
@@ -417,6 +434,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
         await asyncio.Event().wait()
     finally:
         await worker.stop()
+        await close_chain(chain)
         await engine.dispose()
 
 

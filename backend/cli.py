@@ -2,11 +2,13 @@
 
 Sub-commands::
 
-    botsim demo [--duration S] [--say TEXT] [--json] [--no-input]
+    botsim demo [--duration S] [--say TEXT] [--json] [--no-input] [--llm offline|sandbox|settings]
     botsim db upgrade                       run the Alembic migrations
     botsim personas check FILE...           validate persona files
     botsim settings show                    print the operator settings
     botsim settings set KEY=JSON...         change operator settings (validated)
+    botsim costs [--since 24h] [--by provider|bot|day] [--json]
+                                            LLM cost totals from the llm_calls ledger
     botsim worker | listener [--register]   run one process
 
 Exit codes: 0 success, 1 failure at run time, 2 bad input or configuration (the message
@@ -20,13 +22,70 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from backend.errors import BotsimError, ConfigError, ValidationFailed
 from backend.settings import Settings, load_settings
+
+
+def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | None:
+    """``30m``/``24h``/``7d`` ago, or an ISO date or time (UTC unless it says otherwise).
+
+    Raises:
+        ValidationFailed: naming the value and the accepted forms.
+    """
+    if text is None:
+        return None
+    now = now or datetime.now(UTC)
+    m = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now - timedelta(**{unit: int(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValidationFailed(
+            "--since", [(text, "expected an age (30m, 24h, 7d) or an ISO date/time")]
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _costs_cmd(settings: Settings, since: str | None, by: str, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.stores import llm_calls
+
+    start = parse_since(since)
+    await upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            rows = await llm_calls.cost_totals(session, since=start, by=by)  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+    if as_json:
+        print(json.dumps(rows))
+        return
+    window = f" since {start:%Y-%m-%d %H:%M} UTC" if start else ""
+    table = Table(title=f"LLM costs by {by}{window}")
+    cols = ["calls", "ok", "failed", "prompt_tokens", "completion_tokens", "cached_tokens"]
+    for col in [by, *cols, "cost_usd", "unpriced"]:
+        table.add_column(col, justify="left" if col == by else "right")
+    for r in rows:
+        table.add_row(r["key"], *(f"{r[c]:,}" for c in cols), f"{r['cost_usd']:.6f}",
+                      str(r["unpriced"]))
+    totals = {c: sum(int(r[c]) for r in rows) for c in [*cols, "unpriced"]}
+    table.add_row("total", *(f"{totals[c]:,}" for c in cols),
+                  f"{sum(r['cost_usd'] for r in rows):.6f}", str(totals["unpriced"]),
+                  style="bold")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def configure_process() -> None:
@@ -50,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="end with one JSON object of figures on the last line")
     demo.add_argument("--no-input", action="store_true",
                       help="do not read lines to post from standard input")
+    demo.add_argument("--llm", choices=["offline", "sandbox", "settings"], default="offline",
+                      help="who writes: the offline generator (default), the real SDKs against"
+                      " the sandbox LLM server, or BOTSIM_LLM_PROVIDERS")
+
+    costs = sub.add_parser("costs", help="LLM cost totals from the ledger")
+    costs.add_argument("--since", default=None,
+                       help="a date (2026-11-01), a time, or an age (30m, 24h, 7d)")
+    costs.add_argument("--by", choices=["provider", "bot", "day"], default="provider")
+    costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
@@ -140,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from backend.demo import DemoOptions, run_demo
 
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
-                                  read_stdin=not args.no_input)
+                                  read_stdin=not args.no_input, llm=args.llm)
             try:
                 asyncio.run(run_demo(settings, options))
             except KeyboardInterrupt:
@@ -164,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bad += 1
                     print(str(exc), file=sys.stderr)
             return 2 if bad else 0
+        if args.command == "costs":
+            asyncio.run(_costs_cmd(settings, args.since, args.by, args.json))
+            return 0
         if args.command == "settings":
             asyncio.run(_settings_cmd(settings, args.action, args.pairs))
             return 0

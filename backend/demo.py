@@ -20,11 +20,13 @@ import secrets as pysecrets
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import func, select
@@ -34,11 +36,14 @@ from backend.crypto import resolve_secrets
 from backend.db.models import Bot, Message
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.db.types import utcnow
+from backend.schemas import ProviderSettings
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import BackgroundServer, SandboxError, TelegramSandbox
 
 DEMO_CHAT_ID = -1001000000001
@@ -66,6 +71,9 @@ class DemoOptions:
         json_out: print the summary as one JSON object on the last line.
         read_stdin: post each line typed on standard input as the human member.
         say_after: seconds before ``say`` is posted.
+        llm: who writes: ``offline`` (the offline generator), ``sandbox`` (Groq → OpenAI →
+            Gemini through their real SDKs against the sandbox LLM server, offline last), or
+            ``settings`` (the chain of ``BOTSIM_LLM_PROVIDERS``).
         out: where the conversation and the summary are printed.
     """
 
@@ -74,7 +82,25 @@ class DemoOptions:
     json_out: bool = False
     read_stdin: bool = True
     say_after: float = SAY_AFTER_S
+    llm: Literal["offline", "sandbox", "settings"] = "offline"
     out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+def sandbox_providers(llm: LLMSandbox) -> list[ProviderSettings]:
+    """Groq → OpenAI → Gemini, each its real SDK pointed at the sandbox LLM server.
+
+    The keys are placeholders the sandbox accepts; the model names are real ones so the
+    ledger prices the calls as the providers would.
+    """
+    key = SecretStr("sandbox-key")
+    return [
+        ProviderSettings(name="groq", kind="groq", model="llama-3.3-70b-versatile",
+                         api_key=key, base_url=llm.url_for("groq"), timeout_s=10),
+        ProviderSettings(name="openai", kind="openai", model="gpt-4o-mini", api_key=key,
+                         base_url=llm.url_for("openai") + "/v1", timeout_s=10),
+        ProviderSettings(name="gemini", kind="gemini", model="gemini-2.0-flash",
+                         api_key=key, base_url=llm.url_for("gemini"), timeout_s=10),
+    ]
 
 
 def _demo_token(index: int) -> str:
@@ -166,7 +192,8 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
         ``per_bot`` (name → messages).
     """
-    from behavior_engine.llm.offline import OfflineGenerator
+    from behavior_engine.llm.factory import build_chain, close_chain
+    from behavior_engine.llm.ledger import Ledger
     from behavior_engine.market import MarketFeed
     from bots.personas import load_persona_dir
     from message_listener import ListenerState, create_app, register_webhooks
@@ -222,11 +249,21 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             sessionmaker=sessionmaker, secrets=secrets, api_url=sandbox.bot_api_url,
             public_url=listener.url,
         )
+        providers = settings.llm_providers if options.llm == "settings" else []
+        if options.llm == "sandbox":
+            llm_sandbox = LLMSandbox()
+            await llm_sandbox.start()
+            stack.push_async_callback(llm_sandbox.stop)
+            providers = sandbox_providers(llm_sandbox)
+        ledger = Ledger(sessionmaker, settings.llm_prices)
+        chain = build_chain(providers, recorder=ledger)
+        stack.push_async_callback(close_chain, chain)
         worker = Worker(
             settings=worker_settings,
             sessionmaker=sessionmaker,
             secrets=secrets,
-            provider=OfflineGenerator(),
+            chain=chain,
+            ledger=ledger,
             market=MarketFeed(seed=settings.seed, start=run_start),
         )
         await worker.start()
@@ -234,7 +271,8 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
 
         console.print(
             f"[bold]botsim demo[/bold]: {len(personas)} personas in \"{DEMO_CHAT_TITLE}\" "
-            f"(sandbox Telegram {sandbox.base_url}, listener {listener.url}, offline generator)."
+            f"(sandbox Telegram {sandbox.base_url}, listener {listener.url}, "
+            f"writers: {' → '.join([*(p.name for p in providers), 'offline'])})."
         )
         console.print(
             "Type a line and press Enter to post it as Deniz"
@@ -267,7 +305,13 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             .group_by(Bot.id, Bot.name)
             .order_by(Bot.id)
         )).all()
+        metas = (await session.execute(
+            select(Message.meta).where(Message.bot_id.is_not(None),
+                                       Message.created_at >= run_start)
+        )).scalars().all()
+        costs = await ledger_store.cost_totals(session, since=run_start, by="provider")
     await engine.dispose()
+    by_provider = Counter(m.provider or "?" for m in metas)
     sent_ids = [m["message_id"] for m in sandbox.messages(DEMO_CHAT_ID) if m["from"]["is_bot"]]
     unrecorded = sum(1 for i in sent_ids if i not in stored_ids)
     stats = worker.stats if worker is not None else {}
@@ -280,14 +324,18 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         "telegram_429": int(sandbox.stats["too_many_requests"]),
         "duration_s": round(time.monotonic() - started, 1),
         "per_bot": per_bot,
-        "provider": "offline",
+        "by_provider": dict(by_provider),
+        "llm_calls": sum(int(c["calls"]) for c in costs),
+        "llm_cost_usd": round(sum(c["cost_usd"] for c in costs), 6),
     }
     console.print(
         f"\n[bold]Summary[/bold]: {summary['messages']} bot messages from "
         f"{summary['bots_spoken']} bots, {summary['human_messages']} human messages "
         f"({summary['human_replies']} answered), {summary['duplicates']} duplicates, "
         f"{summary['errors']} errors, {summary['telegram_429']} 429s in "
-        f"{summary['duration_s']:g} s."
+        f"{summary['duration_s']:g} s. Written by: "
+        + ", ".join(f"{k} {v}" for k, v in by_provider.most_common())
+        + f"; {summary['llm_calls']} LLM calls, ${summary['llm_cost_usd']:.6f}."
     )
     if options.json_out:
         options.out.write(json.dumps(summary, ensure_ascii=False) + "\n")

@@ -97,6 +97,7 @@ class TurnContext:
         history: recent chat messages, oldest first.
         reply_to: the message to answer, or None.
         seed: seed for deterministic generation.
+        bot_id / chat_id: our ids of the bot and the chat (for the cost ledger).
     """
 
     turn_id: str
@@ -112,6 +113,8 @@ class TurnContext:
     history: tuple[ChatLine, ...]
     reply_to: ChatLine | None
     seed: int
+    bot_id: int | None = None
+    chat_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from backend import metrics
 from backend.errors import (
     ProviderError,
     ProviderRateLimited,
@@ -99,6 +100,7 @@ class CallRecord:
 
     Attributes:
         provider / model: who was called.
+        bot_id / chat_id / turn_id: for whom (from the request's context).
         outcome: ``ok`` or the kind of failure.
         error: the failure's message (never a key), or None.
         attempt: 1 for the first attempt on this provider in this call.
@@ -108,6 +110,9 @@ class CallRecord:
 
     provider: str
     model: str | None
+    bot_id: int | None
+    chat_id: int | None
+    turn_id: str | None
     outcome: Outcome
     error: str | None
     attempt: int
@@ -207,8 +212,13 @@ class ProviderChain:
             except ProviderError as exc:
                 skipped.append(Skip(name, f"{_outcome(exc)}: {exc}"))
                 continue
-            return ChainResult(generation, tuple(skipped))
-        generation = await self.last_resort.generate(request)
+            return self._answered(generation, skipped)
+        return self._answered(await self.last_resort.generate(request), skipped)
+
+    def _answered(self, generation: Generation, skipped: list[Skip]) -> ChainResult:
+        for skip in skipped:
+            metrics.LLM_SKIPS.labels(skip.provider, skip.reason.split(":", 1)[0]).inc()
+        metrics.LLM_ANSWERS.labels(generation.provider).inc()
         return ChainResult(generation, tuple(skipped))
 
     async def _call(self, entry: ChainEntry, request: GenerationRequest) -> Generation:
@@ -259,16 +269,19 @@ class ProviderChain:
                 generation = await entry.provider.generate(request)
         except TimeoutError:
             exc: ProviderError = ProviderUnavailable(entry.name, f"no answer in {limit_s:.1f} s")
-            await self._failed(entry, model, exc, attempt, t0)
+            await self._failed(entry, request, model, exc, attempt, t0)
             raise exc from None
         except ProviderError as err:
-            await self._failed(entry, model, err, attempt, t0)
+            await self._failed(entry, request, model, err, attempt, t0)
             raise
         entry.breaker.success()
+        metrics.LLM_BREAKER_OPEN.labels(entry.name).set(0)
         entry.budget.spend(generation.prompt_tokens + generation.completion_tokens)
         entry._told.clear()
+        ctx = request.context
         await self._record(CallRecord(
-            provider=entry.name, model=generation.model or model, outcome="ok", error=None,
+            provider=entry.name, model=generation.model or model, bot_id=ctx.bot_id,
+            chat_id=ctx.chat_id, turn_id=ctx.turn_id, outcome="ok", error=None,
             attempt=attempt, prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             cached_tokens=generation.cached_tokens,
@@ -277,8 +290,8 @@ class ProviderChain:
         return generation
 
     async def _failed(
-        self, entry: ChainEntry, model: str | None, exc: ProviderError, attempt: int,
-        t0: float,
+        self, entry: ChainEntry, request: GenerationRequest, model: str | None,
+        exc: ProviderError, attempt: int, t0: float,
     ) -> None:
         outcome = _outcome(exc)
         if isinstance(exc, ProviderRejected) and exc.status in (401, 403, 404):
@@ -290,10 +303,13 @@ class ProviderChain:
                           entry.name, exc.status, exc, entry.retry.rejected_cooldown_s)
         elif outcome in ("rate_limited", "unavailable"):
             entry.breaker.failure()
+        metrics.LLM_BREAKER_OPEN.labels(entry.name).set(entry.breaker.state == "open")
         if outcome in ("rate_limited", "unavailable"):
             entry.budget.spend(0)  # the request counts against requests/min all the same
+        ctx = request.context
         await self._record(CallRecord(
-            provider=entry.name, model=model, outcome=outcome, error=str(exc)[:500],
+            provider=entry.name, model=model, bot_id=ctx.bot_id, chat_id=ctx.chat_id,
+            turn_id=ctx.turn_id, outcome=outcome, error=str(exc)[:500],
             attempt=attempt, prompt_tokens=0, completion_tokens=0, cached_tokens=0,
             latency_ms=(time.perf_counter() - t0) * 1000.0,
         ))

@@ -23,7 +23,7 @@ from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import settings as settings_store
-from behavior_engine.llm.offline import OfflineGenerator
+from behavior_engine.llm.factory import build_chain
 from behavior_engine.market import MarketFeed
 from bots.personas import load_persona_dir
 from bots.ratelimit import TelegramLimiter
@@ -86,7 +86,7 @@ async def world(
 
 def make_worker(w: World, limiter: TelegramLimiter | None = None) -> Worker:
     return Worker(settings=w.settings, sessionmaker=w.sessionmaker, secrets=w.secrets,
-                  provider=OfflineGenerator(), market=MarketFeed(seed=1, start=utcnow()),
+                  chain=build_chain([]), market=MarketFeed(seed=1, start=utcnow()),
                   limiter=limiter)
 
 

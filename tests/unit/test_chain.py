@@ -57,7 +57,7 @@ def request() -> GenerationRequest:
     snap = MarketSnapshot(at=datetime(2026, 1, 1, tzinfo=UTC), prices={}, change_pct={})
     ctx = TurnContext(turn_id="t", bot_name="A", bot_username="a_bot", profile=profile,
                       stances=(), holdings=(), mood=0.0, pnl_pct=0.0, topic="btc", market=snap,
-                      history=(), reply_to=None, seed=1)
+                      history=(), reply_to=None, seed=1, bot_id=7, chat_id=3)
     return GenerationRequest(messages=[{"role": "system", "content": "x" * 400}], context=ctx)
 
 

@@ -1,0 +1,53 @@
+"""Every Prometheus metric of botsim, defined once (prometheus-client, default registry).
+
+Each process serves its own ``/metrics`` (the listener app mounts it; see
+``metrics_app``). Names follow Prometheus conventions: ``botsim_`` prefix, base units
+(seconds, USD), ``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client.registry import REGISTRY
+
+LLM_CALLS = Counter(
+    "botsim_llm_calls_total",
+    "LLM provider calls (network attempts), by provider and outcome.",
+    ["provider", "outcome"],
+)
+LLM_TOKENS = Counter(
+    "botsim_llm_tokens_total",
+    "Tokens reported by LLM providers, by kind (prompt, completion, cached).",
+    ["provider", "kind"],
+)
+LLM_COST = Counter(
+    "botsim_llm_cost_usd_total",
+    "USD spent on LLM calls, from the price table in settings.",
+    ["provider"],
+)
+LLM_LATENCY = Histogram(
+    "botsim_llm_latency_seconds",
+    "Wall time of one LLM provider call, seconds.",
+    ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+)
+LLM_SKIPS = Counter(
+    "botsim_llm_skips_total",
+    "Providers left without answering in a chain call, by reason.",
+    ["provider", "reason"],
+)
+LLM_ANSWERS = Counter(
+    "botsim_llm_answers_total",
+    "Messages written, by the provider that answered (offline = last resort).",
+    ["provider"],
+)
+LLM_BREAKER_OPEN = Gauge(
+    "botsim_llm_breaker_open",
+    "1 while a provider's circuit breaker is open (skipped without a call), else 0.",
+    ["provider"],
+)
+
+
+def metrics_app() -> object:
+    """An ASGI app serving the default registry in the Prometheus text format."""
+    return make_asgi_app(REGISTRY)

@@ -1,0 +1,101 @@
+"""The chain's recorder: every provider call into the ``llm_calls`` ledger and the metrics.
+
+Metrics are updated at once; rows are buffered and written in batches (one INSERT per
+``batch_size`` calls or per :meth:`Ledger.flush`), so the ledger adds no database round trip
+to the per-message path. The worker flushes every tick and on stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend import metrics
+from backend.db.types import utcnow
+from backend.schemas import ModelPrice
+from backend.stores import llm_calls as ledger_store
+from behavior_engine.llm.chain import CallRecord
+
+log = logging.getLogger("botsim.llm")
+
+
+class Ledger:
+    """Records :class:`CallRecord` s (use an instance as the chain's ``recorder``).
+
+    Args:
+        sessionmaker: database sessions.
+        prices: model name → price; a model without a price gets ``cost_usd`` None (logged
+            once per model).
+        batch_size: rows buffered before a write.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        prices: Mapping[str, ModelPrice],
+        *,
+        batch_size: int = 100,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.prices = prices
+        self.batch_size = batch_size
+        self._rows: list[dict[str, Any]] = []
+        self._unpriced: set[str] = set()
+
+    def cost(self, record: CallRecord) -> float | None:
+        """USD of ``record`` from the price table, or None when its model has no price."""
+        price = self.prices.get(record.model or "")
+        if price is None:
+            if record.model not in self._unpriced and record.outcome == "ok":
+                self._unpriced.add(record.model or "")
+                log.warning("no price for model %r of %s: its calls are unpriced",
+                            record.model, record.provider)
+            return None
+        return price.cost_usd(record.prompt_tokens, record.completion_tokens,
+                              record.cached_tokens)
+
+    async def __call__(self, record: CallRecord) -> None:
+        """Count ``record`` in the metrics and buffer its ledger row."""
+        cost = self.cost(record)
+        p = record.provider
+        metrics.LLM_CALLS.labels(p, record.outcome).inc()
+        metrics.LLM_LATENCY.labels(p).observe(record.latency_ms / 1000.0)
+        if record.outcome == "ok":
+            metrics.LLM_TOKENS.labels(p, "prompt").inc(record.prompt_tokens)
+            metrics.LLM_TOKENS.labels(p, "completion").inc(record.completion_tokens)
+            metrics.LLM_TOKENS.labels(p, "cached").inc(record.cached_tokens)
+        if cost:
+            metrics.LLM_COST.labels(p).inc(cost)
+        self._rows.append({
+            "created_at": utcnow(),
+            "provider": p,
+            "model": record.model,
+            "bot_id": record.bot_id,
+            "chat_id": record.chat_id,
+            "turn_id": record.turn_id,
+            "attempt": record.attempt,
+            "outcome": record.outcome,
+            "error": record.error,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "cached_tokens": record.cached_tokens,
+            "latency_ms": record.latency_ms,
+            "cost_usd": cost,
+        })
+        if len(self._rows) >= self.batch_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the buffered rows (kept for the next flush if the database refuses)."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                await ledger_store.record_calls(session, rows=rows)
+        except Exception:
+            self._rows = rows + self._rows
+            log.exception("ledger write failed; %d rows kept for the next flush", len(rows))
