@@ -72,75 +72,77 @@ async def _measure(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     return (time.process_time() - cpu0) * 1000.0, (time.perf_counter() - wall0) * 1000.0
 
 
-async def run(calls: int) -> dict[str, Any]:
-    """Run the benchmark; returns the figures (milliseconds)."""
+def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
+    """The sandbox LLM server in its own process; returns it and its base URL."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "sandbox.llm_api", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(base + "/", timeout=0.2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        request = _request()
-        sdk = openai.AsyncOpenAI(base_url=f"{base}/bench/v1", api_key="bench", max_retries=0)
-        provider = OpenAIProvider(name="bench", model="gpt-4o-mini", api_key="bench",
-                                  base_url=f"{base}/bench/v1")
+    for _ in range(200):
+        try:
+            httpx.get(base + "/", timeout=0.2)
+            return server, base
+        except httpx.TransportError:
+            time.sleep(0.05)
+    server.terminate()
+    raise RuntimeError("the sandbox LLM server did not start")
 
-        class NoDb:
-            def __call__(self) -> Any:
-                raise RuntimeError("not used: rows are only buffered in this benchmark")
 
-        ledger = Ledger(NoDb(), DEFAULT_PRICES, batch_size=10**9)  # type: ignore[arg-type]
-        chain = ProviderChain([ChainEntry(provider=provider)], last_resort=OfflineGenerator(),
-                              recorder=ledger)
+async def run(calls: int, base: str) -> dict[str, Any]:
+    """Run the benchmark against the server at ``base``; returns the figures (ms)."""
+    request = _request()
+    sdk = openai.AsyncOpenAI(base_url=f"{base}/bench/v1", api_key="bench", max_retries=0)
+    provider = OpenAIProvider(name="bench", model="gpt-4o-mini", api_key="bench",
+                              base_url=f"{base}/bench/v1")
 
-        async def direct() -> Any:
-            return await sdk.chat.completions.create(
-                model="gpt-4o-mini", messages=request.messages,  # type: ignore[arg-type]
-                max_tokens=300, temperature=0.9)
+    class NoDb:
+        def __call__(self) -> Any:
+            raise RuntimeError("not used: rows are only buffered in this benchmark")
 
-        variants: dict[str, Callable[[], Awaitable[Any]]] = {
-            "direct": direct,
-            "provider": lambda: provider.generate(request),
-            "chain": lambda: chain.generate(request),
+    ledger = Ledger(NoDb(), DEFAULT_PRICES, batch_size=10**9)  # type: ignore[arg-type]
+    chain = ProviderChain([ChainEntry(provider=provider)], last_resort=OfflineGenerator(),
+                          recorder=ledger)
+
+    async def direct() -> Any:
+        return await sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=request.messages,  # type: ignore[arg-type]
+            max_tokens=300, temperature=0.9)
+
+    variants: dict[str, Callable[[], Awaitable[Any]]] = {
+        "direct": direct,
+        "provider": lambda: provider.generate(request),
+        "chain": lambda: chain.generate(request),
+    }
+    for call in variants.values():  # warm-up: connections, imports, caches
+        for _ in range(50):
+            await call()
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(calls):
+        for name, call in variants.items():
+            c, w = await _measure(call)
+            cpu[name].append(c)
+            wall[name].append(w)
+    await sdk.close()
+    await provider.aclose()
+    figures: dict[str, Any] = {"calls": calls}
+    for name in variants:
+        figures[name] = {
+            "cpu_p50_ms": round(statistics.median(cpu[name]), 3),
+            "cpu_p95_ms": round(_pct(cpu[name], 0.95), 3),
+            "cpu_mean_ms": round(statistics.fmean(cpu[name]), 3),
+            "wall_p50_ms": round(statistics.median(wall[name]), 3),
+            "wall_p95_ms": round(_pct(wall[name], 0.95), 3),
         }
-        for call in variants.values():  # warm-up: connections, imports, caches
-            for _ in range(50):
-                await call()
-        cpu: dict[str, list[float]] = {k: [] for k in variants}
-        wall: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(calls):
-            for name, call in variants.items():
-                c, w = await _measure(call)
-                cpu[name].append(c)
-                wall[name].append(w)
-        await sdk.close()
-        await provider.aclose()
-        figures: dict[str, Any] = {"calls": calls}
-        for name in variants:
-            figures[name] = {
-                "cpu_p50_ms": round(statistics.median(cpu[name]), 3),
-                "cpu_p95_ms": round(_pct(cpu[name], 0.95), 3),
-                "cpu_mean_ms": round(statistics.fmean(cpu[name]), 3),
-                "wall_p50_ms": round(statistics.median(wall[name]), 3),
-                "wall_p95_ms": round(_pct(wall[name], 0.95), 3),
-            }
-        figures["chain_added_cpu_p50_ms"] = round(
-            figures["chain"]["cpu_p50_ms"] - figures["direct"]["cpu_p50_ms"], 3)
-        figures["chain_over_provider_cpu_p50_ms"] = round(
-            figures["chain"]["cpu_p50_ms"] - figures["provider"]["cpu_p50_ms"], 3)
-        figures["chain_added_wall_p50_ms"] = round(
-            figures["chain"]["wall_p50_ms"] - figures["direct"]["wall_p50_ms"], 3)
-        return figures
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    figures["chain_added_cpu_p50_ms"] = round(
+        figures["chain"]["cpu_p50_ms"] - figures["direct"]["cpu_p50_ms"], 3)
+    figures["chain_over_provider_cpu_p50_ms"] = round(
+        figures["chain"]["cpu_p50_ms"] - figures["provider"]["cpu_p50_ms"], 3)
+    figures["chain_added_wall_p50_ms"] = round(
+        figures["chain"]["wall_p50_ms"] - figures["direct"]["wall_p50_ms"], 3)
+    return figures
 
 
 def main() -> None:
@@ -150,7 +152,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("PTB_TIMEDELTA", "true")
-    figures = asyncio.run(run(args.calls))
+    server, base = start_sandbox()
+    try:
+        figures = asyncio.run(run(args.calls, base))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
     if args.json:
         print(json.dumps(figures))
         return

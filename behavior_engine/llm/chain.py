@@ -229,11 +229,16 @@ class ProviderChain:
             initial=policy.backoff_initial_s, max=policy.backoff_max_s, jitter=policy.jitter_s
         )
 
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
+        def wait_after(exc: BaseException | None, state: RetryCallState | None = None) -> float:
             if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
                 return exc.retry_after
+            if state is None:  # after the first attempt: the first backoff step
+                return min(policy.backoff_initial_s, policy.backoff_max_s)
             return float(backoff(state))
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return wait_after(exc, state)
 
         def retryable(exc: BaseException) -> bool:
             if not isinstance(exc, ProviderError) or not exc.retryable:
@@ -242,9 +247,23 @@ class ProviderChain:
                 return exc.retry_after <= policy.max_retry_after_s
             return True
 
-        attempt = 0
+        # Fast path: most calls succeed at once, and tenacity's machinery costs about as
+        # much CPU as the rest of the chain; it takes over only once an attempt has failed.
+        try:
+            return await self._attempt(entry, request, 1, min(policy.timeout_s, deadline))
+        except ProviderError as exc:
+            if policy.max_attempts < 2 or not retryable(exc):
+                raise
+            first_error = exc
+
+        pause = wait_after(first_error)
+        left = deadline - (time.monotonic() - started) - pause
+        if left <= 0:
+            raise first_error  # no time for another attempt on this provider: move on
+        await self._sleep(pause)
+        attempt = 1
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(deadline),
+            stop=stop_after_attempt(policy.max_attempts - 1) | stop_before_delay(left),
             wait=wait,
             retry=retry_if_exception(retryable),
             sleep=self._sleep,

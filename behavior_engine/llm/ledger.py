@@ -22,6 +22,25 @@ from behavior_engine.llm.chain import CallRecord
 log = logging.getLogger("botsim.llm")
 
 
+class _Series:
+    """One provider's labelled metric series, resolved once."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.latency = metrics.LLM_LATENCY.labels(provider)
+        self.prompt = metrics.LLM_TOKENS.labels(provider, "prompt")
+        self.completion = metrics.LLM_TOKENS.labels(provider, "completion")
+        self.cached = metrics.LLM_TOKENS.labels(provider, "cached")
+        self.cost = metrics.LLM_COST.labels(provider)
+        self._calls: dict[str, Any] = {}
+
+    def calls(self, outcome: str) -> Any:
+        child = self._calls.get(outcome)
+        if child is None:
+            child = self._calls[outcome] = metrics.LLM_CALLS.labels(self.provider, outcome)
+        return child
+
+
 class Ledger:
     """Records :class:`CallRecord` s (use an instance as the chain's ``recorder``).
 
@@ -44,6 +63,7 @@ class Ledger:
         self.batch_size = batch_size
         self._rows: list[dict[str, Any]] = []
         self._unpriced: set[str] = set()
+        self._series: dict[str, _Series] = {}
 
     def cost(self, record: CallRecord) -> float | None:
         """USD of ``record`` from the price table, or None when its model has no price."""
@@ -61,14 +81,17 @@ class Ledger:
         """Count ``record`` in the metrics and buffer its ledger row."""
         cost = self.cost(record)
         p = record.provider
-        metrics.LLM_CALLS.labels(p, record.outcome).inc()
-        metrics.LLM_LATENCY.labels(p).observe(record.latency_ms / 1000.0)
+        m = self._series.get(p)
+        if m is None:  # resolve each provider's labelled series once (labels() is not free)
+            m = self._series[p] = _Series(p)
+        m.calls(record.outcome).inc()
+        m.latency.observe(record.latency_ms / 1000.0)
         if record.outcome == "ok":
-            metrics.LLM_TOKENS.labels(p, "prompt").inc(record.prompt_tokens)
-            metrics.LLM_TOKENS.labels(p, "completion").inc(record.completion_tokens)
-            metrics.LLM_TOKENS.labels(p, "cached").inc(record.cached_tokens)
+            m.prompt.inc(record.prompt_tokens)
+            m.completion.inc(record.completion_tokens)
+            m.cached.inc(record.cached_tokens)
         if cost:
-            metrics.LLM_COST.labels(p).inc(cost)
+            m.cost.inc(cost)
         self._rows.append({
             "created_at": utcnow(),
             "provider": p,
