@@ -9,23 +9,18 @@ is the provider's own path, so each SDK is pointed at ``url_for(name)``::
     groq.AsyncGroq(base_url=sandbox.url_for("groq"), api_key="k", max_retries=0)
     genai.Client(api_key="k", http_options=types.HttpOptions(base_url=sandbox.url_for("gemini")))
 
-Routes (all ``POST``):
-
-* ``/{name}/v1/chat/completions`` — OpenAI chat completions (and any OpenAI-compatible SDK);
-* ``/{name}/openai/v1/chat/completions`` — Groq (its SDK appends ``/openai/v1/...``);
-* ``/{name}/{v1|v1beta|v1alpha}/models/{model}:generateContent`` — Gemini (google-genai 3.x
-  uses ``v1`` by default; ``v1beta`` is what most docs and older SDKs use).
+Routes (``POST``): ``/{name}/v1/chat/completions`` (OpenAI and compatibles),
+``/{name}/openai/v1/chat/completions`` (Groq), ``/{name}/{v1|v1beta|v1alpha}/models/{model}:
+generateContent`` (Gemini; google-genai 3.x calls ``v1`` by default, older SDKs ``v1beta``).
 
 Faults are scripted per provider name (:meth:`LLMSandbox.script`, :meth:`LLMSandbox.set_default`)
-from :class:`Fault` constructors. Usage is estimated at ``ceil(chars / 4)`` tokens
-(:data:`CHARS_PER_TOKEN`); prompt caching is simulated: a request whose first message (the
-system persona prefix; for Gemini the first ``systemInstruction`` part) is byte-identical to one
-this provider name answered before reports that message's estimate as cached tokens.
-
-Replies are persona-aware templates: the persona's name, role and language come from the first
-system message, the reply target or topic from the last user message (the wording of
-``behavior_engine.prompt_builder``), so a demo reads like a conversation. Deterministic: the
-phrase choice is seeded by the request content. This module imports nothing from the project.
+with :class:`Fault`. Usage is estimated at ``ceil(chars / 4)`` tokens; prompt caching is
+simulated: a request whose first message (the persona prefix; for Gemini the first
+``systemInstruction`` part) is byte-identical to one this provider name saw before reports that
+message's estimate as cached tokens. Replies are persona-aware templates (name, role and
+language from the first system message, reply target or topic from the last user message, as
+``behavior_engine.prompt_builder`` words them), seeded by the request content. This module
+imports nothing from the project.
 """
 
 from __future__ import annotations
@@ -78,14 +73,10 @@ class Fault:
     ``Fault.content_filter()``; add a delay to any with ``.after(ms)``.
 
     Attributes:
-        kind: ``ok`` (normal answer), ``status`` (HTTP error ``code`` with the provider's JSON
-            error body), ``hang`` (no answer until the client disconnects or the sandbox
-            stops), ``reset`` (connection dropped with a TCP reset, no answer), ``malformed``
-            (200 with a body that is not JSON), ``empty_choices`` (``choices: []`` /
-            ``candidates: []``), ``content_filter`` (finish ``content_filter`` / ``SAFETY``,
-            no text).
+        kind: ``ok`` (a normal answer) or the name of the constructor that made it.
         code: HTTP status for ``status``.
-        retry_after: seconds sent as ``Retry-After`` (and Gemini ``RetryInfo``), if any.
+        retry_after: seconds sent as ``Retry-After`` (rounded up: the header takes whole
+            seconds) and as Gemini's ``RetryInfo.retryDelay``, if any.
         latency_ms: delay before the fault (or answer) happens.
     """
 
@@ -137,15 +128,6 @@ class Fault:
 
 
 @dataclass(frozen=True)
-class Persona:
-    """What the sandbox reads from a system prompt (``prompt_builder.persona_core``)."""
-
-    name: str = "Bot"
-    role: str = "trader"
-    language: str = "en"
-
-
-@dataclass(frozen=True)
 class Prompt:
     """A request reduced to what the reply writer and the usage counter need."""
 
@@ -156,20 +138,9 @@ class Prompt:
     max_tokens: int | None
 
 
-@dataclass
-class _Latency:
-    ms: float
-    jitter_ms: float
-    rng: random.Random
-
-    def draw(self) -> float:
-        jitter = self.rng.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0
-        return max(0.0, self.ms + jitter)
-
-
 # --- persona-aware replies -----------------------------------------------------------------
 
-_PERSONA_RE = re.compile(r"You are (?P<name>.+?) \(@[^)]*\), an? (?P<role>.+?) in a Telegram")
+_PERSONA_RE = re.compile(r"You are .+? \(@[^)]*\), an? (?P<role>.+?) in a Telegram")
 _LANG_RE = re.compile(r"Write only in (?P<lang>[A-Za-z]+)")
 _REPLY_RE = re.compile(r'Reply to #\d+ from (?P<speaker>.+?): "(?P<text>.*)"\. Address', re.S)
 _TOPIC_RE = re.compile(r"Write one new message about (?P<topic>[\w/ -]+?)\. Write only")
@@ -192,13 +163,11 @@ _REPLIES = {
         "Katılmıyorum {who}, {topic} bence daha oynak olacak.",
         "{who}, güzel soru. {topic} için ben biraz daha beklerdim.",
         "Valla {who}, {topic} konusunda ben farklı düşünüyorum.",
-        "{who}, yorumun ilginç; {topic} için seviyeleri izlemek şart.",
         "{who}, {topic} bugün sakin görünüyor ama haberlere dikkat.",
         "Hmm {who}, {topic} için ben o kadar iyimser değilim.",
         "{who}, bence {topic} tarafında sabırlı olan kazanır.",
         "{who} dediğin mantıklı ama {topic} için risk hâlâ yüksek.",
         "Aynen {who}, yine de {topic} için stop seviyesini unutma.",
-        "{who}, {topic} geçen hafta da böyleydi, sonra hızlı döndü.",
     ),
     "en": (
         "{who}, I'm not so sure about {topic}; no need to rush.",
@@ -206,13 +175,11 @@ _REPLIES = {
         "I disagree, {who}. {topic} looks more volatile than that.",
         "Good question, {who}. On {topic} I would wait a little longer.",
         "Honestly {who}, I see {topic} differently.",
-        "{who}, interesting take; the levels on {topic} matter more.",
         "{who}, {topic} is quiet today, but watch the news.",
         "Hmm {who}, I'm less optimistic on {topic} than you.",
         "{who}, patience usually pays on {topic}.",
         "{who}, fair point, but the risk on {topic} is still high.",
         "Sure {who}, just don't forget a stop on {topic}.",
-        "{who}, {topic} did the same last week and turned fast.",
     ),
 }
 _FRESH = {
@@ -257,14 +224,12 @@ _ROLE_KEYS = {"scalp": "scalper", "trader": "scalper", "invest": "investor", "ya
               "acemi": "newcomer", "beginner": "newcomer"}
 
 
-def parse_persona(system: str) -> Persona:
-    """Name, role and language (``tr``/``en``) of the persona prompt ``system``."""
+def parse_persona(system: str) -> tuple[str, str]:
+    """Role and language (``tr``/``en``) of the persona prompt ``system``."""
     m = _PERSONA_RE.search(system)
     lang = _LANG_RE.search(system)
     language = "tr" if lang and lang.group("lang").lower().startswith("turk") else "en"
-    if m is None:
-        return Persona(language=language)
-    return Persona(name=m.group("name"), role=m.group("role"), language=language)
+    return (m.group("role") if m else "trader"), language
 
 
 def topic_of(text: str) -> str | None:
@@ -277,16 +242,16 @@ def topic_of(text: str) -> str | None:
     return None
 
 
-def write_reply(persona: Persona, instruction: str, seed: bytes) -> str:
+def write_reply(role: str, lang: str, instruction: str, seed: bytes) -> str:
     """A short message in the persona's language for the turn ``instruction`` describes.
 
     Args:
-        persona: who writes.
+        role: the persona's role (picks a role-flavoured tail sentence).
+        lang: ``tr`` or ``en``.
         instruction: the last user message (history plus the prompt builder's instruction).
         seed: bytes the phrase choice is derived from (same seed, same text).
     """
     rng = random.Random(hashlib.sha256(seed).digest())
-    lang = persona.language
     reply = _REPLY_RE.search(instruction)
     fresh = _TOPIC_RE.search(instruction)
     topic = (topic_of(reply.group("text")) if reply else
@@ -295,13 +260,12 @@ def write_reply(persona: Persona, instruction: str, seed: bytes) -> str:
     topic_name = (names[0] if lang == "tr" else names[1]) if names else (
         topic or _GENERIC_TOPIC[lang])
     if reply:
-        who = reply.group("speaker").strip().split()[0] or reply.group("speaker")
+        who = (reply.group("speaker").split() or ["?"])[0]
         text = rng.choice(_REPLIES[lang]).format(who=who, topic=topic_name)
     else:
         text = rng.choice(_FRESH[lang]).format(topic=topic_name)
         text = text[0].upper() + text[1:]
-    role = persona.role.lower()
-    kind = next((v for k, v in _ROLE_KEYS.items() if k in role), None)
+    kind = next((v for k, v in _ROLE_KEYS.items() if k in role.lower()), None)
     if kind and rng.random() < 0.5:
         text = f"{text} {rng.choice(_ROLE_TAILS[kind][lang])}"
     return text
@@ -352,7 +316,7 @@ _OPENAI_ERRORS = {
     404: ("invalid_request_error", "model_not_found",
           "The model `{model}` does not exist or you do not have access to it."),
     429: ("requests", "rate_limit_exceeded",
-          "Rate limit reached for {model}. Please try again in {retry}s."),
+          "Rate limit reached for {model}. Please try again in {retry}."),
     500: ("server_error", None, "The server had an error while processing your request."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
@@ -369,7 +333,7 @@ _GEMINI_ERRORS = {
 
 def error_body(dialect: Dialect, fault: Fault, model: str) -> dict[str, Any]:
     """The provider's JSON error body for a ``status`` fault."""
-    retry = f"{fault.retry_after:g}" if fault.retry_after is not None else "1"
+    retry = f"{fault.retry_after:g}s" if fault.retry_after is not None else "a moment"
     if dialect == "openai":
         kind, code, msg = _OPENAI_ERRORS.get(fault.code, ("api_error", None, "Error."))
         return {"error": {"message": msg.format(model=model, retry=retry), "type": kind,
@@ -379,21 +343,14 @@ def error_body(dialect: Dialect, fault: Fault, model: str) -> dict[str, Any]:
                              "status": status}
     if fault.retry_after is not None:
         error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                             "retryDelay": f"{retry}s"}]
+                             "retryDelay": retry}]
     return {"error": error}
 
 
 def answer_body(dialect: Dialect, kind: FaultKind, prompt: Prompt, text: str,
                 cached: int) -> dict[str, Any]:
-    """A 200 answer in the provider's wire format (``ok``, ``empty_choices``, ``content_filter``).
-
-    Args:
-        dialect: ``openai`` (OpenAI and Groq) or ``gemini``.
-        kind: ``ok``, ``empty_choices`` or ``content_filter``.
-        prompt: the parsed request.
-        text: the reply text (unused unless ``ok``).
-        cached: prompt tokens to report as cached.
-    """
+    """A 200 answer of ``kind`` (``ok``, ``empty_choices``, ``content_filter``) in the
+    ``dialect``'s wire format, reporting ``cached`` prompt tokens as cached."""
     finish = "stop"
     if prompt.max_tokens and estimate_tokens(text) > prompt.max_tokens:
         text, finish = text[: prompt.max_tokens * CHARS_PER_TOKEN], "length"
@@ -450,12 +407,8 @@ class _Drop(Response):
         if self._until is not None:
             await _wait_disconnect_or(receive, self._until)
         transport = scope.get(_TRANSPORT_KEY)
-        if transport is None:  # not uvicorn's h11/httptools: cut the body short instead
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", b"100")]})
-            await send({"type": "http.response.body", "body": b"{", "more_body": False})
-            return
-        _abort(transport)
+        if transport is not None:  # else (not uvicorn) the server answers 500 instead
+            _abort(transport)
         for _ in range(3):  # let connection_lost run, so uvicorn logs no "returned without"
             await asyncio.sleep(0)
 
@@ -504,7 +457,7 @@ class LLMSandbox:
         self.log: list[tuple[str, int]] = []
         self._scripts: dict[str, deque[Fault]] = {}
         self._defaults: dict[str, Fault] = {}
-        self._latency: dict[str, _Latency] = {}
+        self._latency: dict[str, tuple[float, float, random.Random]] = {}
         self._counts: Counter[str] = Counter()
         self._prefixes: dict[str, dict[str, None]] = {}
         self._stopping = asyncio.Event()
@@ -552,7 +505,13 @@ class LLMSandbox:
     def set_latency(self, name: str, ms: float, jitter_ms: float = 0.0,
                     seed: int | None = None) -> None:
         """Delay every request of ``name`` by ``ms`` ± ``jitter_ms`` (uniform, seeded)."""
-        self._latency[name] = _Latency(ms, jitter_ms, random.Random(seed))
+        self._latency[name] = (ms, jitter_ms, random.Random(seed))
+
+    def reset(self) -> None:
+        """Forget scripts, defaults, latencies, counters, the log and the prompt cache."""
+        for state in (self.log, self._scripts, self._defaults, self._latency, self._counts,
+                      self._prefixes):
+            state.clear()
 
     def requests(self, name: str) -> int:
         """Requests received for ``name`` so far, failed ones included."""
@@ -587,7 +546,10 @@ class LLMSandbox:
         fault = self._next_fault(name)
         status = {"status": fault.code, "hang": 0, "reset": 0}.get(fault.kind, 200)
         self.log.append((name, status))
-        delay = fault.latency_ms + (self._latency[name].draw() if name in self._latency else 0)
+        delay = fault.latency_ms
+        if name in self._latency:
+            ms, jitter, rng = self._latency[name]
+            delay += max(0.0, ms + (rng.uniform(-jitter, jitter) if jitter else 0.0))
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay / 1000)
@@ -599,9 +561,10 @@ class LLMSandbox:
             return Response(b'{"id": "broken", "choices": [{"index": 0, "mess',
                             media_type="application/json")
         try:
-            body = _loads(raw)
+            body = json.loads(raw or b"{}")
         except ValueError:
             body = {}
+        body = body if isinstance(body, dict) else {}
         model = gemini.group("model") if gemini else str(body.get("model") or "unknown")
         if fault.kind == "status":
             headers = ({"Retry-After": f"{math.ceil(fault.retry_after)}"}
@@ -609,16 +572,9 @@ class LLMSandbox:
             return JSONResponse(error_body(dialect, fault, model), fault.code, headers=headers)
         prompt = parse_prompt(dialect, body, model)
         cached = self._cached(name, prompt.first)
-        persona = parse_persona(prompt.first)
-        text = write_reply(persona, prompt.last_user, raw)
+        role, lang = parse_persona(prompt.first)
+        text = write_reply(role, lang, prompt.last_user, raw)
         return JSONResponse(answer_body(dialect, fault.kind, prompt, text, cached))
-
-
-def _loads(raw: bytes) -> dict[str, Any]:
-    data = json.loads(raw or b"{}")
-    if not isinstance(data, dict):
-        raise ValueError("request body is not a JSON object")
-    return data
 
 
 async def _serve(host: str, port: int) -> None:
