@@ -234,3 +234,66 @@ async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> Non
     kicked = next(b for b in bots if b.telegram_user_id == kicked_token_bot)
     assert kicked.enabled  # still enabled: only that chat is left
     assert all(m["from"]["id"] != kicked_token_bot for m in world.sandbox.messages(CHAT))
+
+
+async def test_retries_never_send_twice_and_all_down_keeps_talking(world: World) -> None:
+    from backend.db.models import LLMCall
+    from backend.demo import sandbox_providers
+    from behavior_engine.llm.factory import build_chain, close_chain
+    from behavior_engine.llm.ledger import Ledger
+    from sandbox.llm_api import Fault, LLMSandbox
+
+    llm = LLMSandbox()
+    await llm.start()
+    # groq fails every other request (each turn: 500, then a retry that answers)
+    llm.script("groq", *[Fault.status(500) if i % 2 == 0 else Fault.latency(0)
+                         for i in range(400)])
+    ledger = Ledger(world.sessionmaker, world.settings.llm_prices)
+    chain = build_chain(sandbox_providers(llm), recorder=ledger)
+    for entry in chain.entries.values():  # quick retries for the test
+        entry.retry = entry.retry.__class__(max_attempts=3, timeout_s=2, backoff_initial_s=0.05,
+                                            backoff_max_s=0.1, jitter_s=0.0)
+    worker = Worker(settings=world.settings, sessionmaker=world.sessionmaker,
+                    secrets=world.secrets, chain=chain, ledger=ledger,
+                    market=MarketFeed(seed=1, start=utcnow()))
+    await worker.start()
+    try:
+        async def some_sent() -> bool:
+            return sum(m["from"]["is_bot"] for m in world.sandbox.messages(CHAT)) >= 4
+
+        assert await wait_until(some_sent, 30)
+        llm.reset()  # drop groq's script
+        for name in ("groq", "openai", "gemini"):  # every provider down
+            llm.set_default(name, Fault.status(503))
+        before = sum(m["from"]["is_bot"] for m in world.sandbox.messages(CHAT))
+
+        async def kept_talking() -> bool:
+            return sum(m["from"]["is_bot"] for m in world.sandbox.messages(CHAT)) >= before + 2
+
+        assert await wait_until(kept_talking, 30)
+    finally:
+        await worker.stop()
+        await close_chain(chain)
+        await llm.stop()
+    async with world.sessionmaker() as s:
+        sent = (await s.execute(select(Message).where(Message.bot_id.is_not(None)))
+                ).scalars().all()
+        calls = (await s.execute(select(LLMCall))).scalars().all()
+    telegram = [m for m in world.sandbox.messages(CHAT) if m["from"]["is_bot"]]
+    assert len(telegram) == len(sent) == len({m.turn_id for m in sent})  # one send per turn
+    retried_turns = {c.turn_id for c in calls if c.attempt > 1 and c.outcome == "ok"}
+    assert retried_turns, "no turn needed a retry"
+    assert {m.turn_id for m in sent} >= retried_turns  # retried turns were sent, once each
+    assert "offline" in {m.meta.provider for m in sent}  # the last resort wrote when all failed
+    assert worker.stats["errors"] == 0
+
+
+async def test_demo_with_the_sdks_against_the_sandbox_llm(tmp_path: Path) -> None:
+    out = io.StringIO()
+    summary = await run_demo(Settings(data_dir=tmp_path, tick_seconds=0.5), DemoOptions(
+        duration=10, json_out=True, read_stdin=False, llm="sandbox", out=out))
+    assert summary["messages"] >= 2 and summary["errors"] == 0
+    assert set(summary["by_provider"]) == {"groq"}  # the first provider answered each turn
+    assert summary["llm_calls"] >= summary["messages"]
+    assert summary["llm_cost_usd"] > 0
+    assert "writers: groq → openai → gemini → offline" in out.getvalue()
