@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck
+.PHONY: demo test lint typecheck bench
 
 $(VENV)/bin/botsim:
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e '.[test]'
@@ -18,3 +18,6 @@ lint: $(VENV)/bin/botsim
 
 typecheck: $(VENV)/bin/botsim
 	$(VENV)/bin/mypy backend bots behavior_engine sandbox worker.py message_listener.py
+
+bench: $(VENV)/bin/botsim
+	$(PY) loadtest/bench_chain.py --calls 2000

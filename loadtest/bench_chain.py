@@ -39,7 +39,7 @@ from behavior_engine.llm.ledger import Ledger
 from behavior_engine.llm.offline import OfflineGenerator
 from behavior_engine.llm.openai_provider import OpenAIProvider
 from behavior_engine.prompt_builder import build_request
-from behavior_engine.turn import GenerationRequest, MarketSnapshot, TurnContext
+from behavior_engine.turn import Generation, GenerationRequest, MarketSnapshot, TurnContext
 
 
 def _request() -> GenerationRequest:
@@ -53,6 +53,37 @@ def _request() -> GenerationRequest:
                       profile=profile, stances=(), holdings=(), mood=0.2, pnl_pct=1.0,
                       topic="btc", market=snap, history=(), reply_to=None, seed=1)
     return build_request(ctx)
+
+
+class _Stub:
+    """A provider that answers at once without a network: isolates the chain's own cost."""
+
+    name = "stub"
+    model = "gpt-4o-mini"
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        return Generation(text="ok", provider="stub", model=self.model, prompt_tokens=300,
+                          completion_tokens=20, cached_tokens=200)
+
+
+async def chain_only(calls: int = 20_000) -> dict[str, float]:
+    """CPU µs per call of the chain around a no-network provider, and of the bare provider."""
+    stub = _Stub()
+    ledger = Ledger(None, DEFAULT_PRICES, batch_size=10**9)  # type: ignore[arg-type]
+    chain = ProviderChain([ChainEntry(provider=stub)], last_resort=OfflineGenerator(),
+                          recorder=ledger)
+    request = _request()
+    for _ in range(1000):
+        await chain.generate(request)
+    t0 = time.process_time()
+    for _ in range(calls):
+        await chain.generate(request)
+    with_chain = (time.process_time() - t0) / calls * 1e6
+    t0 = time.process_time()
+    for _ in range(calls):
+        await stub.generate(request)
+    bare = (time.process_time() - t0) / calls * 1e6
+    return {"chain_only_us": round(with_chain - bare, 1), "calls": calls}
 
 
 def _free_port() -> int:
@@ -155,6 +186,7 @@ def main() -> None:
     server, base = start_sandbox()
     try:
         figures = asyncio.run(run(args.calls, base))
+        figures["no_network"] = asyncio.run(chain_only())
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -171,6 +203,8 @@ def main() -> None:
     print(f"chain adds {figures['chain_added_cpu_p50_ms']:.3f} ms CPU at p50 over the direct"
           f" SDK call ({figures['chain_over_provider_cpu_p50_ms']:.3f} ms over the bare"
           f" provider), {figures['chain_added_wall_p50_ms']:.3f} ms wall")
+    print(f"the chain alone (no network, {figures['no_network']['calls']} calls): "
+          f"{figures['no_network']['chain_only_us']:.1f} µs CPU per call")
 
 
 if __name__ == "__main__":
