@@ -33,10 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Bot, Message
+from backend.metrics import metrics_app
 from backend.schemas import MessageMeta, TopicWeights
 from backend.settings import Settings
 from backend.stores import chats as chat_store
@@ -269,12 +270,13 @@ async def ready(request: Request) -> JSONResponse:
 
 
 def create_app(state: ListenerState) -> Starlette:
-    """The listener's ASGI app (webhook route, health routes)."""
+    """The listener's ASGI app (webhook route, health routes, ``/metrics``)."""
     app = Starlette(
         routes=[
             Route("/webhook/{bot_id}", webhook, methods=["POST"]),
             Route("/health/live", live),
             Route("/health/ready", ready),
+            Mount("/metrics", app=metrics_app()),
         ]
     )
     app.state.listener = state

@@ -414,9 +414,12 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
         ConfigError, StorageError: when the database or the secrets are unusable.
     """
     from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.metrics import serve_metrics
     from behavior_engine.llm.factory import build_chain, close_chain
 
     await upgrade(settings.effective_database_url)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.listener_host, settings.metrics_port)
     engine = make_engine(settings.effective_database_url)
     sessionmaker = make_sessionmaker(engine)
     ledger = Ledger(sessionmaker, settings.llm_prices)

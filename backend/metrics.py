@@ -7,7 +7,9 @@ Each process serves its own ``/metrics`` (the listener app mounts it; see
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, make_asgi_app, start_http_server
 from prometheus_client.registry import REGISTRY
 
 LLM_CALLS = Counter(
@@ -48,6 +50,15 @@ LLM_BREAKER_OPEN = Gauge(
 )
 
 
-def metrics_app() -> object:
+def metrics_app() -> Any:
     """An ASGI app serving the default registry in the Prometheus text format."""
     return make_asgi_app(REGISTRY)
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread (processes without HTTP).
+
+    Raises:
+        OSError: when the port is taken.
+    """
+    start_http_server(port, addr=host, registry=REGISTRY)

@@ -206,3 +206,13 @@ async def test_health(client: tuple[httpx.AsyncClient, int, ListenerState]) -> N
     c, _, _ = client
     assert (await c.get("/health/live")).json() == {"status": "live"}
     assert (await c.get("/health/ready")).status_code == 200
+
+
+async def test_metrics_served(client: tuple[httpx.AsyncClient, int, ListenerState]) -> None:
+    from backend import metrics
+
+    metrics.LLM_ANSWERS.labels("offline").inc(0)
+    c, _, _ = client
+    r = await c.get("/metrics/")
+    assert r.status_code == 200
+    assert "botsim_llm_answers_total" in r.text and "botsim_llm_calls_total" in r.text
