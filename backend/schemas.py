@@ -161,29 +161,26 @@ class HoldingList(_Strict):
     _unique = field_validator("items")(classmethod(lambda cls, v: _unique_symbols(v)))
 
 
-class Persona(_Strict):
-    """A whole persona as written in ``bots/personas/*.yaml``.
+class Persona(PersonaProfile):
+    """A whole persona as written in ``bots/personas/*.yaml``: the profile fields (see
+    :class:`PersonaProfile`, flattened in the file) plus these.
 
     Attributes:
         name: display name (``Mehmet Yatırımcı``), 1–64 characters.
         username: Telegram username, must end in "bot" (Telegram's rule for bot accounts).
-        profile fields: see :class:`PersonaProfile` (flattened in the file).
         stances: views on topics, one per topic.
         holdings: positions, one per symbol.
     """
 
     name: str = Field(min_length=1, max_length=64)
     username: str
-    role: str = Field(min_length=1, max_length=80)
-    language: Literal["tr", "en"]
-    bio: str = Field(min_length=1, max_length=4000)
-    style: Style
-    topics: dict[TopicId, float] = Field(min_length=1)
-    talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
-    mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
-    llm_providers: list[str] | None = None
     stances: list[Stance] = Field(default_factory=list)
     holdings: list[Holding] = Field(default_factory=list)
+
+    _unique_stances = field_validator("stances")(classmethod(lambda cls, v: _unique_topics(v)))
+    _unique_holdings = field_validator("holdings")(
+        classmethod(lambda cls, v: _unique_symbols(v))
+    )
 
     @field_validator("username")
     @classmethod
@@ -195,23 +192,10 @@ class Persona(_Strict):
             )
         return v
 
-    _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
-    _unique_stances = field_validator("stances")(classmethod(lambda cls, v: _unique_topics(v)))
-    _unique_holdings = field_validator("holdings")(
-        classmethod(lambda cls, v: _unique_symbols(v))
-    )
-
     def profile(self) -> PersonaProfile:
         """Return the stable profile part stored in ``bots.persona``."""
-        return PersonaProfile(
-            role=self.role,
-            language=self.language,
-            bio=self.bio,
-            style=self.style,
-            topics=self.topics,
-            talkativeness=self.talkativeness,
-            mood_baseline=self.mood_baseline,
-            llm_providers=self.llm_providers,
+        return PersonaProfile.model_validate(
+            self.model_dump(include=set(PersonaProfile.model_fields))
         )
 
 
