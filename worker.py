@@ -44,7 +44,7 @@ from backend.stores import settings as settings_store
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
-from behavior_engine.prompt_builder import build_request
+from behavior_engine.prompt_builder import MEMORY_ITEMS, build_request
 from behavior_engine.scheduler import (
     HUMAN_WAIT_MAX,
     BotView,
@@ -304,6 +304,7 @@ class Worker:
             topic=turn.topic,
             market=snapshot,
             history=tuple(to_line(m, self._bots) for m in recent),
+            memories=tuple(m.text for m in recent if m.bot_id == bot.id)[-MEMORY_ITEMS:],
             reply_to=turn.reply_to,
             bot_id=bot.id,
             chat_id=turn.chat_id,

@@ -2,25 +2,46 @@
 
 Layers, each a small function of the :class:`TurnContext`:
 
-1. :func:`persona_core` — identity, background, language and style rules (stable: no
-   timestamps or ids, byte-identical between turns of the same bot);
-2. :func:`stances_and_holdings` — views and positions with current P&L;
+1. :func:`persona_core` — identity, background, language and style rules. Stable: no
+   timestamps, ids, prices or moods, so it is byte-identical between turns of the same bot
+   and providers serve it from their prefix cache (OpenAI and Groq cache identical prompt
+   prefixes; Gemini reports ``cachedContentTokenCount``);
+2. :func:`stances_and_holdings` — views and positions with the P&L now;
 3. :func:`mood_layer` — the mood now;
-4. :func:`history_layer` — the chat's recent messages, oldest first, trimmed to a budget;
-5. :func:`instruction` — the reply target and what to write this turn.
+4. :func:`memory_layer` — what the bot said before (keeps its voice and views consistent);
+5. :func:`history_layer` — the chat's recent messages, oldest first, trimmed to a token
+   budget (the oldest go first);
+6. :func:`instruction` — the reply target and what to write this turn.
 
-Output: OpenAI-style chat messages ``[{"role": "system"|"user", "content": str}]``.
+Output: OpenAI-style chat messages ``[{"role": "system"|"user", "content": str}]``: layer 1
+alone in the first message, 2–4 in the second, 5–6 in the last.
+
+Tokens are counted with :func:`count_tokens`, a documented estimate rather than a
+tokenizer: tiktoken downloads its BPE tables on first use, which a machine without network
+cannot, and each provider tokenizes differently anyway. The estimate — one token per 4 UTF-8
+bytes, at least one per word — is within about 15 % of the GPT-4o and Llama 3 tokenizers on
+Turkish and English chat text (Turkish letters take 2 bytes, and Turkish words split into
+more tokens, so counting bytes rather than characters follows them).
 """
 
 from __future__ import annotations
 
 from behavior_engine.turn import ChatLine, GenerationRequest, TurnContext
 
-#: Characters of history kept (about 4 characters per token: ~1,000 tokens).
-HISTORY_CHAR_BUDGET = 4000
+#: Tokens of chat history a prompt carries at most (the oldest messages are dropped first).
+HISTORY_TOKEN_BUDGET = 1000
+#: Own earlier messages recalled in the memory layer.
+MEMORY_ITEMS = 3
 
 _LANG = {"tr": "Turkish", "en": "English"}
 _LENGTH = {"short": "at most 8 words", "medium": "8 to 20 words", "long": "20 to 45 words"}
+
+
+def count_tokens(text: str) -> int:
+    """Estimated tokens of ``text``: max(UTF-8 bytes / 4, words), rounded up (see module)."""
+    if not text:
+        return 0
+    return max(-(-len(text.encode("utf-8")) // 4), len(text.split()))
 
 
 def persona_core(ctx: TurnContext) -> str:
@@ -58,31 +79,50 @@ def mood_layer(ctx: TurnContext) -> str:
     return f"Your mood now: {ctx.mood:+.2f} on a scale from -1 (gloomy) to +1 (euphoric)."
 
 
+def memory_layer(ctx: TurnContext, items: int = MEMORY_ITEMS) -> str:
+    """Layer 4: the newest ``items`` of the bot's memories (empty when it has none)."""
+    said = ctx.memories[-items:]
+    if not said:
+        return ""
+    return "You said lately (stay consistent, do not repeat yourself):\n" + "\n".join(
+        f"- {text}" for text in said
+    )
+
+
 def _line(m: ChatLine) -> str:
     who = m.speaker + ("" if m.is_human else " [bot]")
     return f"#{m.telegram_message_id} {who}: {m.text}"
 
 
-def history_layer(ctx: TurnContext, budget_chars: int = HISTORY_CHAR_BUDGET) -> str:
-    """Layer 4: recent messages, oldest first; the oldest are dropped to fit the budget."""
+def trim_history(
+    history: tuple[ChatLine, ...], budget_tokens: int = HISTORY_TOKEN_BUDGET
+) -> list[str]:
+    """The newest lines of ``history`` that fit ``budget_tokens``, oldest first."""
     lines: list[str] = []
     used = 0
-    for m in reversed(ctx.history):
+    for m in reversed(history):
         line = _line(m)
-        if used + len(line) + 1 > budget_chars:
+        cost = count_tokens(line) + 1  # +1: the newline between lines
+        if used + cost > budget_tokens:
             break
         lines.append(line)
-        used += len(line) + 1
+        used += cost
     lines.reverse()
+    return lines
+
+
+def history_layer(ctx: TurnContext, budget_tokens: int = HISTORY_TOKEN_BUDGET) -> str:
+    """Layer 5: the market now and recent messages, oldest first, within ``budget_tokens``."""
     market = ", ".join(
         f"{sym} {price:g} ({ctx.market.change_pct.get(sym, 0.0):+.2f} %)"
         for sym, price in sorted(ctx.market.prices.items())
     )
+    lines = trim_history(ctx.history, budget_tokens)
     return f"Market now: {market}\nRecent messages:\n" + ("\n".join(lines) or "(none)")
 
 
 def instruction(ctx: TurnContext) -> str:
-    """Layer 5: what to write this turn (the reply target, if any, and the topic)."""
+    """Layer 6: what to write this turn (the reply target, if any, and the topic)."""
     if ctx.reply_to is not None:
         return (
             f"Reply to #{ctx.reply_to.telegram_message_id} from {ctx.reply_to.speaker}: "
@@ -92,15 +132,26 @@ def instruction(ctx: TurnContext) -> str:
     return f"Write one new message about {ctx.topic}. Write only the message text."
 
 
-def build_request(ctx: TurnContext, *, max_chars: int = 4096) -> GenerationRequest:
+def build_request(
+    ctx: TurnContext, *, max_chars: int = 4096, history_tokens: int = HISTORY_TOKEN_BUDGET
+) -> GenerationRequest:
     """Assemble the layered prompt for ``ctx``.
+
+    Args:
+        ctx: the turn's context.
+        max_chars: the longest text the provider may return (Telegram: 4096).
+        history_tokens: the token budget of the history layer.
 
     Returns:
         A request whose first message (the persona prefix) depends only on the persona.
     """
+    middle = "\n".join(
+        part for part in (stances_and_holdings(ctx), mood_layer(ctx), memory_layer(ctx)) if part
+    )
     messages = [
         {"role": "system", "content": persona_core(ctx)},
-        {"role": "system", "content": stances_and_holdings(ctx) + "\n" + mood_layer(ctx)},
-        {"role": "user", "content": history_layer(ctx) + "\n\n" + instruction(ctx)},
+        {"role": "system", "content": middle},
+        {"role": "user", "content": history_layer(ctx, history_tokens) + "\n\n"
+         + instruction(ctx)},
     ]
     return GenerationRequest(messages=messages, context=ctx, max_chars=max_chars)

@@ -98,6 +98,7 @@ class TurnContext:
         reply_to: the message to answer, or None.
         seed: seed for deterministic generation.
         bot_id / chat_id: our ids of the bot and the chat (for the cost ledger).
+        memories: things the bot said or learned earlier, oldest first (the memory layer).
     """
 
     turn_id: str
@@ -115,6 +116,7 @@ class TurnContext:
     seed: int
     bot_id: int | None = None
     chat_id: int | None = None
+    memories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
