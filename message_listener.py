@@ -322,7 +322,7 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     from backend.db.session import make_engine, make_sessionmaker, upgrade
 
     await upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
     sm = make_sessionmaker(engine)
     state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret)
     await state.refresh_bots()

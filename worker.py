@@ -421,7 +421,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     await upgrade(settings.effective_database_url)
     if settings.metrics_port is not None:
         serve_metrics(settings.listener_host, settings.metrics_port)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
     sessionmaker = make_sessionmaker(engine)
     ledger = Ledger(sessionmaker, settings.llm_prices)
     chain = build_chain(settings.llm_providers, recorder=ledger)

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
             ``/webhook/<bot_id>``.
         listener_host / listener_port: where the listener binds.
         tick_seconds: how often the worker's scheduler decides turns, seconds (0.1–60).
+        db_pool_size: PostgreSQL connections per process (as many again may overflow).
         metrics_port: where the worker serves ``/metrics`` (on ``listener_host``); None: not
             served (the listener always serves it on its own port).
         llm_providers: the provider chain in order (JSON list of ``ProviderSettings``); empty:
@@ -66,6 +67,7 @@ class Settings(BaseSettings):
     listener_host: str = "127.0.0.1"
     listener_port: int = Field(default=8082, ge=0, le=65535)
     tick_seconds: float = Field(default=1.0, ge=0.1, le=60.0)
+    db_pool_size: int = Field(default=5, ge=1, le=100)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     llm_providers: list[ProviderSettings] = Field(default_factory=list)
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))

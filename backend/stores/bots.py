@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import TokenCipher
@@ -72,6 +72,7 @@ async def list_bots(session: AsyncSession, *, enabled_only: bool = False) -> Seq
 
 
 async def set_mood(session: AsyncSession, *, bot_id: int, mood: float) -> None:
-    """Store a bot's mood, clamped to [-1, 1]."""
-    bot = await get_bot(session, bot_id=bot_id)
-    bot.mood = max(-1.0, min(1.0, mood))
+    """Store a bot's mood, clamped to [-1, 1] (one UPDATE, no read)."""
+    await session.execute(
+        update(Bot).where(Bot.id == bot_id).values(mood=max(-1.0, min(1.0, mood)))
+    )
