@@ -35,13 +35,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from backend.cache import TwoLayerCache
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Bot, Message
+from backend.invalidation import KIND_HISTORY
 from backend.metrics import metrics_app
 from backend.schemas import MessageMeta, TopicWeights
 from backend.settings import Settings
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
+from behavior_engine.reads import CachedReads, HistoryItem
 from bots.telegram import BotClient
 
 log = logging.getLogger("botsim.listener")
@@ -122,12 +125,15 @@ class ListenerState:
     Attributes:
         sessionmaker: database sessions.
         webhook_secret: the master secret each bot's ``secret_token`` is derived from.
+        reads: the cached reads whose chat histories new messages are appended to (None:
+            no cache to keep true).
         bots: cache of bot id → Telegram user id, refreshed from the database on a miss.
         stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``).
     """
 
     sessionmaker: async_sessionmaker[AsyncSession]
     webhook_secret: str
+    reads: CachedReads | None = None
     bots: dict[int, int | None] = field(default_factory=dict)
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
@@ -149,12 +155,17 @@ def _error(status: int, description: str) -> JSONResponse:
 async def _store_message(
     session: AsyncSession, state: ListenerState, bot_id: int, update_id: int, msg: TgMessage,
     *, edited: bool,
-) -> bool:
-    """Store ``msg`` (once per chat and message id). Returns True if a row was written."""
+) -> tuple[bool, int | None, HistoryItem | None]:
+    """Store ``msg`` (once per chat and message id).
+
+    Returns:
+        (a row was written, our chat id, the new message as a history item — None for an
+        edit or a message already stored).
+    """
     sender = msg.from_user
     our_bot_ids = {t for t in state.bots.values() if t is not None}
     if sender is not None and sender.id in our_bot_ids:
-        return False  # our own bot: recorded from the send response
+        return False, None, None  # our own bot: recorded from the send response
     chat = await chat_store.get_chat_by_telegram_id(session, telegram_chat_id=msg.chat.id)
     if chat is None:
         # A chat the operator has not registered yet: keep its messages, do not talk there.
@@ -177,19 +188,20 @@ async def _store_message(
         edited=edited,
     )
     created = datetime.fromtimestamp(msg.date, UTC)
+    sender_name = sender.display_name() if sender else (msg.chat.title or "channel")
+    reply_to = msg.reply_to_message.message_id if msg.reply_to_message else None
+    reply_wanted = is_human and bool(text.strip()) and chat.enabled and not edited
     new_id = await message_store.record_incoming(
         session,
         chat_id=chat.id,
         telegram_message_id=msg.message_id,
         text=text,
         sender_id=sender_id,
-        sender_name=sender.display_name() if sender else (msg.chat.title or "channel"),
+        sender_name=sender_name,
         meta=meta,
         created_at=created,
-        reply_to_telegram_message_id=msg.reply_to_message.message_id
-        if msg.reply_to_message
-        else None,
-        reply_wanted=is_human and bool(text.strip()) and chat.enabled and not edited,
+        reply_to_telegram_message_id=reply_to,
+        reply_wanted=reply_wanted,
     )
     if new_id is None and edited:
         await session.execute(
@@ -197,8 +209,15 @@ async def _store_message(
             .where(Message.chat_id == chat.id, Message.telegram_message_id == msg.message_id)
             .values(text=text, meta=meta)
         )
-        return True
-    return new_id is not None
+        return True, chat.id, None
+    if new_id is None:
+        return False, chat.id, None
+    item = HistoryItem(
+        message_id=new_id, telegram_message_id=msg.message_id, bot_id=None,
+        speaker=sender_name, speaker_username=meta.sender_username, is_human=is_human,
+        text=text, created_at=created, reply_to=reply_to, reply_wanted=reply_wanted,
+    )
+    return True, chat.id, item
 
 
 async def webhook(request: Request) -> JSONResponse:
@@ -245,9 +264,15 @@ async def webhook(request: Request) -> JSONResponse:
             state.stats["ignored"] += 1
             log.info("bot %s update %s has no message: ignored", bot_id, upd.update_id)
             return JSONResponse({"ok": True, "ignored": True})
-        stored = await _store_message(
+        stored, chat_id, item = await _store_message(
             session, state, bot_id, upd.update_id, msg, edited=upd.message is None
         )
+    # Committed: now the cached history may show it (appended, or reloaded after an edit).
+    if state.reads is not None and chat_id is not None and stored:
+        if item is not None:
+            await state.reads.appended(chat_id, item)
+        else:
+            await state.reads.cache.invalidate(KIND_HISTORY, str(chat_id))
     if stored:
         state.stats["stored"] += 1
     return JSONResponse({"ok": True, "stored": stored})
@@ -324,7 +349,10 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     await upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
     sm = make_sessionmaker(engine)
-    state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret)
+    cache = TwoLayerCache(redis_url=settings.redis_url)
+    await cache.start()
+    state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret,
+                          reads=CachedReads(cache, sm))
     await state.refresh_bots()
     if register:
         await register_webhooks(
@@ -338,6 +366,7 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     try:
         await uvicorn.Server(config).serve()
     finally:
+        await cache.close()
         await engine.dispose()
 
 

@@ -18,15 +18,15 @@ import asyncio
 import logging
 import sys
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.cache import TwoLayerCache
 from backend.crypto import Secrets
-from backend.db.models import Bot, Message
 from backend.db.types import utcnow
 from backend.errors import (
     TelegramError,
@@ -35,16 +35,17 @@ from backend.errors import (
     TelegramRetryAfter,
     TelegramUnavailable,
 )
+from backend.invalidation import KIND_BOT, KIND_CHATS, invalidate_after_commit
 from backend.schemas import MessageMeta
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
-from backend.stores import settings as settings_store
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
 from behavior_engine.prompt_builder import MEMORY_ITEMS, build_request
+from behavior_engine.reads import BotProfile, CachedReads, HistoryItem, item_from_row
 from behavior_engine.scheduler import (
     HUMAN_WAIT_MAX,
     BotView,
@@ -63,18 +64,35 @@ HISTORY_SIZE = 20
 MAX_LIMIT_WAIT_S = 5.0
 
 
-def to_line(msg: Message, bots: dict[int, Bot]) -> ChatLine:
-    """A stored message as a :class:`ChatLine` (bot messages named after their bot)."""
-    bot = bots.get(msg.bot_id) if msg.bot_id is not None else None
+def to_line(item: HistoryItem) -> ChatLine:
+    """A cached history item as the :class:`ChatLine` the scheduler and prompts read."""
     return ChatLine(
-        telegram_message_id=msg.telegram_message_id,
-        speaker=bot.name if bot else (msg.sender_name or str(msg.sender_id)),
-        speaker_username=bot.username if bot else msg.meta.sender_username,
-        is_human=msg.bot_id is None and not msg.meta.sender_is_bot,
-        text=msg.text,
-        bot_id=msg.bot_id,
-        created_at=msg.created_at,
+        telegram_message_id=item.telegram_message_id,
+        speaker=item.speaker,
+        speaker_username=item.speaker_username,
+        is_human=item.is_human,
+        text=item.text,
+        bot_id=item.bot_id,
+        created_at=item.created_at,
     )
+
+
+def waiting_messages(
+    history: Sequence[HistoryItem], now: datetime
+) -> list[WaitingMessage]:
+    """Human messages of ``history`` that want an answer none of our bots has given yet."""
+    answered = {i.reply_to for i in history if i.bot_id is not None and i.reply_to is not None}
+    bot_of = {i.telegram_message_id: i.bot_id for i in history if i.bot_id is not None}
+    return [
+        WaitingMessage(
+            message_id=i.message_id,
+            line=to_line(i),
+            reply_to_bot_id=bot_of.get(i.reply_to) if i.reply_to is not None else None,
+        )
+        for i in history
+        if i.reply_wanted and i.telegram_message_id not in answered
+        and i.created_at >= now - HUMAN_WAIT_MAX
+    ]
 
 
 class Worker:
@@ -89,6 +107,7 @@ class Worker:
         market: the market feed (holdings P&L → mood).
         limiter: Telegram's send limits (a fresh in-process one by default).
         clock: aware UTC now (injectable for tests).
+        reads: the cached reads (default: an in-memory cache over ``sessionmaker``).
 
     Attributes:
         stats: counters: ``ticks``, ``turns``, ``sent``, ``rate_limited``, ``failed``,
@@ -107,6 +126,7 @@ class Worker:
         ledger: Ledger | None = None,
         limiter: TelegramLimiter | None = None,
         clock: Callable[[], datetime] = utcnow,
+        reads: CachedReads | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -119,7 +139,10 @@ class Worker:
         self.scheduler = Scheduler(seed=settings.seed)
         self.stats: Counter[str] = Counter()
         self._clients: dict[int, BotClient] = {}
-        self._bots: dict[int, Bot] = {}
+        self.reads = reads or CachedReads(TwoLayerCache(redis_url=None), sessionmaker)
+        # Send times per bot in the last hour, for the hourly budgets (this process's sends;
+        # loaded from the database at start).
+        self._sent: dict[int, deque[datetime]] = defaultdict(deque)
         self._busy: set[int] = set()
         self._in_flight: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Outcome]] = set()
@@ -148,7 +171,9 @@ class Worker:
                     await client.close()
                     continue
                 self._clients[bot.id] = client
-                self._bots[bot.id] = bot
+            since = self.clock() - timedelta(hours=1)
+            for bot_id, when in await message_store.bot_send_times(session, since=since):
+                self._sent[bot_id].append(when)
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._aps.add_job(
             self.tick,
@@ -198,58 +223,43 @@ class Worker:
 
     async def _decide(self) -> list[Turn]:
         now = self.clock()
+        sim = await self.reads.settings()
+        if not sim.simulation_active:
+            return []
         turns: list[Turn] = []
-        async with self.sessionmaker() as session:
-            sim = await settings_store.get_settings(session)
-            if not sim.simulation_active:
-                return []
-            counts = await message_store.bot_message_counts(
-                session, since=now - timedelta(hours=1)
+        for chat in await self.reads.chats():
+            members = [b for b in chat.bot_ids if b in self._clients]
+            if not members:
+                continue
+            history = await self.reads.history(chat.id)
+            view = ChatView(
+                chat_id=chat.id,
+                telegram_chat_id=chat.telegram_chat_id,
+                topics=chat.topics,
+                sent_last_minute=sum(
+                    1 for i in history
+                    if i.bot_id is not None and i.created_at >= now - timedelta(seconds=60)
+                ),
+                recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
+                waiting=waiting_messages(history, now),
+                in_flight=self._in_flight[chat.id],
             )
-            for chat in await chat_store.list_chats(session, enabled_only=True):
-                members = [b for b in await chat_store.chat_bots(session, chat_id=chat.id)
-                           if b.id in self._clients]
-                if not members:
-                    continue
-                view = await self._chat_view(session, chat.id, chat.telegram_chat_id,
-                                             chat.topics.weights, now)
-                bot_views = [self._bot_view(b, counts, chat.id) for b in members]
-                turns.extend(self.scheduler.decide(view, bot_views, sim, now))
+            bot_views = [
+                self._bot_view(await self.reads.bot(b), chat.telegram_chat_id, now)
+                for b in members
+            ]
+            turns.extend(self.scheduler.decide(view, bot_views, sim, now))
         self.stats["turns"] += len(turns)
         return turns
 
-    async def _chat_view(
-        self, session: AsyncSession, chat_id: int, tg_chat_id: int, topics: dict[str, float],
-        now: datetime,
-    ) -> ChatView:
-        recent = await message_store.recent_messages(session, chat_id=chat_id, limit=HISTORY_SIZE)
-        waiting_rows = await message_store.waiting_for_reply(
-            session, chat_id=chat_id, since=now - HUMAN_WAIT_MAX
-        )
-        bot_by_tg = {m.telegram_message_id: m.bot_id for m in recent if m.bot_id is not None}
-        waiting = [
-            WaitingMessage(
-                message_id=m.id,
-                line=to_line(m, self._bots),
-                reply_to_bot_id=bot_by_tg.get(m.reply_to_telegram_message_id or -1),
-            )
-            for m in waiting_rows
-        ]
-        sent_minute = await message_store.chat_bot_message_count(
-            session, chat_id=chat_id, since=now - timedelta(seconds=60)
-        )
-        return ChatView(
-            chat_id=chat_id,
-            telegram_chat_id=tg_chat_id,
-            topics=topics,
-            sent_last_minute=sent_minute,
-            recent=[to_line(m, self._bots) for m in recent],
-            waiting=waiting,
-            in_flight=self._in_flight[chat_id],
-        )
+    def _sent_last_hour(self, bot_id: int, now: datetime) -> int:
+        times = self._sent[bot_id]
+        while times and times[0] < now - timedelta(hours=1):
+            times.popleft()
+        return len(times)
 
-    def _bot_view(self, bot: Bot, counts: dict[int, int], chat_id: int) -> BotView:
-        wait = self.limiter.wait_time(bot.id, chat_id)
+    def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime) -> BotView:
+        wait = self.limiter.wait_time(bot.id, tg_chat_id)
         if bot.id in self._busy:
             wait = max(wait, 1.0)
         return BotView(
@@ -258,7 +268,7 @@ class Worker:
             username=bot.username,
             talkativeness=bot.persona.talkativeness,
             topics=bot.persona.topics,
-            sent_last_hour=counts.get(bot.id, 0),
+            sent_last_hour=self._sent_last_hour(bot.id, now),
             send_wait=wait,
         )
 
@@ -282,41 +292,39 @@ class Worker:
         self.stats[outcome.status] += 1
         return outcome
 
-    async def _context(self, turn: Turn, now: datetime) -> tuple[TurnContext, float]:
-        async with self.sessionmaker() as session:
-            bot = await bot_store.get_bot(session, bot_id=turn.bot_id)
-            recent = await message_store.recent_messages(
-                session, chat_id=turn.chat_id, limit=HISTORY_SIZE
-            )
-        self._bots[bot.id] = bot
+    async def _context(
+        self, turn: Turn, now: datetime
+    ) -> tuple[TurnContext, BotProfile, float]:
+        bot = await self.reads.bot(turn.bot_id)
+        history = (await self.reads.history(turn.chat_id))[-HISTORY_SIZE:]
         snapshot = self.market.snapshot(now)
-        pnl = holdings_pnl_pct(bot.holdings.items, snapshot)
+        pnl = holdings_pnl_pct(bot.holdings, snapshot)
         mood = mood_from_pnl(bot.persona.mood_baseline, pnl)
         ctx = TurnContext(
             turn_id=turn.turn_id,
             bot_name=bot.name,
             bot_username=bot.username,
             profile=bot.persona,
-            stances=tuple(bot.stances.items),
-            holdings=tuple(bot.holdings.items),
+            stances=tuple(bot.stances),
+            holdings=tuple(bot.holdings),
             mood=mood,
             pnl_pct=pnl,
             topic=turn.topic,
             market=snapshot,
-            history=tuple(to_line(m, self._bots) for m in recent),
-            memories=tuple(m.text for m in recent if m.bot_id == bot.id)[-MEMORY_ITEMS:],
+            history=tuple(to_line(i) for i in history),
+            memories=tuple(i.text for i in history if i.bot_id == bot.id)[-MEMORY_ITEMS:],
             reply_to=turn.reply_to,
             bot_id=bot.id,
             chat_id=turn.chat_id,
             seed=zlib.crc32(f"{self.settings.seed}:{turn.turn_id}".encode()),
         )
-        return ctx, mood
+        return ctx, bot, mood
 
     async def _run_turn(self, turn: Turn) -> Outcome:
         client = self._clients.get(turn.bot_id)
         if client is None:
             return Outcome(turn=turn, status="skipped", error="bot not connected")
-        ctx, mood = await self._context(turn, self.clock())
+        ctx, bot, mood = await self._context(turn, self.clock())
         try:
             await client.send_typing(chat_id=turn.telegram_chat_id)
         except TelegramError as exc:  # "typing…" is decoration: never worth a lost turn
@@ -358,31 +366,28 @@ class Worker:
             return Outcome(turn=turn, status="failed", error=str(exc))
         except TelegramError as exc:
             return Outcome(turn=turn, status="failed", error=str(exc))
-        await self._record(turn, sent, generation.text, generation.provider, generation.model,
-                           reply_id, mood)
+        await self._record(turn, bot, sent, generation.text, generation.provider,
+                           generation.model, reply_id, mood)
         return Outcome(turn=turn, status="sent", telegram_message_id=sent.message_id)
 
     async def _record(
-        self, turn: Turn, sent: SentMessage, text: str, provider: str, model: str | None,
-        reply_id: int | None, mood: float,
+        self, turn: Turn, bot: BotProfile, sent: SentMessage, text: str, provider: str,
+        model: str | None, reply_id: int | None, mood: float,
     ) -> None:
+        """Store the sent message (and the answered flag and the mood) in one transaction,
+        then add it to the chat's cached history."""
+        when = sent.date if sent.date.tzinfo else sent.date.replace(tzinfo=UTC)
         async with self.sessionmaker() as session, session.begin():
-            await message_store.record_sent(
+            msg = await message_store.record_sent(
                 session,
                 chat_id=turn.chat_id,
                 bot_id=turn.bot_id,
                 turn_id=turn.turn_id,
                 telegram_message_id=sent.message_id,
                 text=text,
-                meta=MessageMeta(
-                    provider=provider,
-                    model=model,
-                    topic=turn.topic,
-                    sender_is_bot=True,
-                    sender_username=self._bots[turn.bot_id].username
-                    if turn.bot_id in self._bots else None,
-                ),
-                created_at=sent.date if sent.date.tzinfo else sent.date.replace(tzinfo=UTC),
+                meta=MessageMeta(provider=provider, model=model, topic=turn.topic,
+                                 sender_is_bot=True, sender_username=bot.username),
+                created_at=when,
                 reply_to_telegram_message_id=reply_id,
             )
             if turn.reply_to is not None and turn.reply_to.is_human:
@@ -391,18 +396,23 @@ class Worker:
                     telegram_message_ids=[turn.reply_to.telegram_message_id],
                 )
             await bot_store.set_mood(session, bot_id=turn.bot_id, mood=mood)
+        self._sent[turn.bot_id].append(self.clock())
+        await self.reads.appended(turn.chat_id, item_from_row(msg, bot.name, bot.username))
 
     async def _leave_chat(self, turn: Turn, exc: TelegramError) -> None:
         """403 in a chat (kicked, or not a member): stop posting there, tell the operator."""
         log.error("bot %s removed from chat %s: %s", turn.bot_id, turn.telegram_chat_id, exc)
         async with self.sessionmaker() as session, session.begin():
-            await chat_store.remove_bot(session, chat_id=turn.chat_id, bot_id=turn.bot_id)
+            await chat_store.remove_bot(session, chat_id=turn.chat_id, bot_id=turn.bot_id,
+                                        cache=self.reads.cache)
 
     async def _disable(self, bot_id: int, exc: TelegramError) -> None:
         log.error("bot %s disabled: %s", bot_id, exc)
         async with self.sessionmaker() as session, session.begin():
             bot = await bot_store.get_bot(session, bot_id=bot_id)
             bot.enabled = False
+            invalidate_after_commit(session, self.reads.cache, KIND_BOT, str(bot_id))
+            invalidate_after_commit(session, self.reads.cache, KIND_CHATS, "enabled")
         client = self._clients.pop(bot_id, None)
         if client is not None:
             await client.close()
@@ -425,6 +435,8 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     sessionmaker = make_sessionmaker(engine)
     ledger = Ledger(sessionmaker, settings.llm_prices)
     chain = build_chain(settings.llm_providers, recorder=ledger)
+    cache = TwoLayerCache(redis_url=settings.redis_url)
+    await cache.start()
     worker = Worker(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -432,6 +444,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
         chain=chain,
         ledger=ledger,
         market=MarketFeed(seed=settings.seed, start=utcnow()),
+        reads=CachedReads(cache, sessionmaker),
     )
     await worker.start()
     try:
@@ -439,6 +452,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     finally:
         await worker.stop()
         await close_chain(chain)
+        await cache.close()
         await engine.dispose()
 
 

@@ -32,6 +32,7 @@ from rich.markup import escape
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.cache import TwoLayerCache
 from backend.crypto import resolve_secrets
 from backend.db.models import Bot, Message
 from backend.db.session import make_engine, make_sessionmaker, upgrade
@@ -195,6 +196,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     from behavior_engine.llm.factory import build_chain, close_chain
     from behavior_engine.llm.ledger import Ledger
     from behavior_engine.market import MarketFeed
+    from behavior_engine.reads import CachedReads
     from bots.personas import load_persona_dir
     from message_listener import ListenerState, create_app, register_webhooks
     from worker import Worker
@@ -234,9 +236,13 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     started = time.monotonic()
     run_start: datetime = utcnow()
     worker: Worker | None = None
+    cache = TwoLayerCache(redis_url=settings.redis_url)
+    reads = CachedReads(cache, sessionmaker)
     listener_state = ListenerState(sessionmaker=sessionmaker,
-                                   webhook_secret=secrets.webhook_secret)
+                                   webhook_secret=secrets.webhook_secret, reads=reads)
     try:
+        await cache.start()
+        stack.push_async_callback(cache.close)
         await sandbox.start()
         stack.push_async_callback(sandbox.stop)
         await listener_state.refresh_bots()
@@ -265,6 +271,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             chain=chain,
             ledger=ledger,
             market=MarketFeed(seed=settings.seed, start=run_start),
+            reads=reads,
         )
         await worker.start()
         stack.push_async_callback(worker.stop)

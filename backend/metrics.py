@@ -49,6 +49,28 @@ LLM_BREAKER_OPEN = Gauge(
     ["provider"],
 )
 
+CACHE_REQUESTS = Counter(
+    "botsim_cache_requests_total",
+    "Two-layer cache lookups by layer (l1, l2, loader), kind and result (hit, miss; the"
+    " loader counts hit for a value loaded, error for a loader that raised).",
+    ["layer", "kind", "result"],
+)
+CACHE_REDIS_ERRORS = Counter(
+    "botsim_cache_redis_errors_total",
+    "Redis commands of the cache that failed (connection refused/reset, timeout, error"
+    " reply); the cache then serves from L1 and the loader.",
+)
+CACHE_REDIS_UP = Gauge(
+    "botsim_cache_redis_up",
+    "1 while the cache's Redis (L2 and invalidation channel) is connected, 0 while degraded.",
+)
+CACHE_INVALIDATIONS = Counter(
+    "botsim_cache_invalidations_total",
+    "Cache entries dropped from L1, by kind and origin (local call, or remote event"
+    " received on the invalidation channel).",
+    ["kind", "origin"],
+)
+
 
 def metrics_app() -> Any:
     """An ASGI app serving the default registry in the Prometheus text format."""

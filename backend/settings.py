@@ -2,7 +2,7 @@
 
 Nothing in botsim reads ``os.environ`` after this object is built, and nothing builds one at
 import time. Every field can be set by an environment variable named ``BOTSIM_<FIELD>``
-(upper case); the database URL also answers to the conventional ``DATABASE_URL``.
+(upper case); the database and Redis URLs also answer to ``DATABASE_URL`` and ``REDIS_URL``.
 The README's configuration table lists them all.
 
 Operator settings that change while the simulation runs (``simulation_active``, hourly
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
         database_url: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/botsim.db``.
             PostgreSQL: ``postgresql+asyncpg://user@host:5432/db`` (``postgresql://`` is
             accepted and given the asyncpg driver).
+        redis_url: Redis URL of the cache's second layer and its invalidation channel; None
+            (the embedded default): each process caches in its own memory only.
         fernet_key: Fernet key (urlsafe base64, 32 bytes) that encrypts bot tokens at rest.
         webhook_secret: master secret from which each bot's webhook ``secret_token`` is
             derived (HMAC-SHA256), at least 32 characters.
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".botsim")
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("BOTSIM_DATABASE_URL", "DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("BOTSIM_REDIS_URL", "REDIS_URL")
     )
     fernet_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None

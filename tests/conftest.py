@@ -1,8 +1,9 @@
-"""Shared fixtures: one storage fixture parametrized over SQLite and PostgreSQL.
+"""Shared fixtures: one storage fixture parametrized over SQLite and PostgreSQL; Redis.
 
 PostgreSQL tests use a dedicated database ``botsim_test`` on 127.0.0.1:5432 (user
 ``postgres``), migrated once per session with Alembic and truncated before each test.
-When PostgreSQL is not reachable they skip with the reason, unless ``CI`` is set: then
+Redis tests use database index 13 on 127.0.0.1:6379, flushed before each test.
+When a service is not reachable its tests skip with the reason, unless ``CI`` is set: then
 they fail, so CI can never pass by skipping.
 """
 
@@ -31,6 +32,7 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "botsim_test"
 PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
+REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 
 
 def service_missing(what: str, why: str) -> None:
@@ -107,3 +109,21 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 def cipher() -> TokenCipher:
     """A token cipher with a key made for this test."""
     return TokenCipher(Fernet.generate_key().decode())
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The URL of Redis database 13 on 127.0.0.1:6379, flushed (FLUSHDB) for this test.
+
+    Pub/sub channels are not per database: tests that publish use their own namespace.
+    """
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        service_missing("Redis at 127.0.0.1:6379", f"{type(exc).__name__}: {exc}")
+    finally:
+        client.close()
+    return REDIS_TEST_URL

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.cache import TwoLayerCache
 from backend.crypto import TokenCipher
 from backend.db.models import Bot
 from backend.errors import NotFound, ValidationFailed
+from backend.invalidation import KIND_BOT, KIND_CHATS, invalidate_after_commit
 from backend.schemas import HoldingList, Persona, StanceList
 
 
@@ -26,11 +28,13 @@ def bot_id_from_token(token: str) -> int:
 
 
 async def upsert_persona_bot(
-    session: AsyncSession, *, persona: Persona, token: str, cipher: TokenCipher
+    session: AsyncSession, *, persona: Persona, token: str, cipher: TokenCipher,
+    cache: TwoLayerCache | None = None,
 ) -> Bot:
     """Create the bot for ``persona`` or update the one with its username.
 
-    The token is stored encrypted; the persona's mood starts at its baseline.
+    The token is stored encrypted; the persona's mood starts at its baseline. With a
+    ``cache``, the bot's cached profile is invalidated in every process after the commit.
 
     Returns:
         The bot row (flushed, with its id).
@@ -48,6 +52,8 @@ async def upsert_persona_bot(
     bot.stances = StanceList(items=list(persona.stances))
     bot.holdings = HoldingList(items=list(persona.holdings))
     await session.flush()
+    invalidate_after_commit(session, cache, KIND_BOT, str(bot.id))
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
     return bot
 
 

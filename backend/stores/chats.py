@@ -7,13 +7,16 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.cache import TwoLayerCache
 from backend.db.models import Bot, Chat, ChatBot
 from backend.errors import NotFound
+from backend.invalidation import KIND_CHATS, invalidate_after_commit
 from backend.schemas import TopicWeights
 
 
 async def upsert_chat(
-    session: AsyncSession, *, telegram_chat_id: int, title: str, topics: dict[str, float]
+    session: AsyncSession, *, telegram_chat_id: int, title: str, topics: dict[str, float],
+    cache: TwoLayerCache | None = None,
 ) -> Chat:
     """Create the chat with ``telegram_chat_id`` or update its title and topics."""
     chat = (
@@ -25,22 +28,29 @@ async def upsert_chat(
     chat.title = title
     chat.topics = TopicWeights(weights=topics)
     await session.flush()
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
     return chat
 
 
-async def add_bot(session: AsyncSession, *, chat_id: int, bot_id: int) -> None:
+async def add_bot(
+    session: AsyncSession, *, chat_id: int, bot_id: int, cache: TwoLayerCache | None = None
+) -> None:
     """Make ``bot_id`` a member of ``chat_id`` (idempotent)."""
     if await session.get(ChatBot, (chat_id, bot_id)) is None:
         session.add(ChatBot(chat_id=chat_id, bot_id=bot_id))
         await session.flush()
+        invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
 
 
-async def remove_bot(session: AsyncSession, *, chat_id: int, bot_id: int) -> None:
+async def remove_bot(
+    session: AsyncSession, *, chat_id: int, bot_id: int, cache: TwoLayerCache | None = None
+) -> None:
     """End ``bot_id``'s membership of ``chat_id`` (idempotent)."""
     member = await session.get(ChatBot, (chat_id, bot_id))
     if member is not None:
         await session.delete(member)
         await session.flush()
+        invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
 
 
 async def get_chat(session: AsyncSession, *, chat_id: int) -> Chat:

@@ -181,6 +181,18 @@ async def bot_message_counts(
     return {int(b): int(n) for b, n in (await session.execute(stmt)).all() if b is not None}
 
 
+async def bot_send_times(
+    session: AsyncSession, *, since: datetime
+) -> list[tuple[int, datetime]]:
+    """(bot id, sent at) of every bot message since ``since``, oldest first."""
+    rows = await session.execute(
+        select(Message.bot_id, Message.created_at)
+        .where(Message.bot_id.is_not(None), Message.created_at >= since)
+        .order_by(Message.created_at)
+    )
+    return [(int(b), t) for b, t in rows.all() if b is not None]
+
+
 async def chat_bot_message_count(session: AsyncSession, *, chat_id: int, since: datetime) -> int:
     """Return how many messages our bots sent in ``chat_id`` since ``since``."""
     stmt = select(func.count()).where(

@@ -9,8 +9,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.cache import TwoLayerCache
 from backend.db.models import SettingRow
 from backend.errors import ValidationFailed
+from backend.invalidation import KIND_SETTINGS, invalidate_after_commit
 from backend.schemas import SimulationSettings
 
 
@@ -33,11 +35,12 @@ async def get_settings(session: AsyncSession) -> SimulationSettings:
 
 
 async def update_settings(
-    session: AsyncSession, *, changes: Mapping[str, Any]
+    session: AsyncSession, *, changes: Mapping[str, Any], cache: TwoLayerCache | None = None
 ) -> SimulationSettings:
     """Validate ``changes`` against the current settings and store them.
 
-    Nothing is written unless the whole result is valid.
+    Nothing is written unless the whole result is valid. With a ``cache``, every process's
+    cached settings are invalidated after the commit.
 
     Args:
         changes: field name → new value (``{"max_msgs_per_min": 8}``); nested models as
@@ -65,4 +68,5 @@ async def update_settings(
         else:
             row.value = dumped[key]
     await session.flush()
+    invalidate_after_commit(session, cache, KIND_SETTINGS, "simulation")
     return new

@@ -204,7 +204,9 @@ def test_cli_refuses_bad_persona_file(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 2
-    assert f"{bad}: username:" in proc.stderr and "role: Field required" in proc.stderr
+    assert proc.stderr.startswith(f"{bad}: ")
+    assert "username: Value error, must be 5-32 characters" in proc.stderr
+    assert "role: Field required" in proc.stderr
 
 
 async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> None:

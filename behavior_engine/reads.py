@@ -1,0 +1,200 @@
+"""What the per-message path reads, served from the two-layer cache.
+
+The worker and the listener read bots, chats, chat history and the operator settings
+through :class:`CachedReads`; a warm cache answers without the database. Writers keep it
+true: a stored message is appended to its chat's cached history
+(:meth:`CachedReads.appended`), and a change made through the stores invalidates its key
+after the commit (``backend.invalidation.invalidate_after_commit``), which reaches every
+process's L1 over Redis pub/sub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.cache import PydanticCodec, TwoLayerCache
+from backend.db.models import Bot, Chat, ChatBot, Message
+from backend.invalidation import KIND_BOT, KIND_CHATS, KIND_HISTORY, KIND_SETTINGS
+from backend.schemas import Holding, PersonaProfile, SimulationSettings, Stance
+from backend.stores import settings as settings_store
+
+#: Messages of a chat kept in the cached history (≥ the largest per-minute cap, 20, so the
+#: per-minute count can be read from it).
+HISTORY_LEN = 50
+
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BotProfile(_Frozen):
+    """A bot as the engine reads it (no token: tokens never enter the cache)."""
+
+    id: int
+    name: str
+    username: str
+    telegram_user_id: int | None
+    persona: PersonaProfile
+    stances: list[Stance]
+    holdings: list[Holding]
+    enabled: bool
+
+
+class ChatInfo(_Frozen):
+    """An enabled chat and the ids of its enabled member bots."""
+
+    id: int
+    telegram_chat_id: int
+    title: str
+    topics: dict[str, float]
+    bot_ids: list[int]
+
+
+class HistoryItem(_Frozen):
+    """One message of a chat's cached history.
+
+    Attributes:
+        message_id: ``messages.id``; telegram_message_id: Telegram's id in the chat.
+        bot_id: our bot, or None; speaker / speaker_username: display name and username.
+        is_human: a person (not a bot of ours or anyone's).
+        reply_to: the Telegram id it replies to; reply_wanted: a human waits for an answer.
+        topic: the turn's topic for bot messages.
+    """
+
+    message_id: int
+    telegram_message_id: int
+    bot_id: int | None
+    speaker: str
+    speaker_username: str | None
+    is_human: bool
+    text: str
+    created_at: datetime
+    reply_to: int | None = None
+    reply_wanted: bool = False
+    topic: str | None = None
+
+
+class ChatList(_Frozen):
+    """The cached list of enabled chats."""
+
+    chats: list[ChatInfo]
+
+
+_BOT = PydanticCodec(BotProfile)
+_CHATS = PydanticCodec(ChatList)
+_ITEM = PydanticCodec(HistoryItem)
+_SETTINGS = PydanticCodec(SimulationSettings)
+
+
+def item_from_row(msg: Message, name: str | None, username: str | None) -> HistoryItem:
+    """A history item from a stored message and its bot's name and username (if a bot's)."""
+    return HistoryItem(
+        message_id=msg.id,
+        telegram_message_id=msg.telegram_message_id,
+        bot_id=msg.bot_id,
+        speaker=name or msg.sender_name or str(msg.sender_id),
+        speaker_username=username or msg.meta.sender_username,
+        is_human=msg.bot_id is None and not msg.meta.sender_is_bot,
+        text=msg.text,
+        created_at=msg.created_at,
+        reply_to=msg.reply_to_telegram_message_id,
+        reply_wanted=msg.reply_wanted,
+        topic=msg.meta.topic,
+    )
+
+
+class CachedReads:
+    """The per-message reads, cached (see the module docstring).
+
+    Args:
+        cache: the two-layer cache.
+        sessionmaker: the database, read on a miss.
+    """
+
+    def __init__(
+        self, cache: TwoLayerCache, sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self.cache = cache
+        self.sessionmaker = sessionmaker
+
+    async def settings(self) -> SimulationSettings:
+        """The operator settings."""
+
+        async def load() -> SimulationSettings:
+            async with self.sessionmaker() as session:
+                return await settings_store.get_settings(session)
+
+        return await self.cache.get(KIND_SETTINGS, "simulation", load, codec=_SETTINGS)
+
+    async def chats(self) -> list[ChatInfo]:
+        """Enabled chats with their enabled member bots (one query on a miss)."""
+
+        async def load() -> ChatList:
+            async with self.sessionmaker() as session:
+                rows = (await session.execute(
+                    select(Chat, Bot.id)
+                    .outerjoin(ChatBot, ChatBot.chat_id == Chat.id)
+                    .outerjoin(Bot, (Bot.id == ChatBot.bot_id) & Bot.enabled.is_(True))
+                    .where(Chat.enabled.is_(True))
+                    .order_by(Chat.id, Bot.id)
+                )).all()
+            chats: dict[int, tuple[Chat, list[int]]] = {}
+            for chat, bot_id in rows:
+                entry = chats.setdefault(chat.id, (chat, []))
+                if bot_id is not None:
+                    entry[1].append(int(bot_id))
+            return ChatList(chats=[
+                ChatInfo(id=c.id, telegram_chat_id=c.telegram_chat_id, title=c.title,
+                         topics=c.topics.weights, bot_ids=ids)
+                for c, ids in chats.values()
+            ])
+
+        return (await self.cache.get(KIND_CHATS, "enabled", load, codec=_CHATS)).chats
+
+    async def bot(self, bot_id: int) -> BotProfile:
+        """One bot's profile (one query on a miss).
+
+        Raises:
+            NotFound: no such bot.
+        """
+
+        async def load() -> BotProfile:
+            from backend.stores import bots as bot_store
+
+            async with self.sessionmaker() as session:
+                b = await bot_store.get_bot(session, bot_id=bot_id)
+            return BotProfile(id=b.id, name=b.name, username=b.username,
+                              telegram_user_id=b.telegram_user_id, persona=b.persona,
+                              stances=list(b.stances.items), holdings=list(b.holdings.items),
+                              enabled=b.enabled)
+
+        return await self.cache.get(KIND_BOT, str(bot_id), load, codec=_BOT)
+
+    async def history(self, chat_id: int) -> list[HistoryItem]:
+        """The chat's last :data:`HISTORY_LEN` messages, oldest first (one query on a miss)."""
+
+        async def load() -> Sequence[HistoryItem]:
+            async with self.sessionmaker() as session:
+                rows = (await session.execute(
+                    select(Message, Bot.name, Bot.username)
+                    .outerjoin(Bot, Bot.id == Message.bot_id)
+                    .where(Message.chat_id == chat_id)
+                    .order_by(Message.telegram_message_id.desc())
+                    .limit(HISTORY_LEN)
+                )).all()
+            return [item_from_row(m, n, u) for m, n, u in reversed(rows)]
+
+        return await self.cache.get_list(KIND_HISTORY, str(chat_id), load, codec=_ITEM,
+                                         max_len=HISTORY_LEN)
+
+    async def appended(self, chat_id: int, item: HistoryItem) -> None:
+        """A message was stored (committed): add it to the chat's cached history."""
+        await self.cache.append(KIND_HISTORY, str(chat_id), item, codec=_ITEM,
+                                max_len=HISTORY_LEN)
+
