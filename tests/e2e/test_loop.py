@@ -299,3 +299,68 @@ async def test_demo_with_the_sdks_against_the_sandbox_llm(tmp_path: Path) -> Non
     assert summary["llm_calls"] >= summary["messages"]
     assert summary["llm_cost_usd"] > 0
     assert "writers: groq → openai → gemini → offline" in out.getvalue()
+
+
+async def test_persona_edit_reaches_the_running_workers_next_prompt(
+    world: World, redis_url: str
+) -> None:
+    import uuid
+
+    from backend.cache import TwoLayerCache
+    from backend.schemas import Persona
+    from behavior_engine.llm.chain import ProviderChain
+    from behavior_engine.reads import CachedReads
+    from behavior_engine.turn import Generation, GenerationRequest
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self) -> None:
+            self.prompts: list[str] = []
+
+        async def generate(self, request: GenerationRequest) -> Generation:
+            self.prompts.append(request.messages[0]["content"])
+            return Generation(text=f"kayıt {len(self.prompts)}", provider=self.name)
+
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    worker_cache = TwoLayerCache(redis_url=redis_url, namespace=ns)  # the worker's process
+    admin_cache = TwoLayerCache(redis_url=redis_url, namespace=ns)  # the admin API's process
+    await worker_cache.start()
+    await admin_cache.start()
+    recording = Recording()
+    worker = Worker(settings=world.settings, sessionmaker=world.sessionmaker,
+                    secrets=world.secrets, chain=ProviderChain([], last_resort=recording),
+                    market=MarketFeed(seed=1, start=utcnow()),
+                    reads=CachedReads(worker_cache, world.sessionmaker))
+    marker = "Artık sadece altın konuşur."
+    await worker.start()
+    try:
+        async def warmed() -> bool:
+            return len(recording.prompts) >= 4  # every bot's profile is in the worker's L1
+
+        assert await wait_until(warmed, 30)
+        assert not any(marker in p for p in recording.prompts)
+        async with world.sessionmaker() as s, s.begin():
+            bot = (await bot_store.list_bots(s))[0]
+            persona = Persona.model_validate({
+                **bot.persona.model_dump(), "bio": bot.persona.bio + " " + marker,
+                "name": bot.name, "username": bot.username,
+                "stances": [x.model_dump() for x in bot.stances.items],
+                "holdings": [x.model_dump() for x in bot.holdings.items],
+            })
+            token = world.secrets.cipher().decrypt(bot.token_encrypted)
+            await bot_store.upsert_persona_bot(s, persona=persona, token=token,
+                                               cipher=world.secrets.cipher(), cache=admin_cache)
+        edited_at = len(recording.prompts)
+
+        async def seen() -> bool:
+            return any(marker in p for p in recording.prompts[edited_at:])
+
+        # well inside the L1 TTL (30 s): only the invalidation can explain it
+        assert await wait_until(seen, 10), "the edit never reached a prompt"
+    finally:
+        await worker.stop()
+        await worker_cache.close()
+        await admin_cache.close()
+    stats = worker_cache.stats()
+    assert stats["l1"]["bot"].hits > 0  # the profile was served from memory before the edit
