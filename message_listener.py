@@ -35,7 +35,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from backend.cache import TwoLayerCache
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Bot, Message
 from backend.invalidation import KIND_HISTORY
@@ -349,7 +348,7 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     await upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
     sm = make_sessionmaker(engine)
-    cache = TwoLayerCache(redis_url=settings.redis_url)
+    cache = settings.make_cache()
     await cache.start()
     state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret,
                           reads=CachedReads(cache, sm))

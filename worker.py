@@ -435,7 +435,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     sessionmaker = make_sessionmaker(engine)
     ledger = Ledger(sessionmaker, settings.llm_prices)
     chain = build_chain(settings.llm_providers, recorder=ledger)
-    cache = TwoLayerCache(redis_url=settings.redis_url)
+    cache = settings.make_cache()
     await cache.start()
     worker = Worker(
         settings=settings,

@@ -32,7 +32,6 @@ from rich.markup import escape
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.cache import TwoLayerCache
 from backend.crypto import resolve_secrets
 from backend.db.models import Bot, Message
 from backend.db.session import make_engine, make_sessionmaker, upgrade
@@ -236,7 +235,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     started = time.monotonic()
     run_start: datetime = utcnow()
     worker: Worker | None = None
-    cache = TwoLayerCache(redis_url=settings.redis_url)
+    cache = settings.make_cache()
     reads = CachedReads(cache, sessionmaker)
     listener_state = ListenerState(sessionmaker=sessionmaker,
                                    webhook_secret=secrets.webhook_secret, reads=reads)

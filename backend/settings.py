@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from backend.errors import ConfigError
+
+if TYPE_CHECKING:
+    from backend.cache import TwoLayerCache
 from backend.schemas import DEFAULT_PRICES, ModelPrice, ProviderSettings
 
 _SECRET_MIN_CHARS = 32
@@ -36,6 +39,9 @@ class Settings(BaseSettings):
             accepted and given the asyncpg driver).
         redis_url: Redis URL of the cache's second layer and its invalidation channel; None
             (the embedded default): each process caches in its own memory only.
+        cache_l1_ttl_s: seconds an entry lives in a process's memory. Edits reach every
+            process at once over pub/sub, so this only bounds staleness while Redis is down.
+        cache_l1_size: entries kept in a process's memory (least recently used go first).
         fernet_key: Fernet key (urlsafe base64, 32 bytes) that encrypts bot tokens at rest.
         webhook_secret: master secret from which each bot's webhook ``secret_token`` is
             derived (HMAC-SHA256), at least 32 characters.
@@ -65,6 +71,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("BOTSIM_REDIS_URL", "REDIS_URL")
     )
+    cache_l1_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
+    cache_l1_size: int = Field(default=10_000, ge=100, le=10_000_000)
     fernet_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     telegram_api_url: str = "http://127.0.0.1:8081/bot"
@@ -108,6 +116,13 @@ class Settings(BaseSettings):
         if dupes or "offline" in names:
             raise ValueError(f"provider names must be unique and not 'offline': {dupes or names}")
         return v
+
+    def make_cache(self) -> TwoLayerCache:
+        """The process's two-layer cache from these settings (not started)."""
+        from backend.cache import TwoLayerCache
+
+        return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=self.cache_l1_ttl_s,
+                             l1_size=self.cache_l1_size)
 
     @property
     def effective_database_url(self) -> str:
