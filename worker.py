@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend import metrics
 from backend.cache import TwoLayerCache
 from backend.crypto import Secrets
 from backend.db.types import utcnow
@@ -324,12 +326,15 @@ class Worker:
         client = self._clients.get(turn.bot_id)
         if client is None:
             return Outcome(turn=turn, status="skipped", error="bot not connected")
+        t0 = time.perf_counter()
         ctx, bot, mood = await self._context(turn, self.clock())
+        request = build_request(ctx)
+        metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
         try:
             await client.send_typing(chat_id=turn.telegram_chat_id)
         except TelegramError as exc:  # "typing…" is decoration: never worth a lost turn
             log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
-        result = await self.chain.generate(build_request(ctx), order=ctx.profile.llm_providers)
+        result = await self.chain.generate(request, order=ctx.profile.llm_providers)
         generation = result.generation
         if result.skipped:
             self.stats["fallbacks"] += 1

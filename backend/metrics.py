@@ -72,6 +72,13 @@ CACHE_INVALIDATIONS = Counter(
 )
 
 
+PROMPT_ASSEMBLY = Histogram(
+    "botsim_prompt_assembly_seconds",
+    "Time to read a turn's bot, history and market and build its layered prompt, seconds.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+
 def metrics_app() -> Any:
     """An ASGI app serving the default registry in the Prometheus text format."""
     return make_asgi_app(REGISTRY)

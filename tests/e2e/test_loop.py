@@ -103,6 +103,12 @@ async def wait_until(predicate, seconds: float) -> bool:  # type: ignore[no-unty
 
 
 async def test_reply_to_a_human_carries_its_reply_to(world: World) -> None:
+    from prometheus_client import REGISTRY
+
+    def assembled() -> float:
+        return REGISTRY.get_sample_value("botsim_prompt_assembly_seconds_count") or 0.0
+
+    before = assembled()
     worker = make_worker(world)
     await worker.start()
     try:
@@ -137,6 +143,7 @@ async def test_reply_to_a_human_carries_its_reply_to(world: World) -> None:
     bot_sent = [m["message_id"] for m in sent.values() if m["from"]["is_bot"]]
     assert sorted(stored) == sorted(bot_sent)
     assert worker.stats["errors"] == 0
+    assert assembled() - before >= len(bot_sent)  # every prompt's assembly was timed
 
 
 @pytest.mark.parametrize("world", [Limits(group_per_minute=2)], indirect=True)
