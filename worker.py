@@ -27,7 +27,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import metrics
-from backend.cache import TwoLayerCache
 from backend.crypto import Secrets
 from backend.db.types import utcnow
 from backend.errors import (
@@ -141,7 +140,7 @@ class Worker:
         self.scheduler = Scheduler(seed=settings.seed)
         self.stats: Counter[str] = Counter()
         self._clients: dict[int, BotClient] = {}
-        self.reads = reads or CachedReads(TwoLayerCache(redis_url=None), sessionmaker)
+        self.reads = reads or CachedReads(settings.make_cache(), sessionmaker)
         # Send times per bot in the last hour, for the hourly budgets (this process's sends;
         # loaded from the database at start).
         self._sent: dict[int, deque[datetime]] = defaultdict(deque)

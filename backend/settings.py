@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 from backend.schemas import DEFAULT_PRICES, ModelPrice, ProviderSettings
 
 _SECRET_MIN_CHARS = 32
+#: L1 TTL without Redis (seconds): the bound on seeing another process's writes.
+LOCAL_CACHE_TTL_S = 2.0
 
 
 class Settings(BaseSettings):
@@ -118,11 +120,17 @@ class Settings(BaseSettings):
         return v
 
     def make_cache(self) -> TwoLayerCache:
-        """The process's two-layer cache from these settings (not started)."""
+        """The process's two-layer cache from these settings (not started).
+
+        Without Redis no process hears another's writes (a listener's new message, an
+        admin's edit), so the L1 TTL is capped at :data:`LOCAL_CACHE_TTL_S`: what another
+        process wrote is seen within that long.
+        """
         from backend.cache import TwoLayerCache
 
-        return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=self.cache_l1_ttl_s,
-                             l1_size=self.cache_l1_size)
+        ttl = self.cache_l1_ttl_s if self.redis_url else min(self.cache_l1_ttl_s,
+                                                              LOCAL_CACHE_TTL_S)
+        return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=ttl, l1_size=self.cache_l1_size)
 
     @property
     def effective_database_url(self) -> str:

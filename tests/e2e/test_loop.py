@@ -71,6 +71,8 @@ async def world(
                         "max_msgs_per_min": 20}
         )
     await sandbox.start()
+    # The listener keeps no cache of its own here, as a separate process without Redis: the
+    # worker must see its writes through the short L1 TTL.
     state = ListenerState(sessionmaker=sessionmaker, webhook_secret=secrets.webhook_secret)
     await state.refresh_bots()
     listener = await BackgroundServer.start(create_app(state))

@@ -180,3 +180,9 @@ def test_model_price_cost() -> None:
     price = ModelPrice(input=1.0, cached_input=0.5, output=2.0)
     assert price.cost_usd(1_000_000, 1_000_000, 400_000) == pytest.approx(0.6 + 0.2 + 2.0)
     assert ModelPrice(input=1.0, output=0).cost_usd(10, 0, 10) == pytest.approx(10 / 1e6)
+
+
+def test_cache_ttl_capped_without_redis() -> None:
+    local = Settings(cache_l1_ttl_s=300).make_cache()
+    shared = Settings(cache_l1_ttl_s=300, redis_url="redis://127.0.0.1:6379/0").make_cache()
+    assert local._l1_ttl_s == 2.0 and shared._l1_ttl_s == 300
