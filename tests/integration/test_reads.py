@@ -127,3 +127,15 @@ async def test_history_appends_without_a_query(
     assert waiting_messages(await reads.history(chat_id), now) == []  # answered
     late = now + timedelta(hours=1)
     assert waiting_messages([item], late) == []  # too old to answer now
+
+
+async def test_single_flight_100_misses_one_query(
+    reads: CachedReads, sessionmaker: Sessions, engine: AsyncEngine, cipher: TokenCipher
+) -> None:
+    bot_id, chat_id = await seed(sessionmaker, cipher)
+    queries = Queries(engine)
+    profiles = await asyncio.gather(*(reads.bot(bot_id) for _ in range(100)))
+    assert len({p.id for p in profiles}) == 1
+    assert queries.n == 1  # one SELECT for 100 concurrent misses
+    histories = await asyncio.gather(*(reads.history(chat_id) for _ in range(100)))
+    assert queries.n == 2 and all(h == histories[0] for h in histories)
