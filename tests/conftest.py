@@ -1,6 +1,6 @@
 """Shared fixtures: one storage fixture parametrized over SQLite and PostgreSQL; Redis.
 
-PostgreSQL tests use a dedicated database ``botsim_test`` on 127.0.0.1:5432 (user
+PostgreSQL tests use a database of their own, ``botsim_test_<pid>``, on 127.0.0.1:5432 (user
 ``postgres``), migrated once per session with Alembic and truncated before each test.
 Redis tests use database index 13 on 127.0.0.1:6379, flushed before each test.
 When a service is not reachable its tests skip with the reason, unless ``CI`` is set: then
@@ -30,7 +30,9 @@ from backend.db.session import make_engine, make_sessionmaker, upgrade_sync
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_DB = "botsim_test"
+# One database per test session, so concurrent runs (CI and a developer, two terminals) never
+# drop each other's tables; dropped again when the session ends.
+PG_DB = f"botsim_test_{os.getpid()}"
 PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 
@@ -41,6 +43,16 @@ def service_missing(what: str, why: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{msg} (CI is set, so this fails instead of skipping)")
     pytest.skip(msg)
+
+
+async def _drop_pg() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def _prepare_pg() -> str | None:
@@ -66,6 +78,7 @@ def pg_url() -> Iterator[str]:
         service_missing("PostgreSQL at 127.0.0.1:5432", problem)
     upgrade_sync(PG_URL)
     yield PG_URL
+    asyncio.run(_drop_pg())
 
 
 @pytest.fixture(scope="session")

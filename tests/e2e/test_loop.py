@@ -373,3 +373,57 @@ async def test_persona_edit_reaches_the_running_workers_next_prompt(
         await admin_cache.close()
     stats = worker_cache.stats()
     assert stats["l1"]["bot"].hits > 0  # the profile was served from memory before the edit
+
+
+async def test_redis_killed_mid_run_no_turn_fails(world: World) -> None:
+    from backend.cache import TwoLayerCache
+    from behavior_engine.reads import CachedReads
+    from tests.integration.test_cache import spare_port, start_redis
+
+    port = spare_port()
+    server = await start_redis(port)
+    cache = TwoLayerCache(redis_url=f"redis://127.0.0.1:{port}/0", l1_ttl_s=1.0)
+    await cache.start()
+    worker = Worker(settings=world.settings, sessionmaker=world.sessionmaker,
+                    secrets=world.secrets, chain=build_chain([]),
+                    market=MarketFeed(seed=1, start=utcnow()),
+                    reads=CachedReads(cache, world.sessionmaker))
+    await worker.start()
+
+    def bot_messages() -> int:
+        return sum(m["from"]["is_bot"] for m in world.sandbox.messages(CHAT))
+
+    try:
+        async def sent(n: int) -> bool:
+            return bot_messages() >= n
+
+        assert await wait_until(lambda: sent(3), 30)
+        assert cache.redis_up
+        server.kill()  # Redis gone mid-run
+        await server.wait()
+        during = bot_messages()
+        human = await world.sandbox.post_as_human(CHAT, HUMAN_ID,
+                                                  "Redis yokken de cevap var mı?")
+        assert await wait_until(lambda: sent(during + 3), 30)  # turns go on without Redis
+        assert not cache.redis_up
+        server = await start_redis(port)  # back: the cache reconnects by itself
+
+        async def back() -> bool:
+            return cache.redis_up
+
+        assert await wait_until(back, 15)
+        after = bot_messages()
+        assert await wait_until(lambda: sent(after + 2), 30)
+    finally:
+        await worker.stop()
+        await cache.close()
+        server.kill()
+        await server.wait()
+    assert worker.stats["errors"] == 0 and worker.stats["failed"] == 0
+    async with world.sessionmaker() as s:
+        humans = (await s.execute(select(Message).where(Message.bot_id.is_(None)))).scalars()
+        replied = (await s.execute(select(Message).where(
+            Message.reply_to_telegram_message_id == human["message_id"],
+            Message.bot_id.is_not(None)))).scalars().all()
+    assert [m.text for m in humans] == ["Redis yokken de cevap var mı?"]
+    assert replied, "the human got no answer while Redis was down"
