@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 from google import genai
@@ -21,6 +22,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from backend.errors import ProviderError, ProviderRefused
+from behavior_engine.llm.base import SDKProvider
 from behavior_engine.llm.errors_map import error_for_status, make_generation, unavailable
 from behavior_engine.turn import Generation, GenerationRequest
 
@@ -31,7 +33,7 @@ BLOCKED = frozenset(
 )
 
 
-class GeminiProvider:
+class GeminiProvider(SDKProvider):
     """Gemini with the SDK's retries off and a per-request timeout.
 
     Args:
@@ -46,23 +48,7 @@ class GeminiProvider:
         temperature: sampling temperature.
     """
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        model: str,
-        api_key: str,
-        base_url: str | None = None,
-        timeout: float = 30.0,
-        max_tokens: int = 300,
-        temperature: float = 0.9,
-    ) -> None:
-        self.name = name
-        self.model = model
-        self.timeout = timeout
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self._secret = api_key
+    def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
         self._http = httpx.AsyncClient(timeout=timeout)
         options = types.HttpOptions(
             base_url=base_url,
@@ -70,10 +56,7 @@ class GeminiProvider:
             retry_options=types.HttpRetryOptions(attempts=1),
             httpx_async_client=self._http,
         )
-        self._client = genai.Client(api_key=api_key, vertexai=False, http_options=options)
-
-    def __repr__(self) -> str:
-        return f"GeminiProvider(name={self.name!r}, model={self.model!r})"
+        return genai.Client(api_key=api_key, vertexai=False, http_options=options)
 
     async def aclose(self) -> None:
         """Close the SDK client and its connection pool."""

@@ -17,50 +17,20 @@ from typing import Any
 import openai
 
 from backend.errors import ProviderError, ProviderRefused
+from behavior_engine.llm.base import SDKProvider
 from behavior_engine.llm.errors_map import error_for_status, make_generation, unavailable
 from behavior_engine.turn import Generation, GenerationRequest
 
 
-class ChatCompletionsProvider:
+class ChatCompletionsProvider(SDKProvider):
     """A provider speaking ``POST .../chat/completions`` through a Stainless-generated SDK.
 
     Subclasses set :attr:`sdk` (the SDK module, for its exception classes) and build the
-    client in :meth:`_make_client`.
-
-    Args:
-        name: provider name recorded with every message (``openai``, ``groq``, ``ollama``...).
-        model: model to ask for.
-        api_key: the API key (kept only inside the SDK client; never in messages or logs).
-        base_url: the API root (e.g. ``http://127.0.0.1:11434/v1`` for Ollama); None: the
-            SDK's default host.
-        timeout: seconds for the whole call (the SDK's per-phase timeout and a hard deadline).
-        max_tokens: ``max_tokens`` of the request.
-        temperature: sampling temperature.
+    client in :meth:`_make_client`. Arguments: see :class:`SDKProvider` (``base_url`` for
+    Ollama, e.g. ``http://127.0.0.1:11434/v1``).
     """
 
     sdk: ModuleType = openai
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        model: str,
-        api_key: str,
-        base_url: str | None = None,
-        timeout: float = 30.0,
-        max_tokens: int = 300,
-        temperature: float = 0.9,
-    ) -> None:
-        self.name = name
-        self.model = model
-        self.timeout = timeout
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self._secret = api_key
-        self._client = self._make_client(api_key, base_url, timeout)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, model={self.model!r})"
 
     def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
         return openai.AsyncOpenAI(
