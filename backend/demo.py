@@ -235,7 +235,8 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     started = time.monotonic()
     run_start: datetime = utcnow()
     worker: Worker | None = None
-    cache = settings.make_cache()
+    # Each demo run starts a fresh database, so it must not read a previous run's Redis keys.
+    cache = settings.make_cache(namespace=f"botsim-demo-{pysecrets.token_hex(4)}")
     reads = CachedReads(cache, sessionmaker)
     listener_state = ListenerState(sessionmaker=sessionmaker,
                                    webhook_secret=secrets.webhook_secret, reads=reads)

@@ -119,8 +119,11 @@ class Settings(BaseSettings):
             raise ValueError(f"provider names must be unique and not 'offline': {dupes or names}")
         return v
 
-    def make_cache(self) -> TwoLayerCache:
+    def make_cache(self, *, namespace: str = "botsim") -> TwoLayerCache:
         """The process's two-layer cache from these settings (not started).
+
+        Args:
+            namespace: prefix of its Redis keys and channel (processes sharing data share it).
 
         Without Redis no process hears another's writes (a listener's new message, an
         admin's edit), so the L1 TTL is capped at :data:`LOCAL_CACHE_TTL_S`: what another
@@ -130,7 +133,8 @@ class Settings(BaseSettings):
 
         ttl = self.cache_l1_ttl_s if self.redis_url else min(self.cache_l1_ttl_s,
                                                               LOCAL_CACHE_TTL_S)
-        return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=ttl, l1_size=self.cache_l1_size)
+        return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=ttl, l1_size=self.cache_l1_size,
+                             namespace=namespace)
 
     @property
     def effective_database_url(self) -> str:
