@@ -216,11 +216,6 @@ class Scheduler:
         if st:
             st.handled.discard(telegram_message_id)
 
-    def pending_replies(self, chat_id: int) -> int:
-        """How many human replies are planned but not yet due or not yet possible."""
-        st = self._chats.get(chat_id)
-        return len(st.planned) if st else 0
-
     # -- helpers -------------------------------------------------------------------------
     def _plan_human_replies(
         self,

@@ -72,14 +72,6 @@ async def get_chat_by_telegram_id(session: AsyncSession, *, telegram_chat_id: in
     ).scalar_one_or_none()
 
 
-async def list_chats(session: AsyncSession, *, enabled_only: bool = False) -> Sequence[Chat]:
-    """Return chats ordered by id."""
-    stmt = select(Chat).order_by(Chat.id)
-    if enabled_only:
-        stmt = stmt.where(Chat.enabled.is_(True))
-    return (await session.execute(stmt)).scalars().all()
-
-
 async def chat_bots(
     session: AsyncSession, *, chat_id: int, enabled_only: bool = True
 ) -> Sequence[Bot]:

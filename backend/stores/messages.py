@@ -193,14 +193,6 @@ async def bot_send_times(
     return [(int(b), t) for b, t in rows.all() if b is not None]
 
 
-async def chat_bot_message_count(session: AsyncSession, *, chat_id: int, since: datetime) -> int:
-    """Return how many messages our bots sent in ``chat_id`` since ``since``."""
-    stmt = select(func.count()).where(
-        Message.chat_id == chat_id, Message.bot_id.is_not(None), Message.created_at >= since
-    )
-    return int((await session.execute(stmt)).scalar_one())
-
-
 async def run_summary(session: AsyncSession, *, since: datetime) -> dict[str, int]:
     """Figures of the messages stored since ``since`` (the demo's summary).
 
