@@ -37,7 +37,7 @@ from backend.errors import (
     TelegramUnavailable,
 )
 from backend.invalidation import KIND_BOT, KIND_CHATS, invalidate_after_commit
-from backend.schemas import MessageMeta
+from backend.schemas import MessageMeta, ProviderSettings
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
@@ -148,6 +148,36 @@ class Worker:
         self._in_flight: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._aps: AsyncIOScheduler | None = None
+        self._owns_chain = False
+
+    @classmethod
+    def assemble(
+        cls,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        secrets: Secrets,
+        reads: CachedReads,
+        providers: Sequence[ProviderSettings] | None = None,
+        market_start: datetime | None = None,
+    ) -> Worker:
+        """A worker with its provider chain (``providers``, default: the settings' chain;
+        offline last) and cost ledger; :meth:`stop` closes the chain's clients too."""
+        from behavior_engine.llm.factory import build_chain
+
+        ledger = Ledger(sessionmaker, settings.llm_prices)
+        chosen = settings.llm_providers if providers is None else providers
+        worker = cls(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            secrets=secrets,
+            chain=build_chain(list(chosen), recorder=ledger),
+            ledger=ledger,
+            market=MarketFeed(seed=settings.seed, start=market_start or utcnow()),
+            reads=reads,
+        )
+        worker._owns_chain = True
+        return worker
 
     async def start(self) -> None:
         """Connect every enabled bot (getMe) and start ticking.
@@ -202,6 +232,10 @@ class Worker:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        if self._owns_chain:
+            from behavior_engine.llm.factory import close_chain
+
+            await close_chain(self.chain)
 
     # -- the tick ------------------------------------------------------------------------
     async def tick(self) -> None:
@@ -430,32 +464,21 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     """
     from backend.db.session import make_engine, make_sessionmaker, upgrade
     from backend.metrics import serve_metrics
-    from behavior_engine.llm.factory import build_chain, close_chain
 
     await upgrade(settings.effective_database_url)
     if settings.metrics_port is not None:
         serve_metrics(settings.listener_host, settings.metrics_port)
     engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
     sessionmaker = make_sessionmaker(engine)
-    ledger = Ledger(sessionmaker, settings.llm_prices)
-    chain = build_chain(settings.llm_providers, recorder=ledger)
     cache = settings.make_cache()
     await cache.start()
-    worker = Worker(
-        settings=settings,
-        sessionmaker=sessionmaker,
-        secrets=secrets,
-        chain=chain,
-        ledger=ledger,
-        market=MarketFeed(seed=settings.seed, start=utcnow()),
-        reads=CachedReads(cache, sessionmaker),
-    )
+    worker = Worker.assemble(settings=settings, sessionmaker=sessionmaker, secrets=secrets,
+                             reads=CachedReads(cache, sessionmaker))
     await worker.start()
     try:
         await asyncio.Event().wait()
     finally:
         await worker.stop()
-        await close_chain(chain)
         await cache.close()
         await engine.dispose()
 

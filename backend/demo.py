@@ -192,9 +192,6 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
         ``per_bot`` (name → messages).
     """
-    from behavior_engine.llm.factory import build_chain, close_chain
-    from behavior_engine.llm.ledger import Ledger
-    from behavior_engine.market import MarketFeed
     from behavior_engine.reads import CachedReads
     from bots.personas import load_persona_dir
     from message_listener import ListenerState, create_app, register_webhooks
@@ -261,18 +258,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             await llm_sandbox.start()
             stack.push_async_callback(llm_sandbox.stop)
             providers = sandbox_providers(llm_sandbox)
-        ledger = Ledger(sessionmaker, settings.llm_prices)
-        chain = build_chain(providers, recorder=ledger)
-        stack.push_async_callback(close_chain, chain)
-        worker = Worker(
-            settings=worker_settings,
-            sessionmaker=sessionmaker,
-            secrets=secrets,
-            chain=chain,
-            ledger=ledger,
-            market=MarketFeed(seed=settings.seed, start=run_start),
-            reads=reads,
-        )
+        worker = Worker.assemble(settings=worker_settings, sessionmaker=sessionmaker,
+                                 secrets=secrets, reads=reads, providers=providers,
+                                 market_start=run_start)
         await worker.start()
         stack.push_async_callback(worker.stop)
 
