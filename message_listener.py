@@ -44,6 +44,7 @@ from backend.settings import Settings
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from behavior_engine.reads import CachedReads, HistoryItem
+from behavior_engine.replies import ReplyDispatcher, ReplyStream
 from bots.telegram import BotClient
 
 log = logging.getLogger("botsim.listener")
@@ -127,6 +128,9 @@ class ListenerState:
         reads: the cached reads whose chat histories new messages are appended to (None:
             no cache to keep true).
         bots: cache of bot id → Telegram user id, refreshed from the database on a miss.
+        dispatcher: sharded workers (Redis): chooses the repliers of each new human message
+            and puts the requests on the reply stream; None: workers find waiting messages
+            in the history themselves (one worker).
         stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``).
     """
 
@@ -134,9 +138,11 @@ class ListenerState:
     webhook_secret: str
     reads: CachedReads | None = None
     bots: dict[int, int | None] = field(default_factory=dict)
+    dispatcher: ReplyDispatcher | None = None
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("updates", "duplicates", "stored", "rejected", "malformed", "ignored"), 0
+            ("updates", "duplicates", "stored", "rejected", "malformed", "ignored",
+             "dispatch_failed"), 0
         )
     )
 
@@ -274,6 +280,13 @@ async def webhook(request: Request) -> JSONResponse:
             await state.reads.cache.invalidate(KIND_HISTORY, str(chat_id))
     if stored:
         state.stats["stored"] += 1
+    if state.dispatcher is not None and item is not None and item.reply_wanted and chat_id:
+        try:
+            await state.dispatcher.dispatch(chat_id, item)
+        except Exception as exc:  # stored and waiting: the workers' sweep dispatches it
+            state.stats["dispatch_failed"] += 1
+            log.warning("human message %s stored, dispatch deferred to the sweep: %s",
+                        item.message_id, exc)
     return JSONResponse({"ok": True, "stored": stored})
 
 
@@ -350,8 +363,19 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     sm = make_sessionmaker(engine)
     cache = settings.make_cache()
     await cache.start()
+    reads = CachedReads(cache, sm)
+    redis_client = None
+    dispatcher = None
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
+                                               socket_connect_timeout=2.0)
+        dispatcher = ReplyDispatcher(
+            ReplyStream(redis_client, namespace=settings.redis_namespace), reads, sm,
+            seed=settings.seed)
     state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret,
-                          reads=CachedReads(cache, sm))
+                          reads=reads, dispatcher=dispatcher)
     await state.refresh_bots()
     if register:
         await register_webhooks(
@@ -365,6 +389,8 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     try:
         await uvicorn.Server(config).serve()
     finally:
+        if redis_client is not None:
+            await redis_client.aclose()
         await cache.close()
         await engine.dispose()
 

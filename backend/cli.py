@@ -9,7 +9,7 @@ Sub-commands::
     botsim settings set KEY=JSON...         change operator settings (validated)
     botsim costs [--since 24h] [--by provider|bot|day] [--json]
                                             LLM cost totals from the llm_calls ledger
-    botsim worker | listener [--register]   run one process
+    botsim worker [--check] | listener [--register]   run one process (or health-check it)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad input or configuration (the message
 names what is wrong and where).
@@ -130,7 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("action", choices=["show", "set"])
     st.add_argument("pairs", nargs="*", help="KEY=VALUE, VALUE as JSON (e.g. max_msgs_per_min=8)")
 
-    sub.add_parser("worker", help="run a worker process")
+    wk = sub.add_parser("worker", help="run a worker process")
+    wk.add_argument("--check", action="store_true",
+                    help="exit 0 if this worker's heartbeat is fresh, 1 if not (health check)")
     listener = sub.add_parser("listener", help="run the webhook listener")
     listener.add_argument("--register", action="store_true", help="setWebhook for every bot")
     return p
@@ -238,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "settings":
             asyncio.run(_settings_cmd(settings, args.action, args.pairs))
             return 0
+        if args.command == "worker" and args.check:
+            import worker
+
+            return worker.check(settings)
         if args.command in ("worker", "listener"):
             return _run_process(settings, args.command, register=getattr(args, "register", False))
     except (ConfigError, ValidationFailed) as exc:

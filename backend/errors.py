@@ -10,6 +10,7 @@ only the API layer turns them into HTTP answers, and only the CLI into exit code
     │   └── PersonaFileError        a persona file: file name, field, reason
     ├── NotFound                    an id that names nothing
     ├── StorageError                the database refused or is unreachable
+    │   └── FencedOut               a write carried a stale fencing token: the lease moved
     ├── ProviderError               an LLM provider call failed (``provider`` says which)
     │   ├── ProviderRateLimited     429: retry after ``retry_after`` seconds (None: unknown)
     │   ├── ProviderUnavailable     5xx, timeout, connection error, malformed answer: retryable
@@ -71,6 +72,23 @@ class NotFound(BotsimError):
 
 class StorageError(BotsimError):
     """The database refused an operation or could not be reached."""
+
+
+class FencedOut(StorageError):
+    """A turn's write carried a fencing token that is no longer the bot's current one.
+
+    Another worker has taken the bot's lease since; the caller must stop driving the bot
+    and must not send.
+
+    Args:
+        bot_id: the bot.
+        token: the token the caller held.
+    """
+
+    def __init__(self, bot_id: int, token: int) -> None:
+        self.bot_id = bot_id
+        self.token = token
+        super().__init__(f"bot {bot_id}: fencing token {token} is stale (lease moved)")
 
 
 class ProviderError(BotsimError):

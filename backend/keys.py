@@ -18,6 +18,20 @@ reads the generation together with the value, and writes what its loader returne
 the generation is unchanged, so a load that raced with an invalidation never puts the old
 value back. Pub/sub channels are global to a Redis server (not per database index): two
 deployments sharing one server must use different namespaces.
+
+Key layout of the shared send limiter (``bots.ratelimit.SharedLimiter``); ``{rl}`` is
+literal, a Redis Cluster hash tag that puts every limiter key in one slot, because one
+script call touches a bot's, a chat's and a (bot, chat)'s keys together::
+
+    {ns}:{rl}:block:{bot}          the bot's 429 block: a string whose PTTL is the rest of
+                                   ``retry_after``
+    {ns}:{rl}:chat:{bot}:{chat}    sliding-window log of (bot, chat) sends (sorted set,
+                                   score = Redis time in ms): Telegram's 1 message/s
+    {ns}:{rl}:group:{bot}:{chat}   the same for Telegram's 20 messages/min per group
+    {ns}:{rl}:bot:{bot}            the bot's sends to any chat: Telegram's ~30 messages/s
+    {ns}:{rl}:cap:{chat}           every bot's sends to the chat: the operator's cap per min
+
+Each log expires one window after its newest send.
 """
 
 from __future__ import annotations
@@ -83,3 +97,80 @@ def invalidation_channel(namespace: str = DEFAULT_NAMESPACE) -> str:
 
 #: The invalidation channel of the default namespace.
 INVALIDATION_CHANNEL = invalidation_channel()
+
+
+# -- sharding: membership, leases, reply requests (behavior_engine.leases, .replies) -------
+#
+#     {ns}:workers                  sorted set: worker id → last heartbeat (Redis TIME, ms)
+#     {ns}:worker:{id}              heartbeat of one worker (JSON info); TTL = heartbeat TTL
+#     {ns}:lease:{bot_id}           the bot's lease: "{worker id}" then "{worker id}:{token}"
+#                                   once the fencing token is issued; TTL = lease TTL
+#     {ns}:floor:{chat_id}          who holds the floor of a chat for a spontaneous turn
+#     {ns}:replies                  stream of reply requests (human message → chosen bot)
+#     {ns}:replied:{message_id}     the bots a human message was dispatched to (JSON)
+#     {ns}:sweeper                  lock of the re-dispatch sweep (one worker at a time)
+
+#: Seconds a worker's heartbeat and its leases live without renewal (default setting).
+HEARTBEAT_TTL_S = 10.0
+#: Seconds a chat's floor is held at most by one spontaneous turn.
+FLOOR_TTL_S = 30.0
+
+
+def workers_key(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The sorted set of known workers, e.g. ``botsim:workers``."""
+    return f"{namespace}:workers"
+
+
+def worker_key(worker_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """One worker's heartbeat key, e.g. ``botsim:worker:host-12-ab3f``."""
+    return f"{namespace}:worker:{worker_id}"
+
+
+def lease_key(bot_id: int, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """A bot's lease, e.g. ``botsim:lease:42``."""
+    return f"{namespace}:lease:{bot_id}"
+
+
+def floor_key(chat_id: int, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """A chat's floor for spontaneous turns, e.g. ``botsim:floor:7``."""
+    return f"{namespace}:floor:{chat_id}"
+
+
+def replies_stream(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The stream of reply requests, e.g. ``botsim:replies``."""
+    return f"{namespace}:replies"
+
+
+def replied_key(message_id: int, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Which bots a human message was dispatched to, e.g. ``botsim:replied:981``."""
+    return f"{namespace}:replied:{message_id}"
+
+
+def sweeper_key(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The lock of the reply re-dispatch sweep, e.g. ``botsim:sweeper``."""
+    return f"{namespace}:sweeper"
+
+
+def ratelimit_block_key(bot_id: int, *, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """A bot's 429 block (PTTL = ms left), e.g. ``botsim:{rl}:block:7``."""
+    return f"{namespace}:{{rl}}:block:{bot_id}"
+
+
+def ratelimit_chat_key(bot_id: int, chat_id: int, *, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Send log of one bot in one chat (per-second limit), e.g. ``botsim:{rl}:chat:7:-100``."""
+    return f"{namespace}:{{rl}}:chat:{bot_id}:{chat_id}"
+
+
+def ratelimit_group_key(bot_id: int, chat_id: int, *, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Send log of one bot in one group (per-minute limit), e.g. ``botsim:{rl}:group:7:-100``."""
+    return f"{namespace}:{{rl}}:group:{bot_id}:{chat_id}"
+
+
+def ratelimit_bot_key(bot_id: int, *, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Send log of one bot across chats (per-second limit), e.g. ``botsim:{rl}:bot:7``."""
+    return f"{namespace}:{{rl}}:bot:{bot_id}"
+
+
+def ratelimit_chat_cap_key(chat_id: int, *, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Send log of all bots in one chat (operator's cap), e.g. ``botsim:{rl}:cap:-100``."""
+    return f"{namespace}:{{rl}}:cap:{chat_id}"

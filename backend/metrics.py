@@ -71,11 +71,50 @@ CACHE_INVALIDATIONS = Counter(
     ["kind", "origin"],
 )
 
+RATELIMIT_FALLBACK = Counter(
+    "botsim_ratelimit_fallback_total",
+    "Send-limit operations of the shared limiter served by the in-process limiter because"
+    " Redis was unreachable (limits then hold per process only), by operation (acquire,"
+    " block, blocked_for).",
+    ["op"],
+)
+
 
 PROMPT_ASSEMBLY = Histogram(
     "botsim_prompt_assembly_seconds",
     "Time to read a turn's bot, history and market and build its layered prompt, seconds.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+
+SEND_UNKNOWN = Counter(
+    "botsim_send_unknown",
+    "Sends whose outcome is unknown (the request may have reached Telegram and no answer"
+    " came; or a worker died between the send and its commit): never resent by themselves.",
+    ["reason"],
+)
+TURNS = Counter(
+    "botsim_turns",
+    "Turns finished by the worker, by outcome (sent, retry, failed, unknown, skipped,"
+    " rate_limited).",
+    ["outcome"],
+)
+WORKERS_LIVE = Gauge(
+    "botsim_workers_live",
+    "Workers in the live set (fresh heartbeat) as this worker last saw it.",
+)
+LEASES_HELD = Gauge(
+    "botsim_leases_held",
+    "Bot leases this worker holds (the bots it drives).",
+)
+LEASE_CHANGES = Counter(
+    "botsim_lease_changes",
+    "Bot leases taken or given up by this worker, by change (acquired, released, lost).",
+    ["change"],
+)
+FENCED_OUT = Counter(
+    "botsim_fenced_out",
+    "Turn writes refused because the worker's fencing token was stale (lease moved).",
 )
 
 

@@ -61,6 +61,18 @@ class Settings(BaseSettings):
         llm_prices: model name → USD per million tokens (JSON), merged over the defaults.
         seed: seed of the market feed and the offline generator.
         log_level: Python logging level name.
+        redis_namespace: first segment of every Redis key and channel; deployments (or test
+            runs) sharing one Redis server use different namespaces.
+        heartbeat_ttl_s: seconds a worker's heartbeat and its bot leases live without
+            renewal (renewed every third of it). A dead worker's bots are taken over within
+            about this long plus one renewal period. Needs ``redis_url``.
+        worker_name: a name for this worker in logs and in the live set (default: the host
+            name); the worker id adds the process id and a random suffix, so no two
+            processes ever share one.
+        max_turns_in_flight: turns one worker runs at once (generation and send); bounds its
+            memory and open connections. Further due turns wait for the next tick.
+        worker_id_file: where the worker writes its id for ``botsim worker --check``
+            (default ``<data_dir>/worker.id``).
     """
 
     model_config = SettingsConfigDict(env_prefix="BOTSIM_", extra="ignore")
@@ -88,6 +100,11 @@ class Settings(BaseSettings):
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    redis_namespace: str = Field(default="botsim", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    heartbeat_ttl_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")
+    max_turns_in_flight: int = Field(default=200, ge=1, le=100_000)
+    worker_id_file: Path | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -119,11 +136,12 @@ class Settings(BaseSettings):
             raise ValueError(f"provider names must be unique and not 'offline': {dupes or names}")
         return v
 
-    def make_cache(self, *, namespace: str = "botsim") -> TwoLayerCache:
+    def make_cache(self, *, namespace: str | None = None) -> TwoLayerCache:
         """The process's two-layer cache from these settings (not started).
 
         Args:
-            namespace: prefix of its Redis keys and channel (processes sharing data share it).
+            namespace: prefix of its Redis keys and channel (processes sharing data share
+                it); default ``redis_namespace``.
 
         Without Redis no process hears another's writes (a listener's new message, an
         admin's edit), so the L1 TTL is capped at :data:`LOCAL_CACHE_TTL_S`: what another
@@ -134,7 +152,7 @@ class Settings(BaseSettings):
         ttl = self.cache_l1_ttl_s if self.redis_url else min(self.cache_l1_ttl_s,
                                                               LOCAL_CACHE_TTL_S)
         return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=ttl, l1_size=self.cache_l1_size,
-                             namespace=namespace)
+                             namespace=namespace or self.redis_namespace)
 
     @property
     def effective_database_url(self) -> str:
@@ -142,6 +160,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'botsim.db').resolve()}"
+
+    @property
+    def effective_worker_id_file(self) -> Path:
+        """Where the worker writes its id: ``worker_id_file`` or ``<data_dir>/worker.id``."""
+        return self.worker_id_file or self.data_dir / "worker.id"
 
     def check_secrets(self) -> None:
         """Refuse unsafe secrets outside development.

@@ -80,11 +80,15 @@ class WaitingMessage:
         message_id: our message id (``messages.id``).
         line: the message.
         reply_to_bot_id: our bot id when the human replied to one of our bots' messages.
+        assigned: the repliers already chosen for it (sharded workers: chosen once, by the
+            listener's dispatch, and delivered to the owning worker); None: the scheduler
+            chooses among the chat's bots.
     """
 
     message_id: int
     line: ChatLine
     reply_to_bot_id: int | None = None
+    assigned: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class _Planned:
     reply_to: ChatLine
     waiting_id: int  # Telegram message id of the human message
     reason: str
+    message_id: int | None = None  # our messages.id of the human message
 
 
 @dataclass(slots=True)
@@ -125,10 +130,65 @@ class _ChatState:
     handled: set[int] = field(default_factory=set)
 
 
+def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
+    """The turn id of ``bot_id``'s reply to a human message: the same in every process, so a
+    reply request delivered twice (or planned again after a failover) is acted on once (the
+    turn record's primary key)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"botsim:reply:{chat_id}:{telegram_message_id}:"
+                                              f"{bot_id}"))
+
+
 def _stable_unit(*parts: object) -> float:
     """A number in [0, 1) that depends only on ``parts`` (stable across processes)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def hourly_limit(seed: int, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
+    """Messages per rolling hour ``bot_id`` may send at ``now`` (module docstring, "Budgets").
+
+    The same in every process for the same ``seed`` (a stable hash, not ``random``).
+    """
+    lim = settings.bot_hourly_msg_limit
+    base = lim.min + _stable_unit(seed, "budget", bot_id) * (lim.max - lim.min)
+    local_hour = now.astimezone(ZoneInfo(settings.prime_hours.timezone)).hour
+    boost = settings.prime_hours.boost if local_hour in settings.prime_hours.hours else 1.0
+    return base * settings.scale_factor * boost
+
+
+def choose_repliers(
+    waiting: WaitingMessage,
+    bots: Sequence[BotView],
+    settings: SimulationSettings,
+    now: datetime,
+    *,
+    seed: int,
+    rng: random.Random,
+) -> list[BotView]:
+    """The bots that answer a human message (module docstring, "Humans first").
+
+    The bots it mentions or replies to (two at most); else one drawn by talkativeness and
+    topic affinity among those with budget left, and a second one with probability
+    :data:`SECOND_REPLIER_P`. Empty only when ``bots`` is.
+    """
+    if not bots:
+        return []
+    addressed = [
+        b for b in bots if b.bot_id == waiting.reply_to_bot_id or _mentions(waiting.line.text, b)
+    ]
+    if addressed:
+        return addressed[:2]
+    topic = detect_topic(waiting.line.text)
+    candidates = [
+        b for b in bots if hourly_limit(seed, b.bot_id, settings, now) - b.sent_last_hour >= 1
+    ] or list(bots)
+    weights = [b.talkativeness * (1.0 + 2.0 * b.topics.get(topic or "", 0.0)) for b in candidates]
+    first = rng.choices(candidates, weights=weights)[0]
+    chosen = [first]
+    rest = [b for b in candidates if b is not first]
+    if rest and rng.random() < SECOND_REPLIER_P:
+        chosen.append(rng.choice(rest))
+    return chosen
 
 
 class Scheduler:
@@ -146,11 +206,7 @@ class Scheduler:
     # -- budgets -------------------------------------------------------------------------
     def hourly_limit(self, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
         """Messages per hour ``bot_id`` may send now (see the module docstring)."""
-        lim = settings.bot_hourly_msg_limit
-        base = lim.min + _stable_unit(self._seed, "budget", bot_id) * (lim.max - lim.min)
-        local_hour = now.astimezone(ZoneInfo(settings.prime_hours.timezone)).hour
-        boost = settings.prime_hours.boost if local_hour in settings.prime_hours.hours else 1.0
-        return base * settings.scale_factor * boost
+        return hourly_limit(self._seed, bot_id, settings, now)
 
     def _budget_left(self, bot: BotView, settings: SimulationSettings, now: datetime) -> float:
         return self.hourly_limit(bot.bot_id, settings, now) - bot.sent_last_hour
@@ -188,7 +244,10 @@ class Scheduler:
             if self._budget_left(bot, settings, now) < 1:
                 continue
             st.planned.remove(planned)
-            turns.append(self._turn(chat, bot, planned.reply_to, planned.reason, now))
+            turns.append(self._turn(chat, bot, planned.reply_to, planned.reason, now,
+                                    turn_id=reply_turn_id(chat.chat_id, planned.waiting_id,
+                                                          bot.bot_id),
+                                    reply_message_id=planned.message_id))
             speakers.add(bot.bot_id)
             room -= 1
         if room <= 0 or turns:
@@ -229,8 +288,15 @@ class Scheduler:
             key = waiting.line.telegram_message_id
             if key in st.handled:
                 continue
+            if waiting.assigned is not None:
+                by_id = {b.bot_id: b for b in bots}
+                repliers = [by_id[b] for b in waiting.assigned if b in by_id]
+                if not repliers:
+                    continue  # its repliers are not here (yet): plan it when they are
+            else:
+                repliers = choose_repliers(waiting, bots, settings, now, seed=self._seed,
+                                           rng=self._rng)
             st.handled.add(key)
-            repliers = self._choose_repliers(waiting, bots, settings, now)
             for i, bot in enumerate(repliers):
                 delay = HUMAN_REPLY_MEDIAN_S * math.exp(self._rng.gauss(0.0, 0.45))
                 delay = min(12.0, max(1.5, delay)) + 4.0 * i
@@ -244,34 +310,9 @@ class Scheduler:
                         reply_to=waiting.line,
                         waiting_id=key,
                         reason="mention" if direct else "human",
+                        message_id=waiting.message_id,
                     )
                 )
-
-    def _choose_repliers(
-        self,
-        waiting: WaitingMessage,
-        bots: Sequence[BotView],
-        settings: SimulationSettings,
-        now: datetime,
-    ) -> list[BotView]:
-        addressed = [
-            b
-            for b in bots
-            if b.bot_id == waiting.reply_to_bot_id or _mentions(waiting.line.text, b)
-        ]
-        if addressed:
-            return addressed[:2]
-        topic = detect_topic(waiting.line.text)
-        candidates = [b for b in bots if self._budget_left(b, settings, now) >= 1] or list(bots)
-        weights = [
-            b.talkativeness * (1.0 + 2.0 * b.topics.get(topic or "", 0.0)) for b in candidates
-        ]
-        first = self._rng.choices(candidates, weights=weights)[0]
-        chosen = [first]
-        rest = [b for b in candidates if b is not first]
-        if rest and self._rng.random() < SECOND_REPLIER_P:
-            chosen.append(self._rng.choice(rest))
-        return chosen
 
     def _choose_speaker(
         self,
@@ -340,10 +381,12 @@ class Scheduler:
 
     def _turn(
         self, chat: ChatView, bot: BotView, reply_to: ChatLine | None, reason: str,
-        now: datetime,
+        now: datetime, *, turn_id: str | None = None, reply_message_id: int | None = None,
     ) -> Turn:
         return Turn(
-            turn_id=str(uuid.uuid4()),  # unique across runs and processes
+            # unique across runs and processes; deterministic for a reply to a human
+            turn_id=turn_id or str(uuid.uuid4()),
+            reply_message_id=reply_message_id,
             chat_id=chat.chat_id,
             telegram_chat_id=chat.telegram_chat_id,
             bot_id=bot.bot_id,

@@ -58,7 +58,10 @@ class Turn:
     """The scheduler's decision that one bot speaks in one chat.
 
     Attributes:
-        turn_id: a UUID4 string, given before any generation (exactly-once bookkeeping).
+        turn_id: a UUID string, given before any generation (exactly-once bookkeeping):
+            random (UUID4) for a spontaneous turn, derived from the human message and the
+            bot (UUID5, :func:`behavior_engine.scheduler.reply_turn_id`) for a reply to a
+            human, so that reply is acted on once however often it is requested.
         chat_id: our chat id (``chats.id``).
         telegram_chat_id: Telegram's chat id.
         bot_id: our bot id (``bots.id``).
@@ -67,6 +70,7 @@ class Turn:
         reason: why the turn was chosen: ``human`` (a human waits), ``mention``, ``reply``
             (answering another bot), or ``spontaneous``.
         decided_at: aware UTC time of the decision.
+        reply_message_id: our ``messages.id`` of the human message a reply answers.
     """
 
     turn_id: str
@@ -77,6 +81,7 @@ class Turn:
     reply_to: ChatLine | None
     reason: Literal["human", "mention", "reply", "spontaneous"]
     decided_at: datetime
+    reply_message_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +169,17 @@ class Outcome:
     Attributes:
         turn: the turn.
         status: ``sent`` (Telegram accepted it, row stored), ``rate_limited`` (429, bot waits),
-            ``failed`` (an error answer; nothing was posted), ``skipped`` (guard or cap).
+            ``failed`` (an error answer; nothing was posted), ``skipped`` (guard or cap, or
+            the lease was lost before the send), ``unknown`` (the request may have reached
+            Telegram and no answer came: never resent), ``duplicate`` (this turn id was
+            already acted on: not sent again).
         telegram_message_id: Telegram's id of the sent message, if sent.
         error: a short description of what went wrong, if anything.
         retry_after: seconds to wait, for ``rate_limited``.
     """
 
     turn: Turn
-    status: Literal["sent", "rate_limited", "failed", "skipped"]
+    status: Literal["sent", "rate_limited", "failed", "skipped", "unknown", "duplicate"]
     telegram_message_id: int | None = None
     error: str | None = None
     retry_after: float | None = None

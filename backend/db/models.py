@@ -200,3 +200,65 @@ class WebhookUpdate(Base):
     )
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BotLease(Base):
+    """The fencing token of each bot's lease: the system of record for who may drive it.
+
+    A worker that wins a bot's lease in Redis increments ``fencing_token`` here (PostgreSQL
+    or SQLite never go backwards, unlike a Redis counter on a server without persistence);
+    every write of a turn checks that the token it holds is still the current one
+    (Kleppmann, "How to do distributed locking", 2016).
+    """
+
+    __tablename__ = "bot_leases"
+
+    bot_id: Mapped[int] = mapped_column(
+        ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True
+    )
+    fencing_token: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+#: Status of a turn record. ``intent``: recorded before the send, outcome not yet known;
+#: ``sent``: Telegram answered with a message; ``retry``: not delivered for certain (429,
+#: connection refused, an error answer that is safe to repeat); ``failed``: not delivered,
+#: not to be repeated (kicked, revoked token, lease lost before the send); ``unknown``: the
+#: request may have reached Telegram and no answer came (a read timeout, or a worker killed
+#: between the send and the commit): never resent by itself.
+TURN_STATUSES = ("intent", "sent", "retry", "failed", "unknown")
+
+
+class TurnRecord(Base):
+    """One turn's send: the intent recorded before the send, then its outcome.
+
+    ``turn_id`` is the scheduler's id (deterministic for a reply to a human, so a second
+    delivery of the same reply request finds the row and is not acted on again).
+    ``reply_to_message_id`` is our ``messages.id`` of the human message a reply answers.
+    """
+
+    __tablename__ = "turns"
+
+    turn_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"))
+    chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
+    fencing_token: Mapped[int] = mapped_column(BigInteger)
+    worker: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    reply_to_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('intent', 'sent', 'retry', 'failed', 'unknown')", name="status_known"
+        ),
+        Index("ix_turns_bot_status", "bot_id", "status"),
+        Index("ix_turns_reply_to", "reply_to_message_id"),
+    )

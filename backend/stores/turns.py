@@ -1,0 +1,213 @@
+"""Fencing tokens and turn records: the exactly-once send protocol's system of record.
+
+The protocol (one turn of one bot):
+
+1. the worker holds the bot's lease and its fencing token (:func:`issue_fencing_tokens`);
+2. before the send, :func:`record_intent` checks the token is still current (row lock on
+   PostgreSQL) and writes the turn with status ``intent``; a turn id already acted on
+   (``intent``, ``sent``, ``unknown``, ``failed``) is refused, so a reply request delivered
+   twice is acted on once;
+3. the message is sent to Telegram;
+4. :func:`finish_turn` commits the outcome (``sent`` with the Telegram message id, in the
+   same transaction as the message row; or ``retry``/``failed``/``unknown``).
+
+A worker killed between 3 and 4 leaves an ``intent``: the next holder of the bot's lease
+turns it into ``unknown`` (:func:`reconcile`) and never sends it again, because Telegram's
+sendMessage has no idempotency key to ask whether it arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.db.models import TURN_STATUSES, BotLease, Message, TurnRecord
+from backend.db.types import utcnow
+from backend.errors import FencedOut, ValidationFailed
+
+#: Statuses after which a turn id is never acted on again.
+FINAL_OR_PENDING = ("intent", "sent", "failed", "unknown")
+
+
+def _insert(session: AsyncSession) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def issue_fencing_tokens(
+    session: AsyncSession, *, bot_ids: Collection[int], holder: str
+) -> dict[int, int]:
+    """Increment the fencing token of each bot in ``bot_ids`` and name ``holder`` its holder.
+
+    Call right after winning the bots' leases in Redis. One statement
+    (INSERT ... ON CONFLICT DO UPDATE ... RETURNING).
+
+    Returns:
+        bot id → the new token (1 for a bot never leased before). Empty for no bots.
+    """
+    if not bot_ids:
+        return {}
+    now = utcnow()
+    ins = _insert(session)(BotLease.__table__).values(
+        [{"bot_id": b, "fencing_token": 1, "holder": holder, "acquired_at": now}
+         for b in sorted(bot_ids)]
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["bot_id"],
+        set_={
+            "fencing_token": BotLease.__table__.c.fencing_token + 1,
+            "holder": holder,
+            "acquired_at": now,
+        },
+    ).returning(BotLease.__table__.c.bot_id, BotLease.__table__.c.fencing_token)
+    rows = (await session.execute(stmt)).all()
+    return {int(b): int(t) for b, t in rows}
+
+
+async def check_fence(session: AsyncSession, *, bot_id: int, token: int) -> None:
+    """Raise :class:`FencedOut` unless ``token`` is ``bot_id``'s current fencing token.
+
+    On PostgreSQL the row stays locked until the transaction ends, so a new holder's
+    :func:`issue_fencing_tokens` waits for this transaction (and then sees its writes).
+    """
+    got = await session.execute(
+        update(BotLease)
+        .where(BotLease.bot_id == bot_id, BotLease.fencing_token == token)
+        .values(fencing_token=BotLease.fencing_token)
+    )
+    if getattr(got, "rowcount", 0) != 1:
+        raise FencedOut(bot_id, token)
+
+
+async def record_intent(
+    session: AsyncSession,
+    *,
+    turn_id: str,
+    bot_id: int,
+    chat_id: int,
+    token: int,
+    worker: str,
+    reply_to_message_id: int | None = None,
+) -> bool:
+    """Record that ``turn_id`` is about to be sent, under fencing token ``token``.
+
+    Returns:
+        True: recorded (a new turn, or a retry of one whose non-delivery was certain);
+        False: this turn id was already acted on (``intent``, ``sent``, ``failed`` or
+        ``unknown``): do not send.
+
+    Raises:
+        FencedOut: ``token`` is stale; nothing is written.
+    """
+    await check_fence(session, bot_id=bot_id, token=token)
+    now = utcnow()
+    ins = _insert(session)(TurnRecord.__table__).values(
+        turn_id=turn_id, bot_id=bot_id, chat_id=chat_id, fencing_token=token, worker=worker,
+        status="intent", attempts=1, reply_to_message_id=reply_to_message_id,
+        created_at=now, updated_at=now,
+    )
+    table = TurnRecord.__table__
+    stmt = ins.on_conflict_do_update(
+        index_elements=["turn_id"],
+        set_={"status": "intent", "attempts": table.c.attempts + 1, "fencing_token": token,
+              "worker": worker, "updated_at": now, "error": None},
+        where=table.c.status == "retry",
+    ).returning(table.c.turn_id)
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def finish_turn(
+    session: AsyncSession,
+    *,
+    turn_id: str,
+    status: str,
+    error: str | None = None,
+    telegram_message_id: int | None = None,
+) -> None:
+    """Set the outcome of a recorded turn.
+
+    A ``sent`` outcome is written whatever the status was (the message exists on Telegram:
+    that is a fact, even when the lease moved in between); other outcomes only replace
+    ``intent``, so a turn another worker already reconciled keeps that status.
+
+    Raises:
+        ValidationFailed: ``status`` is not one of ``sent``, ``retry``, ``failed``,
+            ``unknown``.
+    """
+    if status not in TURN_STATUSES or status == "intent":
+        raise ValidationFailed("turn outcome", [("status", f"{status!r} is not an outcome")])
+    stmt = update(TurnRecord).where(TurnRecord.turn_id == turn_id)
+    if status != "sent":
+        stmt = stmt.where(TurnRecord.status == "intent")
+    await session.execute(
+        stmt.values(status=status, error=error, telegram_message_id=telegram_message_id,
+                    updated_at=utcnow())
+    )
+
+
+async def reconcile(
+    session: AsyncSession, *, tokens: dict[int, int]
+) -> list[TurnRecord]:
+    """Turn the ``intent`` records left by earlier holders of these bots into ``unknown``.
+
+    Args:
+        tokens: bot id → the fencing token just issued to the caller; intents under an
+            older token belong to a holder that is gone (killed, or lost its lease).
+
+    Returns:
+        The turns now ``unknown``. The human messages they answered are marked answered
+        (``reply_wanted`` cleared): the reply may have been delivered, so no other reply is
+        planned for them.
+    """
+    if not tokens:
+        return []
+    rows = (
+        await session.execute(
+            select(TurnRecord).where(
+                TurnRecord.bot_id.in_(list(tokens)), TurnRecord.status == "intent"
+            )
+        )
+    ).scalars().all()
+    stale = [r for r in rows if r.fencing_token < tokens[r.bot_id]]
+    now = utcnow()
+    for r in stale:
+        r.status = "unknown"
+        r.error = "worker gone between intent and outcome; not resent"
+        r.updated_at = now
+    answered = [r.reply_to_message_id for r in stale if r.reply_to_message_id is not None]
+    if answered:
+        await session.execute(
+            update(Message).where(Message.id.in_(answered)).values(reply_wanted=False)
+        )
+    await session.flush()
+    return list(stale)
+
+
+async def turns_for_replies(
+    session: AsyncSession, *, message_ids: Sequence[int]
+) -> dict[int, list[str]]:
+    """Human message id → statuses of the reply turns recorded for it."""
+    if not message_ids:
+        return {}
+    rows = await session.execute(
+        select(TurnRecord.reply_to_message_id, TurnRecord.status).where(
+            TurnRecord.reply_to_message_id.in_(list(message_ids))
+        )
+    )
+    out: dict[int, list[str]] = {}
+    for mid, status in rows.all():
+        if mid is not None:
+            out.setdefault(int(mid), []).append(str(status))
+    return out
+
+
+async def status_counts(session: AsyncSession) -> dict[str, int]:
+    """Turn records by status (for reports and tests)."""
+    rows = await session.execute(
+        select(TurnRecord.status, func.count()).group_by(TurnRecord.status)
+    )
+    return {str(s): int(n) for s, n in rows.all()}
