@@ -334,21 +334,27 @@ async def register_webhooks(
     Raises:
         TelegramError: when Telegram refuses one (the message names the bot id).
     """
+    import asyncio
+
     from backend.stores import bots as bot_store
 
     cipher = secrets.cipher()
     async with sessionmaker() as session:
         bots = await bot_store.list_bots(session, enabled_only=True)
-    for bot in bots:
-        token = cipher.decrypt(bot.token_encrypted)
-        client = BotClient(bot_id=bot.id, token=token, base_url=api_url)
-        try:
-            await client.set_webhook(
-                url=f"{public_url.rstrip('/')}/webhook/{bot.id}",
-                secret_token=webhook_secret_for(secrets.webhook_secret, bot.id),
-            )
-        finally:
-            await client.close()
+    gate = asyncio.Semaphore(16)  # different bots' calls may overlap (limits are per bot)
+
+    async def one(bot_id: int, token: str) -> None:
+        async with gate:
+            client = BotClient(bot_id=bot_id, token=token, base_url=api_url)
+            try:
+                await client.set_webhook(
+                    url=f"{public_url.rstrip('/')}/webhook/{bot_id}",
+                    secret_token=webhook_secret_for(secrets.webhook_secret, bot_id),
+                )
+            finally:
+                await client.close()
+
+    await asyncio.gather(*(one(b.id, cipher.decrypt(b.token_encrypted)) for b in bots))
     return len(bots)
 
 

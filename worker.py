@@ -82,6 +82,9 @@ log = logging.getLogger("botsim.worker")
 HISTORY_SIZE = 20
 #: Longest a turn waits for Telegram's limits before it is given up (seconds).
 MAX_LIMIT_WAIT_S = 5.0
+#: A new worker waits this long (at most a third of the heartbeat TTL) between joining the
+#: live set and taking bots (seconds).
+JOIN_SETTLE_S = 1.0
 #: The reply sweep runs at most this often across all workers (seconds).
 SWEEP_EVERY_S = 15.0
 
@@ -394,6 +397,14 @@ class Worker:
                 log.error("turn %s of bot %s: left between intent and outcome by an earlier "
                           "run; recorded unknown, not resent", r.turn_id, r.bot_id)
         else:
+            # Join first and let workers started together see each other before taking
+            # bots, so a fleet starting at once does not hand every bot around.
+            try:
+                await self.shard.leases.heartbeat({"name": self.settings.worker_name,
+                                                   "bots": 0, "sent": 0})
+                await asyncio.sleep(min(JOIN_SETTLE_S, self.settings.heartbeat_ttl_s / 3))
+            except Exception as exc:
+                log.warning("worker %s: first heartbeat failed: %s", self.worker_id, exc)
             await self.rebalance()
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._aps.add_job(
@@ -671,7 +682,8 @@ class Worker:
             turn.reply_to is not None and turn.reply_to.is_human
         ):
             # The human still waits: let the scheduler plan a reply again.
-            self.scheduler.forget_handled(turn.chat_id, turn.reply_to.telegram_message_id)
+            self.scheduler.forget_handled(turn.chat_id, turn.reply_to.telegram_message_id,
+                                          turn.bot_id)
         if outcome.status != "failed":
             self.stats[outcome.status] += 1
         metrics.TURNS.labels(outcome=outcome.status).inc()

@@ -101,10 +101,11 @@ INVALIDATION_CHANNEL = invalidation_channel()
 
 # -- sharding: membership, leases, reply requests (behavior_engine.leases, .replies) -------
 #
-#     {ns}:workers                  sorted set: worker id → last heartbeat (Redis TIME, ms)
+#     {ns}:workers                  sorted set: worker id → last heartbeat (Unix ms, the
+#                                   worker's clock; informative: liveness is the key below)
 #     {ns}:worker:{id}              heartbeat of one worker (JSON info); TTL = heartbeat TTL
-#     {ns}:lease:{bot_id}           the bot's lease: "{worker id}" then "{worker id}:{token}"
-#                                   once the fencing token is issued; TTL = lease TTL
+#     {ns}:lease:{bot_id}           the bot's lease: the holder's worker id; TTL = lease TTL
+#                                   (the fencing token lives in the database, bot_leases)
 #     {ns}:floor:{chat_id}          who holds the floor of a chat for a spontaneous turn
 #     {ns}:replies                  stream of reply requests (human message → chosen bot)
 #     {ns}:replied:{message_id}     the bots a human message was dispatched to (JSON)

@@ -56,6 +56,18 @@ end
 return n
 """
 
+_LIVE = """
+local live = {}
+for _, w in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. w) == 1 then
+    live[#live + 1] = w
+  else
+    redis.call('ZREM', KEYS[1], w)
+  end
+end
+return live
+"""
+
 _RELEASE = """
 local n = 0
 for _, key in ipairs(KEYS) do
@@ -101,8 +113,10 @@ class Leases:
     _valid_until: float = 0.0
     _renew: Any = None
     _release: Any = None
+    _live: Any = None
 
     def __post_init__(self) -> None:
+        self._live = self.redis.register_script(_LIVE)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
 
@@ -127,17 +141,11 @@ class Leases:
             await pipe.execute()
 
     async def live_workers(self) -> list[str]:
-        """Ids of the workers whose heartbeat key exists, sorted; forgets the others."""
-        known = [m.decode() if isinstance(m, bytes) else str(m)
-                 for m in await self.redis.zrange(keys.workers_key(self.namespace), 0, -1)]
-        if not known:
-            return []
-        beats = await self.redis.mget([keys.worker_key(w, self.namespace) for w in known])
-        live = [w for w, b in zip(known, beats, strict=True) if b is not None]
-        gone = [w for w, b in zip(known, beats, strict=True) if b is None]
-        if gone:
-            await self.redis.zrem(keys.workers_key(self.namespace), *gone)
-        return sorted(live)
+        """Ids of the workers whose heartbeat key exists, sorted; forgets the others (one
+        Lua script, so a worker beating meanwhile is never forgotten)."""
+        prefix = keys.worker_key("", self.namespace)
+        got = await self._live(keys=[keys.workers_key(self.namespace)], args=[prefix])
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in got)
 
     async def worker_info(self) -> dict[str, dict[str, Any]]:
         """Worker id → its last heartbeat info, for the live workers."""

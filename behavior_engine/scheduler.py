@@ -127,7 +127,8 @@ class _Planned:
 class _ChatState:
     next_at: datetime | None = None
     planned: list[_Planned] = field(default_factory=list)
-    handled: set[int] = field(default_factory=set)
+    # Telegram ids of human messages planned, or (id, bot) for assigned repliers.
+    handled: set[int | tuple[int, int]] = field(default_factory=set)
 
 
 def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
@@ -269,11 +270,15 @@ class Scheduler:
         turns.append(self._turn(chat, speaker, reply_to, reason, now))
         return turns
 
-    def forget_handled(self, chat_id: int, telegram_message_id: int) -> None:
-        """Let a waiting human message be planned again (its reply turn did not get out)."""
+    def forget_handled(self, chat_id: int, telegram_message_id: int,
+                       bot_id: int | None = None) -> None:
+        """Let a waiting human message be planned again (its reply turn did not get out);
+        with ``bot_id``, also that bot's assigned reply."""
         st = self._chats.get(chat_id)
         if st:
             st.handled.discard(telegram_message_id)
+            if bot_id is not None:
+                st.handled.discard((telegram_message_id, bot_id))
 
     # -- helpers -------------------------------------------------------------------------
     def _plan_human_replies(
@@ -286,17 +291,21 @@ class Scheduler:
     ) -> None:
         for waiting in chat.waiting:
             key = waiting.line.telegram_message_id
-            if key in st.handled:
-                continue
             if waiting.assigned is not None:
+                # Chosen elsewhere; each assigned bot is planned once, when it is here (a
+                # bot whose lease this worker takes later is planned then).
                 by_id = {b.bot_id: b for b in bots}
-                repliers = [by_id[b] for b in waiting.assigned if b in by_id]
+                repliers = [by_id[b] for b in waiting.assigned
+                            if b in by_id and (key, b) not in st.handled]
+                st.handled.update((key, b.bot_id) for b in repliers)
                 if not repliers:
-                    continue  # its repliers are not here (yet): plan it when they are
+                    continue
             else:
+                if key in st.handled:
+                    continue
                 repliers = choose_repliers(waiting, bots, settings, now, seed=self._seed,
                                            rng=self._rng)
-            st.handled.add(key)
+                st.handled.add(key)
             for i, bot in enumerate(repliers):
                 delay = HUMAN_REPLY_MEDIAN_S * math.exp(self._rng.gauss(0.0, 0.45))
                 delay = min(12.0, max(1.5, delay)) + 4.0 * i
