@@ -282,6 +282,8 @@ class Worker:
         self._floors: dict[str, int] = {}
         self._last_sweep = 0.0
         self._rebalancing = asyncio.Lock()
+        self._connecting: set[int] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._redis_down = False
         if shard is not None:
             self._release_floor = shard.redis.register_script(_RELEASE_FLOOR)
@@ -476,7 +478,8 @@ class Worker:
         if self.worker_id in live and universe:
             kwargs = {} if shard.ring_epsilon is None else {"epsilon": shard.ring_epsilon}
             mine = set(Ring(live, universe, **kwargs).owned_by(self.worker_id))
-        give_up = [b for b in leases.tokens if b not in mine and b not in self._busy]
+        give_up = [b for b in leases.tokens
+                   if b not in mine and b not in self._busy and b not in self._connecting]
         if give_up:
             await self._disconnect(give_up)
             await leases.release(give_up)
@@ -486,13 +489,12 @@ class Worker:
         if take:
             won = await leases.acquire(take)
             if won:
-                connected = set(await self._connect(sorted(won)))
-                failed = [b for b in won if b not in connected]
-                if failed:
-                    await leases.release(failed)
-                self.stats["acquired"] += len(connected)
-                metrics.LEASE_CHANGES.labels(change="acquired").inc(len(connected))
-                self._take_requests(await shard.stream.read_all())
+                # Connecting (getMe per bot) runs beside the heartbeat, which keeps renewing
+                # these leases meanwhile; the bots are driven once connected.
+                self._connecting |= set(won)
+                task = asyncio.create_task(self._take_on(shard, sorted(won)))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         metrics.LEASES_HELD.set(len(leases.tokens))
         loop_now = time.monotonic()
         if loop_now - self._last_sweep >= SWEEP_EVERY_S:
@@ -502,6 +504,26 @@ class Worker:
             lock = rkeys.sweeper_key(leases.namespace)
             if await shard.redis.set(lock, self.worker_id, nx=True, px=int(SWEEP_EVERY_S * 1000)):
                 await shard.dispatcher.sweep()
+
+    async def _take_on(self, shard: Shard, won: list[int]) -> None:
+        """Connect the bots whose leases were just won, then read the reply requests again
+        (those of the new bots included). Bots that did not connect are released."""
+        try:
+            connected = set(await self._connect(won))
+            lost = [b for b in connected if b not in shard.leases.tokens]
+            if lost:  # the lease went while connecting
+                await self._disconnect(lost)
+            failed = [b for b in won if b not in connected and b in shard.leases.tokens]
+            if failed:
+                await shard.leases.release(failed)
+            self.stats["acquired"] += len(connected) - len(lost)
+            metrics.LEASE_CHANGES.labels(change="acquired").inc(len(connected) - len(lost))
+            self._take_requests(await shard.stream.read_all())
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("worker %s: taking on %d bots failed", self.worker_id, len(won))
+        finally:
+            self._connecting -= set(won)
 
     def _take_requests(self, requests: Sequence[ReplyRequest]) -> None:
         for req in requests:
@@ -514,6 +536,8 @@ class Worker:
         if self._aps is not None:
             self._aps.shutdown(wait=False)
             self._aps = None
+        if self._background:
+            await asyncio.wait(self._background, timeout=10)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         if self.ledger is not None:

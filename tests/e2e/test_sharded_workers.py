@@ -87,11 +87,11 @@ class Fleet:
         data_dir = self.tmp / f"w{n}"
         data_dir.mkdir()
         env = {**self.env, "BOTSIM_DATA_DIR": str(data_dir), "BOTSIM_WORKER_NAME": f"w{n}"}
-        err = (data_dir / "stderr.log").open("wb")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker"], cwd=ROOT, env=env,
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-        )
+        with (data_dir / "stderr.log").open("wb") as err:  # the child keeps its own copy
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "backend.cli", "worker"], cwd=ROOT, env=env,
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+            )
         proc = Proc(n, popen, data_dir)
         self.procs.append(proc)
         return proc
