@@ -419,7 +419,10 @@ class Worker:
         )
         self._aps.start()
         n = len(self.driven())
-        if n or self.shard is not None:
+        if self.shard is not None:
+            log.info("worker %s joined the live set; %d bots being taken on", self.worker_id,
+                     len(self._connecting) + n)
+        elif n:
             log.info("worker %s started with %d bots", self.worker_id, n)
         else:
             log.warning("worker started with no enabled bot: nothing will be posted")
@@ -639,7 +642,10 @@ class Worker:
         room_total = self.settings.max_turns_in_flight - len(self._tasks)
         driven = {b for b in self.driven() if self._lease_valid(b)}
         turns: list[Turn] = []
-        for chat in await self.reads.chats():
+        chats = await self.reads.chats()
+        # Start at a different chat each tick, so a full in-flight limit starves none.
+        start = self.stats["ticks"] % len(chats) if chats else 0
+        for chat in [*chats[start:], *chats[:start]]:
             if room_total - len(turns) <= 0:
                 self.stats["in_flight_full"] += 1
                 break

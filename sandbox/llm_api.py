@@ -577,8 +577,12 @@ class LLMSandbox:
         return JSONResponse(answer_body(dialect, fault.kind, prompt, text, cached))
 
 
-async def _serve(host: str, port: int) -> None:
+async def _serve(host: str, port: int, latency: list[str] | None = None) -> None:
     sandbox = LLMSandbox()
+    for spec in latency or []:
+        name, _, value = spec.partition("=")
+        ms, _, jitter = value.partition(":")
+        sandbox.set_latency(name, float(ms), float(jitter or 0), seed=0)
     url = await sandbox.start(host, port)
     print(f"LLM sandbox on {url}: OpenAI {url}/<name>/v1, Groq {url}/<name>, "
           f"Gemini {url}/<name>", flush=True)
@@ -593,9 +597,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--latency", action="append", default=[], metavar="NAME=MS[:JITTER]",
+                        help="delay every request of provider NAME by MS ± JITTER ms "
+                             "(repeatable)")
     args = parser.parse_args(argv)
+    for spec in args.latency:
+        name, eq, value = spec.partition("=")
+        try:
+            ms, _, jitter = value.partition(":")
+            ok = bool(name and eq) and float(ms) >= 0 and float(jitter or 0) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            parser.error(f"--latency {spec!r}: expected NAME=MS or NAME=MS:JITTER, MS >= 0")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port))
+        asyncio.run(_serve(args.host, args.port, args.latency))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,13 @@ class Fleet:
         self.procs.append(proc)
         return proc
 
+    def check(self, proc: Proc) -> int:
+        """Exit code of ``botsim worker --check`` with ``proc``'s settings."""
+        env = {**self.env, "BOTSIM_DATA_DIR": str(proc.data_dir)}
+        return subprocess.run([sys.executable, "-m", "backend.cli", "worker", "--check"],
+                              cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=60).returncode
+
     def stop_all(self) -> None:
         for p in self.procs:
             if p.popen.poll() is None:
@@ -219,6 +226,7 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
         before = await holders()
         loads = Counter(before.values())
         assert all(90 <= n <= 110 for n in loads.values()), loads
+        assert fleet.check(four[0]) == 0  # worker --check: heartbeat fresh
         poster = asyncio.create_task(post_humans())
 
         # 2. a fifth joins: at most 30 % move --------------------------------------------
@@ -255,6 +263,7 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
                               step=0.05) is not None, fleet.logs()
         spoke_after = time.monotonic() - t_kill
         assert spoke_after <= 2 * TTL, (leased_after, spoke_after)
+        assert fleet.check(victim) == 1  # its heartbeat expired with it
         print(f"SIGKILL: bots leased again after {leased_after:.2f} s, "
               f"first of them spoke after {spoke_after:.2f} s (2 x TTL = {2 * TTL} s)")
 
