@@ -279,7 +279,7 @@ class Worker:
         self._solo_tokens: dict[int, int] = {}
         # Sharded: reply requests of the held bots, (chat, Telegram message id) → bot → req.
         self._requests: dict[tuple[int, int], dict[int, ReplyRequest]] = {}
-        self._floors: dict[str, int] = {}
+        self._floors_held: set[int] = set()  # chats whose floor a turn of ours holds
         self._last_sweep = 0.0
         self._rebalancing = asyncio.Lock()
         self._connecting: set[int] = set()
@@ -471,7 +471,10 @@ class Worker:
             metrics.LEASE_CHANGES.labels(change="lost").inc(len(lost))
             await self._disconnect(sorted(lost))
         await leases.heartbeat({"name": self.settings.worker_name, "bots": len(leases.tokens),
-                                "sent": self.stats["sent"]})
+                                "sent": self.stats["sent"], "in_flight": len(self._tasks),
+                                "in_flight_full": self.stats["in_flight_full"],
+                                "skipped": self.stats["skipped"],
+                                "ticks": self.stats["ticks"]})
         with contextlib.suppress(OSError):
             self.settings.effective_worker_id_file.touch()
         live = await leases.live_workers()
@@ -572,8 +575,6 @@ class Worker:
             log.exception("tick failed")
             return
         for turn in turns:
-            if not await self._take_floor(turn):
-                continue
             self._busy.add(turn.bot_id)
             self._in_flight[turn.chat_id] += 1
             task = asyncio.create_task(self.run_turn(turn))
@@ -594,6 +595,8 @@ class Worker:
         except Exception as exc:
             log.debug("floor of chat %s not taken: %s", turn.chat_id, exc)
             return False
+        if got:
+            self._floors_held.add(turn.chat_id)
         return bool(got)
 
     async def _give_floor(self, turn: Turn) -> None:
@@ -601,6 +604,7 @@ class Worker:
             return
         from backend import keys as rkeys
 
+        self._floors_held.discard(turn.chat_id)
         with contextlib.suppress(Exception):
             await self._release_floor(
                 keys=[rkeys.floor_key(turn.chat_id, self.shard.leases.namespace)],
@@ -652,6 +656,9 @@ class Worker:
             members = [b for b in chat.bot_ids if b in driven]
             if not members:
                 continue
+            if self.shard is not None and chat.id in self._floors_held and not any(
+                    c == chat.id for c, _ in self._requests):
+                continue  # its floor is ours already: no second spontaneous turn
             history = await self.reads.history(chat.id)
             view = ChatView(
                 chat_id=chat.id,
@@ -669,7 +676,12 @@ class Worker:
                 self._bot_view(await self.reads.bot(b), chat.telegram_chat_id, now)
                 for b in members
             ]
-            turns.extend(self.scheduler.decide(view, bot_views, sim, now))
+            for turn in self.scheduler.decide(view, bot_views, sim, now):
+                # Only turns that get the chat's floor count against the in-flight room.
+                if await self._take_floor(turn):
+                    turns.append(turn)
+                else:
+                    self.stats["floor_taken"] += 1
         self.stats["turns"] += len(turns)
         return turns
 

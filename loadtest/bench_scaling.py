@@ -68,6 +68,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+async def worker_info(redis: aioredis.Redis, ns: str) -> dict[str, dict[str, Any]]:
+    """Worker id → the info of its last heartbeat (``behavior_engine.leases``)."""
+    members = [m.decode() for m in await redis.zrange(keys.workers_key(ns), 0, -1)]
+    raw = await redis.mget([keys.worker_key(m, ns) for m in members]) if members else []
+    return {m: json.loads(r) for m, r in zip(members, raw, strict=True) if r}
+
+
 def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start ``cmd`` (returns at once; the process runs beside the benchmark)."""
     return subprocess.Popen(cmd, **kwargs)
@@ -163,7 +170,14 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
         await asyncio.sleep(args.warmup)
         start = datetime.now(UTC)
         cpu0 = sum(cpu_seconds(w.pid) for w in workers)
-        await asyncio.sleep(args.measure)
+        samples: list[int] = []
+        info0 = await worker_info(redis, ns)
+        t_end = time.monotonic() + args.measure
+        while time.monotonic() < t_end:
+            await asyncio.sleep(min(2.0, max(0.0, t_end - time.monotonic())))
+            samples.extend(int(i.get("in_flight", 0)) for i in
+                           (await worker_info(redis, ns)).values())
+        info1 = await worker_info(redis, ns)
         end = datetime.now(UTC)
         cpu1 = sum(cpu_seconds(w.pid) for w in workers)
         async with sm() as s:
@@ -185,6 +199,11 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
             "cpu_ms_per_msg": round(1000 * (cpu1 - cpu0) / max(sent, 1), 2),
             "statuses_since_warmup": {str(k): int(v) for k, v in other.items()},
             "settle_s": round(settle_s, 1),
+            "mean_in_flight_per_worker": round(sum(samples) / max(len(samples), 1), 2),
+            "skipped": sum(int(info1[w].get("skipped", 0)) - int(info0.get(w, {}).get(
+                "skipped", 0)) for w in info1),
+            "in_flight_full_ticks": sum(int(info1[w].get("in_flight_full", 0)) - int(
+                info0.get(w, {}).get("in_flight_full", 0)) for w in info1),
         }
     finally:
         for w in workers:
