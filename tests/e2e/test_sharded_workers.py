@@ -310,15 +310,23 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
     left = await _unanswered(sm, humans)
     assert not left, f"{len(left)} of {len(humans)} human messages without a reply: {left}"
     async with sm() as s:
-        # The stopped worker wrote nothing for the bots it lost: each of its turns after
-        # it resumed is under a token newer than the takeover (a bot it took back).
+        # The stopped worker sent nothing for the bots it lost: each message Telegram
+        # accepted from one of its turns after it resumed is under a token newer than the
+        # takeover (a bot it took back). A send already on the wire when it was stopped may
+        # be accepted meanwhile and recorded when it resumes: that message's Telegram date
+        # is before the resume (the stop lasted 4 x TTL).
+        resumed_s = resumed_at.replace(microsecond=0)
         late = (await s.execute(
-            select(TurnRecord.bot_id, TurnRecord.fencing_token, TurnRecord.status)
+            select(TurnRecord.bot_id, TurnRecord.fencing_token, Message.created_at)
+            .join(Message, Message.turn_id == TurnRecord.turn_id)
             .where(TurnRecord.worker == sleeper_id, TurnRecord.bot_id.in_(its_bots),
-                   TurnRecord.updated_at >= resumed_at,
-                   TurnRecord.status.in_(["intent", "sent", "unknown"])))).all()
+                   Message.created_at >= resumed_s))).all()
         bad = [r for r in late if r.fencing_token <= takeover[r.bot_id]]
-        assert not bad, f"stopped worker acted on bots it no longer held: {bad}"
+        assert not bad, f"stopped worker sent for bots it no longer held: {bad}"
+        fenced = (await s.execute(
+            select(func.count()).select_from(TurnRecord)
+            .where(TurnRecord.worker == sleeper_id, TurnRecord.bot_id.in_(its_bots),
+                   TurnRecord.updated_at >= resumed_at))).scalar_one()
         dup_tg = (await s.execute(
             select(Message.chat_id, Message.telegram_message_id)
             .group_by(Message.chat_id, Message.telegram_message_id)
@@ -343,7 +351,8 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
     assert len(stored) > 100, f"only {len(stored)} messages in the run"
     assert sandbox.stats["too_many_requests"] == 0, sandbox.stats
     print(f"run: {len(stored)} bot messages, {len(humans)} human messages, "
-          f"{unknown} unknown sends, {len(missing)} accepted-but-unstored")
+          f"{unknown} unknown sends, {len(missing)} accepted-but-unstored; the stopped worker "
+          f"finished {fenced} turns after it resumed, {len(late)} of them sent")
 
 
 async def _true(value: bool) -> bool:
