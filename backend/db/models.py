@@ -262,3 +262,74 @@ class TurnRecord(Base):
         Index("ix_turns_bot_status", "bot_id", "status"),
         Index("ix_turns_reply_to", "reply_to_message_id"),
     )
+
+
+class User(Base):
+    """An operator of the admin panel.
+
+    ``password_hash`` is an argon2id PHC string (``$argon2id$v=19$...``); the password itself
+    is never stored. ``role`` is ``admin`` (edits) or ``viewer`` (reads).
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
+
+
+class ApiSession(Base):
+    """A browser session. ``token_hash`` is the SHA-256 (hex) of the cookie's value: a
+    database leak gives no usable session. ``csrf_token`` is sent back with every
+    state-changing request."""
+
+    __tablename__ = "api_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_api_sessions_user", "user_id"),)
+
+
+class ApiToken(Base):
+    """A token for scripts (``Authorization: Bearer``); only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditEntry(Base):
+    """One change made through the admin API: who, when, what, before and after.
+
+    ``before`` / ``after`` are JSON objects of the changed fields (secrets masked).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    username: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[Any] = mapped_column(PydanticJSON(JsonValue), nullable=True)
+    after: Mapped[Any] = mapped_column(PydanticJSON(JsonValue), nullable=True)
+
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_entity", "entity",
+                                                             "entity_id"))
