@@ -10,6 +10,11 @@ Sub-commands::
     botsim costs [--since 24h] [--by provider|bot|day] [--json]
                                             LLM cost totals from the llm_calls ledger
     botsim worker [--check] | listener [--register]   run one process (or health-check it)
+    botsim api                              run the admin API (api_host:api_port)
+    botsim admin create-user NAME --role admin|viewer
+                                            add an admin panel user; the password comes from
+                                            BOTSIM_NEW_USER_PASSWORD or is generated and
+                                            printed once
 
 Exit codes: 0 success, 1 failure at run time, 2 bad input or configuration (the message
 names what is wrong and where).
@@ -135,7 +140,48 @@ def _parser() -> argparse.ArgumentParser:
                     help="exit 0 if this worker's heartbeat is fresh, 1 if not (health check)")
     listener = sub.add_parser("listener", help="run the webhook listener")
     listener.add_argument("--register", action="store_true", help="setWebhook for every bot")
+    sub.add_parser("api", help="run the admin API")
+    admin = sub.add_parser("admin", help="admin panel users")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    cu = admin_sub.add_parser(
+        "create-user", help="add a user (password from BOTSIM_NEW_USER_PASSWORD, else generated)")
+    cu.add_argument("username")
+    cu.add_argument("--role", choices=["admin", "viewer"], required=True)
     return p
+
+
+#: Shortest password ``admin create-user`` accepts, characters (NIST SP 800-63B §5.1.1.2:
+#: at least 8). Generated ones are 24 characters of ``token_urlsafe(18)`` (144 random bits).
+MIN_PASSWORD_CHARS = 8
+
+
+async def _create_user_cmd(settings: Settings, username: str, role: str,
+                           password: str | None) -> None:
+    import secrets as pysecrets
+
+    from backend.api.security import hash_password, make_hasher
+    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from backend.stores import users
+
+    users.check_username(username)
+    generated = password is None
+    if password is None:
+        password = pysecrets.token_urlsafe(18)
+    elif len(password) < MIN_PASSWORD_CHARS:
+        raise ValidationFailed("BOTSIM_NEW_USER_PASSWORD",
+                               [("password", f"at least {MIN_PASSWORD_CHARS} characters")])
+    password_hash = await asyncio.to_thread(hash_password, make_hasher(), password)
+    await upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            await users.create_user(session, username=username, password_hash=password_hash,
+                                    role=role)
+    finally:
+        await engine.dispose()
+    print(f"created {role} {username!r}")
+    if generated:
+        print(f"generated password (shown once, store it now): {password}")
 
 
 def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
@@ -169,18 +215,23 @@ async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -
 
 
 def _run_process(settings: Settings, name: str, *, register: bool) -> int:
-    """Run the worker or the listener until Ctrl-C or SIGTERM."""
+    """Run the worker, the listener or the admin API until Ctrl-C or SIGTERM."""
     import signal
 
     import message_listener
     import worker
-    from backend.crypto import resolve_secrets
+    from backend.api import app as api_app
+    from backend.crypto import resolve_secret_key, resolve_secrets
 
     secrets = resolve_secrets(settings)
+    if name == "api":
+        resolve_secret_key(settings)  # a ConfigError (exit 2) before anything starts
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # containers stop with TERM
     body = (
         worker.serve(settings, secrets)
         if name == "worker"
+        else api_app.serve(settings, secrets)
+        if name == "api"
         else message_listener.serve(settings, secrets, register=register)
     )
     try:
@@ -244,7 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             import worker
 
             return worker.check(settings)
-        if args.command in ("worker", "listener"):
+        if args.command == "admin":
+            password = os.environ.get("BOTSIM_NEW_USER_PASSWORD")
+            asyncio.run(_create_user_cmd(settings, args.username, args.role, password))
+            return 0
+        if args.command in ("worker", "listener", "api"):
             return _run_process(settings, args.command, register=getattr(args, "register", False))
     except (ConfigError, ValidationFailed) as exc:
         print(f"botsim: {exc}", file=sys.stderr)

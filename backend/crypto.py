@@ -119,3 +119,27 @@ def resolve_secrets(settings: Settings) -> Secrets:
         webhook = _read_or_create(settings.data_dir / "webhook.secret", secrets.token_urlsafe(32))
     TokenCipher(fernet_key)  # validate now, not on the first token
     return Secrets(fernet_key=fernet_key, webhook_secret=webhook)
+
+
+def resolve_secret_key(settings: Settings) -> str:
+    """Return the admin API's HMAC key; in development, generate it into a file if missing.
+
+    Development writes ``secret.key`` (mode 0600, 43 characters of ``token_urlsafe(32)``) into
+    ``settings.data_dir`` the first time and reuses it after, like :func:`resolve_secrets`.
+
+    Raises:
+        ConfigError: naming ``BOTSIM_SECRET_KEY`` in production when it is missing, and in any
+            mode when the configured key is shorter than 32 characters.
+    """
+    min_chars = 32
+    if settings.secret_key is None:
+        if settings.env == "production":
+            raise ConfigError(
+                "production mode refuses to start the API without BOTSIM_SECRET_KEY"
+                f" (at least {min_chars} characters; no default secrets outside development)"
+            )
+        return _read_or_create(settings.data_dir / "secret.key", secrets.token_urlsafe(32))
+    key = settings.secret_key.get_secret_value()
+    if len(key) < min_chars:
+        raise ConfigError(f"BOTSIM_SECRET_KEY must be at least {min_chars} characters")
+    return key

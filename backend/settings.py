@@ -73,6 +73,12 @@ class Settings(BaseSettings):
             memory and open connections. Further due turns wait for the next tick.
         worker_id_file: where the worker writes its id for ``botsim worker --check``
             (default ``<data_dir>/worker.id``).
+        api_host / api_port: where the admin API (``botsim api``) binds.
+        secret_key: key of the admin API's HMACs (session and API token digests), at least
+            32 characters. Required in production (see ``backend.crypto.resolve_secret_key``);
+            development generates ``<data_dir>/secret.key``. Changing it logs everyone out
+            and invalidates every API token.
+        session_ttl_s: seconds a browser session of the admin API lives after login.
     """
 
     model_config = SettingsConfigDict(env_prefix="BOTSIM_", extra="ignore")
@@ -105,6 +111,10 @@ class Settings(BaseSettings):
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")
     max_turns_in_flight: int = Field(default=200, ge=1, le=100_000)
     worker_id_file: Path | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    secret_key: SecretStr | None = None
+    session_ttl_s: int = Field(default=43_200, gt=0, le=31_536_000)
 
     @field_validator("database_url")
     @classmethod
@@ -193,7 +203,7 @@ class Settings(BaseSettings):
             )
 
 
-_SECRET_PARTS = {"fernet_key", "webhook_secret", "api_key"}
+_SECRET_PARTS = {"fernet_key", "webhook_secret", "api_key", "secret_key"}
 
 
 def _shown_input(err: Any) -> str:

@@ -284,9 +284,9 @@ class User(Base):
 
 
 class ApiSession(Base):
-    """A browser session. ``token_hash`` is the SHA-256 (hex) of the cookie's value: a
-    database leak gives no usable session. ``csrf_token`` is sent back with every
-    state-changing request."""
+    """A browser session. ``token_hash`` is the HMAC-SHA256 (hex, keyed by ``secret_key``)
+    of the cookie's value: a database leak gives no usable session. ``csrf_token`` is sent
+    back with every state-changing request."""
 
     __tablename__ = "api_sessions"
 
@@ -300,7 +300,8 @@ class ApiSession(Base):
 
 
 class ApiToken(Base):
-    """A token for scripts (``Authorization: Bearer``); only its SHA-256 is stored."""
+    """A token for scripts (``Authorization: Bearer``); only its HMAC-SHA256 (keyed by
+    ``secret_key``) is stored."""
 
     __tablename__ = "api_tokens"
 

@@ -1,0 +1,181 @@
+"""The admin API's FastAPI app and its process (``botsim api``).
+
+Routes: ``GET /health/live``, ``GET /health/ready`` (503 when the database does not answer),
+``/metrics`` (Prometheus), and under ``/api/v1`` the auth and users routes of
+:mod:`backend.api.routes_auth`. OpenAPI: ``/api/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from argon2 import PasswordHasher
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.api import routes_auth
+from backend.api.security import (
+    MAX_CONCURRENT_HASHES,
+    ApiState,
+    LoginThrottle,
+    hash_password,
+    make_hasher,
+)
+from backend.crypto import Secrets, resolve_secret_key
+from backend.metrics import metrics_app
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Largest request body accepted, bytes (1 MiB); larger ones get 413 before any parsing.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over ``max_bytes`` with 413.
+
+    Checks ``Content-Length`` first, and counts the bytes of bodies sent without one
+    (chunked): past the limit it answers 413 itself, tells the app the client left
+    (``http.disconnect``) and drops whatever the app still sends.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _too_large(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._too_large(send)
+                    return
+        seen = 0
+        started = False
+        rejected = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes and not started:
+                    rejected = True
+                    await self._too_large(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if rejected:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
+
+
+def create_app(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *,
+    hasher: PasswordHasher | None = None, throttle: LoginThrottle | None = None,
+) -> FastAPI:
+    """The admin API app.
+
+    Args:
+        hasher: the password hasher (default :func:`make_hasher`; tests pass cheaper ones).
+        throttle: the failed-login limiter (default :class:`LoginThrottle` with its limits).
+
+    Raises:
+        ConfigError: in production without ``BOTSIM_SECRET_KEY`` (or with one shorter than
+            32 characters); see :func:`backend.crypto.resolve_secret_key`.
+    """
+    secret_key = resolve_secret_key(settings)
+    hasher = hasher or make_hasher()
+    dev = settings.env == "development"
+    app = FastAPI(
+        title="botsim admin API", version="1",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs" if dev else None, redoc_url=None,
+    )
+    app.state.api = ApiState(
+        settings=settings, sessionmaker=sessionmaker, secret_key=secret_key, hasher=hasher,
+        throttle=throttle or LoginThrottle(),
+        # An unknown username is verified against this, so it costs what a real user costs.
+        dummy_hash=hash_password(hasher, "botsim-dummy-password"),
+        hash_slots=asyncio.Semaphore(MAX_CONCURRENT_HASHES),
+    )
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "live"}
+
+    @app.get("/health/ready", tags=["health"], response_model=None)
+    async def ready(request: Request) -> JSONResponse | dict[str, str]:
+        """The database answers (503 otherwise)."""
+        state: ApiState = request.app.state.api
+        try:
+            async with state.sessionmaker() as session:
+                await session.execute(select(1))
+        except Exception as exc:  # readiness reports any failure
+            return JSONResponse({"status": "not ready", "reason": type(exc).__name__},
+                                status_code=503)
+        return {"status": "ready"}
+
+    app.include_router(routes_auth.router, prefix="/api/v1")
+    app.mount("/metrics", metrics_app())
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    return app
+
+
+async def serve(settings: Settings, secrets: Secrets) -> None:
+    """Run the admin API on ``api_host:api_port`` until cancelled (migrates first).
+
+    Args:
+        secrets: the process secrets (kept for the routes that will manage bot tokens).
+
+    Raises:
+        ConfigError: see :func:`create_app`.
+    """
+    import uvicorn
+
+    from backend.db.session import make_engine, make_sessionmaker, upgrade
+
+    del secrets  # bot-token routes are not here yet
+    resolve_secret_key(settings)  # refuse before touching the database
+    await upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
+    try:
+        app = create_app(settings, make_sessionmaker(engine))
+        config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
+                                log_level="warning", access_log=False)
+        log.info("admin API on http://%s:%s", settings.api_host, settings.api_port)
+        await uvicorn.Server(config).serve()
+    finally:
+        await engine.dispose()
+

@@ -1,0 +1,362 @@
+"""Input and output models of the admin API (pydantic v2).
+
+Inputs (:class:`BotCreate`, :class:`BotUpdate`, :class:`SettingsPatch`) refuse unknown
+fields (``extra="forbid"``) and never echo what was sent in their errors
+(``hide_input_in_errors``: a refused body may hold a bot token). Outputs (:class:`BotOut`,
+:class:`ChatOut`, :class:`MessageOut`, :class:`Page`) are built from database rows with
+``from_row`` and never carry a token: :class:`BotOut` has only :func:`mask_token`'s form.
+
+Persona fields reuse the models of :mod:`backend.schemas` (:class:`~backend.schemas.Persona`
+for a new bot; a :class:`BotUpdate` is validated for good by merging it into the bot's
+current persona with :meth:`BotUpdate.merged`). Message text is returned as stored, plain:
+escaping is the page's job.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from backend.crypto import TokenCipher
+from backend.db.models import Bot, Chat, Message
+from backend.errors import ValidationFailed
+from backend.schemas import (
+    BOT_USERNAME_RE,
+    Holding,
+    HourlyLimit,
+    Persona,
+    PersonaProfile,
+    PrimeHours,
+    SimulationSettings,
+    Stance,
+    Style,
+    TopicId,
+)
+
+#: A Bot API token: the bot's numeric id, a colon, 30–64 characters of urlsafe base64
+#: (core.telegram.org/bots/api#authorizing-your-bot; BotFather issues 35 today).
+TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{30,64}$")
+
+T = TypeVar("T")
+
+
+def mask_token(token: str) -> str:
+    """Return a form of a bot token safe to show: ``"<bot id>:****<last 4>"``.
+
+    At most the bot id (public anyway: it is the bot's Telegram user id) and the last 4
+    characters of the secret part are kept. Anything that does not look like
+    ``<digits>:<at least 12 characters>`` gives ``"****"`` (the last 4 characters of a short
+    secret would give too much of it away). ``mask_token("1234567:AAH...wxyz")`` is
+    ``"1234567:****wxyz"``.
+    """
+    head, sep, rest = token.partition(":")
+    if not (sep and head.isdigit() and len(rest) >= 12):
+        return "****"
+    return f"{head}:****{rest[-4:]}"
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in exc.errors()]
+
+
+def _check_token(token: SecretStr | None) -> SecretStr | None:
+    if token is not None and not TOKEN_RE.fullmatch(token.get_secret_value()):
+        raise ValueError(
+            "not a Bot API token: expected '<5-16 digit bot id>:<30-64 characters of"
+            " A-Za-z0-9_->'"
+        )
+    return token
+
+
+def _refuse_nulls(model: BaseModel, nullable: frozenset[str] = frozenset()) -> None:
+    nulls = sorted(
+        k for k in model.model_fields_set if getattr(model, k) is None and k not in nullable
+    )
+    if nulls:
+        raise ValueError(f"null is not a value for {', '.join(nulls)}: leave the field out")
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- bots -------------------------------------------------------------------------------
+
+
+class BotCreate(Persona):
+    """Body of "create a bot": a whole persona (see :class:`~backend.schemas.Persona`, the
+    same fields as a persona file) plus its token.
+
+    Attributes:
+        token: the Bot API token from BotFather, matching :data:`TOKEN_RE`. Write-only: kept
+            as a ``SecretStr`` (hidden in ``repr`` and dumps), never in an output model.
+
+    Raises (on validation):
+        pydantic.ValidationError: an unknown field, a token of the wrong form (loc
+            ``("token",)``), or any persona field the persona model refuses. The error
+            text never contains the submitted values.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    token: SecretStr
+
+    _token = field_validator("token")(classmethod(lambda cls, v: _check_token(v)))
+
+    def persona(self) -> Persona:
+        """The persona part (everything but the token)."""
+        return Persona.model_validate(self.model_dump(exclude={"token"}))
+
+    def token_value(self) -> str:
+        """The plain token, to hand to the store that encrypts it."""
+        return self.token.get_secret_value()
+
+
+class BotUpdate(_Input):
+    """Body of "edit a bot": every field optional; only the fields sent change.
+
+    The persona fields have the types and bounds of :class:`~backend.schemas.Persona`;
+    :meth:`merged` validates the result as a whole persona. ``llm_providers`` may be sent
+    as null (back to the global provider order); null is refused for every other field.
+
+    Attributes:
+        enabled: whether the bot takes turns.
+        token: a new Bot API token (write-only, as in :class:`BotCreate`).
+        mood: the mood now, -1.0 – 1.0.
+        name, username, role, language, bio, style, topics, talkativeness, mood_baseline,
+        llm_providers, stances, holdings: as in :class:`~backend.schemas.Persona`.
+    """
+
+    enabled: bool | None = None
+    token: SecretStr | None = None
+    mood: float | None = Field(default=None, ge=-1.0, le=1.0)
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    username: str | None = None
+    role: str | None = Field(default=None, min_length=1, max_length=80)
+    language: Literal["tr", "en"] | None = None
+    bio: str | None = Field(default=None, min_length=1, max_length=4000)
+    style: Style | None = None
+    topics: dict[TopicId, float] | None = Field(default=None, min_length=1)
+    talkativeness: float | None = Field(default=None, ge=0.05, le=10.0)
+    mood_baseline: float | None = Field(default=None, ge=-1.0, le=1.0)
+    llm_providers: list[str] | None = None
+    stances: list[Stance] | None = None
+    holdings: list[Holding] | None = None
+
+    _token = field_validator("token")(classmethod(lambda cls, v: _check_token(v)))
+
+    @field_validator("username")
+    @classmethod
+    def _bot_username(cls, v: str | None) -> str | None:
+        if v is not None and not BOT_USERNAME_RE.fullmatch(v):
+            raise ValueError(
+                "must be 5-32 characters of A-Za-z0-9_, start with a letter and end in 'bot'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> BotUpdate:
+        _refuse_nulls(self, frozenset({"llm_providers"}))
+        return self
+
+    def persona_changes(self) -> dict[str, Any]:
+        """The persona fields that were sent, as plain values (``{"bio": "..."}``)."""
+        return self.model_dump(
+            include=set(Persona.model_fields) & self.model_fields_set, mode="json"
+        )
+
+    def merged(self, current: Persona) -> Persona:
+        """Return ``current`` with this update's persona fields applied, validated whole.
+
+        Raises:
+            ValidationFailed: naming each field the merged persona refuses (two stances on
+                one topic, a non-positive topic weight...).
+        """
+        try:
+            return Persona.model_validate(
+                {**current.model_dump(mode="json"), **self.persona_changes()}
+            )
+        except ValidationError as exc:
+            raise ValidationFailed("bot update", _problems(exc)) from None
+
+
+class BotOut(_Output):
+    """A bot as the API shows it. Never the token: only ``token_masked``.
+
+    Attributes:
+        id, username, name, enabled, mood: the ``bots`` columns.
+        telegram_user_id: the bot's Telegram user id (the token's numeric head).
+        token_masked: :func:`mask_token` of the token (``"1234567:****wxyz"``).
+        persona, stances, holdings: the persona as stored.
+    """
+
+    id: int
+    username: str
+    name: str
+    enabled: bool
+    mood: float
+    telegram_user_id: int | None
+    token_masked: str
+    persona: PersonaProfile
+    stances: list[Stance]
+    holdings: list[Holding]
+
+    @classmethod
+    def from_row(cls, bot: Bot, cipher: TokenCipher) -> BotOut:
+        """Build from a ``bots`` row, decrypting the token only to mask it.
+
+        Raises:
+            ConfigError: when the token was encrypted with another key (see TokenCipher).
+        """
+        return cls(
+            id=bot.id,
+            username=bot.username,
+            name=bot.name,
+            enabled=bot.enabled,
+            mood=bot.mood,
+            telegram_user_id=bot.telegram_user_id,
+            token_masked=mask_token(cipher.decrypt(bot.token_encrypted)),
+            persona=bot.persona,
+            stances=list(bot.stances.items),
+            holdings=list(bot.holdings.items),
+        )
+
+
+# --- chats and messages -----------------------------------------------------------------
+
+
+class ChatOut(_Output):
+    """A chat. ``topics``: topic id → weight."""
+
+    id: int
+    telegram_chat_id: int
+    title: str
+    topics: dict[str, float]
+    enabled: bool
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, chat: Chat) -> ChatOut:
+        """Build from a ``chats`` row."""
+        return cls(
+            id=chat.id,
+            telegram_chat_id=chat.telegram_chat_id,
+            title=chat.title,
+            topics=dict(chat.topics.weights),
+            enabled=chat.enabled,
+            created_at=chat.created_at,
+        )
+
+
+class MessageOut(_Output):
+    """A message of a chat. ``text`` is plain, as stored: escaping is the page's job.
+
+    Attributes:
+        bot_id: our bot that sent it, or None (a human or another bot: ``sender_*``).
+        kind: ``text`` or the kind of a non-text message; topic: the turn's topic (bots).
+    """
+
+    id: int
+    chat_id: int
+    bot_id: int | None
+    sender_id: int | None
+    sender_name: str | None
+    telegram_message_id: int
+    reply_to_telegram_message_id: int | None
+    text: str
+    kind: str
+    topic: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, msg: Message) -> MessageOut:
+        """Build from a ``messages`` row."""
+        return cls(
+            id=msg.id,
+            chat_id=msg.chat_id,
+            bot_id=msg.bot_id,
+            sender_id=msg.sender_id,
+            sender_name=msg.sender_name,
+            telegram_message_id=msg.telegram_message_id,
+            reply_to_telegram_message_id=msg.reply_to_telegram_message_id,
+            text=msg.text,
+            kind=msg.meta.kind,
+            topic=msg.meta.topic,
+            created_at=msg.created_at,
+        )
+
+
+class Page(_Output, Generic[T]):
+    """One page of a list, newest first (keyset pagination).
+
+    Attributes:
+        items: the page.
+        next_cursor: pass it back (as ``before_id``) for the next page; None on the last.
+    """
+
+    items: list[T]
+    next_cursor: int | None = None
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+class SettingsPatch(_Input):
+    """Body of "change settings": any subset of :class:`~backend.schemas.SimulationSettings`.
+
+    ``prime_hours`` may be partial (``{"boost": 2}``): the fields sent replace the current
+    ones. ``bot_hourly_msg_limit`` is sent whole (its min and max are checked together).
+    Null is refused. :meth:`merged` validates the result as whole settings.
+    """
+
+    simulation_active: bool | None = None
+    bot_hourly_msg_limit: HourlyLimit | None = None
+    max_msgs_per_min: int | None = Field(default=None, ge=1, le=20)
+    prime_hours: PrimeHours | None = None
+    scale_factor: float | None = Field(default=None, ge=0.01, le=100.0)
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> SettingsPatch:
+        _refuse_nulls(self)
+        return self
+
+    def merged(self, current: SimulationSettings) -> SimulationSettings:
+        """Return ``current`` with this patch applied, validated as whole settings.
+
+        Raises:
+            ValidationFailed: naming each field the merged settings refuse.
+        """
+        base = current.model_dump(mode="json")
+        sent = self.model_dump(exclude_unset=True, mode="json")
+        for key, value in sent.items():
+            old = base.get(key)
+            base[key] = {**old, **value} if isinstance(old, dict) else value
+        try:
+            return SimulationSettings.model_validate(base)
+        except ValidationError as exc:
+            raise ValidationFailed("settings", _problems(exc)) from None
+
+    def changes(self, current: SimulationSettings) -> dict[str, Any]:
+        """The changed fields with their whole new values, for
+        ``backend.stores.settings.update_settings(changes=...)``.
+
+        Raises:
+            ValidationFailed: as :meth:`merged`.
+        """
+        new = self.merged(current).model_dump(mode="json")
+        return {k: new[k] for k in self.model_fields_set}
