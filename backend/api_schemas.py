@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from backend.crypto import TokenCipher
+from backend.crypto import TokenCipher, mask_token
 from backend.db.models import Bot, Chat, Message
 from backend.errors import ValidationFailed
 from backend.schemas import (
@@ -49,21 +49,6 @@ from backend.schemas import (
 TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{30,64}$")
 
 T = TypeVar("T")
-
-
-def mask_token(token: str) -> str:
-    """Return a form of a bot token safe to show: ``"<bot id>:****<last 4>"``.
-
-    At most the bot id (public anyway: it is the bot's Telegram user id) and the last 4
-    characters of the secret part are kept. Anything that does not look like
-    ``<digits>:<at least 12 characters>`` gives ``"****"`` (the last 4 characters of a short
-    secret would give too much of it away). ``mask_token("1234567:AAH...wxyz")`` is
-    ``"1234567:****wxyz"``.
-    """
-    head, sep, rest = token.partition(":")
-    if not (sep and head.isdigit() and len(rest) >= 12):
-        return "****"
-    return f"{head}:****{rest[-4:]}"
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

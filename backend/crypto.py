@@ -58,9 +58,18 @@ class TokenCipher:
 
 
 def mask_token(token: str) -> str:
-    """Return a token safe to show: the bot id and the last 4 characters (``123:…wxyz``)."""
-    bot_id, _, rest = token.partition(":")
-    return f"{bot_id}:…{rest[-4:]}" if rest else "…"
+    """Return a form of a bot token safe to show: ``"<bot id>:****<last 4>"``.
+
+    At most the bot id (public anyway: it is the bot's Telegram user id) and the last 4
+    characters of the secret part are kept. Anything that does not look like
+    ``<digits>:<at least 12 characters>`` gives ``"****"`` (the last 4 characters of a short
+    secret would give too much of it away). ``mask_token("1234567:AAH...wxyz")`` is
+    ``"1234567:****wxyz"``.
+    """
+    head, sep, rest = token.partition(":")
+    if not (sep and head.isdigit() and len(rest) >= 12):
+        return "****"
+    return f"{head}:****{rest[-4:]}"
 
 
 def webhook_secret_for(master: str, bot_id: int) -> str:
