@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.api import routes_auth
+from backend.api import routes_auth, routes_bots, routes_ops
 from backend.api.security import (
     MAX_CONCURRENT_HASHES,
     ApiState,
@@ -29,6 +29,7 @@ from backend.api.security import (
 from backend.crypto import Secrets, resolve_secret_key
 from backend.metrics import metrics_app
 from backend.settings import Settings
+from behavior_engine.reads import CachedReads
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,14 @@ class BodyLimit:
 def create_app(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *,
     hasher: PasswordHasher | None = None, throttle: LoginThrottle | None = None,
+    secrets: Secrets | None = None, reads: CachedReads | None = None,
 ) -> FastAPI:
     """The admin API app.
 
     Args:
+        secrets: the process secrets (bot tokens are encrypted with their Fernet key).
+        reads: the cached reads whose cache carries edits to the running workers (default:
+            an in-memory cache over ``sessionmaker``, which reaches no other process).
         hasher: the password hasher (default :func:`make_hasher`; tests pass cheaper ones).
         throttle: the failed-login limiter (default :class:`LoginThrottle` with its limits).
 
@@ -128,6 +133,8 @@ def create_app(
         # An unknown username is verified against this, so it costs what a real user costs.
         dummy_hash=hash_password(hasher, "botsim-dummy-password"),
         hash_slots=asyncio.Semaphore(MAX_CONCURRENT_HASHES),
+        cipher=secrets.cipher() if secrets is not None else None,
+        reads=reads or CachedReads(settings.make_cache(), sessionmaker),
     )
 
     @app.get("/health/live", tags=["health"])
@@ -148,6 +155,8 @@ def create_app(
         return {"status": "ready"}
 
     app.include_router(routes_auth.router, prefix="/api/v1")
+    app.include_router(routes_bots.router, prefix="/api/v1")
+    app.include_router(routes_ops.router, prefix="/api/v1")
     app.mount("/metrics", metrics_app())
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app
@@ -157,7 +166,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     """Run the admin API on ``api_host:api_port`` until cancelled (migrates first).
 
     Args:
-        secrets: the process secrets (kept for the routes that will manage bot tokens).
+        secrets: the process secrets (bot tokens written through the API).
 
     Raises:
         ConfigError: see :func:`create_app`.
@@ -166,16 +175,19 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
 
     from backend.db.session import make_engine, make_sessionmaker, upgrade
 
-    del secrets  # bot-token routes are not here yet
     resolve_secret_key(settings)  # refuse before touching the database
     await upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
+    cache = settings.make_cache()
+    await cache.start()
     try:
-        app = create_app(settings, make_sessionmaker(engine))
+        sm = make_sessionmaker(engine)
+        app = create_app(settings, sm, secrets=secrets, reads=CachedReads(cache, sm))
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                                 log_level="warning", access_log=False)
         log.info("admin API on http://%s:%s", settings.api_host, settings.api_port)
         await uvicorn.Server(config).serve()
     finally:
+        await cache.close()
         await engine.dispose()
 

@@ -28,8 +28,10 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.crypto import TokenCipher
 from backend.settings import Settings
 from backend.stores import users as store
+from behavior_engine.reads import CachedReads
 
 SESSION_COOKIE = "botsim_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -153,7 +155,14 @@ class LoginThrottle:
 
 @dataclass
 class ApiState:
-    """What the routes need, kept on ``app.state.api``."""
+    """What the routes need, kept on ``app.state.api``.
+
+    Attributes:
+        cipher: encrypts bot tokens written through the API (None: bot-token routes
+            answer 503).
+        reads: the process's cached reads; its cache carries the stores' invalidations to
+            the running workers (over Redis pub/sub when ``REDIS_URL`` is set).
+    """
 
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
@@ -162,6 +171,8 @@ class ApiState:
     throttle: LoginThrottle
     dummy_hash: str
     hash_slots: asyncio.Semaphore
+    cipher: TokenCipher | None = None
+    reads: CachedReads | None = None
 
     @property
     def secure_cookies(self) -> bool:
