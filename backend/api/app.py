@@ -14,11 +14,12 @@ import logging
 from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.api import routes_auth, routes_bots, routes_ops
+from backend.api import pages, routes_auth, routes_bots, routes_ops
 from backend.api.security import (
     MAX_CONCURRENT_HASHES,
     ApiState,
@@ -157,6 +158,8 @@ def create_app(
     app.include_router(routes_auth.router, prefix="/api/v1")
     app.include_router(routes_bots.router, prefix="/api/v1")
     app.include_router(routes_ops.router, prefix="/api/v1")
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.mount("/metrics", metrics_app())
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app

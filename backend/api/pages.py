@@ -1,0 +1,341 @@
+"""The admin panel: server-rendered pages (Jinja2, autoescaped) and one JSON route.
+
+Pages (a logged-in session or API token; otherwise a redirect to ``/login``):
+
+- ``/login``: the login form (``panel.js`` posts it to ``/api/v1/auth/login``).
+- ``/``: the live group page: a chat's recent messages, then new ones from
+  ``/api/v1/events`` (rendered by ``panel.js`` with ``textContent``), and a box to post as a
+  human into a sandbox group.
+- ``/personas`` and ``/personas/{bot_id}``: the bots, and a bot's persona as JSON to edit
+  (saved with ``PATCH /api/v1/bots/{id}``) with its prompt preview.
+- ``/settings`` and ``/costs``: read-only tables.
+
+Every text from Telegram or a persona reaches the HTML through Jinja2's autoescaping or
+``textContent``, never as markup. Pages answer with a Content-Security-Policy allowing only
+this origin's scripts and styles (no inline script).
+
+``POST /panel/sandbox/post`` (admin, CSRF-checked): post a message as a human into a chat
+of the sandbox Telegram (``sandbox.telegram_api``) at ``settings.telegram_api_url`` without
+its trailing ``/bot``; 409 when that URL is not on 127.0.0.1/localhost.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from backend.api import routes_ops
+from backend.api.security import (
+    ApiState,
+    Principal,
+    api_state,
+    current_principal,
+    require_admin,
+)
+from backend.api_schemas import ChatOut, MessageOut
+from backend.db.models import Bot, Chat, Message
+from backend.errors import NotFound
+from backend.stores import chats as chat_store
+
+router = APIRouter(include_in_schema=False)
+
+HERE = Path(__file__).parent
+TEMPLATES_DIR = HERE / "templates"
+STATIC_DIR = HERE / "static"
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+templates.env.autoescape = True  # every template, whatever its name ends in
+
+#: Messages shown when the live page opens.
+RECENT_MESSAGES = 50
+#: Hosts of a sandbox Telegram (the only ones the panel posts human messages to).
+SANDBOX_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Telegram user ids of panel users posting into the sandbox: this base + our user id.
+SANDBOX_USER_BASE = 7_000_000_000
+#: Timeout of the call to the sandbox, seconds.
+SANDBOX_TIMEOUT_S = 5.0
+#: Transport of the calls to the sandbox (None: the network); tests replace it.
+sandbox_transport: httpx.AsyncBaseTransport | None = None
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+
+State = Annotated[ApiState, Depends(api_state)]
+
+
+async def _principal(request: Request, state: ApiState) -> Principal | None:
+    """The logged-in caller, or None (not logged in, expired, unknown token)."""
+    try:
+        return await current_principal(request, state)
+    except HTTPException:
+        return None
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _render(request: Request, name: str, context: dict[str, Any], *,
+            status_code: int = 200) -> HTMLResponse:
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- login ------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request) -> HTMLResponse:
+    """The login form; ``panel.js`` posts it to the JSON login and then opens ``/``."""
+    return _render(request, "login.html", {"user": None, "page": "login"})
+
+
+# --- live group page --------------------------------------------------------------------
+
+
+async def _chats(state: ApiState) -> list[ChatOut]:
+    async with state.sessionmaker() as session:
+        rows = (await session.execute(select(Chat).order_by(Chat.id))).scalars().all()
+    return [ChatOut.from_row(c) for c in rows]
+
+
+async def _bot_names(state: ApiState) -> dict[int, str]:
+    async with state.sessionmaker() as session:
+        rows = (await session.execute(select(Bot.id, Bot.name))).all()
+    return {int(i): str(n) for i, n in rows}
+
+
+def _message_view(msg: MessageOut, bots: dict[int, str],
+                  by_tg_id: dict[int, MessageOut]) -> dict[str, Any]:
+    sender = (bots.get(msg.bot_id, f"bot {msg.bot_id}") if msg.bot_id is not None
+              else msg.sender_name or f"user {msg.sender_id}")
+    reply = None
+    if msg.reply_to_telegram_message_id is not None:
+        target = by_tg_id.get(msg.reply_to_telegram_message_id)
+        if target is None:
+            reply = f"message #{msg.reply_to_telegram_message_id}"
+        else:
+            who = (bots.get(target.bot_id, f"bot {target.bot_id}") if target.bot_id is not None
+                   else target.sender_name or "someone")
+            snippet = target.text if len(target.text) <= 60 else target.text[:60] + "…"
+            reply = f"{who}: {snippet}"
+    return {"id": msg.id, "tg_id": msg.telegram_message_id, "sender": sender,
+            "human": msg.bot_id is None, "text": msg.text, "kind": msg.kind,
+            "reply": reply, "at": _time(msg.created_at)}
+
+
+@router.get("/", response_class=HTMLResponse, response_model=None)
+async def live_page(request: Request, state: State,
+                    chat_id: int | None = None) -> Response:
+    """The live group page for ``chat_id`` (default: the first chat)."""
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    chats = await _chats(state)
+    chat = next((c for c in chats if c.id == chat_id), None) if chat_id is not None else None
+    if chat is None and chat_id is None and chats:
+        chat = chats[0]
+    bots = await _bot_names(state)
+    messages: list[dict[str, Any]] = []
+    last_id = 0
+    if chat is not None:
+        async with state.sessionmaker() as session:
+            rows = (await session.execute(
+                select(Message).where(Message.chat_id == chat.id)
+                .order_by(Message.id.desc()).limit(RECENT_MESSAGES))).scalars().all()
+        outs = [MessageOut.from_row(m) for m in reversed(rows)]
+        by_tg_id = {m.telegram_message_id: m for m in outs}
+        messages = [_message_view(m, bots, by_tg_id) for m in outs]
+        last_id = outs[-1].id if outs else 0
+        if not outs:  # start the stream after whatever exists now
+            last_id = await _latest_id(state)
+    return _render(request, "live.html", {
+        "user": who, "page": "live", "chats": chats, "chat": chat,
+        "unknown_chat": chat_id is not None and chat is None,
+        "messages": messages, "last_id": last_id,
+        "bot_names": {str(k): v for k, v in bots.items()},
+    })
+
+
+async def _latest_id(state: ApiState) -> int:
+    async with state.sessionmaker() as session:
+        found = (await session.execute(
+            select(Message.id).order_by(Message.id.desc()).limit(1))).scalar_one_or_none()
+    return int(found or 0)
+
+
+# --- personas ---------------------------------------------------------------------------
+
+
+def _editable(bot: Bot) -> dict[str, Any]:
+    """A bot's editable fields, as ``PATCH /api/v1/bots/{id}`` takes them (no token)."""
+    return {
+        "name": bot.name,
+        "username": bot.username,
+        "enabled": bot.enabled,
+        "mood": bot.mood,
+        **bot.persona.model_dump(mode="json"),
+        "stances": [s.model_dump(mode="json") for s in bot.stances.items],
+        "holdings": [h.model_dump(mode="json") for h in bot.holdings.items],
+    }
+
+
+@router.get("/personas", response_class=HTMLResponse, response_model=None)
+async def personas_page(request: Request, state: State) -> Response:
+    """Every bot, with a link to its persona editor."""
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    async with state.sessionmaker() as session:
+        bots = (await session.execute(select(Bot).order_by(Bot.id))).scalars().all()
+    rows = [{"id": b.id, "name": b.name, "username": b.username, "enabled": b.enabled,
+             "role": b.persona.role, "language": b.persona.language, "bio": b.persona.bio}
+            for b in bots]
+    return _render(request, "personas.html", {"user": who, "page": "personas", "bots": rows})
+
+
+@router.get("/personas/{bot_id}", response_class=HTMLResponse, response_model=None)
+async def persona_editor(bot_id: int, request: Request, state: State) -> Response:
+    """One bot's persona as JSON to edit, and its prompt preview (404 page when unknown)."""
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    async with state.sessionmaker() as session:
+        bot = await session.get(Bot, bot_id)
+        fields = _editable(bot) if bot is not None else None
+        name = bot.name if bot is not None else None
+    if fields is None:
+        return _render(request, "not_found.html",
+                       {"user": who, "page": "personas", "what": f"bot {bot_id}"},
+                       status_code=404)
+    return _render(request, "persona_edit.html", {
+        "user": who, "page": "personas", "bot_id": bot_id, "name": name,
+        "persona_json": json.dumps(fields, ensure_ascii=False, indent=2),
+        "chats": await _chats(state),
+    })
+
+
+# --- settings and costs -----------------------------------------------------------------
+
+
+@router.get("/settings", response_class=HTMLResponse, response_model=None)
+async def settings_page(request: Request, state: State) -> Response:
+    """The operator settings (read-only)."""
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    current = await routes_ops.get_settings(who, state)
+    rows = [(k, json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v))
+            for k, v in current.model_dump(mode="json").items()]
+    return _render(request, "settings.html", {"user": who, "page": "settings", "rows": rows})
+
+
+@router.get("/costs", response_class=HTMLResponse, response_model=None)
+async def costs_page(request: Request, state: State, since: str = "24h",
+                     by: str = "provider") -> Response:
+    """LLM costs since ``since`` grouped by ``by`` (as ``GET /api/v1/costs``)."""
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    group: Literal["provider", "bot", "day"] = (
+        by if by in ("provider", "bot", "day") else "provider")  # type: ignore[assignment]
+    error = None
+    data = None
+    try:
+        data = await routes_ops.costs(who, state, since=since[:64], by=group)
+    except HTTPException:
+        error = f"{since[:64]!r}: expected an age (30m, 24h, 7d), an ISO date/time or 'all'"
+    return _render(request, "costs.html", {
+        "user": who, "page": "costs", "since": since[:64], "by": group, "data": data,
+        "error": error}, status_code=200 if error is None else 422)
+
+
+# --- posting as a human into the sandbox ------------------------------------------------
+
+
+class SandboxPost(BaseModel):
+    """Body of ``POST /panel/sandbox/post``.
+
+    Attributes:
+        chat_id: our chat id; text: the message (1–4096 characters, Telegram's limit);
+        reply_to_message_id: the Telegram message id it answers, if any.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    chat_id: int
+    text: str = Field(min_length=1, max_length=4096)
+    reply_to_message_id: int | None = None
+
+
+class SandboxPosted(BaseModel):
+    """What the sandbox answered: the Telegram message id of the new message."""
+
+    telegram_message_id: int | None
+
+
+def sandbox_base_url(telegram_api_url: str) -> str | None:
+    """The sandbox's base URL from ``telegram_api_url`` (its trailing ``/bot`` removed), or
+    None when the URL is not on 127.0.0.1/localhost (so not the sandbox)."""
+    parts = urlsplit(telegram_api_url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in SANDBOX_HOSTS:
+        return None
+    base = telegram_api_url.rstrip("/")
+    return base.removesuffix("/bot")
+
+
+@router.post("/panel/sandbox/post", response_model=SandboxPosted)
+async def sandbox_post(body: SandboxPost, who: Annotated[Principal, Depends(require_admin)],
+                       state: State) -> SandboxPosted:
+    """Post ``text`` as a human (this panel user) into a chat of the sandbox Telegram.
+
+    Admin only, CSRF-checked. 409 when ``telegram_api_url`` is not the sandbox's, 404 for
+    an unknown chat, 502 when the sandbox refuses or does not answer.
+    """
+    base = sandbox_base_url(state.settings.telegram_api_url)
+    if base is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="not a sandbox")
+    try:
+        async with state.sessionmaker() as session:
+            chat = await chat_store.get_chat(session, chat_id=body.chat_id)
+            telegram_chat_id = chat.telegram_chat_id
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
+    payload: dict[str, Any] = {"user_id": SANDBOX_USER_BASE + who.user_id, "text": body.text,
+                               "first_name": who.username, "username": who.username}
+    if body.reply_to_message_id is not None:
+        payload["reply_to_message_id"] = body.reply_to_message_id
+    url = f"{base}/sandbox/chats/{telegram_chat_id}/messages"
+    try:
+        async with httpx.AsyncClient(transport=sandbox_transport,
+                                     timeout=SANDBOX_TIMEOUT_S) as client:
+            answer = await client.post(url, json=payload)
+        data = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY,
+                            detail=f"sandbox did not answer: {type(exc).__name__}") from None
+    if answer.status_code >= 400 or not isinstance(data, dict) or not data.get("ok"):
+        description = data.get("description") if isinstance(data, dict) else None
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY,
+                            detail=f"sandbox refused: {description or answer.status_code}")
+    result = data.get("result")
+    message_id = result.get("message_id") if isinstance(result, dict) else None
+    return SandboxPosted(telegram_message_id=message_id if isinstance(message_id, int) else None)

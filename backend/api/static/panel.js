@@ -1,0 +1,269 @@
+// botsim admin panel: small helpers for the server-rendered pages.
+// Text from Telegram or personas is only ever put into the page with textContent.
+"use strict";
+
+const API = "/api/v1";
+let mePromise = null;
+
+function me() {
+  // The caller and the session's CSRF token (GET /api/v1/auth/me), fetched once per page.
+  if (mePromise === null) {
+    mePromise = fetch(API + "/auth/me", { credentials: "same-origin" }).then((r) => {
+      if (r.status === 401) {
+        window.location.assign("/login");
+        throw new Error("not logged in");
+      }
+      if (!r.ok) throw new Error("auth/me answered " + r.status);
+      return r.json();
+    });
+  }
+  return mePromise;
+}
+
+function detailText(body, status) {
+  // A readable line from an error answer's "detail" (string or list of problems).
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.detail)) {
+    return body.detail.map((p) => (p.field || (p.loc || []).join(".")) + ": " +
+      (p.reason || p.msg || "")).join("; ");
+  }
+  return "request failed (" + status + ")";
+}
+
+async function send(method, path, body) {
+  // A state-changing call with the CSRF header; resolves to {ok, status, body}.
+  const who = await me();
+  const headers = { "X-CSRF-Token": who.csrf_token || "" };
+  const init = { method: method, headers: headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  return { ok: r.ok, status: r.status, body: data };
+}
+
+function showError(message) {
+  const el = document.getElementById("panel-error");
+  if (!el) return;
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+// --- login ----------------------------------------------------------------------------
+
+function initLogin() {
+  const form = document.getElementById("login-form");
+  if (!form) return;
+  const err = document.getElementById("login-error");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.hidden = true;
+    const data = new FormData(form);
+    const r = await fetch(API + "/auth/login", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: data.get("username"), password: data.get("password") }),
+    });
+    if (r.ok) {
+      window.location.assign("/");
+      return;
+    }
+    let body = null;
+    try { body = await r.json(); } catch (e) { body = null; }
+    err.textContent = r.status === 422 ? "enter a username and a password"
+      : detailText(body, r.status);
+    err.hidden = false;
+  });
+}
+
+function initLogout() {
+  const button = document.getElementById("logout");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const r = await send("POST", API + "/auth/logout");
+    if (r.ok || r.status === 401) window.location.assign("/login");
+    else showError(detailText(r.body, r.status));
+  });
+}
+
+// --- live group -----------------------------------------------------------------------
+
+function initLive() {
+  const section = document.getElementById("live");
+  const select = document.getElementById("chat-select");
+  if (select) {
+    select.addEventListener("change", () => {
+      window.location.assign("/?chat_id=" + encodeURIComponent(select.value));
+    });
+  }
+  if (!section) return;
+  const chatId = section.dataset.chatId;
+  const list = document.getElementById("messages");
+  const state = document.getElementById("stream-state");
+  const namesNode = document.getElementById("bot-names");
+  const botNames = namesNode ? JSON.parse(namesNode.textContent || "{}") : {};
+  const byTgId = new Map();
+  const seen = new Set();
+  for (const li of list.querySelectorAll("li.msg")) {
+    seen.add(li.dataset.id);
+    const text = li.querySelector(".text");
+    const sender = li.querySelector(".sender");
+    byTgId.set(li.dataset.tgId, {
+      sender: sender ? sender.textContent : "", text: text ? text.textContent : "",
+    });
+  }
+
+  function senderOf(m) {
+    if (m.bot_id !== null && m.bot_id !== undefined) {
+      return botNames[String(m.bot_id)] || "bot " + m.bot_id;
+    }
+    return m.sender_name || "user " + m.sender_id;
+  }
+
+  function render(m) {
+    if (seen.has(String(m.id))) return;
+    seen.add(String(m.id));
+    const li = el("li", m.bot_id === null ? "msg human" : "msg");
+    li.dataset.id = String(m.id);
+    li.dataset.tgId = String(m.telegram_message_id);
+    const meta = el("span", "meta");
+    meta.appendChild(el("span", "sender", senderOf(m)));
+    meta.appendChild(document.createTextNode(" "));
+    meta.appendChild(el("time", null, String(m.created_at).replace("T", " ").slice(0, 19)));
+    if (m.kind && m.kind !== "text") meta.appendChild(el("span", "kind", " [" + m.kind + "]"));
+    li.appendChild(meta);
+    if (m.reply_to_telegram_message_id !== null && m.reply_to_telegram_message_id !== undefined) {
+      const target = byTgId.get(String(m.reply_to_telegram_message_id));
+      let what = "message #" + m.reply_to_telegram_message_id;
+      if (target) {
+        const snippet = target.text.length > 60 ? target.text.slice(0, 60) + "…" : target.text;
+        what = target.sender + ": " + snippet;
+      }
+      li.appendChild(el("span", "reply", "↪ answers " + what));
+    }
+    li.appendChild(el("span", "text", m.text));
+    byTgId.set(String(m.telegram_message_id), { sender: senderOf(m), text: m.text });
+    list.appendChild(li);
+    li.scrollIntoView({ block: "end" });
+  }
+
+  const url = API + "/events?chat_id=" + encodeURIComponent(chatId) +
+    "&after_id=" + encodeURIComponent(section.dataset.lastId || "0");
+  const source = new EventSource(url);
+  source.addEventListener("open", () => { state.textContent = "live"; });
+  source.addEventListener("error", () => { state.textContent = "reconnecting…"; });
+  source.addEventListener("message", (ev) => {
+    try { render(JSON.parse(ev.data)); } catch (e) { state.textContent = "bad event"; }
+  });
+
+  const form = document.getElementById("human-form");
+  const status = document.getElementById("human-status");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const data = new FormData(form);
+    const body = { chat_id: Number(chatId), text: String(data.get("text") || "") };
+    const reply = String(data.get("reply_to") || "").trim();
+    if (reply) body.reply_to_message_id = Number(reply);
+    status.textContent = "sending…";
+    const r = await send("POST", "/panel/sandbox/post", body);
+    if (r.ok) {
+      status.textContent = "sent (message " + r.body.telegram_message_id + ")";
+      form.reset();
+    } else {
+      status.textContent = "not sent: " + detailText(r.body, r.status);
+    }
+  });
+}
+
+// --- persona editor -------------------------------------------------------------------
+
+function initPersona() {
+  const form = document.getElementById("persona-form");
+  if (!form) return;
+  const botId = form.dataset.botId;
+  const area = document.getElementById("persona-json");
+  const status = document.getElementById("persona-status");
+  const errors = document.getElementById("persona-errors");
+
+  function listProblems(items) {
+    errors.replaceChildren();
+    if (items.length === 0) {
+      errors.appendChild(el("li", "muted", "none"));
+      return;
+    }
+    for (const [field, reason] of items) {
+      const li = el("li", "error");
+      li.appendChild(el("code", null, field));
+      li.appendChild(document.createTextNode(" " + reason));
+      errors.appendChild(li);
+    }
+  }
+
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    let body;
+    try {
+      body = JSON.parse(area.value);
+    } catch (e) {
+      listProblems([["JSON", String(e.message || e)]]);
+      status.textContent = "not saved";
+      return;
+    }
+    status.textContent = "saving…";
+    const r = await send("PATCH", API + "/bots/" + encodeURIComponent(botId), body);
+    if (r.ok) {
+      listProblems([]);
+      status.textContent = "saved";
+    } else if (r.status === 422 && r.body && Array.isArray(r.body.detail)) {
+      listProblems(r.body.detail.map((p) => [p.field || (p.loc || []).join("."),
+        p.reason || p.msg || ""]));
+      status.textContent = "not saved: fix the fields listed";
+    } else {
+      listProblems([["error " + r.status, detailText(r.body, r.status)]]);
+      status.textContent = "not saved";
+    }
+  });
+
+  const preview = document.getElementById("preview-form");
+  const summary = document.getElementById("preview-summary");
+  const layers = document.getElementById("preview-layers");
+  preview.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const chat = new FormData(preview).get("chat_id");
+    summary.textContent = "loading…";
+    layers.replaceChildren();
+    const r = await fetch(API + "/bots/" + encodeURIComponent(botId) + "/preview?chat_id=" +
+      encodeURIComponent(String(chat)), { credentials: "same-origin" });
+    let body = null;
+    try { body = await r.json(); } catch (e) { body = null; }
+    if (!r.ok) {
+      summary.textContent = "no preview: " + detailText(body, r.status);
+      return;
+    }
+    summary.textContent = "~" + body.tokens_estimate + " tokens · topic " + body.topic +
+      " · mood " + body.mood + " · P&L " + body.pnl_pct + "%";
+    for (const layer of body.layers) {
+      const box = el("div", "layer");
+      box.appendChild(el("h3", null, layer.name));
+      box.appendChild(el("pre", null, layer.text));
+      layers.appendChild(box);
+    }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  initLogin();
+  initLogout();
+  initLive();
+  initPersona();
+});

@@ -1,0 +1,277 @@
+"""The admin panel's pages and its sandbox-post route (:mod:`backend.api.pages`).
+
+Runs on SQLite and PostgreSQL (the ``sessionmaker`` fixture); users hash with argon2's
+cheapest parameters. The sandbox Telegram is replaced by an ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+from argon2.profiles import CHEAPEST
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.api import pages
+from backend.api.app import create_app
+from backend.api.security import SESSION_COOKIE
+from backend.cache import TwoLayerCache
+from backend.crypto import TokenCipher
+from backend.schemas import MessageMeta
+from backend.settings import Settings
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from backend.stores import messages as message_store
+from backend.stores import users as user_store
+from behavior_engine.reads import CachedReads
+from bots.personas import load_persona_dir
+
+Sessions = async_sessionmaker[AsyncSession]
+SECRET = "k" * 40
+ADMIN_PW = "admin password 123"
+VIEWER_PW = "viewer password 123"
+XSS = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
+PAGES = ["/", "/personas", "/personas/1", "/settings", "/costs"]
+
+
+def _hasher() -> PasswordHasher:
+    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
+                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
+                          salt_len=CHEAPEST.salt_len)
+
+
+class Env:
+    """An app with an admin (alice) and a viewer (vera), and clients on it."""
+
+    def __init__(self, app: FastAPI, sm: Sessions) -> None:
+        self.app, self.sm = app, sm
+        self.clients: list[httpx.AsyncClient] = []
+
+    def client(self) -> httpx.AsyncClient:
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+                              base_url="http://testserver")
+        self.clients.append(c)
+        return c
+
+    async def login(self, who: str) -> tuple[httpx.AsyncClient, str]:
+        c = self.client()
+        pw = ADMIN_PW if who == "alice" else VIEWER_PW
+        r = await c.post("/api/v1/auth/login", json={"username": who, "password": pw})
+        assert r.status_code == 200, r.text
+        return c, str(r.json()["csrf_token"])
+
+
+async def _make_env(tmp_path: Path, sm: Sessions, cache: TwoLayerCache,
+                    **settings: Any) -> Env:
+    hasher = _hasher()
+    app = create_app(Settings(data_dir=tmp_path, secret_key=SECRET, **settings), sm,
+                     hasher=hasher, reads=CachedReads(cache, sm))
+    async with sm() as s, s.begin():
+        if await user_store.get_by_username(s, username="alice") is None:
+            await user_store.create_user(s, username="alice", role="admin",
+                                         password_hash=hasher.hash(ADMIN_PW))
+            await user_store.create_user(s, username="vera", role="viewer",
+                                         password_hash=hasher.hash(VIEWER_PW))
+    return Env(app, sm)
+
+
+@pytest.fixture
+async def cache() -> AsyncIterator[TwoLayerCache]:
+    c = TwoLayerCache(redis_url=None)
+    await c.start()
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path, sessionmaker: Sessions,
+              cache: TwoLayerCache) -> AsyncIterator[Env]:
+    e = await _make_env(tmp_path, sessionmaker, cache)
+    yield e
+    for c in e.clients:
+        await c.aclose()
+
+
+async def _seed(sm: Sessions, cipher: TokenCipher) -> tuple[int, int]:
+    """A chat with one bot whose bio holds a script tag; a human message with a script tag
+    and the bot's answer to it. Returns (chat id, bot id)."""
+    persona = load_persona_dir()[0]
+    persona = persona.model_copy(update={"bio": f"Trader. {XSS} bio-marker"})
+    async with sm() as s, s.begin():
+        chat = await chat_store.upsert_chat(s, telegram_chat_id=-100777, title="Piyasa <i>",
+                                            topics={"btc": 1.0})
+        bot = await bot_store.upsert_persona_bot(s, persona=persona,
+                                                 token=f"7300000001:AAH{'y' * 34}",
+                                                 cipher=cipher)
+        await message_store.record_incoming(
+            s, chat_id=chat.id, telegram_message_id=1, text=f"human says {XSS}",
+            sender_id=901, sender_name="Deniz <b>", meta=MessageMeta(), created_at=START)
+        await message_store.record_sent(
+            s, chat_id=chat.id, bot_id=bot.id, turn_id="t-1", telegram_message_id=2,
+            text=f"bot answers {XSS}", meta=MessageMeta(topic="btc"),
+            reply_to_telegram_message_id=1, created_at=START + timedelta(seconds=5))
+        return chat.id, bot.id
+
+
+def _assert_escaped(html: str) -> None:
+    assert XSS not in html
+    assert "<script>alert" not in html
+    assert ESCAPED in html
+
+
+async def test_pages_redirect_to_login_without_a_session(env: Env) -> None:
+    anon = env.client()
+    for path in PAGES:
+        r = await anon.get(path)
+        assert r.status_code == 303, path
+        assert r.headers["location"] == "/login", path
+    anon.cookies.set(SESSION_COOKIE, "made-up-session")
+    assert (await anon.get("/")).headers.get("location") == "/login"
+    login = await anon.get("/login")
+    assert login.status_code == 200
+    assert 'id="login-form"' in login.text and 'type="password"' in login.text
+    assert "script-src 'self'" in login.headers["content-security-policy"]
+
+
+async def test_logged_in_pages_render_and_escape_telegram_and_persona_text(
+    env: Env, sessionmaker: Sessions, cipher: TokenCipher,
+) -> None:
+    env.app.state.api.cipher = cipher
+    chat_id, bot_id = await _seed(sessionmaker, cipher)
+    for who in ("alice", "vera"):  # viewers see every page too
+        client, _ = await env.login(who)
+        for path in ["/", f"/?chat_id={chat_id}", "/personas", f"/personas/{bot_id}",
+                     "/settings", "/costs", "/costs?since=all&by=bot"]:
+            r = await client.get(path)
+            assert r.status_code == 200, (who, path)
+            assert r.headers["content-type"].startswith("text/html")
+            assert "<script>" not in r.text.replace(
+                '<script src="/static/panel.js" defer></script>', "").replace(
+                '<script type="application/json" id="bot-names">', ""), path
+    client, _ = await env.login("alice")
+
+    live = (await client.get(f"/?chat_id={chat_id}")).text
+    _assert_escaped(live)
+    assert "human says " + ESCAPED in live and "bot answers " + ESCAPED in live
+    assert "Deniz &lt;b&gt;" in live and "Piyasa &lt;i&gt;" in live
+    human = re.findall(r'<li class="msg( human)?"', live)
+    assert human == [" human", ""]  # the human first, then the bot
+    assert "↪ answers Deniz &lt;b&gt;: human says " + ESCAPED in live
+    last_id = re.search(r'data-last-id="(\d+)"', live)
+    assert last_id is not None and int(last_id.group(1)) > 0
+    names = re.search(r'<script type="application/json" id="bot-names">(.*?)</script>', live)
+    assert names is not None and json.loads(names.group(1)) == {
+        str(bot_id): load_persona_dir()[0].name}
+
+    listing = (await client.get("/personas")).text
+    _assert_escaped(listing)
+    assert f'href="/personas/{bot_id}"' in listing
+
+    editor = (await client.get(f"/personas/{bot_id}")).text
+    _assert_escaped(editor)
+    area = re.search(r'<textarea id="persona-json"[^>]*>(.*?)</textarea>', editor, re.S)
+    assert area is not None
+    import html as html_lib
+
+    fields = json.loads(html_lib.unescape(area.group(1)))
+    assert fields["bio"] == f"Trader. {XSS} bio-marker" and "token" not in fields
+    assert f'data-bot-id="{bot_id}"' in editor
+
+    assert (await client.get("/personas/9999")).status_code == 404
+    settings = (await client.get("/settings")).text
+    assert "scale_factor" in settings and "max_msgs_per_min" in settings
+    bad = await client.get("/costs", params={"since": XSS})
+    assert bad.status_code == 422
+    _assert_escaped(bad.text)
+
+
+async def test_static_files_are_served(env: Env) -> None:
+    anon = env.client()
+    js = await anon.get("/static/panel.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert "EventSource" in js.text and "textContent" in js.text
+    assert "innerHTML" not in js.text and "insertAdjacentHTML" not in js.text
+    css = await anon.get("/static/panel.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert ".msg.human" in css.text
+    assert (await anon.get("/static/missing.js")).status_code == 404
+    assert (await anon.get("/static/../pages.py")).status_code == 404
+
+
+def _sandbox(calls: list[httpx.Request]) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"ok": True, "result": {"message_id": 42}})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_sandbox_post_needs_an_admin_and_csrf_and_posts_to_the_sandbox(
+    env: Env, sessionmaker: Sessions, cipher: TokenCipher, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[httpx.Request] = []
+    monkeypatch.setattr(pages, "sandbox_transport", _sandbox(calls))
+    chat_id, _ = await _seed(sessionmaker, cipher)
+    url = "/panel/sandbox/post"
+    body = {"chat_id": chat_id, "text": "selam <b>", "reply_to_message_id": 2}
+    assert (await env.client().post(url, json=body)).status_code == 401
+    viewer, viewer_csrf = await env.login("vera")
+    r = await viewer.post(url, json=body, headers={"X-CSRF-Token": viewer_csrf})
+    assert r.status_code == 403 and r.json()["detail"] == "admin role required"
+    admin, csrf = await env.login("alice")
+    assert (await admin.post(url, json=body)).status_code == 403  # no CSRF header
+    assert calls == []
+    r = await admin.post(url, json=body, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"telegram_message_id": 42}
+    assert len(calls) == 1
+    assert str(calls[0].url) == "http://127.0.0.1:8081/sandbox/chats/-100777/messages"
+    sent = json.loads(calls[0].content)
+    assert sent["text"] == "selam <b>" and sent["reply_to_message_id"] == 2
+    assert sent["first_name"] == "alice" and isinstance(sent["user_id"], int)
+    unknown = await admin.post(url, json={**body, "chat_id": 9999},
+                               headers={"X-CSRF-Token": csrf})
+    assert unknown.status_code == 404 and len(calls) == 1
+
+
+async def test_sandbox_post_refuses_a_real_telegram(
+    tmp_path: Path, sessionmaker: Sessions, cipher: TokenCipher, cache: TwoLayerCache,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[httpx.Request] = []
+    monkeypatch.setattr(pages, "sandbox_transport", _sandbox(calls))
+    chat_id, _ = await _seed(sessionmaker, cipher)
+    env = await _make_env(tmp_path, sessionmaker, cache,
+                          telegram_api_url="https://api.telegram.org/bot")
+    try:
+        admin, csrf = await env.login("alice")
+        r = await admin.post("/panel/sandbox/post", json={"chat_id": chat_id, "text": "hi"},
+                             headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 409 and r.json()["detail"] == "not a sandbox"
+        assert calls == []
+    finally:
+        for c in env.clients:
+            await c.aclose()
+
+
+@pytest.mark.parametrize(("url", "base"), [
+    ("http://127.0.0.1:8081/bot", "http://127.0.0.1:8081"),
+    ("http://localhost:9000/bot/", "http://localhost:9000"),
+    ("http://[::1]:8081/bot", "http://[::1]:8081"),
+    ("https://api.telegram.org/bot", None),
+    ("http://127.0.0.1.example.com/bot", None),
+    ("http://user@evil.example/bot?x=127.0.0.1", None),
+    ("file://localhost/bot", None),
+])
+def test_sandbox_base_url(url: str, base: str | None) -> None:
+    assert pages.sandbox_base_url(url) == base
