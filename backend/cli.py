@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="end with one JSON object of figures on the last line")
     demo.add_argument("--no-input", action="store_true",
                       help="do not read lines to post from standard input")
+    demo.add_argument("--no-panel", action="store_true", help="do not serve the admin panel")
     demo.add_argument("--llm", choices=["offline", "sandbox", "settings"], default="offline",
                       help="who writes: the offline generator (default), the real SDKs against"
                       " the sandbox LLM server, or BOTSIM_LLM_PROVIDERS")
@@ -261,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from backend.demo import DemoOptions, run_demo
 
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
-                                  read_stdin=not args.no_input, llm=args.llm)
+                                  read_stdin=not args.no_input, llm=args.llm,
+                                  panel=not args.no_panel)
             try:
                 asyncio.run(run_demo(settings, options))
             except KeyboardInterrupt:

@@ -75,6 +75,8 @@ class DemoOptions:
             Gemini through their real SDKs against the sandbox LLM server, offline last), or
             ``settings`` (the chain of ``BOTSIM_LLM_PROVIDERS``).
         out: where the conversation and the summary are printed.
+        panel: also serve the admin panel (on ``settings.api_host:api_port``, or a free
+            port when that one is taken) with a generated admin login, printed once.
     """
 
     duration: float | None = None
@@ -84,6 +86,7 @@ class DemoOptions:
     say_after: float = SAY_AFTER_S
     llm: Literal["offline", "sandbox", "settings"] = "offline"
     out: TextIO = field(default_factory=lambda: sys.stdout)
+    panel: bool = True
 
 
 def sandbox_providers(llm: LLMSandbox) -> list[ProviderSettings]:
@@ -183,6 +186,35 @@ async def _converse(
         await asyncio.sleep(0.25)
 
 
+DEMO_ADMIN = "admin"
+
+
+async def _serve_panel(
+    settings: Settings, sessionmaker: Any, secrets: Any, reads: Any,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[str, str]:
+    """Serve the admin panel for the demo; returns (its URL, the generated admin password).
+
+    There is no default password: a random one is made for each run, hashed with argon2id
+    into the run's fresh database, and shown once.
+    """
+    from backend.api.app import create_app as create_api
+    from backend.stores import users as user_store
+
+    app = create_api(settings, sessionmaker, secrets=secrets, reads=reads)
+    password = pysecrets.token_urlsafe(12)
+    password_hash = await app.state.api.hash(password)
+    async with sessionmaker() as session, session.begin():
+        await user_store.create_user(session, username=DEMO_ADMIN, password_hash=password_hash,
+                                     role="admin")
+    try:
+        server = await BackgroundServer.start(app, settings.api_host, settings.api_port)
+    except OSError:  # the configured port is taken: any free one
+        server = await BackgroundServer.start(app, settings.api_host, 0)
+    stack.push_async_callback(server.stop)
+    return server.url, password
+
+
 async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     """Run the demo and return its summary (also printed).
 
@@ -263,12 +295,20 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
                                  market_start=run_start)
         await worker.start()
         stack.push_async_callback(worker.stop)
+        panel_line = ""
+        if options.panel:
+            panel_url, password = await _serve_panel(worker_settings, sessionmaker, secrets,
+                                                     reads, stack)
+            panel_line = (f"Admin panel: {panel_url}/ (log in as {DEMO_ADMIN} with password "
+                          f"{password}; generated for this run)")
 
         console.print(
             f"[bold]botsim demo[/bold]: {len(personas)} personas in \"{DEMO_CHAT_TITLE}\" "
             f"(sandbox Telegram {sandbox.base_url}, listener {listener.url}, "
             f"writers: {' → '.join([*(p.name for p in providers), 'offline'])})."
         )
+        if panel_line:
+            console.print(panel_line, markup=False)
         console.print(
             "Type a line and press Enter to post it as Deniz"
             + (f"; stops after {options.duration:g} s." if options.duration else "; Ctrl-C stops.")

@@ -187,6 +187,12 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     assert summary["duplicates"] == 0 and summary["errors"] == 0
     assert "Deniz: Dolar nereye gider sizce?" in out.getvalue()
     assert "↪ answers Deniz" in out.getvalue()
+    import re
+
+    panel = re.search(r"Admin panel: (http://127\.0\.0\.1:\d+)/ \(log in as admin with "
+                      r"password (\S+); generated for this run\)", out.getvalue())
+    assert panel is not None, out.getvalue()[:500]
+    assert len(panel.group(2)) >= 16
 
 
 def test_cli_demo_json_last_line(tmp_path: Path) -> None:
