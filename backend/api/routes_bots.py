@@ -28,7 +28,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.api.security import ApiState, Principal, api_state, require_admin, require_viewer
+from backend.api.security import (
+    MAX_DB_ID,
+    ApiState,
+    DbId,
+    Principal,
+    api_state,
+    require_admin,
+    require_viewer,
+)
 from backend.api_schemas import BotCreate, BotOut, BotUpdate, ChatOut, Page
 from backend.cache import TwoLayerCache
 from backend.crypto import TokenCipher
@@ -56,7 +64,9 @@ Viewer = Annotated[Principal, Depends(require_viewer)]
 Admin = Annotated[Principal, Depends(require_admin)]
 State = Annotated[ApiState, Depends(api_state)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]
-Cursor = Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")]
+Cursor = Annotated[
+    int | None, Query(ge=1, le=MAX_DB_ID, description="next_cursor of the previous page")
+]
 
 
 # --- models -----------------------------------------------------------------------------
@@ -173,8 +183,12 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _inline_schema(model)}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline_schema(model)}},
+        }
+    }
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -185,8 +199,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 
 def _unprocessable(problems: Sequence[tuple[str, str]]) -> HTTPException:
-    return HTTPException(422,
-                         detail=[{"field": f, "reason": r} for f, r in problems])
+    return HTTPException(422, detail=[{"field": f, "reason": r} for f, r in problems])
 
 
 def _parse(model: type[M], body: Any) -> M:
@@ -209,14 +222,17 @@ def _http_errors() -> Iterator[None]:
     except ValidationFailed as exc:
         raise _unprocessable(exc.problems) from None
     except IntegrityError:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            detail="conflicts with an existing row (duplicate)") from None
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, detail="conflicts with an existing row (duplicate)"
+        ) from None
 
 
 def _cipher(state: ApiState) -> TokenCipher:
     if state.cipher is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            detail="no Fernet key configured: bot tokens cannot be handled")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="no Fernet key configured: bot tokens cannot be handled",
+        )
     return state.cipher
 
 
@@ -244,23 +260,37 @@ def _bot_snapshot(bot: Bot) -> dict[str, Any]:
     }
 
 
-async def _record(session: AsyncSession, who: Principal, action: str, entity: str,
-                  entity_id: int, before: Mapping[str, Any] | None,
-                  after: Mapping[str, Any] | None) -> None:
-    await audit.record(session, user_id=who.user_id, username=who.username, action=action,
-                       entity=entity, entity_id=entity_id, before=before, after=after)
+async def _record(
+    session: AsyncSession,
+    who: Principal,
+    action: str,
+    entity: str,
+    entity_id: int,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> None:
+    await audit.record(
+        session,
+        user_id=who.user_id,
+        username=who.username,
+        action=action,
+        entity=entity,
+        entity_id=entity_id,
+        before=before,
+        after=after,
+    )
 
 
-async def _username_taken(session: AsyncSession, username: str, *, other_than: int | None
-                          ) -> Bot | None:
+async def _username_taken(
+    session: AsyncSession, username: str, *, other_than: int | None
+) -> Bot | None:
     stmt = select(Bot).where(func.lower(Bot.username) == username.lower())
     if other_than is not None:
         stmt = stmt.where(Bot.id != other_than)
     return (await session.execute(stmt)).scalars().first()
 
 
-async def _token_taken(session: AsyncSession, token: str, *, other_than: int | None
-                       ) -> Bot | None:
+async def _token_taken(session: AsyncSession, token: str, *, other_than: int | None) -> Bot | None:
     stmt = select(Bot).where(Bot.telegram_user_id == bot_store.bot_id_from_token(token))
     if other_than is not None:
         stmt = stmt.where(Bot.id != other_than)
@@ -268,8 +298,7 @@ async def _token_taken(session: AsyncSession, token: str, *, other_than: int | N
 
 
 def _conflict(what: str, bot: Bot) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT,
-                         detail=f"{what} already belongs to bot {bot.id}")
+    return HTTPException(status.HTTP_409_CONFLICT, detail=f"{what} already belongs to bot {bot.id}")
 
 
 async def _member_ids(session: AsyncSession, chat_ids: Sequence[int]) -> dict[int, list[int]]:
@@ -277,7 +306,9 @@ async def _member_ids(session: AsyncSession, chat_ids: Sequence[int]) -> dict[in
     if chat_ids:
         rows = await session.execute(
             select(ChatBot.chat_id, ChatBot.bot_id)
-            .where(ChatBot.chat_id.in_(chat_ids)).order_by(ChatBot.bot_id))
+            .where(ChatBot.chat_id.in_(chat_ids))
+            .order_by(ChatBot.bot_id)
+        )
         for chat_id, bot_id in rows.all():
             members[int(chat_id)].append(int(bot_id))
     return members
@@ -295,8 +326,9 @@ async def _chat_detail(session: AsyncSession, chat: Chat) -> ChatDetailOut:
 
 
 @router.get("/bots", response_model=Page[BotOut], tags=["bots"], responses={**_E503})
-async def list_bots(_who: Viewer, state: State, limit: Limit = DEFAULT_PAGE,
-                    cursor: Cursor = None) -> Page[BotOut]:
+async def list_bots(
+    _who: Viewer, state: State, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+) -> Page[BotOut]:
     """Bots, newest first, one page at a time (pass ``next_cursor`` back as ``cursor``).
 
     Tokens appear only masked (``token_masked``).
@@ -309,13 +341,13 @@ async def list_bots(_who: Viewer, state: State, limit: Limit = DEFAULT_PAGE,
         rows = list((await session.execute(stmt)).scalars().all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page[BotOut](items=[BotOut.from_row(b, cipher) for b in rows],
-                        next_cursor=rows[-1].id if more else None)
+    return Page[BotOut](
+        items=[BotOut.from_row(b, cipher) for b in rows], next_cursor=rows[-1].id if more else None
+    )
 
 
-@router.get("/bots/{bot_id}", response_model=BotOut, tags=["bots"],
-            responses={**_E404, **_E503})
-async def get_bot(bot_id: int, _who: Viewer, state: State) -> BotOut:
+@router.get("/bots/{bot_id}", response_model=BotOut, tags=["bots"], responses={**_E404, **_E503})
+async def get_bot(bot_id: DbId, _who: Viewer, state: State) -> BotOut:
     """One bot (404 when there is none)."""
     cipher = _cipher(state)
     with _http_errors():
@@ -324,10 +356,17 @@ async def get_bot(bot_id: int, _who: Viewer, state: State) -> BotOut:
     return BotOut.from_row(bot, cipher)
 
 
-@router.post("/bots", response_model=BotOut, status_code=201, tags=["bots"],
-             responses={**_E409, **_E422, **_E503}, openapi_extra=_documented_body(BotCreate))
-async def create_bot(who: Admin, state: State,
-                     body: Annotated[Any, Body(description="a BotCreate")]) -> BotOut:
+@router.post(
+    "/bots",
+    response_model=BotOut,
+    status_code=201,
+    tags=["bots"],
+    responses={**_E409, **_E422, **_E503},
+    openapi_extra=_documented_body(BotCreate),
+)
+async def create_bot(
+    who: Admin, state: State, body: Annotated[Any, Body(description="a BotCreate")]
+) -> BotOut:
     """Create a bot from a whole persona and its Bot API token (admin).
 
     The token is write-only: it is stored encrypted and shown only masked. 409 when another
@@ -345,19 +384,31 @@ async def create_bot(who: Admin, state: State,
             taken = await _token_taken(session, token, other_than=None)
             if taken is not None:
                 raise _conflict("this token's bot id", taken)
-            bot = await bot_store.upsert_persona_bot(session, persona=new.persona(),
-                                                     token=token, cipher=cipher,
-                                                     cache=_cache(state))
-            await _record(session, who, "bot.create", "bot", bot.id, None,
-                          {**_bot_snapshot(bot), "token": "set"})
+            bot = await bot_store.upsert_persona_bot(
+                session, persona=new.persona(), token=token, cipher=cipher, cache=_cache(state)
+            )
+            await _record(
+                session,
+                who,
+                "bot.create",
+                "bot",
+                bot.id,
+                None,
+                {**_bot_snapshot(bot), "token": "set"},
+            )
     return BotOut.from_row(bot, cipher)
 
 
-@router.patch("/bots/{bot_id}", response_model=BotOut, tags=["bots"],
-              responses={**_E404, **_E409, **_E422, **_E503},
-              openapi_extra=_documented_body(BotUpdate))
-async def update_bot(bot_id: int, who: Admin, state: State,
-                     body: Annotated[Any, Body(description="a BotUpdate")]) -> BotOut:
+@router.patch(
+    "/bots/{bot_id}",
+    response_model=BotOut,
+    tags=["bots"],
+    responses={**_E404, **_E409, **_E422, **_E503},
+    openapi_extra=_documented_body(BotUpdate),
+)
+async def update_bot(
+    bot_id: DbId, who: Admin, state: State, body: Annotated[Any, Body(description="a BotUpdate")]
+) -> BotOut:
     """Edit a bot (admin): only the fields sent change.
 
     The persona fields are merged into the bot's persona and validated whole (422 naming
@@ -370,9 +421,15 @@ async def update_bot(bot_id: int, who: Admin, state: State,
         async with state.sessionmaker() as session, session.begin():
             bot = await bot_store.get_bot(session, bot_id=bot_id)
             before = _bot_snapshot(bot)
-            current = Persona.model_validate({
-                **bot.persona.model_dump(), "name": bot.name, "username": bot.username,
-                "stances": bot.stances.items, "holdings": bot.holdings.items})
+            current = Persona.model_validate(
+                {
+                    **bot.persona.model_dump(),
+                    "name": bot.name,
+                    "username": bot.username,
+                    "stances": bot.stances.items,
+                    "holdings": bot.holdings.items,
+                }
+            )
             persona = patch.merged(current)
             if persona.username != bot.username:
                 taken = await _username_taken(session, persona.username, other_than=bot.id)
@@ -413,41 +470,59 @@ async def _set_enabled(bot_id: int, enabled: bool, who: Principal, state: ApiSta
             if bot.enabled != enabled:
                 bot.enabled = enabled
                 await session.flush()
-                await _record(session, who, "bot.enable" if enabled else "bot.disable", "bot",
-                              bot.id, {"enabled": not enabled}, {"enabled": enabled})
+                await _record(
+                    session,
+                    who,
+                    "bot.enable" if enabled else "bot.disable",
+                    "bot",
+                    bot.id,
+                    {"enabled": not enabled},
+                    {"enabled": enabled},
+                )
                 invalidate_after_commit(session, _cache(state), KIND_BOT, str(bot.id))
                 invalidate_after_commit(session, _cache(state), KIND_CHATS, "enabled")
     return BotOut.from_row(bot, cipher)
 
 
-@router.post("/bots/{bot_id}/enable", response_model=BotOut, tags=["bots"],
-             responses={**_E404, **_E503})
-async def enable_bot(bot_id: int, who: Admin, state: State) -> BotOut:
+@router.post(
+    "/bots/{bot_id}/enable", response_model=BotOut, tags=["bots"], responses={**_E404, **_E503}
+)
+async def enable_bot(bot_id: DbId, who: Admin, state: State) -> BotOut:
     """Let the bot take turns again (admin; no-op when already enabled)."""
     return await _set_enabled(bot_id, True, who, state)
 
 
-@router.post("/bots/{bot_id}/disable", response_model=BotOut, tags=["bots"],
-             responses={**_E404, **_E503})
-async def disable_bot(bot_id: int, who: Admin, state: State) -> BotOut:
+@router.post(
+    "/bots/{bot_id}/disable", response_model=BotOut, tags=["bots"], responses={**_E404, **_E503}
+)
+async def disable_bot(bot_id: DbId, who: Admin, state: State) -> BotOut:
     """Stop the bot taking turns (admin; no-op when already disabled)."""
     return await _set_enabled(bot_id, False, who, state)
 
 
-@router.post("/personas/validate", response_model=OkOut, tags=["bots"],
-             responses={**_E422}, openapi_extra=_documented_body(Persona))
-async def validate_persona(_who: Viewer,
-                           body: Annotated[Any, Body(description="a Persona")]) -> OkOut:
+@router.post(
+    "/personas/validate",
+    response_model=OkOut,
+    tags=["bots"],
+    responses={**_E422},
+    openapi_extra=_documented_body(Persona),
+)
+async def validate_persona(
+    _who: Viewer, body: Annotated[Any, Body(description="a Persona")]
+) -> OkOut:
     """Check persona fields without storing anything: ``{"ok": true}``, or 422 listing
     each refused ``{field, reason}``."""
     _parse(Persona, body)
     return OkOut(ok=True)
 
 
-@router.get("/bots/{bot_id}/preview", response_model=PreviewOut, tags=["bots"],
-            responses={**_E404})
-async def preview(bot_id: int, chat_id: Annotated[int, Query(description="our chat id")],
-                  _who: Viewer, state: State) -> PreviewOut:
+@router.get("/bots/{bot_id}/preview", response_model=PreviewOut, tags=["bots"], responses={**_E404})
+async def preview(
+    bot_id: DbId,
+    chat_id: Annotated[int, Query(ge=1, le=MAX_DB_ID, description="our chat id")],
+    _who: Viewer,
+    state: State,
+) -> PreviewOut:
     """The prompt the bot would get for a spontaneous turn in the chat now: its layers, the
     LLM messages and an estimate of their tokens. Nothing is generated, sent or stored.
 
@@ -457,8 +532,14 @@ async def preview(bot_id: int, chat_id: Annotated[int, Query(description="our ch
     now = datetime.now(UTC)
     seed = state.settings.seed
     with _http_errors():
-        got = await preview_prompt(_reads(state), bot_id=bot_id, chat_id=chat_id,
-                                   market=MarketFeed(seed=seed, start=now), now=now, seed=seed)
+        got = await preview_prompt(
+            _reads(state),
+            bot_id=bot_id,
+            chat_id=chat_id,
+            market=MarketFeed(seed=seed, start=now),
+            now=now,
+            seed=seed,
+        )
     return PreviewOut.model_validate(got)
 
 
@@ -466,8 +547,9 @@ async def preview(bot_id: int, chat_id: Annotated[int, Query(description="our ch
 
 
 @router.get("/chats", response_model=Page[ChatDetailOut], tags=["chats"])
-async def list_chats(_who: Viewer, state: State, limit: Limit = DEFAULT_PAGE,
-                     cursor: Cursor = None) -> Page[ChatDetailOut]:
+async def list_chats(
+    _who: Viewer, state: State, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+) -> Page[ChatDetailOut]:
     """Chats with their member bot ids, newest first (pass ``next_cursor`` back as
     ``cursor``)."""
     stmt = select(Chat).order_by(Chat.id.desc()).limit(limit + 1)
@@ -478,13 +560,13 @@ async def list_chats(_who: Viewer, state: State, limit: Limit = DEFAULT_PAGE,
         more = len(rows) > limit
         rows = rows[:limit]
         members = await _member_ids(session, [c.id for c in rows])
-    return Page[ChatDetailOut](items=[_chat_out(c, members[c.id]) for c in rows],
-                               next_cursor=rows[-1].id if more else None)
+    return Page[ChatDetailOut](
+        items=[_chat_out(c, members[c.id]) for c in rows], next_cursor=rows[-1].id if more else None
+    )
 
 
-@router.get("/chats/{chat_id}", response_model=ChatDetailOut, tags=["chats"],
-            responses={**_E404})
-async def get_chat(chat_id: int, _who: Viewer, state: State) -> ChatDetailOut:
+@router.get("/chats/{chat_id}", response_model=ChatDetailOut, tags=["chats"], responses={**_E404})
+async def get_chat(chat_id: DbId, _who: Viewer, state: State) -> ChatDetailOut:
     """One chat with its member bot ids (404 when there is none)."""
     with _http_errors():
         async with state.sessionmaker() as session:
@@ -492,59 +574,92 @@ async def get_chat(chat_id: int, _who: Viewer, state: State) -> ChatDetailOut:
             return await _chat_detail(session, chat)
 
 
-@router.post("/chats", response_model=ChatDetailOut, status_code=201, tags=["chats"],
-             responses={**_E409})
+@router.post(
+    "/chats", response_model=ChatDetailOut, status_code=201, tags=["chats"], responses={**_E409}
+)
 async def create_chat(body: ChatCreate, who: Admin, state: State) -> ChatDetailOut:
     """Register a Telegram group (admin); 409 when its Telegram chat id is known already."""
     with _http_errors():
         async with state.sessionmaker() as session, session.begin():
             known = await chat_store.get_chat_by_telegram_id(
-                session, telegram_chat_id=body.telegram_chat_id)
+                session, telegram_chat_id=body.telegram_chat_id
+            )
             if known is not None:
-                raise HTTPException(status.HTTP_409_CONFLICT,
-                                    detail=f"telegram chat {body.telegram_chat_id} is chat"
-                                           f" {known.id} already")
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    detail=f"telegram chat {body.telegram_chat_id} is chat {known.id} already",
+                )
             chat = await chat_store.upsert_chat(
-                session, telegram_chat_id=body.telegram_chat_id, title=body.title,
-                topics=dict(body.topics), cache=_cache(state))
+                session,
+                telegram_chat_id=body.telegram_chat_id,
+                title=body.title,
+                topics=dict(body.topics),
+                cache=_cache(state),
+            )
             out = _chat_out(chat, [])
-            await _record(session, who, "chat.create", "chat", chat.id, None,
-                          out.model_dump(mode="json", include={"telegram_chat_id", "title",
-                                                               "topics", "enabled"}))
+            await _record(
+                session,
+                who,
+                "chat.create",
+                "chat",
+                chat.id,
+                None,
+                out.model_dump(
+                    mode="json", include={"telegram_chat_id", "title", "topics", "enabled"}
+                ),
+            )
     return out
 
 
-async def _membership(chat_id: int, bot_id: int, member: bool, who: Principal,
-                      state: ApiState) -> ChatDetailOut:
+async def _membership(
+    chat_id: int, bot_id: int, member: bool, who: Principal, state: ApiState
+) -> ChatDetailOut:
     with _http_errors():
         async with state.sessionmaker() as session, session.begin():
             chat = await chat_store.get_chat(session, chat_id=chat_id)
             await bot_store.get_bot(session, bot_id=bot_id)
             before = (await _member_ids(session, [chat_id]))[chat_id]
             if member:
-                await chat_store.add_bot(session, chat_id=chat_id, bot_id=bot_id,
-                                         cache=_cache(state))
+                await chat_store.add_bot(
+                    session, chat_id=chat_id, bot_id=bot_id, cache=_cache(state)
+                )
             else:
-                await chat_store.remove_bot(session, chat_id=chat_id, bot_id=bot_id,
-                                            cache=_cache(state))
+                await chat_store.remove_bot(
+                    session, chat_id=chat_id, bot_id=bot_id, cache=_cache(state)
+                )
             after = (await _member_ids(session, [chat_id]))[chat_id]
             if before != after:
-                await _record(session, who, "chat.add_bot" if member else "chat.remove_bot",
-                              "chat", chat_id, {"bot_ids": before}, {"bot_ids": after})
+                await _record(
+                    session,
+                    who,
+                    "chat.add_bot" if member else "chat.remove_bot",
+                    "chat",
+                    chat_id,
+                    {"bot_ids": before},
+                    {"bot_ids": after},
+                )
             return _chat_out(chat, after)
 
 
-@router.put("/chats/{chat_id}/bots/{bot_id}", response_model=ChatDetailOut, tags=["chats"],
-            responses={**_E404})
-async def add_member(chat_id: int, bot_id: int, who: Admin, state: State) -> ChatDetailOut:
+@router.put(
+    "/chats/{chat_id}/bots/{bot_id}",
+    response_model=ChatDetailOut,
+    tags=["chats"],
+    responses={**_E404},
+)
+async def add_member(chat_id: DbId, bot_id: DbId, who: Admin, state: State) -> ChatDetailOut:
     """Make the bot a member of the chat (admin; idempotent). 404 for an unknown chat or
     bot."""
     return await _membership(chat_id, bot_id, True, who, state)
 
 
-@router.delete("/chats/{chat_id}/bots/{bot_id}", response_model=ChatDetailOut, tags=["chats"],
-               responses={**_E404})
-async def remove_member(chat_id: int, bot_id: int, who: Admin, state: State) -> ChatDetailOut:
+@router.delete(
+    "/chats/{chat_id}/bots/{bot_id}",
+    response_model=ChatDetailOut,
+    tags=["chats"],
+    responses={**_E404},
+)
+async def remove_member(chat_id: DbId, bot_id: DbId, who: Admin, state: State) -> ChatDetailOut:
     """End the bot's membership of the chat (admin; idempotent). 404 for an unknown chat or
     bot."""
     return await _membership(chat_id, bot_id, False, who, state)

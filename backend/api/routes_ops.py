@@ -31,7 +31,14 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend import keys
-from backend.api.security import ApiState, Principal, api_state, require_admin, require_viewer
+from backend.api.security import (
+    MAX_DB_ID,
+    ApiState,
+    Principal,
+    api_state,
+    require_admin,
+    require_viewer,
+)
 from backend.api_schemas import MessageOut, Page, SettingsPatch
 from backend.cache import TwoLayerCache
 from backend.cli import parse_since
@@ -175,21 +182,32 @@ class AuditOut(BaseModel):
     @classmethod
     def from_row(cls, row: AuditEntry) -> AuditOut:
         """Build from an ``audit_log`` row."""
-        return cls(id=row.id, at=row.at, user_id=row.user_id, username=row.username,
-                   action=row.action, entity=row.entity, entity_id=row.entity_id,
-                   before=row.before, after=row.after)
+        return cls(
+            id=row.id,
+            at=row.at,
+            user_id=row.user_id,
+            username=row.username,
+            action=row.action,
+            entity=row.entity,
+            entity_id=row.entity_id,
+            before=row.before,
+            after=row.after,
+        )
 
 
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _unprocessable(where: Literal["body", "query"],
-                   problems: list[tuple[str, str]]) -> HTTPException:
+def _unprocessable(
+    where: Literal["body", "query"], problems: list[tuple[str, str]]
+) -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors (``loc`` names the field)."""
     return HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"type": "value_error", "loc": [where, *field.split(".")], "msg": msg}
-                for field, msg in problems],
+        detail=[
+            {"type": "value_error", "loc": [where, *field.split(".")], "msg": msg}
+            for field, msg in problems
+        ],
     )
 
 
@@ -198,7 +216,10 @@ def _cache(state: ApiState) -> TwoLayerCache | None:
 
 
 async def _change_settings(
-    state: ApiState, principal: Principal, *, action: str,
+    state: ApiState,
+    principal: Principal,
+    *,
+    action: str,
     changes_of: Any,
 ) -> SimulationSettings:
     """Apply ``changes_of(current)`` (a dict of changed fields) and audit it, in one
@@ -209,17 +230,25 @@ async def _change_settings(
             changes: dict[str, Any] = changes_of(current)
             if not changes:
                 return current
-            new = await settings_store.update_settings(session, changes=changes,
-                                                       cache=_cache(state))
+            new = await settings_store.update_settings(
+                session, changes=changes, cache=_cache(state)
+            )
         except ValidationFailed as exc:
             raise _unprocessable("body", exc.problems) from None
-        before, after = audit_store.diff(current.model_dump(mode="json"),
-                                         new.model_dump(mode="json"))
+        before, after = audit_store.diff(
+            current.model_dump(mode="json"), new.model_dump(mode="json")
+        )
         if after:
-            await audit_store.record(session, user_id=principal.user_id,
-                                     username=principal.username, action=action,
-                                     entity="settings", entity_id=None,
-                                     before=before, after=after)
+            await audit_store.record(
+                session,
+                user_id=principal.user_id,
+                username=principal.username,
+                action=action,
+                entity="settings",
+                entity_id=None,
+                before=before,
+                after=after,
+            )
         return new
 
 
@@ -231,23 +260,28 @@ def _page_limit() -> Any:
 
 
 @router.get("/settings", response_model=SimulationSettings, tags=["settings"])
-async def get_settings(_user: Annotated[Principal, Depends(require_viewer)],
-                       state: Annotated[ApiState, Depends(api_state)]) -> SimulationSettings:
+async def get_settings(
+    _user: Annotated[Principal, Depends(require_viewer)],
+    state: Annotated[ApiState, Depends(api_state)],
+) -> SimulationSettings:
     """The operator settings as stored (fields never set show their defaults)."""
     async with state.sessionmaker() as session:
         return await settings_store.get_settings(session)
 
 
 @router.patch("/settings", response_model=SimulationSettings, tags=["settings"])
-async def patch_settings(body: SettingsPatch,
-                         principal: Annotated[Principal, Depends(require_admin)],
-                         state: Annotated[ApiState, Depends(api_state)]) -> SimulationSettings:
+async def patch_settings(
+    body: SettingsPatch,
+    principal: Annotated[Principal, Depends(require_admin)],
+    state: Annotated[ApiState, Depends(api_state)],
+) -> SimulationSettings:
     """Change some settings (admin). Only the fields sent change; ``prime_hours`` may be
     partial. The result is validated whole (422 naming the field otherwise), stored,
     audited (``settings.update`` with the changed fields before and after) and pushed to
     the running workers' caches. Returns the new settings."""
-    return await _change_settings(state, principal, action="settings.update",
-                                  changes_of=body.changes)
+    return await _change_settings(
+        state, principal, action="settings.update", changes_of=body.changes
+    )
 
 
 async def _set_active(state: ApiState, principal: Principal, active: bool) -> SimulationSettings:
@@ -255,21 +289,28 @@ async def _set_active(state: ApiState, principal: Principal, active: bool) -> Si
         return {} if current.simulation_active == active else {"simulation_active": active}
 
     return await _change_settings(
-        state, principal, action="simulation.start" if active else "simulation.stop",
-        changes_of=changes_of)
+        state,
+        principal,
+        action="simulation.start" if active else "simulation.stop",
+        changes_of=changes_of,
+    )
 
 
 @router.post("/simulation/start", response_model=SimulationSettings, tags=["settings"])
-async def start_simulation(principal: Annotated[Principal, Depends(require_admin)],
-                           state: Annotated[ApiState, Depends(api_state)]) -> SimulationSettings:
+async def start_simulation(
+    principal: Annotated[Principal, Depends(require_admin)],
+    state: Annotated[ApiState, Depends(api_state)],
+) -> SimulationSettings:
     """Let the bots take turns again (admin): sets ``simulation_active`` and audits
     ``simulation.start``. Already running: nothing changes, nothing is audited."""
     return await _set_active(state, principal, True)
 
 
 @router.post("/simulation/stop", response_model=SimulationSettings, tags=["settings"])
-async def stop_simulation(principal: Annotated[Principal, Depends(require_admin)],
-                          state: Annotated[ApiState, Depends(api_state)]) -> SimulationSettings:
+async def stop_simulation(
+    principal: Annotated[Principal, Depends(require_admin)],
+    state: Annotated[ApiState, Depends(api_state)],
+) -> SimulationSettings:
     """Stop every bot from starting turns (admin; human messages are still stored): clears
     ``simulation_active`` and audits ``simulation.stop``. Already stopped: no change."""
     return await _set_active(state, principal, False)
@@ -278,8 +319,9 @@ async def stop_simulation(principal: Annotated[Principal, Depends(require_admin)
 # --- messages ---------------------------------------------------------------------------
 
 
-def _message_filters(chat_id: int | None, bot_id: int | None,
-                     human: bool | None) -> list[ColumnElement[bool]]:
+def _message_filters(
+    chat_id: int | None, bot_id: int | None, human: bool | None
+) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if chat_id is not None:
         where.append(Message.chat_id == chat_id)
@@ -296,14 +338,28 @@ def _message_filters(chat_id: int | None, bot_id: int | None,
 async def list_messages(
     _user: Annotated[Principal, Depends(require_viewer)],
     state: Annotated[ApiState, Depends(api_state)],
-    chat_id: Annotated[int | None, Query(description="only this chat (our chat id)")] = None,
-    bot_id: Annotated[int | None, Query(description="only this bot's messages")] = None,
-    human: Annotated[bool | None, Query(
-        description="true: only messages not sent by our bots (humans and foreign bots);"
-                    " false: only our bots' messages")] = None,
+    chat_id: Annotated[
+        int | None, Query(ge=1, le=MAX_DB_ID, description="only this chat (our chat id)")
+    ] = None,
+    bot_id: Annotated[
+        int | None, Query(ge=1, le=MAX_DB_ID, description="only this bot's messages")
+    ] = None,
+    human: Annotated[
+        bool | None,
+        Query(
+            description="true: only messages not sent by our bots (humans and foreign bots);"
+            " false: only our bots' messages"
+        ),
+    ] = None,
     limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
-    cursor: Annotated[int | None, Query(
-        description="the previous page's next_cursor: messages with a smaller id")] = None,
+    cursor: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_DB_ID,
+            description="the previous page's next_cursor: messages with a smaller id",
+        ),
+    ] = None,
 ) -> Page[MessageOut]:
     """Messages, newest first (by id), one page at a time: pass ``next_cursor`` back as
     ``cursor`` for the next page (None on the last). Text is returned as stored."""
@@ -315,8 +371,9 @@ async def list_messages(
         rows = list((await session.execute(stmt)).scalars().all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page[MessageOut](items=[MessageOut.from_row(m) for m in rows],
-                            next_cursor=rows[-1].id if more else None)
+    return Page[MessageOut](
+        items=[MessageOut.from_row(m) for m in rows], next_cursor=rows[-1].id if more else None
+    )
 
 
 # --- costs ------------------------------------------------------------------------------
@@ -326,11 +383,16 @@ async def list_messages(
 async def costs(
     _user: Annotated[Principal, Depends(require_viewer)],
     state: Annotated[ApiState, Depends(api_state)],
-    since: Annotated[str, Query(
-        description="an age (30m, 24h, 7d), an ISO date or time (UTC unless it says), or"
-                    " 'all'", max_length=64)] = "24h",
-    by: Annotated[Literal["provider", "bot", "day"], Query(
-        description="group by provider, bot or UTC day")] = "provider",
+    since: Annotated[
+        str,
+        Query(
+            description="an age (30m, 24h, 7d), an ISO date or time (UTC unless it says), or 'all'",
+            max_length=64,
+        ),
+    ] = "24h",
+    by: Annotated[
+        Literal["provider", "bot", "day"], Query(description="group by provider, bot or UTC day")
+    ] = "provider",
 ) -> CostsOut:
     """LLM call totals from the ``llm_calls`` ledger since ``since``, grouped by ``by``:
     calls, answered and failed calls, tokens and USD cost (the same figures as
@@ -338,18 +400,23 @@ async def costs(
     try:
         start = None if since.strip().lower() == "all" else parse_since(since)
     except ValidationFailed:
-        raise _unprocessable("query", [
-            ("since", f"{since!r}: expected an age (30m, 24h, 7d), an ISO date/time or 'all'")
-        ]) from None
+        raise _unprocessable(
+            "query",
+            [("since", f"{since!r}: expected an age (30m, 24h, 7d), an ISO date/time or 'all'")],
+        ) from None
     async with state.sessionmaker() as session:
         raw = await llm_store.cost_totals(session, since=start, by=by)
     rows = [CostRow.model_validate(r) for r in raw]
     total = CostRow(
-        key="total", calls=sum(r.calls for r in rows), ok=sum(r.ok for r in rows),
-        failed=sum(r.failed for r in rows), prompt_tokens=sum(r.prompt_tokens for r in rows),
+        key="total",
+        calls=sum(r.calls for r in rows),
+        ok=sum(r.ok for r in rows),
+        failed=sum(r.failed for r in rows),
+        prompt_tokens=sum(r.prompt_tokens for r in rows),
         completion_tokens=sum(r.completion_tokens for r in rows),
         cached_tokens=sum(r.cached_tokens for r in rows),
-        cost_usd=sum(r.cost_usd for r in rows), unpriced=sum(r.unpriced for r in rows),
+        cost_usd=sum(r.cost_usd for r in rows),
+        unpriced=sum(r.unpriced for r in rows),
     )
     return CostsOut(since=start, by=by, rows=rows, total=total)
 
@@ -358,12 +425,20 @@ async def costs(
 
 
 async def _provider_health(session: AsyncSession, since: datetime) -> list[ProviderHealth]:
-    rows = (await session.execute(
-        select(LLMCall.provider, LLMCall.outcome, LLMCall.latency_ms, LLMCall.created_at,
-               LLMCall.model, LLMCall.error)
-        .where(LLMCall.created_at >= since)
-        .order_by(LLMCall.id)
-    )).all()
+    rows = (
+        await session.execute(
+            select(
+                LLMCall.provider,
+                LLMCall.outcome,
+                LLMCall.latency_ms,
+                LLMCall.created_at,
+                LLMCall.model,
+                LLMCall.error,
+            )
+            .where(LLMCall.created_at >= since)
+            .order_by(LLMCall.id)
+        )
+    ).all()
     grouped: dict[str, list[Any]] = {}
     for row in rows:
         grouped.setdefault(row.provider, []).append(row)
@@ -373,13 +448,20 @@ async def _provider_health(session: AsyncSession, since: datetime) -> list[Provi
         failed = [c for c in calls if c.outcome != "ok"]
         latencies = [float(c.latency_ms) for c in calls if c.outcome == "ok"]
         last = failed[-1] if failed else None
-        out.append(ProviderHealth(
-            provider=provider, calls=len(calls), errors=len(failed),
-            error_rate=round(len(failed) / len(calls), 4),
-            p50_latency_ms=statistics.median(latencies) if latencies else None,
-            last_error=None if last is None else LastError(
-                at=last.created_at, outcome=last.outcome, model=last.model, error=last.error),
-        ))
+        out.append(
+            ProviderHealth(
+                provider=provider,
+                calls=len(calls),
+                errors=len(failed),
+                error_rate=round(len(failed) / len(calls), 4),
+                p50_latency_ms=statistics.median(latencies) if latencies else None,
+                last_error=None
+                if last is None
+                else LastError(
+                    at=last.created_at, outcome=last.outcome, model=last.model, error=last.error
+                ),
+            )
+        )
     return out
 
 
@@ -394,14 +476,22 @@ async def _live_workers(url: str, namespace: str) -> list[WorkerOut]:
         RedisError, OSError, TimeoutError: Redis unreachable.
     """
     client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0))
+        url,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         async with asyncio.timeout(REDIS_TOTAL_S):
-            members = [m.decode() if isinstance(m, bytes) else str(m) for m in
-                       await client.zrange(keys.workers_key(namespace), 0, -1)]
-            raw = (await client.mget([keys.worker_key(w, namespace) for w in members])
-                   if members else [])
+            members = [
+                m.decode() if isinstance(m, bytes) else str(m)
+                for m in await client.zrange(keys.workers_key(namespace), 0, -1)
+            ]
+            raw = (
+                await client.mget([keys.worker_key(w, namespace) for w in members])
+                if members
+                else []
+            )
     finally:
         await client.aclose()
     workers = []
@@ -416,19 +506,25 @@ async def _live_workers(url: str, namespace: str) -> list[WorkerOut]:
             info = {}
         at_ms = _int_or_none(info.get("at_ms"))
         name = info.get("name")
-        workers.append(WorkerOut(
-            id=worker_id, name=name if isinstance(name, str) else None,
-            bots=_int_or_none(info.get("bots")), in_flight=_int_or_none(info.get("in_flight")),
-            sent=_int_or_none(info.get("sent")),
-            heartbeat_at=None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
-            info=info,
-        ))
+        workers.append(
+            WorkerOut(
+                id=worker_id,
+                name=name if isinstance(name, str) else None,
+                bots=_int_or_none(info.get("bots")),
+                in_flight=_int_or_none(info.get("in_flight")),
+                sent=_int_or_none(info.get("sent")),
+                heartbeat_at=None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
+                info=info,
+            )
+        )
     return workers
 
 
 @router.get("/providers/health", response_model=HealthOut, tags=["health"])
-async def providers_health(_user: Annotated[Principal, Depends(require_viewer)],
-                           state: Annotated[ApiState, Depends(api_state)]) -> HealthOut:
+async def providers_health(
+    _user: Annotated[Principal, Depends(require_viewer)],
+    state: Annotated[ApiState, Depends(api_state)],
+) -> HealthOut:
     """LLM providers over the last 15 minutes of the ledger (calls, errors, error rate,
     median latency, last error) and, when Redis is configured, the live workers from their
     heartbeats (bots held, turns in flight). An unreachable Redis does not fail the answer:
@@ -444,8 +540,13 @@ async def providers_health(_user: Annotated[Principal, Depends(require_viewer)],
             workers = await _live_workers(url, state.settings.redis_namespace)
         except (RedisError, OSError, TimeoutError) as exc:
             error = f"Redis unreachable: {type(exc).__name__}: {exc}"[:500]
-    return HealthOut(window_s=HEALTH_WINDOW_S, providers=providers,
-                     redis_configured=bool(url), workers=workers, workers_error=error)
+    return HealthOut(
+        window_s=HEALTH_WINDOW_S,
+        providers=providers,
+        redis_configured=bool(url),
+        workers=workers,
+        workers_error=error,
+    )
 
 
 # --- audit ------------------------------------------------------------------------------
@@ -455,23 +556,31 @@ async def providers_health(_user: Annotated[Principal, Depends(require_viewer)],
 async def list_audit(
     _admin: Annotated[Principal, Depends(require_admin)],
     state: Annotated[ApiState, Depends(api_state)],
-    entity: Annotated[str | None, Query(max_length=32,
-                                        description="bot, chat, settings...")] = None,
+    entity: Annotated[
+        str | None, Query(max_length=32, description="bot, chat, settings...")
+    ] = None,
     entity_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
-    cursor: Annotated[int | None, Query(
-        description="the previous page's next_cursor: entries with a smaller id")] = None,
+    cursor: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_DB_ID,
+            description="the previous page's next_cursor: entries with a smaller id",
+        ),
+    ] = None,
 ) -> Page[AuditOut]:
     """The audit log (admin), newest first, one page at a time (``cursor`` as in
     ``/messages``). Secrets never appear in it (masked when recorded)."""
     async with state.sessionmaker() as session:
-        rows = await audit_store.list_entries(session, entity=entity, entity_id=entity_id,
-                                              limit=limit + 1, before_id=cursor)
+        rows = await audit_store.list_entries(
+            session, entity=entity, entity_id=entity_id, limit=limit + 1, before_id=cursor
+        )
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page[AuditOut](items=[AuditOut.from_row(r) for r in rows],
-                          next_cursor=rows[-1].id if more else None)
-
+    return Page[AuditOut](
+        items=[AuditOut.from_row(r) for r in rows], next_cursor=rows[-1].id if more else None
+    )
 
 
 # --- live messages (Server-Sent Events) -------------------------------------------------
@@ -488,15 +597,19 @@ async def _latest_id(state: ApiState) -> int:
     return int(latest or 0)
 
 
-async def _event_stream(request: Request, state: ApiState, after_id: int,
-                        chat_id: int | None) -> AsyncIterator[str]:
+async def _event_stream(
+    request: Request, state: ApiState, after_id: int, chat_id: int | None
+) -> AsyncIterator[str]:
     last = after_id
     next_ping = time.monotonic() + EVENTS_PING_S
     yield ": connected\n\n"  # headers and a first byte now, before any message
     while not await request.is_disconnected():
-        stmt = (select(Message)
-                .where(Message.id > last, *_message_filters(chat_id, None, None))
-                .order_by(Message.id).limit(EVENTS_BATCH))
+        stmt = (
+            select(Message)
+            .where(Message.id > last, *_message_filters(chat_id, None, None))
+            .order_by(Message.id)
+            .limit(EVENTS_BATCH)
+        )
         async with state.sessionmaker() as session:
             rows = list((await session.execute(stmt)).scalars().all())
         for msg in rows:
@@ -510,18 +623,30 @@ async def _event_stream(request: Request, state: ApiState, after_id: int,
 
 
 @router.get(
-    "/events", tags=["messages"], response_class=StreamingResponse,
-    responses={200: {"description": "a stream of `message` events (data: a MessageOut)",
-                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    "/events",
+    tags=["messages"],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "a stream of `message` events (data: a MessageOut)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def events(
     request: Request,
     _user: Annotated[Principal, Depends(require_viewer)],
     state: Annotated[ApiState, Depends(api_state)],
-    after_id: Annotated[int | None, Query(
-        ge=0, description="send the messages with a larger id first (default: the latest"
-                          " id, i.e. only new ones)")] = None,
-    chat_id: Annotated[int | None, Query(description="only this chat")] = None,
+    after_id: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_DB_ID,
+            description="send the messages with a larger id first (default: the latest"
+            " id, i.e. only new ones)",
+        ),
+    ] = None,
+    chat_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID, description="only this chat")] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of new messages: each as ``event: message``, ``id: <message
@@ -535,6 +660,7 @@ async def events(
     if start is None:
         start = await _latest_id(state)
     return StreamingResponse(
-        _event_stream(request, state, start, chat_id), media_type="text/event-stream",
+        _event_stream(request, state, start, chat_id),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

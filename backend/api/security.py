@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import TokenCipher
@@ -151,6 +151,14 @@ class LoginThrottle:
                 hits.remove(started)
             except ValueError:
                 pass
+
+
+#: Largest id of our tables: their ids are PostgreSQL INTEGER (int32). Ids and cursors
+#: outside 1..MAX_DB_ID are refused with 422 before they reach the database driver (which
+#: would fail on them: asyncpg refuses values beyond int32, SQLite beyond int64).
+MAX_DB_ID = 2**31 - 1
+#: A path parameter naming a row of ours.
+DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="our id (1 to 2^31-1)")]
 
 
 @dataclass
