@@ -31,7 +31,6 @@ import contextlib
 import logging
 import sys
 import time
-import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,11 +58,12 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from backend.stores import turns as turn_store
+from behavior_engine.context import HISTORY_SIZE, to_line, turn_context
 from behavior_engine.leases import Leases, new_worker_id
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
-from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
-from behavior_engine.prompt_builder import MEMORY_ITEMS, build_request
+from behavior_engine.market import MarketFeed
+from behavior_engine.prompt_builder import build_request
 from behavior_engine.reads import BotProfile, CachedReads, HistoryItem, item_from_row
 from behavior_engine.replies import ReplyDispatcher, ReplyRequest, ReplyStream
 from behavior_engine.scheduler import (
@@ -73,13 +73,12 @@ from behavior_engine.scheduler import (
     Scheduler,
     WaitingMessage,
 )
-from behavior_engine.turn import ChatLine, Outcome, Turn, TurnContext
+from behavior_engine.turn import Outcome, Turn, TurnContext
 from bots.ratelimit import SharedLimiter, TelegramLimiter
 from bots.telegram import BotClient, SentMessage
 
 log = logging.getLogger("botsim.worker")
 
-HISTORY_SIZE = 20
 #: Longest a turn waits for Telegram's limits before it is given up (seconds).
 MAX_LIMIT_WAIT_S = 5.0
 #: A new worker waits this long (at most a third of the heartbeat TTL) between joining the
@@ -176,19 +175,6 @@ class Shard:
             dispatcher=ReplyDispatcher(stream, reads, sessionmaker, seed=settings.seed),
             limiter=SharedLimiter(client, namespace=ns),
         )
-
-
-def to_line(item: HistoryItem) -> ChatLine:
-    """A cached history item as the :class:`ChatLine` the scheduler and prompts read."""
-    return ChatLine(
-        telegram_message_id=item.telegram_message_id,
-        speaker=item.speaker,
-        speaker_username=item.speaker_username,
-        is_human=item.is_human,
-        text=item.text,
-        bot_id=item.bot_id,
-        created_at=item.created_at,
-    )
 
 
 def waiting_messages(
@@ -756,29 +742,12 @@ class Worker:
         self, turn: Turn, now: datetime
     ) -> tuple[TurnContext, BotProfile, float]:
         bot = await self.reads.bot(turn.bot_id)
-        history = (await self.reads.history(turn.chat_id))[-HISTORY_SIZE:]
-        snapshot = self.market.snapshot(now)
-        pnl = holdings_pnl_pct(bot.holdings, snapshot)
-        mood = mood_from_pnl(bot.persona.mood_baseline, pnl)
-        ctx = TurnContext(
-            turn_id=turn.turn_id,
-            bot_name=bot.name,
-            bot_username=bot.username,
-            profile=bot.persona,
-            stances=tuple(bot.stances),
-            holdings=tuple(bot.holdings),
-            mood=mood,
-            pnl_pct=pnl,
-            topic=turn.topic,
-            market=snapshot,
-            history=tuple(to_line(i) for i in history),
-            memories=tuple(i.text for i in history if i.bot_id == bot.id)[-MEMORY_ITEMS:],
-            reply_to=turn.reply_to,
-            bot_id=bot.id,
-            chat_id=turn.chat_id,
-            seed=zlib.crc32(f"{self.settings.seed}:{turn.turn_id}".encode()),
+        ctx = turn_context(
+            bot, await self.reads.history(turn.chat_id), self.market.snapshot(now),
+            turn_id=turn.turn_id, topic=turn.topic, chat_id=turn.chat_id,
+            seed=self.settings.seed, reply_to=turn.reply_to,
         )
-        return ctx, bot, mood
+        return ctx, bot, ctx.mood
 
     async def _finish(self, turn: Turn, status: str, error: str | None = None) -> None:
         async with self.sessionmaker() as session, session.begin():

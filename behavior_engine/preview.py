@@ -14,14 +14,13 @@ seed over the same data gives the same preview.
 from __future__ import annotations
 
 import random
-import zlib
 from datetime import datetime
 from typing import Any
 
 from backend.stores import chats as chat_store
-from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
+from behavior_engine.context import turn_context
+from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import (
-    MEMORY_ITEMS,
     build_request,
     count_tokens,
     history_layer,
@@ -32,10 +31,7 @@ from behavior_engine.prompt_builder import (
     stances_and_holdings,
 )
 from behavior_engine.reads import CachedReads
-from behavior_engine.turn import ChatLine, TurnContext
 
-#: Messages of history a turn sees (the worker's ``HISTORY_SIZE``).
-HISTORY_SIZE = 20
 #: The turn id of a preview (also seed material, as a real turn id is).
 PREVIEW_TURN_ID = "preview"
 
@@ -93,41 +89,10 @@ async def preview_prompt(
         chat = await chat_store.get_chat(session, chat_id=chat_id)
         chat_topics = dict(chat.topics.weights)
     bot = await reads.bot(bot_id)
-    # From here on, as Worker._context builds a turn's context.
-    history = (await reads.history(chat_id))[-HISTORY_SIZE:]
-    snapshot = market.snapshot(now)
-    pnl = holdings_pnl_pct(bot.holdings, snapshot)
-    mood = mood_from_pnl(bot.persona.mood_baseline, pnl)
     topic = _topic(chat_topics, bot.persona.topics, seed)
-    ctx = TurnContext(
-        turn_id=PREVIEW_TURN_ID,
-        bot_name=bot.name,
-        bot_username=bot.username,
-        profile=bot.persona,
-        stances=tuple(bot.stances),
-        holdings=tuple(bot.holdings),
-        mood=mood,
-        pnl_pct=pnl,
-        topic=topic,
-        market=snapshot,
-        history=tuple(
-            ChatLine(
-                telegram_message_id=i.telegram_message_id,
-                speaker=i.speaker,
-                speaker_username=i.speaker_username,
-                is_human=i.is_human,
-                text=i.text,
-                bot_id=i.bot_id,
-                created_at=i.created_at,
-            )
-            for i in history
-        ),
-        memories=tuple(i.text for i in history if i.bot_id == bot.id)[-MEMORY_ITEMS:],
-        reply_to=None,
-        bot_id=bot.id,
-        chat_id=chat_id,
-        seed=zlib.crc32(f"{seed}:{PREVIEW_TURN_ID}".encode()),
-    )
+    ctx = turn_context(bot, await reads.history(chat_id), market.snapshot(now),
+                       turn_id=PREVIEW_TURN_ID, topic=topic, chat_id=chat_id, seed=seed)
+    mood, pnl = ctx.mood, ctx.pnl_pct
     request = build_request(ctx)
     messages = [dict(m) for m in request.messages]
     return {

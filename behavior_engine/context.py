@@ -1,0 +1,69 @@
+"""A turn's context from the cached bot, the chat's history and the market: one code path
+for the worker's turns and the admin panel's prompt preview."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+from behavior_engine.market import holdings_pnl_pct, mood_from_pnl
+from behavior_engine.prompt_builder import MEMORY_ITEMS
+from behavior_engine.reads import BotProfile, HistoryItem
+from behavior_engine.turn import ChatLine, MarketSnapshot, TurnContext
+
+#: Messages of the chat's history a turn sees (the newest).
+HISTORY_SIZE = 20
+
+
+def to_line(item: HistoryItem) -> ChatLine:
+    """A cached history item as the :class:`ChatLine` the scheduler and prompts read."""
+    return ChatLine(
+        telegram_message_id=item.telegram_message_id,
+        speaker=item.speaker,
+        speaker_username=item.speaker_username,
+        is_human=item.is_human,
+        text=item.text,
+        bot_id=item.bot_id,
+        created_at=item.created_at,
+    )
+
+
+def turn_context(
+    bot: BotProfile,
+    history: Sequence[HistoryItem],
+    snapshot: MarketSnapshot,
+    *,
+    turn_id: str,
+    topic: str,
+    chat_id: int,
+    seed: int,
+    reply_to: ChatLine | None = None,
+) -> TurnContext:
+    """Everything the generator gets for one turn of ``bot`` in ``chat_id``.
+
+    Args:
+        history: the chat's cached history, oldest first (the last :data:`HISTORY_SIZE`
+            are used; the bot's own among them are its memories).
+        snapshot: the market now (the holdings' P&L sets the mood).
+        seed: seed material of the process (mixed with ``turn_id`` for the generator).
+    """
+    recent = list(history)[-HISTORY_SIZE:]
+    pnl = holdings_pnl_pct(bot.holdings, snapshot)
+    return TurnContext(
+        turn_id=turn_id,
+        bot_name=bot.name,
+        bot_username=bot.username,
+        profile=bot.persona,
+        stances=tuple(bot.stances),
+        holdings=tuple(bot.holdings),
+        mood=mood_from_pnl(bot.persona.mood_baseline, pnl),
+        pnl_pct=pnl,
+        topic=topic,
+        market=snapshot,
+        history=tuple(to_line(i) for i in recent),
+        memories=tuple(i.text for i in recent if i.bot_id == bot.id)[-MEMORY_ITEMS:],
+        reply_to=reply_to,
+        bot_id=bot.id,
+        chat_id=chat_id,
+        seed=zlib.crc32(f"{seed}:{turn_id}".encode()),
+    )
