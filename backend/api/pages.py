@@ -8,6 +8,10 @@ Pages (a logged-in session or API token; otherwise a redirect to ``/login``):
   human into a sandbox group.
 - ``/personas`` and ``/personas/{bot_id}``: the bots, and a bot's persona as JSON to edit
   (saved with ``PATCH /api/v1/bots/{id}``) with its prompt preview.
+  The editor also lists the chats with a button each to add/remove the bot
+  (``PUT``/``DELETE /api/v1/chats/{chat_id}/bots/{bot_id}``).
+- ``/personas/new``: a bot token and a whole persona as JSON (prefilled with an example),
+  created with ``POST /api/v1/bots``; then the browser opens the new bot's editor.
 - ``/settings`` and ``/costs``: read-only tables.
 
 Every text from Telegram or a persona reaches the HTML through Jinja2's autoescaping or
@@ -43,9 +47,10 @@ from backend.api.security import (
     require_admin,
 )
 from backend.api_schemas import ChatOut, MessageOut
-from backend.db.models import Bot, Chat, Message
+from backend.db.models import Bot, Chat, ChatBot, Message
 from backend.errors import NotFound
 from backend.stores import chats as chat_store
+from bots.personas import load_persona_dir
 
 router = APIRouter(include_in_schema=False)
 
@@ -213,6 +218,42 @@ async def personas_page(request: Request, state: State) -> Response:
     return _render(request, "personas.html", {"user": who, "page": "personas", "bots": rows})
 
 
+#: Username of the example persona prefilled on ``/personas/new``.
+EXAMPLE_USERNAME = "new_persona_bot"
+
+
+def example_persona() -> dict[str, Any]:
+    """A valid persona (a demo persona file under a new username and name) as
+    ``POST /api/v1/bots`` takes it, without the token."""
+    persona = load_persona_dir()[0]
+    persona = persona.model_copy(update={"username": EXAMPLE_USERNAME, "name": "New persona"})
+    data: dict[str, Any] = persona.model_dump(mode="json")
+    return data
+
+
+@router.get("/personas/new", response_class=HTMLResponse, response_model=None)
+async def new_persona_page(request: Request, state: State) -> Response:
+    """The "new persona" form: a token and a persona as JSON (admins create; a viewer sees
+    the API's 403 on the page)."""
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    return _render(request, "persona_new.html", {
+        "user": who, "page": "personas",
+        "persona_json": json.dumps(example_persona(), ensure_ascii=False, indent=2),
+    })
+
+
+async def _memberships(state: ApiState, bot_id: int) -> list[dict[str, Any]]:
+    """Every chat, with whether ``bot_id`` is a member of it."""
+    chats = await _chats(state)
+    async with state.sessionmaker() as session:
+        member_of = set((await session.execute(
+            select(ChatBot.chat_id).where(ChatBot.bot_id == bot_id))).scalars().all())
+    return [{"id": c.id, "title": c.title, "telegram_chat_id": c.telegram_chat_id,
+             "member": c.id in member_of} for c in chats]
+
+
 @router.get("/personas/{bot_id}", response_class=HTMLResponse, response_model=None)
 async def persona_editor(bot_id: int, request: Request, state: State) -> Response:
     """One bot's persona as JSON to edit, and its prompt preview (404 page when unknown)."""
@@ -231,6 +272,7 @@ async def persona_editor(bot_id: int, request: Request, state: State) -> Respons
         "user": who, "page": "personas", "bot_id": bot_id, "name": name,
         "persona_json": json.dumps(fields, ensure_ascii=False, indent=2),
         "chats": await _chats(state),
+        "memberships": await _memberships(state, bot_id),
     })
 
 

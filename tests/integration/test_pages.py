@@ -275,3 +275,112 @@ async def test_sandbox_post_refuses_a_real_telegram(
 ])
 def test_sandbox_base_url(url: str, base: str | None) -> None:
     assert pages.sandbox_base_url(url) == base
+
+
+# --- new persona page and group membership ----------------------------------------------
+
+NEW_TOKEN = f"7300000002:AAH{'z' * 34}"
+
+
+def _textarea(html: str) -> dict[str, Any]:
+    import html as html_lib
+
+    area = re.search(r'<textarea id="persona-json"[^>]*>(.*?)</textarea>', html, re.S)
+    assert area is not None
+    data = json.loads(html_lib.unescape(area.group(1)))
+    assert isinstance(data, dict)
+    return data
+
+
+async def test_new_persona_page_needs_a_login(env: Env) -> None:
+    anon = env.client()
+    r = await anon.get("/personas/new")
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+async def test_new_persona_page_renders_for_admin_and_viewer(env: Env) -> None:
+    for who in ("alice", "vera"):
+        client, _ = await env.login(who)
+        r = await client.get("/personas/new")
+        assert r.status_code == 200, (who, r.text)
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        page = r.text
+        assert re.search(r'<input id="token" name="token" type="password"', page)
+        assert 'id="persona-json"' in page and 'id="errors"' in page
+        assert re.search(r'<button type="submit" id="create">', page)
+        assert "<script>" not in page.replace(
+            '<script src="/static/panel.js" defer></script>', "")
+        assert ("needs the admin role" in page) is (who == "vera")
+        listing = (await client.get("/personas")).text
+        assert 'href="/personas/new"' in listing
+
+
+async def test_new_persona_example_validates_and_creates_a_bot(
+    env: Env, cipher: TokenCipher,
+) -> None:
+    from backend.api_schemas import BotCreate
+
+    env.app.state.api.cipher = cipher
+    admin, csrf = await env.login("alice")
+    example = _textarea((await admin.get("/personas/new")).text)
+    assert "token" not in example
+    assert example["username"] == pages.EXAMPLE_USERNAME
+    assert example["username"] not in {p.username for p in load_persona_dir()}
+    body = {**example, "token": NEW_TOKEN}
+    BotCreate.model_validate(body)  # raises when the example is not a valid persona
+
+    viewer, viewer_csrf = await env.login("vera")
+    refused = await viewer.post("/api/v1/bots", json=body,
+                                headers={"X-CSRF-Token": viewer_csrf})
+    assert refused.status_code == 403  # what the page shows a viewer
+    made = await admin.post("/api/v1/bots", json=body, headers={"X-CSRF-Token": csrf})
+    assert made.status_code == 201, made.text
+    editor = await admin.get(f"/personas/{made.json()['id']}")  # where the page goes next
+    assert editor.status_code == 200
+    assert _textarea(editor.text)["username"] == pages.EXAMPLE_USERNAME
+
+
+async def test_persona_editor_lists_groups_with_membership(
+    env: Env, sessionmaker: Sessions, cipher: TokenCipher,
+) -> None:
+    env.app.state.api.cipher = cipher
+    chat_id, bot_id = await _seed(sessionmaker, cipher)
+    async with sessionmaker() as s, s.begin():
+        other = await chat_store.upsert_chat(s, telegram_chat_id=-100888, title=f"Grup {XSS}",
+                                             topics={"btc": 1.0})
+        await chat_store.add_bot(s, chat_id=other.id, bot_id=bot_id)
+        other_id = other.id
+    admin, csrf = await env.login("alice")
+
+    def rows(html: str) -> dict[int, str]:
+        found = re.findall(r'<li class="chat-membership" data-chat-id="(\d+)" '
+                           r'data-member="(true|false)">', html)
+        return {int(c): m for c, m in found}
+
+    editor = (await admin.get(f"/personas/{bot_id}")).text
+    _assert_escaped(editor)
+    assert 'id="groups"' in editor and "Groups</h2>" in editor
+    assert "Piyasa &lt;i&gt;" in editor and f"Grup {ESCAPED}" in editor
+    assert rows(editor) == {chat_id: "false", other_id: "true"}
+    for c in (chat_id, other_id):
+        assert f'<button type="button" data-chat-id="{c}">' in editor
+    assert 'id="membership-status"' in editor
+
+    r = await admin.put(f"/api/v1/chats/{chat_id}/bots/{bot_id}",
+                        headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and bot_id in r.json()["bot_ids"]
+    r = await admin.delete(f"/api/v1/chats/{other_id}/bots/{bot_id}",
+                           headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and bot_id not in r.json()["bot_ids"]
+    assert rows((await admin.get(f"/personas/{bot_id}")).text) == {
+        chat_id: "true", other_id: "false"}
+
+
+async def test_panel_js_drives_the_new_pages_without_inner_html(env: Env) -> None:
+    js = (await env.client().get("/static/panel.js")).text
+    assert "innerHTML" not in js and "insertAdjacentHTML" not in js
+    assert "outerHTML" not in js and "document.write" not in js
+    for needle in ('getElementById("new-persona-form")', 'getElementById("token")',
+                   'getElementById("errors")', ".chat-membership button[data-chat-id]",
+                   '"X-CSRF-Token"', 'API + "/bots"', '"/bots/"'):
+        assert needle in js, needle

@@ -187,6 +187,29 @@ function initLive() {
 
 // --- persona editor -------------------------------------------------------------------
 
+function showProblems(list, items) {
+  // Fill the <ul> `list` with [field, reason] pairs ("none" when there are none).
+  list.replaceChildren();
+  if (items.length === 0) {
+    list.appendChild(el("li", "muted", "none"));
+    return;
+  }
+  for (const [field, reason] of items) {
+    const li = el("li", "error");
+    li.appendChild(el("code", null, field));
+    li.appendChild(document.createTextNode(" " + reason));
+    list.appendChild(li);
+  }
+}
+
+function problemsOf(r) {
+  // [field, reason] pairs from a failed answer (a 422's detail list, or one line).
+  if (r.status === 422 && r.body && Array.isArray(r.body.detail)) {
+    return r.body.detail.map((p) => [p.field || (p.loc || []).join("."), p.reason || p.msg || ""]);
+  }
+  return [["error " + r.status, detailText(r.body, r.status)]];
+}
+
 function initPersona() {
   const form = document.getElementById("persona-form");
   if (!form) return;
@@ -195,19 +218,7 @@ function initPersona() {
   const status = document.getElementById("persona-status");
   const errors = document.getElementById("persona-errors");
 
-  function listProblems(items) {
-    errors.replaceChildren();
-    if (items.length === 0) {
-      errors.appendChild(el("li", "muted", "none"));
-      return;
-    }
-    for (const [field, reason] of items) {
-      const li = el("li", "error");
-      li.appendChild(el("code", null, field));
-      li.appendChild(document.createTextNode(" " + reason));
-      errors.appendChild(li);
-    }
-  }
+  function listProblems(items) { showProblems(errors, items); }
 
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -261,9 +272,93 @@ function initPersona() {
   });
 }
 
+// --- new persona ----------------------------------------------------------------------
+
+function initNewPersona() {
+  const form = document.getElementById("new-persona-form");
+  if (!form) return;
+  const token = document.getElementById("token");
+  const area = document.getElementById("persona-json");
+  const create = document.getElementById("create");
+  const status = document.getElementById("create-status");
+  const errors = document.getElementById("errors");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    let body;
+    try {
+      body = JSON.parse(area.value);
+    } catch (e) {
+      showProblems(errors, [["JSON", String(e.message || e)]]);
+      status.textContent = "not created";
+      return;
+    }
+    if (body === null || typeof body !== "object" || Array.isArray(body)) {
+      showProblems(errors, [["JSON", "expected an object of persona fields"]]);
+      status.textContent = "not created";
+      return;
+    }
+    body.token = token.value.trim();
+    status.textContent = "creating…";
+    create.disabled = true;
+    let r;
+    try {
+      r = await send("POST", API + "/bots", body);
+    } finally {
+      create.disabled = false;
+    }
+    if (r.status === 201 && r.body && r.body.id !== undefined) {
+      showProblems(errors, []);
+      token.value = "";
+      status.textContent = "created bot " + r.body.id;
+      window.location.assign("/personas/" + encodeURIComponent(String(r.body.id)));
+      return;
+    }
+    showProblems(errors, problemsOf(r));
+    status.textContent = r.status === 422 ? "not created: fix the fields listed"
+      : "not created (" + r.status + ")";
+  });
+}
+
+// --- group membership -----------------------------------------------------------------
+
+function initGroups() {
+  const section = document.getElementById("groups");
+  if (!section) return;
+  const botId = Number(section.dataset.botId);
+  const status = document.getElementById("membership-status");
+  for (const button of section.querySelectorAll(".chat-membership button[data-chat-id]")) {
+    button.addEventListener("click", async () => {
+      const row = button.closest(".chat-membership");
+      const chatId = button.dataset.chatId;
+      const join = row.dataset.member !== "true";
+      const title = row.querySelector(".chat-title").textContent;
+      button.disabled = true;
+      status.textContent = (join ? "adding to " : "removing from ") + title + "…";
+      let r;
+      try {
+        r = await send(join ? "PUT" : "DELETE", API + "/chats/" + encodeURIComponent(chatId) +
+          "/bots/" + encodeURIComponent(String(botId)));
+      } finally {
+        button.disabled = false;
+      }
+      if (!r.ok) {
+        status.textContent = "not changed (" + title + "): " + detailText(r.body, r.status);
+        return;
+      }
+      const member = Array.isArray(r.body.bot_ids) && r.body.bot_ids.includes(botId);
+      row.dataset.member = member ? "true" : "false";
+      row.querySelector(".membership-state").textContent = member ? "member" : "not a member";
+      button.textContent = member ? "Remove" : "Add";
+      status.textContent = (member ? "now a member of " : "no longer in ") + title;
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   initLogin();
   initLogout();
   initLive();
   initPersona();
+  initNewPersona();
+  initGroups();
 });
