@@ -327,7 +327,8 @@ class Worker:
             return []
         cipher = self.secrets.cipher()
         async with self.sessionmaker() as session:
-            rows = {b.id: b for b in await bot_store.list_bots(session, enabled_only=True)}
+            rows = {b.id: b for b in await bot_store.list_bots(
+                session, enabled_only=True, bot_ids=bot_ids)}
         clients = {
             b: BotClient(bot_id=b, token=cipher.decrypt(rows[b].token_encrypted),
                          base_url=self.settings.telegram_api_url)
@@ -351,7 +352,7 @@ class Worker:
             ok.append(bot_id)
         since = self.clock() - timedelta(hours=1)
         async with self.sessionmaker() as session:
-            times = await message_store.bot_send_times(session, since=since)
+            times = await message_store.bot_send_times(session, since=since, bot_ids=ok)
         wanted = set(ok)
         for b in ok:
             self._sent[b].clear()
@@ -596,14 +597,13 @@ class Worker:
                 keys=[rkeys.floor_key(turn.chat_id, self.shard.leases.namespace)],
                 args=[turn.turn_id])
 
-    def _waiting(self, chat_id: int, history: Sequence[HistoryItem], now: datetime,
+    def _waiting(self, requests: dict[int, list[dict[int, ReplyRequest]]], chat_id: int,
+                 history: Sequence[HistoryItem], now: datetime,
                  members: set[int]) -> list[WaitingMessage]:
         if self.shard is None:
             return waiting_messages(history, now)
         out: list[WaitingMessage] = []
-        for (c, _tg), by_bot in sorted(self._requests.items()):
-            if c != chat_id:
-                continue
+        for by_bot in requests.get(chat_id, []):
             bots = tuple(sorted(b for b in by_bot if b in members))
             if bots:
                 first = by_bot[bots[0]]
@@ -633,6 +633,9 @@ class Worker:
         driven = {b for b in self.driven() if self._lease_valid(b)}
         turns: list[Turn] = []
         chats = await self.reads.chats()
+        requests: dict[int, list[dict[int, ReplyRequest]]] = {}  # chat → requests, in order
+        for (chat_id, _tg), by_bot in sorted(self._requests.items()):
+            requests.setdefault(chat_id, []).append(by_bot)
         # Start at a different chat each tick, so a full in-flight limit starves none.
         start = self.stats["ticks"] % len(chats) if chats else 0
         for chat in [*chats[start:], *chats[:start]]:
@@ -642,8 +645,8 @@ class Worker:
             members = [b for b in chat.bot_ids if b in driven]
             if not members:
                 continue
-            if self.shard is not None and chat.id in self._floors_held and not any(
-                    c == chat.id for c, _ in self._requests):
+            if self.shard is not None and chat.id in self._floors_held and (
+                    chat.id not in requests):
                 continue  # its floor is ours already: no second spontaneous turn
             history = await self.reads.history(chat.id)
             view = ChatView(
@@ -655,7 +658,7 @@ class Worker:
                     if i.bot_id is not None and i.created_at >= now - timedelta(seconds=60)
                 ),
                 recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
-                waiting=self._waiting(chat.id, history, now, set(members)),
+                waiting=self._waiting(requests, chat.id, history, now, set(members)),
                 in_flight=self._in_flight[chat.id],
             )
             bot_views = [

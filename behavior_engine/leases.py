@@ -79,6 +79,32 @@ return n
 """
 
 
+async def read_heartbeats(
+    redis: aioredis.Redis, namespace: str = keys.DEFAULT_NAMESPACE
+) -> dict[str, dict[str, Any]]:
+    """Worker id → its last heartbeat info (JSON object; ``{}`` if unreadable), for the
+    workers whose heartbeat key exists. Read only: forgets nobody.
+
+    Raises:
+        redis.RedisError, OSError: Redis unreachable.
+    """
+    members = [m.decode() if isinstance(m, bytes) else str(m)
+               for m in await redis.zrange(keys.workers_key(namespace), 0, -1)]
+    if not members:
+        return {}
+    raw = await redis.mget([keys.worker_key(w, namespace) for w in members])
+    out: dict[str, dict[str, Any]] = {}
+    for worker_id, beat in sorted(zip(members, raw, strict=True)):
+        if beat is None:
+            continue  # heartbeat expired: not live
+        try:
+            info = json.loads(beat)
+        except ValueError:
+            info = None
+        out[worker_id] = info if isinstance(info, dict) else {}
+    return out
+
+
 def new_worker_id(name: str | None = None) -> str:
     """A worker id unique across processes and restarts: ``{name or host}-{pid}-{hex6}``."""
     base = name or socket.gethostname().split(".")[0] or "worker"
@@ -148,10 +174,9 @@ class Leases:
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in got)
 
     async def worker_info(self) -> dict[str, dict[str, Any]]:
-        """Worker id → its last heartbeat info, for the live workers."""
-        live = await self.live_workers()
-        raw = await self.redis.mget([keys.worker_key(w, self.namespace) for w in live])
-        return {w: json.loads(r) for w, r in zip(live, raw, strict=True) if r is not None}
+        """Worker id → its last heartbeat info, for the live workers (forgets the dead)."""
+        await self.live_workers()
+        return await read_heartbeats(self.redis, self.namespace)
 
     async def leave(self) -> None:
         """Release every lease and remove this worker from the live set (clean stop)."""

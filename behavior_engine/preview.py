@@ -31,6 +31,7 @@ from behavior_engine.prompt_builder import (
     stances_and_holdings,
 )
 from behavior_engine.reads import CachedReads
+from behavior_engine.scheduler import draw_topic
 
 #: The turn id of a preview (also seed material, as a real turn id is).
 PREVIEW_TURN_ID = "preview"
@@ -43,15 +44,6 @@ _LAYERS = (
     ("history", history_layer),
     ("instruction", instruction),
 )
-
-
-def _topic(chat_topics: dict[str, float], bot_topics: dict[str, float], seed: int) -> str:
-    """A topic drawn as the scheduler draws one for a spontaneous turn, seeded."""
-    topics = sorted(set(chat_topics) | set(bot_topics))
-    weights = [
-        (chat_topics.get(t, 0.1) + 0.1) * (bot_topics.get(t, 0.1) + 0.1) for t in topics
-    ]
-    return random.Random(seed).choices(topics, weights=weights)[0]
 
 
 async def preview_prompt(
@@ -89,7 +81,7 @@ async def preview_prompt(
         chat = await chat_store.get_chat(session, chat_id=chat_id)
         chat_topics = dict(chat.topics.weights)
     bot = await reads.bot(bot_id)
-    topic = _topic(chat_topics, bot.persona.topics, seed)
+    topic = draw_topic(chat_topics, bot.persona.topics, random.Random(seed))
     ctx = turn_context(bot, await reads.history(chat_id), market.snapshot(now),
                        turn_id=PREVIEW_TURN_ID, topic=topic, chat_id=chat_id, seed=seed)
     mood, pnl = ctx.mood, ctx.pnl_pct

@@ -145,6 +145,15 @@ def _stable_unit(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def draw_topic(chat_topics: dict[str, float], bot_topics: dict[str, float],
+               rng: random.Random) -> str:
+    """A topic for a fresh message: drawn by chat weight × bot weight (each + 0.1, so a
+    topic only one side knows still comes up)."""
+    topics = sorted(set(chat_topics) | set(bot_topics))
+    weights = [(chat_topics.get(t, 0.1) + 0.1) * (bot_topics.get(t, 0.1) + 0.1) for t in topics]
+    return rng.choices(topics, weights=weights)[0]
+
+
 def hourly_limit(seed: int, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
     """Messages per rolling hour ``bot_id`` may send at ``now`` (module docstring, "Budgets").
 
@@ -368,11 +377,7 @@ class Scheduler:
             found = detect_topic(reply_to.text)
             if found:
                 return found
-        topics = sorted(set(chat.topics) | set(bot.topics))
-        weights = [
-            (chat.topics.get(t, 0.1) + 0.1) * (bot.topics.get(t, 0.1) + 0.1) for t in topics
-        ]
-        return self._rng.choices(topics, weights=weights)[0]
+        return draw_topic(chat.topics, bot.topics, self._rng)
 
     def _gap(
         self, bots: Sequence[BotView], settings: SimulationSettings, now: datetime,

@@ -45,6 +45,7 @@ from backend.crypto import TokenCipher
 from backend.db.models import TurnRecord
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.stores import settings as settings_store
+from behavior_engine.leases import read_heartbeats
 from bots.world import generate_world, sandbox_world, seed_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +67,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-async def worker_info(redis: aioredis.Redis, ns: str) -> dict[str, dict[str, Any]]:
-    """Worker id → the info of its last heartbeat (``behavior_engine.leases``)."""
-    members = [m.decode() for m in await redis.zrange(keys.workers_key(ns), 0, -1)]
-    raw = await redis.mget([keys.worker_key(m, ns) for m in members]) if members else []
-    return {m: json.loads(r) for m, r in zip(members, raw, strict=True) if r}
 
 
 def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -171,13 +165,13 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
         start = datetime.now(UTC)
         cpu0 = sum(cpu_seconds(w.pid) for w in workers)
         samples: list[int] = []
-        info0 = await worker_info(redis, ns)
+        info0 = await read_heartbeats(redis, ns)
         t_end = time.monotonic() + args.measure
         while time.monotonic() < t_end:
             await asyncio.sleep(min(2.0, max(0.0, t_end - time.monotonic())))
             samples.extend(int(i.get("in_flight", 0)) for i in
-                           (await worker_info(redis, ns)).values())
-        info1 = await worker_info(redis, ns)
+                           (await read_heartbeats(redis, ns)).values())
+        info1 = await read_heartbeats(redis, ns)
         end = datetime.now(UTC)
         cpu1 = sum(cpu_seconds(w.pid) for w in workers)
         async with sm() as s:

@@ -13,7 +13,6 @@ the offending field in ``detail[].loc``.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,6 @@ from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend import keys
 from backend.api.security import (
     MAX_DB_ID,
     ApiState,
@@ -48,6 +46,7 @@ from backend.schemas import SimulationSettings
 from backend.stores import audit as audit_store
 from backend.stores import llm_calls as llm_store
 from backend.stores import settings as settings_store
+from behavior_engine.leases import read_heartbeats
 
 router = APIRouter()
 
@@ -181,18 +180,8 @@ class AuditOut(BaseModel):
 
     @classmethod
     def from_row(cls, row: AuditEntry) -> AuditOut:
-        """Build from an ``audit_log`` row."""
-        return cls(
-            id=row.id,
-            at=row.at,
-            user_id=row.user_id,
-            username=row.username,
-            action=row.action,
-            entity=row.entity,
-            entity_id=row.entity_id,
-            before=row.before,
-            after=row.after,
-        )
+        """Build from an ``audit_log`` row (its attributes are this model's fields)."""
+        return cls.model_validate(row, from_attributes=True)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -483,27 +472,11 @@ async def _live_workers(url: str, namespace: str) -> list[WorkerOut]:
     )
     try:
         async with asyncio.timeout(REDIS_TOTAL_S):
-            members = [
-                m.decode() if isinstance(m, bytes) else str(m)
-                for m in await client.zrange(keys.workers_key(namespace), 0, -1)
-            ]
-            raw = (
-                await client.mget([keys.worker_key(w, namespace) for w in members])
-                if members
-                else []
-            )
+            beats = await read_heartbeats(client, namespace)
     finally:
         await client.aclose()
     workers = []
-    for worker_id, beat in sorted(zip(members, raw, strict=True)):
-        if beat is None:
-            continue  # heartbeat expired: not live
-        try:
-            info = json.loads(beat)
-        except ValueError:
-            info = None
-        if not isinstance(info, dict):
-            info = {}
+    for worker_id, info in beats.items():
         at_ms = _int_or_none(info.get("at_ms"))
         name = info.get("name")
         workers.append(

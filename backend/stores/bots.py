@@ -69,11 +69,16 @@ async def get_bot(session: AsyncSession, *, bot_id: int) -> Bot:
     return bot
 
 
-async def list_bots(session: AsyncSession, *, enabled_only: bool = False) -> Sequence[Bot]:
-    """Return bots ordered by id (only enabled ones if ``enabled_only``)."""
+async def list_bots(
+    session: AsyncSession, *, enabled_only: bool = False, bot_ids: Sequence[int] | None = None
+) -> Sequence[Bot]:
+    """Return bots ordered by id (only enabled ones if ``enabled_only``; only ``bot_ids``
+    if given)."""
     stmt = select(Bot).order_by(Bot.id)
     if enabled_only:
         stmt = stmt.where(Bot.enabled.is_(True))
+    if bot_ids is not None:
+        stmt = stmt.where(Bot.id.in_(list(bot_ids)))
     return (await session.execute(stmt)).scalars().all()
 
 

@@ -182,14 +182,18 @@ async def bot_message_counts(
 
 
 async def bot_send_times(
-    session: AsyncSession, *, since: datetime
+    session: AsyncSession, *, since: datetime, bot_ids: Sequence[int] | None = None
 ) -> list[tuple[int, datetime]]:
-    """(bot id, sent at) of every bot message since ``since``, oldest first."""
-    rows = await session.execute(
+    """(bot id, sent at) of every message of ``bot_ids`` (default: all bots) since
+    ``since``, oldest first."""
+    stmt = (
         select(Message.bot_id, Message.created_at)
         .where(Message.bot_id.is_not(None), Message.created_at >= since)
         .order_by(Message.created_at)
     )
+    if bot_ids is not None:
+        stmt = stmt.where(Message.bot_id.in_(list(bot_ids)))
+    rows = await session.execute(stmt)
     return [(int(b), t) for b, t in rows.all() if b is not None]
 
 
