@@ -368,23 +368,14 @@ class Worker:
                 await client.close()
 
     async def start(self) -> None:
-        """Take on the bots (all enabled ones, or this worker's shard) and start ticking.
+        """Take on the bots (every enabled bot of an enabled chat, or this worker's shard) and
+        start ticking.
 
         A bot whose token Telegram refuses is disabled and logged; the others go on.
         """
         self._write_id_file()
         if self.shard is None:
-            async with self.sessionmaker() as session:
-                bots = [b.id for b in await bot_store.list_bots(session, enabled_only=True)]
-            connected = await self._connect(bots)
-            async with self.sessionmaker() as session, session.begin():
-                self._solo_tokens = await turn_store.issue_fencing_tokens(
-                    session, bot_ids=connected, holder=self.worker_id)
-                stale = await turn_store.reconcile(session, tokens=self._solo_tokens)
-            for r in stale:
-                metrics.SEND_UNKNOWN.labels(reason="reconciled").inc()
-                log.error("turn %s of bot %s: left between intent and outcome by an earlier "
-                          "run; recorded unknown, not resent", r.turn_id, r.bot_id)
+            await self._sync_solo()
         else:
             # Join first and let workers started together see each other before taking
             # bots, so a fleet starting at once does not hand every bot around.
@@ -433,6 +424,12 @@ class Worker:
         if self.shard is None:
             with contextlib.suppress(OSError):
                 self.settings.effective_worker_id_file.touch()
+            async with self._rebalancing:
+                try:
+                    await self._sync_solo()
+                except Exception as exc:
+                    self.stats["errors"] += 1
+                    log.warning("worker %s: reading the bots failed: %s", self.worker_id, exc)
             return
         async with self._rebalancing:
             try:
@@ -447,6 +444,35 @@ class Worker:
                                 "locally for %.1f s", self.worker_id, exc,
                                 max(0.0, self.shard.leases.remaining()))
                 self._redis_down = True
+
+    async def _sync_solo(self) -> None:
+        """Solo mode: drive every enabled bot of an enabled chat. Bots added in the panel
+        are connected (and get fencing tokens) at the next heartbeat; bots disabled or
+        removed from every chat are let go once idle. Intents an earlier run left are
+        reconciled (recorded unknown, never resent)."""
+        universe = {b for c in await self.reads.chats() for b in c.bot_ids}
+        give_up = [b for b in self._solo_tokens if b not in universe and b not in self._busy]
+        if give_up:
+            await self._disconnect(give_up)
+            for b in give_up:
+                del self._solo_tokens[b]
+            self.stats["released"] += len(give_up)
+        take = sorted(universe - set(self._solo_tokens))
+        if not take:
+            return
+        connected = await self._connect(take)
+        if not connected:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            tokens = await turn_store.issue_fencing_tokens(
+                session, bot_ids=connected, holder=self.worker_id)
+            stale = await turn_store.reconcile(session, tokens=tokens)
+        self._solo_tokens.update(tokens)
+        self.stats["acquired"] += len(tokens)
+        for r in stale:
+            metrics.SEND_UNKNOWN.labels(reason="reconciled").inc()
+            log.error("turn %s of bot %s: left between intent and outcome by an earlier "
+                      "run; recorded unknown, not resent", r.turn_id, r.bot_id)
 
     async def _rebalance(self, shard: Shard) -> None:
         from behavior_engine.sharding import Ring

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import socket
 import time
 from collections import deque
@@ -45,6 +46,8 @@ from starlette.routing import Route
 log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"^([1-9]\d{0,19}):([A-Za-z0-9_-]+)$")
+#: Bots registered through ``POST /sandbox/bots`` get ids above this one.
+NEW_BOT_BASE_ID = 7900000000
 SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT_LENGTH = 4096  # Telegram: sendMessage text 1-4096 chars, core.telegram.org/bots/api
@@ -95,6 +98,11 @@ class SandboxError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+    def json(self) -> JSONResponse:
+        """The sandbox endpoints' error answer ``{"ok": false, "error_code", "description"}``."""
+        return JSONResponse({"ok": False, "error_code": self.status, "description": str(self)},
+                            status_code=self.status)
 
 
 class ApiError(Exception):
@@ -299,8 +307,12 @@ class TelegramSandbox:
     ``{"user_id", "text", "reply_to_message_id"?, "first_name"?, "username"?}`` posts as a
     human (added as a member if unknown and ``first_name`` is given) and answers
     ``{"ok": true, "result": Message}``; ``GET`` on the same path answers the chat log;
-    ``GET /sandbox/stats`` answers :attr:`stats`. Bad input: 400/404 with a description
-    naming the field.
+    ``GET /sandbox/stats`` answers :attr:`stats`. ``POST /sandbox/bots`` with
+    ``{"username", "first_name"}`` registers a new bot, as BotFather's /newbot does, and
+    answers ``{"ok": true, "result": {"token", "user"}}``; ``POST
+    /sandbox/chats/{chat_id}/bots`` with ``{"bot_id"}`` adds a registered bot to the chat,
+    as a member adding it in the app does. Bad input: 400/404 with a description naming
+    the field.
 
     Args:
         clock: Monotonic seconds used for rate limits and update expiry; inject a fake
@@ -357,6 +369,9 @@ class TelegramSandbox:
                 Route("/sandbox/chats/{chat_id}/messages", self._handle_human,
                       methods=["GET", "POST"]),
                 Route("/sandbox/stats", self._handle_stats, methods=["GET"]),
+                Route("/sandbox/bots", self._handle_new_bot, methods=["POST"]),
+                Route("/sandbox/chats/{chat_id}/bots", self._handle_add_bot,
+                      methods=["POST"]),
             ],
             lifespan=self._lifespan,
         )
@@ -884,12 +899,7 @@ class TelegramSandbox:
             chat = self._chat(chat_id)
             if request.method == "GET":
                 return JSONResponse({"ok": True, "result": self.messages(chat_id)})
-            try:
-                data = json.loads(await request.body())
-            except ValueError:
-                raise SandboxError("body must be a JSON object") from None
-            if not isinstance(data, dict):
-                raise SandboxError("body must be a JSON object")
+            data = await self._json_object(request)
             user_id, text = data.get("user_id"), data.get("text")
             reply = data.get("reply_to_message_id")
             if not isinstance(user_id, int) or isinstance(user_id, bool):
@@ -906,9 +916,68 @@ class TelegramSandbox:
                                           "username": data.get("username")})
             message = await self.post_as_human(chat_id, user_id, text, reply)
         except SandboxError as exc:
-            return JSONResponse({"ok": False, "error_code": exc.status, "description": str(exc)},
-                                status_code=exc.status)
+            return exc.json()
         return JSONResponse({"ok": True, "result": message})
+
+    def new_bot(self, username: str, first_name: str) -> dict[str, Any]:
+        """Register a bot with a fresh id and random token, as BotFather's /newbot does.
+
+        Returns:
+            ``{"token": str, "user": User}``.
+
+        Raises:
+            SandboxError: ``username`` is not 5-32 characters of ``[A-Za-z0-9_]`` ending in
+            "bot" (Telegram's rule), is taken, or ``first_name`` is empty.
+        """
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{3,30}[Bb][Oo][Tt]", username or "") or (
+                len(username) > 32):
+            raise SandboxError(f"username {username!r} must be 5-32 letters, digits or "
+                               "underscores, start with a letter and end in 'bot'")
+        if any(b.user.get("username", "").lower() == username.lower()
+               for b in self._bots.values()):
+            raise SandboxError(f"username {username!r} is taken")
+        if not first_name or not first_name.strip():
+            raise SandboxError("first_name must not be empty")
+        bot_id = max([NEW_BOT_BASE_ID, *self._bots]) + 1
+        token = f"{bot_id}:{secrets.token_urlsafe(26)}"
+        return {"token": token, "user": self.add_bot(token, username, first_name.strip())}
+
+    async def _json_object(self, request: Request) -> dict[str, Any]:
+        try:
+            data = json.loads(await request.body())
+        except ValueError:
+            raise SandboxError("body must be a JSON object") from None
+        if not isinstance(data, dict):
+            raise SandboxError("body must be a JSON object")
+        return data
+
+    async def _handle_new_bot(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/bots``: register a bot (BotFather's /newbot)."""
+        try:
+            data = await self._json_object(request)
+            username, first_name = data.get("username"), data.get("first_name")
+            if not isinstance(username, str) or not isinstance(first_name, str):
+                raise SandboxError("fields 'username' and 'first_name' are required strings")
+            result = self.new_bot(username, first_name)
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _handle_add_bot(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/chats/{chat_id}/bots``: add a registered bot to the chat."""
+        try:
+            try:
+                chat_id = int(request.path_params["chat_id"])
+            except ValueError:
+                raise SandboxError("chat_id in the path must be an integer") from None
+            data = await self._json_object(request)
+            bot_id = data.get("bot_id")
+            if not isinstance(bot_id, int) or isinstance(bot_id, bool):
+                raise SandboxError("field 'bot_id' is required and must be an integer")
+            self.add_bot_to_chat(chat_id, bot_id)
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": True})
 
     async def _handle_stats(self, request: Request) -> JSONResponse:
         stats = self.stats

@@ -253,6 +253,41 @@ async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> Non
     assert all(m["from"]["id"] != kicked_token_bot for m in world.sandbox.messages(CHAT))
 
 
+async def test_solo_worker_takes_on_added_bots_and_lets_removed_ones_go(world: World) -> None:
+    """Membership edits (the panel's) reach a running solo worker at its next heartbeat."""
+    from backend.invalidation import KIND_CHATS, invalidate_after_commit
+
+    async with world.sessionmaker() as s, s.begin():
+        chat = await chat_store.get_chat_by_telegram_id(s, telegram_chat_id=CHAT)
+        assert chat is not None
+        first, second, *_ = [b.id for b in await chat_store.chat_bots(s, chat_id=chat.id)]
+        await chat_store.remove_bot(s, chat_id=chat.id, bot_id=first)
+    worker = make_worker(world)
+    await worker.start()
+    try:
+        assert first not in worker.driven() and second in worker.driven()
+        async with world.sessionmaker() as s, s.begin():
+            await chat_store.add_bot(s, chat_id=chat.id, bot_id=first)
+            await chat_store.remove_bot(s, chat_id=chat.id, bot_id=second)
+            invalidate_after_commit(s, worker.reads.cache, KIND_CHATS, "enabled")
+
+        async def synced() -> bool:  # a removed bot is let go once its turn in flight ends
+            await worker.rebalance()
+            return first in worker.driven() and second not in worker.tokens
+
+        assert await wait_until(synced, 10), dict(worker.stats)
+        assert second not in worker.driven()
+
+        async def first_posts() -> bool:
+            async with world.sessionmaker() as s:
+                n = (await s.execute(select(Message.id).where(Message.bot_id == first))).all()
+            return len(n) >= 1
+
+        assert await wait_until(first_posts, 30), dict(worker.stats)
+    finally:
+        await worker.stop()
+
+
 async def test_retries_never_send_twice_and_all_down_keeps_talking(world: World) -> None:
     from backend.db.models import LLMCall
     from backend.demo import sandbox_providers

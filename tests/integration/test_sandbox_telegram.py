@@ -520,6 +520,43 @@ async def test_human_endpoint(sandbox: TelegramSandbox) -> None:
     assert stats["updates_queued"] == 4  # 2 messages x 2 member bots
 
 
+async def test_new_bot_and_adding_it_to_a_chat(sandbox: TelegramSandbox) -> None:
+    async with raw(sandbox) as client:
+        r = await client.post("/sandbox/bots", json={"username": "dave_bot",
+                                                     "first_name": "Dave"})
+        assert r.status_code == 200, r.text
+        token, user = r.json()["result"]["token"], r.json()["result"]["user"]
+        assert user == {"id": int(token.split(":")[0]), "is_bot": True, "first_name": "Dave",
+                        "username": "dave_bot"}
+        async with ptb(sandbox, token) as bot:
+            assert (await bot.get_me()).username == "dave_bot"
+            with pytest.raises(telegram.error.Forbidden):
+                await bot.send_message(GROUP, "not yet a member")
+            r = await client.post(f"/sandbox/chats/{GROUP}/bots", json={"bot_id": user["id"]})
+            assert r.status_code == 200, r.text
+            sent = await bot.send_message(GROUP, "now a member")
+        assert sent.text == "now a member"
+        second = await client.post("/sandbox/bots", json={"username": "erin_bot",
+                                                          "first_name": "Erin"})
+        assert second.json()["result"]["user"]["id"] == user["id"] + 1
+        bad = [
+            ("/sandbox/bots", {"username": "dave_bot", "first_name": "D"}, 400, "taken"),
+            ("/sandbox/bots", {"username": "dave", "first_name": "D"}, 400, "end in 'bot'"),
+            ("/sandbox/bots", {"username": "x" * 40 + "bot", "first_name": "D"}, 400, "5-32"),
+            ("/sandbox/bots", {"username": "fred_bot", "first_name": " "}, 400, "first_name"),
+            ("/sandbox/bots", {"username": "fred_bot"}, 400, "'first_name'"),
+            ("/sandbox/bots", [1], 400, "JSON object"),
+            (f"/sandbox/chats/{GROUP}/bots", {"bot_id": 12345}, 404, "unknown bot 12345"),
+            (f"/sandbox/chats/{GROUP}/bots", {"bot_id": "1"}, 400, "'bot_id'"),
+            ("/sandbox/chats/-5/bots", {"bot_id": user["id"]}, 404, "chat -5"),
+            ("/sandbox/chats/x/bots", {"bot_id": user["id"]}, 400, "chat_id"),
+        ]
+        for url, payload, status, fragment in bad:
+            r = await client.post(url, json=payload)
+            assert r.status_code == status, (url, payload, r.text)
+            assert fragment in r.json()["description"], (url, payload, r.text)
+
+
 async def test_world_validation() -> None:
     sb = TelegramSandbox()
     with pytest.raises(SandboxError, match="not of the form"):
