@@ -305,6 +305,17 @@ class Worker:
         worker._owns_chain = True
         return worker
 
+    def status(self) -> dict[str, Any]:
+        """What this worker reports (its heartbeat's info; the API's provider health):
+        ``name``, ``bots`` held, ``sent``, ``in_flight`` turns, ``in_flight_full`` /
+        ``skipped`` / ``ticks`` counters, and ``providers`` (each provider's breaker state
+        and budget left, :meth:`ProviderChain.status`)."""
+        return {"name": self.settings.worker_name, "bots": len(self.tokens),
+                "sent": self.stats["sent"], "in_flight": len(self._tasks),
+                "in_flight_full": self.stats["in_flight_full"],
+                "skipped": self.stats["skipped"], "ticks": self.stats["ticks"],
+                "providers": self.chain.status()}
+
     # -- which bots ----------------------------------------------------------------------
     @property
     def tokens(self) -> dict[int, int]:
@@ -483,11 +494,7 @@ class Worker:
             self.stats["lost"] += len(lost)
             metrics.LEASE_CHANGES.labels(change="lost").inc(len(lost))
             await self._disconnect(sorted(lost))
-        await leases.heartbeat({"name": self.settings.worker_name, "bots": len(leases.tokens),
-                                "sent": self.stats["sent"], "in_flight": len(self._tasks),
-                                "in_flight_full": self.stats["in_flight_full"],
-                                "skipped": self.stats["skipped"],
-                                "ticks": self.stats["ticks"]})
+        await leases.heartbeat(self.status())
         with contextlib.suppress(OSError):
             self.settings.effective_worker_id_file.touch()
         live = await leases.live_workers()

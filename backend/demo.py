@@ -191,17 +191,19 @@ DEMO_ADMIN = "admin"
 
 async def _serve_panel(
     settings: Settings, sessionmaker: Any, secrets: Any, reads: Any,
-    stack: contextlib.AsyncExitStack,
+    stack: contextlib.AsyncExitStack, worker: Any,
 ) -> tuple[str, str]:
     """Serve the admin panel for the demo; returns (its URL, the generated admin password).
 
     There is no default password: a random one is made for each run, hashed with argon2id
-    into the run's fresh database, and shown once.
+    into the run's fresh database, and shown once. The provider health shows ``worker``'s
+    breakers and budgets.
     """
     from backend.api.app import create_app as create_api
     from backend.stores import users as user_store
 
-    app = create_api(settings, sessionmaker, secrets=secrets, reads=reads)
+    app = create_api(settings, sessionmaker, secrets=secrets, reads=reads,
+                     local_workers=lambda: [(worker.worker_id, worker.status())])
     password = pysecrets.token_urlsafe(12)
     password_hash = await app.state.api.hash(password)
     async with sessionmaker() as session, session.begin():
@@ -298,7 +300,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         panel_line = ""
         if options.panel:
             panel_url, password = await _serve_panel(worker_settings, sessionmaker, secrets,
-                                                     reads, stack)
+                                                     reads, stack, worker)
             panel_line = (f"Admin panel: {panel_url}/ (log in as {DEMO_ADMIN} with password "
                           f"{password}; generated for this run)")
 

@@ -8,8 +8,11 @@ Routes: ``GET /health/live``, ``GET /health/ready`` (503 when the database does 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
@@ -102,10 +105,43 @@ class BodyLimit:
                 raise
 
 
+#: Seconds between purges of expired browser sessions (the first runs at startup).
+SESSION_PURGE_EVERY_S = 3600.0
+
+
+async def purge_sessions_forever(state: ApiState, every_s: float = SESSION_PURGE_EVERY_S
+                                 ) -> None:
+    """Delete expired browser sessions now and every ``every_s`` seconds, until cancelled.
+    A failed purge (database down) is logged and tried again at the next round."""
+    from backend.stores import users as user_store
+
+    while True:
+        try:
+            async with state.sessionmaker() as session, session.begin():
+                n = await user_store.purge_expired_sessions(session)
+            if n:
+                log.info("purged %d expired sessions", n)
+        except Exception as exc:  # keep purging after a database outage
+            log.warning("purging expired sessions failed: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(purge_sessions_forever(app.state.api))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *,
     hasher: PasswordHasher | None = None, throttle: LoginThrottle | None = None,
     secrets: Secrets | None = None, reads: CachedReads | None = None,
+    local_workers: Callable[[], list[tuple[str, dict[str, Any]]]] | None = None,
 ) -> FastAPI:
     """The admin API app.
 
@@ -115,6 +151,8 @@ def create_app(
             an in-memory cache over ``sessionmaker``, which reaches no other process).
         hasher: the password hasher (default :func:`make_hasher`; tests pass cheaper ones).
         throttle: the failed-login limiter (default :class:`LoginThrottle` with its limits).
+        local_workers: the (id, status) of workers running in this process, shown in the
+            provider health (``botsim demo`` passes its worker's).
 
     Raises:
         ConfigError: in production without ``BOTSIM_SECRET_KEY`` (or with one shorter than
@@ -126,7 +164,7 @@ def create_app(
     app = FastAPI(
         title="botsim admin API", version="1",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs" if dev else None, redoc_url=None,
+        docs_url="/api/v1/docs" if dev else None, redoc_url=None, lifespan=_lifespan,
     )
     app.state.api = ApiState(
         settings=settings, sessionmaker=sessionmaker, secret_key=secret_key, hasher=hasher,
@@ -136,6 +174,7 @@ def create_app(
         hash_slots=asyncio.Semaphore(MAX_CONCURRENT_HASHES),
         cipher=secrets.cipher() if secrets is not None else None,
         reads=reads or CachedReads(settings.make_cache(), sessionmaker),
+        local_workers=local_workers or (lambda: []),
     )
 
     @app.get("/health/live", tags=["health"])

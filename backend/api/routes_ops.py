@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -127,13 +127,33 @@ class ProviderHealth(BaseModel):
     last_error: LastError | None
 
 
+class ProviderGuards(BaseModel):
+    """A provider's guards in one worker (each worker keeps its own breakers and budgets).
+
+    Attributes:
+        breaker: ``closed``, ``open`` or ``half_open``; retry_in_s: seconds until an open
+            breaker lets a probe through.
+        budget_left: ``requests/min``, ``tokens/min``, ``tokens/day`` → what is left
+            before the headroom (None: no limit).
+        tokens_today: tokens counted in the last 24 h.
+    """
+
+    name: str
+    breaker: str
+    retry_in_s: float
+    budget_left: dict[str, float | None]
+    tokens_today: float
+
+
 class WorkerOut(BaseModel):
-    """A live worker, from its Redis heartbeat.
+    """A live worker, from its Redis heartbeat (or, in ``botsim demo``, the worker of this
+    process).
 
     Attributes:
         bots: bots it holds leases on; in_flight: turns running now; sent: messages sent
             since it started. None when the heartbeat does not say.
         heartbeat_at: when it last beat (the worker's clock).
+        providers: its providers' breakers and budgets; None when it does not say.
         info: the whole heartbeat, as the worker wrote it.
     """
 
@@ -143,6 +163,7 @@ class WorkerOut(BaseModel):
     in_flight: int | None
     sent: int | None
     heartbeat_at: datetime | None
+    providers: list[ProviderGuards] | None = None
     info: dict[str, JsonValue]
 
 
@@ -153,8 +174,8 @@ class HealthOut(BaseModel):
         window_s: the ledger window, seconds (the last 15 minutes).
         providers: providers with at least one call in the window, by name.
         redis_configured: whether ``REDIS_URL`` is set (workers are only listed then).
-        workers: the live workers, by id; None when Redis is not configured or did not
-            answer.
+        workers: the live workers (this process's first, then Redis's by id); None when
+            there is none to list (no local worker, and Redis not configured or silent).
         workers_error: why the workers could not be read (Redis unreachable), else None.
     """
 
@@ -475,22 +496,29 @@ async def _live_workers(url: str, namespace: str) -> list[WorkerOut]:
             beats = await read_heartbeats(client, namespace)
     finally:
         await client.aclose()
-    workers = []
-    for worker_id, info in beats.items():
-        at_ms = _int_or_none(info.get("at_ms"))
-        name = info.get("name")
-        workers.append(
-            WorkerOut(
-                id=worker_id,
-                name=name if isinstance(name, str) else None,
-                bots=_int_or_none(info.get("bots")),
-                in_flight=_int_or_none(info.get("in_flight")),
-                sent=_int_or_none(info.get("sent")),
-                heartbeat_at=None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
-                info=info,
-            )
-        )
-    return workers
+    return [worker_out(worker_id, info) for worker_id, info in beats.items()]
+
+
+def worker_out(worker_id: str, info: dict[str, Any]) -> WorkerOut:
+    """A :class:`WorkerOut` from a worker's status (:meth:`worker.Worker.status`, as its
+    heartbeat carries it); fields of the wrong type become None."""
+    at_ms = _int_or_none(info.get("at_ms"))
+    name = info.get("name")
+    providers: list[ProviderGuards] | None = None
+    try:
+        providers = TypeAdapter(list[ProviderGuards]).validate_python(info["providers"])
+    except (KeyError, ValidationError):
+        providers = None
+    return WorkerOut(
+        id=worker_id,
+        name=name if isinstance(name, str) else None,
+        bots=_int_or_none(info.get("bots")),
+        in_flight=_int_or_none(info.get("in_flight")),
+        sent=_int_or_none(info.get("sent")),
+        heartbeat_at=None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
+        providers=providers,
+        info=info,
+    )
 
 
 @router.get("/providers/health", response_model=HealthOut, tags=["health"])
@@ -499,18 +527,20 @@ async def providers_health(
     state: Annotated[ApiState, Depends(api_state)],
 ) -> HealthOut:
     """LLM providers over the last 15 minutes of the ledger (calls, errors, error rate,
-    median latency, last error) and, when Redis is configured, the live workers from their
-    heartbeats (bots held, turns in flight). An unreachable Redis does not fail the answer:
-    ``workers`` is null and ``workers_error`` says why."""
+    median latency, last error) and the live workers (bots held, turns in flight, each
+    provider's breaker state and budget left): those of this process (``botsim demo``)
+    and, when Redis is configured, those with a heartbeat. An unreachable Redis does not
+    fail the answer: the Redis workers are missing and ``workers_error`` says why."""
     since = datetime.now(UTC) - timedelta(seconds=HEALTH_WINDOW_S)
     async with state.sessionmaker() as session:
         providers = await _provider_health(session, since)
     url = state.settings.redis_url
-    workers: list[WorkerOut] | None = None
+    local = [worker_out(w, info) for w, info in state.local_workers()]
+    workers: list[WorkerOut] | None = local or None
     error: str | None = None
     if url:
         try:
-            workers = await _live_workers(url, state.settings.redis_namespace)
+            workers = local + await _live_workers(url, state.settings.redis_namespace)
         except (RedisError, OSError, TimeoutError) as exc:
             error = f"Redis unreachable: {type(exc).__name__}: {exc}"[:500]
     return HealthOut(

@@ -20,8 +20,9 @@ import hmac
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -170,6 +171,8 @@ class ApiState:
             answer 503).
         reads: the process's cached reads; its cache carries the stores' invalidations to
             the running workers (over Redis pub/sub when ``REDIS_URL`` is set).
+        local_workers: (worker id, :meth:`worker.Worker.status`) of the workers running in
+            this process (``botsim demo``'s), for the provider health.
     """
 
     settings: Settings
@@ -181,6 +184,8 @@ class ApiState:
     hash_slots: asyncio.Semaphore
     cipher: TokenCipher | None = None
     reads: CachedReads | None = None
+    local_workers: Callable[[], list[tuple[str, dict[str, Any]]]] = field(
+        default=lambda: [])
 
     @property
     def secure_cookies(self) -> bool:

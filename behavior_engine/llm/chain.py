@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from tenacity import (
     AsyncRetrying,
@@ -179,6 +179,24 @@ class ProviderChain:
         self.last_resort = last_resort
         self.recorder = recorder
         self._sleep = sleep
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each provider's guards now, in chain order, as JSON-ready dicts: ``name``,
+        ``breaker`` (closed/open/half_open), ``retry_in_s`` (seconds until an open breaker
+        lets a probe through), ``budget_left`` (see :meth:`Budget.left`) and
+        ``tokens_today`` (tokens counted in the last 24 h)."""
+        out = []
+        for name in self.order:
+            entry = self.entries[name]
+            out.append({
+                "name": name,
+                "breaker": entry.breaker.state,
+                "retry_in_s": round(entry.breaker.retry_in(), 1),
+                "budget_left": {k: None if v is None else round(v)
+                                for k, v in entry.budget.left().items()},
+                "tokens_today": round(entry.budget.used_today()),
+            })
+        return out
 
     async def generate(
         self, request: GenerationRequest, *, order: Sequence[str] | None = None

@@ -178,6 +178,21 @@ class Budget:
         self._tpm.add(now, tokens)
         self._tpd.add(now, tokens)
 
+    def left(self) -> dict[str, float | None]:
+        """What each limit has left now before its headroom: ``{"requests/min",
+        "tokens/min", "tokens/day"}`` → requests or tokens (never below 0), None where
+        there is no limit."""
+        now = self.clock()
+        keep = 1.0 - self.headroom
+        return {
+            label: None if limit is None else max(0.0, limit * keep - counter.total(now))
+            for label, limit, counter in (
+                ("requests/min", self.requests_per_min, self._rpm),
+                ("tokens/min", self.tokens_per_min, self._tpm),
+                ("tokens/day", self.tokens_per_day, self._tpd),
+            )
+        }
+
     def used_today(self) -> float:
         """Tokens counted in the last 24 h."""
         return self._tpd.total(self.clock())

@@ -7,6 +7,7 @@ cheapest parameters to stay fast; the password-shape and rehash tests use the re
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -212,6 +213,27 @@ async def test_expired_session_is_refused(
         await session.execute(update(ApiSession).values(expires_at=utcnow() - timedelta(seconds=1)))
     r = await client.get(ME)
     assert r.status_code == 401 and "expired" in r.json()["detail"]
+
+
+async def test_expired_sessions_are_purged_at_startup(
+    tmp_path: Path, hasher: CountingHasher, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    await _add_user(sessionmaker, "alice", "correct horse battery")
+    async with sessionmaker() as session, session.begin():
+        user = await store.get_by_username(session, username="alice")
+        assert user is not None
+        for ttl in (-60.0, 3600.0):
+            await store.create_session(session, user_id=user.id, secret_key="k" * 40,
+                                       ttl_s=ttl)
+    app = create_app(_settings(tmp_path), sessionmaker, hasher=hasher)
+    async with app.router.lifespan_context(app):
+        for _ in range(50):  # the purge runs as a task started with the app
+            async with sessionmaker() as session:
+                left = (await session.execute(select(ApiSession))).scalars().all()
+            if len(left) == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert len(left) == 1 and left[0].expires_at > utcnow()
 
 
 async def test_viewer_cannot_call_admin_routes(

@@ -480,6 +480,37 @@ async def test_provider_health_lists_live_workers(
         assert body["workers"][0]["in_flight"] is None
 
 
+async def test_provider_health_shows_the_local_workers_breakers_and_budgets(
+    tmp_path: Path, sessionmaker: Sessions
+) -> None:
+    status = {"name": "demo", "bots": 4, "sent": 12, "in_flight": 1, "providers": [
+        {"name": "groq", "breaker": "open", "retry_in_s": 12.5,
+         "budget_left": {"requests/min": 28, "tokens/min": None, "tokens/day": 90_000},
+         "tokens_today": 4_000}]}
+    cache = TwoLayerCache(redis_url=None)
+    await cache.start()
+    app = create_app(Settings(data_dir=tmp_path, secret_key=SECRET), sessionmaker,
+                     hasher=_hasher(), reads=CachedReads(cache, sessionmaker),
+                     local_workers=lambda: [("w-local", status),
+                                            ("w-odd", {"providers": [{"name": 3}]})])
+    async with sessionmaker() as s, s.begin():
+        await user_store.create_user(s, username="vera", role="viewer",
+                                     password_hash=_hasher().hash(VIEWER_PW))
+    env = Env(app, sessionmaker)
+    try:
+        viewer = await env.login("vera")
+        body = (await viewer.get(f"{API}/providers/health")).json()
+    finally:
+        for c in env.clients:
+            await c.aclose()
+        await cache.close()
+    assert body["redis_configured"] is False and body["workers_error"] is None
+    local, odd = body["workers"]
+    assert (local["id"], local["bots"], local["sent"]) == ("w-local", 4, 12)
+    assert local["providers"] == status["providers"]
+    assert odd["providers"] is None  # malformed guards are dropped, not a 500
+
+
 # --- Server-Sent Events -----------------------------------------------------------------
 
 

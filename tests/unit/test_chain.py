@@ -209,6 +209,33 @@ async def test_tokens_per_day_budget_switches_before_exhaustion() -> None:
     assert (await c.generate(request())).generation.provider == "a"
 
 
+async def test_status_reports_breakers_and_budget_left() -> None:
+    clock = Clock()
+    a = Scripted("a")
+    one_try = RetryPolicy(max_attempts=1, timeout_s=1)
+    c, _, _ = chain(a, Scripted("b"), policy=one_try,
+                    breaker=CircuitBreaker(failure_threshold=2, cooldown_s=30, clock=clock),
+                    budget=Budget(requests_per_min=100, tokens_per_day=10_000, headroom=0.1,
+                                  clock=clock))
+    assert [s["name"] for s in c.status()] == ["a", "b"]
+    fresh = c.status()[0]
+    assert fresh["budget_left"] == {"requests/min": 90, "tokens/min": None,
+                                    "tokens/day": 9000}
+    assert c.status()[1]["budget_left"] == dict.fromkeys(fresh["budget_left"])  # no limits
+    for _ in range(3):  # a answers 3 calls of 120 tokens each (the scripted usage)
+        await c.generate(request())
+    a.default = ProviderUnavailable("a", "HTTP 500")
+    for _ in range(3):  # two failures open a's breaker; the third call skips it
+        await c.generate(request())
+    clock.t += 10
+    a_now, b_now = c.status()
+    assert a_now["breaker"] == "open" and a_now["retry_in_s"] == 20.0
+    assert b_now["breaker"] == "closed" and b_now["retry_in_s"] == 0.0
+    assert a_now["tokens_today"] == 360
+    assert a_now["budget_left"]["tokens/day"] == 9000 - 360
+    assert a_now["budget_left"]["requests/min"] == 90 - a.calls
+
+
 async def test_all_down_offline_answers() -> None:
     a = Scripted("a", default=ProviderUnavailable("a", "HTTP 503"))
     b = Scripted("b", default=ProviderRejected("b", "HTTP 401", status=401))
