@@ -12,7 +12,13 @@ Pages (a logged-in session or API token; otherwise a redirect to ``/login``):
   (``PUT``/``DELETE /api/v1/chats/{chat_id}/bots/{bot_id}``).
 - ``/personas/new``: a bot token and a whole persona as JSON (prefilled with an example),
   created with ``POST /api/v1/bots``; then the browser opens the new bot's editor.
-- ``/settings`` and ``/costs``: read-only tables.
+- ``/settings``: the simulation settings as JSON to edit (saved with
+  ``PATCH /api/v1/settings``), and whether the simulation runs, with buttons calling
+  ``POST /api/v1/simulation/start`` / ``stop``.
+- ``/costs``: a read-only table.
+- ``/audit``: the audit log (admins; a viewer gets a 403 page), newest first, filtered by
+  entity and entity id, one page at a time ("Older" follows ``next_cursor``). Bad query
+  values get a 422 page naming them.
 
 Every text from Telegram or a persona reaches the HTML through Jinja2's autoescaping or
 ``textContent``, never as markup. Pages answer with a Content-Security-Policy allowing only
@@ -26,10 +32,10 @@ its trailing ``/bot``; 409 when that URL is not on 127.0.0.1/localhost.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request, status
@@ -40,6 +46,7 @@ from sqlalchemy import select
 
 from backend.api import routes_ops
 from backend.api.security import (
+    MAX_DB_ID,
     ApiState,
     Principal,
     api_state,
@@ -281,14 +288,17 @@ async def persona_editor(bot_id: int, request: Request, state: State) -> Respons
 
 @router.get("/settings", response_class=HTMLResponse, response_model=None)
 async def settings_page(request: Request, state: State) -> Response:
-    """The operator settings (read-only)."""
+    """The operator settings as JSON to edit, and the simulation's state with start/stop
+    buttons (``panel.js`` sends the changes; a viewer sees the API's 403 on the page)."""
     who = await _principal(request, state)
     if who is None:
         return _to_login()
     current = await routes_ops.get_settings(who, state)
-    rows = [(k, json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v))
-            for k, v in current.model_dump(mode="json").items()]
-    return _render(request, "settings.html", {"user": who, "page": "settings", "rows": rows})
+    return _render(request, "settings.html", {
+        "user": who, "page": "settings", "active": current.simulation_active,
+        "settings_json": json.dumps(current.model_dump(mode="json"), ensure_ascii=False,
+                                    indent=2),
+    })
 
 
 @router.get("/costs", response_class=HTMLResponse, response_model=None)
@@ -309,6 +319,106 @@ async def costs_page(request: Request, state: State, since: str = "24h",
     return _render(request, "costs.html", {
         "user": who, "page": "costs", "since": since[:64], "by": group, "data": data,
         "error": error}, status_code=200 if error is None else 422)
+
+
+# --- audit log --------------------------------------------------------------------------
+
+#: Longest ``entity`` / ``entity_id`` filter (as ``GET /api/v1/audit`` takes them).
+AUDIT_ENTITY_MAX = 32
+AUDIT_ENTITY_ID_MAX = 64
+#: Characters of a refused query value quoted back in the 422 page.
+QUOTE_MAX = 40
+
+
+def _quote(raw: str) -> str:
+    return repr(raw if len(raw) <= QUOTE_MAX else raw[:QUOTE_MAX] + "…")
+
+
+def _int_query(name: str, raw: str | None, low: int, high: int,
+               problems: list[str]) -> int | None:
+    """``raw`` as an int in ``low..high`` (None when absent or blank); otherwise None and a
+    line in ``problems`` naming ``name``. Only ASCII digits count (no sign, ``_`` or
+    spaces), so whatever passes also passes the API's own checks."""
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(high))
+            and low <= int(text) <= high):
+        problems.append(f"{name}: {_quote(raw)} is not a whole number from {low} to {high}")
+        return None
+    return int(text)
+
+
+def _text_query(name: str, raw: str | None, longest: int, problems: list[str]) -> str | None:
+    """``raw`` stripped (None when absent or blank); over ``longest`` characters: None and
+    a line in ``problems`` naming ``name``."""
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if len(text) > longest:
+        problems.append(f"{name}: {_quote(raw)} is longer than {longest} characters")
+        return None
+    return text
+
+
+def _json_text(value: Any) -> str | None:
+    """A compact one-line JSON of an audit entry's ``before``/``after`` (None for null)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _utc(at: datetime) -> str:
+    """``at`` in UTC (a naive time, as SQLite returns it, is taken as UTC already)."""
+    return _time(at.astimezone(UTC) if at.tzinfo is not None else at)
+
+
+@router.get("/audit", response_class=HTMLResponse, response_model=None)
+async def audit_page(request: Request, state: State, entity: str | None = None,
+                     entity_id: str | None = None, limit: str | None = None,
+                     cursor: str | None = None) -> Response:
+    """The audit log, newest first, as ``GET /api/v1/audit`` pages it (admins only).
+
+    Query values are taken as text and checked here, so a bad one gets this page with a
+    422 naming it (``cursor`` and ``limit``: whole numbers in the API's ranges; ``entity``
+    at most 32 and ``entity_id`` 64 characters; blank ones are ignored). A viewer gets a
+    403 page; no login, a redirect to ``/login``.
+    """
+    who = await _principal(request, state)
+    if who is None:
+        return _to_login()
+    filters = {"entity": (entity or "").strip()[:AUDIT_ENTITY_MAX],
+               "entity_id": (entity_id or "").strip()[:AUDIT_ENTITY_ID_MAX]}
+    context: dict[str, Any] = {"user": who, "page": "audit", "filters": filters,
+                               "forbidden": False, "problems": [], "entries": [],
+                               "older": None, "newest": None}
+    try:
+        await require_admin(who)
+    except HTTPException:
+        context["forbidden"] = True
+        return _render(request, "audit.html", context, status_code=403)
+    problems: list[str] = []
+    want_entity = _text_query("entity", entity, AUDIT_ENTITY_MAX, problems)
+    want_id = _text_query("entity_id", entity_id, AUDIT_ENTITY_ID_MAX, problems)
+    size = _int_query("limit", limit, 1, routes_ops.MAX_PAGE, problems)
+    before = _int_query("cursor", cursor, 1, MAX_DB_ID, problems)
+    if problems:
+        context["problems"] = problems
+        return _render(request, "audit.html", context, status_code=422)
+    page = await routes_ops.list_audit(
+        who, state, entity=want_entity, entity_id=want_id,
+        limit=routes_ops.DEFAULT_PAGE if size is None else size, cursor=before)
+    keep = {k: v for k, v in (("entity", want_entity), ("entity_id", want_id),
+                              ("limit", None if size is None else str(size)))
+            if v is not None}
+    if page.next_cursor is not None:
+        context["older"] = "/audit?" + urlencode({**keep, "cursor": str(page.next_cursor)})
+    if before is not None:
+        context["newest"] = "/audit" + ("?" + urlencode(keep) if keep else "")
+    context["entries"] = [
+        {"id": e.id, "at": _utc(e.at), "username": e.username, "user_id": e.user_id,
+         "action": e.action, "entity": e.entity, "entity_id": e.entity_id,
+         "before": _json_text(e.before), "after": _json_text(e.after)}
+        for e in page.items]
+    return _render(request, "audit.html", context)
 
 
 # --- posting as a human into the sandbox ------------------------------------------------

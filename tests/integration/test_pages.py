@@ -41,7 +41,7 @@ VIEWER_PW = "viewer password 123"
 XSS = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
-PAGES = ["/", "/personas", "/personas/1", "/settings", "/costs"]
+PAGES = ["/", "/personas", "/personas/1", "/settings", "/costs", "/audit"]
 
 
 def _hasher() -> PasswordHasher:
@@ -382,5 +382,229 @@ async def test_panel_js_drives_the_new_pages_without_inner_html(env: Env) -> Non
     assert "outerHTML" not in js and "document.write" not in js
     for needle in ('getElementById("new-persona-form")', 'getElementById("token")',
                    'getElementById("errors")', ".chat-membership button[data-chat-id]",
-                   '"X-CSRF-Token"', 'API + "/bots"', '"/bots/"'):
+                   '"X-CSRF-Token"', 'API + "/bots"', '"/bots/"',
+                   'getElementById("settings-form")', 'getElementById("settings-json")',
+                   'getElementById("settings-errors")', 'getElementById("settings-status")',
+                   'getElementById("sim-state")', 'getElementById("sim-start")',
+                   'getElementById("sim-stop")', 'send("PATCH", API + "/settings", body)',
+                   'API + "/simulation/" + action', "initSettings();"):
         assert needle in js, needle
+
+
+# --- settings page ----------------------------------------------------------------------
+
+
+def _settings_area(html: str) -> dict[str, Any]:
+    import html as html_lib
+
+    area = re.search(r'<textarea id="settings-json"[^>]*>(.*?)</textarea>', html, re.S)
+    assert area is not None
+    data = json.loads(html_lib.unescape(area.group(1)))
+    assert isinstance(data, dict)
+    return data
+
+
+def _sim_state(html: str) -> str:
+    found = re.search(r'<span id="sim-state"[^>]*>([a-z]+)</span>', html)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_settings_page_is_an_editor_with_simulation_buttons(env: Env) -> None:
+    for who in ("alice", "vera"):
+        client, _ = await env.login(who)
+        r = await client.get("/settings")
+        assert r.status_code == 200, (who, r.text)
+        page = r.text
+        assert re.search(r'<form id="settings-form"', page)
+        assert 'id="settings-errors"' in page and 'id="settings-status"' in page
+        assert re.search(r'<button type="submit" id="settings-save">Save</button>', page)
+        assert '<button type="button" id="sim-start">' in page
+        assert '<button type="button" id="sim-stop">' in page
+        shown = _settings_area(page)
+        assert set(shown) == {"simulation_active", "bot_hourly_msg_limit", "max_msgs_per_min",
+                              "prime_hours", "scale_factor"}
+        assert shown["simulation_active"] is True and shown["scale_factor"] == 1.0
+        assert shown["bot_hourly_msg_limit"] == {"min": 6, "max": 12}
+        assert _sim_state(page) == "running"
+        assert "<script>" not in page.replace(
+            '<script src="/static/panel.js" defer></script>', "")
+        assert ("needs the admin role" in page) is (who == "vera")
+        assert '<a href="/audit">Audit</a>' in page
+
+
+async def test_settings_page_shows_what_the_api_saved(env: Env) -> None:
+    admin, csrf = await env.login("alice")
+    edited = {**_settings_area((await admin.get("/settings")).text), "scale_factor": 2.5}
+    saved = await admin.patch("/api/v1/settings", json=edited, headers={"X-CSRF-Token": csrf})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["scale_factor"] == 2.5  # what panel.js puts back in the textarea
+    stopped = await admin.post("/api/v1/simulation/stop", headers={"X-CSRF-Token": csrf})
+    assert stopped.status_code == 200 and stopped.json()["simulation_active"] is False
+    page = (await admin.get("/settings")).text
+    assert _settings_area(page)["scale_factor"] == 2.5
+    assert _settings_area(page)["simulation_active"] is False
+    assert _sim_state(page) == "stopped"
+
+    bad = await admin.patch("/api/v1/settings", json={**edited, "max_msgs_per_min": 99},
+                            headers={"X-CSRF-Token": csrf})
+    assert bad.status_code == 422  # listed by panel.js under #settings-errors
+    assert any("max_msgs_per_min" in ".".join(map(str, p["loc"])) for p in bad.json()["detail"])
+    viewer, viewer_csrf = await env.login("vera")
+    refused = await viewer.patch("/api/v1/settings", json=edited,
+                                 headers={"X-CSRF-Token": viewer_csrf})
+    assert refused.status_code == 403 and refused.json()["detail"] == "admin role required"
+    assert _sim_state((await viewer.get("/settings")).text) == "stopped"
+
+
+# --- audit page -------------------------------------------------------------------------
+
+
+def _audit_rows(html: str) -> list[list[str]]:
+    body = re.search(r'<table id="audit-log".*?<tbody>(.*?)</tbody>', html, re.S)
+    if body is None:
+        return []
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+            for row in re.findall(r"<tr data-id=\"\d+\">(.*?)</tr>", body.group(1), re.S)]
+
+
+async def test_audit_page_lists_changes_escaped(
+    env: Env, sessionmaker: Sessions, cipher: TokenCipher,
+) -> None:
+    env.app.state.api.cipher = cipher
+    _, bot_id = await _seed(sessionmaker, cipher)
+    admin, csrf = await env.login("alice")
+    r = await admin.patch("/api/v1/settings", json={"scale_factor": 2.5},
+                          headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    r = await admin.patch(f"/api/v1/bots/{bot_id}", json={"bio": f"Now {XSS} here"},
+                          headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+
+    page = await admin.get("/audit")
+    assert page.status_code == 200, page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    html = page.text
+    assert XSS not in html and "<script>alert" not in html
+    assert '<a href="/audit" aria-current="page">Audit</a>' in html
+    assert "<th>when (UTC)</th>" in html and "<th>before</th>" in html
+    rows = _audit_rows(html)
+    assert len(rows) == 2
+    bot_row, settings_row = rows  # newest first
+    alice_id = re.search(r"alice <span class=\"muted\">\(user (\d+)\)</span>", bot_row[1])
+    assert alice_id is not None
+    assert bot_row[2:5] == ["bot.update", "bot", str(bot_id)]
+    assert f"Now {ESCAPED} here" in bot_row[6] and "bio-marker" in bot_row[5]
+    assert "&#34;bio&#34;" in bot_row[5] or "&quot;bio&quot;" in bot_row[5]
+    assert bot_row[5].startswith("<code>") and bot_row[6].startswith("<code>")
+    assert settings_row[2:4] == ["settings.update", "settings"]
+    assert "—" in settings_row[4]
+    import html as html_lib
+
+    before = re.fullmatch(r"<code>(.*)</code>", settings_row[5])
+    after = re.fullmatch(r"<code>(.*)</code>", settings_row[6])
+    assert before is not None and after is not None
+    assert json.loads(html_lib.unescape(before.group(1))) == {"scale_factor": 1.0}
+    assert json.loads(html_lib.unescape(after.group(1))) == {"scale_factor": 2.5}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", settings_row[0])
+    assert 'id="audit-older"' not in html
+
+    only = (await admin.get("/audit", params={"entity": "bot", "entity_id": str(bot_id)})).text
+    assert [row[2] for row in _audit_rows(only)] == ["bot.update"]
+    assert 'name="entity" value="bot"' in only
+    none = await admin.get("/audit", params={"entity": XSS})
+    assert none.status_code == 200 and _audit_rows(none.text) == []
+    assert "No entries" in none.text
+    assert XSS not in none.text and f'value="{ESCAPED}"' in none.text
+
+
+async def test_audit_page_is_for_admins(env: Env) -> None:
+    admin, csrf = await env.login("alice")
+    r = await admin.patch("/api/v1/settings", json={"scale_factor": 3.0},
+                          headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200
+    viewer, _ = await env.login("vera")
+    for query in ("", "?cursor=abc"):
+        page = await viewer.get("/audit" + query)
+        assert page.status_code == 403, query
+        assert "The audit log is for admins" in page.text
+        assert 'id="audit-log"' not in page.text and "settings.update" not in page.text
+        assert '<a href="/audit" aria-current="page">Audit</a>' in page.text
+    assert len(_audit_rows((await admin.get("/audit")).text)) == 1
+
+
+async def test_audit_page_pages_with_older_links_keeping_filters(env: Env) -> None:
+    admin, csrf = await env.login("alice")
+    for factor in (2.0, 3.0, 4.0):
+        r = await admin.patch("/api/v1/settings", json={"scale_factor": factor},
+                              headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200
+    r = await admin.post("/api/v1/simulation/stop", headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200
+    import html as html_lib
+
+    def older(html: str) -> str | None:
+        link = re.search(r'<a href="([^"]*)" id="audit-older" rel="next">Older →</a>', html)
+        return None if link is None else html_lib.unescape(link.group(1))
+
+    seen: list[str] = []
+    url: str | None = "/audit?entity=settings&limit=3"
+    pages_read = 0
+    while url is not None:
+        r = await admin.get(url)
+        assert r.status_code == 200, (url, r.text)
+        seen += [html_lib.unescape(row[6]) for row in _audit_rows(r.text)]
+        url = older(r.text)
+        if url is not None:
+            assert url.startswith("/audit?entity=settings&limit=3&cursor=")
+            assert 'id="audit-newest"' not in r.text or pages_read > 0
+        else:
+            assert 'href="/audit?entity=settings&amp;limit=3" id="audit-newest"' in r.text
+        pages_read += 1
+    assert pages_read == 2
+    assert seen == ['<code>{"simulation_active": false}</code>',
+                    '<code>{"scale_factor": 4.0}</code>', '<code>{"scale_factor": 3.0}</code>',
+                    '<code>{"scale_factor": 2.0}</code>']
+    first = (await admin.get("/audit", params={"limit": "4"})).text
+    assert older(first) is None and len(_audit_rows(first)) == 4
+    assert older((await admin.get("/audit", params={"entity": "bot", "limit": "1"})).text) is None
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ({"cursor": "abc"}, "cursor"),
+    ({"cursor": "0"}, "cursor"),
+    ({"cursor": "-1"}, "cursor"),
+    ({"cursor": "1_0"}, "cursor"),
+    ({"cursor": "2147483648"}, "cursor"),
+    ({"cursor": "9" * 5000}, "cursor"),
+    ({"cursor": "1e3"}, "cursor"),
+    ({"limit": "0"}, "limit"),
+    ({"limit": "201"}, "limit"),
+    ({"limit": "two"}, "limit"),
+    ({"entity": "x" * 33}, "entity"),
+    ({"entity_id": "y" * 65}, "entity_id"),
+    ({"cursor": XSS}, "cursor"),
+])
+async def test_audit_page_refuses_bad_query_values_with_a_422_page(
+    env: Env, query: dict[str, str], named: str,
+) -> None:
+    admin, _ = await env.login("alice")
+    r = await admin.get("/audit", params=query)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    problems = re.search(r'<ul id="audit-problems" class="errors">(.*?)</ul>', r.text, re.S)
+    assert problems is not None
+    assert re.search(rf'<li class="error">{named}: ', problems.group(1))
+    assert XSS not in r.text
+    if query.get("cursor") == XSS:
+        assert "&#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;" in problems.group(1)
+    assert 'id="audit-log"' not in r.text
+
+
+async def test_audit_page_takes_good_edge_values(env: Env) -> None:
+    admin, _ = await env.login("alice")
+    for query in ({"cursor": "2147483647", "limit": "200"}, {"cursor": "1"},
+                  {"entity": "", "entity_id": "", "limit": ""}):
+        r = await admin.get("/audit", params=query)
+        assert r.status_code == 200, (query, r.text)
+        assert 'id="audit-problems"' not in r.text

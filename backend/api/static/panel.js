@@ -354,6 +354,105 @@ function initGroups() {
   }
 }
 
+// --- settings -------------------------------------------------------------------------
+
+function initSettings() {
+  const form = document.getElementById("settings-form");
+  if (!form) return;
+  const area = document.getElementById("settings-json");
+  const save = document.getElementById("settings-save");
+  const status = document.getElementById("settings-status");
+  const errors = document.getElementById("settings-errors");
+  const simState = document.getElementById("sim-state");
+  const simStatus = document.getElementById("sim-status");
+  const start = document.getElementById("sim-start");
+  const stop = document.getElementById("sim-stop");
+  let edited = false;  // the textarea holds changes not saved yet
+  area.addEventListener("input", () => { edited = true; });
+
+  function showActive(active) {
+    simState.dataset.active = active ? "true" : "false";
+    simState.textContent = active ? "running" : "stopped";
+  }
+
+  function showSettings(settings) {
+    // The server's settings into the page; unsaved edits keep all but simulation_active.
+    if (!settings || typeof settings !== "object") return;
+    showActive(settings.simulation_active === true);
+    if (!edited) {
+      area.value = JSON.stringify(settings, null, 2);
+      return;
+    }
+    try {
+      const draft = JSON.parse(area.value);
+      if (draft && typeof draft === "object" && !Array.isArray(draft) &&
+          "simulation_active" in draft) {
+        draft.simulation_active = settings.simulation_active;
+        area.value = JSON.stringify(draft, null, 2);
+      }
+    } catch (e) { /* unparsable edits are left as they are */ }
+  }
+
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    let body;
+    try {
+      body = JSON.parse(area.value);
+    } catch (e) {
+      showProblems(errors, [["JSON", String(e.message || e)]]);
+      status.textContent = "not saved: the JSON does not parse";
+      return;
+    }
+    if (body === null || typeof body !== "object" || Array.isArray(body)) {
+      showProblems(errors, [["JSON", "expected an object of settings"]]);
+      status.textContent = "not saved: expected an object of settings";
+      return;
+    }
+    status.textContent = "saving…";
+    save.disabled = true;
+    let r;
+    try {
+      r = await send("PATCH", API + "/settings", body);
+    } finally {
+      save.disabled = false;
+    }
+    if (r.ok) {
+      showProblems(errors, []);
+      edited = false;
+      showSettings(r.body);
+      status.textContent = "saved";
+      return;
+    }
+    showProblems(errors, problemsOf(r));
+    status.textContent = r.status === 422 ? "not saved: fix the fields listed"
+      : "not saved: " + detailText(r.body, r.status);
+  });
+
+  async function simulation(action) {
+    start.disabled = true;
+    stop.disabled = true;
+    simStatus.textContent = (action === "start" ? "starting" : "stopping") + "…";
+    let r;
+    try {
+      r = await send("POST", API + "/simulation/" + action);
+    } finally {
+      start.disabled = false;
+      stop.disabled = false;
+    }
+    if (r.ok) {
+      showSettings(r.body);
+      simStatus.textContent = r.body && r.body.simulation_active ? "started" : "stopped";
+      return;
+    }
+    showProblems(errors, problemsOf(r));
+    simStatus.textContent = "not " + (action === "start" ? "started" : "stopped") + ": " +
+      detailText(r.body, r.status);
+  }
+
+  start.addEventListener("click", () => simulation("start"));
+  stop.addEventListener("click", () => simulation("stop"));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   initLogin();
   initLogout();
@@ -361,4 +460,5 @@ document.addEventListener("DOMContentLoaded", () => {
   initPersona();
   initNewPersona();
   initGroups();
+  initSettings();
 });
