@@ -304,7 +304,9 @@ async def settings_page(request: Request, state: State) -> Response:
 @router.get("/costs", response_class=HTMLResponse, response_model=None)
 async def costs_page(request: Request, state: State, since: str = "24h",
                      by: str = "provider") -> Response:
-    """LLM costs since ``since`` grouped by ``by`` (as ``GET /api/v1/costs``)."""
+    """LLM costs since ``since`` grouped by ``by`` (as ``GET /api/v1/costs``) and the
+    providers' health (as ``GET /api/v1/providers/health``: the ledger's last 15 minutes,
+    and each live worker's breakers and budgets left)."""
     who = await _principal(request, state)
     if who is None:
         return _to_login()
@@ -316,9 +318,10 @@ async def costs_page(request: Request, state: State, since: str = "24h",
         data = await routes_ops.costs(who, state, since=since[:64], by=group)
     except HTTPException:
         error = f"{since[:64]!r}: expected an age (30m, 24h, 7d), an ISO date/time or 'all'"
+    health = await routes_ops.providers_health(who, state)
     return _render(request, "costs.html", {
         "user": who, "page": "costs", "since": since[:64], "by": group, "data": data,
-        "error": error}, status_code=200 if error is None else 422)
+        "error": error, "health": health}, status_code=200 if error is None else 422)
 
 
 # --- audit log --------------------------------------------------------------------------

@@ -608,3 +608,27 @@ async def test_audit_page_takes_good_edge_values(env: Env) -> None:
         r = await admin.get("/audit", params=query)
         assert r.status_code == 200, (query, r.text)
         assert 'id="audit-problems"' not in r.text
+
+
+async def test_costs_page_shows_each_workers_breakers_and_budgets(
+    tmp_path: Path, sessionmaker: Sessions, cache: TwoLayerCache
+) -> None:
+    guards = {"name": "groq", "breaker": "open", "retry_in_s": 12.5,
+              "budget_left": {"requests/min": 28, "tokens/min": None, "tokens/day": 90_125},
+              "tokens_today": 4_000}
+    env = await _make_env(tmp_path, sessionmaker, cache)
+    env.app.state.api.local_workers = lambda: [
+        ("w-1", {"name": XSS, "providers": [guards]}), ("w-2", {"name": "bare"})]
+    try:
+        viewer, _ = await env.login("vera")
+        r = await viewer.get("/costs")
+    finally:
+        for c in env.clients:
+            await c.aclose()
+    assert r.status_code == 200
+    table = r.text[r.text.index('id="worker-guards"'):]
+    _assert_escaped(table)
+    assert 'class="breaker-open">open<' in table and "12.5" in table
+    assert ">28<" in table and ">no limit<" in table and ">90125<" in table
+    assert "bare" in table and "offline generator only" in table
+    assert "No provider call in that window." in r.text
