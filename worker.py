@@ -271,6 +271,8 @@ class Worker:
         self._connecting: set[int] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._redis_down = False
+        # Turn id → perf_counter() at its decision, until the turn runs (latency figures).
+        self._decided: dict[str, float] = {}
         if shard is not None:
             self._release_floor = shard.redis.register_script(_RELEASE_FLOOR)
 
@@ -468,6 +470,7 @@ class Worker:
             for b in give_up:
                 del self._solo_tokens[b]
             self.stats["released"] += len(give_up)
+            metrics.LEASES_HELD.set(len(self._solo_tokens))
         take = sorted(universe - set(self._solo_tokens))
         if not take:
             return
@@ -479,6 +482,7 @@ class Worker:
                 session, bot_ids=connected, holder=self.worker_id)
             stale = await turn_store.reconcile(session, tokens=tokens)
         self._solo_tokens.update(tokens)
+        metrics.LEASES_HELD.set(len(self._solo_tokens))
         self.stats["acquired"] += len(tokens)
         for r in stale:
             metrics.SEND_UNKNOWN.labels(reason="reconciled").inc()
@@ -702,9 +706,11 @@ class Worker:
                 # Only turns that get the chat's floor count against the in-flight room.
                 if await self._take_floor(turn):
                     turns.append(turn)
+                    self._decided[turn.turn_id] = time.perf_counter()
                 else:
                     self.stats["floor_taken"] += 1
         self.stats["turns"] += len(turns)
+        metrics.TURNS_DECIDED.inc(len(turns))
         return turns
 
     def _sent_last_hour(self, bot_id: int, now: datetime) -> int:
@@ -800,6 +806,7 @@ class Worker:
         return Outcome(turn=turn, status="skipped", error=str(exc))
 
     async def _run_turn(self, turn: Turn) -> Outcome:
+        decided = self._decided.pop(turn.turn_id, None) or time.perf_counter()
         client = self._clients.get(turn.bot_id)
         token = self.tokens.get(turn.bot_id)
         if client is None or token is None or not self._lease_valid(turn.bot_id):
@@ -812,19 +819,24 @@ class Worker:
             await client.send_typing(chat_id=turn.telegram_chat_id)
         except TelegramError as exc:  # "typing…" is decoration: never worth a lost turn
             log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
+        t_llm = time.perf_counter()
         result = await self.chain.generate(request, order=ctx.profile.llm_providers)
+        llm_s = time.perf_counter() - t_llm
         generation = result.generation
         if result.skipped:
             self.stats["fallbacks"] += 1
         sim = await self.reads.settings()
         wait = await self.limits.try_acquire(turn.bot_id, turn.telegram_chat_id,
                                              chat_cap=sim.max_msgs_per_min)
+        waited_s = 0.0
         if wait > 0:
             if wait > MAX_LIMIT_WAIT_S:
                 return Outcome(
                     turn=turn, status="skipped", error="Telegram limit", retry_after=wait
                 )
+            t_wait = time.perf_counter()
             await asyncio.sleep(wait)
+            waited_s = time.perf_counter() - t_wait
             if await self.limits.try_acquire(turn.bot_id, turn.telegram_chat_id,
                                              chat_cap=sim.max_msgs_per_min) > 0:
                 return Outcome(turn=turn, status="skipped", error="Telegram limit")
@@ -880,13 +892,18 @@ class Worker:
                 await self._finish(turn, "unknown", repr(exc))
             metrics.SEND_UNKNOWN.labels(reason="interrupted").inc()
             raise
+        answered = time.perf_counter()
+        timing = Timing(sent_at=utcnow(), latency_s=answered - decided, llm_s=llm_s,
+                        wait_s=waited_s)
+        metrics.TURN_LATENCY.observe(timing.latency_s)
+        metrics.TURN_OVERHEAD.observe(timing.latency_s - llm_s)
         await self._record(turn, bot, sent, generation.text, generation.provider,
-                           generation.model, reply_id, mood)
+                           generation.model, reply_id, mood, timing)
         return Outcome(turn=turn, status="sent", telegram_message_id=sent.message_id)
 
     async def _record(
         self, turn: Turn, bot: BotProfile, sent: SentMessage, text: str, provider: str,
-        model: str | None, reply_id: int | None, mood: float,
+        model: str | None, reply_id: int | None, mood: float, timing: Timing,
     ) -> None:
         """Store the sent message, its turn's outcome, the answered flag and the mood in one
         transaction, then add it to the chat's cached history."""
@@ -900,7 +917,11 @@ class Worker:
                 telegram_message_id=sent.message_id,
                 text=text,
                 meta=MessageMeta(provider=provider, model=model, topic=turn.topic,
-                                 sender_is_bot=True, sender_username=bot.username),
+                                 sender_is_bot=True, sender_username=bot.username,
+                                 sent_at=timing.sent_at,
+                                 latency_ms=round(timing.latency_s * 1000, 3),
+                                 llm_ms=round(timing.llm_s * 1000, 3),
+                                 wait_ms=round(timing.wait_s * 1000, 3)),
                 created_at=when,
                 reply_to_telegram_message_id=reply_id,
             )
@@ -930,6 +951,22 @@ class Worker:
             invalidate_after_commit(session, self.reads.cache, KIND_BOT, str(bot_id))
             invalidate_after_commit(session, self.reads.cache, KIND_CHATS, "enabled")
         await self._disconnect([bot_id])
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """A sent turn's timing (stored in its message's meta; the load test's latencies).
+
+    Attributes:
+        sent_at: when Telegram's answer arrived (UTC).
+        latency_s: from the turn's decision to Telegram's answer, seconds.
+        llm_s: of which generating the text; wait_s: of which waiting for a Telegram limit.
+    """
+
+    sent_at: datetime
+    latency_s: float
+    llm_s: float
+    wait_s: float
 
 
 def check(settings: Settings) -> int:

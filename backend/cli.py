@@ -15,6 +15,10 @@ Sub-commands::
                                             add an admin panel user; the password comes from
                                             BOTSIM_NEW_USER_PASSWORD or is generated and
                                             printed once
+    botsim loadtest --bots N --chats M --workers W --duration S --llm-latency-ms L
+        [--llm-jitter-ms J] [--human-rate PER_MIN] [--seed S] [--json] [--report DIR] ...
+                                            run the whole engine on 127.0.0.1 under load and
+                                            report its figures (loadtest.runner)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad input or configuration (the message
 names what is wrong and where).
@@ -142,6 +146,39 @@ def _parser() -> argparse.ArgumentParser:
     listener = sub.add_parser("listener", help="run the webhook listener")
     listener.add_argument("--register", action="store_true", help="setWebhook for every bot")
     sub.add_parser("api", help="run the admin API")
+    lt = sub.add_parser("loadtest", help="run the engine under load on 127.0.0.1 and report")
+    lt.add_argument("--bots", type=int, required=True, help="generated personas")
+    lt.add_argument("--chats", type=int, required=True, help="groups they are spread over")
+    lt.add_argument("--workers", type=int, required=True, help="worker processes")
+    lt.add_argument("--duration", type=float, required=True,
+                    help="seconds of the run, warm-up included")
+    lt.add_argument("--llm-latency-ms", type=float, required=True,
+                    help="the sandbox LLM's answer time, ms")
+    lt.add_argument("--llm-jitter-ms", type=float, default=0.0,
+                    help="± uniform jitter of that time, ms")
+    lt.add_argument("--human-rate", type=float, default=0.0, metavar="PER_MIN",
+                    help="human messages per minute over all groups")
+    lt.add_argument("--msgs-per-hour", type=float, default=10.0,
+                    help="each bot's hourly budget (default 10)")
+    lt.add_argument("--warmup", type=float, default=None,
+                    help="seconds of warm-up, reported apart (default: a fifth, 30 s at most)")
+    lt.add_argument("--seed", type=int, default=1)
+    lt.add_argument("--in-flight", type=int, default=None,
+                    help="turns in flight per worker (default: the setting's)")
+    lt.add_argument("--database-url", default=None,
+                    help="PostgreSQL server on 127.0.0.1 for the scratch database (default:"
+                         " the local one; SQLite when one worker and none given)")
+    lt.add_argument("--redis-url", default=None,
+                    help="Redis on 127.0.0.1 (default redis://127.0.0.1:6379/0)")
+    lt.add_argument("--floor-samples", type=int, default=200,
+                    help="calls per operation of the floor micro-benchmark")
+    lt.add_argument("--keep", action="store_true",
+                    help="keep the scratch database and data directory")
+    lt.add_argument("--json", action="store_true",
+                    help="end with one JSON object of the figures on the last line")
+    lt.add_argument("--report", type=Path, default=None, metavar="DIR",
+                    help="write figures.json and index.html (plots) into DIR")
+    lt.add_argument("--no-progress", action="store_true", help="no live display")
     admin = sub.add_parser("admin", help="admin panel users")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     cu = admin_sub.add_parser(
@@ -242,6 +279,42 @@ def _run_process(settings: Settings, name: str, *, register: bool) -> int:
     return 0
 
 
+def _loadtest_cmd(args: argparse.Namespace) -> int:
+    """``botsim loadtest``: run, print the summary (and the JSON line), write the report."""
+    from rich.console import Console
+
+    from loadtest.report import print_summary, write_report
+    from loadtest.runner import LoadOptions, run_load
+
+    opts = LoadOptions(
+        bots=args.bots, chats=args.chats, workers=args.workers, duration_s=args.duration,
+        llm_latency_ms=args.llm_latency_ms, llm_jitter_ms=args.llm_jitter_ms,
+        human_rate_per_min=args.human_rate, msgs_per_hour=args.msgs_per_hour,
+        seed=args.seed, warmup_s=args.warmup, database_url=args.database_url,
+        redis_url=args.redis_url, in_flight=args.in_flight,
+        floor_samples=args.floor_samples, keep=args.keep, progress=not args.no_progress)
+    opts.validate()
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise ValidationFailed("botsim loadtest",
+                               [("--report", f"{args.report} exists and is not a directory")])
+    try:
+        figures = asyncio.run(run_load(opts))
+    except RuntimeError as exc:
+        print(f"botsim loadtest: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("botsim loadtest: interrupted; every process was stopped", file=sys.stderr)
+        return 1
+    print_summary(figures, Console(highlight=False))
+    if args.report is not None:
+        page = write_report(figures, args.report)
+        print(f"report: {page}")
+    if args.json:
+        slim = {k: v for k, v in figures.items() if not k.endswith("_samples_ms")}
+        print(json.dumps(slim, ensure_ascii=False, default=str))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botsim`` command; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -249,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         level = getattr(logging, settings.log_level)
-        if args.command == "demo":
-            level = max(level, logging.WARNING)  # the conversation is the demo's output
+        if args.command in ("demo", "loadtest"):
+            level = max(level, logging.WARNING)  # the conversation / figures are the output
         logging.basicConfig(
             level=level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -301,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             password = os.environ.get("BOTSIM_NEW_USER_PASSWORD")
             asyncio.run(_create_user_cmd(settings, args.username, args.role, password))
             return 0
+        if args.command == "loadtest":
+            return _loadtest_cmd(args)
         if args.command in ("worker", "listener", "api"):
             return _run_process(settings, args.command, register=getattr(args, "register", False))
     except (ConfigError, ValidationFailed) as exc:

@@ -99,6 +99,26 @@ TURNS = Counter(
     " rate_limited).",
     ["outcome"],
 )
+TURNS_DECIDED = Counter(
+    "botsim_turns_decided",
+    "Turns the scheduler decided and the worker launched (each ends as one botsim_turns"
+    " outcome; the difference, once idle, is turns lost).",
+)
+_TURN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TURN_LATENCY = Histogram(
+    "botsim_turn_latency_seconds",
+    "Sent turns: from the decision to Telegram's answer, seconds.",
+    buckets=_TURN_BUCKETS,
+)
+TURN_OVERHEAD = Histogram(
+    "botsim_turn_overhead_seconds",
+    "Sent turns: latency less the text generation (the engine's own part), seconds.",
+    buckets=_TURN_BUCKETS,
+)
+DB_QUERIES = Counter(
+    "botsim_db_queries",
+    "SQL statements this process sent to the database.",
+)
 WORKERS_LIVE = Gauge(
     "botsim_workers_live",
     "Workers in the live set (fresh heartbeat) as this worker last saw it.",

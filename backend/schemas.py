@@ -13,6 +13,7 @@ Market symbols (holdings) are the uppercase ids of ``behavior_engine.market``: `
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
@@ -270,6 +271,11 @@ class MessageMeta(_Strict):
         kind: ``text`` or the kind of a non-text message (``photo``, ``sticker``, ...).
         update_id: the webhook update that brought a received message.
         edited: True if this row was updated by an ``edited_message`` update.
+        sent_at: when Telegram's answer to the send arrived (our clock, UTC, to the
+            microsecond; the row's ``created_at`` is Telegram's date, to the second).
+        latency_ms: the turn's time from its decision to Telegram's answer, ms.
+        llm_ms: the part of it spent generating the text (the provider chain), ms.
+        wait_ms: the part of it spent waiting for a Telegram limit (our limiter), ms.
     """
 
     provider: str | None = None
@@ -280,6 +286,10 @@ class MessageMeta(_Strict):
     kind: str = "text"
     update_id: int | None = None
     edited: bool = False
+    sent_at: datetime | None = None
+    latency_ms: float | None = None
+    llm_ms: float | None = None
+    wait_ms: float | None = None
 
 
 class ModelPrice(_Strict):

@@ -88,6 +88,12 @@ class Limits:
     set_webhook_interval: float = 1.0
 
 
+#: No rate limit worth the name: for measuring a client's own cost (``--no-limits``).
+UNLIMITED = Limits(chat_rate=1e9, chat_burst=1e9, group_per_minute=10**9,
+                   global_per_second=10**9, chat_actions=((10**9, 1.0),),
+                   set_webhook_interval=0.0)
+
+
 class SandboxError(ValueError):
     """Bad input to a sandbox helper (not a Bot API error).
 
@@ -986,15 +992,18 @@ class TelegramSandbox:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m sandbox.telegram_api --port 8081 --world world.json``."""
+    """CLI: ``python -m sandbox.telegram_api --port 8081 --world world.json [--no-limits]``."""
     parser = argparse.ArgumentParser(description="Telegram Bot API sandbox")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--world", help="JSON file: {bots: [...], chats: [...]}")
     parser.add_argument("--http-webhook-host", action="append", default=[],
                         help="extra host allowed as plain-http webhook target (repeatable)")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="lift the rate limits (for client-side micro-benchmarks only)")
     args = parser.parse_args(argv)
     sandbox = TelegramSandbox(
+        limits=UNLIMITED if args.no_limits else None,
         http_webhook_hosts=["127.0.0.1", "localhost", "::1", *args.http_webhook_host])
     if args.world:
         with open(args.world, encoding="utf-8") as fh:

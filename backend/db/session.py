@@ -39,7 +39,8 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
 
     SQLite (``sqlite+aiosqlite:///path``) gets WAL, a 5 s busy timeout and foreign keys on,
     so a listener and a worker can share the file. PostgreSQL (``postgresql+asyncpg://``)
-    gets a pool of ``pool_size`` connections.
+    gets a pool of ``pool_size`` connections. Every statement counts in
+    ``botsim_db_queries_total``.
 
     Args:
         url: SQLAlchemy async URL.
@@ -53,6 +54,12 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)
+    from backend import metrics
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _count_query(*_args: Any) -> None:
+        metrics.DB_QUERIES.inc()
+
     if url.startswith("sqlite"):
 
         @event.listens_for(engine.sync_engine, "connect")
