@@ -279,8 +279,8 @@ def _cpu_memory_section(figures: Mapping[str, Any]) -> _Section:
     ratio = _num(cpu.get("ratio"))
     s.add("engine / floor", NA if ratio is None else f"{ratio:,.2f}×")
     for name, value in floor.items():
-        if name == "samples":
-            s.add("floor samples", _count(value))
+        if name in ("samples", "telegram_throttled"):
+            s.add(f"floor {name.replace('_', ' ')}", _count(value))
         else:
             s.add(f"floor: {name}", _fmt(value, digits=3, unit="ms"))
     for name, value in _section(cpu, "per_process").items():

@@ -691,7 +691,8 @@ async def _measure_floor(opts: LoadOptions, fleet: Fleet, tmp: Path, db_url: str
         result = await measure_floor(
             telegram_api_url=f"http://127.0.0.1:{tg_port}/bot", bot_token=token,
             telegram_chat_ids=[chat_id], llm_base_url=f"http://127.0.0.1:{llm_port}/floor/v1",
-            database_url=db_url, redis_url=redis_url, samples=opts.floor_samples)
+            database_url=db_url, redis_url=redis_url, samples=opts.floor_samples,
+            telegram_per_second=None)
     finally:
         fleet.stop(["floor-telegram", "floor-llm"])
         fleet.procs = [p for p in fleet.procs if not p.name.startswith("floor-")]
