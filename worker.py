@@ -271,6 +271,8 @@ class Worker:
         self._connecting: set[int] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._redis_down = False
+        # The last ring computed: ((live workers, bots, epsilon), the bots it gives us).
+        self._ring_memo: tuple[tuple[Any, ...], frozenset[int]] | None = None
         # Turn id → perf_counter() at its decision, until the turn runs (latency figures).
         self._decided: dict[str, float] = {}
         if shard is not None:
@@ -507,7 +509,11 @@ class Worker:
         mine: set[int] = set()
         if self.worker_id in live and universe:
             kwargs = {} if shard.ring_epsilon is None else {"epsilon": shard.ring_epsilon}
-            mine = set(Ring(live, universe, **kwargs).owned_by(self.worker_id))
+            key = (tuple(sorted(live)), tuple(universe), shard.ring_epsilon)
+            if self._ring_memo is None or self._ring_memo[0] != key:  # same ring: no rehash
+                self._ring_memo = (key, frozenset(
+                    Ring(live, universe, **kwargs).owned_by(self.worker_id)))
+            mine = set(self._ring_memo[1])
         give_up = [b for b in leases.tokens
                    if b not in mine and b not in self._busy and b not in self._connecting]
         if give_up:
@@ -682,6 +688,12 @@ class Worker:
             members = [b for b in chat.bot_ids if b in driven]
             if not members:
                 continue
+            if chat.id not in requests and self.scheduler.idle_until(chat.id, now) is not None:
+                # Nothing due before later: skip building its views, unless (solo) a human
+                # message waits in its history for the scheduler to plan replies.
+                if self.shard is not None or not any(
+                        i.reply_wanted for i in await self.reads.history(chat.id)):
+                    continue
             if self.shard is not None and chat.id in self._floors_held and (
                     chat.id not in requests):
                 continue  # its floor is ours already: no second spontaneous turn

@@ -33,10 +33,10 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backend.errors import BotsimError, ConfigError, ValidationFailed
 from backend.settings import Settings, load_settings
@@ -106,6 +106,9 @@ def configure_process() -> None:
     os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 
+T = TypeVar("T")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="botsim", description="Multi-bot Telegram simulation engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
                          " the local one; SQLite when one worker and none given)")
     lt.add_argument("--redis-url", default=None,
                     help="Redis on 127.0.0.1 (default redis://127.0.0.1:6379/0)")
-    lt.add_argument("--floor-samples", type=int, default=200,
+    lt.add_argument("--floor-samples", type=int, default=500,
                     help="calls per operation of the floor micro-benchmark")
     lt.add_argument("--keep", action="store_true",
                     help="keep the scratch database and data directory")
@@ -273,10 +276,21 @@ def _run_process(settings: Settings, name: str, *, register: bool) -> int:
         else message_listener.serve(settings, secrets, register=register)
     )
     try:
-        asyncio.run(body)
+        run_loop(body)
     except KeyboardInterrupt:
         logging.getLogger("botsim").info("%s stopped", name)
     return 0
+
+
+def run_loop(body: Coroutine[Any, Any, T]) -> T:
+    """Run ``body`` on uvloop where it is installed (Linux, macOS: a faster event loop in C
+    over libuv; asyncpg's authors measure 2-4× asyncio's throughput on network I/O), else
+    on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(body)
+    return uvloop.run(body)
 
 
 def _loadtest_cmd(args: argparse.Namespace) -> int:
@@ -298,7 +312,7 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
         raise ValidationFailed("botsim loadtest",
                                [("--report", f"{args.report} exists and is not a directory")])
     try:
-        figures = asyncio.run(run_load(opts))
+        figures = run_loop(run_load(opts))  # the floor runs on the engine's event loop
     except RuntimeError as exc:
         print(f"botsim loadtest: {exc}", file=sys.stderr)
         return 1

@@ -279,6 +279,19 @@ class Scheduler:
         turns.append(self._turn(chat, speaker, reply_to, reason, now))
         return turns
 
+    def idle_until(self, chat_id: int, now: datetime) -> datetime | None:
+        """When ``chat_id`` may next have a turn due, if that is after ``now``; None when it
+        may have one now (or the chat is new). A chat idle until later needs no
+        :meth:`decide` before then, unless a human message waits in it (planned by
+        :meth:`decide`, so the caller must not skip a chat with a waiting message)."""
+        st = self._chats.get(chat_id)
+        if st is None or st.next_at is None or st.next_at <= now:
+            return None
+        first_planned = min((p.due for p in st.planned), default=None)
+        if first_planned is not None and first_planned <= now:
+            return None
+        return st.next_at if first_planned is None else min(st.next_at, first_planned)
+
     def forget_handled(self, chat_id: int, telegram_message_id: int,
                        bot_id: int | None = None) -> None:
         """Let a waiting human message be planned again (its reply turn did not get out);

@@ -65,6 +65,9 @@ DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 #: Width of the timeline's buckets, seconds.
 BUCKET_S = 10.0
+#: The live display reads the workers' /metrics every this many 2-s rounds (scraping
+#: costs the workers CPU, which the figures count).
+WATCH_METRICS_EVERY = 5
 #: How long the workers may take to end their turns once the simulation is paused.
 DRAIN_S = 60.0
 #: How long the bots may take to be taken on (10,000 bots: webhooks and leases).
@@ -115,7 +118,7 @@ class LoadOptions:
     database_url: str | None = None
     redis_url: str | None = None
     in_flight: int | None = None
-    floor_samples: int = 200
+    floor_samples: int = 500
     keep: bool = False
     progress: bool = True
 
@@ -438,24 +441,28 @@ async def _watch(opts: LoadOptions, fleet: Fleet, tg_base: str, state: RunState,
     console = Console(stderr=True)
     live = Live(_progress_table(opts, state), console=console, refresh_per_second=2,
                 transient=True) if opts.progress else None
+    rounds = 0
+    failed = 0.0
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
         with live if live is not None else contextlib.nullcontext():
             while not stop.is_set():
                 with contextlib.suppress(httpx.HTTPError, KeyError):
+                    if rounds % WATCH_METRICS_EVERY == 0:  # the workers' pages less often
+                        merged: Samples = defaultdict(float)
+                        failed = 0.0
+                        for p in fleet.procs:
+                            if p.metrics_url and p.name.startswith("worker"):
+                                m = await scrape(client, p.metrics_url)
+                                for k, v in m.items():
+                                    merged[k] += v
+                                failed += total(m, "botsim_turns_total", outcome="failed")
+                        q = hist_quantile(merged, "botsim_turn_latency_seconds", 0.95)
+                        state.p95_ms = None if q is None else q * 1000
                     stats = await _sandbox_stats(client, tg_base)
                     sent = sum(int(v) for v in stats["sent"].values())
                     state.sent_history.append((time.monotonic(), sent))
-                    merged: Samples = defaultdict(float)
-                    failed = 0.0
-                    for p in fleet.procs:
-                        if p.metrics_url and p.name.startswith("worker"):
-                            m = await scrape(client, p.metrics_url)
-                            for k, v in m.items():
-                                merged[k] += v
-                            failed += total(m, "botsim_turns_total", outcome="failed")
-                    q = hist_quantile(merged, "botsim_turn_latency_seconds", 0.95)
-                    state.p95_ms = None if q is None else q * 1000
                     state.errors = int(failed + int(stats.get("too_many_requests", 0)))
+                rounds += 1
                 if live is not None:
                     live.update(_progress_table(opts, state))
                 with contextlib.suppress(TimeoutError):

@@ -167,3 +167,31 @@ def test_replies_do_not_always_target_the_last_message() -> None:
     assert total > 20
     assert targets[8] / total < 0.5
     assert len(targets) >= 4
+
+
+def test_idle_until_lets_a_caller_skip_chats_with_nothing_due() -> None:
+    s = Scheduler(seed=3)
+    assert s.idle_until(1, NOW) is None  # a new chat is always decided
+    t = NOW
+    skipped = decided = 0
+    turns = []
+    for _ in range(600):  # ten minutes, one tick a second; skip whenever idle
+        until = s.idle_until(1, t)
+        if until is not None:
+            assert until > t
+            skipped += 1
+        else:
+            decided += 1
+            turns += s.decide(chat(), bots(), SETTINGS, t)
+        t += timedelta(seconds=1)
+    # the same turns as deciding every tick would give: none is missed by skipping
+    s2 = Scheduler(seed=3)
+    every = run(s2, chat(), bots(), 599)
+    assert [x.bot_id for x in turns] == [x.bot_id for x in every] and turns
+    assert skipped > decided  # most ticks need no decision
+    # a planned human reply ends the idle time when it falls due
+    w = WaitingMessage(message_id=9, line=human(90, "Altın ne olur?"))
+    s.decide(chat([w]), bots(), SETTINGS, t)
+    until = s.idle_until(1, t)
+    assert until is not None and until <= t + timedelta(seconds=16)
+    assert s.idle_until(1, until) is None
