@@ -84,6 +84,9 @@ MAX_LIMIT_WAIT_S = 5.0
 #: A new worker waits this long (at most a third of the heartbeat TTL) between joining the
 #: live set and taking bots (seconds).
 JOIN_SETTLE_S = 1.0
+#: getMe calls at once while taking bots on: thousands at once time out (a worker taking
+#: 2,500 bots at once saw every call time out against the sandbox, and retried forever).
+CONNECT_CONCURRENCY = 16
 #: The reply sweep runs at most this often across all workers (seconds).
 SWEEP_EVERY_S = 15.0
 
@@ -336,8 +339,9 @@ class Worker:
         return self.shard.leases.valid(bot_id)
 
     async def _connect(self, bot_ids: Sequence[int]) -> list[int]:
-        """Connect the clients of ``bot_ids`` (getMe, concurrently) and load their send
-        times; returns those connected. A refused token disables its bot."""
+        """Connect the clients of ``bot_ids`` (getMe, :data:`CONNECT_CONCURRENCY` at a time)
+        and load their send times; returns those connected. A refused token disables its
+        bot."""
         if not bot_ids:
             return []
         cipher = self.secrets.cipher()
@@ -349,7 +353,13 @@ class Worker:
                          base_url=self.settings.telegram_api_url)
             for b in bot_ids if b in rows
         }
-        results = await asyncio.gather(*(c.start() for c in clients.values()),
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def start(client: BotClient) -> None:
+            async with gate:
+                await client.start()
+
+        results = await asyncio.gather(*(start(c) for c in clients.values()),
                                        return_exceptions=True)
         ok: list[int] = []
         for (bot_id, client), res in zip(clients.items(), results, strict=True):
@@ -381,6 +391,7 @@ class Worker:
             client = self._clients.pop(b, None)
             if client is not None:
                 await client.close()
+        metrics.BOTS_DRIVEN.set(len(self.driven()))
 
     async def start(self) -> None:
         """Take on the bots (every enabled bot of an enabled chat, or this worker's shard) and
@@ -485,6 +496,7 @@ class Worker:
             stale = await turn_store.reconcile(session, tokens=tokens)
         self._solo_tokens.update(tokens)
         metrics.LEASES_HELD.set(len(self._solo_tokens))
+        metrics.BOTS_DRIVEN.set(len(self.driven()))
         self.stats["acquired"] += len(tokens)
         for r in stale:
             metrics.SEND_UNKNOWN.labels(reason="reconciled").inc()
@@ -554,6 +566,7 @@ class Worker:
                 await shard.leases.release(failed)
             self.stats["acquired"] += len(connected) - len(lost)
             metrics.LEASE_CHANGES.labels(change="acquired").inc(len(connected) - len(lost))
+            metrics.BOTS_DRIVEN.set(len(self.driven()))
             self._take_requests(await shard.stream.read_all())
         except Exception:
             self.stats["errors"] += 1

@@ -127,6 +127,10 @@ LEASES_HELD = Gauge(
     "botsim_leases_held",
     "Bot leases this worker holds (the bots it drives).",
 )
+BOTS_DRIVEN = Gauge(
+    "botsim_bots_driven",
+    "Bots this worker drives now: lease held and Telegram client connected.",
+)
 LEASE_CHANGES = Counter(
     "botsim_lease_changes",
     "Bot leases taken or given up by this worker, by change (acquired, released, lost).",

@@ -715,7 +715,8 @@ async def _sleep_checked(seconds: float, fleet: Fleet) -> None:
 
 
 async def _wait_taken_on(client: httpx.AsyncClient, fleet: Fleet, bots: int) -> None:
-    """Wait until the workers hold every bot (``botsim_leases_held`` summed)."""
+    """Wait until the workers drive every bot (``botsim_bots_driven`` summed: lease held
+    and client connected)."""
     end = time.monotonic() + STARTUP_S
     held = 0.0
     while time.monotonic() < end:
@@ -723,7 +724,7 @@ async def _wait_taken_on(client: httpx.AsyncClient, fleet: Fleet, bots: int) -> 
         held = 0.0
         for p in fleet.procs:
             if p.metrics_url and p.name.startswith("worker"):
-                held += total(await scrape(client, p.metrics_url), "botsim_leases_held")
+                held += total(await scrape(client, p.metrics_url), "botsim_bots_driven")
         if held >= bots:
             return
         await asyncio.sleep(0.5)

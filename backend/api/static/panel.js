@@ -202,6 +202,24 @@ function showProblems(list, items) {
   }
 }
 
+function readObject(area, errors, status, what, failed) {
+  // The JSON object typed into `area`, or null after listing why not (and "<failed>: ...").
+  let body;
+  try {
+    body = JSON.parse(area.value);
+  } catch (e) {
+    showProblems(errors, [["JSON", String(e.message || e)]]);
+    status.textContent = failed + ": the JSON does not parse";
+    return null;
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    showProblems(errors, [["JSON", "expected an object of " + what]]);
+    status.textContent = failed + ": expected an object of " + what;
+    return null;
+  }
+  return body;
+}
+
 function problemsOf(r) {
   // [field, reason] pairs from a failed answer (a 422's detail list, or one line).
   if (r.status === 422 && r.body && Array.isArray(r.body.detail)) {
@@ -284,19 +302,8 @@ function initNewPersona() {
   const errors = document.getElementById("errors");
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    let body;
-    try {
-      body = JSON.parse(area.value);
-    } catch (e) {
-      showProblems(errors, [["JSON", String(e.message || e)]]);
-      status.textContent = "not created";
-      return;
-    }
-    if (body === null || typeof body !== "object" || Array.isArray(body)) {
-      showProblems(errors, [["JSON", "expected an object of persona fields"]]);
-      status.textContent = "not created";
-      return;
-    }
+    const body = readObject(area, errors, status, "persona fields", "not created");
+    if (body === null) return;
     body.token = token.value.trim();
     status.textContent = "creating…";
     create.disabled = true;
@@ -395,19 +402,8 @@ function initSettings() {
 
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    let body;
-    try {
-      body = JSON.parse(area.value);
-    } catch (e) {
-      showProblems(errors, [["JSON", String(e.message || e)]]);
-      status.textContent = "not saved: the JSON does not parse";
-      return;
-    }
-    if (body === null || typeof body !== "object" || Array.isArray(body)) {
-      showProblems(errors, [["JSON", "expected an object of settings"]]);
-      status.textContent = "not saved: expected an object of settings";
-      return;
-    }
+    const body = readObject(area, errors, status, "settings", "not saved");
+    if (body === null) return;
     status.textContent = "saving…";
     save.disabled = true;
     let r;
