@@ -840,13 +840,18 @@ class Worker:
         ctx, bot, mood = await self._context(turn, self.clock())
         request = build_request(ctx)
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
-        try:
-            await client.send_typing(chat_id=turn.telegram_chat_id)
-        except TelegramError as exc:  # "typing…" is decoration: never worth a lost turn
-            log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
+        # "typing…" shows while the text is generated (as a person types it), so it adds no
+        # round trip to the turn; it is awaited before the send, which it must precede.
+        typing = asyncio.create_task(client.send_typing(chat_id=turn.telegram_chat_id))
         t_llm = time.perf_counter()
-        result = await self.chain.generate(request, order=ctx.profile.llm_providers)
-        llm_s = time.perf_counter() - t_llm
+        try:
+            result = await self.chain.generate(request, order=ctx.profile.llm_providers)
+        finally:
+            llm_s = time.perf_counter() - t_llm
+            try:
+                await typing
+            except TelegramError as exc:  # decoration: never worth a lost turn
+                log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
         generation = result.generation
         if result.skipped:
             self.stats["fallbacks"] += 1
