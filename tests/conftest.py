@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from backend.crypto import TokenCipher
 from backend.db.models import Base
 from backend.db.session import make_engine, make_sessionmaker, upgrade_sync
+from sandbox.llm_api import LLMSandbox
 
 # python-telegram-bot 22 warns (an error under filterwarnings=error) when a RetryAfter is
 # built with int seconds unless the process opts in to timedelta periods; the entry points
@@ -140,3 +141,14 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_TEST_URL
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LLMSandbox]:
+    """The sandbox LLM server on a free 127.0.0.1 port (stopped after the test)."""
+    sb = LLMSandbox()
+    await sb.start()
+    try:
+        yield sb
+    finally:
+        await sb.stop()

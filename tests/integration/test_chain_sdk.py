@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
@@ -23,16 +22,6 @@ from sandbox.llm_api import Fault, LLMSandbox
 from tests.integration.test_llm_sandbox import request_for
 
 KEY = SecretStr("sk-sandbox-key")
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMSandbox]:
-    sb = LLMSandbox()
-    await sb.start()
-    try:
-        yield sb
-    finally:
-        await sb.stop()
 
 
 def cfg(sb: LLMSandbox, name: str, kind: str, **kw: object) -> ProviderSettings:

@@ -31,16 +31,6 @@ BOT_ID = 7000001
 CHATS = [-1001000000001 - i for i in range(30)]
 
 
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMSandbox]:
-    sb = LLMSandbox()
-    await sb.start()
-    try:
-        yield sb
-    finally:
-        await sb.stop()
-
-
 async def telegram(chats: list[int], limits: Limits | None = None) -> TelegramSandbox:
     sb = TelegramSandbox(limits=limits)
     sb.add_bot(TOKEN, "floor_test_bot", "Floor")
