@@ -391,7 +391,13 @@ class Worker:
             client = self._clients.pop(b, None)
             if client is not None:
                 await client.close()
+        self._report_bots()
+
+    def _report_bots(self) -> None:
+        """Set the gauges of bots driven (and, solo, of fencing tokens held)."""
         metrics.BOTS_DRIVEN.set(len(self.driven()))
+        if self.shard is None:
+            metrics.LEASES_HELD.set(len(self._solo_tokens))
 
     async def start(self) -> None:
         """Take on the bots (every enabled bot of an enabled chat, or this worker's shard) and
@@ -483,7 +489,7 @@ class Worker:
             for b in give_up:
                 del self._solo_tokens[b]
             self.stats["released"] += len(give_up)
-            metrics.LEASES_HELD.set(len(self._solo_tokens))
+            self._report_bots()
         take = sorted(universe - set(self._solo_tokens))
         if not take:
             return
@@ -495,8 +501,7 @@ class Worker:
                 session, bot_ids=connected, holder=self.worker_id)
             stale = await turn_store.reconcile(session, tokens=tokens)
         self._solo_tokens.update(tokens)
-        metrics.LEASES_HELD.set(len(self._solo_tokens))
-        metrics.BOTS_DRIVEN.set(len(self.driven()))
+        self._report_bots()
         self.stats["acquired"] += len(tokens)
         for r in stale:
             metrics.SEND_UNKNOWN.labels(reason="reconciled").inc()
@@ -566,7 +571,7 @@ class Worker:
                 await shard.leases.release(failed)
             self.stats["acquired"] += len(connected) - len(lost)
             metrics.LEASE_CHANGES.labels(change="acquired").inc(len(connected) - len(lost))
-            metrics.BOTS_DRIVEN.set(len(self.driven()))
+            self._report_bots()
             self._take_requests(await shard.stream.read_all())
         except Exception:
             self.stats["errors"] += 1
@@ -615,6 +620,7 @@ class Worker:
             turns = await self._decide()
         except Exception:
             self.stats["errors"] += 1
+            self._decided.clear()  # this tick's decisions are dropped (earlier ones started)
             log.exception("tick failed")
             return
         for turn in turns:

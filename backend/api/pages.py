@@ -44,7 +44,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from backend.api import routes_ops
+from backend.api import routes_bots, routes_ops
 from backend.api.security import (
     MAX_DB_ID,
     ApiState,
@@ -199,16 +199,11 @@ async def _latest_id(state: ApiState) -> int:
 
 
 def _editable(bot: Bot) -> dict[str, Any]:
-    """A bot's editable fields, as ``PATCH /api/v1/bots/{id}`` takes them (no token)."""
-    return {
-        "name": bot.name,
-        "username": bot.username,
-        "enabled": bot.enabled,
-        "mood": bot.mood,
-        **bot.persona.model_dump(mode="json"),
-        "stances": [s.model_dump(mode="json") for s in bot.stances.items],
-        "holdings": [h.model_dump(mode="json") for h in bot.holdings.items],
-    }
+    """A bot's editable fields, as ``PATCH /api/v1/bots/{id}`` takes them (no token): its
+    audited fields less the Telegram user id, which comes from the token."""
+    fields = routes_bots.bot_snapshot(bot)
+    del fields["telegram_user_id"]
+    return fields
 
 
 @router.get("/personas", response_class=HTMLResponse, response_model=None)

@@ -246,7 +246,7 @@ def _cache(state: ApiState) -> TwoLayerCache | None:
     return state.reads.cache if state.reads is not None else None
 
 
-def _bot_snapshot(bot: Bot) -> dict[str, Any]:
+def bot_snapshot(bot: Bot) -> dict[str, Any]:
     """A bot's audited fields (no token: the caller adds a masked marker when it changes)."""
     return {
         "name": bot.name,
@@ -394,7 +394,7 @@ async def create_bot(
                 "bot",
                 bot.id,
                 None,
-                {**_bot_snapshot(bot), "token": "set"},
+                {**bot_snapshot(bot), "token": "set"},
             )
     return BotOut.from_row(bot, cipher)
 
@@ -420,7 +420,7 @@ async def update_bot(
     with _http_errors():
         async with state.sessionmaker() as session, session.begin():
             bot = await bot_store.get_bot(session, bot_id=bot_id)
-            before = _bot_snapshot(bot)
+            before = bot_snapshot(bot)
             current = Persona.model_validate(
                 {
                     **bot.persona.model_dump(),
@@ -452,7 +452,7 @@ async def update_bot(
                 bot.token_encrypted = cipher.encrypt(token)
                 bot.telegram_user_id = bot_store.bot_id_from_token(token)
             await session.flush()
-            old, new = audit.diff(before, _bot_snapshot(bot))
+            old, new = audit.diff(before, bot_snapshot(bot))
             if patch.token is not None:
                 old["token"], new["token"] = "replaced", "replaced"  # masked by the store
             if old or new:

@@ -266,6 +266,11 @@ def _page_limit() -> Any:
     return Query(ge=1, le=MAX_PAGE, description=f"page size, 1-{MAX_PAGE}")
 
 
+def _page_cursor(items: str) -> Any:
+    return Query(ge=1, le=MAX_DB_ID,
+                 description=f"the previous page's next_cursor: {items} with a smaller id")
+
+
 # --- settings ---------------------------------------------------------------------------
 
 
@@ -362,14 +367,7 @@ async def list_messages(
         ),
     ] = None,
     limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
-    cursor: Annotated[
-        int | None,
-        Query(
-            ge=1,
-            le=MAX_DB_ID,
-            description="the previous page's next_cursor: messages with a smaller id",
-        ),
-    ] = None,
+    cursor: Annotated[int | None, _page_cursor("messages")] = None,
 ) -> Page[MessageOut]:
     """Messages, newest first (by id), one page at a time: pass ``next_cursor`` back as
     ``cursor`` for the next page (None on the last). Text is returned as stored."""
@@ -564,14 +562,7 @@ async def list_audit(
     ] = None,
     entity_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
-    cursor: Annotated[
-        int | None,
-        Query(
-            ge=1,
-            le=MAX_DB_ID,
-            description="the previous page's next_cursor: entries with a smaller id",
-        ),
-    ] = None,
+    cursor: Annotated[int | None, _page_cursor("entries")] = None,
 ) -> Page[AuditOut]:
     """The audit log (admin), newest first, one page at a time (``cursor`` as in
     ``/messages``). Secrets never appear in it (masked when recorded)."""
