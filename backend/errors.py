@@ -10,7 +10,8 @@ only the API layer turns them into HTTP answers, and only the CLI into exit code
     │   └── PersonaFileError        a persona file: file name, field, reason
     ├── NotFound                    an id that names nothing
     ├── StorageError                the database refused or is unreachable
-    │   └── FencedOut               a write carried a stale fencing token: the lease moved
+    │   ├── FencedOut               a write carried a stale fencing token: the lease moved
+    │   └── WrongEventLoop          an engine used from an event loop other than its own
     ├── ProviderError               an LLM provider call failed (``provider`` says which)
     │   ├── ProviderRateLimited     429: retry after ``retry_after`` seconds (None: unknown)
     │   ├── ProviderUnavailable     5xx, timeout, connection error, malformed answer: retryable
@@ -89,6 +90,25 @@ class FencedOut(StorageError):
         self.bot_id = bot_id
         self.token = token
         super().__init__(f"bot {bot_id}: fencing token {token} is stale (lease moved)")
+
+
+class WrongEventLoop(StorageError):
+    """A database engine was used from an event loop other than the one that owns it.
+
+    An asyncpg or aiosqlite connection belongs to the loop that opened it; driving it from a
+    second loop (another thread's, or a test client's) corrupts memory and can crash the
+    process with a segmentation fault. The session factory raises this before any I/O.
+
+    Args:
+        what: the engine, as a URL without its password.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"database {what}: used from an event loop other than the one that owns its "
+            "engine; make an engine on this loop (an engine, session or Redis client belongs "
+            "to the loop that made it)")
 
 
 class ProviderError(BotsimError):

@@ -1,8 +1,14 @@
 """Shared fixtures: one storage fixture parametrized over SQLite and PostgreSQL; Redis.
 
-PostgreSQL tests use a database of their own, ``botsim_test_<pid>``, on 127.0.0.1:5432 (user
-``postgres``), migrated once per session with Alembic and truncated before each test.
-Redis tests use database index 13 on 127.0.0.1:6379, flushed before each test.
+The suite runs in parallel (pytest-xdist, ``-n 2``); every worker process keeps to resources
+of its own:
+
+- PostgreSQL: a database ``botsim_test_<pid>`` on 127.0.0.1:5432 (user ``postgres``), migrated
+  once per worker with Alembic, truncated before each test and dropped at the end;
+- Redis: a database index of its own on 127.0.0.1:6379, claimed for the whole run with a
+  ``SET NX`` key in database 0 (so two runs at once, a developer's and CI's, never share one
+  either), flushed (``FLUSHDB``) before each test and released at the end.
+
 When a service is not reachable its tests skip with the reason, unless ``CI`` is set: then
 they fail, so CI can never pass by skipping.
 """
@@ -10,6 +16,7 @@ they fail, so CI can never pass by skipping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -35,7 +42,12 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # drop each other's tables; dropped again when the session ends.
 PG_DB = f"botsim_test_{os.getpid()}"
 PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
-REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
+REDIS_SERVER = "redis://127.0.0.1:6379"
+#: Database indexes a test run may claim (0 holds the claims; Redis has 16 by default).
+REDIS_TEST_DBS = range(15, 0, -1)
+#: Seconds a claim lives without renewal (renewed by every ``redis_url`` fixture); a run that
+#: was killed leaves its index free again after this.
+REDIS_CLAIM_TTL_S = 900
 
 
 def service_missing(what: str, why: str) -> None:
@@ -125,22 +137,61 @@ def cipher() -> TokenCipher:
     return TokenCipher(Fernet.generate_key().decode())
 
 
+def _claim_key(db: int) -> str:
+    return f"botsim-tests:claim:db{db}"
+
+
+@pytest.fixture(scope="session")
+def redis_test_db() -> Iterator[int]:
+    """A Redis database index claimed by this worker process for the run (see the module).
+
+    Skips (fails in CI) when Redis is not reachable or every index is taken.
+    """
+    import redis
+
+    owner = f"{os.getpid()}"
+    client = redis.Redis.from_url(f"{REDIS_SERVER}/0", socket_connect_timeout=2,
+                                  socket_timeout=2)
+    try:
+        try:
+            db = next((d for d in REDIS_TEST_DBS
+                       if client.set(_claim_key(d), owner, nx=True, ex=REDIS_CLAIM_TTL_S)),
+                      None)
+        except redis.RedisError as exc:
+            service_missing("Redis at 127.0.0.1:6379", f"{type(exc).__name__}: {exc}")
+        if db is None:
+            service_missing("a free Redis test database",
+                            f"indexes {min(REDIS_TEST_DBS)}-{max(REDIS_TEST_DBS)} are all "
+                            "claimed by other test runs")
+        yield db
+        with contextlib.suppress(redis.RedisError):
+            if client.get(_claim_key(db)) == owner.encode():
+                client.delete(_claim_key(db))
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def redis_url() -> str:
-    """The URL of Redis database 13 on 127.0.0.1:6379, flushed (FLUSHDB) for this test.
+def redis_url(redis_test_db: int) -> str:
+    """The URL of this worker's Redis database on 127.0.0.1:6379, flushed for this test.
 
     Pub/sub channels are not per database: tests that publish use their own namespace.
     """
     import redis
 
-    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=2)
+    url = f"{REDIS_SERVER}/{redis_test_db}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.flushdb()
+        claims = redis.Redis.from_url(f"{REDIS_SERVER}/0", socket_connect_timeout=2,
+                                      socket_timeout=2)
+        with claims:
+            claims.expire(_claim_key(redis_test_db), REDIS_CLAIM_TTL_S)
     except redis.RedisError as exc:
         service_missing("Redis at 127.0.0.1:6379", f"{type(exc).__name__}: {exc}")
     finally:
         client.close()
-    return REDIS_TEST_URL
+    return url
 
 
 @pytest.fixture

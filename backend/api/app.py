@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api import pages, routes_auth, routes_bots, routes_ops
@@ -31,6 +31,7 @@ from backend.api.security import (
     make_hasher,
 )
 from backend.crypto import Secrets, resolve_secret_key
+from backend.db.session import check_loop
 from backend.metrics import metrics_app
 from backend.settings import Settings
 from behavior_engine.reads import CachedReads
@@ -128,7 +129,17 @@ async def purge_sessions_forever(state: ApiState, every_s: float = SESSION_PURGE
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    task = asyncio.create_task(purge_sessions_forever(app.state.api))
+    """Start the session purge on this loop, which must own the app's database engine.
+
+    Raises:
+        WrongEventLoop: the lifespan runs on another loop than the engine's (a test client
+            driving the app from a thread of its own); nothing is started then.
+    """
+    state: ApiState = app.state.api
+    bind = state.sessionmaker.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        check_loop(bind)
+    task = asyncio.create_task(purge_sessions_forever(state, app.state.session_purge_every_s))
     try:
         yield
     finally:
@@ -142,8 +153,13 @@ def create_app(
     hasher: PasswordHasher | None = None, throttle: LoginThrottle | None = None,
     secrets: Secrets | None = None, reads: CachedReads | None = None,
     local_workers: Callable[[], list[tuple[str, dict[str, Any]]]] | None = None,
+    session_purge_every_s: float = SESSION_PURGE_EVERY_S,
 ) -> FastAPI:
     """The admin API app.
+
+    Its lifespan purges expired browser sessions at start and every
+    ``session_purge_every_s`` seconds, on the loop that serves it: that loop must own
+    ``sessionmaker``'s engine (serve the app where the engine was made).
 
     Args:
         secrets: the process secrets (bot tokens are encrypted with their Fernet key).
@@ -153,6 +169,7 @@ def create_app(
         throttle: the failed-login limiter (default :class:`LoginThrottle` with its limits).
         local_workers: the (id, status) of workers running in this process, shown in the
             provider health (``botsim demo`` passes its worker's).
+        session_purge_every_s: seconds between purges of expired sessions (> 0).
 
     Raises:
         ConfigError: in production without ``BOTSIM_SECRET_KEY`` (or with one shorter than
@@ -166,6 +183,9 @@ def create_app(
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs" if dev else None, redoc_url=None, lifespan=_lifespan,
     )
+    if not session_purge_every_s > 0:
+        raise ValueError(f"session_purge_every_s must be > 0, got {session_purge_every_s!r}")
+    app.state.session_purge_every_s = session_purge_every_s
     app.state.api = ApiState(
         settings=settings, sessionmaker=sessionmaker, secret_key=secret_key, hasher=hasher,
         throttle=throttle or LoginThrottle(),

@@ -1,14 +1,21 @@
-"""Engine and session factory, plus the Alembic upgrade the processes run at start."""
+"""Engine and session factory, plus the Alembic upgrade the processes run at start.
+
+An engine belongs to the event loop that made it (or, made outside any loop, to the loop that
+first opens a session on it): its asyncpg or aiosqlite connections are bound to that loop, and
+driving one from a second loop corrupts memory. :class:`LoopBoundSessionmaker` checks the
+running loop before every session and raises :class:`~backend.errors.WrongEventLoop` instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, make_url
+from sqlalchemy import Engine, event, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -17,9 +24,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from backend.errors import StorageError
+from backend.errors import StorageError, WrongEventLoop
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+#: The event loop each engine belongs to (keyed by its sync engine, dropped with it).
+_OWNER_LOOPS: weakref.WeakKeyDictionary[Engine, asyncio.AbstractEventLoop] = (
+    weakref.WeakKeyDictionary())
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -54,6 +65,10 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)
+    try:
+        _OWNER_LOOPS[engine.sync_engine] = asyncio.get_running_loop()
+    except RuntimeError:  # made outside a loop: owned by the loop of its first session
+        pass
     from backend import metrics
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
@@ -73,9 +88,50 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     return engine
 
 
+def owner_loop(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:
+    """The event loop ``engine`` belongs to, or None while no loop has used it yet."""
+    return _OWNER_LOOPS.get(engine.sync_engine)
+
+
+def check_loop(engine: AsyncEngine) -> None:
+    """Make sure the running event loop owns ``engine`` (binding it at the engine's first use).
+
+    Does nothing outside a running loop (no I/O can happen there).
+
+    Raises:
+        WrongEventLoop: the engine belongs to another loop; nothing was sent on it.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    owner = _OWNER_LOOPS.setdefault(engine.sync_engine, loop)
+    if owner is not loop:
+        raise WrongEventLoop(describe_url(engine.url.render_as_string(hide_password=False)))
+
+
+class LoopBoundSessionmaker(async_sessionmaker[AsyncSession]):
+    """An ``async_sessionmaker`` that refuses to open a session from a foreign event loop.
+
+    Raises:
+        WrongEventLoop: on ``__call__`` (and so ``begin()``) from a loop other than the
+            engine's (see :func:`check_loop`), before any connection is touched.
+    """
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        bind = local_kw.get("bind", self.kw.get("bind"))
+        if isinstance(bind, AsyncEngine):
+            check_loop(bind)
+        return super().__call__(**local_kw)
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Session factory for ``engine``; objects stay usable after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Session factory for ``engine``; objects stay usable after commit.
+
+    Sessions may be opened only on the event loop that owns ``engine``
+    (:class:`LoopBoundSessionmaker`).
+    """
+    return LoopBoundSessionmaker(engine, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:

@@ -13,11 +13,14 @@ which routes documenting their 422 as ``{"detail": [Problem]}`` (``/bots``, ``/b
 The database holds the four persona bots and a chat with them, and path and query ids are
 sometimes those real rows, so id-taking routes get past their 404s.
 
-Requests are not sent with ``case.call()``: its ASGI transport drives the app through
-Starlette's TestClient, on an event loop of its own per request, while the database engine
-(the ``sessionmaker`` fixture, aiosqlite or asyncpg) belongs to the test's loop. Hypothesis
-runs in a worker thread instead and each generated case is sent through ``httpx.ASGITransport``
-on the test's loop; the answer is then checked with ``case.validate_response``.
+Nothing here touches the app from a loop other than the test's: the database engine (the
+``sessionmaker`` fixture, aiosqlite or asyncpg) belongs to the test's loop, and an asyncpg
+connection driven from a second loop corrupts memory. So the spec is fetched over the test's
+own client and loaded with ``from_dict`` (not ``from_asgi``, whose TestClient runs the app and
+its lifespan on a loop of its own in a thread), and requests are not sent with
+``case.call()`` (the same TestClient): Hypothesis runs in a worker thread and each generated
+case is sent through ``httpx.ASGITransport`` on the test's loop; the answer is then checked
+with ``case.validate_response``.
 """
 
 from __future__ import annotations
@@ -149,6 +152,19 @@ async def api(tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession]
         yield Api(app=app, client=client, admin_token=token, bot_ids=bot_ids, chat_id=chat.id)
 
 
+async def _load_schema(api: Api) -> Any:
+    """The app's OpenAPI spec, fetched over the test's loop, as a schemathesis schema.
+
+    Not ``schemathesis.openapi.from_asgi``: it drives the app through Starlette's TestClient
+    in a thread with a loop of its own and runs the app's lifespan there, whose session purge
+    then used the test's asyncpg pool from that second loop (a segmentation fault). The
+    lifespan now refuses a foreign loop (``test_api_auth``); the spec needs no lifespan.
+    """
+    response = await api.client.get(OPENAPI)
+    assert response.status_code == 200, response.text[:300]
+    return schemathesis.openapi.from_dict(response.json())
+
+
 async def _send(client: httpx.AsyncClient, kwargs: dict[str, Any]) -> httpx.Response:
     """Send schemathesis' (requests-style) transport kwargs with httpx."""
     kwargs = dict(kwargs)
@@ -208,7 +224,7 @@ def _fuzz(strategy: st.SearchStrategy[Case[Any]], send: Callable[[Case[Any]], ht
 @pytest.mark.parametrize("who", ["admin", "anonymous"])
 @pytest.mark.parametrize("label", _operation_labels())
 async def test_generated_requests_get_no_server_error(api: Api, label: str, who: str) -> None:
-    schema = await asyncio.to_thread(schemathesis.openapi.from_asgi, OPENAPI, api.app)
+    schema = await _load_schema(api)
     headers = {"Authorization": f"Bearer {api.admin_token}"} if who == "admin" else {}
     loop = asyncio.get_running_loop()
     sent: list[int] = []

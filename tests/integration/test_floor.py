@@ -1,8 +1,8 @@
 """``loadtest.floor``: the CPU floor of one message against the sandboxes, the database and
 Redis; it must measure every figure and leave nothing behind (rows, keys).
 
-Redis: database 12 on 127.0.0.1:6379 (not the ``redis_url`` fixture, which flushes database
-13 for other tests); the floor's keys have a random ``botsim-floor-`` namespace.
+Redis: this test worker's own database (the ``redis_url`` fixture, flushed first); the floor's
+keys have a random ``botsim-floor-`` namespace, and none may be left.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from bots.ratelimit import SharedLimiter
 from loadtest import floor
 from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import Limits, TelegramSandbox
-from tests.conftest import service_missing
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
 TOKEN = "7000001:floor-test-token"
 BOT_ID = 7000001
 CHATS = [-1001000000001 - i for i in range(30)]
@@ -52,13 +50,8 @@ async def tg() -> AsyncIterator[TelegramSandbox]:
 
 
 @pytest.fixture
-async def redis12() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        await client.ping()
-    except aioredis.RedisError as exc:
-        await client.aclose()
-        service_missing("Redis at 127.0.0.1:6379", f"{type(exc).__name__}: {exc}")
+async def redis_db(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         yield client
     finally:
@@ -78,7 +71,7 @@ async def row_counts(sm: async_sessionmaker[AsyncSession]) -> dict[str, int]:
 
 async def test_floor_measures_every_call_and_leaves_nothing(
     db_url: str, sessionmaker: async_sessionmaker[AsyncSession], llm: LLMSandbox,
-    tg: TelegramSandbox, redis12: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+    tg: TelegramSandbox, redis_db: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     before = await row_counts(sessionmaker)
     inserts: list[int] = []
@@ -111,7 +104,7 @@ async def test_floor_measures_every_call_and_leaves_nothing(
     result = await floor.measure_floor(
         telegram_api_url=tg.bot_api_url, bot_token=TOKEN, telegram_chat_ids=CHATS,
         llm_base_url=llm.url_for("openai") + "/v1", database_url=db_url,
-        redis_url=REDIS_URL, samples=samples, warmup=warmup, concurrency=2,
+        redis_url=redis_url, samples=samples, warmup=warmup, concurrency=2,
         telegram_per_second=25)
 
     figures = (result.llm_sdk_call_ms, result.telegram_send_ms, result.db_insert_ms,
@@ -133,7 +126,7 @@ async def test_floor_measures_every_call_and_leaves_nothing(
     assert await row_counts(sessionmaker) == before
     # Redis: every turn took its limiter slot; no key left.
     assert acquired == [0.0] * (warmup + samples)
-    assert await floor_keys(redis12) == []
+    assert await floor_keys(redis_db) == []
 
 
 async def test_a_429_is_waited_out_and_sent_again(llm: LLMSandbox) -> None:
