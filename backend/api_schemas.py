@@ -42,6 +42,7 @@ from backend.schemas import (
     Stance,
     Style,
     TopicId,
+    refuse_nul,
 )
 
 #: A Bot API token: the bot's numeric id, a colon, 30–64 characters of urlsafe base64
@@ -72,7 +73,16 @@ def _refuse_nulls(model: BaseModel, nullable: frozenset[str] = frozenset()) -> N
         raise ValueError(f"null is not a value for {', '.join(nulls)}: leave the field out")
 
 
-class _Input(BaseModel):
+class InputModel(BaseModel):
+    """Base of every request body: unknown fields and NUL characters in any string are
+    refused (422 naming the field; PostgreSQL text cannot hold NUL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    _no_nul = field_validator("*")(classmethod(lambda cls, v: refuse_nul(v)))
+
+
+class _Input(InputModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 

@@ -257,7 +257,6 @@ async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -
 
 def _run_process(settings: Settings, name: str, *, register: bool) -> int:
     """Run the worker, the listener or the admin API until Ctrl-C or SIGTERM."""
-    import signal
 
     import message_listener
     import worker
@@ -267,7 +266,6 @@ def _run_process(settings: Settings, name: str, *, register: bool) -> int:
     secrets = resolve_secrets(settings)
     if name == "api":
         resolve_secret_key(settings)  # a ConfigError (exit 2) before anything starts
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # containers stop with TERM
     body = (
         worker.serve(settings, secrets)
         if name == "worker"
@@ -276,10 +274,39 @@ def _run_process(settings: Settings, name: str, *, register: bool) -> int:
         else message_listener.serve(settings, secrets, register=register)
     )
     try:
-        run_loop(body)
+        run_loop(until_terminated(body))
     except KeyboardInterrupt:
-        logging.getLogger("botsim").info("%s stopped", name)
+        pass
+    logging.getLogger("botsim").info("%s stopped", name)
     return 0
+
+
+async def until_terminated(body: Coroutine[Any, Any, T]) -> T | None:
+    """Run ``body`` until it ends or the process gets SIGTERM (containers stop with it).
+
+    SIGTERM cancels ``body`` as Ctrl-C does (``asyncio.Runner`` cancels the main task): its
+    ``finally`` blocks run on the loop, so a worker stops ticking and lets the turns in flight
+    finish and record their outcome. (Raising KeyboardInterrupt from a signal handler instead
+    interrupts whatever code runs at that instant, and the loop's shutdown then cancels the
+    turns mid-send: sent messages left unrecorded.)
+
+    Returns:
+        ``body``'s result, or None when SIGTERM stopped it.
+    """
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(body)
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are cancelled ourselves (Ctrl-C): let the runner say so
+        return None  # SIGTERM
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def run_loop(body: Coroutine[Any, Any, T]) -> T:

@@ -62,8 +62,30 @@ def _positive_weights(weights: dict[str, float]) -> dict[str, float]:
     return weights
 
 
+def refuse_nul(value: M) -> M:
+    """Return ``value`` unless a string in it (nested in lists, tuples and dict keys or values
+    included) holds a NUL character, which PostgreSQL text cannot store (asyncpg fails on it).
+
+    Raises:
+        ValueError: naming the character (the string itself is not echoed).
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character (\\x00)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            refuse_nul(k)
+            refuse_nul(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            refuse_nul(v)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    _no_nul = field_validator("*")(classmethod(lambda cls, v: refuse_nul(v)))
 
 
 class Style(_Strict):

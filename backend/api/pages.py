@@ -53,7 +53,7 @@ from backend.api.security import (
     current_principal,
     require_admin,
 )
-from backend.api_schemas import ChatOut, MessageOut
+from backend.api_schemas import ChatOut, InputModel, MessageOut
 from backend.db.models import Bot, Chat, ChatBot, Message
 from backend.errors import NotFound
 from backend.stores import chats as chat_store
@@ -349,12 +349,15 @@ def _int_query(name: str, raw: str | None, low: int, high: int,
 
 def _text_query(name: str, raw: str | None, longest: int, problems: list[str]) -> str | None:
     """``raw`` stripped (None when absent or blank); over ``longest`` characters: None and
-    a line in ``problems`` naming ``name``."""
+    a line in ``problems`` naming ``name``; so is one holding a NUL character."""
     if raw is None or not raw.strip():
         return None
     text = raw.strip()
     if len(text) > longest:
         problems.append(f"{name}: {_quote(raw)} is longer than {longest} characters")
+        return None
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL
+        problems.append(f"{name}: {_quote(raw)} contains a NUL character")
         return None
     return text
 
@@ -422,7 +425,7 @@ async def audit_page(request: Request, state: State, entity: str | None = None,
 # --- posting as a human into the sandbox ------------------------------------------------
 
 
-class SandboxPost(BaseModel):
+class SandboxPost(InputModel):
     """Body of ``POST /panel/sandbox/post``.
 
     Attributes:

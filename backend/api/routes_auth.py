@@ -21,6 +21,7 @@ from backend.api.security import (
     require_admin,
     require_viewer,
 )
+from backend.api_schemas import InputModel
 from backend.stores import users as store
 
 router = APIRouter()
@@ -30,7 +31,7 @@ router = APIRouter()
 MAX_PASSWORD_CHARS = 4096
 
 
-class LoginBody(BaseModel):
+class LoginBody(InputModel):
     """``POST /auth/login`` body."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +57,7 @@ class MeOut(BaseModel):
     csrf_token: str | None
 
 
-class TokenBody(BaseModel):
+class TokenBody(InputModel):
     """``POST /auth/tokens`` body: a name to recognise the token by."""
 
     model_config = ConfigDict(extra="forbid")

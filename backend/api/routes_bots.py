@@ -37,7 +37,7 @@ from backend.api.security import (
     require_admin,
     require_viewer,
 )
-from backend.api_schemas import BotCreate, BotOut, BotUpdate, ChatOut, Page
+from backend.api_schemas import BotCreate, BotOut, BotUpdate, ChatOut, InputModel, Page
 from backend.cache import TwoLayerCache
 from backend.crypto import TokenCipher
 from backend.db.models import Bot, Chat, ChatBot
@@ -97,7 +97,7 @@ class OkOut(BaseModel):
     ok: bool
 
 
-class ChatCreate(BaseModel):
+class ChatCreate(InputModel):
     """Body of "create a chat".
 
     Attributes:

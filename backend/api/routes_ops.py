@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.api.security import (
     MAX_DB_ID,
+    NO_NUL,
     ApiState,
     Principal,
     api_state,
@@ -558,9 +559,9 @@ async def list_audit(
     _admin: Annotated[Principal, Depends(require_admin)],
     state: Annotated[ApiState, Depends(api_state)],
     entity: Annotated[
-        str | None, Query(max_length=32, description="bot, chat, settings...")
+        str | None, Query(max_length=32, pattern=NO_NUL, description="bot, chat, settings...")
     ] = None,
-    entity_id: Annotated[str | None, Query(max_length=64)] = None,
+    entity_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
     cursor: Annotated[int | None, _page_cursor("entries")] = None,
 ) -> Page[AuditOut]:

@@ -158,6 +158,9 @@ class LoginThrottle:
 #: outside 1..MAX_DB_ID are refused with 422 before they reach the database driver (which
 #: would fail on them: asyncpg refuses values beyond int32, SQLite beyond int64).
 MAX_DB_ID = 2**31 - 1
+#: Pattern of a free-text query value: anything but NUL, which PostgreSQL text cannot hold
+#: (asyncpg fails on it), so such a value is refused with 422 before it reaches the driver.
+NO_NUL = r"^[^\x00]*$"
 #: A path parameter naming a row of ours.
 DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="our id (1 to 2^31-1)")]
 

@@ -341,13 +341,16 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
             .where(Message.bot_id.is_not(None)))).all()}
         unknown = (await s.execute(select(func.count()).select_from(TurnRecord)
                                    .where(TurnRecord.status == "unknown"))).scalar_one()
+        statuses = (await s.execute(select(TurnRecord.worker, TurnRecord.status, func.count())
+                                    .group_by(TurnRecord.worker, TurnRecord.status))).all()
     accepted = {(c.telegram_chat_id, int(m["message_id"])) for c in world.chats
                 for m in sandbox.messages(c.telegram_chat_id) if m["from"].get("is_bot")}
     assert stored <= accepted, "a stored send the sandbox never accepted"
     missing = accepted - stored
     assert len(missing) <= unknown, (
         f"{len(missing)} sends accepted by Telegram but not stored, only {unknown} turns "
-        "recorded unknown: a send was repeated or lost")
+        f"recorded unknown: a send was repeated or lost; turns by worker and status: "
+        f"{statuses}; workers: {[(p.n, p.worker_id) for p in fleet.procs]}\n{fleet.logs()}")
     assert len(stored) > 100, f"only {len(stored)} messages in the run"
     assert sandbox.stats["too_many_requests"] == 0, sandbox.stats
     print(f"run: {len(stored)} bot messages, {len(humans)} human messages, "

@@ -220,6 +220,27 @@ async def test_create_refuses_duplicates_and_bad_input(world: World) -> None:
     assert [e.action for e in await world.audit()] == ["bot.create"]
 
 
+async def test_nul_characters_are_refused_by_field_not_a_server_error(world: World) -> None:
+    """PostgreSQL text cannot hold NUL: a body carrying one got a 500 there, now a 422."""
+    for field, value in (("name", "Deniz\x00"), ("bio", "a\x00b"),
+                         ("stances", [{"topic": "btc", "view": "bullish", "conviction": 0.5,
+                                       "reason": "\x00"}])):
+        r = await world.admin.post(f"{API}/bots", json={**persona(), field: value,
+                                                         "token": TOKEN_A})
+        assert r.status_code == 422, (field, r.text)
+        assert {f.split(".")[0] for f in _fields(r)} == {field}
+        assert "NUL" in r.text
+    r = await world.admin.post(f"{API}/chats", json={"telegram_chat_id": -1001,
+                                                      "title": "P\x00", "topics": {"btc": 1}})
+    assert r.status_code == 422, r.text
+    r = await world.admin.post(f"{API}/auth/tokens", json={"name": "n\x00"})
+    assert r.status_code == 422, r.text
+    r = await world.anon.post(f"{API}/auth/login", json={"username": "a\x00", "password": "x"})
+    assert r.status_code == 422, r.text
+    assert (await world.viewer.get(f"{API}/bots")).json()["items"] == []
+    assert await world.audit() == []
+
+
 async def test_patch_merges_audits_and_reaches_the_cached_bot(world: World) -> None:
     bot = await world.create_bot()
     path = f"{API}/bots/{bot['id']}"

@@ -325,6 +325,9 @@ async def test_start_and_stop_are_audited_and_paged(env: Env) -> None:
     assert (await admin.get(f"{API}/audit", params={"limit": 0})).status_code == 422
     none = await admin.get(f"{API}/audit", params={"entity": "bot"})
     assert none.json() == {"items": [], "next_cursor": None}
+    for name in ("entity", "entity_id"):  # NUL reached PostgreSQL as a 500 (schemathesis)
+        r = await admin.get(f"{API}/audit", params={name: "bot\x00"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name], r.text
 
 
 # --- messages ---------------------------------------------------------------------------

@@ -583,6 +583,8 @@ async def test_audit_page_pages_with_older_links_keeping_filters(env: Env) -> No
     ({"limit": "two"}, "limit"),
     ({"entity": "x" * 33}, "entity"),
     ({"entity_id": "y" * 65}, "entity_id"),
+    ({"entity_id": "7\x00"}, "entity_id"),  # PostgreSQL text holds no NUL (once a 500)
+    ({"entity": "bot\x00"}, "entity"),
     ({"cursor": XSS}, "cursor"),
 ])
 async def test_audit_page_refuses_bad_query_values_with_a_422_page(
