@@ -100,11 +100,14 @@ async def _check_against_database(figures: dict[str, Any]) -> None:
     assert 0 < figures["cache"]["l1_hit_rate"] <= 1
 
 
+@pytest.mark.xdist_group("processes")  # with the other process-heavy tests (test_sharded)
 async def test_a_small_run_agrees_with_its_database(tmp_path: Path) -> None:
     await _services()
-    opts = LoadOptions(bots=12, chats=3, workers=2, duration_s=24, warmup_s=6,
+    # 12 bots at 240 an hour offer 16 messages a minute per chat (under its cap of 20):
+    # ~8 in the 10 s window, enough for every figure checked below.
+    opts = LoadOptions(bots=12, chats=3, workers=2, duration_s=14, warmup_s=4,
                        llm_latency_ms=200, llm_jitter_ms=50, human_rate_per_min=20,
-                       msgs_per_hour=120, floor_samples=20, keep=True, progress=False)
+                       msgs_per_hour=240, floor_samples=20, keep=True, progress=False)
     figures = await asyncio.wait_for(run_load(opts), 110)
     kept = figures["config"]["kept"]
     try:
@@ -155,14 +158,15 @@ def test_percentiles_and_histogram_quantiles() -> None:
     assert hist_quantile({}, "h", 0.5) is None
 
 
+@pytest.mark.xdist_group("processes")
 def test_json_line_is_last(tmp_path: Path) -> None:
     """The JSON summary is one object on the last line (a one-worker SQLite run)."""
     env = {**os.environ, "BOTSIM_DATA_DIR": str(tmp_path)}
     env.pop("BOTSIM_DATABASE_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "backend.cli", "loadtest", "--bots", "6", "--chats", "2",
-         "--workers", "1", "--duration", "12", "--warmup", "3", "--llm-latency-ms", "100",
-         "--msgs-per-hour", "200", "--floor-samples", "10", "--no-progress", "--json",
+         "--workers", "1", "--duration", "10", "--warmup", "2", "--llm-latency-ms", "100",
+         "--msgs-per-hour", "600", "--floor-samples", "10", "--no-progress", "--json",
          "--report", str(tmp_path / "report")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]

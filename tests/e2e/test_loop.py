@@ -67,7 +67,7 @@ async def world(
             sandbox.add_bot(token, persona.username, persona.name)
             sandbox.add_bot_to_chat(CHAT, token)
         await settings_store.update_settings(
-            s, changes={"bot_hourly_msg_limit": {"min": 300, "max": 300},
+            s, changes={"bot_hourly_msg_limit": {"min": 1200, "max": 1200},
                         "max_msgs_per_min": 20}
         )
     await sandbox.start()
@@ -160,9 +160,13 @@ async def test_429_makes_the_bot_wait_and_nothing_crashes(world: World) -> None:
 
         assert await wait_until(limited, 30), dict(worker.stats)
         await world.sandbox.post_as_human(CHAT, HUMAN_ID, "Hâlâ burada mısınız?")
-        import asyncio
 
-        await asyncio.sleep(2)
+        async def human_stored() -> bool:  # the worker keeps ticking while the bot waits
+            async with world.sessionmaker() as s:
+                return bool((await s.execute(select(Message.id).where(
+                    Message.bot_id.is_(None)))).first())
+
+        assert await wait_until(human_stored, 10)
     finally:
         await worker.stop()
     stats = world.sandbox.stats
@@ -178,8 +182,10 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     out = io.StringIO()
     settings = Settings(data_dir=tmp_path, tick_seconds=0.5)
     summary = await run_demo(settings, DemoOptions(
-        duration=25, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
-        say_after=2.0, out=out))
+        # The human's reply is due at most 12 s after the question (the scheduler's cap on
+        # the reading-and-typing delay): 18 s leave room for it and for 3 bots to speak.
+        duration=18, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
+        say_after=1.0, out=out))
     last = out.getvalue().strip().splitlines()[-1]
     assert json.loads(last) == summary
     assert summary["bots_spoken"] >= 3
@@ -198,7 +204,7 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
 def test_cli_demo_json_last_line(tmp_path: Path) -> None:
     env = {**os.environ, "BOTSIM_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "demo", "--duration", "8", "--json"],
+        [sys.executable, "-m", "backend.cli", "demo", "--duration", "5", "--json"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=90, check=False,
     )

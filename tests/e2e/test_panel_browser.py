@@ -32,7 +32,8 @@ import pytest
 from backend.demo import DEMO_CHAT_ID
 from tests.conftest import service_missing
 
-pytestmark = pytest.mark.e2e
+# xdist_group: with the other process-heavy tests, on one xdist worker (see test_sharded).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("processes")]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("BOTSIM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / ".artifacts"

@@ -53,7 +53,9 @@ async def make_chain(*configs: ProviderSettings, **guards: object) -> tuple[Prov
 
 async def test_primary_500_answer_from_second(llm: LLMSandbox) -> None:
     llm.set_default("groq", Fault.status(500))
-    chain, rec = await make_chain(cfg(llm, "groq", "groq", max_attempts=2),
+    # deadline_s: the retry must not depend on how fast this machine answers the first
+    # attempt (the default deadline, the 1 s timeout, left no time for it under load).
+    chain, rec = await make_chain(cfg(llm, "groq", "groq", max_attempts=2, deadline_s=10),
                                   cfg(llm, "openai", "openai"))
     try:
         result = await chain.generate(request_for("ayse"))
