@@ -4,7 +4,7 @@ A worker needs, for every message, the bot's persona, the chat's recent history 
 settings. :class:`TwoLayerCache` serves them from memory and goes to the database (the
 caller's ``loader``) only on a miss in both layers::
 
-    get(kind, key, loader)  ─►  L1 (cachetools TTLCache, per process)
+    get(kind, key, loader)  ─►  L1 (cachetools TLRUCache, per process)
                             ─►  L2 (Redis GET / LRANGE, bytes from a Codec)
                             ─►  loader()  (the database), then fill L2 and L1
 
@@ -36,7 +36,10 @@ commands, ``botsim_cache_redis_up`` drops to 0, and every call is served by L1 a
 loader without touching Redis. A background task reconnects (backoff 50 ms doubling to 1 s),
 re-subscribes, replays the invalidations made while down, clears L1 (events may have been
 missed) and returns to normal. **While degraded, L1's TTL (``l1_ttl_s``, 30 s by default)
-bounds how stale a value can be**: invalidations from other processes cannot arrive.
+bounds how stale a value can be**: invalidations from other processes cannot arrive. An
+``append`` served by L1 alone (no Redis, or Redis down) keeps the list's expiry: it is read
+again from the database ``l1_ttl_s`` after it was loaded, however often this process appends
+(a chatty worker would otherwise never see the messages another process stored).
 No call of this class raises because of Redis.
 
 ``redis_url=None`` is the embedded default: L1 only, the same API, for one process.
@@ -53,10 +56,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -174,6 +177,17 @@ class _Conn:
     append: AsyncScript
 
 
+class _L1Entry(NamedTuple):
+    """An L1 value and the monotonic time it expires at."""
+
+    value: Any
+    expires: float
+
+
+def _l1_expiry(_key: Any, entry: _L1Entry, _now: float) -> float:
+    return entry.expires
+
+
 class _KeyState:
     """Epoch of a key with operations in flight (exists only while ``users`` > 0)."""
 
@@ -217,7 +231,9 @@ class TwoLayerCache:
         self._ns = namespace
         self._channel = keys.invalidation_channel(namespace)
         self._origin = uuid.uuid4().hex
-        self._l1: TTLCache[_Key, Any] = TTLCache(maxsize=l1_size, ttl=l1_ttl_s, timer=clock)
+        self._clock = clock
+        self._l1: TLRUCache[_Key, _L1Entry] = TLRUCache(maxsize=l1_size, ttu=_l1_expiry,
+                                                         timer=clock)
         self._inflight: dict[_Key, asyncio.Task[Any]] = {}
         self._keys: dict[_Key, _KeyState] = {}
         self._counts: dict[tuple[str, str, str], int] = {}
@@ -333,10 +349,10 @@ class TwoLayerCache:
                 never a Redis error.
         """
         ck = (kind, key)
-        value = self._l1.get(ck, _MISSING)
-        if value is not _MISSING:
+        entry = self._l1.get(ck)
+        if entry is not None:
             self._count("l1", kind, "hit")
-            return cast(T, value)
+            return cast(T, entry.value)
         self._count("l1", kind, "miss")
         return cast(T, await self._single_flight(ck, lambda: self._load_value(ck, loader, codec)))
 
@@ -362,14 +378,15 @@ class TwoLayerCache:
         """
         _check_len(max_len)
         ck = (kind, key)
-        items = self._l1.get(ck, _MISSING)
-        if items is _MISSING:
+        entry = self._l1.get(ck)
+        if entry is None:
             self._count("l1", kind, "miss")
             items = await self._single_flight(
                 ck, lambda: self._load_list(ck, loader, codec, max_len)
             )
         else:
             self._count("l1", kind, "hit")
+            items = entry.value
         return list(cast(tuple[T, ...], items)[-max_len:])
 
     async def _single_flight(
@@ -565,9 +582,9 @@ class TwoLayerCache:
                         return
             elif self._redis is not None:
                 self._remember(ck)
-            current = self._l1.get(ck, _MISSING)
-            if current is _MISSING or not self._l1_write(
-                ck, state, epoch, (*current, item)[-max_len:]
+            current = self._l1.get(ck)
+            if current is None or not self._l1_write(
+                ck, state, epoch, (*current.value, item)[-max_len:], expires=current.expires
             ):
                 self._l1.pop(ck, None)
         finally:
@@ -588,12 +605,16 @@ class TwoLayerCache:
         if state.users == 0 and self._keys.get(ck) is state:
             del self._keys[ck]
 
-    def _l1_write(self, ck: _Key, state: _KeyState, epoch: int, value: Any) -> bool:
-        """Write L1 unless a drop or another write happened since ``epoch`` was read."""
+    def _l1_write(self, ck: _Key, state: _KeyState, epoch: int, value: Any,
+                  expires: float | None = None) -> bool:
+        """Write L1 unless a drop or another write happened since ``epoch`` was read; the
+        entry expires at ``expires`` (monotonic; default: ``l1_ttl_s`` from now)."""
         if state.epoch != epoch:
             return False
         state.epoch += 1
-        self._l1[ck] = value
+        if expires is None:
+            expires = self._clock() + self._l1_ttl_s
+        self._l1[ck] = _L1Entry(value, expires)
         return True
 
     def _drop(self, ck: _Key) -> None:

@@ -416,6 +416,31 @@ async def test_append_to_an_uncached_list_does_not_start_a_partial_one(
     assert await b.get_list("history", "c2", from_db, codec=MSG, max_len=10) == history
 
 
+async def test_appends_without_redis_keep_the_lists_expiry(caches) -> None:
+    """Without Redis, another process's writes reach this one through L1's TTL only: a
+    process appending its own items more often than the TTL must still read the list again
+    (a worker chatting fast once never saw the human messages the listener stored)."""
+    now = [0.0]
+    cache = await caches(None, l1_ttl_s=2.0, clock=lambda: now[0])
+    stored = [Msg(1, "selam")]
+    loads: list[float] = []
+
+    async def from_db() -> list[Msg]:
+        loads.append(now[0])
+        return list(stored)
+
+    assert await cache.get_list("history", "c", from_db, codec=MSG, max_len=10) == stored
+    for t, n in ((0.7, 2), (1.4, 3), (1.9, 4)):  # this process appends every 0.7 s or less
+        now[0] = t
+        stored.append(Msg(n, "bot"))
+        await cache.append("history", "c", Msg(n, "bot"), codec=MSG, max_len=10)
+        assert await cache.get_list("history", "c", from_db, codec=MSG, max_len=10) == stored
+    stored.append(Msg(5, "human, stored by the listener process"))
+    now[0] = 2.01  # the TTL of the load at 0.0 is over, appends or not
+    assert await cache.get_list("history", "c", from_db, codec=MSG, max_len=10) == stored
+    assert loads == [0.0, 2.01]
+
+
 # ---------------------------------------------------------------- 6, 7. without Redis
 
 
