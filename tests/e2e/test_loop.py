@@ -349,7 +349,7 @@ async def test_retries_never_send_twice_and_all_down_keeps_talking(world: World)
 async def test_demo_with_the_sdks_against_the_sandbox_llm(tmp_path: Path) -> None:
     out = io.StringIO()
     summary = await run_demo(Settings(data_dir=tmp_path, tick_seconds=0.5), DemoOptions(
-        duration=10, json_out=True, read_stdin=False, llm="sandbox", out=out))
+        duration=6, json_out=True, read_stdin=False, llm="sandbox", out=out))
     assert summary["messages"] >= 2 and summary["errors"] == 0
     assert set(summary["by_provider"]) == {"groq"}  # the first provider answered each turn
     assert summary["llm_calls"] >= summary["messages"]
