@@ -257,6 +257,7 @@ async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -
 
 def _run_process(settings: Settings, name: str, *, register: bool) -> int:
     """Run the worker, the listener or the admin API until Ctrl-C or SIGTERM."""
+    import signal
 
     import message_listener
     import worker
@@ -266,15 +267,16 @@ def _run_process(settings: Settings, name: str, *, register: bool) -> int:
     secrets = resolve_secrets(settings)
     if name == "api":
         resolve_secret_key(settings)  # a ConfigError (exit 2) before anything starts
-    body = (
-        worker.serve(settings, secrets)
-        if name == "worker"
-        else api_app.serve(settings, secrets)
-        if name == "api"
-        else message_listener.serve(settings, secrets, register=register)
-    )
+    if name == "worker":
+        body = until_terminated(worker.serve(settings, secrets))
+    else:
+        # uvicorn catches SIGTERM while it serves (graceful shutdown, then it raises the
+        # signal again): before and after, TERM interrupts as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        body = (api_app.serve(settings, secrets) if name == "api"
+                else message_listener.serve(settings, secrets, register=register))
     try:
-        run_loop(until_terminated(body))
+        run_loop(body)
     except KeyboardInterrupt:
         pass
     logging.getLogger("botsim").info("%s stopped", name)
