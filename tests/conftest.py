@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
+from argon2.profiles import CHEAPEST
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -48,6 +50,13 @@ REDIS_TEST_DBS = range(15, 0, -1)
 #: Seconds a claim lives without renewal (renewed by every ``redis_url`` fixture); a run that
 #: was killed leaves its index free again after this.
 REDIS_CLAIM_TTL_S = 900
+
+
+def cheap_hasher() -> PasswordHasher:
+    """argon2id with its cheapest parameters: tests that hash many passwords stay fast."""
+    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
+                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
+                          salt_len=CHEAPEST.salt_len)
 
 
 def service_missing(what: str, why: str) -> None:

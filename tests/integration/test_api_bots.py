@@ -15,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
-from argon2.profiles import CHEAPEST
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -30,6 +28,7 @@ from backend.db.models import AuditEntry, Bot
 from backend.settings import Settings
 from backend.stores import users as user_store
 from behavior_engine.reads import CachedReads
+from tests.conftest import cheap_hasher as _cheap_hasher
 
 Sessions = async_sessionmaker[AsyncSession]
 SECRET = "k" * 40
@@ -40,12 +39,6 @@ TOKEN_C = "7100000003:AAHsecretPartOfTokenC_0123456789ijkl"
 PLAIN_TOKENS = (TOKEN_A, TOKEN_B, TOKEN_C)
 #: The secret parts alone must not appear either (a token split or re-encoded).
 SECRET_PARTS = tuple(t.split(":", 1)[1] for t in PLAIN_TOKENS)
-
-
-def _cheap_hasher() -> PasswordHasher:
-    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
-                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
-                          salt_len=CHEAPEST.salt_len)
 
 
 def persona(username: str = "deniz_trader_bot", **changes: Any) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
-from argon2.profiles import CHEAPEST
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,6 +38,7 @@ from backend.stores import messages as message_store
 from backend.stores import users as user_store
 from behavior_engine.reads import CachedReads
 from bots.personas import load_persona_dir
+from tests.conftest import cheap_hasher as _hasher
 
 Sessions = async_sessionmaker[AsyncSession]
 SECRET = "k" * 40
@@ -47,12 +46,6 @@ API = "/api/v1"
 ADMIN_PW = "admin password 123"
 VIEWER_PW = "viewer password 123"
 START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
-
-
-def _hasher() -> PasswordHasher:
-    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
-                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
-                          salt_len=CHEAPEST.salt_len)
 
 
 # --- a transport that streams -----------------------------------------------------------

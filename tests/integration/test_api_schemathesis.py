@@ -35,8 +35,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from argon2 import PasswordHasher
-from argon2.profiles import CHEAPEST
 from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -53,6 +51,7 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import users as user_store
 from bots.personas import load_persona_dir
+from tests.conftest import cheap_hasher as _hasher
 
 SECRET = "s" * 40
 OPENAPI = "/api/v1/openapi.json"
@@ -88,12 +87,6 @@ OUT_OF_RANGE = [
     ("GET", f"/api/v1/messages?cursor={HUGE}", 500),
     ("GET", f"/api/v1/audit?cursor={HUGE}", 500),
 ]
-
-
-def _hasher() -> PasswordHasher:
-    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
-                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
-                          salt_len=CHEAPEST.salt_len)
 
 
 def _settings(data_dir: Path) -> Settings:

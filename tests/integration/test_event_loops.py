@@ -15,8 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
-from argon2.profiles import CHEAPEST
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -27,14 +25,9 @@ from backend.db.types import utcnow
 from backend.errors import WrongEventLoop
 from backend.settings import Settings
 from backend.stores import users as user_store
+from tests.conftest import cheap_hasher as _hasher
 
 SECRET = "e" * 40
-
-
-def _hasher() -> PasswordHasher:
-    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
-                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
-                          salt_len=CHEAPEST.salt_len)
 
 
 async def _expired_sessions(sm: async_sessionmaker[AsyncSession]) -> int:

@@ -15,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
-from argon2.profiles import CHEAPEST
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,6 +31,7 @@ from backend.stores import messages as message_store
 from backend.stores import users as user_store
 from behavior_engine.reads import CachedReads
 from bots.personas import load_persona_dir
+from tests.conftest import cheap_hasher as _hasher
 
 Sessions = async_sessionmaker[AsyncSession]
 SECRET = "k" * 40
@@ -42,12 +41,6 @@ XSS = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 PAGES = ["/", "/personas", "/personas/1", "/settings", "/costs", "/audit"]
-
-
-def _hasher() -> PasswordHasher:
-    return PasswordHasher(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost,
-                          parallelism=CHEAPEST.parallelism, hash_len=CHEAPEST.hash_len,
-                          salt_len=CHEAPEST.salt_len)
 
 
 class Env:
