@@ -15,8 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
-import asyncio, sys
+import asyncio, signal, sys
 from backend.cli import run_loop, until_terminated
+
+# As in a terminal: a process started in the background by a shell without job control
+# inherits SIGINT ignored, and Ctrl-C would then never reach it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 async def body():
     try:
