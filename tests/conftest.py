@@ -4,7 +4,8 @@ The suite runs in parallel (pytest-xdist, ``-n 2``); every worker process keeps 
 of its own:
 
 - PostgreSQL: a database ``botsim_test_<pid>`` on 127.0.0.1:5432 (user ``postgres``), migrated
-  once per worker with Alembic, truncated before each test and dropped at the end;
+  once per worker with Alembic, truncated before each test and dropped at the end (those
+  of runs that died first, whose pid no longer runs, are dropped at the next start);
 - Redis: a database index of its own on 127.0.0.1:6379, claimed for the whole run with a
   ``SET NX`` key in database 0 (so two runs at once, a developer's and CI's, never share one
   either), flushed (``FLUSHDB``) before each test and released at the end.
@@ -85,11 +86,27 @@ async def _prepare_pg() -> str | None:
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
     try:
+        # Databases of earlier runs that died (a crash, kill -9) before dropping theirs.
+        for (name,) in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname ~ '^botsim_test_[0-9]+$'"):
+            if name != PG_DB and not _alive(int(name.rsplit("_", 1)[1])):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{PG_DB}"')
     finally:
         await conn.close()
     return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (a test run's database is named so)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
