@@ -31,37 +31,14 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from backend.errors import BotsimError, ConfigError, ValidationFailed
 from backend.settings import Settings, load_settings
-
-
-def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | None:
-    """``30m``/``24h``/``7d`` ago, or an ISO date or time (UTC unless it says otherwise).
-
-    Raises:
-        ValidationFailed: naming the value and the accepted forms.
-    """
-    if text is None:
-        return None
-    now = now or datetime.now(UTC)
-    m = re.fullmatch(r"(\d+)([mhd])", text.strip())
-    if m:
-        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now - timedelta(**{unit: int(m.group(1))})
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValidationFailed(
-            "--since", [(text, "expected an age (30m, 24h, 7d) or an ISO date/time")]
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+from backend.timewindow import parse_since
 
 
 async def _costs_cmd(settings: Settings, since: str | None, by: str, as_json: bool) -> None:

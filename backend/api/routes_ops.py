@@ -40,13 +40,13 @@ from backend.api.security import (
 )
 from backend.api_schemas import MessageOut, Page, SettingsPatch
 from backend.cache import TwoLayerCache
-from backend.cli import parse_since
 from backend.db.models import AuditEntry, LLMCall, Message
 from backend.errors import ValidationFailed
 from backend.schemas import SimulationSettings
 from backend.stores import audit as audit_store
 from backend.stores import llm_calls as llm_store
 from backend.stores import settings as settings_store
+from backend.timewindow import parse_since
 from behavior_engine.leases import read_heartbeats
 
 router = APIRouter()

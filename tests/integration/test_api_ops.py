@@ -395,7 +395,8 @@ async def test_costs_totals_from_the_ledger(env: Env) -> None:
     assert everything["since"] is None and everything["total"]["calls"] == 5
     by_bot = (await viewer.get(f"{API}/costs", params={"by": "bot"})).json()
     assert [r["key"] for r in by_bot["rows"]] == ["(no bot)"]
-    for params, field in (({"since": "yesterday"}, "since"), ({"by": "model"}, "by")):
+    for params, field in (({"since": "yesterday"}, "since"), ({"by": "model"}, "by"),
+                          ({"since": "99999999d"}, "since")):  # was an OverflowError, a 500
         r = await viewer.get(f"{API}/costs", params=params)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field]
 

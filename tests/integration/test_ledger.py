@@ -14,12 +14,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.cli import parse_since
 from backend.crypto import TokenCipher
 from backend.db.models import LLMCall
 from backend.errors import ValidationFailed
 from backend.schemas import ModelPrice
 from backend.stores import llm_calls as ledger_store
+from backend.timewindow import parse_since
 from behavior_engine.llm.chain import CallRecord
 from behavior_engine.llm.ledger import Ledger
 from tests.integration.test_storage import seed
@@ -143,3 +143,8 @@ def test_parse_since() -> None:
     assert parse_since(None) is None
     with pytest.raises(ValidationFailed, match="expected an age"):
         parse_since("yesterday")
+    # an age past datetime's range was an OverflowError (a 500 on /costs?since=99999999d)
+    assert parse_since("36500d", now=now) == now - timedelta(days=36500)
+    for huge in ("36501d", "99999999d", "876001h", "9" * 5000 + "d"):
+        with pytest.raises(ValidationFailed):
+            parse_since(huge, now=now)
