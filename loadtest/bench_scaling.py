@@ -46,7 +46,7 @@ from backend.db.models import TurnRecord
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.stores import settings as settings_store
 from behavior_engine.leases import read_heartbeats
-from bots.world import generate_world, sandbox_world, seed_database
+from loadtest.world import generate_world, sandbox_world, seed_database
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -57,7 +57,7 @@ from backend.db.models import Bot, Chat, Message, TurnRecord
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.errors import ValidationFailed
 from backend.stores import settings as settings_store
-from bots.world import World, generate_world, sandbox_world, seed_database
+from loadtest.world import World, generate_world, sandbox_world, seed_database
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -45,7 +45,7 @@ from backend.stores import settings as settings_store
 from behavior_engine.reads import CachedReads
 from behavior_engine.replies import ReplyDispatcher, ReplyStream
 from behavior_engine.sharding import Ring
-from bots.world import generate_world, sandbox_world, seed_database
+from loadtest.world import generate_world, sandbox_world, seed_database
 from message_listener import ListenerState, create_app, register_webhooks
 from sandbox.telegram_api import BackgroundServer, TelegramSandbox
 

@@ -12,7 +12,7 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores.bots import bot_id_from_token
 from bots.personas import load_persona_dir
-from bots.world import World, generate_world, seed_database
+from loadtest.world import World, generate_world, seed_database
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -1,4 +1,4 @@
-"""The generated world (bots/world.py): deterministic, unique ids, balanced, valid, loadable."""
+"""The generated world (loadtest/world.py): deterministic, unique ids, balanced, valid, loadable."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from backend.stores.bots import bot_id_from_token
 from behavior_engine.market import DEFAULT_PRICES
 from behavior_engine.topics import TOPIC_PATTERNS
 from bots.personas import load_persona_dir
-from bots.world import World, generate_personas, generate_world, sandbox_world
+from loadtest.world import World, generate_personas, generate_world, sandbox_world
 from sandbox.telegram_api import TOKEN_RE, SandboxError, TelegramSandbox
 
 N_BOTS, N_CHATS = 10_000, 1_000
