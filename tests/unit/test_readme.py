@@ -35,3 +35,11 @@ def test_the_test_command_runs_in_parallel_and_names_the_slowest_tests() -> None
     command = README.split("<!-- test-command -->", 1)[1].splitlines()[2]
     assert "-n 2" in command and "--dist loadgroup" in command  # pytest-xdist, 2 workers
     assert "--durations=15" in command
+
+
+def test_the_test_command_checks_the_floors() -> None:
+    command = README.split("<!-- test-command -->", 1)[1].splitlines()[2]
+    assert "lint-imports" in command
+    config = (ROOT / ".importlinter").read_text(encoding="utf-8")
+    for floor in ("sandbox", "the ground", "bots imports", "behavior_engine imports"):
+        assert f"name = {floor}" in config
