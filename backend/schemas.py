@@ -82,8 +82,12 @@ def refuse_nul(value: M) -> M:
     return value
 
 
-class _Strict(BaseModel):
+class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Strict(_Record):
+    """What people write (persona files, the panel, settings): no NUL in any string."""
 
     _no_nul = field_validator("*")(classmethod(lambda cls, v: refuse_nul(v)))
 
@@ -281,7 +285,7 @@ class SimulationSettings(_Strict):
     scale_factor: float = Field(default=1.0, ge=0.01, le=100.0)
 
 
-class MessageMeta(_Strict):
+class MessageMeta(_Record):  # written per message by the engine: no text check
     """The ``messages.metadata`` column.
 
     Attributes:
