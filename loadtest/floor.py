@@ -61,10 +61,10 @@ from backend.schemas import MessageMeta, Persona, SimulationSettings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
+from behavior_engine.membership import RELEASE_FLOOR_LUA
 from bots.personas import load_persona_dir
 from bots.ratelimit import SharedLimiter
 from bots.telegram import retry_after_seconds, shared_ssl_context
-from worker import _RELEASE_FLOOR
 
 #: Warm-up operations per phase, not counted.
 WARMUP = 5
@@ -368,8 +368,8 @@ async def redis_turn_cpu_ms(redis_url: str, *, samples: int = 200, warmup: int =
 
     Per sample: ``SharedLimiter.try_acquire`` with the default chat cap (a new bot and
     chat each time, so the slot is taken: the script's ZADD path), ``SET floor NX PX``
-    and the worker's release script (``worker._RELEASE_FLOOR``), on one client with the
-    worker's socket timeouts. Keys live under a namespace of the floor's own,
+    and the worker's release script (``behavior_engine.membership.RELEASE_FLOOR_LUA``), on
+    one client with the worker's socket timeouts. Keys live under a namespace of the floor's own,
     ``botsim-floor-<hex>``, and are deleted at the end, also on errors.
 
     Args:
@@ -390,7 +390,7 @@ async def redis_turn_cpu_ms(redis_url: str, *, samples: int = 200, warmup: int =
     try:
         await client.ping()
         limiter = SharedLimiter(client, namespace=namespace)
-        release = client.register_script(_RELEASE_FLOOR)
+        release = client.register_script(RELEASE_FLOOR_LUA)
         cap = SimulationSettings().max_msgs_per_min
         ttl_ms = int(keys.FLOOR_TTL_S * 1000)
 

@@ -87,3 +87,19 @@ async def set_mood(session: AsyncSession, *, bot_id: int, mood: float) -> None:
     await session.execute(
         update(Bot).where(Bot.id == bot_id).values(mood=max(-1.0, min(1.0, mood)))
     )
+
+
+async def disable_bot(
+    session: AsyncSession, *, bot_id: int, cache: TwoLayerCache | None = None
+) -> None:
+    """Disable ``bot_id`` (Telegram refused its token: 401) and drop it from the cached
+    bot and chat lists once the transaction commits. Idempotent.
+
+    Raises:
+        NotFound: there is no such bot.
+    """
+    bot = await get_bot(session, bot_id=bot_id)
+    bot.enabled = False
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_BOT, str(bot_id))
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")

@@ -85,3 +85,31 @@ async def chat_bots(
     if enabled_only:
         stmt = stmt.where(Bot.enabled.is_(True))
     return (await session.execute(stmt)).scalars().all()
+
+
+async def migrate_chat(
+    session: AsyncSession, *, chat_id: int, new_telegram_chat_id: int,
+    cache: TwoLayerCache | None = None,
+) -> bool:
+    """Point ``chat_id`` at its new Telegram id after the group became a supergroup.
+
+    Telegram answers a send to the old id with 400 and ``migrate_to_chat_id``
+    (core.telegram.org/bots/api#responseparameters); from then on only the new id works.
+
+    Returns:
+        True if the chat now has ``new_telegram_chat_id``; False when another chat of ours
+        already has that id (nothing changed: the operator must merge them).
+
+    Raises:
+        NotFound: there is no chat ``chat_id``.
+    """
+    chat = await get_chat(session, chat_id=chat_id)
+    if chat.telegram_chat_id == new_telegram_chat_id:
+        return True
+    other = await get_chat_by_telegram_id(session, telegram_chat_id=new_telegram_chat_id)
+    if other is not None:
+        return False
+    chat.telegram_chat_id = new_telegram_chat_id
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+    return True

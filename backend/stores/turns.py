@@ -19,6 +19,7 @@ sendMessage has no idempotency key to ask whether it arrived.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -29,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.db.models import TURN_STATUSES, BotLease, Message, TurnRecord
 from backend.db.types import utcnow
 from backend.errors import FencedOut, ValidationFailed
+from backend.schemas import MessageMeta
+from backend.stores import bots as bot_store
+from backend.stores import messages as message_store
 
 #: Statuses after which a turn id is never acted on again.
 FINAL_OR_PENDING = ("intent", "sent", "failed", "unknown")
@@ -211,3 +215,53 @@ async def status_counts(session: AsyncSession) -> dict[str, int]:
         select(TurnRecord.status, func.count()).group_by(TurnRecord.status)
     )
     return {str(s): int(n) for s, n in rows.all()}
+
+
+async def commit_sent(
+    session: AsyncSession,
+    *,
+    turn_id: str,
+    chat_id: int,
+    bot_id: int,
+    telegram_message_id: int,
+    text: str,
+    meta: MessageMeta,
+    created_at: datetime,
+    reply_to_telegram_message_id: int | None = None,
+    answered_human: bool = False,
+    mood: float | None = None,
+) -> Message:
+    """Commit a sent turn in one place: its message row, the turn's ``sent`` outcome, the
+    answered flag of the human message it replies to, and the bot's mood.
+
+    Call inside the caller's transaction (``session.begin()``), after Telegram accepted the
+    send: everything here is one commit, so a sent turn is never half recorded.
+
+    Args:
+        turn_id / chat_id / bot_id: the turn and where it was sent (our ids).
+        telegram_message_id: Telegram's id of the sent message; created_at: its time (UTC).
+        text / meta: the message text and its metadata (provider, timings...).
+        reply_to_telegram_message_id: the message it replies to in the chat, if any.
+        answered_human: the reply target is a human message that now has its answer.
+        mood: the bot's mood after the turn, -1.0–1.0 (clamped); None: unchanged.
+
+    Returns:
+        The stored message row (flushed: ``id`` set).
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: the turn or the (chat, Telegram id) is already
+            stored; a duplicate, which the intent record prevents.
+    """
+    msg = await message_store.record_sent(
+        session, chat_id=chat_id, bot_id=bot_id, turn_id=turn_id,
+        telegram_message_id=telegram_message_id, text=text, meta=meta,
+        created_at=created_at, reply_to_telegram_message_id=reply_to_telegram_message_id,
+    )
+    await finish_turn(session, turn_id=turn_id, status="sent",
+                      telegram_message_id=telegram_message_id)
+    if answered_human and reply_to_telegram_message_id is not None:
+        await message_store.mark_answered(
+            session, chat_id=chat_id, telegram_message_ids=[reply_to_telegram_message_id])
+    if mood is not None:
+        await bot_store.set_mood(session, bot_id=bot_id, mood=mood)
+    return msg

@@ -18,9 +18,9 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from behavior_engine.membership import waiting_messages
 from behavior_engine.reads import CachedReads, HistoryItem
 from tests.integration.test_storage import TOKEN, make_persona, seed
-from worker import waiting_messages
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -1,0 +1,136 @@
+"""The tick's decision: which of the driven bots speak now, in which chats.
+
+:class:`TurnPlanner` reads the chats, their histories and the simulation settings, builds
+the scheduler's views (:class:`~behavior_engine.scheduler.ChatView`,
+:class:`~behavior_engine.scheduler.BotView`) and asks the
+:class:`~behavior_engine.scheduler.Scheduler` for the turns due, within the worker's room
+for turns in flight and the chats' floors (:class:`~behavior_engine.membership.Membership`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+
+from backend import metrics
+from behavior_engine.clients import BotClients
+from behavior_engine.context import HISTORY_SIZE, to_line
+from behavior_engine.membership import Membership
+from behavior_engine.reads import BotProfile, CachedReads
+from behavior_engine.scheduler import BotView, ChatView, Scheduler
+from behavior_engine.turn import Turn
+
+
+class TurnPlanner:
+    """Decides a tick's turns.
+
+    Args:
+        scheduler: the turn-taking policy.
+        reads: the cached reads.
+        membership: the human messages waiting and the chats' floors.
+        clients: the bots' sends in the last hour.
+        clock: aware UTC now.
+        stats: counters updated in place: ``turns``, ``in_flight_full``, ``floor_taken``.
+
+    Attributes:
+        decided: turn id → ``time.perf_counter()`` at its decision, until the turn runs
+            (:meth:`started` pops it; the latency figures start there).
+    """
+
+    def __init__(self, *, scheduler: Scheduler, reads: CachedReads, membership: Membership,
+                 clients: BotClients, clock: Callable[[], datetime],
+                 stats: Counter[str]) -> None:
+        self.scheduler = scheduler
+        self.reads = reads
+        self.membership = membership
+        self.clients = clients
+        self.clock = clock
+        self.stats = stats
+        self.decided: dict[str, float] = {}
+
+    def started(self, turn: Turn) -> float | None:
+        """The perf-counter time ``turn`` was decided, forgotten once asked."""
+        return self.decided.pop(turn.turn_id, None)
+
+    async def decide(self, *, driven: Collection[int], busy: Collection[int],
+                     in_flight: Counter[int], room: int, tick: int) -> list[Turn]:
+        """The turns due now for the ``driven`` bots, at most ``room`` of them.
+
+        Args:
+            driven: bots held, connected and with a valid lease.
+            busy: bots with a turn running (each speaks once at a time).
+            in_flight: chat id → turns of this worker running there.
+            room: turns this worker may still start.
+            tick: the tick's number (the chat it starts at rotates, so a full room starves
+                none).
+
+        Raises:
+            Exception: a read failed (the tick's decisions are dropped).
+        """
+        now = self.clock()
+        sim = await self.reads.settings()
+        if not sim.simulation_active:
+            return []
+        await self.membership.drop_stale(now)
+        turns: list[Turn] = []
+        chats = await self.reads.chats()
+        start = tick % len(chats) if chats else 0
+        try:
+            for chat in [*chats[start:], *chats[:start]]:
+                if room - len(turns) <= 0:
+                    self.stats["in_flight_full"] += 1
+                    break
+                members = [b for b in chat.bot_ids if b in driven]
+                if not members:
+                    continue
+                if (self.scheduler.idle_until(chat.id, now) is not None
+                        or self.membership.floor_held(chat.id)) and not (
+                        await self.membership.wants_reply(chat.id)):
+                    continue  # nothing due before later, or our spontaneous turn is on
+                history = await self.reads.history(chat.id)
+                view = ChatView(
+                    chat_id=chat.id,
+                    telegram_chat_id=chat.telegram_chat_id,
+                    topics=chat.topics,
+                    sent_last_minute=sum(
+                        1 for i in history
+                        if i.bot_id is not None and i.created_at >= now - timedelta(seconds=60)
+                    ),
+                    recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
+                    waiting=self.membership.waiting(chat.id, history, now, set(members)),
+                    in_flight=in_flight[chat.id],
+                )
+                bot_views = [self._bot_view(await self.reads.bot(b), chat.telegram_chat_id,
+                                            now, busy) for b in members]
+                for turn in self.scheduler.decide(view, bot_views, sim, now):
+                    # Only turns that get the chat's floor count against the room.
+                    if await self.membership.take_floor(turn):
+                        turns.append(turn)
+                        self.decided[turn.turn_id] = time.perf_counter()
+                    else:
+                        self.stats["floor_taken"] += 1
+        except BaseException:
+            for turn in turns:  # this tick's decisions are dropped: so are their floors
+                self.decided.pop(turn.turn_id, None)
+                await self.membership.give_floor(turn)
+            raise
+        self.stats["turns"] += len(turns)
+        metrics.TURNS_DECIDED.inc(len(turns))
+        return turns
+
+    def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime,
+                  busy: Collection[int]) -> BotView:
+        wait = self.membership.limits.wait_time(bot.id, tg_chat_id)
+        if bot.id in busy:
+            wait = max(wait, 1.0)
+        return BotView(
+            bot_id=bot.id,
+            name=bot.name,
+            username=bot.username,
+            talkativeness=bot.persona.talkativeness,
+            topics=bot.persona.topics,
+            sent_last_hour=self.clients.sent_last_hour(bot.id, now),
+            send_wait=wait,
+        )
