@@ -1,0 +1,351 @@
+"""The turn pipeline with fakes (no database, no Telegram, no processes): every way a turn
+ends, and what each writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backend.errors import (
+    FencedOut,
+    ProviderUnavailable,
+    TelegramChatMigrated,
+    TelegramError,
+    TelegramForbidden,
+    TelegramInvalidToken,
+    TelegramReplyNotFound,
+    TelegramRetryAfter,
+    TelegramUnavailable,
+)
+from backend.schemas import PersonaProfile, SimulationSettings
+from behavior_engine.llm.chain import ChainEntry, ProviderChain, RetryPolicy
+from behavior_engine.llm.offline import OfflineGenerator
+from behavior_engine.market import MarketFeed
+from behavior_engine.pipeline import MAX_LIMIT_WAIT_S, Sent, TurnPipeline
+from behavior_engine.reads import BotProfile, HistoryItem
+from behavior_engine.turn import ChatLine, Generation, GenerationRequest, Turn
+from bots.personas import load_persona_dir
+from bots.telegram import SentMessage
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+BOT, CHAT, TG_CHAT = 7, 3, -100123
+
+
+class FakeClient:
+    """Plays a script of answers to sendMessage: an exception to raise, or a message id."""
+
+    def __init__(self, *script: object) -> None:
+        self.script = list(script)
+        self.sends: list[tuple[int, str, int | None]] = []
+        self.typing = 0
+
+    async def send_message(self, *, chat_id: int, text: str,
+                           reply_to_message_id: int | None = None) -> SentMessage:
+        self.sends.append((chat_id, text, reply_to_message_id))
+        step = self.script.pop(0) if self.script else 500 + len(self.sends)
+        if isinstance(step, BaseException):
+            raise step
+        assert isinstance(step, int)
+        return SentMessage(message_id=step, date=NOW, chat_id=chat_id)
+
+    async def send_typing(self, *, chat_id: int) -> None:
+        self.typing += 1
+
+
+class FakeLimits:
+    def __init__(self, *waits: float) -> None:
+        self.waits = list(waits)
+        self.blocked: list[tuple[int, float]] = []
+
+    def wait_time(self, bot_id: int, chat_id: int) -> float:
+        return 0.0
+
+    async def try_acquire(self, bot_id: int, chat_id: int, *,
+                          chat_cap: int | None = None) -> float:
+        return self.waits.pop(0) if self.waits else 0.0
+
+    async def block(self, bot_id: int, seconds: float) -> None:
+        self.blocked.append((bot_id, seconds))
+
+
+class FakeRecords:
+    def __init__(self, *, fenced: bool = False, fresh: bool = True,
+                 migrate_ok: bool = True) -> None:
+        self.fenced, self.fresh, self.migrate_ok = fenced, fresh, migrate_ok
+        self.intents: list[tuple[str, int]] = []
+        self.finished: list[tuple[str, str]] = []
+        self.committed: list[Sent] = []
+        self.left: list[tuple[int, int]] = []
+        self.disabled: list[int] = []
+        self.migrated: list[int] = []
+
+    async def record_intent(self, turn: Turn, *, token: int, worker: str) -> bool:
+        if self.fenced:
+            raise FencedOut(turn.bot_id, token)
+        self.intents.append((turn.turn_id, token))
+        return self.fresh
+
+    async def finish(self, turn: Turn, status: str, error: str | None = None) -> None:
+        self.finished.append((turn.turn_id, status))
+
+    async def commit_sent(self, sent: Sent) -> HistoryItem:
+        self.committed.append(sent)
+        return HistoryItem(message_id=len(self.committed), bot_id=sent.turn.bot_id,
+                           telegram_message_id=sent.message.message_id, speaker=sent.bot.name,
+                           speaker_username=sent.bot.username, is_human=False,
+                           text=sent.generation.text, created_at=sent.message.date,
+                           reply_to=sent.reply_to)
+
+    async def leave_chat(self, turn: Turn) -> None:
+        self.left.append((turn.bot_id, turn.chat_id))
+
+    async def disable_bot(self, bot_id: int) -> None:
+        self.disabled.append(bot_id)
+
+    async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
+        self.migrated.append(new_telegram_chat_id)
+        return self.migrate_ok
+
+
+class FakeReads:
+    def __init__(self, bot: BotProfile) -> None:
+        self._bot = bot
+        self.items: list[HistoryItem] = []
+
+    async def bot(self, bot_id: int) -> BotProfile:
+        return self._bot
+
+    async def history(self, chat_id: int) -> list[HistoryItem]:
+        return list(self.items)
+
+    async def settings(self) -> SimulationSettings:
+        return SimulationSettings()
+
+    async def appended(self, chat_id: int, item: HistoryItem) -> None:
+        self.items.append(item)
+
+
+class FakeHolder:
+    def __init__(self, client: FakeClient, *, token: int = 4, valid: bool = True) -> None:
+        self._client: FakeClient | None = client
+        self._token = token
+        self.validity = [valid]
+        self.let_go_of: list[int] = []
+
+    def client(self, bot_id: int) -> FakeClient | None:
+        return self._client
+
+    def token(self, bot_id: int) -> int | None:
+        return self._token
+
+    def valid(self, bot_id: int) -> bool:
+        return self.validity.pop(0) if len(self.validity) > 1 else self.validity[0]
+
+    async def let_go(self, bot_id: int) -> None:
+        self.let_go_of.append(bot_id)
+
+
+class Failing:
+    """A provider that is down (HTTP 503 every time)."""
+
+    name = "groq"
+    model = "llama"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.calls += 1
+        raise ProviderUnavailable("groq", "HTTP 503")
+
+
+def profile() -> BotProfile:
+    persona = load_persona_dir()[0]
+    return BotProfile(id=BOT, name=persona.name, username=persona.username,
+                      telegram_user_id=None,
+                      persona=PersonaProfile.model_validate(
+                          persona.model_dump(include=set(PersonaProfile.model_fields))),
+                      stances=persona.stances, holdings=persona.holdings, enabled=True)
+
+
+def turn(*, reply_to: ChatLine | None = None) -> Turn:
+    return Turn(turn_id="turn-1", chat_id=CHAT, telegram_chat_id=TG_CHAT, bot_id=BOT,
+                topic="btc", reply_to=reply_to, reason="human" if reply_to else "spontaneous",
+                decided_at=NOW, reply_message_id=11 if reply_to else None)
+
+
+HUMAN = ChatLine(telegram_message_id=42, speaker="Deniz", speaker_username=None,
+                 is_human=True, text="Altın alınır mı?", created_at=NOW - timedelta(seconds=5))
+
+
+class Rig:
+    """A pipeline wired to fakes; ``providers`` come before the offline generator."""
+
+    def __init__(self, client: FakeClient, *, records: FakeRecords | None = None,
+                 limits: FakeLimits | None = None, holder: FakeHolder | None = None,
+                 providers: tuple[object, ...] = ()) -> None:
+        self.client = client
+        self.records = records or FakeRecords()
+        self.limits = limits or FakeLimits()
+        self.holder = holder or FakeHolder(client)
+        self.reads = FakeReads(profile())
+        self.stats: Counter[str] = Counter()
+        self.sent_at: list[tuple[int, datetime]] = []
+        self.slept: list[float] = []
+        policy = RetryPolicy(max_attempts=1, timeout_s=1.0, backoff_initial_s=0.0,
+                             backoff_max_s=0.0, jitter_s=0.0)
+        chain = ProviderChain([ChainEntry(provider=p, retry=policy)  # type: ignore[arg-type]
+                               for p in providers], last_resort=OfflineGenerator())
+
+        async def sleep(s: float) -> None:
+            self.slept.append(s)
+
+        self.pipeline = TurnPipeline(
+            chain=chain, limits=self.limits, records=self.records, reads=self.reads,
+            market=MarketFeed(seed=1, start=NOW), holder=self.holder, worker_id="w-1",
+            seed=1, clock=lambda: NOW, stats=self.stats,
+            on_sent=lambda b, t: self.sent_at.append((b, t)), sleep=sleep)
+
+
+async def test_a_turn_is_sent_and_committed_once() -> None:
+    rig = Rig(FakeClient(901))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "sent" and out.telegram_message_id == 901
+    assert rig.records.intents == [("turn-1", 4)]
+    assert rig.records.finished == []  # the commit is the outcome
+    [sent] = rig.records.committed
+    assert sent.reply_to == 42 and sent.generation.provider == "offline"
+    assert -1.0 <= sent.mood <= 1.0 and sent.timing.latency_s >= sent.timing.llm_s
+    assert rig.client.sends == [(TG_CHAT, sent.generation.text, 42)] and rig.client.typing == 1
+    assert [i.telegram_message_id for i in rig.reads.items] == [901]  # in the cached history
+    assert rig.sent_at == [(BOT, NOW)]
+
+
+async def test_fenced_out_intent_sends_nothing_and_lets_the_bot_go() -> None:
+    rig = Rig(FakeClient(), records=FakeRecords(fenced=True))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "skipped" and "token" in (out.error or "")
+    assert rig.client.sends == [] and rig.records.committed == []
+    assert rig.holder.let_go_of == [BOT] and rig.stats["fenced"] == 1
+
+
+async def test_a_turn_already_acted_on_is_not_sent_again() -> None:
+    rig = Rig(FakeClient(), records=FakeRecords(fresh=False))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "duplicate" and rig.client.sends == []
+
+
+async def test_lease_expiring_after_the_intent_sends_nothing() -> None:
+    client = FakeClient()
+    holder = FakeHolder(client)
+    holder.validity = [True, False]  # valid at the start, expired right before the send
+    rig = Rig(client, holder=holder)
+    out = await rig.pipeline.run(turn())
+    assert out.status == "skipped" and rig.client.sends == []
+    assert rig.records.finished == [("turn-1", "failed")] and rig.stats["fenced"] == 1
+
+
+async def test_a_bot_not_held_is_skipped_before_any_work() -> None:
+    client = FakeClient()
+    rig = Rig(client, holder=FakeHolder(client, valid=False))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "skipped" and out.error == "bot not held"
+    assert rig.records.intents == [] and client.typing == 0
+
+
+@pytest.mark.parametrize("delivered_unknown", [True, False])
+async def test_send_outcome_unknown_is_never_repeated(delivered_unknown: bool) -> None:
+    rig = Rig(FakeClient(TelegramUnavailable("read timeout",
+                                             delivered_unknown=delivered_unknown)))
+    out = await rig.pipeline.run(turn())
+    assert len(rig.client.sends) == 1 and rig.records.committed == []
+    if delivered_unknown:  # may have reached Telegram: recorded unknown, never resent
+        assert out.status == "unknown" and rig.records.finished == [("turn-1", "unknown")]
+    else:  # certainly not sent: may be tried again
+        assert out.status == "skipped" and rig.records.finished == [("turn-1", "retry")]
+
+
+async def test_cancelled_mid_send_is_recorded_unknown() -> None:
+    rig = Rig(FakeClient(asyncio.CancelledError()))
+    with pytest.raises(asyncio.CancelledError):
+        await rig.pipeline.run(turn())
+    assert rig.records.finished == [("turn-1", "unknown")]
+
+
+async def test_429_blocks_the_bot_for_retry_after() -> None:
+    rig = Rig(FakeClient(TelegramRetryAfter(17.0, bot_id=BOT)))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "rate_limited" and out.retry_after == 17.0
+    assert rig.limits.blocked == [(BOT, 17.0)]
+    assert rig.records.finished == [("turn-1", "retry")] and len(rig.client.sends) == 1
+
+
+async def test_the_bot_kicked_leaves_the_chat() -> None:
+    rig = Rig(FakeClient(TelegramForbidden("Forbidden: bot was kicked from the group chat")))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "failed" and "kicked" in (out.error or "")
+    assert rig.records.left == [(BOT, CHAT)] and rig.records.finished == [("turn-1", "failed")]
+    assert rig.holder.let_go_of == []  # still driven in its other chats
+
+
+async def test_a_refused_token_disables_the_bot() -> None:
+    rig = Rig(FakeClient(TelegramInvalidToken("Unauthorized")))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "failed"
+    assert rig.records.disabled == [BOT] and rig.holder.let_go_of == [BOT]
+
+
+async def test_the_chat_migrated_is_followed_once() -> None:
+    rig = Rig(FakeClient(TelegramChatMigrated(-100999), 777))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "sent" and out.telegram_message_id == 777
+    assert rig.records.migrated == [-100999]
+    assert [s[0] for s in rig.client.sends] == [TG_CHAT, -100999]
+    assert len(rig.records.committed) == 1 and rig.records.finished == []
+
+
+async def test_a_migration_that_cannot_be_stored_fails_the_turn() -> None:
+    rig = Rig(FakeClient(TelegramChatMigrated(-100999)),
+              records=FakeRecords(migrate_ok=False))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "failed" and len(rig.client.sends) == 1
+    assert rig.records.finished == [("turn-1", "failed")]
+
+
+async def test_the_reply_target_gone_sends_without_the_reply() -> None:
+    rig = Rig(FakeClient(TelegramReplyNotFound("message to be replied not found"), 778))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "sent"
+    assert [s[2] for s in rig.client.sends] == [42, None]
+    assert rig.records.committed[0].reply_to == 42  # the thread stays in our data
+
+
+async def test_other_error_answers_fail_the_turn() -> None:
+    rig = Rig(FakeClient(TelegramError("Bad Request: message text is empty")))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "failed" and rig.records.finished == [("turn-1", "failed")]
+
+
+async def test_the_generator_fails_over_to_the_next_provider() -> None:
+    down = Failing()
+    rig = Rig(FakeClient(903), providers=(down,))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "sent" and down.calls == 1
+    assert rig.records.committed[0].generation.provider == "offline"
+    assert rig.stats["fallbacks"] == 1
+
+
+async def test_a_short_limit_wait_is_waited_then_sent() -> None:
+    rig = Rig(FakeClient(904), limits=FakeLimits(0.4, 0.0))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "sent" and rig.slept == [0.4]
+
+
+async def test_a_long_limit_wait_gives_the_turn_up_before_the_intent() -> None:
+    rig = Rig(FakeClient(), limits=FakeLimits(MAX_LIMIT_WAIT_S + 1))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "skipped" and out.retry_after == MAX_LIMIT_WAIT_S + 1
+    assert rig.records.intents == [] and rig.client.sends == [] and rig.slept == []
