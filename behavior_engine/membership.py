@@ -241,8 +241,8 @@ class InProcessMembership:
 
     def waiting(self, chat_id: int, history: Sequence[HistoryItem], now: datetime,
                 members: Collection[int]) -> list[WaitingMessage]:
-        """See :func:`waiting_messages`."""
-        return waiting_messages(history, now)
+        """See :func:`waiting_messages` (none without ``members``)."""
+        return waiting_messages(history, now) if members else []
 
     async def drop_stale(self, now: datetime) -> None:
         """The history ages out by itself."""
