@@ -32,12 +32,12 @@ from backend.crypto import Secrets
 from backend.db.types import utcnow
 from backend.schemas import ProviderSettings
 from backend.settings import Settings
-from behavior_engine.clients import BotClients
+from behavior_engine.clients import BotClients, HeldBots
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed
 from behavior_engine.membership import Membership, membership_for
-from behavior_engine.pipeline import Sender, TurnPipeline
+from behavior_engine.pipeline import TurnPipeline
 from behavior_engine.planner import TurnPlanner
 from behavior_engine.reads import CachedReads
 from behavior_engine.records import StoreTurnRecords
@@ -91,14 +91,15 @@ class Worker:
         self.worker_id = self.membership.worker_id
         self.records = StoreTurnRecords(sessionmaker, self.reads.cache)
         self.clients = BotClients(sessionmaker, secrets, settings.telegram_api_url,
-                                  on_refused=self._refused)
+                                  on_refused=self.records.disable_bot)
         self.scheduler = Scheduler(seed=settings.seed)
         self.planner = TurnPlanner(scheduler=self.scheduler, reads=self.reads,
                                    membership=self.membership, clients=self.clients,
                                    clock=clock, stats=self.stats)
+        self.held = HeldBots(self.membership, self.clients)
         self.pipeline = TurnPipeline(
             chain=chain, limits=self.membership.limits, records=self.records,
-            reads=self.reads, market=market, holder=self, worker_id=self.worker_id,
+            reads=self.reads, market=market, holder=self.held, worker_id=self.worker_id,
             seed=settings.seed, clock=clock, stats=self.stats, on_sent=self.clients.sent)
         self._busy: set[int] = set()
         self._in_flight: Counter[int] = Counter()
@@ -140,39 +141,9 @@ class Worker:
                 "skipped": self.stats["skipped"], "ticks": self.stats["ticks"],
                 "providers": self.chain.status()}
 
-    # -- the bots held (the pipeline's BotHolder) -----------------------------------------
-    @property
-    def tokens(self) -> dict[int, int]:
-        """Bot id → fencing token of every bot this worker may drive now."""
-        return self.membership.tokens
-
     def driven(self) -> set[int]:
         """The bots this worker drives now (held and connected)."""
-        return {b for b in self.membership.tokens if b in self.clients}
-
-    def client(self, bot_id: int) -> Sender | None:
-        """The bot's connected client, or None."""
-        return self.clients.get(bot_id)
-
-    def token(self, bot_id: int) -> int | None:
-        """The bot's fencing token while held."""
-        return self.membership.tokens.get(bot_id)
-
-    def valid(self, bot_id: int) -> bool:
-        """True while this worker may act for the bot."""
-        return self.membership.valid(bot_id)
-
-    async def let_go(self, bot_id: int) -> None:
-        """Stop driving ``bot_id`` here (fenced out, or its token refused)."""
-        self.membership.forget(bot_id)
-        await self._disconnect([bot_id])
-
-    async def _refused(self, bot_id: int) -> None:
-        await self.records.disable_bot(bot_id)
-
-    async def _disconnect(self, bot_ids: Sequence[int]) -> None:
-        await self.clients.disconnect(bot_ids)
-        metrics.BOTS_DRIVEN.set(len(self.driven()))
+        return self.held.driven()
 
     # -- start, heartbeat, stop -----------------------------------------------------------
     async def start(self) -> None:
@@ -189,12 +160,8 @@ class Worker:
         self._aps.start()
         if self._background:  # the first bots, connected while the heartbeat runs
             await asyncio.wait(set(self._background))
-        n = len(self.driven())
-        if n:
-            log.info("worker %s started with %d bots", self.worker_id, n)
-        else:
-            log.warning("worker %s started with no bot: nothing will be posted here",
-                        self.worker_id)
+        log.log(logging.INFO if self.driven() else logging.WARNING,
+                "worker %s started with %d bots", self.worker_id, len(self.driven()))
 
     def _write_id_file(self) -> None:
         """Write this worker's id for ``botsim worker --check`` (its mtime is the heartbeat
@@ -223,7 +190,7 @@ class Worker:
                 self.membership.outage(exc)
                 return
             if change.lost or change.released:
-                await self._disconnect([*change.lost, *change.released])
+                await self.held.disconnect([*change.lost, *change.released])
             if change.won:
                 self._connecting |= set(change.won)
                 task = asyncio.create_task(self._take_on(change.won))
@@ -235,7 +202,7 @@ class Worker:
         try:
             connected = await self.clients.connect(won, self.clock())
             held = set(await self.membership.confirm(won, connected))
-            await self._disconnect([b for b in connected if b not in held])
+            await self.held.disconnect([b for b in connected if b not in held])
         except Exception:
             self.stats["errors"] += 1
             log.exception("worker %s: taking on %d bots failed", self.worker_id, len(won))
@@ -255,7 +222,7 @@ class Worker:
             await asyncio.wait(self._tasks, timeout=10)
         if self.ledger is not None:
             await self.ledger.flush()
-        await self._disconnect(self.clients.ids())
+        await self.held.disconnect(self.clients.ids())
         await self.membership.leave()
         await self.membership.close()
         if self._owns_chain:

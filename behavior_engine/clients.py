@@ -10,10 +10,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend import metrics
 from backend.crypto import Secrets
 from backend.errors import TelegramInvalidToken
 from backend.stores import bots as bot_store
 from backend.stores import messages as message_store
+from behavior_engine.membership import Membership
+from behavior_engine.pipeline import Sender
 from bots.telegram import BotClient
 
 log = logging.getLogger("botsim.clients")
@@ -124,3 +127,43 @@ class BotClients:
         while times and times[0] < now - timedelta(hours=1):
             times.popleft()
         return len(times)
+
+
+class HeldBots:
+    """The bots a worker drives: held by its membership and connected
+    (:class:`behavior_engine.pipeline.BotHolder` for the turn pipeline).
+
+    Args:
+        membership: which bots are held, under which fencing tokens.
+        clients: the connected clients.
+    """
+
+    def __init__(self, membership: Membership, clients: BotClients) -> None:
+        self.membership = membership
+        self.clients = clients
+
+    def driven(self) -> set[int]:
+        """The bots held and connected."""
+        return {b for b in self.membership.tokens if b in self.clients}
+
+    def client(self, bot_id: int) -> Sender | None:
+        """The bot's connected client, or None."""
+        return self.clients.get(bot_id)
+
+    def token(self, bot_id: int) -> int | None:
+        """The bot's fencing token while held."""
+        return self.membership.tokens.get(bot_id)
+
+    def valid(self, bot_id: int) -> bool:
+        """True while this worker may act for the bot."""
+        return self.membership.valid(bot_id)
+
+    async def let_go(self, bot_id: int) -> None:
+        """Stop driving ``bot_id`` here (fenced out, or its token refused)."""
+        self.membership.forget(bot_id)
+        await self.disconnect([bot_id])
+
+    async def disconnect(self, bot_ids: Sequence[int]) -> None:
+        """Close the clients of ``bot_ids`` and report the bots driven."""
+        await self.clients.disconnect(bot_ids)
+        metrics.BOTS_DRIVEN.set(len(self.driven()))

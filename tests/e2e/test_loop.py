@@ -279,7 +279,7 @@ async def test_solo_worker_takes_on_added_bots_and_lets_removed_ones_go(world: W
 
         async def synced() -> bool:  # a removed bot is let go once its turn in flight ends
             await worker.rebalance()
-            return first in worker.driven() and second not in worker.tokens
+            return first in worker.driven() and second not in worker.membership.tokens
 
         assert await wait_until(synced, 10), dict(worker.stats)
         assert second not in worker.driven()
