@@ -14,13 +14,15 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cache import PydanticCodec, TwoLayerCache
-from backend.db.models import Bot, Chat, ChatBot, Message
+from backend.db.models import Message
 from backend.invalidation import KIND_BOT, KIND_CHATS, KIND_HISTORY, KIND_SETTINGS
 from backend.schemas import Holding, PersonaProfile, SimulationSettings, Stance
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
 
 #: Messages of a chat kept in the cached history (≥ the largest per-minute cap, 20, so the
@@ -137,22 +139,11 @@ class CachedReads:
 
         async def load() -> ChatList:
             async with self.sessionmaker() as session:
-                rows = (await session.execute(
-                    select(Chat, Bot.id)
-                    .outerjoin(ChatBot, ChatBot.chat_id == Chat.id)
-                    .outerjoin(Bot, (Bot.id == ChatBot.bot_id) & Bot.enabled.is_(True))
-                    .where(Chat.enabled.is_(True))
-                    .order_by(Chat.id, Bot.id)
-                )).all()
-            chats: dict[int, tuple[Chat, list[int]]] = {}
-            for chat, bot_id in rows:
-                entry = chats.setdefault(chat.id, (chat, []))
-                if bot_id is not None:
-                    entry[1].append(int(bot_id))
+                chats = await chat_store.enabled_chats_with_bots(session)
             return ChatList(chats=[
                 ChatInfo(id=c.id, telegram_chat_id=c.telegram_chat_id, title=c.title,
                          topics=c.topics.weights, bot_ids=ids)
-                for c, ids in chats.values()
+                for c, ids in chats
             ])
 
         return (await self.cache.get(KIND_CHATS, "enabled", load, codec=_CHATS)).chats
@@ -165,8 +156,6 @@ class CachedReads:
         """
 
         async def load() -> BotProfile:
-            from backend.stores import bots as bot_store
-
             async with self.sessionmaker() as session:
                 b = await bot_store.get_bot(session, bot_id=bot_id)
             return BotProfile(id=b.id, name=b.name, username=b.username,
@@ -181,14 +170,9 @@ class CachedReads:
 
         async def load() -> Sequence[HistoryItem]:
             async with self.sessionmaker() as session:
-                rows = (await session.execute(
-                    select(Message, Bot.name, Bot.username)
-                    .outerjoin(Bot, Bot.id == Message.bot_id)
-                    .where(Message.chat_id == chat_id)
-                    .order_by(Message.telegram_message_id.desc())
-                    .limit(HISTORY_LEN)
-                )).all()
-            return [item_from_row(m, n, u) for m, n, u in reversed(rows)]
+                rows = await message_store.chat_history(session, chat_id=chat_id,
+                                                        limit=HISTORY_LEN)
+            return [item_from_row(m, n, u) for m, n, u in rows]
 
         return await self.cache.get_list(KIND_HISTORY, str(chat_id), load, codec=_ITEM,
                                          max_len=HISTORY_LEN)

@@ -35,11 +35,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import keys
-from backend.db.models import Message
 from backend.db.types import utcnow
 from backend.stores import messages as message_store
 from behavior_engine.reads import CachedReads, HistoryItem
@@ -261,13 +259,9 @@ class ReplyDispatcher:
         """
         now = utcnow()
         async with self.sessionmaker() as session:
-            rows = (await session.execute(
-                select(Message).where(
-                    Message.reply_wanted.is_(True),
-                    Message.created_at >= now - HUMAN_WAIT_MAX,
-                    Message.created_at <= now - timedelta(seconds=older_than_s),
-                ).order_by(Message.id).limit(limit)
-            )).scalars().all()
+            rows = await message_store.waiting_human_messages(
+                session, since=now - HUMAN_WAIT_MAX,
+                until=now - timedelta(seconds=older_than_s), limit=limit)
         lost = set(await self.stream.undispatched([r.id for r in rows]))
         n = 0
         for r in rows:

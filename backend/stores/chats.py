@@ -113,3 +113,21 @@ async def migrate_chat(
     await session.flush()
     invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
     return True
+
+
+async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, list[int]]]:
+    """Every enabled chat with the ids of its enabled member bots, in chat then bot order
+    (one query). A chat without an enabled member has an empty list."""
+    rows = (await session.execute(
+        select(Chat, Bot.id)
+        .outerjoin(ChatBot, ChatBot.chat_id == Chat.id)
+        .outerjoin(Bot, (Bot.id == ChatBot.bot_id) & Bot.enabled.is_(True))
+        .where(Chat.enabled.is_(True))
+        .order_by(Chat.id, Bot.id)
+    )).all()
+    chats: dict[int, tuple[Chat, list[int]]] = {}
+    for chat, bot_id in rows:
+        entry = chats.setdefault(chat.id, (chat, []))
+        if bot_id is not None:
+            entry[1].append(int(bot_id))
+    return list(chats.values())

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from backend.db.models import Message, WebhookUpdate
+from backend.db.models import Bot, Message, WebhookUpdate
 from backend.db.types import utcnow
 from backend.schemas import MessageMeta
 
@@ -264,3 +264,32 @@ async def run_summary(session: AsyncSession, *, since: datetime) -> dict[str, in
         "human_replies": int(answered),
         "duplicates": dups,
     }
+
+
+async def chat_history(
+    session: AsyncSession, *, chat_id: int, limit: int
+) -> list[tuple[Message, str | None, str | None]]:
+    """The last ``limit`` messages of ``chat_id`` by Telegram id, oldest first, each with
+    its bot's name and username (None, None for people). One query."""
+    rows = (await session.execute(
+        select(Message, Bot.name, Bot.username)
+        .outerjoin(Bot, Bot.id == Message.bot_id)
+        .where(Message.chat_id == chat_id)
+        .order_by(Message.telegram_message_id.desc())
+        .limit(limit)
+    )).all()
+    return [(m, n, u) for m, n, u in reversed(rows)]
+
+
+async def waiting_human_messages(
+    session: AsyncSession, *, since: datetime, until: datetime, limit: int
+) -> Sequence[Message]:
+    """Messages still marked ``reply_wanted`` created in [``since``, ``until``] (aware UTC),
+    oldest first, at most ``limit`` (the reply sweep)."""
+    return (await session.execute(
+        select(Message).where(
+            Message.reply_wanted.is_(True),
+            Message.created_at >= since,
+            Message.created_at <= until,
+        ).order_by(Message.id).limit(limit)
+    )).scalars().all()
