@@ -40,7 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend import keys
 from backend.db.types import utcnow
 from backend.stores import messages as message_store
-from behavior_engine.reads import CachedReads, HistoryItem
+from behavior_engine.context import to_line
+from behavior_engine.reads import CachedReads, HistoryItem, item_from_row
 from behavior_engine.scheduler import HUMAN_WAIT_MAX, BotView, WaitingMessage, choose_repliers
 from behavior_engine.turn import ChatLine
 
@@ -240,10 +241,7 @@ class ReplyDispatcher:
         if item.reply_to is not None:
             reply_to_bot = next((h.bot_id for h in await self.reads.history(chat_id)
                                  if h.telegram_message_id == item.reply_to), None)
-        line = ChatLine(telegram_message_id=item.telegram_message_id, speaker=item.speaker,
-                        speaker_username=item.speaker_username, is_human=True, text=item.text,
-                        bot_id=None, created_at=item.created_at)
-        waiting = WaitingMessage(message_id=item.message_id, line=line,
+        waiting = WaitingMessage(message_id=item.message_id, line=to_line(item),
                                  reply_to_bot_id=reply_to_bot)
         rng = random.Random(zlib.crc32(f"{self.seed}:{item.message_id}".encode()))
         chosen = [b.bot_id for b in choose_repliers(waiting, views, sim, now, seed=self.seed,
@@ -267,13 +265,7 @@ class ReplyDispatcher:
         for r in rows:
             if r.id not in lost:
                 continue
-            item = HistoryItem(
-                message_id=r.id, telegram_message_id=r.telegram_message_id, bot_id=None,
-                speaker=r.sender_name or "?", speaker_username=r.meta.sender_username,
-                is_human=True, text=r.text, created_at=r.created_at,
-                reply_to=r.reply_to_telegram_message_id, reply_wanted=True,
-            )
-            if await self.dispatch(r.chat_id, item):
+            if await self.dispatch(r.chat_id, item_from_row(r, None, None)):
                 n += 1
         if n:
             log.warning("sweep: %d waiting human messages dispatched again", n)
