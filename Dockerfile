@@ -15,6 +15,7 @@ COPY backend/ backend/
 COPY bots/ bots/
 COPY behavior_engine/ behavior_engine/
 COPY sandbox/ sandbox/
+COPY botsim/ botsim/
 RUN pip install . && rm -rf /src/build /src/*.egg-info
 
 # A writable working directory of the unprivileged user (BOTSIM_DATA_DIR defaults to .botsim).

@@ -17,7 +17,7 @@ lint: $(VENV)/bin/botsim
 	$(VENV)/bin/ruff check .
 
 typecheck: $(VENV)/bin/botsim
-	$(VENV)/bin/mypy backend bots behavior_engine sandbox worker.py message_listener.py
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/bin/botsim
 	$(PY) loadtest/bench_chain.py --calls 2000

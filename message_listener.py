@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,12 +35,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from backend.crypto import Secrets, webhook_secret_for
-from backend.db.models import Bot, Message
 from backend.invalidation import KIND_HISTORY
 from backend.metrics import metrics_app
 from backend.schemas import MessageMeta, TopicWeights
 from backend.settings import Settings
+from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import health
 from backend.stores import messages as message_store
 from behavior_engine.reads import CachedReads, HistoryItem
 from behavior_engine.replies import ReplyDispatcher, ReplyStream
@@ -149,8 +149,7 @@ class ListenerState:
     async def refresh_bots(self) -> None:
         """Reload the bot id → Telegram user id map."""
         async with self.sessionmaker() as session:
-            rows = (await session.execute(select(Bot.id, Bot.telegram_user_id))).all()
-        self.bots = {int(i): (int(t) if t is not None else None) for i, t in rows}
+            self.bots = await bot_store.telegram_user_ids(session)
 
 
 def _error(status: int, description: str) -> JSONResponse:
@@ -209,11 +208,8 @@ async def _store_message(
         reply_wanted=reply_wanted,
     )
     if new_id is None and edited:
-        await session.execute(
-            update(Message)
-            .where(Message.chat_id == chat.id, Message.telegram_message_id == msg.message_id)
-            .values(text=text, meta=meta)
-        )
+        await message_store.record_edit(session, chat_id=chat.id,
+                                        telegram_message_id=msg.message_id, text=text, meta=meta)
         return True, chat.id, None
     if new_id is None:
         return False, chat.id, None
@@ -300,7 +296,7 @@ async def ready(request: Request) -> JSONResponse:
     state: ListenerState = request.app.state.listener
     try:
         async with state.sessionmaker() as session:
-            await session.execute(select(1))
+            await health.ping(session)
     except Exception as exc:  # readiness reports any failure
         return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
     return JSONResponse({"status": "ready"})
@@ -336,8 +332,6 @@ async def register_webhooks(
     """
     import asyncio
 
-    from backend.stores import bots as bot_store
-
     cipher = secrets.cipher()
     async with sessionmaker() as session:
         bots = await bot_store.list_bots(session, enabled_only=True)
@@ -359,51 +353,45 @@ async def register_webhooks(
 
 
 async def serve(settings: Settings, secrets: Secrets, *, register: bool = False) -> None:
-    """Run the listener until cancelled (``register``: setWebhook for every bot first)."""
+    """Run the listener until cancelled (``register``: setWebhook for every bot first).
+
+    The process starts through :func:`botsim.bootstrap.runtime` (migrations, engine, cache,
+    reads, Redis); with ``redis_url`` set, new human messages are dispatched to the sharded
+    workers over the reply stream.
+
+    Raises:
+        StorageError: the database cannot be reached or migrated.
+        TelegramError: ``register`` and Telegram refuses a setWebhook.
+    """
     import uvicorn
 
-    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from botsim.bootstrap import runtime
 
-    await upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
-    sm = make_sessionmaker(engine)
-    cache = settings.make_cache()
-    await cache.start()
-    reads = CachedReads(cache, sm)
-    redis_client = None
-    dispatcher = None
-    if settings.redis_url:
-        import redis.asyncio as aioredis
-
-        redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
-                                               socket_connect_timeout=2.0)
-        dispatcher = ReplyDispatcher(
-            ReplyStream(redis_client, namespace=settings.redis_namespace), reads, sm,
-            seed=settings.seed)
-    state = ListenerState(sessionmaker=sm, webhook_secret=secrets.webhook_secret,
-                          reads=reads, dispatcher=dispatcher)
-    await state.refresh_bots()
-    if register:
-        await register_webhooks(
-            sessionmaker=sm, secrets=secrets, api_url=settings.telegram_api_url,
-            public_url=settings.public_webhook_url,
+    async with runtime(settings) as rt:
+        dispatcher = None
+        if rt.redis is not None:
+            dispatcher = ReplyDispatcher(
+                ReplyStream(rt.redis, namespace=settings.redis_namespace), rt.reads,
+                rt.sessionmaker, seed=settings.seed)
+        state = ListenerState(sessionmaker=rt.sessionmaker,
+                              webhook_secret=secrets.webhook_secret, reads=rt.reads,
+                              dispatcher=dispatcher)
+        await state.refresh_bots()
+        if register:
+            await register_webhooks(
+                sessionmaker=rt.sessionmaker, secrets=secrets, api_url=settings.telegram_api_url,
+                public_url=settings.public_webhook_url,
+            )
+        config = uvicorn.Config(
+            create_app(state), host=settings.listener_host, port=settings.listener_port,
+            log_level="warning", access_log=False,
         )
-    config = uvicorn.Config(
-        create_app(state), host=settings.listener_host, port=settings.listener_port,
-        log_level="warning", access_log=False,
-    )
-    try:
         await uvicorn.Server(config).serve()
-    finally:
-        if redis_client is not None:
-            await redis_client.aclose()
-        await cache.close()
-        await engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python message_listener.py [--register]``: the same as ``botsim listener``."""
-    from backend.cli import main as cli_main
+    from botsim.cli import main as cli_main
 
     return cli_main(["listener", *(argv or [])])
 

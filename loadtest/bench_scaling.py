@@ -149,7 +149,7 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
         for i in range(n_workers):
             data = tmp / f"w{n_workers}-{i}"
             data.mkdir()
-            workers.append(spawn([sys.executable, "-m", "backend.cli", "worker"],
+            workers.append(spawn([sys.executable, "-m", "botsim", "worker"],
                                  env={**env, "BOTSIM_DATA_DIR": str(data)}, **quiet))
         lease_keys = [keys.lease_key(i, ns) for i in range(1, args.bots + 1)]
         t0 = time.monotonic()

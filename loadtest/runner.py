@@ -629,7 +629,7 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
     if opts.in_flight is not None:
         env["BOTSIM_MAX_TURNS_IN_FLIGHT"] = str(opts.in_flight)
     (tmp / "listener").mkdir()
-    fleet.start("listener", ["-m", "backend.cli", "listener", "--register"],
+    fleet.start("listener", ["-m", "botsim", "listener", "--register"],
                 {**env, "BOTSIM_DATA_DIR": str(tmp / "listener")}, engine=True,
                 metrics_url=f"http://127.0.0.1:{listener_port}/metrics")
     console.print(f"[dim]registering {opts.bots:,} webhooks…[/dim]")
@@ -638,7 +638,7 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
         port = free_port()
         data = tmp / f"worker-{i}"
         data.mkdir()
-        fleet.start(f"worker-{i}", ["-m", "backend.cli", "worker"],
+        fleet.start(f"worker-{i}", ["-m", "botsim", "worker"],
                     {**env, "BOTSIM_DATA_DIR": str(data), "BOTSIM_METRICS_PORT": str(port),
                      "BOTSIM_WORKER_NAME": f"worker-{i}"},
                     engine=True, metrics_url=f"http://127.0.0.1:{port}/metrics")

@@ -37,7 +37,7 @@ from sandbox.llm_api import LLMSandbox
 
 # python-telegram-bot 22 warns (an error under filterwarnings=error) when a RetryAfter is
 # built with int seconds unless the process opts in to timedelta periods; the entry points
-# opt in the same way (backend.cli.configure_process).
+# opt in the same way (botsim.bootstrap.configure_process).
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

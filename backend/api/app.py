@@ -227,29 +227,24 @@ def create_app(
 async def serve(settings: Settings, secrets: Secrets) -> None:
     """Run the admin API on ``api_host:api_port`` until cancelled (migrates first).
 
+    The process starts through :func:`botsim.bootstrap.runtime` (migrations, engine, cache,
+    reads; no Redis client of its own).
+
     Args:
         secrets: the process secrets (bot tokens written through the API).
 
     Raises:
         ConfigError: see :func:`create_app`.
+        StorageError: the database cannot be reached or migrated.
     """
     import uvicorn
 
-    from backend.db.session import make_engine, make_sessionmaker, upgrade
+    from botsim.bootstrap import runtime
 
     resolve_secret_key(settings)  # refuse before touching the database
-    await upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
-    cache = settings.make_cache()
-    await cache.start()
-    try:
-        sm = make_sessionmaker(engine)
-        app = create_app(settings, sm, secrets=secrets, reads=CachedReads(cache, sm))
+    async with runtime(settings, redis=False) as rt:
+        app = create_app(settings, rt.sessionmaker, secrets=secrets, reads=rt.reads)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                                 log_level="warning", access_log=False)
         log.info("admin API on http://%s:%s", settings.api_host, settings.api_port)
         await uvicorn.Server(config).serve()
-    finally:
-        await cache.close()
-        await engine.dispose()
-

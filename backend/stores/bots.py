@@ -82,6 +82,17 @@ async def list_bots(
     return (await session.execute(stmt)).scalars().all()
 
 
+async def telegram_user_ids(session: AsyncSession) -> dict[int, int | None]:
+    """Every bot's Telegram user id, enabled or not (one query).
+
+    Returns:
+        ``{bot id: Telegram user id}``; the user id is None for a bot whose token has not
+        been resolved to one yet.
+    """
+    rows = (await session.execute(select(Bot.id, Bot.telegram_user_id))).all()
+    return {int(i): (int(t) if t is not None else None) for i, t in rows}
+
+
 async def set_mood(session: AsyncSession, *, bot_id: int, mood: float) -> None:
     """Store a bot's mood, clamped to [-1, 1] (one UPDATE, no read)."""
     await session.execute(

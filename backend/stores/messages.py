@@ -87,6 +87,31 @@ async def record_incoming(
     )
 
 
+async def record_edit(
+    session: AsyncSession,
+    *,
+    chat_id: int,
+    telegram_message_id: int,
+    text: str,
+    meta: MessageMeta,
+) -> None:
+    """Replace the text and metadata of a stored message that was edited in Telegram.
+
+    Args:
+        chat_id: our chat id.
+        telegram_message_id: the message's id in that chat.
+        text: the edited text (or caption).
+        meta: the metadata of the edit (``edited`` set).
+
+    Does nothing when no such message is stored (the edit of a message never seen).
+    """
+    await session.execute(
+        update(Message)
+        .where(Message.chat_id == chat_id, Message.telegram_message_id == telegram_message_id)
+        .values(text=text, meta=meta)
+    )
+
+
 async def record_sent(
     session: AsyncSession,
     *,

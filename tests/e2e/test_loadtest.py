@@ -140,7 +140,7 @@ def test_bad_options_are_refused_by_name(change: dict[str, Any], named: str) -> 
 def test_cli_refuses_bad_input_before_starting_anything(tmp_path: Path) -> None:
     env = {**os.environ, "BOTSIM_DATA_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "loadtest", "--bots", "5", "--chats", "9",
+        [sys.executable, "-m", "botsim", "loadtest", "--bots", "5", "--chats", "9",
          "--workers", "1", "--duration", "10", "--llm-latency-ms", "100", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
@@ -164,7 +164,7 @@ def test_json_line_is_last(tmp_path: Path) -> None:
     env = {**os.environ, "BOTSIM_DATA_DIR": str(tmp_path)}
     env.pop("BOTSIM_DATABASE_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "loadtest", "--bots", "6", "--chats", "2",
+        [sys.executable, "-m", "botsim", "loadtest", "--bots", "6", "--chats", "2",
          "--workers", "1", "--duration", "10", "--warmup", "2", "--llm-latency-ms", "100",
          "--msgs-per-hour", "600", "--floor-samples", "10", "--no-progress", "--json",
          "--report", str(tmp_path / "report")],

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.crypto import Secrets, resolve_secrets
 from backend.db.models import Message
 from backend.db.types import utcnow
-from backend.demo import DemoOptions, run_demo
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
@@ -27,6 +26,7 @@ from behavior_engine.llm.factory import build_chain
 from behavior_engine.market import MarketFeed
 from bots.personas import load_persona_dir
 from bots.ratelimit import TelegramLimiter
+from botsim.demo import DemoOptions, run_demo
 from message_listener import ListenerState, create_app, register_webhooks
 from sandbox.telegram_api import BackgroundServer, Limits, TelegramSandbox
 from worker import Worker
@@ -204,7 +204,7 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
 def test_cli_demo_json_last_line(tmp_path: Path) -> None:
     env = {**os.environ, "BOTSIM_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "demo", "--duration", "5", "--json"],
+        [sys.executable, "-m", "botsim", "demo", "--duration", "5", "--json"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=90, check=False,
     )
@@ -220,7 +220,7 @@ def test_cli_refuses_bad_persona_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: X\nusername: nobot_here\n", encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "personas", "check", str(bad)],
+        [sys.executable, "-m", "botsim", "personas", "check", str(bad)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
         stdin=subprocess.DEVNULL,
     )
@@ -296,9 +296,9 @@ async def test_solo_worker_takes_on_added_bots_and_lets_removed_ones_go(world: W
 
 async def test_retries_never_send_twice_and_all_down_keeps_talking(world: World) -> None:
     from backend.db.models import LLMCall
-    from backend.demo import sandbox_providers
     from behavior_engine.llm.factory import build_chain, close_chain
     from behavior_engine.llm.ledger import Ledger
+    from botsim.demo import sandbox_providers
     from sandbox.llm_api import Fault, LLMSandbox
 
     llm = LLMSandbox()

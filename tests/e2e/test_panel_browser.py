@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.demo import DEMO_CHAT_ID
+from botsim.demo import DEMO_CHAT_ID
 from tests.conftest import service_missing
 
 # xdist_group: with the other process-heavy tests, on one xdist worker (see test_sharded).
@@ -72,7 +72,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
            "PYTHONUNBUFFERED": "1"}
     env.pop("BOTSIM_REDIS_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "demo", "--duration", "240"],
+        [sys.executable, "-m", "botsim", "demo", "--duration", "240"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
@@ -111,7 +111,7 @@ def _create_viewer(demo: Demo) -> None:
            "BOTSIM_DATABASE_URL": f"sqlite+aiosqlite:///{demo.data_dir / 'demo.db'}",
            "BOTSIM_NEW_USER_PASSWORD": VIEWER_PW}
     done = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "admin", "create-user", "vera", "--role",
+        [sys.executable, "-m", "botsim", "admin", "create-user", "vera", "--role",
          "viewer"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -92,7 +92,7 @@ class Fleet:
         env = {**self.env, "BOTSIM_DATA_DIR": str(data_dir), "BOTSIM_WORKER_NAME": f"w{n}"}
         with (data_dir / "stderr.log").open("wb") as err:  # the child keeps its own copy
             popen = subprocess.Popen(
-                [sys.executable, "-m", "backend.cli", "worker"], cwd=ROOT, env=env,
+                [sys.executable, "-m", "botsim", "worker"], cwd=ROOT, env=env,
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err,
             )
         proc = Proc(n, popen, data_dir)
@@ -102,7 +102,7 @@ class Fleet:
     def check(self, proc: Proc) -> int:
         """Exit code of ``botsim worker --check`` with ``proc``'s settings."""
         env = {**self.env, "BOTSIM_DATA_DIR": str(proc.data_dir)}
-        return subprocess.run([sys.executable, "-m", "backend.cli", "worker", "--check"],
+        return subprocess.run([sys.executable, "-m", "botsim", "worker", "--check"],
                               cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=60).returncode
 

@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.api.app import create_app
 from backend.api.security import SESSION_COOKIE, LoginThrottle, make_hasher
-from backend.cli import main as cli_main
 from backend.db.models import ApiSession, ApiToken, User
 from backend.db.session import make_engine, make_sessionmaker, upgrade_sync
 from backend.db.types import utcnow
 from backend.errors import ConfigError
 from backend.settings import Settings
 from backend.stores import users as store
+from botsim.cli import main as cli_main
 
 SECRET = "k" * 40
 LOGIN = "/api/v1/auth/login"

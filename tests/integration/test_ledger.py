@@ -123,13 +123,13 @@ def test_costs_cli_matches_rows(tmp_path: Path) -> None:
 
     expected = asyncio.run(prepare())
     env = {**os.environ, "DATABASE_URL": url}
-    out = subprocess.run([sys.executable, "-m", "backend.cli", "costs", "--json", "--since", "1h"],
+    out = subprocess.run([sys.executable, "-m", "botsim", "costs", "--json", "--since", "1h"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
                          check=True, stdin=subprocess.DEVNULL).stdout
     totals = json.loads(out)
     assert sum(t["cost_usd"] for t in totals) == pytest.approx(expected)
     assert sum(t["calls"] for t in totals) == 5
-    table = subprocess.run([sys.executable, "-m", "backend.cli", "costs", "--by", "day"],
+    table = subprocess.run([sys.executable, "-m", "botsim", "costs", "--by", "day"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
                            check=True, stdin=subprocess.DEVNULL).stdout
     assert "total" in table and f"{expected:.6f}" in table

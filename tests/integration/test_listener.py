@@ -208,6 +208,42 @@ async def test_health(client: tuple[httpx.AsyncClient, int, ListenerState]) -> N
     assert (await c.get("/health/ready")).status_code == 200
 
 
+async def test_not_ready_without_a_database() -> None:
+    from backend.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine("postgresql+asyncpg://botsim@127.0.0.1:1/botsim")
+    try:
+        state = ListenerState(sessionmaker=make_sessionmaker(engine), webhook_secret=MASTER)
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://listener") as c:
+            r = await c.get("/health/ready")
+    finally:
+        await engine.dispose()
+    assert r.status_code == 503 and r.json()["status"] == "not ready"
+
+
+async def test_bot_map_holds_every_bots_telegram_user_id(
+    client: tuple[httpx.AsyncClient, int, ListenerState],
+) -> None:
+    _, bot_id, state = client
+    assert state.bots == {bot_id: 7100000001}  # from the token, ours: never stored as a human
+
+
+async def test_edited_message_replaces_the_stored_text(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions
+) -> None:
+    c, bot_id, _ = client
+    assert (await post(c, bot_id, update(1, 40, text="Dolar 40"))).status_code == 200
+    edited = update(2, 40, text="Dolar 41 oldu")
+    edited["edited_message"] = edited.pop("message")
+    r = await post(c, bot_id, edited)
+    assert r.status_code == 200 and r.json()["stored"] is True
+    async with sessionmaker() as s:
+        msg = (await s.execute(select(Message))).scalar_one()
+    assert msg.text == "Dolar 41 oldu" and msg.meta.edited and msg.meta.update_id == 2
+    assert msg.reply_wanted is True  # the original's flag: an edit asks for no new reply
+
+
 async def test_metrics_served(client: tuple[httpx.AsyncClient, int, ListenerState]) -> None:
     from backend import metrics
 

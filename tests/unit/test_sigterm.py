@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import asyncio, signal, sys
-from backend.cli import run_loop, until_terminated
+from botsim.cli import run_loop, until_terminated
 
 # As in a terminal: a process started in the background by a shell without job control
 # inherits SIGINT ignored, and Ctrl-C would then never reach it.

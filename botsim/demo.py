@@ -32,9 +32,8 @@ from rich.markup import escape
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.crypto import resolve_secrets
+from backend.crypto import Secrets, resolve_secrets
 from backend.db.models import Bot, Message
-from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.db.types import utcnow
 from backend.schemas import ProviderSettings
 from backend.settings import Settings
@@ -43,6 +42,7 @@ from backend.stores import chats as chat_store
 from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from botsim.bootstrap import Runtime, runtime
 from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import BackgroundServer, SandboxError, TelegramSandbox
 
@@ -226,20 +226,27 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
         ``per_bot`` (name → messages).
     """
-    from behavior_engine.reads import CachedReads
-    from bots.personas import load_persona_dir
-    from message_listener import ListenerState, create_app, register_webhooks
-    from worker import Worker
-
     console = Console(file=options.out, highlight=False, soft_wrap=True)
     secrets = resolve_secrets(settings)
     db_path = settings.data_dir / "demo.db"
     for suffix in ("", "-wal", "-shm"):  # a fresh database each run
         await asyncio.to_thread(Path(f"{db_path}{suffix}").unlink, missing_ok=True)
     url = f"sqlite+aiosqlite:///{db_path.resolve()}"
-    await upgrade(url)
-    engine = make_engine(url)
-    sessionmaker = make_sessionmaker(engine)
+    # Each demo run starts a fresh database, so it must not read a previous run's Redis keys.
+    async with runtime(settings.model_copy(update={"database_url": url}),
+                       cache_namespace=f"botsim-demo-{pysecrets.token_hex(4)}",
+                       redis=False) as rt:
+        return await _run(rt, options, console, secrets)
+
+
+async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Secrets,
+               ) -> dict[str, Any]:
+    """The demo on a migrated, fresh database (:func:`run_demo`)."""
+    from bots.personas import load_persona_dir
+    from message_listener import ListenerState, create_app, register_webhooks
+    from worker import Worker
+
+    settings, sessionmaker, reads = rt.settings, rt.sessionmaker, rt.reads
     personas = load_persona_dir()
     cipher = secrets.cipher()
 
@@ -266,14 +273,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     started = time.monotonic()
     run_start: datetime = utcnow()
     worker: Worker | None = None
-    # Each demo run starts a fresh database, so it must not read a previous run's Redis keys.
-    cache = settings.make_cache(namespace=f"botsim-demo-{pysecrets.token_hex(4)}")
-    reads = CachedReads(cache, sessionmaker)
     listener_state = ListenerState(sessionmaker=sessionmaker,
                                    webhook_secret=secrets.webhook_secret, reads=reads)
     try:
-        await cache.start()
-        stack.push_async_callback(cache.close)
         await sandbox.start()
         stack.push_async_callback(sandbox.stop)
         await listener_state.refresh_bots()
@@ -347,7 +349,6 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
                                        Message.created_at >= run_start)
         )).scalars().all()
         costs = await ledger_store.cost_totals(session, since=run_start, by="provider")
-    await engine.dispose()
     by_provider = Counter(m.provider or "?" for m in metas)
     sent_ids = [m["message_id"] for m in sandbox.messages(DEMO_CHAT_ID) if m["from"]["is_bot"]]
     unrecorded = sum(1 for i in sent_ids if i not in stored_ids)

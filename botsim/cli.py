@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -39,23 +40,18 @@ from typing import Any, TypeVar
 from backend.errors import BotsimError, ConfigError, ValidationFailed
 from backend.settings import Settings, load_settings
 from backend.timewindow import parse_since
+from botsim.bootstrap import Runtime, configure_logging, configure_process, runtime
 
 
 async def _costs_cmd(settings: Settings, since: str | None, by: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from backend.db.session import make_engine, make_sessionmaker, upgrade
     from backend.stores import llm_calls
 
     start = parse_since(since)
-    await upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            rows = await llm_calls.cost_totals(session, since=start, by=by)  # type: ignore[arg-type]
-    finally:
-        await engine.dispose()
+    async with _one_shot(settings) as rt, rt.sessionmaker() as session:
+        rows = await llm_calls.cost_totals(session, since=start, by=by)  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(rows))
         return
@@ -74,13 +70,9 @@ async def _costs_cmd(settings: Settings, since: str | None, by: str, as_json: bo
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-def configure_process() -> None:
-    """Process-wide library switches, set once by each entry point before anything runs.
-
-    ``PTB_TIMEDELTA``: python-telegram-bot 22 reports time periods (``RetryAfter``) as
-    ``timedelta`` instead of warning that int seconds are deprecated.
-    """
-    os.environ.setdefault("PTB_TIMEDELTA", "true")
+def _one_shot(settings: Settings) -> contextlib.AbstractAsyncContextManager[Runtime]:
+    """The runtime of a one-shot command: migrated database, cache in memory, no Redis."""
+    return runtime(settings, connect_cache=False, redis=False)
 
 
 T = TypeVar("T")
@@ -178,7 +170,6 @@ async def _create_user_cmd(settings: Settings, username: str, role: str,
     import secrets as pysecrets
 
     from backend.api.security import hash_password, make_hasher
-    from backend.db.session import make_engine, make_sessionmaker, upgrade
     from backend.stores import users
 
     users.check_username(username)
@@ -189,14 +180,9 @@ async def _create_user_cmd(settings: Settings, username: str, role: str,
         raise ValidationFailed("BOTSIM_NEW_USER_PASSWORD",
                                [("password", f"at least {MIN_PASSWORD_CHARS} characters")])
     password_hash = await asyncio.to_thread(hash_password, make_hasher(), password)
-    await upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    try:
-        async with make_sessionmaker(engine)() as session, session.begin():
-            await users.create_user(session, username=username, password_hash=password_hash,
-                                    role=role)
-    finally:
-        await engine.dispose()
+    async with _one_shot(settings) as rt, rt.sessionmaker() as session, session.begin():
+        await users.create_user(session, username=username, password_hash=password_hash,
+                                role=role)
     print(f"created {role} {username!r}")
     if generated:
         print(f"generated password (shown once, store it now): {password}")
@@ -216,20 +202,15 @@ def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 async def _settings_cmd(settings: Settings, action: str, pairs: Sequence[str]) -> None:
-    from backend.db.session import make_engine, make_sessionmaker, upgrade
     from backend.stores import settings as store
 
-    await upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    try:
-        async with make_sessionmaker(engine)() as session, session.begin():
+    async with _one_shot(settings) as rt:
+        async with rt.sessionmaker() as session, session.begin():
             if action == "set":
                 current = await store.update_settings(session, changes=_parse_pairs(pairs))
             else:
                 current = await store.get_settings(session)
         print(json.dumps(current.model_dump(mode="json"), indent=2))
-    finally:
-        await engine.dispose()
 
 
 def _run_process(settings: Settings, name: str, *, register: bool) -> int:
@@ -341,18 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_process()
     try:
         settings = load_settings()
-        level = getattr(logging, settings.log_level)
-        if args.command in ("demo", "loadtest"):
-            level = max(level, logging.WARNING)  # the conversation / figures are the output
-        logging.basicConfig(
-            level=level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        for chatty in ("alembic", "apscheduler", "httpx"):  # one line per tick or request
-            logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+        # The conversation (demo) or the figures (load test) are the output: warnings only.
+        configure_logging(settings, quiet=args.command in ("demo", "loadtest"))
         if args.command == "demo":
-            from backend.demo import DemoOptions, run_demo
+            from botsim.demo import DemoOptions, run_demo
 
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
                                   read_stdin=not args.no_input, llm=args.llm,

@@ -1,0 +1,170 @@
+"""One process bootstrap: settings → logging → migrations → engine → cache → reads → Redis.
+
+Every process (worker, listener, admin API, demo) and every CLI command that touches the
+database starts the same way, written once here::
+
+    configure_process()                    # library switches, before anything else
+    settings = load_settings()             # ConfigError names the bad variable
+    configure_logging(settings)            # once per process
+    async with runtime(settings) as rt:    # migrated database, cache, reads, Redis
+        ...                                # rt.sessionmaker, rt.reads, rt.redis
+
+:func:`runtime` closes what it opened in reverse order (Redis client, cache, engine) when
+the block ends, also on an error or a cancellation (Ctrl-C, SIGTERM), and also when it fails
+half-way (only what was opened is closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the heavy imports wait for runtime(): `botsim personas check` stays quick
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from backend.cache import TwoLayerCache
+    from backend.settings import Settings
+    from behavior_engine.reads import CachedReads
+
+log = logging.getLogger("botsim.bootstrap")
+
+#: Seconds a Redis command or connection attempt of the process's client may take.
+REDIS_TIMEOUT_S = 2.0
+#: Libraries that log one line per tick or request: kept at WARNING or above.
+CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_logging_configured = False
+
+
+def configure_process() -> None:
+    """Process-wide library switches, set once by each entry point before anything runs.
+
+    ``PTB_TIMEDELTA``: python-telegram-bot 22 reports time periods (``RetryAfter``) as
+    ``timedelta`` instead of warning that int seconds are deprecated. An already set value
+    is kept.
+    """
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+
+def configure_logging(settings: Settings, *, quiet: bool = False) -> bool:
+    """Configure the root logger once per process; later calls change nothing.
+
+    Lines go to standard error as ``time LEVEL logger: message`` at ``settings.log_level``;
+    alembic, apscheduler and httpx (a line per tick or request) log WARNING and above.
+
+    Args:
+        settings: the process settings (``log_level``).
+        quiet: WARNING at least, whatever ``log_level`` says (the demo and the load test,
+            whose output is the conversation or the figures).
+
+    Returns:
+        True when this call configured logging, False when an earlier one had.
+    """
+    global _logging_configured
+    if _logging_configured:
+        return False
+    _logging_configured = True
+    level = getattr(logging, settings.log_level)
+    if quiet:
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+    return True
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a running process shares: built by :func:`runtime`, valid inside its block.
+
+    Attributes:
+        settings: the process settings (as given to :func:`runtime`).
+        engine: the database engine of ``settings.effective_database_url`` (migrated to
+            head), owned by the event loop that entered :func:`runtime`.
+        sessionmaker: sessions on ``engine`` (only on that loop: ``WrongEventLoop``).
+        cache: the two-layer cache (started unless ``connect_cache=False``).
+        reads: the cached per-message reads over ``cache`` and ``sessionmaker``.
+        redis: the process's Redis client (``settings.redis_url``, 2 s socket and connect
+            timeouts), or None without ``redis_url`` or with ``redis=False``. Not connected
+            until first used.
+    """
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    cache: TwoLayerCache
+    reads: CachedReads
+    redis: Redis | None
+
+
+def _redis_client(url: str) -> Redis:
+    """The process's Redis client for ``url`` (the one place it is made; lazy connect)."""
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
+                          socket_connect_timeout=REDIS_TIMEOUT_S)
+
+
+@contextlib.asynccontextmanager
+async def runtime(
+    settings: Settings,
+    *,
+    pool_size: int | None = None,
+    cache_namespace: str | None = None,
+    connect_cache: bool = True,
+    redis: bool = True,
+) -> AsyncIterator[Runtime]:
+    """Migrate the database, open the engine, start the cache, make the reads and Redis.
+
+    In that order; on leaving the block (normally, by an exception or by cancellation) the
+    Redis client is closed, then the cache, then the engine is disposed. A failure half-way
+    closes what was already opened and propagates.
+
+    Args:
+        settings: the process settings (``effective_database_url``, ``db_pool_size``,
+            ``redis_url``, cache sizes and TTLs).
+        pool_size: PostgreSQL connections (as many again may overflow); default
+            ``settings.db_pool_size``. Ignored for SQLite.
+        cache_namespace: prefix of the cache's Redis keys and channel; default
+            ``settings.redis_namespace`` (a fresh one isolates a run, as the demo does).
+        connect_cache: start the cache (connect its Redis layer, subscribe to
+            invalidations). False for one-shot commands: the cache then works in process
+            memory only.
+        redis: make the process's Redis client when ``settings.redis_url`` is set.
+
+    Yields:
+        The :class:`Runtime`.
+
+    Raises:
+        StorageError: the database cannot be reached or migrated; the message names the
+            URL without its password and the driver's reason.
+    """
+    from backend.db.session import describe_url, make_engine, make_sessionmaker, upgrade
+    from behavior_engine.reads import CachedReads
+
+    url = settings.effective_database_url
+    await upgrade(url)
+    async with contextlib.AsyncExitStack() as stack:
+        engine = make_engine(url, pool_size=pool_size or settings.db_pool_size)
+        stack.push_async_callback(engine.dispose)
+        sessionmaker = make_sessionmaker(engine)
+        cache = settings.make_cache(namespace=cache_namespace)
+        stack.push_async_callback(cache.close)
+        if connect_cache:
+            await cache.start()
+        reads = CachedReads(cache, sessionmaker)
+        client = None
+        if redis and settings.redis_url:
+            client = _redis_client(settings.redis_url)
+            stack.push_async_callback(client.aclose)
+        log.debug("runtime up: database %s, redis %s", describe_url(url),
+                  "yes" if client is not None else "no")
+        yield Runtime(settings=settings, engine=engine, sessionmaker=sessionmaker,
+                      cache=cache, reads=reads, redis=client)
