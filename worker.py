@@ -63,7 +63,7 @@ class Worker:
         clock: aware UTC now (injectable for tests).
         reads: the cached reads (default: the settings' cache over ``sessionmaker``).
         membership: which bots this worker holds (default: :func:`membership_for` the
-            settings; closed by :meth:`stop`).
+            settings, on ``redis`` if given; closed by :meth:`stop`).
 
     Attributes:
         stats: counters: ``ticks``, ``turns``, ``sent``, ``rate_limited``, ``failed``,
@@ -78,7 +78,7 @@ class Worker:
         secrets: Secrets, chain: ProviderChain, market: MarketFeed,
         ledger: Ledger | None = None, limiter: TelegramLimiter | None = None,
         clock: Callable[[], datetime] = utcnow, reads: CachedReads | None = None,
-        membership: Membership | None = None,
+        membership: Membership | None = None, redis: Any = None,
     ) -> None:
         self.settings = settings
         self.chain = chain
@@ -87,7 +87,7 @@ class Worker:
         self.stats: Counter[str] = Counter()
         self.reads = reads or CachedReads(settings.make_cache(), sessionmaker)
         self.membership = membership or membership_for(
-            settings, self.reads, sessionmaker, limiter=limiter, stats=self.stats)
+            settings, self.reads, sessionmaker, limiter=limiter, stats=self.stats, redis=redis)
         self.worker_id = self.membership.worker_id
         self.records = StoreTurnRecords(sessionmaker, self.reads.cache)
         self.clients = BotClients(sessionmaker, secrets, settings.telegram_api_url,
@@ -115,7 +115,7 @@ class Worker:
         cls, *, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
         secrets: Secrets, reads: CachedReads,
         providers: Sequence[ProviderSettings] | None = None,
-        market_start: datetime | None = None, membership: Membership | None = None,
+        market_start: datetime | None = None, redis: Any = None,
     ) -> Worker:
         """A worker with its provider chain (``providers``, default: the settings' chain;
         offline last) and cost ledger; :meth:`stop` closes the chain's clients too."""
@@ -126,7 +126,7 @@ class Worker:
         worker = cls(settings=settings, sessionmaker=sessionmaker, secrets=secrets,
                      chain=build_chain(list(chosen), recorder=ledger), ledger=ledger,
                      market=MarketFeed(seed=settings.seed, start=market_start or utcnow()),
-                     reads=reads, membership=membership)
+                     reads=reads, redis=redis)
         worker._owns_chain = True
         return worker
 
@@ -318,36 +318,29 @@ def check(settings: Settings) -> int:
 
 
 async def serve(settings: Settings, secrets: Secrets) -> None:
-    """Run one worker until cancelled: migrate, connect the bots, tick.
+    """Run one worker until cancelled (:func:`botsim.bootstrap.runtime`, then tick).
 
     Raises:
         ConfigError, StorageError: when the database or the secrets are unusable.
     """
-    from backend.db.session import make_engine, make_sessionmaker, upgrade
     from backend.metrics import serve_metrics
+    from botsim.bootstrap import runtime
 
-    await upgrade(settings.effective_database_url)
-    if settings.metrics_port is not None:
-        serve_metrics(settings.listener_host, settings.metrics_port)
-    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
-    sessionmaker = make_sessionmaker(engine)
-    cache = settings.make_cache()
-    await cache.start()
-    reads = CachedReads(cache, sessionmaker)
-    worker = Worker.assemble(settings=settings, sessionmaker=sessionmaker, secrets=secrets,
-                             reads=reads)
-    await worker.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await worker.stop()
-        await cache.close()
-        await engine.dispose()
+    async with runtime(settings) as rt:
+        if settings.metrics_port is not None:
+            serve_metrics(settings.listener_host, settings.metrics_port)
+        worker = Worker.assemble(settings=settings, sessionmaker=rt.sessionmaker,
+                                 secrets=secrets, reads=rt.reads, redis=rt.redis)
+        await worker.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await worker.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python worker.py``: the same as ``botsim worker``."""
-    from backend.cli import main as cli_main
+    from botsim.cli import main as cli_main
 
     return cli_main(["worker", *(argv or [])])
 

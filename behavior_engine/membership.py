@@ -300,14 +300,19 @@ class SharedMembership:
         self._last_sweep = 0.0
         self._ring_memo: tuple[tuple[Any, ...], frozenset[int]] | None = None
         self._down = False
+        self._owns_redis = True
 
     @classmethod
     def build(cls, settings: Settings, reads: CachedReads,
               sessionmaker: async_sessionmaker[AsyncSession], *,
               worker_id: str | None = None, stats: Counter[str] | None = None,
-              ring_epsilon: float | None = None) -> SharedMembership:
+              ring_epsilon: float | None = None, redis: Any = None) -> SharedMembership:
         """A shared membership on ``settings.redis_url`` (namespace
         ``settings.redis_namespace``, TTL ``settings.heartbeat_ttl_s``).
+
+        Args:
+            redis: the process's Redis client (its owner closes it); None: a client of its
+                own, closed by :meth:`close`.
 
         Raises:
             ValueError: ``settings.redis_url`` is not set.
@@ -316,11 +321,11 @@ class SharedMembership:
 
         if not settings.redis_url:
             raise ValueError("shared membership needs REDIS_URL")
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
-                                         socket_connect_timeout=2.0)
+        client = redis if redis is not None else aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         ns = settings.redis_namespace
         stream = ReplyStream(client, namespace=ns)
-        return cls(
+        membership = cls(
             redis=client,
             leases=Leases(client, sessionmaker, worker_id or new_worker_id(settings.worker_name),
                           settings.heartbeat_ttl_s, namespace=ns),
@@ -330,6 +335,8 @@ class SharedMembership:
             join_settle_s=min(JOIN_SETTLE_S, settings.heartbeat_ttl_s / 3),
             ring_epsilon=ring_epsilon, stats=stats,
         )
+        membership._owns_redis = redis is None
+        return membership
 
     @property
     def tokens(self) -> dict[int, int]:
@@ -530,19 +537,21 @@ class SharedMembership:
                 args=[turn.turn_id])
 
     async def close(self) -> None:
-        """Close the Redis client."""
-        await self.redis.aclose()
+        """Close the Redis client if this membership made it."""
+        if self._owns_redis:
+            await self.redis.aclose()
 
 
 def membership_for(settings: Settings, reads: CachedReads,
                    sessionmaker: async_sessionmaker[AsyncSession], *,
                    worker_id: str | None = None, limiter: TelegramLimiter | None = None,
-                   stats: Counter[str] | None = None) -> Membership:
-    """The membership ``settings`` call for, chosen once: shared with ``REDIS_URL``, else
-    in-process (``limiter`` is used in-process only)."""
+                   stats: Counter[str] | None = None, redis: Any = None) -> Membership:
+    """The membership ``settings`` call for, chosen once: shared with ``REDIS_URL`` (on
+    ``redis``, the process's client, if given), else in-process (``limiter`` is used
+    in-process only)."""
     if settings.redis_url:
         return SharedMembership.build(settings, reads, sessionmaker, worker_id=worker_id,
-                                      stats=stats)
+                                      stats=stats, redis=redis)
     return InProcessMembership(reads, sessionmaker,
                                worker_id or new_worker_id(settings.worker_name),
                                limiter=limiter, stats=stats)
