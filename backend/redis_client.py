@@ -6,9 +6,11 @@ One policy, two roles (:data:`RedisRole`):
   write time out after :data:`backend.keys.SOCKET_TIMEOUT_S` seconds, and a command that
   fails on a connection error or a timeout is retried **once, immediately** (no backoff):
   the usual cause is a pooled connection the server closed while it sat idle, and a fresh
-  connection fixes that at once. A hung Redis therefore costs one command at most twice
-  the socket timeout; whoever called it then decides (the cache and the limiter switch to
-  their degraded modes, see :class:`backend.outage.Outage`).
+  connection fixes that at once. A Redis that accepts connections and never answers
+  costs one command 4 socket timeouts (2.0 s; redis-py 8.1 also retries the connection
+  handshake, measured in ``tests/integration/test_redis_client.py``); whoever called then
+  decides (the cache and the limiter switch to their degraded modes, see
+  :class:`backend.outage.Outage`).
 * ``"subscriber"``: the connection of a pub/sub subscriber. Same timeouts, **no retry**:
   a subscriber that silently reconnected would miss the messages published while it was
   away, with nobody told. A break must surface to its owner, which re-subscribes and makes
