@@ -64,13 +64,18 @@ L2_TTL_S = 600.0
 #: loader by far: a counter that expired mid-load could let one stale fill through.
 GEN_TTL_S = 86_400.0
 
-#: Redis socket read/write and connect timeouts, seconds: a hung Redis costs one call at
-#: most twice this (one immediate retry), then the cache runs degraded until the
-#: background reconnect succeeds.
+#: Redis socket read/write and connect timeouts, seconds, of every client
+#: (``backend.redis_client``). A Redis that accepts connections and never answers costs a
+#: command 4 times this (2.0 s, measured with redis-py 8.1: the connection handshake and the
+#: command are each tried twice, the command's one immediate retry), a pub/sub subscriber
+#: once; the cache and the limiter then serve locally until a probe succeeds
+#: (``backend.outage``). Short because the callers have a local answer to fall back on.
 SOCKET_TIMEOUT_S = 0.5
-#: Seconds a pooled connection may sit idle before redis-py PINGs it before use.
+#: Seconds a pooled connection may sit idle before redis-py PINGs it before use (finds a
+#: connection dropped by a firewall or a Redis restart before a command is lost on it).
 HEALTH_CHECK_INTERVAL_S = 5
-#: Background reconnect backoff: first wait and cap, seconds (doubling in between).
+#: Outage probe backoff (``backend.outage.Outage``): first wait and cap, seconds (doubling
+#: after each failed probe).
 RECONNECT_INITIAL_S = 0.05
 RECONNECT_MAX_S = 1.0
 

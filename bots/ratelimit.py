@@ -27,11 +27,11 @@ from time import monotonic
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from backend import keys, metrics
+from backend.outage import Outage
+from backend.redis_client import make_redis
 
 log = logging.getLogger("botsim.ratelimit")
 
@@ -306,10 +306,13 @@ class SharedLimiter:
         self._hints: dict[tuple[int, int], float] = {}
         self._origin = uuid.uuid4().hex[:12]
         self._seq = itertools.count()
-        self._outage = False
-        self._probing = False
-        self._retry_at = 0.0
-        self._backoff = keys.RECONNECT_INITIAL_S
+        self._outage = Outage(
+            "ratelimit: Redis",
+            logger=log,
+            while_down="send limits now hold per process only (in-process limiter) until it "
+            "answers again",
+            on_recovery="send limits are shared across workers",
+        )
 
     @classmethod
     def from_url(
@@ -324,16 +327,14 @@ class SharedLimiter:
     ) -> SharedLimiter:
         """A limiter with its own client on ``url`` (``redis://host:port/db``).
 
-        The client has the cache's timeouts (``keys.SOCKET_TIMEOUT_S`` for connect, read
-        and write) and one immediate retry; :meth:`aclose` closes it.
+        The client is a ``"commands"`` client of :func:`backend.redis_client.make_redis`
+        (``keys.SOCKET_TIMEOUT_S`` for connect, read and write; one immediate retry);
+        :meth:`aclose` closes it.
+
+        Raises:
+            ValueError: ``url`` is not a Redis URL, or a limit is not positive.
         """
-        client = Redis.from_url(
-            url,
-            socket_timeout=keys.SOCKET_TIMEOUT_S,
-            socket_connect_timeout=keys.SOCKET_TIMEOUT_S,
-            health_check_interval=keys.HEALTH_CHECK_INTERVAL_S,
-            retry=Retry(NoBackoff(), 1),
-        )
+        client = make_redis(url, role="commands")
         limiter = cls(
             client,
             namespace=namespace,
@@ -353,7 +354,7 @@ class SharedLimiter:
     @property
     def redis_up(self) -> bool:
         """False from a failed Redis call until the next one that succeeds."""
-        return not self._outage
+        return self._outage.is_up
 
     # ---------------------------------------------------------------- the API
 
@@ -496,48 +497,21 @@ class SharedLimiter:
 
     async def _on_redis(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()``'s reply, or None when Redis is skipped (outage) or fails (then the
-        outage is noted, and the caller serves the operation locally)."""
-        probe = self._outage
-        if not self._try_redis():
+        outage is noted, and the caller serves the operation locally).
+
+        During an outage, one call at a time probes Redis once the backoff has passed
+        (:meth:`backend.outage.Outage.should_probe`); the calls meanwhile stay local.
+        """
+        probe = not self._outage.is_up
+        if not self._outage.should_probe():
             return None
         try:
             reply = await call()
         except _REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self._outage.failed(exc)
             return None
         finally:
             if probe:
-                self._probing = False  # also when cancelled mid-probe
-        self._redis_answered()
+                self._outage.end_probe()  # also when cancelled mid-probe
+        self._outage.recovered()
         return reply
-
-    def _try_redis(self) -> bool:
-        """Whether this call goes to Redis: always when up; when down, one call at a time
-        once the backoff has passed (it probes; the calls meanwhile stay local)."""
-        if not self._outage:
-            return True
-        if self._probing or monotonic() < self._retry_at:
-            return False
-        self._probing = True
-        return True
-
-    def _redis_failed(self, exc: BaseException) -> None:
-        if self._outage:
-            self._backoff = min(self._backoff * 2, keys.RECONNECT_MAX_S)
-            self._retry_at = monotonic() + self._backoff
-            return
-        self._outage = True
-        self._backoff = keys.RECONNECT_INITIAL_S
-        self._retry_at = monotonic() + self._backoff
-        log.warning(
-            "ratelimit: Redis failed (%s: %s); send limits now hold per process only "
-            "(in-process limiter) until it answers again",
-            type(exc).__name__,
-            exc,
-        )
-
-    def _redis_answered(self) -> None:
-        if self._outage:
-            self._outage = False
-            self._backoff = keys.RECONNECT_INITIAL_S
-            log.info("ratelimit: Redis answers again; send limits are shared across workers")

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
@@ -44,6 +43,7 @@ from backend import keys
 from backend.crypto import TokenCipher
 from backend.db.models import TurnRecord
 from backend.db.session import make_engine, make_sessionmaker, upgrade
+from backend.redis_client import make_redis
 from backend.stores import settings as settings_store
 from behavior_engine.leases import read_heartbeats
 from loadtest.world import generate_world, sandbox_world, seed_database
@@ -130,7 +130,7 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
                "--latency", f"bench={args.latency_ms}"], **quiet),
     ]
     ns = f"bench{os.getpid()}w{n_workers}"
-    redis = aioredis.Redis.from_url(REDIS_URL)
+    redis = make_redis(REDIS_URL, role="commands")
     workers: list[subprocess.Popen[bytes]] = []
     try:
         await wait_http(f"http://127.0.0.1:{tg_port}/sandbox/stats")

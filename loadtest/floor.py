@@ -57,6 +57,7 @@ from backend import keys
 from backend.crypto import TokenCipher
 from backend.db.models import Bot, Chat, ChatBot, Message
 from backend.db.session import make_engine, make_sessionmaker
+from backend.redis_client import make_redis
 from backend.schemas import MessageMeta, Persona, SimulationSettings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
@@ -382,10 +383,8 @@ async def redis_turn_cpu_ms(redis_url: str, *, samples: int = 200, warmup: int =
             Redis outage), so the figure would not be Redis's.
         ValueError: ``samples`` < 1, ``warmup`` < 0 or ``concurrency`` < 1.
     """
-    import redis.asyncio as aioredis
-
     _check(samples, warmup, concurrency)
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    client = make_redis(redis_url, role="commands")
     namespace = f"botsim-floor-{secrets.token_hex(6)}"
     try:
         await client.ping()

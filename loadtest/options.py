@@ -1,0 +1,116 @@
+"""The options of one ``botsim loadtest`` run (:class:`LoadOptions`) and their checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from backend.errors import ValidationFailed
+
+#: Hosts a load test may reach: it never leaves this machine.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: The PostgreSQL server on which the scratch database is created by default.
+DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: The Redis used by default (the run takes a namespace of its own on it).
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@dataclass
+class LoadOptions:
+    """One load test.
+
+    Attributes:
+        bots / chats: generated personas and the groups they are spread over (each group
+            gets ``bots // chats`` or one more, and one human member).
+        workers: ``botsim worker`` processes.
+        duration_s: the whole run after start-up, warm-up included, seconds.
+        warmup_s: the first part of the run, reported apart (default: a fifth of the run,
+            30 s at most).
+        llm_latency_ms / llm_jitter_ms: the sandbox LLM's answer time, uniform in
+            latency ± jitter, ms.
+        human_rate_per_min: human messages posted per minute over all groups (Poisson).
+        msgs_per_hour: each bot's hourly budget (``bot_hourly_msg_limit`` min = max).
+        seed: the world, the human messages and the workers' scheduler draw from it.
+        database_url: a PostgreSQL server URL on which a scratch database is created
+            (default: the local server; SQLite when one worker and none given).
+        redis_url: Redis for the shared state (default: the local server; none on SQLite).
+        in_flight: ``BOTSIM_MAX_TURNS_IN_FLIGHT`` of each worker (default the setting's).
+        floor_samples: calls per operation of the floor micro-benchmark.
+        keep: keep the scratch database and data directory (their places are reported).
+        progress: show the live display (on standard error).
+    """
+
+    bots: int
+    chats: int
+    workers: int
+    duration_s: float
+    llm_latency_ms: float
+    llm_jitter_ms: float = 0.0
+    human_rate_per_min: float = 0.0
+    msgs_per_hour: float = 10.0
+    seed: int = 1
+    warmup_s: float | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    in_flight: int | None = None
+    floor_samples: int = 500
+    keep: bool = False
+    progress: bool = True
+
+    @property
+    def warmup(self) -> float:
+        """The warm-up, seconds."""
+        return self.warmup_s if self.warmup_s is not None else min(30.0, self.duration_s / 5)
+
+    @property
+    def sqlite(self) -> bool:
+        """Whether the run is on SQLite (one worker and no database given)."""
+        return self.workers == 1 and self.database_url is None
+
+    def validate(self) -> None:
+        """Raises ValidationFailed naming the option that is wrong."""
+        checks: list[tuple[str, bool, str]] = [
+            ("--bots", self.bots >= 1, "must be at least 1"),
+            ("--chats", 1 <= self.chats <= self.bots, "must be between 1 and --bots"),
+            ("--workers", 1 <= self.workers <= 64, "must be between 1 and 64"),
+            ("--duration", math.isfinite(self.duration_s) and self.duration_s > 0,
+             "must be a positive number of seconds"),
+            ("--warmup", self.warmup_s is None or (
+                math.isfinite(self.warmup_s) and 0 <= self.warmup_s < self.duration_s),
+             "must be at least 0 and shorter than --duration"),
+            ("--llm-latency-ms", math.isfinite(self.llm_latency_ms)
+             and 0 <= self.llm_latency_ms <= 60_000, "must be between 0 and 60000"),
+            ("--llm-jitter-ms", math.isfinite(self.llm_jitter_ms)
+             and 0 <= self.llm_jitter_ms <= self.llm_latency_ms,
+             "must be between 0 and --llm-latency-ms"),
+            ("--human-rate", math.isfinite(self.human_rate_per_min)
+             and 0 <= self.human_rate_per_min <= 6000, "must be between 0 and 6000 per minute"),
+            ("--msgs-per-hour", math.isfinite(self.msgs_per_hour)
+             and 1 <= self.msgs_per_hour <= 1000, "must be between 1 and 1000"),
+            ("--floor-samples", 10 <= self.floor_samples <= 100_000,
+             "must be between 10 and 100000"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValidationFailed("botsim loadtest", [(name, why)])
+        if self.in_flight is not None and not 1 <= self.in_flight <= 100_000:
+            raise ValidationFailed("botsim loadtest",
+                                   [("--in-flight", "must be between 1 and 100000")])
+        for name, url in (("--database-url", self.database_url),
+                          ("--redis-url", self.redis_url)):
+            if url is not None and (urlsplit(url).hostname or "") not in LOOPBACK:
+                raise ValidationFailed("botsim loadtest", [(
+                    name, f"host {urlsplit(url).hostname!r} is not 127.0.0.1/localhost: a "
+                          "load test never leaves this machine")])
+        if self.database_url is not None and not self.database_url.startswith(
+                ("postgresql://", "postgres://", "postgresql+asyncpg://")):
+            raise ValidationFailed("botsim loadtest",
+                                   [("--database-url", "must be a postgresql:// server URL")])
+
+
+def options_dict(opts: LoadOptions) -> dict[str, Any]:
+    """The options as a JSON-ready dict."""
+    return asdict(opts)
+
