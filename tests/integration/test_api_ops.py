@@ -263,16 +263,16 @@ async def test_patch_settings_validates_audits_and_reaches_the_cache(env: Env) -
     admin = await env.login("alice")
     bad = await admin.patch(f"{API}/settings", json={"max_msgs_per_min": 50})
     assert bad.status_code == 422
-    assert [e["loc"] for e in bad.json()["detail"]] == [["body", "max_msgs_per_min"]]
+    assert [e["loc"] for e in bad.json()["errors"]] == [["body", "max_msgs_per_min"]]
     unknown = await admin.patch(f"{API}/settings", json={"max_msgs_per_minute": 5})
     assert unknown.status_code == 422
-    assert unknown.json()["detail"][0]["loc"] == ["body", "max_msgs_per_minute"]
+    assert unknown.json()["errors"][0]["loc"] == ["body", "max_msgs_per_minute"]
     null = await admin.patch(f"{API}/settings", json={"scale_factor": None})
     assert null.status_code == 422 and "scale_factor" in null.text
     order = await admin.patch(f"{API}/settings",
                               json={"bot_hourly_msg_limit": {"min": 9, "max": 3}})
     assert order.status_code == 422
-    assert order.json()["detail"][0]["loc"][:2] == ["body", "bot_hourly_msg_limit"]
+    assert order.json()["errors"][0]["loc"][:2] == ["body", "bot_hourly_msg_limit"]
     async with env.sm() as s:
         assert (await s.execute(select(AuditEntry))).first() is None  # nothing refused counts
 
@@ -320,7 +320,7 @@ async def test_start_and_stop_are_audited_and_paged(env: Env) -> None:
     assert none.json() == {"items": [], "next_cursor": None}
     for name in ("entity", "entity_id"):  # NUL reached PostgreSQL as a 500 (schemathesis)
         r = await admin.get(f"{API}/audit", params={name: "bot\x00"})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name], r.text
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", name], r.text
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -355,7 +355,7 @@ async def test_messages_filter_and_page_newest_first(env: Env, cipher: TokenCiph
 
     for bad in ({"limit": 0}, {"limit": 201}, {"human": "maybe"}, {"chat_id": "x"}):
         r = await get(**bad)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", *bad], bad
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", *bad], bad
 
 
 # --- costs ------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ async def test_costs_totals_from_the_ledger(env: Env) -> None:
     for params, field in (({"since": "yesterday"}, "since"), ({"by": "model"}, "by"),
                           ({"since": "99999999d"}, "since")):  # was an OverflowError, a 500
         r = await viewer.get(f"{API}/costs", params=params)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field]
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", field]
 
 
 # --- provider health --------------------------------------------------------------------
@@ -597,7 +597,7 @@ async def test_events_need_a_login(env: Env) -> None:
     anon = env.client(transport)
     async with anon.stream("GET", f"{API}/events", params={"after_id": 0}) as r:
         assert r.status_code == 401
-        assert r.headers["content-type"].startswith("application/json")
+        assert r.headers["content-type"] == "application/problem+json"
     bad = await (await env.login("vera", transport)).get(f"{API}/events",
                                                          params={"after_id": -1})
     assert bad.status_code == 422

@@ -442,7 +442,7 @@ async def test_settings_page_shows_what_the_api_saved(env: Env) -> None:
     bad = await admin.patch("/api/v1/settings", json={**edited, "max_msgs_per_min": 99},
                             headers={"X-CSRF-Token": csrf})
     assert bad.status_code == 422  # listed by panel.js under #settings-errors
-    assert any("max_msgs_per_min" in ".".join(map(str, p["loc"])) for p in bad.json()["detail"])
+    assert any("max_msgs_per_min" in ".".join(map(str, p["loc"])) for p in bad.json()["errors"])
     viewer, viewer_csrf = await env.login("vera")
     refused = await viewer.patch("/api/v1/settings", json=edited,
                                  headers={"X-CSRF-Token": viewer_csrf})
