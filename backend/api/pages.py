@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -52,6 +52,7 @@ from backend.errors import NotFound
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
+from backend.stores.llm_calls import GroupBy
 from bots.personas import load_persona_dir
 
 router = APIRouter(include_in_schema=False)
@@ -288,17 +289,17 @@ async def costs_page(request: Request, state: State, since: str = "24h",
     who = await _principal(request, state)
     if who is None:
         return _to_login()
-    group: Literal["provider", "bot", "day"] = (
-        by if by in ("provider", "bot", "day") else "provider")  # type: ignore[assignment]
+    group: GroupBy = by if by in get_args(GroupBy) else "provider"  # type: ignore[assignment]
+    since = since[:routes_ops.SINCE_MAX]
     error = None
     data = None
     try:
-        data = await routes_ops.costs(who, state, since=since[:64], by=group)
+        data = await routes_ops.costs(who, state, since=since, by=group)
     except RequestValidationError:
-        error = f"{since[:64]!r}: {routes_ops.SINCE_EXPECTED}"
+        error = f"{since!r}: {routes_ops.SINCE_EXPECTED}"
     health = await routes_ops.providers_health(who, state)
     return _render(request, "costs.html", {
-        "user": who, "page": "costs", "since": since[:64], "by": group, "data": data,
+        "user": who, "page": "costs", "since": since, "by": group, "data": data,
         "error": error, "health": health}, status_code=200 if error is None else 422)
 
 

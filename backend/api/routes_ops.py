@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Request
@@ -58,6 +58,7 @@ from backend.stores import audit as audit_store
 from backend.stores import llm_calls as llm_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from backend.stores.llm_calls import GroupBy
 from backend.timewindow import parse_since
 from behavior_engine.leases import read_heartbeats
 
@@ -66,6 +67,8 @@ router = APIRouter()
 #: Longest ``entity`` / ``entity_id`` filter of ``/audit``.
 AUDIT_ENTITY_MAX = 32
 AUDIT_ENTITY_ID_MAX = 64
+#: Longest ``since`` of ``/costs``, characters.
+SINCE_MAX = 64
 #: What ``since`` (of ``/costs``) takes, as a refusal says it.
 SINCE_EXPECTED = "expected an age (30m, 24h, 7d), an ISO date/time or 'all'"
 #: Seconds between two database polls of ``/events`` (tests make it shorter).
@@ -217,11 +220,11 @@ async def costs(
         str,
         Query(
             description="an age (30m, 24h, 7d), an ISO date or time (UTC unless it says), or 'all'",
-            max_length=64,
+            max_length=SINCE_MAX,
         ),
     ] = "24h",
     by: Annotated[
-        Literal["provider", "bot", "day"], Query(description="group by provider, bot or UTC day")
+        GroupBy, Query(description="group by provider, bot or UTC day")
     ] = "provider",
 ) -> CostsOut:
     """LLM call totals from the ``llm_calls`` ledger since ``since``, grouped by ``by``:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from backend.api_schemas.resources import InputModel, Role
 from backend.db.models import AuditEntry
+from backend.stores.llm_calls import GroupBy
 
 # --- auth and users ---------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class CostsOut(BaseModel):
     """
 
     since: datetime | None
-    by: Literal["provider", "bot", "day"]
+    by: GroupBy
     rows: list[CostRow]
     total: CostRow
 
