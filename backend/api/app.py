@@ -1,15 +1,16 @@
 """The admin API's FastAPI app and its process (``botsim api``).
 
 Routes: ``GET /health/live``, ``GET /health/ready`` (503 when the database does not answer),
-``/metrics`` (Prometheus), and under ``/api/v1`` the auth and users routes of
-:mod:`backend.api.routes_auth`. OpenAPI: ``/api/v1/openapi.json``.
+``/metrics`` (Prometheus), and under ``/api/v1`` the routes of :mod:`backend.api.routes_auth`,
+:mod:`~backend.api.routes_bots`, :mod:`~backend.api.routes_chats` and
+:mod:`~backend.api.routes_ops`. OpenAPI: ``/api/v1/openapi.json``. Every error answer is an
+RFC 9457 problem details body (:mod:`backend.api.problems`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,11 +19,11 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.api import pages, routes_auth, routes_bots, routes_ops
+from backend.api import pages, problems, routes_auth, routes_bots, routes_chats, routes_ops
+from backend.api.problems import PROBLEM_JSON, problem_bytes
 from backend.api.security import (
     MAX_CONCURRENT_HASHES,
     ApiState,
@@ -34,6 +35,7 @@ from backend.crypto import Secrets, resolve_secret_key
 from backend.db.session import check_loop
 from backend.metrics import metrics_app
 from backend.settings import Settings
+from backend.stores import health
 from behavior_engine.reads import CachedReads
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class BodyLimit:
     """ASGI middleware refusing request bodies over ``max_bytes`` with 413.
 
     Checks ``Content-Length`` first, and counts the bytes of bodies sent without one
-    (chunked): past the limit it answers 413 itself, tells the app the client left
+    (chunked): past the limit it answers 413 (problem details) itself, tells the app the client left
     (``http.disconnect``) and drops whatever the app still sends.
     """
 
@@ -54,10 +56,10 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        body = problem_bytes(413, f"request body over {self.max_bytes} bytes", scope["path"])
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", PROBLEM_JSON.encode()),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
@@ -72,7 +74,7 @@ class BodyLimit:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await self._too_large(send)
+                    await self._too_large(scope, send)
                     return
         seen = 0
         started = False
@@ -87,7 +89,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes and not started:
                     rejected = True
-                    await self._too_large(send)
+                    await self._too_large(scope, send)
                     return {"type": "http.disconnect"}
             return message
 
@@ -208,7 +210,7 @@ def create_app(
         state: ApiState = request.app.state.api
         try:
             async with state.sessionmaker() as session:
-                await session.execute(select(1))
+                await health.ping(session)
         except Exception as exc:  # readiness reports any failure
             return JSONResponse({"status": "not ready", "reason": type(exc).__name__},
                                 status_code=503)
@@ -216,11 +218,13 @@ def create_app(
 
     app.include_router(routes_auth.router, prefix="/api/v1")
     app.include_router(routes_bots.router, prefix="/api/v1")
+    app.include_router(routes_chats.router, prefix="/api/v1")
     app.include_router(routes_ops.router, prefix="/api/v1")
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.mount("/metrics", metrics_app())
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    problems.install(app)
     return app
 
 

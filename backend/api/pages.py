@@ -34,29 +34,25 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, get_args
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from backend.api import routes_bots, routes_ops
-from backend.api.security import (
-    MAX_DB_ID,
-    ApiState,
-    Principal,
-    api_state,
-    current_principal,
-    require_admin,
-)
-from backend.api_schemas import ChatOut, InputModel, MessageOut
-from backend.db.models import Bot, Chat, ChatBot, Message
+from backend.api.deps import DEFAULT_PAGE, MAX_PAGE, Admin, State
+from backend.api.security import MAX_DB_ID, ApiState, Principal, current_principal, require_admin
+from backend.api_schemas import ChatOut, MessageOut, SandboxPost, SandboxPosted
+from backend.db.models import Bot
 from backend.errors import NotFound
+from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import messages as message_store
+from backend.stores.llm_calls import GroupBy
 from bots.personas import load_persona_dir
 
 router = APIRouter(include_in_schema=False)
@@ -82,8 +78,6 @@ sandbox_transport: httpx.AsyncBaseTransport | None = None
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
-
-State = Annotated[ApiState, Depends(api_state)]
 
 
 async def _principal(request: Request, state: ApiState) -> Principal | None:
@@ -126,14 +120,13 @@ async def login_page(request: Request) -> HTMLResponse:
 
 async def _chats(state: ApiState) -> list[ChatOut]:
     async with state.sessionmaker() as session:
-        rows = (await session.execute(select(Chat).order_by(Chat.id))).scalars().all()
+        rows = await chat_store.list_chats(session)
     return [ChatOut.from_row(c) for c in rows]
 
 
 async def _bot_names(state: ApiState) -> dict[int, str]:
     async with state.sessionmaker() as session:
-        rows = (await session.execute(select(Bot.id, Bot.name))).all()
-    return {int(i): str(n) for i, n in rows}
+        return await bot_store.bot_names(session)
 
 
 def _message_view(msg: MessageOut, bots: dict[int, str],
@@ -171,28 +164,20 @@ async def live_page(request: Request, state: State,
     last_id = 0
     if chat is not None:
         async with state.sessionmaker() as session:
-            rows = (await session.execute(
-                select(Message).where(Message.chat_id == chat.id)
-                .order_by(Message.id.desc()).limit(RECENT_MESSAGES))).scalars().all()
+            rows = await message_store.page_messages(
+                session, limit=RECENT_MESSAGES, chat_id=chat.id)
         outs = [MessageOut.from_row(m) for m in reversed(rows)]
         by_tg_id = {m.telegram_message_id: m for m in outs}
         messages = [_message_view(m, bots, by_tg_id) for m in outs]
         last_id = outs[-1].id if outs else 0
         if not outs:  # start the stream after whatever exists now
-            last_id = await _latest_id(state)
+            last_id = await routes_ops.latest_id(state)
     return _render(request, "live.html", {
         "user": who, "page": "live", "chats": chats, "chat": chat,
         "unknown_chat": chat_id is not None and chat is None,
         "messages": messages, "last_id": last_id,
         "bot_names": {str(k): v for k, v in bots.items()},
     })
-
-
-async def _latest_id(state: ApiState) -> int:
-    async with state.sessionmaker() as session:
-        found = (await session.execute(
-            select(Message.id).order_by(Message.id.desc()).limit(1))).scalar_one_or_none()
-    return int(found or 0)
 
 
 # --- personas ---------------------------------------------------------------------------
@@ -213,7 +198,7 @@ async def personas_page(request: Request, state: State) -> Response:
     if who is None:
         return _to_login()
     async with state.sessionmaker() as session:
-        bots = (await session.execute(select(Bot).order_by(Bot.id))).scalars().all()
+        bots = await bot_store.list_bots(session)
     rows = [{"id": b.id, "name": b.name, "username": b.username, "enabled": b.enabled,
              "role": b.persona.role, "language": b.persona.language, "bio": b.persona.bio}
             for b in bots]
@@ -250,8 +235,7 @@ async def _memberships(state: ApiState, bot_id: int) -> list[dict[str, Any]]:
     """Every chat, with whether ``bot_id`` is a member of it."""
     chats = await _chats(state)
     async with state.sessionmaker() as session:
-        member_of = set((await session.execute(
-            select(ChatBot.chat_id).where(ChatBot.bot_id == bot_id))).scalars().all())
+        member_of = await chat_store.chat_ids_of_bot(session, bot_id=bot_id)
     return [{"id": c.id, "title": c.title, "telegram_chat_id": c.telegram_chat_id,
              "member": c.id in member_of} for c in chats]
 
@@ -263,7 +247,7 @@ async def persona_editor(bot_id: int, request: Request, state: State) -> Respons
     if who is None:
         return _to_login()
     async with state.sessionmaker() as session:
-        bot = await session.get(Bot, bot_id)
+        bot = await bot_store.find_bot(session, bot_id=bot_id)
         fields = _editable(bot) if bot is not None else None
         name = bot.name if bot is not None else None
     if fields is None:
@@ -305,25 +289,22 @@ async def costs_page(request: Request, state: State, since: str = "24h",
     who = await _principal(request, state)
     if who is None:
         return _to_login()
-    group: Literal["provider", "bot", "day"] = (
-        by if by in ("provider", "bot", "day") else "provider")  # type: ignore[assignment]
+    group: GroupBy = by if by in get_args(GroupBy) else "provider"  # type: ignore[assignment]
+    since = since[:routes_ops.SINCE_MAX]
     error = None
     data = None
     try:
-        data = await routes_ops.costs(who, state, since=since[:64], by=group)
-    except HTTPException:
-        error = f"{since[:64]!r}: expected an age (30m, 24h, 7d), an ISO date/time or 'all'"
+        data = await routes_ops.costs(who, state, since=since, by=group)
+    except RequestValidationError:
+        error = f"{since!r}: {routes_ops.SINCE_EXPECTED}"
     health = await routes_ops.providers_health(who, state)
     return _render(request, "costs.html", {
-        "user": who, "page": "costs", "since": since[:64], "by": group, "data": data,
+        "user": who, "page": "costs", "since": since, "by": group, "data": data,
         "error": error, "health": health}, status_code=200 if error is None else 422)
 
 
 # --- audit log --------------------------------------------------------------------------
 
-#: Longest ``entity`` / ``entity_id`` filter (as ``GET /api/v1/audit`` takes them).
-AUDIT_ENTITY_MAX = 32
-AUDIT_ENTITY_ID_MAX = 64
 #: Characters of a refused query value quoted back in the 422 page.
 QUOTE_MAX = 40
 
@@ -386,8 +367,8 @@ async def audit_page(request: Request, state: State, entity: str | None = None,
     who = await _principal(request, state)
     if who is None:
         return _to_login()
-    filters = {"entity": (entity or "").strip()[:AUDIT_ENTITY_MAX],
-               "entity_id": (entity_id or "").strip()[:AUDIT_ENTITY_ID_MAX]}
+    filters = {"entity": (entity or "").strip()[:routes_ops.AUDIT_ENTITY_MAX],
+               "entity_id": (entity_id or "").strip()[:routes_ops.AUDIT_ENTITY_ID_MAX]}
     context: dict[str, Any] = {"user": who, "page": "audit", "filters": filters,
                                "forbidden": False, "problems": [], "entries": [],
                                "older": None, "newest": None}
@@ -397,16 +378,16 @@ async def audit_page(request: Request, state: State, entity: str | None = None,
         context["forbidden"] = True
         return _render(request, "audit.html", context, status_code=403)
     problems: list[str] = []
-    want_entity = _text_query("entity", entity, AUDIT_ENTITY_MAX, problems)
-    want_id = _text_query("entity_id", entity_id, AUDIT_ENTITY_ID_MAX, problems)
-    size = _int_query("limit", limit, 1, routes_ops.MAX_PAGE, problems)
+    want_entity = _text_query("entity", entity, routes_ops.AUDIT_ENTITY_MAX, problems)
+    want_id = _text_query("entity_id", entity_id, routes_ops.AUDIT_ENTITY_ID_MAX, problems)
+    size = _int_query("limit", limit, 1, MAX_PAGE, problems)
     before = _int_query("cursor", cursor, 1, MAX_DB_ID, problems)
     if problems:
         context["problems"] = problems
         return _render(request, "audit.html", context, status_code=422)
     page = await routes_ops.list_audit(
         who, state, entity=want_entity, entity_id=want_id,
-        limit=routes_ops.DEFAULT_PAGE if size is None else size, cursor=before)
+        limit=DEFAULT_PAGE if size is None else size, cursor=before)
     keep = {k: v for k, v in (("entity", want_entity), ("entity_id", want_id),
                               ("limit", None if size is None else str(size)))
             if v is not None}
@@ -425,26 +406,6 @@ async def audit_page(request: Request, state: State, entity: str | None = None,
 # --- posting as a human into the sandbox ------------------------------------------------
 
 
-class SandboxPost(InputModel):
-    """Body of ``POST /panel/sandbox/post``.
-
-    Attributes:
-        chat_id: our chat id; text: the message (1–4096 characters, Telegram's limit);
-        reply_to_message_id: the Telegram message id it answers, if any.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    chat_id: int
-    text: str = Field(min_length=1, max_length=4096)
-    reply_to_message_id: int | None = None
-
-
-class SandboxPosted(BaseModel):
-    """What the sandbox answered: the Telegram message id of the new message."""
-
-    telegram_message_id: int | None
-
-
 def sandbox_base_url(telegram_api_url: str) -> str | None:
     """The sandbox's base URL from ``telegram_api_url`` (its trailing ``/bot`` removed), or
     None when the URL is not on 127.0.0.1/localhost (so not the sandbox)."""
@@ -456,8 +417,7 @@ def sandbox_base_url(telegram_api_url: str) -> str | None:
 
 
 @router.post("/panel/sandbox/post", response_model=SandboxPosted)
-async def sandbox_post(body: SandboxPost, who: Annotated[Principal, Depends(require_admin)],
-                       state: State) -> SandboxPosted:
+async def sandbox_post(body: SandboxPost, who: Admin, state: State) -> SandboxPosted:
     """Post ``text`` as a human (this panel user) into a chat of the sandbox Telegram.
 
     Admin only, CSRF-checked. 409 when ``telegram_api_url`` is not the sandbox's, 404 for

@@ -1,99 +1,30 @@
 """``/api/v1/auth/*`` and ``/api/v1/users``: login, logout, who am I, API tokens, users.
 
 No answer ever carries a password hash or a stored digest; a plain API token appears once,
-in the answer that creates it.
+in the answer that creates it. Errors are RFC 9457 problem details (:mod:`backend.api.problems`):
+401 for a wrong login (with ``WWW-Authenticate`` when a credential is refused), 403, 422,
+429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 
-from backend.api.security import (
-    SESSION_COOKIE,
-    ApiState,
-    Principal,
-    api_state,
-    csrf_protect,
-    require_admin,
-    require_viewer,
-)
-from backend.api_schemas import InputModel
+from backend.api.deps import Admin, State, Viewer
+from backend.api.security import SESSION_COOKIE, Principal, csrf_protect
+from backend.api_schemas import LoginBody, LoginOut, MeOut, StatusOut, TokenBody, TokenOut, UserOut
 from backend.stores import users as store
 
 router = APIRouter()
-
-#: Longest password accepted, characters: argon2 takes any length, this only bounds the work
-#: one request can ask for.
-MAX_PASSWORD_CHARS = 4096
-
-
-class LoginBody(InputModel):
-    """``POST /auth/login`` body."""
-
-    model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=MAX_PASSWORD_CHARS)
-
-
-class LoginOut(BaseModel):
-    """Who logged in, and the CSRF token to send back in ``X-CSRF-Token``."""
-
-    username: str
-    role: Literal["admin", "viewer"]
-    csrf_token: str
-
-
-class MeOut(BaseModel):
-    """The caller; ``csrf_token`` only for a cookie session."""
-
-    user_id: int
-    username: str
-    role: Literal["admin", "viewer"]
-    via: Literal["session", "token"]
-    csrf_token: str | None
-
-
-class TokenBody(InputModel):
-    """``POST /auth/tokens`` body: a name to recognise the token by."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64)
-
-
-class TokenOut(BaseModel):
-    """A new API token; ``token`` is shown this once and never again."""
-
-    id: int
-    name: str
-    token: str
-
-
-class UserOut(BaseModel):
-    """A user as the API shows it (never the password hash)."""
-
-    id: int
-    username: str
-    role: Literal["admin", "viewer"]
-    disabled: bool
-    created_at: datetime
-
-
-class StatusOut(BaseModel):
-    """A plain acknowledgement."""
-
-    status: str
-
 
 _BAD_LOGIN = "wrong username or password"
 
 
 @router.post("/auth/login", response_model=LoginOut, tags=["auth"])
 async def login(body: LoginBody, request: Request, response: Response,
-                state: Annotated[ApiState, Depends(api_state)]) -> LoginOut:
+                state: State) -> LoginOut:
     """Check the password and open a session (cookie ``botsim_session``).
 
     An unknown username gets the same 401 and takes the same time as a wrong password
@@ -131,7 +62,7 @@ async def login(body: LoginBody, request: Request, response: Response,
 
 @router.post("/auth/logout", response_model=StatusOut, tags=["auth"])
 async def logout(response: Response, principal: Annotated[Principal, Depends(csrf_protect)],
-                 state: Annotated[ApiState, Depends(api_state)]) -> StatusOut:
+                 state: State) -> StatusOut:
     """End the cookie session (CSRF-checked). With a bearer token: nothing to end."""
     if principal.session_hash is not None:
         async with state.sessionmaker() as session, session.begin():
@@ -142,7 +73,7 @@ async def logout(response: Response, principal: Annotated[Principal, Depends(csr
 
 
 @router.get("/auth/me", response_model=MeOut, tags=["auth"])
-async def me(principal: Annotated[Principal, Depends(require_viewer)]) -> MeOut:
+async def me(principal: Viewer) -> MeOut:
     """The caller and, for a cookie session, its CSRF token (e.g. after a page reload)."""
     return MeOut(user_id=principal.user_id, username=principal.username, role=principal.role,
                  via=principal.via, csrf_token=principal.csrf_token)
@@ -150,8 +81,8 @@ async def me(principal: Annotated[Principal, Depends(require_viewer)]) -> MeOut:
 
 @router.post("/auth/tokens", response_model=TokenOut, status_code=201, tags=["auth"])
 async def create_token(body: TokenBody, response: Response,
-                       principal: Annotated[Principal, Depends(require_admin)],
-                       state: Annotated[ApiState, Depends(api_state)]) -> TokenOut:
+                       principal: Admin,
+                       state: State) -> TokenOut:
     """Issue an API token for the calling admin (admin only, CSRF-checked)."""
     async with state.sessionmaker() as session, session.begin():
         row, token = await store.create_api_token(session, user_id=principal.user_id,
@@ -161,8 +92,8 @@ async def create_token(body: TokenBody, response: Response,
 
 
 @router.get("/users", response_model=list[UserOut], tags=["users"])
-async def users(_admin: Annotated[Principal, Depends(require_admin)],
-                state: Annotated[ApiState, Depends(api_state)]) -> list[UserOut]:
+async def users(_admin: Admin,
+                state: State) -> list[UserOut]:
     """Every user (admin only)."""
     async with state.sessionmaker() as session:
         rows = await store.list_users(session)

@@ -6,55 +6,71 @@ settings writes go through :func:`backend.stores.settings.update_settings` with 
 cache, so running workers see them, and are audited in the same transaction.
 
 Every route needs a logged-in user (401 otherwise); the ones that change state and the
-audit log need an admin (403 for a viewer). Bad query parameters and bodies get 422 with
-the offending field in ``detail[].loc``.
+audit log need an admin (403 for a viewer). Errors are RFC 9457 problem details
+(:mod:`backend.api.problems`): bad query parameters and bodies get 422 naming each field in
+``errors[].loc`` (``["query", "since"]``, ``["body", "max_msgs_per_min"]``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.api.security import (
-    MAX_DB_ID,
-    NO_NUL,
-    ApiState,
-    Principal,
-    api_state,
-    require_admin,
-    require_viewer,
+from backend.api.deps import (
+    DEFAULT_PAGE,
+    Admin,
+    Cursor,
+    PageLimit,
+    State,
+    Viewer,
+    audit_change,
 )
-from backend.api_schemas import MessageOut, Page, SettingsPatch
-from backend.cache import TwoLayerCache
-from backend.db.models import AuditEntry, LLMCall, Message
+from backend.api.problems import invalid
+from backend.api.security import MAX_DB_ID, NO_NUL, ApiState, Principal
+from backend.api_schemas import (
+    AuditOut,
+    CostRow,
+    CostsOut,
+    HealthOut,
+    MessageOut,
+    Page,
+    ProviderGuards,
+    ProviderHealth,
+    SettingsPatch,
+    WorkerOut,
+    page_of,
+)
+from backend.db.models import Message
 from backend.errors import ValidationFailed
 from backend.schemas import SimulationSettings
 from backend.stores import audit as audit_store
 from backend.stores import llm_calls as llm_store
+from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from backend.stores.llm_calls import GroupBy
 from backend.timewindow import parse_since
 from behavior_engine.leases import read_heartbeats
 
 router = APIRouter()
 
-#: Largest page of ``/messages`` and ``/audit``.
-MAX_PAGE = 200
-#: Default page size.
-DEFAULT_PAGE = 50
+#: Longest ``entity`` / ``entity_id`` filter of ``/audit``.
+AUDIT_ENTITY_MAX = 32
+AUDIT_ENTITY_ID_MAX = 64
+#: Longest ``since`` of ``/costs``, characters.
+SINCE_MAX = 64
+#: What ``since`` (of ``/costs``) takes, as a refusal says it.
+SINCE_EXPECTED = "expected an age (30m, 24h, 7d), an ISO date/time or 'all'"
 #: Seconds between two database polls of ``/events`` (tests make it shorter).
 EVENTS_POLL_S = 0.5
 #: Seconds between two ``: ping`` comments of ``/events`` (keeps proxies from closing it).
@@ -70,160 +86,7 @@ REDIS_TIMEOUT_S = 0.5
 REDIS_TOTAL_S = 2.0
 
 
-# --- models -----------------------------------------------------------------------------
-
-
-class CostRow(BaseModel):
-    """Ledger totals of one group (``key``: provider, bot name or ``YYYY-MM-DD``).
-
-    ``failed`` counts calls that did not answer; ``unpriced`` the calls of models without a
-    price (their cost is not in ``cost_usd``).
-    """
-
-    key: str
-    calls: int
-    ok: int
-    failed: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    cost_usd: float
-    unpriced: int
-
-
-class CostsOut(BaseModel):
-    """``GET /costs``: one row per group, largest cost first, and their sum (``total``).
-
-    ``since``: the start of the window (None: the whole ledger).
-    """
-
-    since: datetime | None
-    by: Literal["provider", "bot", "day"]
-    rows: list[CostRow]
-    total: CostRow
-
-
-class LastError(BaseModel):
-    """The latest failed call of a provider in the window."""
-
-    at: datetime
-    outcome: str
-    model: str | None
-    error: str | None
-
-
-class ProviderHealth(BaseModel):
-    """One provider over the window.
-
-    Attributes:
-        errors: calls whose outcome is not ``ok``; error_rate: errors / calls (0–1).
-        p50_latency_ms: median latency of the answered (``ok``) calls; None without any.
-    """
-
-    provider: str
-    calls: int
-    errors: int
-    error_rate: float
-    p50_latency_ms: float | None
-    last_error: LastError | None
-
-
-class ProviderGuards(BaseModel):
-    """A provider's guards in one worker (each worker keeps its own breakers and budgets).
-
-    Attributes:
-        breaker: ``closed``, ``open`` or ``half_open``; retry_in_s: seconds until an open
-            breaker lets a probe through.
-        budget_left: ``requests/min``, ``tokens/min``, ``tokens/day`` → what is left
-            before the headroom (None: no limit).
-        tokens_today: tokens counted in the last 24 h.
-    """
-
-    name: str
-    breaker: str
-    retry_in_s: float
-    budget_left: dict[str, float | None]
-    tokens_today: float
-
-
-class WorkerOut(BaseModel):
-    """A live worker, from its Redis heartbeat (or, in ``botsim demo``, the worker of this
-    process).
-
-    Attributes:
-        bots: bots it holds leases on; in_flight: turns running now; sent: messages sent
-            since it started. None when the heartbeat does not say.
-        heartbeat_at: when it last beat (the worker's clock).
-        providers: its providers' breakers and budgets; None when it does not say.
-        info: the whole heartbeat, as the worker wrote it.
-    """
-
-    id: str
-    name: str | None
-    bots: int | None
-    in_flight: int | None
-    sent: int | None
-    heartbeat_at: datetime | None
-    providers: list[ProviderGuards] | None = None
-    info: dict[str, JsonValue]
-
-
-class HealthOut(BaseModel):
-    """``GET /providers/health``.
-
-    Attributes:
-        window_s: the ledger window, seconds (the last 15 minutes).
-        providers: providers with at least one call in the window, by name.
-        redis_configured: whether ``REDIS_URL`` is set (workers are only listed then).
-        workers: the live workers (this process's first, then Redis's by id); None when
-            there is none to list (no local worker, and Redis not configured or silent).
-        workers_error: why the workers could not be read (Redis unreachable), else None.
-    """
-
-    window_s: int
-    providers: list[ProviderHealth]
-    redis_configured: bool
-    workers: list[WorkerOut] | None
-    workers_error: str | None
-
-
-class AuditOut(BaseModel):
-    """An audit entry: who changed what, and the changed fields before and after."""
-
-    id: int
-    at: datetime
-    user_id: int | None
-    username: str
-    action: str
-    entity: str
-    entity_id: str | None
-    before: JsonValue
-    after: JsonValue
-
-    @classmethod
-    def from_row(cls, row: AuditEntry) -> AuditOut:
-        """Build from an ``audit_log`` row (its attributes are this model's fields)."""
-        return cls.model_validate(row, from_attributes=True)
-
-
 # --- helpers ----------------------------------------------------------------------------
-
-
-def _unprocessable(
-    where: Literal["body", "query"], problems: list[tuple[str, str]]
-) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors (``loc`` names the field)."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[
-            {"type": "value_error", "loc": [where, *field.split(".")], "msg": msg}
-            for field, msg in problems
-        ],
-    )
-
-
-def _cache(state: ApiState) -> TwoLayerCache | None:
-    return state.reads.cache if state.reads is not None else None
 
 
 async def _change_settings(
@@ -242,34 +105,16 @@ async def _change_settings(
             if not changes:
                 return current
             new = await settings_store.update_settings(
-                session, changes=changes, cache=_cache(state)
+                session, changes=changes, cache=state.cache
             )
         except ValidationFailed as exc:
-            raise _unprocessable("body", exc.problems) from None
+            raise invalid("body", exc.problems) from None
         before, after = audit_store.diff(
             current.model_dump(mode="json"), new.model_dump(mode="json")
         )
         if after:
-            await audit_store.record(
-                session,
-                user_id=principal.user_id,
-                username=principal.username,
-                action=action,
-                entity="settings",
-                entity_id=None,
-                before=before,
-                after=after,
-            )
+            await audit_change(session, principal, action, "settings", None, before, after)
         return new
-
-
-def _page_limit() -> Any:
-    return Query(ge=1, le=MAX_PAGE, description=f"page size, 1-{MAX_PAGE}")
-
-
-def _page_cursor(items: str) -> Any:
-    return Query(ge=1, le=MAX_DB_ID,
-                 description=f"the previous page's next_cursor: {items} with a smaller id")
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -277,8 +122,8 @@ def _page_cursor(items: str) -> Any:
 
 @router.get("/settings", response_model=SimulationSettings, tags=["settings"])
 async def get_settings(
-    _user: Annotated[Principal, Depends(require_viewer)],
-    state: Annotated[ApiState, Depends(api_state)],
+    _user: Viewer,
+    state: State,
 ) -> SimulationSettings:
     """The operator settings as stored (fields never set show their defaults)."""
     async with state.sessionmaker() as session:
@@ -288,8 +133,8 @@ async def get_settings(
 @router.patch("/settings", response_model=SimulationSettings, tags=["settings"])
 async def patch_settings(
     body: SettingsPatch,
-    principal: Annotated[Principal, Depends(require_admin)],
-    state: Annotated[ApiState, Depends(api_state)],
+    principal: Admin,
+    state: State,
 ) -> SimulationSettings:
     """Change some settings (admin). Only the fields sent change; ``prime_hours`` may be
     partial. The result is validated whole (422 naming the field otherwise), stored,
@@ -314,8 +159,8 @@ async def _set_active(state: ApiState, principal: Principal, active: bool) -> Si
 
 @router.post("/simulation/start", response_model=SimulationSettings, tags=["settings"])
 async def start_simulation(
-    principal: Annotated[Principal, Depends(require_admin)],
-    state: Annotated[ApiState, Depends(api_state)],
+    principal: Admin,
+    state: State,
 ) -> SimulationSettings:
     """Let the bots take turns again (admin): sets ``simulation_active`` and audits
     ``simulation.start``. Already running: nothing changes, nothing is audited."""
@@ -324,8 +169,8 @@ async def start_simulation(
 
 @router.post("/simulation/stop", response_model=SimulationSettings, tags=["settings"])
 async def stop_simulation(
-    principal: Annotated[Principal, Depends(require_admin)],
-    state: Annotated[ApiState, Depends(api_state)],
+    principal: Admin,
+    state: State,
 ) -> SimulationSettings:
     """Stop every bot from starting turns (admin; human messages are still stored): clears
     ``simulation_active`` and audits ``simulation.stop``. Already stopped: no change."""
@@ -335,25 +180,10 @@ async def stop_simulation(
 # --- messages ---------------------------------------------------------------------------
 
 
-def _message_filters(
-    chat_id: int | None, bot_id: int | None, human: bool | None
-) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = []
-    if chat_id is not None:
-        where.append(Message.chat_id == chat_id)
-    if bot_id is not None:
-        where.append(Message.bot_id == bot_id)
-    if human is True:
-        where.append(Message.bot_id.is_(None))
-    elif human is False:
-        where.append(Message.bot_id.is_not(None))
-    return where
-
-
 @router.get("/messages", response_model=Page[MessageOut], tags=["messages"])
 async def list_messages(
-    _user: Annotated[Principal, Depends(require_viewer)],
-    state: Annotated[ApiState, Depends(api_state)],
+    _user: Viewer,
+    state: State,
     chat_id: Annotated[
         int | None, Query(ge=1, le=MAX_DB_ID, description="only this chat (our chat id)")
     ] = None,
@@ -367,22 +197,16 @@ async def list_messages(
             " false: only our bots' messages"
         ),
     ] = None,
-    limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
-    cursor: Annotated[int | None, _page_cursor("messages")] = None,
+    limit: PageLimit = DEFAULT_PAGE,
+    cursor: Cursor = None,
 ) -> Page[MessageOut]:
     """Messages, newest first (by id), one page at a time: pass ``next_cursor`` back as
     ``cursor`` for the next page (None on the last). Text is returned as stored."""
-    stmt = select(Message).where(*_message_filters(chat_id, bot_id, human))
-    if cursor is not None:
-        stmt = stmt.where(Message.id < cursor)
-    stmt = stmt.order_by(Message.id.desc()).limit(limit + 1)
     async with state.sessionmaker() as session:
-        rows = list((await session.execute(stmt)).scalars().all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[MessageOut](
-        items=[MessageOut.from_row(m) for m in rows], next_cursor=rows[-1].id if more else None
-    )
+        rows = await message_store.page_messages(
+            session, limit=limit + 1, before_id=cursor, chat_id=chat_id, bot_id=bot_id,
+            human=human)
+    return page_of(rows, limit, MessageOut.from_row)
 
 
 # --- costs ------------------------------------------------------------------------------
@@ -390,17 +214,17 @@ async def list_messages(
 
 @router.get("/costs", response_model=CostsOut, tags=["costs"])
 async def costs(
-    _user: Annotated[Principal, Depends(require_viewer)],
-    state: Annotated[ApiState, Depends(api_state)],
+    _user: Viewer,
+    state: State,
     since: Annotated[
         str,
         Query(
             description="an age (30m, 24h, 7d), an ISO date or time (UTC unless it says), or 'all'",
-            max_length=64,
+            max_length=SINCE_MAX,
         ),
     ] = "24h",
     by: Annotated[
-        Literal["provider", "bot", "day"], Query(description="group by provider, bot or UTC day")
+        GroupBy, Query(description="group by provider, bot or UTC day")
     ] = "provider",
 ) -> CostsOut:
     """LLM call totals from the ``llm_calls`` ledger since ``since``, grouped by ``by``:
@@ -409,69 +233,14 @@ async def costs(
     try:
         start = None if since.strip().lower() == "all" else parse_since(since)
     except ValidationFailed:
-        raise _unprocessable(
-            "query",
-            [("since", f"{since!r}: expected an age (30m, 24h, 7d), an ISO date/time or 'all'")],
-        ) from None
+        raise invalid("query", [("since", f"{since!r}: {SINCE_EXPECTED}")]) from None
     async with state.sessionmaker() as session:
         raw = await llm_store.cost_totals(session, since=start, by=by)
     rows = [CostRow.model_validate(r) for r in raw]
-    total = CostRow(
-        key="total",
-        calls=sum(r.calls for r in rows),
-        ok=sum(r.ok for r in rows),
-        failed=sum(r.failed for r in rows),
-        prompt_tokens=sum(r.prompt_tokens for r in rows),
-        completion_tokens=sum(r.completion_tokens for r in rows),
-        cached_tokens=sum(r.cached_tokens for r in rows),
-        cost_usd=sum(r.cost_usd for r in rows),
-        unpriced=sum(r.unpriced for r in rows),
-    )
-    return CostsOut(since=start, by=by, rows=rows, total=total)
+    return CostsOut(since=start, by=by, rows=rows, total=CostRow.total_of(rows))
 
 
 # --- provider health --------------------------------------------------------------------
-
-
-async def _provider_health(session: AsyncSession, since: datetime) -> list[ProviderHealth]:
-    rows = (
-        await session.execute(
-            select(
-                LLMCall.provider,
-                LLMCall.outcome,
-                LLMCall.latency_ms,
-                LLMCall.created_at,
-                LLMCall.model,
-                LLMCall.error,
-            )
-            .where(LLMCall.created_at >= since)
-            .order_by(LLMCall.id)
-        )
-    ).all()
-    grouped: dict[str, list[Any]] = {}
-    for row in rows:
-        grouped.setdefault(row.provider, []).append(row)
-    out = []
-    for provider in sorted(grouped):
-        calls = grouped[provider]
-        failed = [c for c in calls if c.outcome != "ok"]
-        latencies = [float(c.latency_ms) for c in calls if c.outcome == "ok"]
-        last = failed[-1] if failed else None
-        out.append(
-            ProviderHealth(
-                provider=provider,
-                calls=len(calls),
-                errors=len(failed),
-                error_rate=round(len(failed) / len(calls), 4),
-                p50_latency_ms=statistics.median(latencies) if latencies else None,
-                last_error=None
-                if last is None
-                else LastError(
-                    at=last.created_at, outcome=last.outcome, model=last.model, error=last.error
-                ),
-            )
-        )
-    return out
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -522,8 +291,8 @@ def worker_out(worker_id: str, info: dict[str, Any]) -> WorkerOut:
 
 @router.get("/providers/health", response_model=HealthOut, tags=["health"])
 async def providers_health(
-    _user: Annotated[Principal, Depends(require_viewer)],
-    state: Annotated[ApiState, Depends(api_state)],
+    _user: Viewer,
+    state: State,
 ) -> HealthOut:
     """LLM providers over the last 15 minutes of the ledger (calls, errors, error rate,
     median latency, last error) and the live workers (bots held, turns in flight, each
@@ -532,7 +301,8 @@ async def providers_health(
     fail the answer: the Redis workers are missing and ``workers_error`` says why."""
     since = datetime.now(UTC) - timedelta(seconds=HEALTH_WINDOW_S)
     async with state.sessionmaker() as session:
-        providers = await _provider_health(session, since)
+        raw = await llm_store.provider_health(session, since=since)
+    providers = [ProviderHealth.model_validate(p) for p in raw]
     url = state.settings.redis_url
     local = [worker_out(w, info) for w, info in state.local_workers()]
     workers: list[WorkerOut] | None = local or None
@@ -556,14 +326,17 @@ async def providers_health(
 
 @router.get("/audit", response_model=Page[AuditOut], tags=["audit"])
 async def list_audit(
-    _admin: Annotated[Principal, Depends(require_admin)],
-    state: Annotated[ApiState, Depends(api_state)],
+    _admin: Admin,
+    state: State,
     entity: Annotated[
-        str | None, Query(max_length=32, pattern=NO_NUL, description="bot, chat, settings...")
+        str | None,
+        Query(max_length=AUDIT_ENTITY_MAX, pattern=NO_NUL, description="bot, chat, settings..."),
     ] = None,
-    entity_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
-    limit: Annotated[int, _page_limit()] = DEFAULT_PAGE,
-    cursor: Annotated[int | None, _page_cursor("entries")] = None,
+    entity_id: Annotated[
+        str | None, Query(max_length=AUDIT_ENTITY_ID_MAX, pattern=NO_NUL)
+    ] = None,
+    limit: PageLimit = DEFAULT_PAGE,
+    cursor: Cursor = None,
 ) -> Page[AuditOut]:
     """The audit log (admin), newest first, one page at a time (``cursor`` as in
     ``/messages``). Secrets never appear in it (masked when recorded)."""
@@ -571,11 +344,7 @@ async def list_audit(
         rows = await audit_store.list_entries(
             session, entity=entity, entity_id=entity_id, limit=limit + 1, before_id=cursor
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[AuditOut](
-        items=[AuditOut.from_row(r) for r in rows], next_cursor=rows[-1].id if more else None
-    )
+    return page_of(rows, limit, AuditOut.from_row)
 
 
 # --- live messages (Server-Sent Events) -------------------------------------------------
@@ -586,10 +355,11 @@ def _sse_message(msg: Message) -> str:
     return f"event: message\nid: {msg.id}\ndata: {data}\n\n"
 
 
-async def _latest_id(state: ApiState) -> int:
+async def latest_id(state: ApiState) -> int:
+    """The highest message id stored now (0 when none): a stream starting there sends only
+    the messages stored from now on."""
     async with state.sessionmaker() as session:
-        latest = (await session.execute(select(func.max(Message.id)))).scalar_one_or_none()
-    return int(latest or 0)
+        return await message_store.latest_message_id(session)
 
 
 async def _event_stream(
@@ -599,14 +369,9 @@ async def _event_stream(
     next_ping = time.monotonic() + EVENTS_PING_S
     yield ": connected\n\n"  # headers and a first byte now, before any message
     while not await request.is_disconnected():
-        stmt = (
-            select(Message)
-            .where(Message.id > last, *_message_filters(chat_id, None, None))
-            .order_by(Message.id)
-            .limit(EVENTS_BATCH)
-        )
         async with state.sessionmaker() as session:
-            rows = list((await session.execute(stmt)).scalars().all())
+            rows = await message_store.messages_after(
+                session, after_id=last, limit=EVENTS_BATCH, chat_id=chat_id)
         for msg in rows:
             yield _sse_message(msg)
             last = msg.id
@@ -630,8 +395,8 @@ async def _event_stream(
 )
 async def events(
     request: Request,
-    _user: Annotated[Principal, Depends(require_viewer)],
-    state: Annotated[ApiState, Depends(api_state)],
+    _user: Viewer,
+    state: State,
     after_id: Annotated[
         int | None,
         Query(
@@ -653,7 +418,7 @@ async def events(
     if start is None and last_event_id is not None and last_event_id.strip().isdigit():
         start = int(last_event_id.strip())
     if start is None:
-        start = await _latest_id(state)
+        start = await latest_id(state)
     return StreamingResponse(
         _event_stream(request, state, start, chat_id),
         media_type="text/event-stream",

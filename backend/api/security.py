@@ -29,6 +29,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.api_schemas import Role
+from backend.cache import TwoLayerCache
 from backend.crypto import TokenCipher
 from backend.settings import Settings
 from backend.stores import users as store
@@ -77,7 +79,7 @@ class Principal:
 
     user_id: int
     username: str
-    role: Literal["admin", "viewer"]
+    role: Role
     via: Literal["session", "token"]
     csrf_token: str | None = None
     session_hash: str | None = field(default=None, repr=False)
@@ -191,6 +193,11 @@ class ApiState:
         default=lambda: [])
 
     @property
+    def cache(self) -> TwoLayerCache | None:
+        """The cache the stores invalidate after a change commits (None: no cached reads)."""
+        return self.reads.cache if self.reads is not None else None
+
+    @property
     def secure_cookies(self) -> bool:
         """Secure cookies everywhere except development (plain http://127.0.0.1)."""
         return self.settings.env != "development"
@@ -292,3 +299,4 @@ async def require_admin(
     if principal.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="admin role required")
     return principal
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.cache import TwoLayerCache
@@ -27,6 +27,27 @@ def bot_id_from_token(token: str) -> int:
     return int(head)
 
 
+def apply_persona(bot: Bot, persona: Persona) -> None:
+    """Set ``bot``'s name, username, profile, stances and holdings from ``persona`` (in
+    memory: the caller's flush or commit writes them; mood and token are left alone)."""
+    bot.name = persona.name
+    bot.username = persona.username
+    bot.persona = persona.profile()
+    bot.stances = StanceList(items=list(persona.stances))
+    bot.holdings = HoldingList(items=list(persona.holdings))
+
+
+def set_token(bot: Bot, token: str, cipher: TokenCipher) -> None:
+    """Store ``token`` on ``bot`` encrypted with ``cipher``, and its Telegram user id (in
+    memory, as :func:`apply_persona`).
+
+    Raises:
+        ValidationFailed: the token does not look like ``<digits>:<secret>``.
+    """
+    bot.telegram_user_id = bot_id_from_token(token)
+    bot.token_encrypted = cipher.encrypt(token)
+
+
 async def upsert_persona_bot(
     session: AsyncSession, *, persona: Persona, token: str, cipher: TokenCipher,
     cache: TwoLayerCache | None = None,
@@ -45,12 +66,8 @@ async def upsert_persona_bot(
     if bot is None:
         bot = Bot(username=persona.username, mood=persona.mood_baseline, enabled=True)
         session.add(bot)
-    bot.name = persona.name
-    bot.telegram_user_id = bot_id_from_token(token)
-    bot.token_encrypted = cipher.encrypt(token)
-    bot.persona = persona.profile()
-    bot.stances = StanceList(items=list(persona.stances))
-    bot.holdings = HoldingList(items=list(persona.holdings))
+    apply_persona(bot, persona)
+    set_token(bot, token, cipher)
     await session.flush()
     invalidate_after_commit(session, cache, KIND_BOT, str(bot.id))
     invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
@@ -114,3 +131,58 @@ async def disable_bot(
     await session.flush()
     invalidate_after_commit(session, cache, KIND_BOT, str(bot_id))
     invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+
+
+async def find_bot(session: AsyncSession, *, bot_id: int) -> Bot | None:
+    """Return the bot with ``bot_id``, or None when there is none."""
+    return await session.get(Bot, bot_id)
+
+
+async def bot_with_username(
+    session: AsyncSession, *, username: str, other_than: int | None = None
+) -> Bot | None:
+    """Return a bot whose username is ``username`` ignoring case, or None.
+
+    Args:
+        other_than: a bot id left out of the search (the bot being edited).
+    """
+    stmt = select(Bot).where(func.lower(Bot.username) == username.lower())
+    if other_than is not None:
+        stmt = stmt.where(Bot.id != other_than)
+    return (await session.execute(stmt)).scalars().first()
+
+
+async def bot_with_telegram_user_id(
+    session: AsyncSession, *, telegram_user_id: int, other_than: int | None = None
+) -> Bot | None:
+    """Return a bot with this Telegram user id (a token's numeric head), or None.
+
+    Args:
+        other_than: a bot id left out of the search (the bot being edited).
+    """
+    stmt = select(Bot).where(Bot.telegram_user_id == telegram_user_id)
+    if other_than is not None:
+        stmt = stmt.where(Bot.id != other_than)
+    return (await session.execute(stmt)).scalars().first()
+
+
+async def page_bots(
+    session: AsyncSession, *, limit: int, before_id: int | None = None
+) -> list[Bot]:
+    """Return at most ``limit`` bots, newest (highest id) first, for keyset pagination.
+
+    Args:
+        limit: rows at most (>= 1; pass one more than the page size to learn whether
+            another page follows).
+        before_id: only bots with a smaller id (the previous page's last id).
+    """
+    stmt = select(Bot).order_by(Bot.id.desc()).limit(limit)
+    if before_id is not None:
+        stmt = stmt.where(Bot.id < before_id)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def bot_names(session: AsyncSession) -> dict[int, str]:
+    """Return bot id → display name of every bot."""
+    rows = (await session.execute(select(Bot.id, Bot.name))).all()
+    return {int(i): str(n) for i, n in rows}

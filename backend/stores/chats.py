@@ -131,3 +131,47 @@ async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, lis
         if bot_id is not None:
             entry[1].append(int(bot_id))
     return list(chats.values())
+
+
+async def list_chats(session: AsyncSession) -> list[Chat]:
+    """Return every chat, ordered by id."""
+    return list((await session.execute(select(Chat).order_by(Chat.id))).scalars().all())
+
+
+async def page_chats(
+    session: AsyncSession, *, limit: int, before_id: int | None = None
+) -> list[Chat]:
+    """Return at most ``limit`` chats, newest (highest id) first, for keyset pagination.
+
+    Args:
+        limit: rows at most (>= 1; one more than the page size tells whether more follow).
+        before_id: only chats with a smaller id (the previous page's last id).
+    """
+    stmt = select(Chat).order_by(Chat.id.desc()).limit(limit)
+    if before_id is not None:
+        stmt = stmt.where(Chat.id < before_id)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def member_ids(session: AsyncSession, *, chat_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Return chat id → ids of its member bots (enabled or not), ascending.
+
+    Every id of ``chat_ids`` is a key (an empty list for a chat without members, or an id
+    that names no chat); no query is sent when ``chat_ids`` is empty.
+    """
+    members: dict[int, list[int]] = {c: [] for c in chat_ids}
+    if chat_ids:
+        rows = await session.execute(
+            select(ChatBot.chat_id, ChatBot.bot_id)
+            .where(ChatBot.chat_id.in_(list(chat_ids)))
+            .order_by(ChatBot.bot_id)
+        )
+        for chat_id, bot_id in rows.all():
+            members[int(chat_id)].append(int(bot_id))
+    return members
+
+
+async def chat_ids_of_bot(session: AsyncSession, *, bot_id: int) -> set[int]:
+    """Return the ids of the chats ``bot_id`` is a member of (empty for an unknown bot)."""
+    rows = await session.execute(select(ChatBot.chat_id).where(ChatBot.bot_id == bot_id))
+    return {int(c) for c in rows.scalars().all()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -63,3 +64,50 @@ async def cost_totals(
         rows.append(row)
     rows.sort(key=lambda r: (-r["cost_usd"], r["key"]))
     return rows
+
+
+async def provider_health(session: AsyncSession, *, since: datetime) -> list[dict[str, Any]]:
+    """Per-provider figures of the ledger's calls since ``since``, by provider name.
+
+    Returns:
+        One dict per provider with at least one call: ``provider``, ``calls``, ``errors``
+        (calls whose outcome is not ``ok``), ``error_rate`` (errors / calls, 0-1, rounded
+        to 4 places), ``p50_latency_ms`` (median latency of the ``ok`` calls, ms; None
+        without any) and ``last_error`` (None, or a dict of the latest failed call's
+        ``at``, ``outcome``, ``model`` and ``error``).
+    """
+    rows = (
+        await session.execute(
+            select(
+                LLMCall.provider,
+                LLMCall.outcome,
+                LLMCall.latency_ms,
+                LLMCall.created_at,
+                LLMCall.model,
+                LLMCall.error,
+            )
+            .where(LLMCall.created_at >= since)
+            .order_by(LLMCall.id)
+        )
+    ).all()
+    grouped: dict[str, list[Any]] = {}
+    for row in rows:
+        grouped.setdefault(row.provider, []).append(row)
+    out = []
+    for provider in sorted(grouped):
+        calls = grouped[provider]
+        failed = [c for c in calls if c.outcome != "ok"]
+        latencies = [float(c.latency_ms) for c in calls if c.outcome == "ok"]
+        last = failed[-1] if failed else None
+        out.append({
+            "provider": provider,
+            "calls": len(calls),
+            "errors": len(failed),
+            "error_rate": round(len(failed) / len(calls), 4),
+            "p50_latency_ms": statistics.median(latencies) if latencies else None,
+            "last_error": None if last is None else {
+                "at": last.created_at, "outcome": last.outcome, "model": last.model,
+                "error": last.error,
+            },
+        })
+    return out

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -318,3 +318,63 @@ async def waiting_human_messages(
             Message.created_at <= until,
         ).order_by(Message.id).limit(limit)
     )).scalars().all()
+
+
+async def page_messages(
+    session: AsyncSession,
+    *,
+    limit: int,
+    before_id: int | None = None,
+    chat_id: int | None = None,
+    bot_id: int | None = None,
+    human: bool | None = None,
+) -> list[Message]:
+    """Return at most ``limit`` messages, newest (highest id) first, for keyset pagination.
+
+    Args:
+        limit: rows at most (>= 1; one more than the page size tells whether more follow).
+        before_id: only messages with a smaller id (the previous page's last id).
+        chat_id: only this chat's; bot_id: only this bot's.
+        human: True: only messages not sent by our bots (``bot_id`` NULL); False: only our
+            bots'; None: both.
+    """
+    stmt = select(Message).where(*_message_filters(chat_id, bot_id, human))
+    if before_id is not None:
+        stmt = stmt.where(Message.id < before_id)
+    stmt = stmt.order_by(Message.id.desc()).limit(limit)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def messages_after(
+    session: AsyncSession, *, after_id: int, limit: int, chat_id: int | None = None
+) -> list[Message]:
+    """Return at most ``limit`` messages with an id above ``after_id``, oldest first (the
+    live stream's next batch); only ``chat_id``'s when given."""
+    stmt = (
+        select(Message)
+        .where(Message.id > after_id, *_message_filters(chat_id, None, None))
+        .order_by(Message.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def latest_message_id(session: AsyncSession) -> int:
+    """Return the highest message id stored, or 0 when there is no message."""
+    latest = (await session.execute(select(func.max(Message.id)))).scalar_one_or_none()
+    return int(latest or 0)
+
+
+def _message_filters(
+    chat_id: int | None, bot_id: int | None, human: bool | None
+) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if chat_id is not None:
+        where.append(Message.chat_id == chat_id)
+    if bot_id is not None:
+        where.append(Message.bot_id == bot_id)
+    if human is True:
+        where.append(Message.bot_id.is_(None))
+    elif human is False:
+        where.append(Message.bot_id.is_not(None))
+    return where

@@ -20,13 +20,22 @@ function me() {
   return mePromise;
 }
 
+function fieldName(loc) {
+  // A refused field's path for people: ["body", "style", "emoji_rate"] → "style.emoji_rate".
+  const parts = Array.isArray(loc) ? loc : [];
+  return (parts.length > 1 && parts[0] === "body" ? parts.slice(1) : parts).join(".");
+}
+
+function fieldProblems(body) {
+  // [field, reason] pairs of a 422 answer (RFC 9457 problem details with "errors"), or null.
+  if (!body || !Array.isArray(body.errors)) return null;
+  return body.errors.map((p) => [fieldName(p.loc), p.msg || ""]);
+}
+
 function detailText(body, status) {
-  // A readable line from an error answer's "detail" (string or list of problems).
-  if (body && typeof body.detail === "string") return body.detail;
-  if (body && Array.isArray(body.detail)) {
-    return body.detail.map((p) => (p.field || (p.loc || []).join(".")) + ": " +
-      (p.reason || p.msg || "")).join("; ");
-  }
+  // A readable line from an error answer (RFC 9457 problem details: "detail", "title").
+  if (body && typeof body.detail === "string" && body.detail) return body.detail;
+  if (body && typeof body.title === "string" && body.title) return body.title;
   return "request failed (" + status + ")";
 }
 
@@ -221,10 +230,9 @@ function readObject(area, errors, status, what, failed) {
 }
 
 function problemsOf(r) {
-  // [field, reason] pairs from a failed answer (a 422's detail list, or one line).
-  if (r.status === 422 && r.body && Array.isArray(r.body.detail)) {
-    return r.body.detail.map((p) => [p.field || (p.loc || []).join("."), p.reason || p.msg || ""]);
-  }
+  // [field, reason] pairs from a failed answer (a 422's errors, or one line).
+  const fields = r.status === 422 ? fieldProblems(r.body) : null;
+  if (fields) return fields;
   return [["error " + r.status, detailText(r.body, r.status)]];
 }
 
@@ -253,13 +261,10 @@ function initPersona() {
     if (r.ok) {
       listProblems([]);
       status.textContent = "saved";
-    } else if (r.status === 422 && r.body && Array.isArray(r.body.detail)) {
-      listProblems(r.body.detail.map((p) => [p.field || (p.loc || []).join("."),
-        p.reason || p.msg || ""]));
-      status.textContent = "not saved: fix the fields listed";
     } else {
-      listProblems([["error " + r.status, detailText(r.body, r.status)]]);
-      status.textContent = "not saved";
+      listProblems(problemsOf(r));
+      status.textContent = r.status === 422 && fieldProblems(r.body)
+        ? "not saved: fix the fields listed" : "not saved";
     }
   });
 

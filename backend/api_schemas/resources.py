@@ -1,22 +1,11 @@
-"""Input and output models of the admin API (pydantic v2).
-
-Inputs (:class:`BotCreate`, :class:`BotUpdate`, :class:`SettingsPatch`) refuse unknown
-fields (``extra="forbid"``) and never echo what was sent in their errors
-(``hide_input_in_errors``: a refused body may hold a bot token). Outputs (:class:`BotOut`,
-:class:`ChatOut`, :class:`MessageOut`, :class:`Page`) are built from database rows with
-``from_row`` and never carry a token: :class:`BotOut` has only :func:`mask_token`'s form.
-
-Persona fields reuse the models of :mod:`backend.schemas` (:class:`~backend.schemas.Persona`
-for a new bot; a :class:`BotUpdate` is validated for good by merging it into the bot's
-current persona with :meth:`BotUpdate.merged`). Message text is returned as stored, plain:
-escaping is the page's job.
-"""
-
+"""Models of the resource routes: bots and personas, chats and their members, messages,
+pages of a list, settings, the prompt preview (see :mod:`backend.api_schemas`)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -50,9 +39,15 @@ from backend.schemas import (
 TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{30,64}$")
 
 T = TypeVar("T")
+R = TypeVar("R", bound="_HasId")
+
+#: The roles of a user: an admin changes things, a viewer reads.
+Role = Literal["admin", "viewer"]
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field, reason)`` per error of ``exc``, the field as a dotted path (``"body"`` for
+    an error of the whole object); never the submitted value."""
     return [(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in exc.errors()]
 
 
@@ -187,7 +182,7 @@ class BotUpdate(_Input):
                 {**current.model_dump(mode="json"), **self.persona_changes()}
             )
         except ValidationError as exc:
-            raise ValidationFailed("bot update", _problems(exc)) from None
+            raise ValidationFailed("bot update", validation_problems(exc)) from None
 
 
 class BotOut(_Output):
@@ -301,11 +296,25 @@ class Page(_Output, Generic[T]):
 
     Attributes:
         items: the page.
-        next_cursor: pass it back (as ``before_id``) for the next page; None on the last.
+        next_cursor: pass it back (as ``cursor``) for the next page; None on the last.
     """
 
     items: list[T]
     next_cursor: int | None = None
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+def page_of(rows: Sequence[R], limit: int, out: Callable[[R], T]) -> Page[T]:
+    """The page of the first ``limit`` of ``rows`` (read with ``limit + 1``, newest first),
+    each converted by ``out``; ``next_cursor`` is the last row's id when ``rows`` held more.
+    """
+    kept = rows[:limit]
+    more = len(rows) > limit
+    return Page(items=[out(r) for r in kept], next_cursor=kept[-1].id if more else None)
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -344,7 +353,7 @@ class SettingsPatch(_Input):
         try:
             return SimulationSettings.model_validate(base)
         except ValidationError as exc:
-            raise ValidationFailed("settings", _problems(exc)) from None
+            raise ValidationFailed("settings", validation_problems(exc)) from None
 
     def changes(self, current: SimulationSettings) -> dict[str, Any]:
         """The changed fields with their whole new values, for
@@ -355,3 +364,76 @@ class SettingsPatch(_Input):
         """
         new = self.merged(current).model_dump(mode="json")
         return {k: new[k] for k in self.model_fields_set}
+
+
+# --- personas, chats, prompt preview ----------------------------------------------------
+
+
+class OkOut(BaseModel):
+    """A persona that validates."""
+
+    ok: bool
+
+
+class ChatCreate(InputModel):
+    """Body of "create a chat".
+
+    Attributes:
+        telegram_chat_id: Telegram's id of the group (negative for groups).
+        title: display title, 1–255 characters.
+        topics: topic id → weight (> 0); at least one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    telegram_chat_id: int
+    title: str = Field(min_length=1, max_length=255)
+    topics: dict[TopicId, float] = Field(min_length=1)
+
+    @field_validator("topics")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(t for t, w in v.items() if not w > 0)
+        if bad:
+            raise ValueError(f"weights must be > 0 (topics {', '.join(bad)})")
+        return v
+
+
+class ChatDetailOut(ChatOut):
+    """A chat and the ids of its member bots (enabled or not), ascending."""
+
+    bot_ids: list[int]
+
+    @classmethod
+    def of(cls, chat: Chat, bot_ids: list[int]) -> ChatDetailOut:
+        """Build from a ``chats`` row and its member bot ids."""
+        return cls(**ChatOut.from_row(chat).model_dump(), bot_ids=bot_ids)
+
+
+class PromptLayer(BaseModel):
+    """One layer of a prompt, in prompt order."""
+
+    name: str
+    text: str
+
+
+class PromptMessage(BaseModel):
+    """One message of the request sent to the LLM."""
+
+    role: str
+    content: str
+
+
+class PreviewOut(BaseModel):
+    """The prompt a bot would get for a spontaneous turn in a chat now (nothing is sent).
+
+    Attributes:
+        tokens_estimate: estimated prompt tokens of all messages.
+        topic: the topic drawn for the turn; mood / pnl_pct: the mood and holdings P&L now.
+    """
+
+    layers: list[PromptLayer]
+    messages: list[PromptMessage]
+    tokens_estimate: int
+    topic: str
+    mood: float
+    pnl_pct: float
