@@ -301,8 +301,9 @@ def check(settings: Settings) -> int:
     import redis
 
     from backend import keys as rkeys
+    from backend.redis_client import make_sync_redis
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = make_sync_redis(settings.redis_url)
     try:
         ttl_ms = client.pttl(rkeys.worker_key(worker_id, settings.redis_namespace))
     except redis.RedisError as exc:

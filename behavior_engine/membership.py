@@ -33,6 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import keys as rkeys
 from backend import metrics
+from backend.outage import Outage
+from backend.redis_client import make_redis
 from backend.settings import Settings
 from backend.stores import turns as turn_store
 from behavior_engine.context import to_line
@@ -181,6 +183,9 @@ class InProcessMembership:
         self.limits: SendLimits = LocalLimits(limiter)
         self.tokens: dict[int, int] = {}
         self.stats: Counter[str] = stats if stats is not None else Counter()
+        self._outage = Outage(f"worker {worker_id}: the database", logger=log,
+                              while_down="the bots held are driven on; new ones wait",
+                              on_recovery="bots are read again")
 
     def valid(self, bot_id: int) -> bool:
         """Held: one worker per database, so a held token stays valid."""
@@ -203,9 +208,13 @@ class InProcessMembership:
                          won=sorted(wanted - set(self.tokens) - set(keep)))
 
     def outage(self, exc: BaseException | None) -> None:
-        """A failed heartbeat here is a failed read of the bots: logged each time."""
-        if exc is not None:
-            log.warning("worker %s: reading the bots failed: %s", self.worker_id, exc)
+        """A failed heartbeat here is a failed read of the bots
+        (:class:`backend.outage.Outage`: one warning per outage)."""
+        if exc is None:
+            self._outage.recovered()
+        else:
+            self._outage.should_probe()
+            self._outage.failed(exc)
 
     async def confirm(self, won: Sequence[int], connected: Sequence[int]) -> list[int]:
         """Issue fencing tokens to the connected bots and reconcile their earlier intents."""
@@ -299,8 +308,11 @@ class SharedMembership:
         self._release_floor = redis.register_script(RELEASE_FLOOR_LUA)
         self._last_sweep = 0.0
         self._ring_memo: tuple[tuple[Any, ...], frozenset[int]] | None = None
-        self._down = False
         self._owns_redis = True
+        self._outage = Outage(f"worker {self.worker_id}: Redis", logger=log,
+                              while_down="the leases stay valid locally until their "
+                                         "deadline; heartbeats go on trying",
+                              on_recovery="heartbeats resume")
 
     @classmethod
     def build(cls, settings: Settings, reads: CachedReads,
@@ -317,12 +329,10 @@ class SharedMembership:
         Raises:
             ValueError: ``settings.redis_url`` is not set.
         """
-        import redis.asyncio as aioredis
-
         if not settings.redis_url:
             raise ValueError("shared membership needs REDIS_URL")
-        client = redis if redis is not None else aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        client = redis if redis is not None else make_redis(settings.redis_url,
+                                                            role="commands")
         ns = settings.redis_namespace
         stream = ReplyStream(client, namespace=ns)
         membership = cls(
@@ -406,17 +416,14 @@ class SharedMembership:
         return change
 
     def outage(self, exc: BaseException | None) -> None:
-        """Note a failed (``exc``) or successful (None) heartbeat: one warning per outage
-        and one info line when Redis answers again."""
+        """Note a failed (``exc``) or successful (None) heartbeat
+        (:class:`backend.outage.Outage`: one warning per outage, one info line when Redis
+        answers again)."""
         if exc is None:
-            if self._down:
-                log.info("worker %s: Redis answers again", self.worker_id)
-            self._down = False
-            return
-        if not self._down:
-            log.warning("worker %s: heartbeat failed (%s); the leases stay valid locally "
-                        "for %.1f s", self.worker_id, exc, max(0.0, self.leases.remaining()))
-        self._down = True
+            self._outage.recovered()
+        else:
+            self._outage.should_probe()  # every heartbeat is a probe
+            self._outage.failed(exc)
 
     async def confirm(self, won: Sequence[int], connected: Sequence[int]) -> list[int]:
         """Release the leases of bots that did not connect; read the reply requests again

@@ -34,8 +34,6 @@ if TYPE_CHECKING:  # the heavy imports wait for runtime(): `botsim personas chec
 
 log = logging.getLogger("botsim.bootstrap")
 
-#: Seconds a Redis command or connection attempt of the process's client may take.
-REDIS_TIMEOUT_S = 2.0
 #: Libraries that log one line per tick or request: kept at WARNING or above.
 CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -91,9 +89,9 @@ class Runtime:
         sessionmaker: sessions on ``engine`` (only on that loop: ``WrongEventLoop``).
         cache: the two-layer cache (started unless ``connect_cache=False``).
         reads: the cached per-message reads over ``cache`` and ``sessionmaker``.
-        redis: the process's Redis client (``settings.redis_url``, 2 s socket and connect
-            timeouts), or None without ``redis_url`` or with ``redis=False``. Not connected
-            until first used.
+        redis: the process's Redis client (``settings.redis_url``, the ``commands`` policy
+            of :func:`backend.redis_client.make_redis`), or None without ``redis_url`` or
+            with ``redis=False``. Not connected until first used.
     """
 
     settings: Settings
@@ -106,10 +104,9 @@ class Runtime:
 
 def _redis_client(url: str) -> Redis:
     """The process's Redis client for ``url`` (the one place it is made; lazy connect)."""
-    from redis.asyncio import Redis
+    from backend.redis_client import make_redis
 
-    return Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
-                          socket_connect_timeout=REDIS_TIMEOUT_S)
+    return make_redis(url, role="commands")
 
 
 @contextlib.asynccontextmanager

@@ -19,12 +19,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from backend.api.deps import (
@@ -53,6 +50,7 @@ from backend.api_schemas import (
 )
 from backend.db.models import Message
 from backend.errors import ValidationFailed
+from backend.redis_client import make_redis
 from backend.schemas import SimulationSettings
 from backend.stores import audit as audit_store
 from backend.stores import llm_calls as llm_store
@@ -80,9 +78,8 @@ EVENTS_PING_S = 15.0
 EVENTS_BATCH = 500
 #: Window of ``/providers/health``, seconds.
 HEALTH_WINDOW_S = 15 * 60
-#: Redis connect/read timeout of ``/providers/health``, seconds, and the bound on the
-#: whole Redis read.
-REDIS_TIMEOUT_S = 0.5
+#: The bound on the whole Redis read of ``/providers/health``, seconds (each command has
+#: the timeouts of :func:`backend.redis_client.make_redis`).
 REDIS_TOTAL_S = 2.0
 
 
@@ -253,12 +250,7 @@ async def _live_workers(url: str, namespace: str) -> list[WorkerOut]:
     Raises:
         RedisError, OSError, TimeoutError: Redis unreachable.
     """
-    client = aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        socket_timeout=REDIS_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = make_redis(url, role="commands")
     try:
         async with asyncio.timeout(REDIS_TOTAL_S):
             beats = await read_heartbeats(client, namespace)

@@ -4,6 +4,7 @@ connections."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -163,3 +164,17 @@ async def test_replies_always_get_the_floor_and_floors_are_given_back(rig: Rig) 
     assert await m.take_floor(spontaneous)  # free again
     await m.give_floor(spontaneous)
     await m.give_floor(spontaneous)  # twice: never raises
+
+
+async def test_an_outage_is_told_once_and_its_end_once(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    m = rig.membership
+    with caplog.at_level(logging.INFO, logger="botsim.membership"):
+        m.outage(ConnectionError("connection refused"))
+        m.outage(ConnectionError("connection refused"))
+        m.outage(None)
+        m.outage(None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 1 and "connection refused" in warnings[0]
+    assert len(infos) == 1 and "contract" in infos[0]
