@@ -22,7 +22,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -387,14 +386,3 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
             log_level="warning", access_log=False,
         )
         await uvicorn.Server(config).serve()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python message_listener.py [--register]``: the same as ``botsim listener``."""
-    from botsim.cli import main as cli_main
-
-    return cli_main(["listener", *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -337,14 +336,3 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
             await asyncio.Event().wait()
         finally:
             await worker.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python worker.py``: the same as ``botsim worker``."""
-    from botsim.cli import main as cli_main
-
-    return cli_main(["worker", *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
