@@ -42,8 +42,8 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import health
 from backend.stores import messages as message_store
+from behavior_engine.membership import HistoryIntake, ReplyIntake, reply_intake_for
 from behavior_engine.reads import CachedReads, HistoryItem
-from behavior_engine.replies import ReplyDispatcher, ReplyStream
 from bots.telegram import BotClient
 
 log = logging.getLogger("botsim.listener")
@@ -127,9 +127,8 @@ class ListenerState:
         reads: the cached reads whose chat histories new messages are appended to (None:
             no cache to keep true).
         bots: cache of bot id → Telegram user id, refreshed from the database on a miss.
-        dispatcher: sharded workers (Redis): chooses the repliers of each new human message
-            and puts the requests on the reply stream; None: workers find waiting messages
-            in the history themselves (one worker).
+        intake: how a new human message reaches the workers
+            (:func:`behavior_engine.membership.reply_intake_for`; default: the history).
         stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``).
     """
 
@@ -137,7 +136,7 @@ class ListenerState:
     webhook_secret: str
     reads: CachedReads | None = None
     bots: dict[int, int | None] = field(default_factory=dict)
-    dispatcher: ReplyDispatcher | None = None
+    intake: ReplyIntake = field(default_factory=HistoryIntake)
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("updates", "duplicates", "stored", "rejected", "malformed", "ignored",
@@ -275,9 +274,9 @@ async def webhook(request: Request) -> JSONResponse:
             await state.reads.cache.invalidate(KIND_HISTORY, str(chat_id))
     if stored:
         state.stats["stored"] += 1
-    if state.dispatcher is not None and item is not None and item.reply_wanted and chat_id:
+    if item is not None and item.reply_wanted and chat_id:
         try:
-            await state.dispatcher.dispatch(chat_id, item)
+            await state.intake.announce(chat_id, item)
         except Exception as exc:  # stored and waiting: the workers' sweep dispatches it
             state.stats["dispatch_failed"] += 1
             log.warning("human message %s stored, dispatch deferred to the sweep: %s",
@@ -367,14 +366,10 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
     from botsim.bootstrap import runtime
 
     async with runtime(settings) as rt:
-        dispatcher = None
-        if rt.redis is not None:
-            dispatcher = ReplyDispatcher(
-                ReplyStream(rt.redis, namespace=settings.redis_namespace), rt.reads,
-                rt.sessionmaker, seed=settings.seed)
+        intake = reply_intake_for(settings, rt.reads, rt.sessionmaker, redis=rt.redis)
         state = ListenerState(sessionmaker=rt.sessionmaker,
                               webhook_secret=secrets.webhook_secret, reads=rt.reads,
-                              dispatcher=dispatcher)
+                              intake=intake)
         await state.refresh_bots()
         if register:
             await register_webhooks(

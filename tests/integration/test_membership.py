@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import TokenCipher
 from backend.settings import Settings
-from behavior_engine.membership import InProcessMembership, Membership, SharedMembership
+from behavior_engine.membership import (
+    HistoryIntake,
+    InProcessMembership,
+    Membership,
+    SharedMembership,
+    StreamIntake,
+    reply_intake_for,
+)
 from behavior_engine.reads import CachedReads
 from behavior_engine.scheduler import HUMAN_WAIT_MAX
 from behavior_engine.turn import ChatLine, Outcome, Turn
@@ -178,3 +185,30 @@ async def test_an_outage_is_told_once_and_its_end_once(
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(warnings) == 1 and "connection refused" in warnings[0]
     assert len(infos) == 1 and "contract" in infos[0]
+
+
+async def test_the_listeners_intake_matches_the_membership(rig: Rig) -> None:
+    m = rig.membership
+    await held_all(rig)
+    mid = await human_message(rig.sm, rig.world.chat_id, 4545)
+    await rig.reads.cache.invalidate("history", str(rig.world.chat_id))
+    item = next(i for i in await rig.reads.history(rig.world.chat_id) if i.message_id == mid)
+    if isinstance(m, SharedMembership):
+        settings = Settings(redis_url="redis://127.0.0.1:6379/0",
+                            redis_namespace=m.leases.namespace, seed=m.dispatcher.seed)
+        with pytest.raises(ValueError, match="Redis client"):
+            reply_intake_for(settings, rig.reads, rig.sm)
+        intake = reply_intake_for(settings, rig.reads, rig.sm, redis=m.redis)
+        assert isinstance(intake, StreamIntake)
+    else:
+        intake = reply_intake_for(Settings(redis_url=None), rig.reads, rig.sm)
+        assert isinstance(intake, HistoryIntake)
+    asked = await intake.announce(rig.world.chat_id, item)
+    await m.poll()
+    [waiting] = m.waiting(rig.world.chat_id, await rig.reads.history(rig.world.chat_id),
+                          datetime.now(UTC), set(rig.world.bot_ids))
+    assert waiting.message_id == mid
+    if isinstance(m, SharedMembership):
+        assert asked and set(waiting.assigned or ()) == set(asked)
+    else:
+        assert asked == []
