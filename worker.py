@@ -35,7 +35,7 @@ from behavior_engine.clients import BotClients, HeldBots
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed
-from behavior_engine.membership import Membership, membership_for
+from behavior_engine.membership import Membership, membership_for, membership_kind
 from behavior_engine.pipeline import TurnPipeline
 from behavior_engine.planner import TurnPlanner
 from behavior_engine.reads import CachedReads
@@ -280,9 +280,9 @@ class Worker:
 def check(settings: Settings) -> int:
     """``botsim worker --check``: 0 if this worker's heartbeat is fresh, 1 if not.
 
-    The worker's id is read from ``settings.effective_worker_id_file``. With Redis, fresh
-    means its heartbeat key exists (it lives ``heartbeat_ttl_s``); without, that the id
-    file was touched within ``heartbeat_ttl_s``. Prints one line saying which.
+    The worker's id is read from ``settings.effective_worker_id_file``; what fresh means is
+    the membership's (:meth:`InProcessMembership.check`, :meth:`SharedMembership.check`).
+    Prints one line saying which.
     """
     path = settings.effective_worker_id_file
     try:
@@ -291,30 +291,9 @@ def check(settings: Settings) -> int:
     except OSError as exc:
         print(f"unhealthy: no worker id file {path}: {exc.strerror or exc}")
         return 1
-    if not settings.redis_url:
-        if age <= settings.heartbeat_ttl_s:
-            print(f"healthy: worker {worker_id}, heartbeat {age:.1f} s ago")
-            return 0
-        print(f"unhealthy: worker {worker_id}, last heartbeat {age:.1f} s ago")
-        return 1
-    import redis
-
-    from backend import keys as rkeys
-    from backend.redis_client import make_sync_redis
-
-    client = make_sync_redis(settings.redis_url)
-    try:
-        ttl_ms = client.pttl(rkeys.worker_key(worker_id, settings.redis_namespace))
-    except redis.RedisError as exc:
-        print(f"unhealthy: Redis unreachable: {exc}")
-        return 1
-    finally:
-        client.close()
-    if isinstance(ttl_ms, int) and ttl_ms > 0:
-        print(f"healthy: worker {worker_id}, heartbeat expires in {ttl_ms / 1000:.1f} s")
-        return 0
-    print(f"unhealthy: worker {worker_id} has no heartbeat in Redis")
-    return 1
+    healthy, why = membership_kind(settings).check(settings, worker_id, age)
+    print(f"{'healthy' if healthy else 'unhealthy'}: {why}")
+    return 0 if healthy else 1
 
 
 async def serve(settings: Settings, secrets: Secrets) -> None:
