@@ -156,6 +156,13 @@ async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, lis
     return list(chats.values())
 
 
+async def telegram_chat_ids(session: AsyncSession) -> dict[int, int]:
+    """Every chat's Telegram chat id, enabled or not (one query): ``{chat id: Telegram
+    chat id}``."""
+    rows = (await session.execute(select(Chat.id, Chat.telegram_chat_id))).all()
+    return {int(c): int(tg) for c, tg in rows}
+
+
 async def list_chats(session: AsyncSession) -> list[Chat]:
     """Return every chat, ordered by id."""
     return list((await session.execute(select(Chat).order_by(Chat.id))).scalars().all())
