@@ -188,9 +188,12 @@ async def insert_messages(session: AsyncSession, *, rows: Sequence[Mapping[str, 
     """Insert ``rows`` into ``messages`` in one executemany (as :func:`insert_bots`).
 
     Args:
-        rows: keys the ``messages`` columns (``chat_id``, ``bot_id``,
-            ``telegram_message_id``, ``text``, ``metadata`` (a :class:`MessageMeta`),
-            ``turn_id``, ``reply_wanted``, ``created_at``...); every row the same keys.
+        rows: keys the :class:`~backend.db.models.Message` attributes (``chat_id``,
+            ``bot_id``, ``sender_id``, ``telegram_message_id``, ``text``, ``meta`` (a
+            :class:`MessageMeta`), ``turn_id``, ``reply_wanted``, ``created_at``...);
+            every row the same keys. Attribute names, not column names: a key that names
+            no attribute (``metadata``, the column of ``meta``) is silently dropped and
+            the column gets its default.
 
     Raises:
         sqlalchemy.exc.IntegrityError: a turn id is taken.
