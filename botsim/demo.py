@@ -29,16 +29,16 @@ from typing import Any, Literal, TextIO
 from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import Secrets, resolve_secrets
-from backend.db.models import Bot, Message
+from backend.db.models import Message
 from backend.db.types import utcnow
 from backend.schemas import ProviderSettings
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import figures as figures_store
 from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
@@ -137,9 +137,8 @@ class _Printer:
     async def poll(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         """Print the messages stored since the last poll."""
         async with sessionmaker() as session:
-            rows = (await session.execute(
-                select(Message).where(Message.id > self.last_id).order_by(Message.id)
-            )).scalars().all()
+            rows = await message_store.messages_after(
+                session, after_id=self.last_id, limit=None)
         for msg in rows:
             self.show(msg)
             self.last_id = msg.id
@@ -335,19 +334,9 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
     # Let the listener's last writes land, then count.
     async with sessionmaker() as session:
         figures = await message_store.run_summary(session, since=run_start)
-        stored_ids = set((await session.execute(
-            select(Message.telegram_message_id).where(Message.bot_id.is_not(None))
-        )).scalars().all())
-        per_bot_rows = (await session.execute(
-            select(Bot.name, func.count(Message.id))
-            .outerjoin(Message, (Message.bot_id == Bot.id) & (Message.created_at >= run_start))
-            .group_by(Bot.id, Bot.name)
-            .order_by(Bot.id)
-        )).all()
-        metas = (await session.execute(
-            select(Message.meta).where(Message.bot_id.is_not(None),
-                                       Message.created_at >= run_start)
-        )).scalars().all()
+        stored_ids = await figures_store.bot_telegram_message_ids(session)
+        per_bot_rows = await figures_store.messages_per_bot(session, since=run_start)
+        metas = await figures_store.bot_message_metas(session, since=run_start)
         costs = await ledger_store.cost_totals(session, since=run_start, by="provider")
     by_provider = Counter(m.provider or "?" for m in metas)
     sent_ids = [m["message_id"] for m in sandbox.messages(DEMO_CHAT_ID) if m["from"]["is_bot"]]

@@ -31,15 +31,17 @@ from typing import Any
 
 import asyncpg
 from cryptography.fernet import Fernet
-from sqlalchemy import event, insert, select
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cache import TwoLayerCache
 from backend.crypto import TokenCipher
-from backend.db.models import Bot, Chat, ChatBot, Message
+from backend.db.models import Message
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.schemas import HoldingList, MessageMeta, PersonaProfile, StanceList, Style
 from backend.stores import bots as bot_store
+from backend.stores import bulk as bulk_store
+from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
 from behavior_engine.prompt_builder import build_request
@@ -59,7 +61,7 @@ async def build_world(sm: async_sessionmaker[AsyncSession], rng: random.Random) 
     cipher = TokenCipher(Fernet.generate_key().decode())
     now = datetime.now(UTC)
     async with sm() as s, s.begin():
-        await s.execute(insert(Chat), [
+        await bulk_store.insert_chats(s, rows=[
             {"telegram_chat_id": -1001000000000 - c, "title": f"Grup {c}",
              "topics": {"weights": {t: rng.uniform(0.5, 3) for t in TOPICS}}, "enabled": True,
              "created_at": now}
@@ -80,8 +82,8 @@ async def build_world(sm: async_sessionmaker[AsyncSession], rng: random.Random) 
                 "holdings": HoldingList.model_validate(
                     {"items": [{"symbol": "BTC", "quantity": 0.1, "avg_cost": 95000}]}),
                 "mood": 0.0, "enabled": True, "created_at": now, "updated_at": now})
-        await s.execute(insert(Bot), rows)
-        await s.execute(insert(ChatBot), [
+        await bulk_store.insert_bots(s, rows=rows)
+        await bulk_store.insert_memberships(s, rows=[
             {"chat_id": b // (BOTS // CHATS) + 1, "bot_id": b + 1, "added_at": now}
             for b in range(BOTS)])
         msgs = []
@@ -94,7 +96,7 @@ async def build_world(sm: async_sessionmaker[AsyncSession], rng: random.Random) 
                     "metadata": MessageMeta(provider="offline", topic=rng.choice(TOPICS)),
                     "turn_id": f"seed-{c}-{i}", "reply_wanted": False,
                     "created_at": now - timedelta(minutes=HISTORY - i)})
-        await s.execute(insert(Message), msgs)
+        await bulk_store.insert_messages(s, rows=msgs)
 
 
 class QueryCounter:
@@ -165,8 +167,8 @@ async def run(messages: int, tick: int, seed: int, l1_ttl_s: float = 300.0) -> d
         async with sm() as s:
             bot = await bot_store.get_bot(s, bot_id=bot_id)
             recent = await message_store.recent_messages(s, chat_id=chat_id, limit=20)
-            names = {b.id: b for b in (await s.execute(select(Bot).where(
-                Bot.id.in_({m.bot_id for m in recent if m.bot_id})))).scalars()}
+            names = {b.id: b for b in await bot_store.list_bots(
+                s, bot_ids=list({m.bot_id for m in recent if m.bot_id}))}
         lines = [_line(item_from_row(m, names[m.bot_id].name if m.bot_id else None,
                                      names[m.bot_id].username if m.bot_id else None))
                  for m in recent]
@@ -178,7 +180,7 @@ async def run(messages: int, tick: int, seed: int, l1_ttl_s: float = 300.0) -> d
         await write(bot_id, chat_id, f"before-{n}")
         if n % tick == 0:
             async with sm() as s:
-                await s.execute(select(Chat))
+                await chat_store.list_chats(s)
                 for c in range(1, CHATS + 1):
                     await message_store.recent_messages(s, chat_id=c, limit=20)
     figures["before"] = _summary(times, counter.count - start_q, messages)

@@ -37,14 +37,14 @@ from typing import Any
 
 import asyncpg
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
 
 from backend import keys
 from backend.crypto import TokenCipher
-from backend.db.models import TurnRecord
 from backend.db.session import make_engine, make_sessionmaker, upgrade
 from backend.redis_client import make_redis
+from backend.stores import figures as figures_store
 from backend.stores import settings as settings_store
+from backend.stores import turns as turn_store
 from behavior_engine.leases import read_heartbeats
 from loadtest.world import generate_world, sandbox_world, seed_database
 
@@ -175,16 +175,10 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
         end = datetime.now(UTC)
         cpu1 = sum(cpu_seconds(w.pid) for w in workers)
         async with sm() as s:
-            rows = (await s.execute(
-                select(TurnRecord.worker, func.count())
-                .where(TurnRecord.status == "sent", TurnRecord.updated_at >= start,
-                       TurnRecord.updated_at < end)
-                .group_by(TurnRecord.worker))).all()
-            other = dict((await s.execute(
-                select(TurnRecord.status, func.count())
-                .where(TurnRecord.updated_at >= start - timedelta(seconds=args.warmup))
-                .group_by(TurnRecord.status))).all())
-        per_worker = Counter({str(w): int(n) for w, n in rows})
+            per_worker = Counter(
+                await figures_store.sent_per_worker(s, since=start, until=end))
+            other = await turn_store.status_counts(
+                s, updated_since=start - timedelta(seconds=args.warmup))
         sent = sum(per_worker.values())
         minutes = (end - start).total_seconds() / 60
         return {

@@ -17,10 +17,12 @@ import httpx
 import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.db.models import Bot, Chat, Message, TurnRecord
+from backend.stores import bots as bot_store
+from backend.stores import chats as chat_store
+from backend.stores import figures as figures_store
+from backend.stores import turns as turn_store
 from loadtest.options import LoadOptions
 from loadtest.world import World
 
@@ -164,26 +166,13 @@ async def compute_figures(
     """
     window_s = (measure_end.at - measure_start.at).total_seconds()
     async with sm() as s:
-        rows = (await s.execute(
-            select(Message.id, Message.bot_id, Message.chat_id, Message.meta,
-                   Message.reply_to_telegram_message_id)
-            .where(Message.bot_id.is_not(None)))).all()
-        dup_tg = (await s.execute(select(func.count()).select_from(
-            select(Message.chat_id, Message.telegram_message_id)
-            .group_by(Message.chat_id, Message.telegram_message_id)
-            .having(func.count() > 1).subquery()))).scalar_one()
-        dup_turn = (await s.execute(select(func.count()).select_from(
-            select(Message.turn_id).where(Message.turn_id.is_not(None))
-            .group_by(Message.turn_id).having(func.count() > 1).subquery()))).scalar_one()
-        statuses = dict((await s.execute(
-            select(TurnRecord.status, func.count()).group_by(TurnRecord.status))).all())
-        per_worker_rows = (await s.execute(
-            select(TurnRecord.worker, func.count()).where(TurnRecord.status == "sent")
-            .group_by(TurnRecord.worker))).all()
-        tg_to_bot = {int(tg): int(b) for b, tg in (await s.execute(
-            select(Bot.id, Bot.telegram_user_id))).all() if tg is not None}
-        tg_of = {int(c): int(tg) for c, tg in (await s.execute(
-            select(Chat.id, Chat.telegram_chat_id))).all()}
+        rows = await figures_store.bot_messages(s)
+        dup_tg, dup_turn = await figures_store.duplicate_groups(s)
+        statuses = await turn_store.status_counts(s)
+        per_worker = await figures_store.sent_per_worker(s)
+        tg_to_bot = {tg: b for b, tg in (await bot_store.telegram_user_ids(s)).items()
+                     if tg is not None}
+        tg_of = await chat_store.telegram_chat_ids(s)
     t0, t1 = measure_start.at, measure_end.at
     lat, over, wait, timeline_at = [], [], [], []
     per_bot: Counter[int] = Counter()
@@ -234,7 +223,6 @@ async def compute_figures(
                         layer="l1", result=r).values()) for r in ("hit", "miss")}
     l2 = {r: sum(_delta(measure_start, measure_end, "botsim_cache_requests_total",
                         layer="l2", result=r).values()) for r in ("hit", "miss")}
-    per_worker = {str(w): int(n) for w, n in per_worker_rows}
     named = {}
     for name in worker_names:  # turns.worker holds the worker id, which starts with its name
         named[name] = sum(n for w, n in per_worker.items() if w.startswith(f"{name}-")

@@ -49,17 +49,16 @@ import openai
 import telegram
 from cryptography.fernet import Fernet
 from openai.types.chat import ChatCompletionMessageParam
-from sqlalchemy import delete
 from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
 from backend import keys
 from backend.crypto import TokenCipher
-from backend.db.models import Bot, Chat, ChatBot, Message
 from backend.db.session import make_engine, make_sessionmaker
 from backend.redis_client import make_redis
 from backend.schemas import MessageMeta, Persona, SimulationSettings
 from backend.stores import bots as bot_store
+from backend.stores import bulk as bulk_store
 from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from behavior_engine.membership import RELEASE_FLOOR_LUA
@@ -332,11 +331,11 @@ async def db_insert_cpu_ms(database_url: str, *, samples: int = 200, warmup: int
         async with sessionmaker() as session, session.begin():
             bot = await bot_store.upsert_persona_bot(session, persona=persona, token=token,
                                                      cipher=cipher)
-            bot.enabled = False
+            await bot_store.set_enabled(session, bot_id=bot.id, enabled=False)
             chat = await chat_store.upsert_chat(
                 session, telegram_chat_id=-1_009_990_000_000 - secrets.randbelow(10**9),
                 title=f"floor {tag}", topics={"btc": 1.0})
-            chat.enabled = False
+            await chat_store.set_enabled(session, chat_id=chat.id, enabled=False)
             bot_id, chat_id = bot.id, chat.id
         meta_bot, meta_chat = bot_id, chat_id
 
@@ -352,13 +351,10 @@ async def db_insert_cpu_ms(database_url: str, *, samples: int = 200, warmup: int
         return await _cpu_ms(insert, samples=samples, warmup=warmup, concurrency=concurrency)
     finally:
         try:
-            if bot_id is not None:
+            if bot_id is not None and chat_id is not None:
                 async with sessionmaker() as session, session.begin():
-                    await session.execute(delete(Message).where(Message.chat_id == chat_id))
-                    await session.execute(delete(Message).where(Message.bot_id == bot_id))
-                    await session.execute(delete(ChatBot).where(ChatBot.chat_id == chat_id))
-                    await session.execute(delete(Chat).where(Chat.id == chat_id))
-                    await session.execute(delete(Bot).where(Bot.id == bot_id))
+                    await bulk_store.delete_bot_and_chat(session, bot_id=bot_id,
+                                                         chat_id=chat_id)
         finally:
             await engine.dispose()
 

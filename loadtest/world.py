@@ -26,17 +26,15 @@ from __future__ import annotations
 import base64
 import random
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import TokenCipher
-from backend.db.models import Bot, Chat, ChatBot
-from backend.schemas import HoldingList, Persona, Stance, StanceList, Style, TopicWeights
+from backend.schemas import Persona, Stance, Style
+from backend.stores import bulk as bulk_store
 from behavior_engine.topics import TOPIC_PATTERNS
 from bots.personas import load_persona_dir
 
@@ -50,9 +48,6 @@ BOT_ID_RANGE = range(6_000_000_000, 8_000_000_000)
 CHAT_ID_RANGE = range(1_000_000_000, 10_000_000_000)
 #: Human user ids, 9 digits, disjoint from :data:`BOT_ID_RANGE`.
 HUMAN_ID_RANGE = range(100_000_000, 1_000_000_000)
-
-#: Rows per ``IN (...)`` lookup in :func:`seed_database` (below every driver's limit).
-_CHUNK = 500
 
 FIRST_NAMES: tuple[str, ...] = (
     "Ahmet", "Mehmet", "Mustafa", "Ali", "Hüseyin", "Hasan", "İbrahim", "İsmail", "Murat",
@@ -388,10 +383,6 @@ def sandbox_world(world: World) -> dict[str, Any]:
     }
 
 
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
-    return (items[i:i + size] for i in range(0, len(items), size))
-
-
 async def seed_database(
     session: AsyncSession, world: World, *, cipher: TokenCipher
 ) -> dict[str, int]:
@@ -406,77 +397,24 @@ async def seed_database(
     ``cipher.encrypt(token)``, like the store does; ``telegram_user_id`` is the number
     before ``:`` in the token (``bot_id_from_token``).
 
-    Batched, not through the stores: they spend a SELECT, an INSERT and a flush per bot, per
-    chat and per membership, which took 45 s on SQLite (28 s on PostgreSQL) for 10,000
-    bots and 1,000 chats. Here existing rows are looked up ``IN (...)`` 500 at a time and
-    new ones inserted with one executemany per table (their ids then read back by username
-    / chat id). Measured for 10,000 bots and 1,000 chats into empty databases (2 cores,
-    local disk, local PostgreSQL 15): 2.5–3.5 s on SQLite, 2.4–3.4 s on PostgreSQL;
-    seeding the same world again (every bot updated) 3.5–5.5 s. Roughly 1 s of it is
-    Fernet encryption and another 1 s JSON validation of the personas.
+    Batched, through :mod:`backend.stores.bulk` rather than the row-at-a-time stores: they
+    spend a SELECT, an INSERT and a flush per bot, per chat and per membership, which took
+    45 s on SQLite (28 s on PostgreSQL) for 10,000 bots and 1,000 chats. Here existing rows
+    are looked up ``IN (...)`` 500 at a time and new ones inserted with one executemany per
+    table (their ids then read back by username / chat id). Measured for 10,000 bots and
+    1,000 chats into empty databases (2 cores, local disk, local PostgreSQL 15): 2.5–3.5 s
+    on SQLite, 2.4–3.4 s on PostgreSQL; seeding the same world again (every bot updated)
+    3.5–5.5 s. Roughly 1 s of it is Fernet encryption and another 1 s JSON validation of
+    the personas.
 
     Returns:
         token → our ``bots.id``, for every bot of the world.
     """
-    usernames = [b.persona.username for b in world.bots]
-    old_bots: dict[str, Bot] = {}
-    for part in _chunks(usernames):
-        found = await session.execute(select(Bot).where(Bot.username.in_(part)))
-        old_bots.update((bot.username, bot) for bot in found.scalars())
-    new_bots: list[dict[str, Any]] = []
-    for wb in world.bots:
-        p = wb.persona
-        values: dict[str, Any] = {
-            "name": p.name, "telegram_user_id": wb.user_id,
-            "token_encrypted": cipher.encrypt(wb.token), "persona": p.profile(),
-            "stances": StanceList(items=list(p.stances)),
-            "holdings": HoldingList(items=list(p.holdings)),
-        }
-        bot = old_bots.get(p.username)
-        if bot is None:
-            new_bots.append({**values, "username": p.username, "mood": p.mood_baseline,
-                             "enabled": True})
-        else:
-            for key, value in values.items():
-                setattr(bot, key, value)
-    await session.flush()  # the updates, before the inserts
-    if new_bots:
-        await session.execute(insert(Bot), new_bots)
-    bot_ids = {name: bot.id for name, bot in old_bots.items()}
-    for part in _chunks([b["username"] for b in new_bots]):
-        found_ids = await session.execute(
-            select(Bot.username, Bot.id).where(Bot.username.in_(part)))
-        bot_ids.update((r.username, r.id) for r in found_ids)
-
-    tg_ids = [c.telegram_chat_id for c in world.chats]
-    chat_ids: dict[int, int] = {}
-    old_chats: dict[int, Chat] = {}
-    for part in _chunks(tg_ids):
-        found_chats = await session.execute(select(Chat).where(Chat.telegram_chat_id.in_(part)))
-        old_chats.update((chat.telegram_chat_id, chat) for chat in found_chats.scalars())
-    new_chats: list[dict[str, Any]] = []
-    for wc in world.chats:
-        chat = old_chats.get(wc.telegram_chat_id)
-        if chat is None:
-            new_chats.append({"telegram_chat_id": wc.telegram_chat_id, "title": wc.title,
-                              "topics": TopicWeights(weights=wc.topics), "enabled": True})
-        else:
-            chat.title = wc.title
-            chat.topics = TopicWeights(weights=wc.topics)
-            chat_ids[wc.telegram_chat_id] = chat.id
-    await session.flush()
-    if new_chats:
-        await session.execute(insert(Chat), new_chats)
-    for part in _chunks([c["telegram_chat_id"] for c in new_chats]):
-        found_ids = await session.execute(
-            select(Chat.telegram_chat_id, Chat.id).where(Chat.telegram_chat_id.in_(part)))
-        chat_ids.update((r.telegram_chat_id, r.id) for r in found_ids)
-
-    members: set[tuple[int, int]] = set()
-    for part in _chunks([c.id for c in old_chats.values()]):
-        found_links = await session.execute(
-            select(ChatBot.chat_id, ChatBot.bot_id).where(ChatBot.chat_id.in_(part)))
-        members.update((r.chat_id, r.bot_id) for r in found_links)
+    bot_ids = await bulk_store.upsert_persona_bots(
+        session, bots=[(b.persona, b.token) for b in world.bots], cipher=cipher)
+    chat_ids = await bulk_store.upsert_chats(
+        session, chats=[(c.telegram_chat_id, c.title, c.topics) for c in world.chats])
+    members = await bulk_store.memberships(session, chat_ids=list(chat_ids.values()))
     by_token = {b.token: bot_ids[b.persona.username] for b in world.bots}
     links = []
     for wc in world.chats:
@@ -484,6 +422,5 @@ async def seed_database(
         for token in wc.bot_tokens:
             if (chat_id, by_token[token]) not in members:
                 links.append({"chat_id": chat_id, "bot_id": by_token[token]})
-    if links:
-        await session.execute(insert(ChatBot), links)
+    await bulk_store.insert_memberships(session, rows=links)
     return by_token

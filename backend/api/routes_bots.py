@@ -50,7 +50,6 @@ from backend.api_schemas import (
 )
 from backend.crypto import TokenCipher
 from backend.db.models import Bot
-from backend.invalidation import KIND_BOT, KIND_CHATS, invalidate_after_commit
 from backend.schemas import Persona
 from backend.stores import audit
 from backend.stores import bots as bot_store
@@ -249,21 +248,14 @@ async def update_bot(
             persona = patch.merged(current)
             renamed = persona.username if persona.username != bot.username else None
             await _refuse_taken(session, username=renamed, token=token, other_than=bot.id)
-            bot_store.apply_persona(bot, persona)
-            if patch.enabled is not None:
-                bot.enabled = patch.enabled
-            if patch.mood is not None:
-                bot.mood = patch.mood
-            if token is not None:
-                bot_store.set_token(bot, token, cipher)
-            await session.flush()
+            await bot_store.update_bot(
+                session, bot=bot, persona=persona, enabled=patch.enabled, mood=patch.mood,
+                token=token, cipher=cipher, cache=state.cache)
             old, new = audit.diff(before, bot_snapshot(bot))
             if token is not None:
                 old["token"], new["token"] = "replaced", "replaced"  # masked by the store
             if old or new:
                 await audit_change(session, who, "bot.update", "bot", bot.id, old, new)
-            invalidate_after_commit(session, state.cache, KIND_BOT, str(bot.id))
-            invalidate_after_commit(session, state.cache, KIND_CHATS, "enabled")
     return BotOut.from_row(bot, cipher)
 
 
@@ -271,14 +263,11 @@ async def _set_enabled(bot_id: int, enabled: bool, who: Principal, state: ApiSta
     cipher = _cipher(state)
     with http_errors():
         async with state.sessionmaker() as session, session.begin():
-            bot = await bot_store.get_bot(session, bot_id=bot_id)
-            if bot.enabled != enabled:
-                bot.enabled = enabled
-                await session.flush()
+            bot, changed = await bot_store.set_enabled(
+                session, bot_id=bot_id, enabled=enabled, cache=state.cache)
+            if changed:
                 await audit_change(session, who, "bot.enable" if enabled else "bot.disable", "bot",
                              bot.id, {"enabled": not enabled}, {"enabled": enabled})
-                invalidate_after_commit(session, state.cache, KIND_BOT, str(bot.id))
-                invalidate_after_commit(session, state.cache, KIND_CHATS, "enabled")
     return BotOut.from_row(bot, cipher)
 
 

@@ -133,6 +133,70 @@ async def disable_bot(
     invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
 
 
+async def set_enabled(
+    session: AsyncSession, *, bot_id: int, enabled: bool, cache: TwoLayerCache | None = None
+) -> tuple[Bot, bool]:
+    """Let ``bot_id`` take turns (``enabled``) or stop it; a no-op when it already is so.
+
+    On a change the row is flushed and, with a ``cache``, the bot's cached profile and the
+    cached list of enabled chats are invalidated in every process once the transaction
+    commits; nothing is invalidated when nothing changed.
+
+    Returns:
+        ``(bot, changed)``: the bot row, and whether ``enabled`` changed.
+
+    Raises:
+        NotFound: there is no such bot.
+    """
+    bot = await get_bot(session, bot_id=bot_id)
+    if bot.enabled == enabled:
+        return bot, False
+    bot.enabled = enabled
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_BOT, str(bot.id))
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+    return bot, True
+
+
+async def update_bot(
+    session: AsyncSession,
+    *,
+    bot: Bot,
+    persona: Persona,
+    enabled: bool | None = None,
+    mood: float | None = None,
+    token: str | None = None,
+    cipher: TokenCipher | None = None,
+    cache: TwoLayerCache | None = None,
+) -> None:
+    """Write an edit of ``bot`` (a row of this session): its persona fields
+    (:func:`apply_persona`), and ``enabled``, ``mood`` and the token when given (None: left
+    alone; the token stored encrypted with ``cipher``, :func:`set_token`). Flushes, and
+    with a ``cache`` invalidates the bot's cached profile and the cached list of enabled
+    chats in every process once the transaction commits (always, even when nothing
+    changed). Uniqueness of the username and token is the caller's to check first.
+
+    Args:
+        mood: stored as given (the API bounds it to [-1, 1]).
+
+    Raises:
+        ValidationFailed: the token does not look like ``<digits>:<secret>``.
+        ValueError: a ``token`` without a ``cipher``.
+    """
+    apply_persona(bot, persona)
+    if enabled is not None:
+        bot.enabled = enabled
+    if mood is not None:
+        bot.mood = mood
+    if token is not None:
+        if cipher is None:
+            raise ValueError("a token needs a cipher to be stored")
+        set_token(bot, token, cipher)
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_BOT, str(bot.id))
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+
+
 async def find_bot(session: AsyncSession, *, bot_id: int) -> Bot | None:
     """Return the bot with ``bot_id``, or None when there is none."""
     return await session.get(Bot, bot_id)

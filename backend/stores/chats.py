@@ -72,6 +72,29 @@ async def get_chat_by_telegram_id(session: AsyncSession, *, telegram_chat_id: in
     ).scalar_one_or_none()
 
 
+async def set_enabled(
+    session: AsyncSession, *, chat_id: int, enabled: bool, cache: TwoLayerCache | None = None
+) -> tuple[Chat, bool]:
+    """Let the bots talk in ``chat_id`` (``enabled``) or not; a no-op when it already is so.
+
+    On a change the row is flushed and, with a ``cache``, the cached list of enabled chats
+    is invalidated in every process once the transaction commits.
+
+    Returns:
+        ``(chat, changed)``: the chat row, and whether ``enabled`` changed.
+
+    Raises:
+        NotFound: there is no such chat.
+    """
+    chat = await get_chat(session, chat_id=chat_id)
+    if chat.enabled == enabled:
+        return chat, False
+    chat.enabled = enabled
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+    return chat, True
+
+
 async def chat_bots(
     session: AsyncSession, *, chat_id: int, enabled_only: bool = True
 ) -> Sequence[Bot]:
@@ -131,6 +154,13 @@ async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, lis
         if bot_id is not None:
             entry[1].append(int(bot_id))
     return list(chats.values())
+
+
+async def telegram_chat_ids(session: AsyncSession) -> dict[int, int]:
+    """Every chat's Telegram chat id, enabled or not (one query): ``{chat id: Telegram
+    chat id}``."""
+    rows = (await session.execute(select(Chat.id, Chat.telegram_chat_id))).all()
+    return {int(c): int(tg) for c, tg in rows}
 
 
 async def list_chats(session: AsyncSession) -> list[Chat]:

@@ -346,16 +346,22 @@ async def page_messages(
 
 
 async def messages_after(
-    session: AsyncSession, *, after_id: int, limit: int, chat_id: int | None = None
+    session: AsyncSession, *, after_id: int, limit: int | None, chat_id: int | None = None
 ) -> list[Message]:
     """Return at most ``limit`` messages with an id above ``after_id``, oldest first (the
-    live stream's next batch); only ``chat_id``'s when given."""
+    live stream's next batch); only ``chat_id``'s when given.
+
+    Args:
+        limit: rows at most (>= 1), or None for every one (the demo's printer, whose
+            chat is small).
+    """
     stmt = (
         select(Message)
         .where(Message.id > after_id, *_message_filters(chat_id, None, None))
         .order_by(Message.id)
-        .limit(limit)
     )
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return list((await session.execute(stmt)).scalars().all())
 
 

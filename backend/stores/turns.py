@@ -209,11 +209,19 @@ async def turns_for_replies(
     return out
 
 
-async def status_counts(session: AsyncSession) -> dict[str, int]:
-    """Turn records by status (for reports and tests)."""
-    rows = await session.execute(
-        select(TurnRecord.status, func.count()).group_by(TurnRecord.status)
-    )
+async def status_counts(
+    session: AsyncSession, *, updated_since: datetime | None = None
+) -> dict[str, int]:
+    """Turn records by status (for reports and tests): status → records; statuses without
+    one are absent.
+
+    Args:
+        updated_since: only records whose ``updated_at`` is at or after this (aware UTC).
+    """
+    stmt = select(TurnRecord.status, func.count())
+    if updated_since is not None:
+        stmt = stmt.where(TurnRecord.updated_at >= updated_since)
+    rows = await session.execute(stmt.group_by(TurnRecord.status))
     return {str(s): int(n) for s, n in rows.all()}
 
 

@@ -1,0 +1,121 @@
+"""Read-only figures of a run, for the demo's summary, the load test's report and the
+benchmarks: what was stored, how often, by whom, and whether anything was stored twice.
+
+Keyword-only async functions over an ``AsyncSession``; none writes. Times are aware UTC
+``datetime``s, counts plain ``int``s.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.db.models import Bot, Message, TurnRecord
+from backend.schemas import MessageMeta
+
+
+class BotMessageRow(NamedTuple):
+    """One stored message of our bots, the fields the load test's figures read."""
+
+    id: int
+    bot_id: int
+    chat_id: int
+    meta: MessageMeta
+    reply_to_telegram_message_id: int | None
+
+
+class Duplicates(NamedTuple):
+    """Groups of stored messages that should be one (each group counts once, however many
+    rows it has)."""
+
+    #: (chat, Telegram message id) pairs held by more than one row.
+    telegram: int
+    #: turn ids held by more than one row.
+    turn: int
+
+
+async def bot_messages(session: AsyncSession) -> list[BotMessageRow]:
+    """Every message our bots sent (``bot_id`` set), any time, in no particular order.
+
+    Returns:
+        one :class:`BotMessageRow` per message (``meta.sent_at``, ``meta.latency_ms``...
+        as the worker stored them).
+    """
+    rows = (await session.execute(
+        select(Message.id, Message.bot_id, Message.chat_id, Message.meta,
+               Message.reply_to_telegram_message_id)
+        .where(Message.bot_id.is_not(None)))).all()
+    return [BotMessageRow(int(i), int(b), int(c), m, r) for i, b, c, m, r in rows
+            if b is not None]
+
+
+async def duplicate_groups(session: AsyncSession) -> Duplicates:
+    """How many (chat, Telegram message id) pairs and how many turn ids more than one
+    stored message shares (every message, any time; NULL turn ids left out). Two queries.
+
+    Both are 0 when exactly-once holds. (:func:`backend.stores.messages.run_summary`
+    counts the extra rows instead, since a time.)
+    """
+    dup_tg = (await session.execute(select(func.count()).select_from(
+        select(Message.chat_id, Message.telegram_message_id)
+        .group_by(Message.chat_id, Message.telegram_message_id)
+        .having(func.count() > 1).subquery()))).scalar_one()
+    dup_turn = (await session.execute(select(func.count()).select_from(
+        select(Message.turn_id).where(Message.turn_id.is_not(None))
+        .group_by(Message.turn_id).having(func.count() > 1).subquery()))).scalar_one()
+    return Duplicates(telegram=int(dup_tg), turn=int(dup_turn))
+
+
+async def sent_per_worker(
+    session: AsyncSession, *, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, int]:
+    """Turns that ended ``sent``, per worker id (``turns.worker``).
+
+    Args:
+        since / until: only turns whose ``updated_at`` is in [``since``, ``until``) (either
+            bound left open when None).
+
+    Returns:
+        worker id → sent turns; workers without one are absent.
+    """
+    stmt = select(TurnRecord.worker, func.count()).where(TurnRecord.status == "sent")
+    if since is not None:
+        stmt = stmt.where(TurnRecord.updated_at >= since)
+    if until is not None:
+        stmt = stmt.where(TurnRecord.updated_at < until)
+    rows = (await session.execute(stmt.group_by(TurnRecord.worker))).all()
+    return {str(w): int(n) for w, n in rows}
+
+
+async def bot_telegram_message_ids(session: AsyncSession) -> set[int]:
+    """The Telegram message ids of every message our bots sent (all chats, any time)."""
+    return {int(i) for i in (await session.execute(
+        select(Message.telegram_message_id).where(Message.bot_id.is_not(None))
+    )).scalars().all()}
+
+
+async def messages_per_bot(session: AsyncSession, *, since: datetime) -> list[tuple[str, int]]:
+    """Every bot's name with the messages it stored since ``since`` (0 for a silent bot),
+    in bot id order (one query).
+
+    Returns:
+        ``[(bot name, messages), ...]``, one pair per bot (names need not be distinct).
+    """
+    rows = (await session.execute(
+        select(Bot.name, func.count(Message.id))
+        .outerjoin(Message, (Message.bot_id == Bot.id) & (Message.created_at >= since))
+        .group_by(Bot.id, Bot.name)
+        .order_by(Bot.id)
+    )).all()
+    return [(str(name), int(n)) for name, n in rows]
+
+
+async def bot_message_metas(session: AsyncSession, *, since: datetime) -> list[MessageMeta]:
+    """The metadata (provider, model, timings...) of every message our bots stored since
+    ``since``, in no particular order."""
+    return list((await session.execute(
+        select(Message.meta).where(Message.bot_id.is_not(None), Message.created_at >= since)
+    )).scalars().all())
