@@ -175,9 +175,8 @@ async def _store_message(
             session,
             telegram_chat_id=msg.chat.id,
             title=msg.chat.title or str(msg.chat.id),
-            topics=TopicWeights(weights={"general": 1.0}).weights,
+            topics=TopicWeights(weights={"general": 1.0}).weights, enabled_if_new=False,
         )
-        chat.enabled = False
         log.warning("update for unregistered chat %s: stored, chat added disabled", msg.chat.id)
     text = msg.text if msg.text is not None else (msg.caption or "")
     is_human = sender is not None and not sender.is_bot

@@ -16,14 +16,15 @@ from backend.schemas import TopicWeights
 
 async def upsert_chat(
     session: AsyncSession, *, telegram_chat_id: int, title: str, topics: dict[str, float],
-    cache: TwoLayerCache | None = None,
+    cache: TwoLayerCache | None = None, enabled_if_new: bool = True,
 ) -> Chat:
-    """Create the chat with ``telegram_chat_id`` or update its title and topics."""
+    """Create the chat with ``telegram_chat_id`` (enabled if ``enabled_if_new``) or update
+    its title and topics (its ``enabled`` unchanged)."""
     chat = (
         await session.execute(select(Chat).where(Chat.telegram_chat_id == telegram_chat_id))
     ).scalar_one_or_none()
     if chat is None:
-        chat = Chat(telegram_chat_id=telegram_chat_id, enabled=True)
+        chat = Chat(telegram_chat_id=telegram_chat_id, enabled=enabled_if_new)
         session.add(chat)
     chat.title = title
     chat.topics = TopicWeights(weights=topics)
