@@ -42,6 +42,7 @@ from backend.db.models import Base, BotLease, Chat, Message, TurnRecord
 from backend.db.session import make_engine, make_sessionmaker
 from backend.settings import Settings
 from backend.stores import settings as settings_store
+from behavior_engine.membership import StreamIntake
 from behavior_engine.reads import CachedReads
 from behavior_engine.replies import ReplyDispatcher, ReplyStream
 from behavior_engine.sharding import Ring
@@ -172,7 +173,7 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
     reads = CachedReads(cache, sm)
     state = ListenerState(
         sessionmaker=sm, webhook_secret=secrets.webhook_secret, reads=reads,
-        dispatcher=ReplyDispatcher(ReplyStream(redis, namespace=ns), reads, sm, seed=11))
+        intake=StreamIntake(ReplyDispatcher(ReplyStream(redis, namespace=ns), reads, sm, seed=11)))
     await state.refresh_bots()
     listener = await BackgroundServer.start(create_app(state))
     await register_webhooks(sessionmaker=sm, secrets=secrets, api_url=sandbox.bot_api_url,
