@@ -9,6 +9,9 @@ Sub-commands::
     botsim settings set KEY=JSON...         change operator settings (validated)
     botsim costs [--since 24h] [--by provider|bot|day] [--json]
                                             LLM cost totals from the llm_calls ledger
+    botsim realism [--database-url URL] [--chat ID ...] [--since -10m] [--until ISO] [--json]
+                                            the REALISM.md metrics of a stored run, with
+                                            their bands (botsim.realism_cli)
     botsim worker [--check] | listener [--register]   run one process (or health-check it)
     botsim api                              run the admin API (api_host:api_port)
     botsim admin create-user NAME --role admin|viewer
@@ -100,6 +103,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="a date (2026-11-01), a time, or an age (30m, 24h, 7d)")
     costs.add_argument("--by", choices=["provider", "bot", "day"], default="provider")
     costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    rl = sub.add_parser("realism", help="the REALISM.md metrics of a stored run, with bands")
+    rl.add_argument("--database-url", default=None,
+                    help="the database to read (default: BOTSIM_DATABASE_URL or the SQLite file"
+                         " in the data directory); read only, never migrated")
+    rl.add_argument("--chat", type=int, action="append", default=None,
+                    metavar="TELEGRAM_CHAT_ID", help="a chat to measure (repeatable; default:"
+                    " every chat with a message in the window)")
+    rl.add_argument("--since", default=None,
+                    help="an ISO date/time (UTC unless it says) or an age: 10m, -10m, 2h, 7d")
+    rl.add_argument("--until", default=None, help="the window's end, same forms")
+    rl.add_argument("--json", action="store_true",
+                    help="end with one JSON object of the report on the last line")
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
@@ -316,9 +332,21 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--since -10m`` → ``--since=-10m`` (argparse takes a value starting with ``-`` for
+    an option otherwise)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--since", "--until") and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botsim`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     configure_process()
     try:
         settings = load_settings()
@@ -356,6 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "costs":
             asyncio.run(_costs_cmd(settings, args.since, args.by, args.json))
             return 0
+        if args.command == "realism":
+            from botsim.realism_cli import realism_cmd
+
+            return asyncio.run(realism_cmd(
+                settings, database_url_arg=args.database_url, chats=args.chat,
+                since=args.since, until=args.until, as_json=args.json))
         if args.command == "settings":
             asyncio.run(_settings_cmd(settings, args.action, args.pairs))
             return 0
