@@ -674,7 +674,8 @@ def human_reply_metrics(chats: Chats) -> list[Metric]:
         return [_na("human_answer_delay_p50_s", why), _na("human_answer_delay_p95_s", why),
                 _na("bots_per_human_message", why), _na("human_answered_by_2plus", why)]
     hist = Counter(per_msg)
-    dist = ", ".join(f"{hist[k]} by {k}" for k in sorted(hist))
+    dist = ", ".join(f"{hist[k]} answered by {k} bot{'s' if k != 1 else ''}"
+                     for k in sorted(hist))
     out: list[Metric] = []
     if delays:
         note = f"{len(delays)} answered of {len(per_msg)}"

@@ -2,7 +2,8 @@
 
 Sub-commands::
 
-    botsim demo [--duration S] [--say TEXT] [--json] [--no-input] [--llm offline|sandbox|settings]
+    botsim demo [--duration S] [--say TEXT] [--humans N] [--json] [--no-input] [--no-realism]
+                [--llm offline|sandbox|settings]
     botsim db upgrade                       run the Alembic migrations
     botsim personas check FILE...           validate persona files
     botsim settings show                    print the operator settings
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-input", action="store_true",
                       help="do not read lines to post from standard input")
     demo.add_argument("--no-panel", action="store_true", help="do not serve the admin panel")
+    demo.add_argument("--humans", type=int, default=0, metavar="N",
+                      help="post N scripted human messages spread over the run (a mention,"
+                      " a 'carry trade' question, a question to the group, a remark; needs"
+                      " --duration)")
+    demo.add_argument("--no-realism", action="store_true",
+                      help="do not end with the realism report (botsim realism)")
     demo.add_argument("--llm", choices=["offline", "sandbox", "settings"], default="offline",
                       help="who writes: the offline generator (default), the real SDKs against"
                       " the sandbox LLM server, or BOTSIM_LLM_PROVIDERS")
@@ -355,9 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from botsim.demo import DemoOptions, run_demo
 
+            if args.humans < 0 or (args.humans and not args.duration):
+                raise ValidationFailed("botsim demo", [
+                    ("--humans", "a count >= 0, with a positive --duration to spread them")])
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
                                   read_stdin=not args.no_input, llm=args.llm,
-                                  panel=not args.no_panel)
+                                  panel=not args.no_panel, humans=args.humans,
+                                  realism=not args.no_realism)
             try:
                 asyncio.run(run_demo(settings, options))
             except KeyboardInterrupt:
