@@ -49,6 +49,9 @@ MIN_REPLIES = 5
 MIN_PER_SPEAKER = 10
 #: Folds of the separability cross-validation (``REALISM.md``: 5-fold stratified).
 FOLDS = 5
+#: A human message unanswered this close to the end of the window is not judged, seconds
+#: (the p95 limit of the first answer's delay, issue 14).
+HUMAN_GRACE_S = 20.0
 #: Near-duplicate: character 5-gram Jaccard at or above this (``REALISM.md``).
 NEAR_DUP_JACCARD = 0.5
 #: Near-duplicates count only messages of at least this many words (``REALISM.md``).
@@ -653,11 +656,20 @@ def markers_metric(chats: Chats) -> Metric:
 
 def human_reply_metrics(chats: Chats) -> list[Metric]:
     """Per human message: the delay to the first bot message replying to it (seconds, p50
-    and p95 over the answered ones), and how many different bots reply to it (all must be
-    exactly 1; ``human_answered_by_2plus`` is the share with 2 or more)."""
+    and p95), and how many different bots reply to it (all must be exactly 1;
+    ``human_answered_by_2plus`` is the share with 2 or more).
+
+    A human message nobody answered counts with its wait up to the chat's last message (a
+    lower bound of its delay) and 0 bots; one posted less than :data:`HUMAN_GRACE_S` before
+    that last message is left out (it may still be answered in time).
+    """
     delays: list[float] = []
     per_msg: list[int] = []
+    unanswered = recent = 0
     for chat in chats:
+        if not chat:
+            continue
+        end = max(m.at.timestamp() for m in chat)
         by_target: dict[int, list[MessageRecord]] = defaultdict(list)
         for m in chat:
             if m.is_bot and m.reply_to is not None:
@@ -666,30 +678,34 @@ def human_reply_metrics(chats: Chats) -> list[Metric]:
             if m.is_bot:
                 continue
             answers = by_target.get(m.message_id, [])
-            per_msg.append(len({a.sender for a in answers}))
+            posted = m.at.timestamp()
             if answers:
-                delays.append(min(a.at.timestamp() for a in answers) - m.at.timestamp())
+                delays.append(min(a.at.timestamp() for a in answers) - posted)
+            elif end - posted >= HUMAN_GRACE_S:
+                delays.append(end - posted)
+                unanswered += 1
+            else:
+                recent += 1
+                continue
+            per_msg.append(len({a.sender for a in answers}))
     if not per_msg:
-        why = "no human message"
+        why = "no human message" + (
+            f" ({recent} posted in the last {HUMAN_GRACE_S:g} s, unanswered)" if recent else "")
         return [_na("human_answer_delay_p50_s", why), _na("human_answer_delay_p95_s", why),
                 _na("bots_per_human_message", why), _na("human_answered_by_2plus", why)]
     hist = Counter(per_msg)
     dist = ", ".join(f"{hist[k]} answered by {k} bot{'s' if k != 1 else ''}"
                      for k in sorted(hist))
-    out: list[Metric] = []
-    if delays:
-        note = f"{len(delays)} answered of {len(per_msg)}"
-        out += [_judge("human_answer_delay_p50_s", percentile(delays, 50), note),
-                _judge("human_answer_delay_p95_s", percentile(delays, 95), note)]
-    else:
-        why = f"none of {len(per_msg)} human messages answered"
-        out += [_na("human_answer_delay_p50_s", why),
-                Metric("human_answer_delay_p95_s", None, BANDS["human_answer_delay_p95_s"],
-                       False, why)]
+    left_out = f"; {recent} too recent to judge, left out" if recent else ""
+    note = f"{len(per_msg) - unanswered} answered of {len(per_msg)}" + (
+        f" ({unanswered} unanswered count their wait to the end, a lower bound)"
+        if unanswered else "") + left_out
+    out = [_judge("human_answer_delay_p50_s", percentile(delays, 50), note),
+           _judge("human_answer_delay_p95_s", percentile(delays, 95), note)]
     exactly_one = all(k == 1 for k in per_msg)
     out.append(Metric("bots_per_human_message", float(np.mean(per_msg)),
                       BANDS["bots_per_human_message"], exactly_one,
-                      f"{len(per_msg)} human messages: {dist}"))
+                      f"{len(per_msg)} human messages: {dist}{left_out}"))
     multi = sum(1 for k in per_msg if k >= 2)
     out.append(_judge("human_answered_by_2plus", multi / len(per_msg),
                       f"{multi} of {len(per_msg)}"))

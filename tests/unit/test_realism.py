@@ -172,6 +172,23 @@ def test_human_replies_delay_and_number_of_bots() -> None:
     assert got["human_answered_by_2plus"].value == pytest.approx(0.5)
 
 
+def test_an_unanswered_human_message_counts_its_wait_unless_too_recent() -> None:
+    chat = [msg(1, "human:9", 0.0, "Zeynep, ne dersin?", bot=False),
+            msg(2, "bot:1", 6.0, "bence yükselir", reply_to=1),
+            msg(3, "human:9", 10.0, "kimse yok mu?", bot=False),  # never answered
+            msg(4, "bot:2", 30.0, "piyasa sakin"),
+            msg(5, "human:9", 50.0, "son soru?", bot=False),  # 10 s before the end
+            msg(6, "bot:1", 60.0, "bugün de böyle")]
+    got = by_name(r.human_reply_metrics([chat]))
+    # delays: 6 s, and 50 s (10 → 60, the end: a lower bound); the last one left out.
+    assert got["human_answer_delay_p95_s"].value == pytest.approx(6 + 0.95 * 44)
+    assert got["human_answer_delay_p95_s"].passed is False
+    assert "1 unanswered" in got["human_answer_delay_p95_s"].note
+    assert "1 too recent" in got["human_answer_delay_p95_s"].note
+    assert got["bots_per_human_message"].value == pytest.approx(0.5)  # 1 and 0 bots
+    assert got["bots_per_human_message"].passed is False
+
+
 def test_text_metrics_duplicates() -> None:
     texts = [f"mesaj numarası {i} için farklı kelimeler burada" for i in range(10)]
     texts += [texts[0], texts[1]]  # 2 exact repeats of 12
