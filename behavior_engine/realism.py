@@ -156,7 +156,9 @@ class Metric:
 
     @property
     def verdict(self) -> str:
-        """``pass``, ``FAIL`` or ``n/a``."""
+        """``pass``, ``FAIL``, ``n/a``, or ``info`` for a figure without a band."""
+        if self.band is None and self.value is not None:
+            return "info"
         return {True: "pass", False: "FAIL", None: "n/a"}[self.passed]
 
     def shown_value(self) -> str:
@@ -811,7 +813,7 @@ LABELS: dict[str, str] = {
 def rows(metrics: Sequence[Metric]) -> list[tuple[str, str, str, str, str]]:
     """Table rows: (label, value, band, verdict, note) per metric."""
     return [(LABELS.get(m.name, m.name), m.shown_value(), str(m.band) if m.band else "—",
-             m.verdict if m.band is not None else "info", m.note) for m in metrics]
+             m.verdict, m.note) for m in metrics]
 
 
 __all__ = [
