@@ -194,16 +194,6 @@ class RealismReport:
         """Names of the overall metrics outside their band."""
         return [m.name for m in self.metrics if m.passed is False]
 
-    def summary(self) -> dict[str, Any]:
-        """A short JSON-ready summary: name → value, plus ``passed``/``failed``/``na`` lists."""
-        return {
-            "values": {m.name: m.value for m in self.metrics},
-            "passed": [m.name for m in self.metrics if m.passed is True],
-            "failed": self.failed,
-            "na": [m.name for m in self.metrics if m.passed is None and m.band is not None],
-            "counts": dict(self.counts),
-        }
-
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: ``metrics``, ``chats``, ``counts``, ``failed``."""
         return {"metrics": [m.to_dict() for m in self.metrics],
