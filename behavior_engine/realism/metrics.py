@@ -1,44 +1,36 @@
-"""What a group sees, in numbers: the metrics of ``REALISM.md`` over a stored run.
-
-Pure functions over lists of :class:`MessageRecord` (one list per chat, in Telegram message
-id order); no I/O. :func:`realism_report` computes every metric for each chat and over all
-chats, each with its band (from public human group-chat logs: IRC #ubuntu/#linux, Kummerfeld
-et al., ACL 2019, Elsner & Charniak 2008; five Slack channels, Chatterjee et al., MSR 2020;
-the table in ``docs/realism.md``) and a verdict: True (inside), False (outside), or None
-("n/a": too few messages to say, or an informational figure), never a pass by default.
-
-How messages are counted (``REALISM.md``, "How to count"):
-
-- a bot message's time is when Telegram accepted it (``meta.sent_at``), a human's Telegram's
-  ``date``; timing, same-speaker, addressing and "answered" shares use every message;
-- text metrics, the Gini and speaker separability use the bots' messages only;
-- "answered" means another speaker's message replies to it (an explicit Telegram reply); the
-  last :data:`ANSWER_TAIL` messages of each chat are left out of the answered shares;
-- tokens are ``[\\w']+`` words and single punctuation marks, Unicode-aware, lower-cased.
-
-Over several chats, the shares pool their counts (within-chat relations only: a reply, a
-gap, a repeat are counted inside one chat); the per-group statistics (A_n, gap p90 ÷
-median, Gini, separability) are the mean of the chats where they can be computed.
-"""
+"""The realism metrics over chats of :class:`MessageRecord` s, each judged against its band
+(``REALISM.md``), and the report over several chats (:mod:`behavior_engine.realism`)."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import numpy as np
 
+from behavior_engine.realism.formulas import (
+    AGREEMENT_MARKERS,
+    CONTRAST_MARKERS,
+    DISTINCT_TOKENS,
+    NEAR_DUP_MIN_WORDS,
+    burstiness_an,
+    count_markers,
+    distinct_n,
+    fold_case,
+    gini,
+    near_duplicate_flags,
+    normalised,
+    percentile,
+    separability_accuracy,
+    words,
+)
+from behavior_engine.realism.records import Band, Chats, MessageRecord, Metric, RealismReport
+
 #: Messages at the end of each chat left out of the answered shares (``REALISM.md``).
 ANSWER_TAIL = 10
-#: Tokens of bot text distinct-n is computed over (``REALISM.md``: 2,000).
-DISTINCT_TOKENS = 2000
 #: Fewest gaps (consecutive message pairs) for the timing metrics.
 MIN_GAPS = 10
 #: Fewest messages for a share (or a median) to be judged.
@@ -47,322 +39,12 @@ MIN_MESSAGES = 10
 MIN_REPLIES = 5
 #: Fewest messages of >= 3 words per speaker for separability (5-fold: 2 per class and fold).
 MIN_PER_SPEAKER = 10
-#: Folds of the separability cross-validation (``REALISM.md``: 5-fold stratified).
-FOLDS = 5
 #: A human message unanswered this close to the end of the window is not judged, seconds
 #: (the p95 limit of the first answer's delay, issue 14).
 HUMAN_GRACE_S = 20.0
-#: Near-duplicate: character 5-gram Jaccard at or above this (``REALISM.md``).
-NEAR_DUP_JACCARD = 0.5
-#: Near-duplicates count only messages of at least this many words (``REALISM.md``).
-NEAR_DUP_MIN_WORDS = 4
 #: Separability counts only messages of at least this many words (``REALISM.md``).
 SEPARABILITY_MIN_WORDS = 3
-
-_WORD = re.compile(r"[\w']+")
-_TOKEN = re.compile(r"[\w']+|[^\w\s]")
 _AT_MENTION = re.compile(r"@\w{3,}")
-
-#: Agreement markers (Turkish, then English), matched as whole words or phrases, lower-cased.
-#: "aynen", "katılıyorum" are REALISM.md's examples; the rest are their common synonyms.
-AGREEMENT_MARKERS: tuple[str, ...] = (
-    "katılıyorum", "aynen", "haklısın", "haklısınız", "kesinlikle", "aynı fikirdeyim",
-    "çok doğru", "doğru söylüyorsun", "tamamen doğru", "bence de",
-    "i agree", "agreed", "exactly", "absolutely", "you're right", "good point", "same here",
-)
-#: Contrast markers (Turkish, then English): "ama", "hayır" are REALISM.md's examples.
-CONTRAST_MARKERS: tuple[str, ...] = (
-    "ama", "fakat", "ancak", "hayır", "katılmıyorum", "bence değil", "yine de", "oysa",
-    "aksine", "tersine",
-    "but", "however", "no", "disagree", "although", "not really",
-)
-
-
-@dataclass(frozen=True)
-class MessageRecord:
-    """One message of a chat, as the metrics read it.
-
-    Attributes:
-        message_id: the chat's Telegram message id (the order of the chat).
-        sender: a key unique per speaker (e.g. ``bot:3``, ``human:500001``).
-        is_bot: True for our bots' messages (text metrics, Gini, separability read only them).
-        text: the message text.
-        at: when it was sent (aware datetime: a bot's ``sent_at``, a human's Telegram date).
-        reply_to: the Telegram message id it replies to, or None.
-        name: the speaker's display name (for mentions by name and the plots).
-        username: the speaker's Telegram username, if any (for ``@username`` mentions).
-    """
-
-    message_id: int
-    sender: str
-    is_bot: bool
-    text: str
-    at: datetime
-    reply_to: int | None = None
-    name: str = ""
-    username: str | None = None
-
-
-@dataclass(frozen=True)
-class Band:
-    """The believable range of a metric: ``lo <= value <= hi`` (either side open when None).
-
-    Attributes:
-        lo / hi: the bounds, inclusive.
-        percent: the value is a share in [0, 1], shown as a percentage.
-    """
-
-    lo: float | None = None
-    hi: float | None = None
-    percent: bool = False
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` is inside the band (bounds inclusive)."""
-        return (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
-
-    def fmt(self, value: float) -> str:
-        """``value`` as the band shows numbers (``12.5 %`` or ``0.61``)."""
-        return f"{value * 100:.1f} %" if self.percent else f"{value:.3g}"
-
-    def __str__(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            if self.lo == self.hi:
-                return f"= {self.fmt(self.lo)}"
-            return f"{self.fmt(self.lo)} – {self.fmt(self.hi)}"
-        if self.lo is not None:
-            return f"≥ {self.fmt(self.lo)}"
-        if self.hi is not None:
-            return f"≤ {self.fmt(self.hi)}"
-        return "—"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One figure of a run and its verdict.
-
-    Attributes:
-        name: the metric's id (e.g. ``burstiness_an``).
-        value: the figure, or None when it cannot be computed.
-        band: the believable range (``REALISM.md``), or None for an informational figure.
-        passed: True inside the band, False outside, None for "n/a" (see ``note``).
-        note: the reason for an "n/a", or counts that explain the value.
-    """
-
-    name: str
-    value: float | None
-    band: Band | None
-    passed: bool | None
-    note: str = ""
-
-    @property
-    def verdict(self) -> str:
-        """``pass``, ``FAIL``, ``n/a``, or ``info`` for a figure without a band."""
-        if self.band is None and self.value is not None:
-            return "info"
-        return {True: "pass", False: "FAIL", None: "n/a"}[self.passed]
-
-    def shown_value(self) -> str:
-        """The value formatted for a table (``n/a`` when None)."""
-        if self.value is None:
-            return "n/a"
-        return (self.band or Band()).fmt(self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: name, value, band (``lo``, ``hi``, ``text``), passed, note."""
-        band = None if self.band is None else {
-            "lo": self.band.lo, "hi": self.band.hi, "text": str(self.band)}
-        return {"name": self.name, "value": self.value, "band": band, "passed": self.passed,
-                "verdict": self.verdict, "note": self.note}
-
-
-@dataclass
-class RealismReport:
-    """The metrics over all chats, each chat's own, and what was counted.
-
-    Attributes:
-        metrics: every metric over all chats, in :data:`METRIC_NAMES` order.
-        chats: chat label → its metrics (same order).
-        counts: ``messages``, ``bot_messages``, ``human_messages``, ``chats``, ``speakers``.
-    """
-
-    metrics: list[Metric]
-    chats: dict[str, list[Metric]] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[str]:
-        """Names of the overall metrics outside their band."""
-        return [m.name for m in self.metrics if m.passed is False]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-ready: ``metrics``, ``chats``, ``counts``, ``failed``."""
-        return {"metrics": [m.to_dict() for m in self.metrics],
-                "chats": {k: [m.to_dict() for m in v] for k, v in self.chats.items()},
-                "counts": dict(self.counts), "failed": self.failed}
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as one line of JSON (no NaN or infinity: those are None)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
-
-
-Chats = Sequence[Sequence[MessageRecord]]
-
-# ---------------------------------------------------------------------------- formulas
-
-
-def burstiness_an(gaps: Sequence[float]) -> float:
-    """Kim & Jo's finite-size corrected burstiness of inter-event times.
-
-    ``A_n = (√(n+1)·r − √(n−1)) / ((√(n+1) − 2)·r + √(n−1))`` with ``r = σ/μ`` and ``n`` the
-    number of gaps (E.-K. Kim, H.-H. Jo, "Measuring burstiness for finite event sequences",
-    Phys. Rev. E 94, 032311, 2016). −1 for a clock (σ = 0), about 0 for a Poisson process,
-    towards 1 for bursts and lulls; unlike B = (σ−μ)/(σ+μ) it does not depend on ``n``.
-
-    Args:
-        gaps: inter-event times (seconds, any unit), at least 3.
-
-    Raises:
-        ValueError: fewer than 3 gaps, or a mean of 0.
-    """
-    n = len(gaps)
-    if n < 3:
-        raise ValueError("burstiness needs at least 3 gaps")
-    arr = np.asarray(gaps, dtype=float)
-    mu = float(arr.mean())
-    if mu <= 0:
-        raise ValueError("burstiness needs a positive mean gap")
-    r = float(arr.std()) / mu
-    a, b = math.sqrt(n + 1), math.sqrt(n - 1)
-    return (a * r - b) / ((a - 2) * r + b)
-
-
-def gini(counts: Sequence[float]) -> float:
-    """Gini coefficient: ``Σᵢ Σⱼ |xᵢ − xⱼ| / (2 n² μ)`` (0 when all are equal; for ``n``
-    speakers at most ``(n−1)/n``, one speaker having everything; ``REALISM.md``).
-
-    Raises:
-        ValueError: no counts, or all zero.
-    """
-    arr = np.asarray(counts, dtype=float)
-    if arr.size == 0 or arr.sum() <= 0:
-        raise ValueError("gini needs at least one positive count")
-    diff = np.abs(arr[:, None] - arr[None, :]).sum()
-    return float(diff / (2 * arr.size**2 * arr.mean()))
-
-
-def words(text: str) -> list[str]:
-    """The words of ``text``: ``[\\w']+`` runs, Unicode-aware (Turkish letters included)."""
-    return _WORD.findall(text)
-
-
-def _lower(text: str) -> str:
-    # Turkish "İ".lower() is "i̇" (i + combining dot): fold it to a plain "i".
-    return text.lower().replace("i̇", "i")
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased tokens: ``[\\w']+`` words and single punctuation marks (``REALISM.md``)."""
-    return _TOKEN.findall(_lower(text))
-
-
-def distinct_n(texts: Sequence[str], n: int, *, limit: int = DISTINCT_TOKENS) -> tuple[float, int]:
-    """Distinct-n (Li et al., NAACL 2016): distinct n-grams ÷ n-grams, over the first
-    ``limit`` tokens of ``texts`` taken in order (n-grams do not cross messages).
-
-    Returns:
-        (the ratio, the number of tokens read); ratio 0.0 when there is no n-gram.
-    """
-    seen: set[tuple[str, ...]] = set()
-    total = read = 0
-    for text in texts:
-        toks = tokens(text)[: limit - read]
-        read += len(toks)
-        for i in range(len(toks) - n + 1):
-            seen.add(tuple(toks[i:i + n]))
-            total += 1
-        if read >= limit:
-            break
-    return (len(seen) / total if total else 0.0), read
-
-
-def char_ngrams(text: str, n: int = 5) -> set[str]:
-    """Character ``n``-grams of ``text`` lower-cased with runs of white space made one."""
-    s = " ".join(_lower(text).split())
-    return {s[i:i + n] for i in range(max(len(s) - n + 1, 1))} if s else set()
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    """|a ∩ b| ÷ |a ∪ b| (0 for two empty sets)."""
-    union = len(a | b)
-    return len(a & b) / union if union else 0.0
-
-
-def near_duplicate_flags(texts: Sequence[str], *, threshold: float = NEAR_DUP_JACCARD,
-                         min_words: int = NEAR_DUP_MIN_WORDS) -> list[bool | None]:
-    """For each text: True if its character 5-gram Jaccard with an earlier text of at least
-    ``min_words`` words is ``>= threshold``, False if not, None if it is itself shorter than
-    ``min_words`` words (not counted; ``REALISM.md``). Exact, through an inverted index of
-    5-grams (only texts sharing a 5-gram are compared)."""
-    grams: list[set[str]] = []
-    index: dict[str, list[int]] = defaultdict(list)
-    out: list[bool | None] = []
-    for text in texts:
-        if len(words(text)) < min_words:
-            out.append(None)
-            continue
-        mine = char_ngrams(text)
-        shared: Counter[int] = Counter()
-        for g in mine:
-            shared.update(index.get(g, ()))
-        out.append(any(inter / (len(mine) + len(grams[j]) - inter) >= threshold
-                       for j, inter in shared.items()))
-        for g in mine:
-            index[g].append(len(grams))
-        grams.append(mine)
-    return out
-
-
-def _normalised(text: str) -> str:
-    return " ".join(_lower(text).split())
-
-
-def count_markers(texts: Sequence[str], markers: Sequence[str]) -> int:
-    """Occurrences of ``markers`` (whole words or phrases, case-insensitive) in ``texts``."""
-    pattern = re.compile(r"(?<![\w'])(?:" + "|".join(
-        re.escape(m) for m in sorted(markers, key=len, reverse=True)) + r")(?![\w'])")
-    return sum(len(pattern.findall(_lower(t))) for t in texts)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation (numpy's default)."""
-    return float(np.percentile(np.asarray(values, dtype=float), q))
-
-
-def separability_accuracy(texts: Sequence[str], labels: Sequence[str], *,
-                          seed: int = 0) -> float:
-    """Mean accuracy of telling speakers apart from one message: character 2–4-gram
-    TF-IDF (``char_wb``, sublinear tf, min_df 2) + logistic regression, ``FOLDS``-fold
-    stratified cross-validation (shuffled with ``seed``); the vectorizer is fitted inside
-    each fold (``REALISM.md``; scikit-learn).
-
-    Raises:
-        ValueError: a label with fewer than :data:`FOLDS` texts, or a single label.
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-
-    model = make_pipeline(
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2),
-        LogisticRegression(max_iter=2000),
-    )
-    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
-    scores = cross_val_score(model, list(texts), list(labels), cv=folds)
-    return float(np.mean(scores))
-
-
-# ---------------------------------------------------------------------------- metrics
 
 #: Believable bands, ``REALISM.md`` ("a believable run" column).
 BANDS: dict[str, Band | None] = {
@@ -497,9 +179,9 @@ def _mention_pattern(chat: Sequence[MessageRecord]) -> dict[str, re.Pattern[str]
     for m in chat:
         first = m.name.split()[0] if m.name.split() else ""
         if len(first) >= 3:
-            names[m.sender].add(_lower(first))
+            names[m.sender].add(fold_case(first))
         if m.username:
-            names[m.sender].add("@" + _lower(m.username))
+            names[m.sender].add("@" + fold_case(m.username))
     out: dict[str, re.Pattern[str]] = {}
     for sender in names:
         others = sorted({n for s, ns in names.items() if s != sender for n in ns})
@@ -516,7 +198,7 @@ def addressing_metric(chats: Chats) -> Metric:
         patterns = _mention_pattern(chat)
         for m in chat:
             n += 1
-            low = _lower(m.text)
+            low = fold_case(m.text)
             pat = patterns.get(m.sender)
             hits += bool(m.reply_to is not None or _AT_MENTION.search(m.text)
                          or (pat is not None and pat.search(low)))
@@ -586,7 +268,7 @@ def text_metrics(chats: Chats) -> list[Metric]:
         near += sum(f is True for f in flags)
         seen: set[str] = set()
         for t in bot_texts:
-            key = _normalised(t)
+            key = normalised(t)
             total += 1
             exact += key in seen
             seen.add(key)
@@ -804,11 +486,3 @@ def rows(metrics: Sequence[Metric]) -> list[tuple[str, str, str, str, str]]:
     """Table rows: (label, value, band, verdict, note) per metric."""
     return [(LABELS.get(m.name, m.name), m.shown_value(), str(m.band) if m.band else "—",
              m.verdict, m.note) for m in metrics]
-
-
-__all__ = [
-    "AGREEMENT_MARKERS", "BANDS", "CONTRAST_MARKERS", "LABELS", "METRIC_NAMES", "Band",
-    "MessageRecord", "Metric", "RealismReport", "burstiness_an", "chat_metrics",
-    "distinct_n", "gini", "jaccard", "near_duplicate_flags", "realism_report", "rows",
-    "separability_accuracy", "tokens", "words",
-]
