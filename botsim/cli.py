@@ -2,13 +2,17 @@
 
 Sub-commands::
 
-    botsim demo [--duration S] [--say TEXT] [--json] [--no-input] [--llm offline|sandbox|settings]
+    botsim demo [--duration S] [--say TEXT] [--humans N] [--json] [--no-input] [--no-realism]
+                [--llm offline|sandbox|settings]
     botsim db upgrade                       run the Alembic migrations
     botsim personas check FILE...           validate persona files
     botsim settings show                    print the operator settings
     botsim settings set KEY=JSON...         change operator settings (validated)
     botsim costs [--since 24h] [--by provider|bot|day] [--json]
                                             LLM cost totals from the llm_calls ledger
+    botsim realism [--database-url URL] [--chat ID ...] [--since -10m] [--until ISO] [--json]
+                                            the REALISM.md metrics of a stored run, with
+                                            their bands (botsim.realism_cli)
     botsim worker [--check] | listener [--register]   run one process (or health-check it)
     botsim api                              run the admin API (api_host:api_port)
     botsim admin create-user NAME --role admin|viewer
@@ -91,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-input", action="store_true",
                       help="do not read lines to post from standard input")
     demo.add_argument("--no-panel", action="store_true", help="do not serve the admin panel")
+    demo.add_argument("--humans", type=int, default=0, metavar="N",
+                      help="post N scripted human messages spread over the run (a mention,"
+                      " a 'carry trade' question, a question to the group, a remark; needs"
+                      " --duration)")
+    demo.add_argument("--no-realism", action="store_true",
+                      help="do not end with the realism report (botsim realism)")
     demo.add_argument("--llm", choices=["offline", "sandbox", "settings"], default="offline",
                       help="who writes: the offline generator (default), the real SDKs against"
                       " the sandbox LLM server, or BOTSIM_LLM_PROVIDERS")
@@ -100,6 +110,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="a date (2026-11-01), a time, or an age (30m, 24h, 7d)")
     costs.add_argument("--by", choices=["provider", "bot", "day"], default="provider")
     costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    rl = sub.add_parser("realism", help="the REALISM.md metrics of a stored run, with bands")
+    rl.add_argument("--database-url", default=None,
+                    help="the database to read (default: BOTSIM_DATABASE_URL or the SQLite file"
+                         " in the data directory); read only, never migrated")
+    rl.add_argument("--chat", type=int, action="append", default=None,
+                    metavar="TELEGRAM_CHAT_ID", help="a chat to measure (repeatable; default:"
+                    " every chat with a message in the window)")
+    rl.add_argument("--since", default=None,
+                    help="an ISO date/time (UTC unless it says) or an age: 10m, -10m, 2h, 7d")
+    rl.add_argument("--until", default=None, help="the window's end, same forms")
+    rl.add_argument("--json", action="store_true",
+                    help="end with one JSON object of the report on the last line")
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
@@ -316,9 +339,21 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--since -10m`` → ``--since=-10m`` (argparse takes a value starting with ``-`` for
+    an option otherwise)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--since", "--until") and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botsim`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     configure_process()
     try:
         settings = load_settings()
@@ -327,9 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from botsim.demo import DemoOptions, run_demo
 
+            if args.humans < 0 or (args.humans and not args.duration):
+                raise ValidationFailed("botsim demo", [
+                    ("--humans", "a count >= 0, with a positive --duration to spread them")])
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
                                   read_stdin=not args.no_input, llm=args.llm,
-                                  panel=not args.no_panel)
+                                  panel=not args.no_panel, humans=args.humans,
+                                  realism=not args.no_realism)
             try:
                 asyncio.run(run_demo(settings, options))
             except KeyboardInterrupt:
@@ -356,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "costs":
             asyncio.run(_costs_cmd(settings, args.since, args.by, args.json))
             return 0
+        if args.command == "realism":
+            from botsim.realism_cli import realism_cmd
+
+            return asyncio.run(realism_cmd(
+                settings, database_url_arg=args.database_url, chats=args.chat,
+                since=args.since, until=args.until, as_json=args.json))
         if args.command == "settings":
             asyncio.run(_settings_cmd(settings, args.action, args.pairs))
             return 0

@@ -42,6 +42,7 @@ from backend.stores import figures as figures_store
 from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
+from behavior_engine.realism import RealismReport
 from botsim.bootstrap import Runtime, runtime
 from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import BackgroundServer, SandboxError, TelegramSandbox
@@ -59,6 +60,34 @@ DEMO_SETTINGS: dict[str, Any] = {
     "scale_factor": 1.0,
 }
 SAY_AFTER_S = 5.0
+#: Where ``--humans N`` posts fall, as shares of the run: spread from 10 % to 85 % of it.
+HUMANS_FIRST_AT, HUMANS_LAST_AT = 0.10, 0.85
+
+
+def human_script(count: int, duration: float, mention_name: str) -> list[tuple[float, str]]:
+    """The human member's messages of ``--humans N``: (seconds after the start, text).
+
+    They cycle through the four kinds issue 14's "Done when" measures: one that mentions a
+    bot by name (``mention_name``), one about the ``rates`` topic saying "carry trade", one
+    that asks the group, and a plain remark; spread evenly from :data:`HUMANS_FIRST_AT` to
+    :data:`HUMANS_LAST_AT` of ``duration`` (one message: at the first).
+
+    Raises:
+        ValueError: ``count`` < 0 or ``duration`` <= 0 when ``count`` > 0.
+    """
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    if count and duration <= 0:
+        raise ValueError("--humans needs a positive --duration")
+    texts = [
+        f"{mention_name}, sen olsan bugün bitcoin'e girer miydin?",
+        "Faizler bu kadar yüksekken carry trade hâlâ mantıklı mı, TL'de kalmak mı lazım?",
+        "Arkadaşlar, sizce bu hafta altın mı dolar mı daha iyi getiri sağlar?",
+        "Bugün piyasa epey sakin görünüyor, herkes bekliyor galiba.",
+    ]
+    span = HUMANS_LAST_AT - HUMANS_FIRST_AT
+    return [(duration * (HUMANS_FIRST_AT + (span * i / (count - 1) if count > 1 else 0.0)),
+             texts[i % len(texts)]) for i in range(count)]
 
 
 @dataclass
@@ -77,6 +106,10 @@ class DemoOptions:
         out: where the conversation and the summary are printed.
         panel: also serve the admin panel (on ``settings.api_host:api_port``, or a free
             port when that one is taken) with a generated admin login, printed once.
+        humans: how many scripted human messages to post during the run
+            (:func:`human_script`; needs ``duration``).
+        realism: end with the realism report of the run (``botsim realism``'s tables; the
+            ``realism`` key of the summary).
     """
 
     duration: float | None = None
@@ -87,6 +120,8 @@ class DemoOptions:
     llm: Literal["offline", "sandbox", "settings"] = "offline"
     out: TextIO = field(default_factory=lambda: sys.stdout)
     panel: bool = True
+    humans: int = 0
+    realism: bool = True
 
 
 def sandbox_providers(llm: LLMSandbox) -> list[ProviderSettings]:
@@ -167,14 +202,19 @@ async def _converse(
     printer: _Printer,
     human_lines: asyncio.Queue[str],
     started: float,
+    script: list[tuple[float, str]] | None = None,
 ) -> None:
-    """Post the human's lines and print new messages until the duration is over."""
+    """Post the human's lines (typed, ``--say``, the ``script``'s at their time) and print
+    new messages until the duration is over."""
     said = options.say is None
+    pending = sorted(script or [])
     while options.duration is None or time.monotonic() - started < options.duration:
         if not said and time.monotonic() - started >= options.say_after:
             said = True
             assert options.say is not None
             await human_lines.put(options.say)
+        while pending and time.monotonic() - started >= pending[0][0]:
+            await human_lines.put(pending.pop(0)[1])
         while not human_lines.empty():
             text = human_lines.get_nowait()
             try:
@@ -186,6 +226,15 @@ async def _converse(
 
 
 DEMO_ADMIN = "admin"
+
+
+async def _realism(sessionmaker: async_sessionmaker[AsyncSession], since: datetime,
+                   ) -> RealismReport | None:
+    """The realism report of the demo's group since ``since`` (None without messages)."""
+    from behavior_engine.realism_run import run_report
+
+    async with sessionmaker() as session:
+        return await run_report(session, telegram_chat_ids=[DEMO_CHAT_ID], since=since)
 
 
 async def _serve_panel(
@@ -223,7 +272,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         ``messages``, ``bots_spoken``, ``human_messages``, ``human_replies``,
         ``duplicates``, ``errors`` (failed turns + tick errors + sends not stored),
         ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
-        ``per_bot`` (name → messages).
+        ``per_bot`` (name → messages), and ``realism`` (when ``options.realism``: the
+        report's ``metrics``, ``counts`` and ``failed`` of the demo's group; see
+        :meth:`behavior_engine.realism.RealismReport.to_dict`).
     """
     console = Console(file=options.out, highlight=False, soft_wrap=True)
     secrets = resolve_secrets(settings)
@@ -320,7 +371,10 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
         if options.read_stdin and sys.stdin is not None and not sys.stdin.closed:
             _start_stdin_reader(asyncio.get_running_loop(), human_lines)
         try:
-            await _converse(options, sandbox, sessionmaker, printer, human_lines, started)
+            mention = sorted(p.name for p in personas)[-1].split()[0]
+            script = human_script(options.humans, options.duration or 0.0, mention)
+            await _converse(options, sandbox, sessionmaker, printer, human_lines, started,
+                            script)
         except asyncio.CancelledError:
             # Ctrl-C: asyncio.run cancels this task; stop talking and print the summary.
             task = asyncio.current_task()
@@ -364,6 +418,13 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
         + ", ".join(f"{k} {v}" for k, v in by_provider.most_common())
         + f"; {summary['llm_calls']} LLM calls, ${summary['llm_cost_usd']:.6f}."
     )
+    if options.realism:
+        report = await _realism(sessionmaker, run_start)
+        if report is not None:
+            from botsim.realism_cli import print_report
+
+            print_report(report, console)
+            summary["realism"] = {k: v for k, v in report.to_dict().items() if k != "chats"}
     if options.json_out:
         options.out.write(json.dumps(summary, ensure_ascii=False) + "\n")
         options.out.flush()

@@ -4,6 +4,7 @@ and the sandbox's counters (:func:`compute_figures` documents each one), and the
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import platform
@@ -23,6 +24,8 @@ from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import figures as figures_store
 from backend.stores import turns as turn_store
+from behavior_engine.realism import realism_report
+from behavior_engine.realism_run import load_chats
 from loadtest.options import LoadOptions
 from loadtest.world import World
 
@@ -163,6 +166,8 @@ async def compute_figures(
       accepted from our bots but the database does not hold), 429s from the sandbox.
     * ``workers``: messages per worker (``turns.worker``); ``cache`` and ``db``: from the
       workers' and listener's counters over the window.
+    * ``realism``: ``botsim realism`` over the measured window (every chat; the report's
+      ``metrics``, ``counts`` and ``failed``; None when no message was stored in it).
     """
     window_s = (measure_end.at - measure_start.at).total_seconds()
     async with sm() as s:
@@ -302,7 +307,21 @@ async def compute_figures(
         "overhead_samples_ms": [round(x, 2) for x in over],
     }
     figures["targets"] = targets(figures)
+    figures["realism"] = await realism_figures(sm, since=t0, until=t1)
     return figures
+
+
+async def realism_figures(sm: async_sessionmaker[AsyncSession], *, since: datetime,
+                          until: datetime) -> dict[str, Any] | None:
+    """The realism report of every chat over [``since``, ``until``) (stored ``created_at``):
+    ``metrics`` over all chats, ``counts``, ``failed`` (:mod:`behavior_engine.realism`); the
+    classifier runs in a thread. None when nothing was stored in the window."""
+    async with sm() as s:
+        chats, members = await load_chats(s, since=since, until=until)
+    if not chats:
+        return None
+    report = await asyncio.to_thread(realism_report, chats, bots_per_chat=members)
+    return {k: v for k, v in report.to_dict().items() if k != "chats"}
 
 
 def targets(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:

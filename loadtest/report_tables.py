@@ -324,6 +324,23 @@ def _targets_section(figures: Mapping[str, Any]) -> _Section:
     return s
 
 
+def _realism_section(figures: Mapping[str, Any]) -> _Section:
+    """``figures["realism"]["metrics"]`` (``Metric.to_dict`` rows of ``botsim realism``)."""
+    s = _Section("Realism", ("Metric", "Value", "Band", ""))
+    for m in _section(figures, "realism").get("metrics") or []:
+        if not isinstance(m, Mapping):
+            continue
+        band = m.get("band") if isinstance(m.get("band"), Mapping) else None
+        passed = m.get("passed")
+        status: _Status = "ok" if passed is True else "fail" if passed is False else ""
+        value = m.get("value")
+        percent = band is not None and "%" in str(band.get("text", ""))
+        shown = NA if value is None else (_pct(value) if percent else _fmt(value, digits=2))
+        s.add(str(m.get("name")), shown, NA if band is None else str(band.get("text")),
+              "✓" if passed is True else "✗" if passed is False else NA, status=status)
+    return s
+
+
 def _verdict(figures: Mapping[str, Any]) -> tuple[str, _Status]:
     targets = _targets(figures)
     if not targets:
@@ -352,6 +369,7 @@ def _sections(figures: Mapping[str, Any]) -> list[_Section]:
         _integrity_section(figures),
         _workers_section(figures),
         _targets_section(figures),
+        *([_realism_section(figures)] if isinstance(figures.get("realism"), Mapping) else []),
     ]
 
 
@@ -377,8 +395,10 @@ def summary_tables(figures: Mapping[str, Any]) -> list[Table]:
 
     Sections, in order: Configuration, Throughput, Latency (ms), Human replies,
     CPU & memory, Integrity, "Workers, cache & DB", Targets (Target / Value / Limit / OK with
-    ✓ or ✗). Values carry their units (s, ms, MB, / min, %); missing or non-numeric values
-    show as ``n/a``. Nonzero integrity counts and missed targets are styled red.
+    ✓ or ✗), and Realism when the figures have a ``realism`` key (metric / value / band /
+    ✓ ✗ n/a, from ``botsim realism`` over the measured window). Values carry their units
+    (s, ms, MB, / min, %); missing or non-numeric values show as ``n/a``. Nonzero integrity
+    counts and missed targets are styled red.
 
     Raises ValueError (naming the key) when ``config``, ``throughput`` or ``latency_ms`` is
     missing or not a dict.

@@ -22,7 +22,15 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.api import pages, problems, routes_auth, routes_bots, routes_chats, routes_ops
+from backend.api import (
+    pages,
+    pages_realism,
+    problems,
+    routes_auth,
+    routes_bots,
+    routes_chats,
+    routes_ops,
+)
 from backend.api.problems import PROBLEM_JSON, problem_bytes
 from backend.api.security import (
     MAX_CONCURRENT_HASHES,
@@ -221,6 +229,7 @@ def create_app(
     app.include_router(routes_chats.router, prefix="/api/v1")
     app.include_router(routes_ops.router, prefix="/api/v1")
     app.include_router(pages.router)
+    app.include_router(pages_realism.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.mount("/metrics", metrics_app())
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.db.models import Bot, Message, TurnRecord
+from backend.db.models import Bot, Chat, Message, TurnRecord
 from backend.schemas import MessageMeta
 
 
@@ -119,3 +119,70 @@ async def bot_message_metas(session: AsyncSession, *, since: datetime) -> list[M
     return list((await session.execute(
         select(Message.meta).where(Message.bot_id.is_not(None), Message.created_at >= since)
     )).scalars().all())
+
+
+class ChatMessageRow(NamedTuple):
+    """One stored message of a chat, as the realism metrics read it.
+
+    ``at`` is when Telegram accepted it: a bot message's ``meta.sent_at`` when stored (our
+    clock, to the microsecond), else ``created_at`` (Telegram's date, to the second).
+    """
+
+    telegram_message_id: int
+    bot_id: int | None
+    sender_id: int | None
+    sender_name: str
+    username: str | None
+    text: str
+    at: datetime
+    reply_to_telegram_message_id: int | None
+
+
+async def chat_messages(
+    session: AsyncSession, *, telegram_chat_id: int, since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[ChatMessageRow]:
+    """A chat's messages (bots' and humans') stored in [``since``, ``until``) by
+    ``created_at``, ordered by Telegram message id (one query).
+
+    Returns:
+        one :class:`ChatMessageRow` per message; a bot's name and username come from its
+        ``bots`` row, a human's from the message (``sender_name``, ``meta.sender_username``).
+        Empty for an unknown chat (see :func:`backend.stores.chats.get_chat_by_telegram_id`).
+    """
+    stmt = (select(Message.telegram_message_id, Message.bot_id, Message.sender_id,
+                   Message.sender_name, Bot.name, Bot.username, Message.text,
+                   Message.created_at, Message.meta, Message.reply_to_telegram_message_id)
+            .join(Chat, Chat.id == Message.chat_id)
+            .outerjoin(Bot, Bot.id == Message.bot_id)
+            .where(Chat.telegram_chat_id == telegram_chat_id))
+    if since is not None:
+        stmt = stmt.where(Message.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(Message.created_at < until)
+    rows = (await session.execute(stmt.order_by(Message.telegram_message_id))).all()
+    out: list[ChatMessageRow] = []
+    for tg_id, bot_id, sender_id, sender_name, bot_name, bot_user, text, created, meta, rep in rows:
+        is_bot = bot_id is not None
+        at = meta.sent_at if is_bot and meta.sent_at is not None else created
+        out.append(ChatMessageRow(
+            int(tg_id), None if bot_id is None else int(bot_id),
+            None if sender_id is None else int(sender_id),
+            str((bot_name if is_bot else sender_name) or ""),
+            bot_user if is_bot else meta.sender_username, text or "", at,
+            None if rep is None else int(rep)))
+    return out
+
+
+async def chats_with_messages(
+    session: AsyncSession, *, since: datetime | None = None, until: datetime | None = None,
+) -> list[int]:
+    """Telegram chat ids of the chats with a message stored in [``since``, ``until``)
+    (``created_at``), ascending."""
+    stmt = select(Chat.telegram_chat_id).join(Message, Message.chat_id == Chat.id)
+    if since is not None:
+        stmt = stmt.where(Message.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(Message.created_at < until)
+    rows = (await session.execute(stmt.distinct().order_by(Chat.telegram_chat_id))).scalars()
+    return [int(c) for c in rows]

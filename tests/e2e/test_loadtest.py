@@ -175,7 +175,12 @@ def test_json_line_is_last(tmp_path: Path) -> None:
     assert figures["integrity"]["duplicates"] == 0 and figures["integrity"]["lost_turns"] == 0
     assert figures["throughput"]["messages"] > 0 and "latency_samples_ms" not in figures
     assert figures["cpu"]["floor"]["redis_turn"] == 0.0
+    # botsim realism over the measured window: the report's metrics and what it counted.
+    realism = figures["realism"]
+    assert realism["counts"]["chats"] >= 1 and realism["counts"]["bot_messages"] > 0
+    assert realism["metrics"][0]["name"] == "burstiness_an"
     page = (tmp_path / "report" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 3
+    assert "<h2>Realism</h2>" in page
     saved = json.loads((tmp_path / "report" / "figures.json").read_text())
     assert saved["throughput"] == figures["throughput"]

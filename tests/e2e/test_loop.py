@@ -193,6 +193,11 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     assert summary["duplicates"] == 0 and summary["errors"] == 0
     assert "Deniz: Dolar nereye gider sizce?" in out.getvalue()
     assert "↪ answers Deniz" in out.getvalue()
+    # The realism report of the run (botsim realism) ends the summary and the output.
+    realism = summary["realism"]
+    assert realism["counts"]["human_messages"] == 1
+    assert realism["counts"]["bot_messages"] == summary["messages"]
+    assert "Realism of chat -1001000000001" in out.getvalue()
     import re
 
     panel = re.search(r"Admin panel: (http://127\.0\.0\.1:\d+)/ \(log in as admin with "

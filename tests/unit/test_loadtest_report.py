@@ -305,3 +305,22 @@ def test_write_report_file_in_place_of_directory(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError, match=re.escape(str(target))):
         write_report(make_figures(), target)
     assert target.read_text() == "not a directory"
+
+
+def test_summary_shows_the_realism_of_the_run() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from behavior_engine.realism import MessageRecord, realism_report
+
+    t0 = datetime(2026, 12, 3, tzinfo=UTC)
+    clock = [MessageRecord(i, f"bot:{i % 3}", True, "bugün piyasa yine sakin görünüyor",
+                           t0 + timedelta(seconds=10 * i)) for i in range(30)]
+    report = realism_report({"-1": clock})
+    figures = make_figures()
+    figures["realism"] = {k: v for k, v in report.to_dict().items() if k != "chats"}
+    titles = [str(t.title) for t in summary_tables(figures)]
+    assert titles[-1] == "Realism"
+    text = _summary_text(figures)
+    # A 10 s clock: A_n −1 outside 0.45–0.75; every message the same: 29 of 30 repeats.
+    assert re.search(r"burstiness_an\s+-1\.00\s+0\.45 – 0\.75\s+✗", text)
+    assert re.search(r"exact_duplicates\s+96\.7 %\s+≤ 2\.5 %\s+✗", text)
