@@ -43,7 +43,9 @@ from behavior_engine.topics import detect_topic
 from behavior_engine.turn import ChatLine, Turn
 
 GAP_SIGMA = 1.3
-REPLY_P = 0.4
+#: Share of spontaneous turns that reply to a message: 0.45 puts "nobody answers" near the
+#: human 50 % and replies under 50 % of messages (REALISM.md; docs/realism.md, "Who answers").
+REPLY_P = 0.45
 REPLY_WINDOW = 8
 HUMAN_REPLY_MEDIAN_S = 3.0
 #: A bot with no message among the chat's last QUIET_WINDOW gets QUIET_BOOST × the weight.
@@ -229,8 +231,9 @@ def choose_repliers(
 ) -> list[BotView]:
     """The bots that answer a human message (module docstring, "Humans first").
 
-    1. Addressed: the bot whose message it replies to, else the bot it mentions first
-       (``@username`` or first name): that bot alone.
+    1. Addressed: the bot whose message it replies to, else the bots it mentions
+       (``@username`` or first name): that bot alone (two mentioned: those two, in the
+       order named; no other bot joins).
     2. Else one bot drawn among those with budget left (all of them when none has) with
        weight talkativeness × exp(``expertise_weight`` × expertise in the message's topic,
        :func:`~behavior_engine.topics.detect_topic`); no topic detected: talkativeness alone.
@@ -254,7 +257,7 @@ def choose_repliers(
     mentioned = [(pos, i) for i, b in enumerate(bots)
                  if (pos := _mention_pos(waiting.line.text, b)) is not None]
     if mentioned:
-        return [bots[min(mentioned)[1]]]
+        return [bots[i] for _, i in sorted(mentioned)[:2]]
     if rng is None:
         rng = replier_rng(seed, waiting.message_id)
     topic = detect_topic(waiting.line.text)

@@ -12,7 +12,9 @@ Two measurements on the four demo personas (``bots/personas/*.yaml``):
   every ``--human-every`` seconds (the kinds of :data:`KINDS` in turn): how many different
   bots answer each human message, and over every message the answered shares of
   REALISM.md ("nobody answers" 30–60 %, "answered by ≥ 2 others" ≤ 15 %; the run's last 10
-  messages left out; "answered" = another speaker's message replies to it).
+  messages left out; "answered" = another speaker's message replies to it), and the share
+  of messages that reply to one (REALISM.md: 10–50 % reply to or mention someone; the
+  run's bot texts mention no one).
 
 Usage: ``python -m loadtest.bench_who_answers [--draws 2000] [--minutes 60] [--seed 1]
 [--json]``
@@ -176,6 +178,7 @@ def run_figures(run: Run) -> dict[str, Any]:
         "human_unanswered": sum(x == 0 for x in per_human) / max(len(humans), 1),
         "nobody_answers": sum(x == 0 for x in n_by) / max(len(counted), 1),
         "answered_by_2_or_more": sum(x >= 2 for x in n_by) / max(len(counted), 1),
+        "replies": sum(m.reply_to is not None for m in run.lines) / max(len(run.lines), 1),
     }
 
 

@@ -72,12 +72,15 @@ def test_carry_trade_is_a_rates_question() -> None:
 
 
 def test_mention_picks_the_mentioned_bot_alone() -> None:
-    for m in range(200):
-        # the rates expert is Ali Hoca, but Zeynep is asked, first; Ali's name comes later
-        assert _choose("Zeynep, sizce faiz ne olur? Ali Hoca da katılır mı?", m) == [ZEYNEP]
-        assert _choose("@ayse_scalper_bot arkadaşlar carry trade bitti mi?", m) == [AYSE]
     everyone = SETTINGS.model_copy(update={"second_answer_p": 1.0})
-    assert _choose("Mehmet, herkes ne düşünüyorsunuz?", 1, settings=everyone) == [MEHMET]
+    for m in range(200):
+        # a group question on rates (Ali Hoca's field) that names Zeynep goes to her alone
+        assert _choose("Zeynep, sizce faiz ne olur arkadaşlar?", m, settings=everyone) == [
+            ZEYNEP]
+        assert _choose("@ayse_scalper_bot carry trade bitti mi?", m) == [AYSE]
+        # two named: those two, in the order named, nobody else
+        assert _choose("@zeynep_yeni_bot ve Mehmet, ne dersiniz?", m,
+                       settings=everyone) == [ZEYNEP, MEHMET]
 
 
 def test_reply_to_a_bot_picks_that_bot_alone() -> None:
