@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from backend.api_schemas import BotUpdate
+from backend.errors import ValidationFailed
 from backend.schemas import KNOWN_TOPICS, PersonaProfile, SimulationSettings
 from behavior_engine import replies
 from behavior_engine.reads import BotProfile, ChatInfo, HistoryItem
@@ -64,6 +66,12 @@ def test_expertise_names_only_known_topics() -> None:
     with pytest.raises(ValidationError, match=r"within 0\.\.1"):
         PersonaProfile.model_validate({**base, "expertise": {"rates": 1.5}})
     assert PersonaProfile.model_validate({**base, "expertise": {}}).expertise == {}
+    # the API's bot edit takes expertise and checks it on the merged persona
+    ali = load_persona_dir()[0]
+    assert BotUpdate.model_validate({"expertise": {"gold": 0.5}}).merged(ali).expertise == {
+        "gold": 0.5}
+    with pytest.raises(ValidationFailed, match="expertise"):
+        BotUpdate.model_validate({"expertise": {"crypto": 0.5}}).merged(ali)
 
 
 def test_carry_trade_is_a_rates_question() -> None:
