@@ -27,6 +27,9 @@ from pydantic import (
 )
 
 TopicId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
+#: The topic ids the engine's detector knows (``behavior_engine.topics.TOPIC_PATTERNS`` has
+#: one pattern for each): a persona's expertise may name only these.
+KNOWN_TOPICS: tuple[str, ...] = ("usdtry", "bist100", "btc", "gold", "rates", "inflation")
 Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]{1,15}$")]
 
 #: Telegram bot usernames: 5–32 characters of ``A-Za-z0-9_``, ending in "bot"
@@ -60,6 +63,17 @@ def _positive_weights(weights: dict[str, float]) -> dict[str, float]:
         if not w > 0:
             raise ValueError(f"weight of topic {topic!r} must be > 0, got {w}")
     return weights
+
+
+def _known_expertise(expertise: dict[str, float]) -> dict[str, float]:
+    """Refuse an expertise topic the detector does not know, or a level outside 0..1."""
+    for topic, level in expertise.items():
+        if topic not in KNOWN_TOPICS:
+            raise ValueError(f"expertise topic {topic!r} is not a known topic "
+                             f"(known: {', '.join(KNOWN_TOPICS)})")
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"expertise in {topic!r} must be within 0..1, got {level}")
+    return expertise
 
 
 def refuse_nul(value: M) -> M:
@@ -158,6 +172,9 @@ class PersonaProfile(_Strict):
         mood_baseline: resting mood, -1.0 (gloomy) – 1.0 (euphoric).
         llm_providers: this bot's own provider order (names from the settings), or None
             for the global order.
+        expertise: topic id (one of :data:`KNOWN_TOPICS`) → level 0..1: what the persona
+            knows well enough to be the one who answers a human's question on it (the
+            scheduler's ``choose_repliers``); empty: no topic of expertise.
     """
 
     role: str = Field(min_length=1, max_length=80)
@@ -168,8 +185,10 @@ class PersonaProfile(_Strict):
     talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
     mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
     llm_providers: list[str] | None = None
+    expertise: dict[TopicId, float] = Field(default_factory=dict)
 
     _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
+    _expertise = field_validator("expertise")(classmethod(lambda cls, v: _known_expertise(v)))
 
 
 class StanceList(_Strict):
@@ -276,6 +295,17 @@ class SimulationSettings(_Strict):
             (Telegram allows a bot 20 messages/min per group; core.telegram.org/bots/faq).
         prime_hours: hours with more activity and their boost.
         scale_factor: multiplies every bot's budget (0.01–100), for quick tuning.
+        second_answer_p: probability that a human message asking the group (see
+            ``behavior_engine.scheduler.asks_group``) gets a second answer, from another bot
+            (0–1; REALISM.md: ≤ 15 % of messages are answered by ≥ 2 others). Default 0:
+            one answer per human message; 0.2 gives a group question a second answer one
+            time in five.
+        expertise_weight: how strongly expertise picks the bot answering a human: a bot's
+            weight is talkativeness × exp(expertise_weight × its expertise in the message's
+            topic) (0–20; 0: talkativeness alone).
+        thread_max_depth: replies in a chain after which a spontaneous turn no longer answers
+            it: a message d replies deep is picked as a reply target with weight
+            1 − d / thread_max_depth (1–20).
     """
 
     simulation_active: bool = True
@@ -283,6 +313,10 @@ class SimulationSettings(_Strict):
     max_msgs_per_min: int = Field(default=6, ge=1, le=20)
     prime_hours: PrimeHours = PrimeHours()
     scale_factor: float = Field(default=1.0, ge=0.01, le=100.0)
+    # -- who answers (issue 14) --
+    second_answer_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    expertise_weight: float = Field(default=4.0, ge=0.0, le=20.0)
+    thread_max_depth: int = Field(default=3, ge=1, le=20)
 
 
 class MessageMeta(_Record):  # written per message by the engine: no text check

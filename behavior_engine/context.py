@@ -25,6 +25,7 @@ def to_line(item: HistoryItem) -> ChatLine:
         text=item.text,
         bot_id=item.bot_id,
         created_at=item.created_at,
+        reply_to=item.reply_to,
     )
 
 

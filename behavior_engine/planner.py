@@ -133,4 +133,5 @@ class TurnPlanner:
             topics=bot.persona.topics,
             sent_last_hour=self.clients.sent_last_hour(bot.id, now),
             send_wait=wait,
+            expertise=bot.persona.expertise,
         )

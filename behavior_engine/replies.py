@@ -6,9 +6,9 @@ the bots chosen for it, once, whichever workers are alive. The flow:
 1. the listener stores the message (``reply_wanted``) and then calls
    :meth:`ReplyDispatcher.dispatch`: the repliers are chosen once (the scheduler's rule,
    :func:`~behavior_engine.scheduler.choose_repliers`, seeded by the message id, so a
-   repeated dispatch chooses the same bots), and one entry per chosen bot is added to the
-   stream ``{ns}:replies`` (XADD, trimmed to :data:`~behavior_engine.scheduler.HUMAN_WAIT_MAX`
-   by MINID);
+   repeated dispatch, and a lone worker's scheduler, choose the same bots), and one entry
+   per chosen bot is added to the stream ``{ns}:replies`` (XADD, trimmed to
+   :data:`~behavior_engine.scheduler.HUMAN_WAIT_MAX` by MINID);
 2. every worker reads the stream (XREAD from its last id; the whole stream again when it
    takes new leases) and keeps the entries of the bots it holds: whoever holds the bot's
    lease at that moment gets it, so nothing has to be re-routed when the ring changes
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -236,16 +234,16 @@ class ReplyDispatcher:
             bot = await self.reads.bot(b)
             views.append(BotView(bot_id=bot.id, name=bot.name, username=bot.username,
                                  talkativeness=bot.persona.talkativeness,
-                                 topics=bot.persona.topics, sent_last_hour=sent.get(b, 0)))
+                                 topics=bot.persona.topics, sent_last_hour=sent.get(b, 0),
+                                 expertise=bot.persona.expertise))
         reply_to_bot = None
         if item.reply_to is not None:
             reply_to_bot = next((h.bot_id for h in await self.reads.history(chat_id)
                                  if h.telegram_message_id == item.reply_to), None)
         waiting = WaitingMessage(message_id=item.message_id, line=to_line(item),
                                  reply_to_bot_id=reply_to_bot)
-        rng = random.Random(zlib.crc32(f"{self.seed}:{item.message_id}".encode()))
-        chosen = [b.bot_id for b in choose_repliers(waiting, views, sim, now, seed=self.seed,
-                                                     rng=rng)]
+        # seeded by the message (scheduler.replier_rng): a lone worker chooses the same bots
+        chosen = [b.bot_id for b in choose_repliers(waiting, views, sim, now, seed=self.seed)]
         await self.stream.add(item, chat_id, chosen, reply_to_bot)
         return chosen
 

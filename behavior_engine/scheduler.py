@@ -3,11 +3,14 @@
 Each tick the worker hands the scheduler one :class:`ChatView` per chat and the member
 bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 
-* **Humans first.** A human message waiting for an answer gets one replier (two with
-  probability :data:`SECOND_REPLIER_P`; REALISM.md: ≤ 15 % of messages are answered by ≥ 2
-  others): the bot it mentions or replies to, else a bot drawn by topic affinity and
-  talkativeness. The reply is due after a reading-and-typing delay (log-normal, median
-  :data:`HUMAN_REPLY_MEDIAN_S` s).
+* **Humans first.** A human message waiting for an answer gets one replier
+  (:func:`choose_repliers`): the bot it replies to or mentions, that bot alone; else a bot
+  drawn by expertise in the message's topic, then talkativeness. A second, different bot
+  only when the message asks the group (:func:`asks_group`), with probability
+  ``second_answer_p`` (REALISM.md: ≤ 15 % of messages are answered by ≥ 2 others). The
+  choice is seeded by the message (:func:`replier_rng`), so the sharded listener's dispatch
+  and a lone worker choose the same bots. The reply is due after a reading-and-typing delay
+  (log-normal, median :data:`HUMAN_REPLY_MEDIAN_S` s).
 * **Budgets.** Bot *b* may send ``limit_b`` messages per rolling hour, with ``limit_b`` drawn
   once per bot between ``bot_hourly_msg_limit.min`` and ``.max``, times ``scale_factor``,
   times ``prime_hours.boost`` during prime hours. A bot at its budget is not chosen.
@@ -17,7 +20,9 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 * **Who and to whom.** A spontaneous speaker is drawn by talkativeness × budget left (the
   last speaker halved, a bot silent for :data:`QUIET_WINDOW` messages boosted); with
   probability :data:`REPLY_P` it replies to one of the last :data:`REPLY_WINDOW` messages of
-  others (humans weighted up, not always the last one).
+  others (not always the last one). A message already answered, or with an answer planned
+  or in flight, is not a target (so turns do not pile onto one message), and a message d
+  replies deep in a thread is picked with weight 1 − d / ``thread_max_depth`` (a thread fades).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import math
 import random
 import re
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,9 +43,10 @@ from behavior_engine.topics import detect_topic
 from behavior_engine.turn import ChatLine, Turn
 
 GAP_SIGMA = 1.3
-REPLY_P = 0.4
+#: Share of spontaneous turns that reply to a message: 0.45 puts "nobody answers" near the
+#: human 50 % and replies under 50 % of messages (REALISM.md; docs/realism.md, "Who answers").
+REPLY_P = 0.45
 REPLY_WINDOW = 8
-SECOND_REPLIER_P = 0.12
 HUMAN_REPLY_MEDIAN_S = 3.0
 #: A bot with no message among the chat's last QUIET_WINDOW gets QUIET_BOOST × the weight.
 QUIET_WINDOW = 10
@@ -47,6 +54,24 @@ QUIET_BOOST = 5.0
 HUMAN_WAIT_MAX = timedelta(minutes=30)
 #: A planned human reply holds back spontaneous chatter until this long after it is due.
 HUMAN_PRIORITY_WINDOW = timedelta(seconds=30)
+#: A spontaneous turn's reply target stays out of the pool this long (the turn is in flight;
+#: once sent, its reply in the history marks the target answered).
+TARGET_MEMORY = timedelta(minutes=2)
+
+#: Words that address the whole group in a question (Turkish and English; REALISM.md: "1 by
+#: default", a second answer only to a question put to everyone).
+GROUP_ADDRESS = re.compile(
+    r"(?<!\w)(?:arkadaşlar\w*|millet|beyler|hanımlar|herkes\w*|ahali|guys|everyone|everybody"
+    r"|folks|you all|y'all|all of you)(?!\w)"
+)
+#: Phrases that are a question to the group by themselves ("sizce", "ne düşünüyorsunuz").
+GROUP_QUESTION = re.compile(
+    r"(?<!\w)(?:sizce|siz ne diyorsunuz|ne düşünüyorsunuz|ne dersiniz|bilen var mı|var mı bilen"
+    r"|what do you (?:all |guys )?think|anyone)(?!\w)"
+)
+#: A second-person plural verb ending ("alır mısınız", "biliyor musunuz"): with a "?", a
+#: question to several people.
+PLURAL_YOU = re.compile(r"\w+s[ıiuü]n[ıiuü]z(?!\w)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +86,7 @@ class BotView:
         topics: topic id → weight of interest.
         sent_last_hour: messages sent in the last 60 minutes, all chats.
         send_wait: seconds before Telegram's limits let it send here (0 = now).
+        expertise: topic id → level 0..1 (``PersonaProfile.expertise``).
     """
 
     bot_id: int
@@ -70,6 +96,7 @@ class BotView:
     topics: dict[str, float]
     sent_last_hour: int
     send_wait: float = 0.0
+    expertise: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +156,8 @@ class _ChatState:
     planned: list[_Planned] = field(default_factory=list)
     # Telegram ids of human messages planned, or (id, bot) for assigned repliers.
     handled: set[int | tuple[int, int]] = field(default_factory=set)
+    # Telegram ids of spontaneous reply targets → when they were targeted.
+    targeted: dict[int, datetime] = field(default_factory=dict)
 
 
 def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
@@ -166,6 +195,31 @@ def hourly_limit(seed: int, bot_id: int, settings: SimulationSettings, now: date
     return base * settings.scale_factor * boost
 
 
+def replier_rng(seed: int, message_id: int) -> random.Random:
+    """The random source of :func:`choose_repliers` for one human message: seeded by the
+    scheduler's ``seed`` and the message's ``messages.id`` only, so every process (the
+    sharded listener's dispatch, a lone worker's scheduler, a repeated dispatch) draws the
+    same repliers for it."""
+    return random.Random(zlib.crc32(f"{seed}:{message_id}".encode()))
+
+
+def asks_group(text: str) -> bool:
+    """True when ``text`` puts a question to the whole group, the only case where a human
+    message may get a second answer.
+
+    The rule: a group question phrase (:data:`GROUP_QUESTION`: "sizce", "ne
+    düşünüyorsunuz", "ne dersiniz", "bilen var mı", "what do you think", "anyone"), or a
+    "?" together with a plural address (:data:`GROUP_ADDRESS`: "arkadaşlar", "millet",
+    "herkes", "guys", "everyone"...; or a second-person plural verb, :data:`PLURAL_YOU`:
+    "alır mısınız?"). "Arkadaşlar altın alınır mı?" asks the group; "Altın alınır mı?" and
+    "Arkadaşlar, günaydın" do not.
+    """
+    low = f"{text.replace('I', 'ı').replace('İ', 'i').lower()}\n{text.lower()}"
+    if GROUP_QUESTION.search(low):
+        return True
+    return "?" in text and bool(GROUP_ADDRESS.search(low) or PLURAL_YOU.search(low))
+
+
 def choose_repliers(
     waiting: WaitingMessage,
     bots: Sequence[BotView],
@@ -173,31 +227,51 @@ def choose_repliers(
     now: datetime,
     *,
     seed: int,
-    rng: random.Random,
+    rng: random.Random | None = None,
 ) -> list[BotView]:
     """The bots that answer a human message (module docstring, "Humans first").
 
-    The bots it mentions or replies to (two at most); else one drawn by talkativeness and
-    topic affinity among those with budget left, and a second one with probability
-    :data:`SECOND_REPLIER_P`. Empty only when ``bots`` is.
+    1. Addressed: the bot whose message it replies to, else the bots it mentions
+       (``@username`` or first name): that bot alone (two mentioned: those two, in the
+       order named; no other bot joins).
+    2. Else one bot drawn among those with budget left (all of them when none has) with
+       weight talkativeness × exp(``expertise_weight`` × expertise in the message's topic,
+       :func:`~behavior_engine.topics.detect_topic`); no topic detected: talkativeness alone.
+       With the default weight 4 a full expert weighs e⁴ ≈ 55 times a non-expert as talkative.
+    3. A second, different bot drawn the same way among the others only when the message
+       asks the group (:func:`asks_group`), with probability ``second_answer_p``.
+
+    Args:
+        rng: the random source (default :func:`replier_rng` of ``seed`` and the message:
+            the same choice in every process).
+
+    Returns:
+        One or two distinct bots; empty only when ``bots`` is.
     """
     if not bots:
         return []
-    addressed = [
-        b for b in bots if b.bot_id == waiting.reply_to_bot_id or _mentions(waiting.line.text, b)
-    ]
-    if addressed:
-        return addressed[:2]
+    if waiting.reply_to_bot_id is not None:
+        replied = [b for b in bots if b.bot_id == waiting.reply_to_bot_id]
+        if replied:
+            return replied
+    mentioned = [(pos, i) for i, b in enumerate(bots)
+                 if (pos := _mention_pos(waiting.line.text, b)) is not None]
+    if mentioned:
+        return [bots[i] for _, i in sorted(mentioned)[:2]]
+    if rng is None:
+        rng = replier_rng(seed, waiting.message_id)
     topic = detect_topic(waiting.line.text)
     candidates = [
         b for b in bots if hourly_limit(seed, b.bot_id, settings, now) - b.sent_last_hour >= 1
     ] or list(bots)
-    weights = [b.talkativeness * (1.0 + 2.0 * b.topics.get(topic or "", 0.0)) for b in candidates]
-    first = rng.choices(candidates, weights=weights)[0]
-    chosen = [first]
-    rest = [b for b in candidates if b is not first]
-    if rest and rng.random() < SECOND_REPLIER_P:
-        chosen.append(rng.choice(rest))
+    weights = [b.talkativeness * math.exp(settings.expertise_weight
+                                          * b.expertise.get(topic or "", 0.0))
+               for b in candidates]
+    i = rng.choices(range(len(candidates)), weights=weights)[0]
+    chosen = [candidates.pop(i)]
+    weights.pop(i)
+    if candidates and asks_group(waiting.line.text) and rng.random() < settings.second_answer_p:
+        chosen.append(rng.choices(candidates, weights=weights)[0])
     return chosen
 
 
@@ -272,7 +346,7 @@ class Scheduler:
         if speaker is None:
             return turns
         st.next_at = now + self._gap(bots, settings, now)
-        reply_to = self._choose_reply_target(chat, speaker)
+        reply_to = self._choose_reply_target(chat, speaker, st, settings, now)
         reason = "spontaneous"
         if reply_to is not None:
             reason = "mention" if _mentions(reply_to.text, speaker) else "reply"
@@ -325,8 +399,7 @@ class Scheduler:
             else:
                 if key in st.handled:
                     continue
-                repliers = choose_repliers(waiting, bots, settings, now, seed=self._seed,
-                                           rng=self._rng)
+                repliers = choose_repliers(waiting, bots, settings, now, seed=self._seed)
                 st.handled.add(key)
             for i, bot in enumerate(repliers):
                 delay = HUMAN_REPLY_MEDIAN_S * math.exp(self._rng.gauss(0.0, 0.45))
@@ -374,16 +447,53 @@ class Scheduler:
             return None
         return self._rng.choices(candidates, weights=weights)[0]
 
-    def _choose_reply_target(self, chat: ChatView, speaker: BotView) -> ChatLine | None:
+    def _choose_reply_target(self, chat: ChatView, speaker: BotView, st: _ChatState,
+                             settings: SimulationSettings, now: datetime) -> ChatLine | None:
+        """A message of the last :data:`REPLY_WINDOW` for ``speaker`` to answer, or None
+        (a fresh message): with probability :data:`REPLY_P`, among the messages of others
+        not taken (:meth:`_taken`), weighted towards newer ones and mentions of the speaker,
+        times the thread's fade 1 − depth / ``thread_max_depth``."""
         window = [m for m in list(chat.recent)[-REPLY_WINDOW:] if m.bot_id != speaker.bot_id]
         if not window or self._rng.random() >= REPLY_P:
             return None
+        taken = self._taken(chat, st, now)
+        depth = _thread_depths(chat.recent)
         n = len(window)
-        weights = [(3.0 if m.is_human else 1.0) * (0.6 + 0.4 * (i + 1) / n) for i, m in
-                   enumerate(window)]
-        weights = [w * (3.0 if _mentions(m.text, speaker) else 1.0)
-                   for w, m in zip(weights, window, strict=True)]
-        return self._rng.choices(window, weights=weights)[0]
+        pool: list[ChatLine] = []
+        weights: list[float] = []
+        for i, m in enumerate(window):
+            fade = 1.0 - depth[m.telegram_message_id] / settings.thread_max_depth
+            if m.telegram_message_id in taken or fade <= 0:
+                continue
+            w = (0.6 + 0.4 * (i + 1) / n) * fade
+            pool.append(m)
+            weights.append(w * (3.0 if _mentions(m.text, speaker) else 1.0))
+        if not pool:
+            return None
+        target = self._rng.choices(pool, weights=weights)[0]
+        st.targeted[target.telegram_message_id] = now
+        return target
+
+    @staticmethod
+    def _taken(chat: ChatView, st: _ChatState, now: datetime) -> set[int]:
+        """Telegram ids of the chat's messages out of the reply-target pool: answered by
+        another speaker (a reply in ``chat.recent``), a human's with an answer planned here
+        (handled or planned) or anywhere (every human text is answered by the human-reply
+        path, so one younger than :data:`HUMAN_WAIT_MAX` has its answer coming), and the
+        targets of spontaneous turns of the last :data:`TARGET_MEMORY`."""
+        recent = list(chat.recent)
+        speaker_of = {m.telegram_message_id: _speaker_key(m) for m in recent}
+        taken = {m.reply_to for m in recent if m.reply_to is not None
+                 and speaker_of.get(m.reply_to, _speaker_key(m)) != _speaker_key(m)}
+        taken |= {k if isinstance(k, int) else k[0] for k in st.handled}
+        taken |= {p.waiting_id for p in st.planned}
+        taken |= {m.telegram_message_id for m in recent if m.is_human and (
+            m.created_at is None or m.created_at >= now - HUMAN_WAIT_MAX)}
+        for tg, at in list(st.targeted.items()):
+            if at < now - TARGET_MEMORY:
+                del st.targeted[tg]
+        taken |= set(st.targeted)
+        return taken
 
     def _topic(self, chat: ChatView, bot: BotView, reply_to: ChatLine | None) -> str:
         if reply_to is not None:
@@ -424,10 +534,37 @@ class Scheduler:
         )
 
 
+def _mention_pos(text: str, bot: BotView) -> int | None:
+    """Where ``text`` first mentions ``bot`` (by @username or by its first name, Turkish
+    suffixes allowed: "Ayşe'ye"), or None when it does not."""
+    low = text.lower()
+    found = [i for i in (low.find(f"@{bot.username.lower()}"),) if i >= 0]
+    first = bot.name.split()[0].lower() if bot.name.split() else ""
+    if first and (m := re.search(rf"(?<!\w){re.escape(first)}", low)) is not None:
+        found.append(m.start())
+    return min(found, default=None)
+
+
 def _mentions(text: str, bot: BotView) -> bool:
     """True when ``text`` mentions ``bot`` by @username or by its first name."""
-    low = text.lower()
-    if f"@{bot.username.lower()}" in low:
-        return True
-    first = bot.name.split()[0].lower() if bot.name.split() else ""
-    return bool(first) and re.search(rf"(?<!\w){re.escape(first)}", low) is not None
+    return _mention_pos(text, bot) is not None
+
+
+def _speaker_key(line: ChatLine) -> str:
+    """Who sent ``line``: our bot id, else the username or display name."""
+    return f"bot:{line.bot_id}" if line.bot_id is not None else (
+        f"user:{line.speaker_username or line.speaker}")
+
+
+def _thread_depths(recent: Sequence[ChatLine]) -> dict[int, int]:
+    """Telegram id → replies deep in its thread: 0 for a message replying to nothing, the
+    parent's depth + 1 for a reply (a parent older than ``recent``: depth 1)."""
+    parent = {m.telegram_message_id: m.reply_to for m in recent}
+    depth: dict[int, int] = {}
+    for m in recent:
+        d, up = 0, m.reply_to
+        while up is not None and d < len(parent) + 1:
+            d += 1
+            up = parent.get(up)
+        depth[m.telegram_message_id] = d
+    return depth

@@ -1,8 +1,10 @@
 """Topic detection from message text by keywords (Turkish and English).
 
-Topic ids: ``usdtry``, ``bist100``, ``btc``, ``gold``, ``rates``, ``inflation``. One detector
-for the whole engine: the scheduler (what a human asks about) and the offline generator
-(what a reply answers) use the same answer.
+Topic ids: ``usdtry``, ``bist100``, ``btc``, ``gold``, ``rates``, ``inflation``
+(:data:`backend.schemas.KNOWN_TOPICS`, which persona expertise is checked against). One
+detector for the whole engine: the scheduler (what a human asks about) and the offline
+generator (what a reply answers) use the same answer. "Carry trade" (borrowing the low-rate
+currency to hold the high-rate one) is a ``rates`` question.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ TOPIC_PATTERNS: dict[str, re.Pattern[str]] = {
         "bist100": r"borsa|\bbist|hisse|endeks|\bstocks?\b|\bindex|xu100",
         "btc": r"bitcoin|\bbtc|kripto|crypto",
         "gold": r"\baltın(?:ı|ın|lar\w*|cı\w*)?\b|\bgold|\bons\b",
-        "rates": r"\bfaiz|\brates?\b|interest|tcmb|merkez bankası|central bank|\bfed\b",
+        "rates": r"\bfaiz|\brates?\b|interest|tcmb|merkez bankası|central bank|\bfed\b"
+                 r"|\bcarry\b|taşıma ticareti|\bswap",
         "inflation": r"enflasyon|inflation|tüfe|\bcpi\b|hayat pahalılığı",
     }.items()
 }

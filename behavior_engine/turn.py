@@ -27,6 +27,8 @@ class ChatLine:
         text: the message text.
         bot_id: our bot id when one of our bots sent it, else None.
         created_at: aware UTC time the message was sent.
+        reply_to: Telegram's id of the message it replies to, if any (the scheduler reads
+            answered messages and reply-chain depth from it).
     """
 
     telegram_message_id: int
@@ -36,6 +38,7 @@ class ChatLine:
     text: str
     bot_id: int | None = None
     created_at: datetime | None = None
+    reply_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

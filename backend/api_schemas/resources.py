@@ -129,7 +129,7 @@ class BotUpdate(_Input):
         token: a new Bot API token (write-only, as in :class:`BotCreate`).
         mood: the mood now, -1.0 – 1.0.
         name, username, role, language, bio, style, topics, talkativeness, mood_baseline,
-        llm_providers, stances, holdings: as in :class:`~backend.schemas.Persona`.
+        llm_providers, stances, holdings, expertise: as in :class:`~backend.schemas.Persona`.
     """
 
     enabled: bool | None = None
@@ -147,6 +147,7 @@ class BotUpdate(_Input):
     llm_providers: list[str] | None = None
     stances: list[Stance] | None = None
     holdings: list[Holding] | None = None
+    expertise: dict[TopicId, float] | None = None  # who answers (issue 14)
 
     _token = field_validator("token")(classmethod(lambda cls, v: _check_token(v)))
 
@@ -333,6 +334,10 @@ class SettingsPatch(_Input):
     max_msgs_per_min: int | None = Field(default=None, ge=1, le=20)
     prime_hours: PrimeHours | None = None
     scale_factor: float | None = Field(default=None, ge=0.01, le=100.0)
+    # -- who answers (issue 14) --
+    second_answer_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    expertise_weight: float | None = Field(default=None, ge=0.0, le=20.0)
+    thread_max_depth: int | None = Field(default=None, ge=1, le=20)
 
     @model_validator(mode="after")
     def _no_nulls(self) -> SettingsPatch:
