@@ -158,6 +158,8 @@ class PersonaProfile(_Strict):
         mood_baseline: resting mood, -1.0 (gloomy) – 1.0 (euphoric).
         llm_providers: this bot's own provider order (names from the settings), or None
             for the global order.
+        typing_cpm: how fast this persona types, characters per minute, 60–1500, or None
+            for the settings' ``typing_cpm_default`` (``behavior_engine.typist``).
     """
 
     role: str = Field(min_length=1, max_length=80)
@@ -168,6 +170,7 @@ class PersonaProfile(_Strict):
     talkativeness: float = Field(default=1.0, ge=0.05, le=10.0)
     mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
     llm_providers: list[str] | None = None
+    typing_cpm: float | None = Field(default=None, ge=60.0, le=1500.0)
 
     _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
 
@@ -276,6 +279,15 @@ class SimulationSettings(_Strict):
             (Telegram allows a bot 20 messages/min per group; core.telegram.org/bots/faq).
         prime_hours: hours with more activity and their boost.
         scale_factor: multiplies every bot's budget (0.01–100), for quick tuning.
+        reading_wpm: words per minute a bot reads the message it replies to, 60–1000
+            (adults read about 238 wpm; Brysbaert 2019; ``behavior_engine.typist``).
+        reading_cap_s: the longest reading pause before a reply, seconds, 0–30 (0: none).
+        typing_cpm_default: characters per minute a bot types when its persona sets no
+            ``typing_cpm``, 60–1500 (keyboard typists average ~260; Dhakal et al. 2018).
+        typing_jitter: half-width of the uniform factor around 1 that varies each typing
+            time, 0–0.9.
+        typing_cap_s: the longest typing time ("typing…" shown, generation included),
+            seconds, 0–60 (0: no pause after generation).
     """
 
     simulation_active: bool = True
@@ -283,6 +295,12 @@ class SimulationSettings(_Strict):
     max_msgs_per_min: int = Field(default=6, ge=1, le=20)
     prime_hours: PrimeHours = PrimeHours()
     scale_factor: float = Field(default=1.0, ge=0.01, le=100.0)
+    # -- voice: reading and typing time (issue 14) --
+    reading_wpm: float = Field(default=250.0, ge=60.0, le=1000.0)
+    reading_cap_s: float = Field(default=4.0, ge=0.0, le=30.0)
+    typing_cpm_default: float = Field(default=300.0, ge=60.0, le=1500.0)
+    typing_jitter: float = Field(default=0.3, ge=0.0, le=0.9)
+    typing_cap_s: float = Field(default=12.0, ge=0.0, le=60.0)
 
 
 class MessageMeta(_Record):  # written per message by the engine: no text check
@@ -302,6 +320,9 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
         latency_ms: the turn's time from its decision to Telegram's answer, ms.
         llm_ms: the part of it spent generating the text (the provider chain), ms.
         wait_ms: the part of it spent waiting for a Telegram limit (our limiter), ms.
+        read_ms: the reading pause before a reply (``behavior_engine.typist``), ms.
+        typing_ms: how long "typing…" showed before the send: generation plus the typing
+            pause after it, ms.
     """
 
     provider: str | None = None
@@ -316,6 +337,8 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
     latency_ms: float | None = None
     llm_ms: float | None = None
     wait_ms: float | None = None
+    read_ms: float | None = None
+    typing_ms: float | None = None
 
 
 class ModelPrice(_Strict):

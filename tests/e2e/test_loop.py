@@ -68,7 +68,7 @@ async def world(
             sandbox.add_bot_to_chat(CHAT, token)
         await settings_store.update_settings(
             s, changes={"bot_hourly_msg_limit": {"min": 1200, "max": 1200},
-                        "max_msgs_per_min": 20}
+                        "max_msgs_per_min": 20, "reading_cap_s": 0.0, "typing_cap_s": 0.0}
         )
     await sandbox.start()
     # The listener keeps no cache of its own here, as a separate process without Redis: the
