@@ -89,6 +89,8 @@ _KEEP_CASE = ("Bitcoin", "Borsa İstanbul", "Borsa Istanbul", "Fed", "I ", "I'")
 #: Templates drawn per piece (the least repeated is kept) and rewrites of a near-duplicate.
 CANDIDATES = 4
 REWRITES = 3
+#: A piece whose bigrams were this much said lately is left out (unless it is the first).
+STALE_SKIP = 0.7
 _FIELDS = string.Formatter()
 _ALT = re.compile(r"\(([^()]*)\)")  # "(a|b)" in a template: one of the alternatives
 
@@ -307,8 +309,9 @@ class _Writer:
 
     def choose(self, options: list[str], k: int = 2) -> str:
         """One of ``options`` (plain phrases: openers, closers...): of ``k`` drawn among the
-        fresh ones, the least repeated."""
+        fresh ones (the chat did not say them lately either), the least repeated."""
         fresh = self.fresh_first(options)
+        fresh = [o for o in fresh if not o or self.staleness(o) < STALE_SKIP] or fresh
         cands = self.rng.sample(fresh, min(k, len(fresh)))
         best = min(cands, key=self.staleness)
         if best:
@@ -383,6 +386,8 @@ class _Writer:
             text = self.pick(pool, max(cap - n, 1))
             if text is None or (out and n + _words(text) > cap) or _head(text) in heads:
                 continue
+            if out and self.staleness(text) >= STALE_SKIP:
+                continue  # said lately (the stance's reason, a fixed line): leave it out
             heads.add(_head(text))
             used.update((kind.rstrip("0123456789"), self.last))
             out.append(self.sentence(text))
