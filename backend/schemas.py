@@ -286,8 +286,8 @@ class SimulationSettings(_Strict):
             ``typing_cpm``, 60–1500 (keyboard typists average ~260; Dhakal et al. 2018).
         typing_jitter: half-width of the uniform factor around 1 that varies each typing
             time, 0–0.9.
-        typing_cap_s: the longest typing time ("typing…" shown, generation included),
-            seconds, 0–60 (0: no pause after generation).
+        typing_cap_s: the bound of the typing time ("typing…" shown, generation included;
+            approached softly, see ``behavior_engine.typist``), seconds, 0–60 (0: none).
     """
 
     simulation_active: bool = True
@@ -297,10 +297,10 @@ class SimulationSettings(_Strict):
     scale_factor: float = Field(default=1.0, ge=0.01, le=100.0)
     # -- voice: reading and typing time (issue 14) --
     reading_wpm: float = Field(default=250.0, ge=60.0, le=1000.0)
-    reading_cap_s: float = Field(default=4.0, ge=0.0, le=30.0)
+    reading_cap_s: float = Field(default=3.0, ge=0.0, le=30.0)
     typing_cpm_default: float = Field(default=300.0, ge=60.0, le=1500.0)
     typing_jitter: float = Field(default=0.3, ge=0.0, le=0.9)
-    typing_cap_s: float = Field(default=12.0, ge=0.0, le=60.0)
+    typing_cap_s: float = Field(default=10.0, ge=0.0, le=60.0)
 
 
 class MessageMeta(_Record):  # written per message by the engine: no text check

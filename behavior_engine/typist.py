@@ -11,7 +11,9 @@ twenty-word question with twenty words two seconds later are recognised at once 
   ``typing_cpm``, else ``typing_cpm_default``; typists average about 52 words, some 260
   characters, per minute on a keyboard, Dhakal et al., CHI 2018, and about 36 words per
   minute on a phone, Palin et al., MobileHCI 2019), times a jitter factor drawn uniformly
-  in ``[1 - typing_jitter, 1 + typing_jitter]``, capped at ``typing_cap_s``. Generating the
+  in ``[1 - typing_jitter, 1 + typing_jitter]``, then bounded softly by ``typing_cap_s``:
+  ``cap × (1 − exp(−raw / cap))``, so a longer text always types longer, yet never past the
+  cap (a hard cap would give every answer of more than a line the same time). Generating the
   text counts toward it: the pause after generation is what is left, never added twice.
 * "typing…" is shown during that time and renewed every :data:`TYPING_RENEW_S` seconds:
   Telegram shows a chat action for 5 seconds or less, until the bot's next message
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -50,7 +53,7 @@ class Pace:
         reading_cap_s: the longest reading pause, seconds (0: no reading pause).
         typing_cpm: characters typed per minute, > 0.
         typing_jitter: half-width of the uniform jitter factor around 1, 0–0.9.
-        typing_cap_s: the longest typing time, seconds (0: no typing pause).
+        typing_cap_s: the bound of the typing time, seconds (0: no typing pause).
     """
 
     reading_wpm: float
@@ -78,11 +81,15 @@ class Pace:
         return min(words * 60.0 / self.reading_wpm, self.reading_cap_s)
 
     def typing_s(self, text: str, rng: random.Random) -> float:
-        """Seconds to type ``text``: its characters × 60 / ``typing_cpm`` × a factor drawn
-        from ``rng`` uniformly in ``[1 - typing_jitter, 1 + typing_jitter]``, at most
-        ``typing_cap_s``."""
+        """Seconds to type ``text``: ``raw`` = its characters × 60 / ``typing_cpm`` × a factor
+        drawn from ``rng`` uniformly in ``[1 - typing_jitter, 1 + typing_jitter]``, bounded
+        softly: ``typing_cap_s × (1 − exp(−raw / typing_cap_s))`` (< the cap, increasing in
+        ``raw``; 0.0 when the cap is 0)."""
         factor = rng.uniform(1.0 - self.typing_jitter, 1.0 + self.typing_jitter)
-        return min(len(text) * 60.0 / self.typing_cpm * factor, self.typing_cap_s)
+        if self.typing_cap_s <= 0:
+            return 0.0
+        raw = len(text) * 60.0 / self.typing_cpm * factor
+        return self.typing_cap_s * -math.expm1(-raw / self.typing_cap_s)
 
 
 def jitter_rng(seed: int, turn_id: str) -> random.Random:
