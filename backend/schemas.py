@@ -175,6 +175,8 @@ class PersonaProfile(_Strict):
         expertise: topic id (one of :data:`KNOWN_TOPICS`) → level 0..1: what the persona
             knows well enough to be the one who answers a human's question on it (the
             scheduler's ``choose_repliers``); empty: no topic of expertise.
+        typing_cpm: how fast this persona types, characters per minute, 60–1500, or None
+            for the settings' ``typing_cpm_default`` (``behavior_engine.typist``).
     """
 
     role: str = Field(min_length=1, max_length=80)
@@ -186,6 +188,7 @@ class PersonaProfile(_Strict):
     mood_baseline: float = Field(default=0.0, ge=-1.0, le=1.0)
     llm_providers: list[str] | None = None
     expertise: dict[TopicId, float] = Field(default_factory=dict)
+    typing_cpm: float | None = Field(default=None, ge=60.0, le=1500.0)
 
     _positive = field_validator("topics")(classmethod(lambda cls, v: _positive_weights(v)))
     _expertise = field_validator("expertise")(classmethod(lambda cls, v: _known_expertise(v)))
@@ -306,6 +309,15 @@ class SimulationSettings(_Strict):
         thread_max_depth: replies in a chain after which a spontaneous turn no longer answers
             it: a message d replies deep is picked as a reply target with weight
             1 − d / thread_max_depth (1–20).
+        reading_wpm: words per minute a bot reads the message it replies to, 60–1000
+            (adults read about 238 wpm; Brysbaert 2019; ``behavior_engine.typist``).
+        reading_cap_s: the longest reading pause before a reply, seconds, 0–30 (0: none).
+        typing_cpm_default: characters per minute a bot types when its persona sets no
+            ``typing_cpm``, 60–1500 (keyboard typists average ~260; Dhakal et al. 2018).
+        typing_jitter: half-width of the uniform factor around 1 that varies each typing
+            time, 0–0.9.
+        typing_cap_s: the bound of the typing time ("typing…" shown, generation included;
+            approached softly, see ``behavior_engine.typist``), seconds, 0–60 (0: none).
     """
 
     simulation_active: bool = True
@@ -317,6 +329,12 @@ class SimulationSettings(_Strict):
     second_answer_p: float = Field(default=0.0, ge=0.0, le=1.0)
     expertise_weight: float = Field(default=4.0, ge=0.0, le=20.0)
     thread_max_depth: int = Field(default=3, ge=1, le=20)
+    # -- voice: reading and typing time (issue 14) --
+    reading_wpm: float = Field(default=250.0, ge=60.0, le=1000.0)
+    reading_cap_s: float = Field(default=3.0, ge=0.0, le=30.0)
+    typing_cpm_default: float = Field(default=300.0, ge=60.0, le=1500.0)
+    typing_jitter: float = Field(default=0.3, ge=0.0, le=0.9)
+    typing_cap_s: float = Field(default=10.0, ge=0.0, le=60.0)
 
 
 class MessageMeta(_Record):  # written per message by the engine: no text check
@@ -336,6 +354,9 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
         latency_ms: the turn's time from its decision to Telegram's answer, ms.
         llm_ms: the part of it spent generating the text (the provider chain), ms.
         wait_ms: the part of it spent waiting for a Telegram limit (our limiter), ms.
+        read_ms: the reading pause before a reply (``behavior_engine.typist``), ms.
+        typing_ms: how long "typing…" showed before the send: generation plus the typing
+            pause after it, ms.
     """
 
     provider: str | None = None
@@ -350,6 +371,8 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
     latency_ms: float | None = None
     llm_ms: float | None = None
     wait_ms: float | None = None
+    read_ms: float | None = None
+    typing_ms: float | None = None
 
 
 class ModelPrice(_Strict):

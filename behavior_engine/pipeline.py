@@ -1,9 +1,14 @@
-"""One turn, start to end: context → prompt → generate → guards → intent → send → commit.
+"""One turn, start to end: context → read → prompt → generate and type → guards → intent →
+send → commit.
 
 The scheduler decides a :class:`~behavior_engine.turn.Turn`; :class:`TurnPipeline` carries
 it out with the bot's Telegram client, Telegram's send limits, the turn records (the stores)
 and the clock it is given, and says how it ended (an :class:`~behavior_engine.turn.Outcome`).
 It never raises for a failure of Telegram, a provider or the bot's lease.
+
+Pace (:mod:`behavior_engine.typist`): a reply first reads the message it answers, then
+"typing…" shows while the text is generated and for the rest of the typing time its length
+calls for (renewed every 4.5 s); both pauses go through the injected ``sleep``.
 
 Exactly-once sends (``backend.stores.turns``): the turn's id exists before generation; right
 before the send its intent is recorded under the bot's fencing token (a stale token writes
@@ -55,6 +60,7 @@ from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import build_request
 from behavior_engine.reads import BotProfile, HistoryItem
 from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn
+from behavior_engine.typist import TYPING_RENEW_S, Pace, jitter_rng, keep_typing
 from bots.ratelimit import TelegramLimiter
 from bots.telegram import SentMessage
 
@@ -144,12 +150,16 @@ class Timing:
         sent_at: when Telegram's answer arrived (aware UTC).
         latency_s: from the turn's decision to Telegram's answer, seconds.
         llm_s: of which generating the text; wait_s: of which waiting for a Telegram limit.
+        read_s: of which reading the replied message (a pause, seconds).
+        typing_s: of which "typing…" showed: ``llm_s`` plus the typing pause after it.
     """
 
     sent_at: datetime
     latency_s: float
     llm_s: float
     wait_s: float
+    read_s: float = 0.0
+    typing_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +239,8 @@ class TurnPipeline:
         clock: aware UTC now.
         stats: counters updated in place: ``fallbacks``, ``fenced``.
         on_sent: called with (bot id, aware UTC time) after each commit (hourly budgets).
-        sleep: awaited to wait for a limit (injectable for tests).
+        sleep: awaited to wait for a limit, to read and to type, seconds (injectable for
+            tests: a fake clock).
     """
 
     def __init__(
@@ -270,10 +281,14 @@ class TurnPipeline:
         )
         request = build_request(ctx)
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
-        generation, llm_s = await self._generate(turn, client, request,
-                                                 ctx.profile.llm_providers)
-        # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         sim = await self.reads.settings()
+        pace = Pace.of(sim, bot.persona)
+        read_s = pace.reading_s(turn.reply_to.text) if turn.reply_to is not None else 0.0
+        if read_s > 0:  # a person reads the message before typing the answer
+            await self._sleep(read_s)
+        generation, llm_s, typing_s = await self._generate(turn, client, request,
+                                                           ctx.profile.llm_providers, pace)
+        # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         waited_s, refused = await self._guard(turn, sim.max_msgs_per_min)
         if refused is not None:
             return refused
@@ -296,9 +311,10 @@ class TurnPipeline:
         if isinstance(sent_or_outcome, Outcome):
             return sent_or_outcome
         timing = Timing(sent_at=utcnow(), latency_s=time.perf_counter() - decided,
-                        llm_s=llm_s, wait_s=waited_s)
+                        llm_s=llm_s, wait_s=waited_s, read_s=read_s, typing_s=typing_s)
         metrics.TURN_LATENCY.observe(timing.latency_s)
-        metrics.TURN_OVERHEAD.observe(timing.latency_s - llm_s)
+        # the engine's own part: neither generation nor the deliberate reading/typing pauses
+        metrics.TURN_OVERHEAD.observe(max(timing.latency_s - read_s - typing_s, 0.0))
         item = await self.records.commit_sent(Sent(
             turn=turn, bot=bot, message=sent_or_outcome, generation=generation,
             reply_to=reply_id, mood=ctx.mood, timing=timing))
@@ -308,22 +324,46 @@ class TurnPipeline:
         return Outcome(turn=turn, status="sent", telegram_message_id=sent_or_outcome.message_id)
 
     async def _generate(self, turn: Turn, client: Sender, request: GenerationRequest,
-                        order: list[str] | None) -> tuple[Generation, float]:
-        """The text, and the seconds spent generating it. "typing…" shows meanwhile (as a
-        person types), so it adds no round trip; it is awaited before the send it precedes."""
-        typing = asyncio.create_task(client.send_typing(chat_id=turn.telegram_chat_id))
+                        order: list[str] | None,
+                        pace: Pace) -> tuple[Generation, float, float]:
+        """The text, the seconds spent generating it, and the seconds "typing…" showed.
+
+        "typing…" shows while the text is generated (renewed every
+        :data:`~behavior_engine.typist.TYPING_RENEW_S` seconds of the provider's wall-clock
+        time), then for what is left of the typing time the text's length calls for
+        (:meth:`Pace.typing_s`; the generation counts toward it, never added twice)."""
+        chat_id = turn.telegram_chat_id
+        typing = asyncio.create_task(client.send_typing(chat_id=chat_id))
+        renew = asyncio.create_task(self._renew_typing(client, chat_id))
         t_llm = time.perf_counter()
         try:
             result = await self.chain.generate(request, order=order)
         finally:
             llm_s = time.perf_counter() - t_llm
+            renew.cancel()
+            await asyncio.wait({renew})
             try:
                 await typing
             except TelegramError as exc:  # decoration: never worth a lost turn
                 log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
         if result.skipped:
             self.stats["fallbacks"] += 1
-        return result.generation, llm_s
+        text = result.generation.text
+        pause = pace.typing_s(text, jitter_rng(self.seed, turn.turn_id)) - llm_s
+        if pause > 0:
+            await keep_typing(lambda: client.send_typing(chat_id=chat_id), self._sleep, pause,
+                              shown_ago=llm_s)
+        return result.generation, llm_s, llm_s + max(pause, 0.0)
+
+    async def _renew_typing(self, client: Sender, chat_id: int) -> None:
+        """Renew "typing…" every :data:`TYPING_RENEW_S` seconds (wall clock: the provider's
+        own time) until cancelled."""
+        while True:
+            await asyncio.sleep(TYPING_RENEW_S)
+            try:
+                await client.send_typing(chat_id=chat_id)
+            except TelegramError as exc:  # decoration: never worth a lost turn
+                log.debug("chat %s: typing not renewed: %s", chat_id, exc)
 
     async def _guard(self, turn: Turn, chat_cap: int) -> tuple[float, Outcome | None]:
         """Take a send slot, waiting at most :data:`MAX_LIMIT_WAIT_S`. Returns the seconds

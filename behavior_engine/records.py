@@ -53,7 +53,9 @@ class StoreTurnRecords:
                            sent_at=timing.sent_at,
                            latency_ms=round(timing.latency_s * 1000, 3),
                            llm_ms=round(timing.llm_s * 1000, 3),
-                           wait_ms=round(timing.wait_s * 1000, 3))
+                           wait_ms=round(timing.wait_s * 1000, 3),
+                           read_ms=round(timing.read_s * 1000, 3),
+                           typing_ms=round(timing.typing_s * 1000, 3))
         async with self.sessionmaker() as session, session.begin():
             msg = await turn_store.commit_sent(
                 session, turn_id=turn.turn_id, chat_id=turn.chat_id, bot_id=turn.bot_id,

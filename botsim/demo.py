@@ -58,6 +58,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "bot_hourly_msg_limit": {"min": 240, "max": 480},
     "max_msgs_per_min": 15,
     "scale_factor": 1.0,
+    "typing_cap_s": 6.0,
 }
 SAY_AFTER_S = 5.0
 #: Where ``--humans N`` posts fall, as shares of the run: spread from 10 % to 85 % of it.

@@ -117,7 +117,9 @@ async def run_once(n_workers: int, args: argparse.Namespace, tmp: Path) -> dict[
         await seed_database(s, world, cipher=TokenCipher(fernet))
         await settings_store.update_settings(s, changes={
             "bot_hourly_msg_limit": {"min": 600, "max": 600}, "max_msgs_per_min": 20,
-            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"}})
+            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
+            "reading_cap_s": 0.0,  # no reading/typing pauses: throughput stays comparable
+            "typing_cap_s": 0.0})
     world_file = tmp / f"world-{n_workers}.json"
     world_file.write_text(json.dumps(sandbox_world(world)))
     tg_port, llm_port = free_port(), free_port()

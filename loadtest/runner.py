@@ -311,7 +311,9 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
         await settings_store.update_settings(s, changes={
             "bot_hourly_msg_limit": {"min": opts.msgs_per_hour, "max": opts.msgs_per_hour},
             "max_msgs_per_min": 20, "scale_factor": 1.0,
-            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"}})
+            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
+            "reading_cap_s": 0.0,  # no reading/typing pauses: throughput stays comparable
+            "typing_cap_s": 0.0})
     world_file = tmp / "world.json"
     world_file.write_text(json.dumps(sandbox_world(world)))
 

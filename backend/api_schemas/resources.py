@@ -122,14 +122,16 @@ class BotUpdate(_Input):
 
     The persona fields have the types and bounds of :class:`~backend.schemas.Persona`;
     :meth:`merged` validates the result as a whole persona. ``llm_providers`` may be sent
-    as null (back to the global provider order); null is refused for every other field.
+    as null (back to the global provider order), and so may ``typing_cpm`` (back to the
+    settings' default); null is refused for every other field.
 
     Attributes:
         enabled: whether the bot takes turns.
         token: a new Bot API token (write-only, as in :class:`BotCreate`).
         mood: the mood now, -1.0 – 1.0.
         name, username, role, language, bio, style, topics, talkativeness, mood_baseline,
-        llm_providers, stances, holdings, expertise: as in :class:`~backend.schemas.Persona`.
+        llm_providers, typing_cpm, stances, holdings, expertise: as in
+            :class:`~backend.schemas.Persona`.
     """
 
     enabled: bool | None = None
@@ -145,6 +147,7 @@ class BotUpdate(_Input):
     talkativeness: float | None = Field(default=None, ge=0.05, le=10.0)
     mood_baseline: float | None = Field(default=None, ge=-1.0, le=1.0)
     llm_providers: list[str] | None = None
+    typing_cpm: float | None = Field(default=None, ge=60.0, le=1500.0)
     stances: list[Stance] | None = None
     holdings: list[Holding] | None = None
     expertise: dict[TopicId, float] | None = None  # who answers (issue 14)
@@ -162,7 +165,7 @@ class BotUpdate(_Input):
 
     @model_validator(mode="after")
     def _no_nulls(self) -> BotUpdate:
-        _refuse_nulls(self, frozenset({"llm_providers"}))
+        _refuse_nulls(self, frozenset({"llm_providers", "typing_cpm"}))
         return self
 
     def persona_changes(self) -> dict[str, Any]:
@@ -338,6 +341,12 @@ class SettingsPatch(_Input):
     second_answer_p: float | None = Field(default=None, ge=0.0, le=1.0)
     expertise_weight: float | None = Field(default=None, ge=0.0, le=20.0)
     thread_max_depth: int | None = Field(default=None, ge=1, le=20)
+    # -- voice: reading and typing time (issue 14) --
+    reading_wpm: float | None = Field(default=None, ge=60.0, le=1000.0)
+    reading_cap_s: float | None = Field(default=None, ge=0.0, le=30.0)
+    typing_cpm_default: float | None = Field(default=None, ge=60.0, le=1500.0)
+    typing_jitter: float | None = Field(default=None, ge=0.0, le=0.9)
+    typing_cap_s: float | None = Field(default=None, ge=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _no_nulls(self) -> SettingsPatch:

@@ -18,7 +18,17 @@ topic (keyword detection, :func:`detect_topic`), answers a question as an answer
 contrasts or agrees according to the persona's own stance. Agreement is kept rare: in human
 chat "agree" markers are about a tenth as common as contrast ones (REALISM.md).
 
-Deterministic: the random stream is seeded from ``context.seed`` and ``context.turn_id`` only.
+No phrase twice (issue 14): every piece (template, opener, closer, lead-in, name of the
+topic) is drawn among a few candidates, preferring templates the bot has not used recently in
+the chat and, among those, the text whose word bigrams the chat has said least recently
+(:mod:`behavior_engine.llm.phrase_memory`: the turn's history plus, in
+:class:`OfflineGenerator`, a per-chat memory of what it wrote). A message that is still a
+near-duplicate of a recent one (character 5-gram Jaccard ≥ 0.5, REALISM.md) is written again,
+up to :data:`REWRITES` times.
+
+Deterministic: the random stream is seeded from ``context.seed`` and ``context.turn_id`` only;
+what is avoided comes from the context and the memory (a turn never avoids its own text, so
+the same request gets the same text).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from typing import Any
 import yaml
 
 from backend.schemas import Stance
+from behavior_engine.llm.phrase_memory import PhraseMemory, Recent, bigrams
 from behavior_engine.topics import detect_topic
 from behavior_engine.turn import ChatLine, Generation, GenerationRequest, TurnContext
 
@@ -75,14 +86,37 @@ _TAIL_P = {"casual": 0.1, "neutral": 0.25, "formal": 0.3}  # reaction + a short 
 _OPENER_P = {"casual": 0.25, "neutral": 0.3, "formal": 0.35}
 _CLOSER_P = {"casual": 0.2, "neutral": 0.25, "formal": 0.35}
 _KEEP_CASE = ("Bitcoin", "Borsa İstanbul", "Borsa Istanbul", "Fed", "I ", "I'")
+#: Templates drawn per piece (the least repeated is kept) and rewrites of a near-duplicate.
+CANDIDATES = 4
+REWRITES = 3
+#: A piece whose bigrams were this much said lately is left out (unless it is the first).
+STALE_SKIP = 0.7
 _FIELDS = string.Formatter()
 _ALT = re.compile(r"\(([^()]*)\)")  # "(a|b)" in a template: one of the alternatives
 
 
+#: Phrase-bank files, merged in order (a later file's lists extend the earlier ones').
+TEMPLATE_FILES = ("templates/offline.yaml", "templates/offline_variety.yaml")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Merge ``extra`` into ``base`` in place: mappings key by key, lists appended."""
+    for key, value in extra.items():
+        old = base.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            _merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list):
+            base[key] = [*old, *value]
+        else:
+            base[key] = value
+
+
 @cache
 def _data() -> dict[str, Any]:
-    raw = resources.files("behavior_engine.llm").joinpath("templates/offline.yaml")
-    data: dict[str, Any] = yaml.safe_load(raw.read_text(encoding="utf-8"))
+    data: dict[str, Any] = {}
+    for name in TEMPLATE_FILES:
+        raw = resources.files("behavior_engine.llm").joinpath(name)
+        _merge(data, yaml.safe_load(raw.read_text(encoding="utf-8")))
     return data
 
 
@@ -192,8 +226,11 @@ def _address_name(speaker: str) -> str:
 class _Writer:
     """Writes one message; all randomness comes from ``rng``."""
 
-    def __init__(self, ctx: TurnContext, rng: random.Random) -> None:
+    def __init__(self, ctx: TurnContext, rng: random.Random,
+                 recent: Recent | None = None) -> None:
         self.ctx, self.rng = ctx, rng
+        self.recent = recent if recent is not None else Recent()
+        self.used: list[str] = []  # templates and phrases of this message
         self.lang = ctx.profile.language
         self.bank = _bank(self.lang)
         self.form = ctx.profile.style.formality
@@ -259,25 +296,53 @@ class _Writer:
         s = self.stance()
         return str(s.view) if s is not None else "neutral"
 
+    def staleness(self, text: str) -> float:
+        """Share of ``text``'s word bigrams the chat said recently (0.25 for no bigram)."""
+        grams = bigrams(text)
+        return len(grams & self.recent.seen) / len(grams) if grams else 0.25
+
+    def fresh_first(self, options: list[str]) -> list[str]:
+        """``options`` not used recently by this bot in this chat (nor in this message), or
+        all of them when every one was."""
+        avoid = self.recent.templates
+        return [o for o in options if o not in avoid and o not in self.used] or options
+
+    def choose(self, options: list[str], k: int = 2) -> str:
+        """One of ``options`` (plain phrases: openers, closers...): of ``k`` drawn among the
+        fresh ones (the chat did not say them lately either), the least repeated."""
+        fresh = self.fresh_first(options)
+        fresh = [o for o in fresh if not o or self.staleness(o) < STALE_SKIP] or fresh
+        cands = self.rng.sample(fresh, min(k, len(fresh)))
+        best = min(cands, key=self.staleness)
+        if best:
+            self.used.append(best)
+        return best
+
+    def render(self, template: str) -> str:
+        """``template`` with its alternatives drawn and its placeholders filled."""
+        vals = {**self.values, "sym": self.rng.choice(self.names)}
+        text = _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), template)
+        return " ".join(text.format_map(vals).split())
+
     def pick(self, templates: list[str], max_words: int | None = None) -> str | None:
-        """Render a random template whose placeholders are all known (``None`` if none)."""
+        """Render a template whose placeholders are all known (``None`` if none): of
+        :data:`CANDIDATES` drawn among those the bot did not use recently, the one within
+        ``max_words`` whose bigrams the chat said least recently."""
         known = self.values.keys() | {"sym"}
         usable = [t for t in templates if _fields(t) <= known]
         if not usable:
             return None
-        best = ("", "")
-        for attempt in range(4):
-            template = self.rng.choice(usable)
-            vals = {**self.values, "sym": self.rng.choice(self.names)}
-            text = _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), template)
-            text = " ".join(text.format_map(vals).split())
-            if max_words is None or _words(text) <= max_words:
-                best = (template, text)
-                break
-            if attempt == 0 or _words(text) < _words(best[1]):
-                best = (template, text)
-        self.last = best[0]
-        return best[1]
+        fresh = self.fresh_first(usable)
+        scored = []
+        for template in self.rng.sample(fresh, min(CANDIDATES, len(fresh))):
+            text = self.render(template)
+            over = max_words is not None and _words(text) > max_words
+            scored.append((over, _words(text) if over else 0, self.staleness(text),
+                           template, text))
+        best = min(scored, key=lambda s: s[:3])
+        self.last = best[3]
+        self.used.append(best[3])
+        return best[4]
 
     def pool(self, kind: str) -> list[str]:
         """Templates of one piece kind for the current topic."""
@@ -321,6 +386,8 @@ class _Writer:
             text = self.pick(pool, max(cap - n, 1))
             if text is None or (out and n + _words(text) > cap) or _head(text) in heads:
                 continue
+            if out and self.staleness(text) >= STALE_SKIP:
+                continue  # said lately (the stance's reason, a fixed line): leave it out
             heads.add(_head(text))
             used.update((kind.rstrip("0123456789"), self.last))
             out.append(self.sentence(text))
@@ -380,7 +447,7 @@ class _Writer:
         if self.rng.random() < react_p:
             group = b["reactions"][form]
             core = self.pick([*group[self.direction], *group["any"]]) or "..."
-            inter = self.rng.choice(b["interjections"][form])
+            inter = self.choose(b["interjections"][form])
             text = self.sentence(f"{inter} {_decap(core, self.lang)}" if inter else core)
             tail = self.pick(b["tails"][form]) if self.rng.random() < _TAIL_P[form] else None
             if tail is not None and _head(tail) != _head(core):
@@ -389,9 +456,9 @@ class _Writer:
         parts = self.compose([], self.rng.randint(lo, hi), cap)
         n = sum(_words(p) for p in parts)
         if self.rng.random() < _OPENER_P[form] and n < cap:
-            parts = self.lead(self.rng.choice(b["openers"][form]), parts)
+            parts = self.lead(self.choose(b["openers"][form]), parts)
         if self.rng.random() < _CLOSER_P[form] and n + 2 < cap:
-            parts.append(self.sentence(self.rng.choice(b["closers"][form])))
+            parts.append(self.sentence(self.choose(b["closers"][form])))
         return self.join(parts)
 
     def reply(self, line: ChatLine) -> str:
@@ -414,7 +481,7 @@ class _Writer:
             leads = b[rel].get(self.kind, b[rel]["generic"]) if rel == "answer" else b[rel][form]
             if rel == "unsure" and own == "neutral":  # not "not sure, but: no clear direction"
                 leads = [x for x in leads if not x.endswith((" ama", " but"))]
-        lead = rng.choice(leads) if leads else ""
+        lead = self.choose(leads) if leads else ""
         bare = rel not in ("", "answer") and not lead.endswith((" ama", " but"))
         slack = _words(lead) + 1  # the address and the lead-in
         if bare and rng.random() < _BARE_REPLY[self.ctx.profile.style.length]:
@@ -430,7 +497,7 @@ class _Writer:
             parts.sort(key=lambda s: s.endswith("?"))
         name = _address_name(line.speaker)
         user = line.speaker_username or ""
-        address = rng.choice([a for a in b["address"][form] if user or "{user}" not in a])
+        address = self.choose([a for a in b["address"][form] if user or "{user}" not in a])
         address = address.format(name=name, user=user)
         text = self.join(parts)
         if rng.random() < 0.8 or text.endswith("?"):
@@ -446,8 +513,60 @@ def _seed(ctx: TurnContext) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def _one(ctx: TurnContext, rng: random.Random, recent: Recent) -> tuple[str, list[str]]:
+    writer = _Writer(ctx, rng, recent)
+    text = writer.reply(ctx.reply_to) if ctx.reply_to is not None else writer.fresh()
+    emo = writer.emojis()
+    if emo:
+        text = text + emo if text[-1] in ".!?" and rng.random() < 0.2 else f"{text} {emo}"
+    return " ".join(text.split()), writer.used
+
+
+def compose_message(ctx: TurnContext, max_chars: int = 4096,
+                    recent: Recent | None = None) -> tuple[str, list[str]]:
+    """Write one message avoiding what ``recent`` holds; also return the templates and
+    phrases it used (for a :class:`~behavior_engine.llm.phrase_memory.PhraseMemory`).
+
+    A text that repeats a recent one exactly or nearly (REALISM.md's near-duplicate) is
+    written again, up to :data:`REWRITES` times; the least repeated version is kept.
+
+    Args:
+        ctx: the turn context (its ``history`` is avoided too).
+        max_chars: the longest text allowed, >= 1.
+        recent: what else to avoid (None: the history only).
+
+    Returns:
+        (a text of 1..max_chars characters, the templates it used).
+
+    Raises:
+        ValueError: ``max_chars`` < 1 or no templates for the persona's language.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    if recent is None:
+        recent = Recent()
+        for line in ctx.history:
+            recent.add_text(line.text)
+    rng = random.Random(_seed(ctx))
+    tries: list[tuple[bool, float, str, list[str]]] = []
+    for _ in range(REWRITES + 1):
+        text, used = _one(ctx, rng, recent)
+        grams = bigrams(text)
+        stale = len(grams & recent.seen) / len(grams) if grams else 0.0
+        repeated = text in recent.texts or recent.near_duplicate(text)
+        tries.append((repeated, stale, text, used))
+        if not repeated:
+            break
+    _, _, text, used = min(tries, key=lambda t: t[:2])
+    if len(text) > max_chars:
+        cut = text[:max_chars]
+        text = cut.rsplit(" ", 1)[0] if " " in cut[max_chars // 2 :] else cut
+    return text.strip() or text[:max_chars] or ".", used
+
+
 def write_message(ctx: TurnContext, max_chars: int = 4096) -> str:
-    """Write one message for a turn context (the synchronous core of :class:`OfflineGenerator`).
+    """Write one message for a turn context, avoiding what its history said (the
+    synchronous core of :class:`OfflineGenerator`, without its memory).
 
     Args:
         ctx: the turn context.
@@ -459,29 +578,28 @@ def write_message(ctx: TurnContext, max_chars: int = 4096) -> str:
     Raises:
         ValueError: ``max_chars`` < 1 or no templates for the persona's language.
     """
-    if max_chars < 1:
-        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-    rng = random.Random(_seed(ctx))
-    writer = _Writer(ctx, rng)
-    text = writer.reply(ctx.reply_to) if ctx.reply_to is not None else writer.fresh()
-    emo = writer.emojis()
-    if emo:
-        text = text + emo if text[-1] in ".!?" and rng.random() < 0.2 else f"{text} {emo}"
-    text = " ".join(text.split())
-    if len(text) > max_chars:
-        cut = text[:max_chars]
-        text = cut.rsplit(" ", 1)[0] if " " in cut[max_chars // 2 :] else cut
-    return text.strip() or text[:max_chars] or "."
+    return compose_message(ctx, max_chars)[0]
 
 
 class OfflineGenerator:
     """Template generator used when no LLM provider is configured, and as the last resort.
 
-    Same request (``context.seed`` and ``context.turn_id``) → same text. Token counts are
+    It keeps a :class:`~behavior_engine.llm.phrase_memory.PhraseMemory` of what it wrote in
+    each chat and avoids it (with the turn's history). Same request (``context.seed`` and
+    ``context.turn_id``, same memory apart from that turn) → same text. Token counts are
     estimates (characters / 4).
+
+    Args:
+        memory: the phrase memory (default: a new one; None-equivalent for no memory is
+            :class:`PhraseMemory` with nothing remembered, i.e. ``remember=False``).
+        remember: False to write from the turn's history only.
     """
 
     name = "offline"
+
+    def __init__(self, memory: PhraseMemory | None = None, *, remember: bool = True) -> None:
+        self.memory = memory if memory is not None else PhraseMemory()
+        self.remember = remember
 
     async def generate(self, request: GenerationRequest) -> Generation:
         """Write a message for ``request.context``.
@@ -494,7 +612,14 @@ class OfflineGenerator:
             A :class:`Generation` with ``provider="offline"`` and ``model="templates-v1"``.
         """
         t0 = time.perf_counter()
-        text = write_message(request.context, request.max_chars)
+        ctx = request.context
+        recent = None
+        if self.remember:
+            recent = self.memory.recent(ctx.chat_id, ctx.bot_id, ctx.turn_id,
+                                        (line.text for line in ctx.history))
+        text, used = compose_message(ctx, request.max_chars, recent)
+        if self.remember:
+            self.memory.remember(ctx.chat_id, ctx.bot_id, ctx.turn_id, text, used)
         prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
         return Generation(
             text=text,

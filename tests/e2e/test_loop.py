@@ -68,7 +68,7 @@ async def world(
             sandbox.add_bot_to_chat(CHAT, token)
         await settings_store.update_settings(
             s, changes={"bot_hourly_msg_limit": {"min": 1200, "max": 1200},
-                        "max_msgs_per_min": 20}
+                        "max_msgs_per_min": 20, "reading_cap_s": 0.0, "typing_cap_s": 0.0}
         )
     await sandbox.start()
     # The listener keeps no cache of its own here, as a separate process without Redis: the
@@ -183,8 +183,9 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, tick_seconds=0.5)
     summary = await run_demo(settings, DemoOptions(
         # The human's reply is due at most 12 s after the question (the scheduler's cap on
-        # the reading-and-typing delay): 18 s leave room for it and for 3 bots to speak.
-        duration=18, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
+        # its delay), then the bot reads the 4 words (~1 s) and types (the demo's cap, 6 s):
+        # 20 s leave room for it and for 3 bots to speak.
+        duration=20, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
         say_after=1.0, out=out))
     last = out.getvalue().strip().splitlines()[-1]
     assert json.loads(last) == summary

@@ -163,7 +163,8 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
         await settings_store.update_settings(
             # 20 bots a chat at 30-60 messages an hour offer ~15 a minute, under the chat's
             # cap of 20: a human's reply is not held back behind chatter the cap refuses.
-            s, changes={"bot_hourly_msg_limit": {"min": 30, "max": 60}, "max_msgs_per_min": 20})
+            s, changes={"bot_hourly_msg_limit": {"min": 30, "max": 60}, "max_msgs_per_min": 20,
+                        "reading_cap_s": 0.0, "typing_cap_s": 0.0})
     bot_ids = sorted(by_token.values())
     tg_of = {by_token[b.token]: int(b.token.split(":")[0]) for b in world.bots}
 

@@ -419,7 +419,10 @@ async def test_settings_page_is_an_editor_with_simulation_buttons(env: Env) -> N
         assert set(shown) == {"simulation_active", "bot_hourly_msg_limit", "max_msgs_per_min",
                               "prime_hours", "scale_factor",
                               # who answers (issue 14)
-                              "second_answer_p", "expertise_weight", "thread_max_depth"}
+                              "second_answer_p", "expertise_weight", "thread_max_depth",
+                              # -- voice (issue 14) --
+                              "reading_wpm", "reading_cap_s", "typing_cpm_default",
+                              "typing_jitter", "typing_cap_s"}
         assert shown["simulation_active"] is True and shown["scale_factor"] == 1.0
         assert shown["bot_hourly_msg_limit"] == {"min": 6, "max": 12}
         assert _sim_state(page) == "running"

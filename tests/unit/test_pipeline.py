@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,10 +42,13 @@ class FakeClient:
         self.script = list(script)
         self.sends: list[tuple[int, str, int | None]] = []
         self.typing = 0
+        self.now: Callable[[], float] = lambda: 0.0  # the rig's fake clock, seconds
+        self.events: list[tuple[str, float]] = []  # ("typing" | "send", fake time)
 
     async def send_message(self, *, chat_id: int, text: str,
                            reply_to_message_id: int | None = None) -> SentMessage:
         self.sends.append((chat_id, text, reply_to_message_id))
+        self.events.append(("send", self.now()))
         step = self.script.pop(0) if self.script else 500 + len(self.sends)
         if isinstance(step, BaseException):
             raise step
@@ -53,6 +57,7 @@ class FakeClient:
 
     async def send_typing(self, *, chat_id: int) -> None:
         self.typing += 1
+        self.events.append(("typing", self.now()))
 
 
 class FakeLimits:
@@ -111,8 +116,9 @@ class FakeRecords:
 
 
 class FakeReads:
-    def __init__(self, bot: BotProfile) -> None:
+    def __init__(self, bot: BotProfile, sim: SimulationSettings) -> None:
         self._bot = bot
+        self.sim = sim
         self.items: list[HistoryItem] = []
 
     async def bot(self, bot_id: int) -> BotProfile:
@@ -122,7 +128,7 @@ class FakeReads:
         return list(self.items)
 
     async def settings(self) -> SimulationSettings:
-        return SimulationSettings()
+        return self.sim
 
     async def appended(self, chat_id: int, item: HistoryItem) -> None:
         self.items.append(item)
@@ -162,8 +168,12 @@ class Failing:
         raise ProviderUnavailable("groq", "HTTP 503")
 
 
-def profile() -> BotProfile:
-    persona = load_persona_dir()[0]
+#: The settings of the rigs that test Telegram's answers: no reading or typing pause.
+NO_PAUSE = SimulationSettings(reading_cap_s=0.0, typing_cap_s=0.0)
+
+
+def profile(**persona_changes: object) -> BotProfile:
+    persona = load_persona_dir()[0].model_copy(update=persona_changes)
     return BotProfile(id=BOT, name=persona.name, username=persona.username,
                       telegram_user_id=None,
                       persona=PersonaProfile.model_validate(
@@ -182,16 +192,20 @@ HUMAN = ChatLine(telegram_message_id=42, speaker="Deniz", speaker_username=None,
 
 
 class Rig:
-    """A pipeline wired to fakes; ``providers`` come before the offline generator."""
+    """A pipeline wired to fakes; ``providers`` come before the offline generator. Its
+    ``sleep`` advances a fake clock (``now``, seconds) and records each wait."""
 
     def __init__(self, client: FakeClient, *, records: FakeRecords | None = None,
                  limits: FakeLimits | None = None, holder: FakeHolder | None = None,
-                 providers: tuple[object, ...] = ()) -> None:
+                 providers: tuple[object, ...] = (), sim: SimulationSettings = NO_PAUSE,
+                 bot: BotProfile | None = None) -> None:
         self.client = client
         self.records = records or FakeRecords()
         self.limits = limits or FakeLimits()
         self.holder = holder or FakeHolder(client)
-        self.reads = FakeReads(profile())
+        self.reads = FakeReads(bot or profile(), sim)
+        self.now = 0.0
+        client.now = lambda: self.now
         self.stats: Counter[str] = Counter()
         self.sent_at: list[tuple[int, datetime]] = []
         self.slept: list[float] = []
@@ -202,6 +216,7 @@ class Rig:
 
         async def sleep(s: float) -> None:
             self.slept.append(s)
+            self.now += s
 
         self.pipeline = TurnPipeline(
             chain=chain, limits=self.limits, records=self.records, reads=self.reads,
