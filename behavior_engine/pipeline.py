@@ -306,6 +306,12 @@ class TurnPipeline:
             await self.records.finish(turn, "failed", "lease expired before the send")
             self.stats["fenced"] += 1
             return Outcome(turn=turn, status="skipped", error="lease expired before the send")
+        if self.holder.client(turn.bot_id) is not client:
+            # The bot was let go (and perhaps taken on again) while this turn read, typed or
+            # waited: its client is closed, so a send would fail with an unknown outcome.
+            await self.records.finish(turn, "failed", "bot let go before the send")
+            self.stats["fenced"] += 1
+            return Outcome(turn=turn, status="skipped", error="bot let go before the send")
         reply_id = turn.reply_to.telegram_message_id if turn.reply_to else None
         sent_or_outcome = await self._send(turn, client, generation.text, reply_id)
         if isinstance(sent_or_outcome, Outcome):

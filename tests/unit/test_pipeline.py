@@ -263,6 +263,25 @@ async def test_lease_expiring_after_the_intent_sends_nothing() -> None:
     assert rig.records.finished == [("turn-1", "failed")] and rig.stats["fenced"] == 1
 
 
+async def test_a_bot_let_go_while_typing_sends_nothing_through_its_closed_client() -> None:
+    # The lease moved and came back while the turn typed: the turn's client was closed and
+    # a new one connected. Sending through the old one would end "unknown"; nothing is sent.
+    client = FakeClient()
+    rig = Rig(client)
+    replacement = FakeClient()
+
+    async def generate_then_lose(*args: object, **kwargs: object) -> object:
+        rig.holder._client = replacement
+        return await real_generate(*args, **kwargs)
+
+    real_generate = rig.pipeline.chain.generate
+    rig.pipeline.chain.generate = generate_then_lose  # type: ignore[method-assign]
+    out = await rig.pipeline.run(turn())
+    assert out.status == "skipped" and out.error == "bot let go before the send"
+    assert client.sends == [] and replacement.sends == [] and rig.records.committed == []
+    assert rig.records.finished == [("turn-1", "failed")] and rig.stats["fenced"] == 1
+
+
 async def test_a_bot_not_held_is_skipped_before_any_work() -> None:
     client = FakeClient()
     rig = Rig(client, holder=FakeHolder(client, valid=False))
