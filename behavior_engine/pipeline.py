@@ -272,6 +272,7 @@ class TurnPipeline:
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
         generation, llm_s = await self._generate(turn, client, request,
                                                  ctx.profile.llm_providers)
+        await self._until_due(turn)
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         sim = await self.reads.settings()
         waited_s, refused = await self._guard(turn, sim.max_msgs_per_min)
@@ -324,6 +325,15 @@ class TurnPipeline:
         if result.skipped:
             self.stats["fallbacks"] += 1
         return result.generation, llm_s
+
+    async def _until_due(self, turn: Turn) -> None:
+        """Wait until the turn's due time (``Turn.not_before``) when it is still ahead: the
+        send follows the chat's rhythm, not the worker's tick (issue 14)."""
+        if turn.not_before is None:
+            return
+        ahead = (turn.not_before - self.clock()).total_seconds()
+        if ahead > 0:
+            await self._sleep(ahead)
 
     async def _guard(self, turn: Turn, chat_cap: int) -> tuple[float, Outcome | None]:
         """Take a send slot, waiting at most :data:`MAX_LIMIT_WAIT_S`. Returns the seconds

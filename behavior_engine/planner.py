@@ -101,6 +101,8 @@ class TurnPlanner:
                     recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
                     waiting=self.membership.waiting(chat.id, history, now, set(members)),
                     in_flight=in_flight[chat.id],
+                    members={b: (await self.reads.bot(b)).persona.talkativeness
+                             for b in chat.bot_ids},
                 )
                 bot_views = [self._bot_view(await self.reads.bot(b), chat.telegram_chat_id,
                                             now, busy) for b in members]

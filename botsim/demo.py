@@ -57,6 +57,10 @@ DEMO_SETTINGS: dict[str, Any] = {
     "bot_hourly_msg_limit": {"min": 240, "max": 480},
     "max_msgs_per_min": 15,
     "scale_factor": 1.0,
+    "budget_use": 0.25,
+    "burst_mean_msgs": 4.0,
+    "burst_gap_median_s": 2.0,
+    "lull_sigma": 0.6,
 }
 SAY_AFTER_S = 5.0
 
