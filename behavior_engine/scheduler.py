@@ -22,8 +22,9 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 * **Who and to whom.** A slot's speaker is the top of a weighted random ranking of all the
   chat's member bots (Efraimidis–Spirakis keys ``u^(1/w)``, ``u`` a stable hash of the
   slot and the bot), weight = talkativeness × the bot's daily activity × :data:`LAST_SPEAKER`
-  for the last speaker (× ``quiet_boost`` for a bot silent for :data:`QUIET_WINDOW` messages,
-  × budget left with ``budget_evening``: both off by default, they even out participation).
+  for the previous slot's speaker (× ``quiet_boost`` for a bot silent for
+  :data:`QUIET_WINDOW` slots, × budget left with ``budget_evening``: both off by default,
+  they even out participation); see :meth:`Scheduler._rank`.
   The worker driving the top bot speaks (with the next of its own bots in rank when that one
   is at its budget or waiting); the others let the slot pass. With probability
   :data:`REPLY_P` the speaker replies to one of the last :data:`REPLY_WINDOW` messages of
@@ -242,6 +243,7 @@ class Scheduler:
         self._lookahead = timedelta(seconds=lookahead_s)
         self._chats: dict[int, _ChatState] = {}
         self._slots: dict[tuple[object, ...], list[Slot]] = {}
+        self._rankings: dict[tuple[int, int, int], dict[int, tuple[float, float]]] = {}
 
     # -- budgets -------------------------------------------------------------------------
     def hourly_limit(self, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
@@ -269,7 +271,7 @@ class Scheduler:
         """
         if not settings.simulation_active or not bots:
             return []
-        st = self._chats.setdefault(chat.chat_id, _ChatState(cursor=now - SLOT_STALE))
+        st = self._chats.setdefault(chat.chat_id, _ChatState(cursor=now))
         by_id = {b.bot_id: b for b in bots}
         self._plan_human_replies(st, chat, bots, settings, now)
         room = settings.max_msgs_per_min - chat.sent_last_minute - chat.in_flight
@@ -293,6 +295,9 @@ class Scheduler:
             speakers.add(bot.bot_id)
             room -= 1
         slot = self._next_slot(st, chat, bots, settings, now)
+        while slot is not None and slot.due <= horizon and not self._ours(chat, bots, slot):
+            st.cursor = slot.due  # another worker's bot speaks then: pass, whatever the room
+            slot = self._next_slot(st, chat, bots, settings, now)
         room = min(room, chatter_cap(settings) - chat.sent_last_minute - chat.in_flight)
         if slot is None or slot.due > horizon or room <= 0 or turns:
             return turns
@@ -308,7 +313,7 @@ class Scheduler:
                 due = paced
                 if due > horizon:
                     return turns  # the slot waits for the pace (dropped once stale)
-        st.cursor = slot.due  # taken here, or passed to the worker whose bot it is
+        st.cursor = slot.due
         st.next_at = None
         speaker = self._choose_speaker(chat, bots, settings, now, slot)
         if speaker is None:
@@ -398,23 +403,8 @@ class Scheduler:
     ) -> BotView | None:
         """The slot's speaker if it is one of ``bots`` (module docstring, "Who and to
         whom"), else None (the slot is another worker's, or no bot here may speak)."""
-        members = dict(chat.members) or {b.bot_id: b.talkativeness for b in bots}
         own = {b.bot_id: b for b in bots}
-        last_bot = next((m.bot_id for m in reversed(chat.recent)), None)
-        heard = {m.bot_id for m in list(chat.recent)[-QUIET_WINDOW:]}
-        keys: dict[int, float] = {}
-        for bot_id, talkativeness in members.items():
-            w = talkativeness * daily_activity(self._seed, bot_id, settings, now)
-            if bot_id == last_bot:
-                w *= LAST_SPEAKER
-            elif bot_id not in heard:
-                w *= settings.quiet_boost  # 1.0 unless the operator evens participation out
-            if settings.budget_evening and bot_id in own:
-                limit = self.hourly_limit(bot_id, settings, now)
-                w *= 0.25 + max(0.0, limit - own[bot_id].sent_last_hour) / max(limit, 1.0)
-            u = stable_unit(self._seed, "speaker", chat.chat_id, slot.window, slot.index, bot_id)
-            keys[bot_id] = math.log(max(u, 1e-300)) / max(w, 1e-9)  # log(u^(1/w))
-        ranked = sorted(keys, key=lambda b: keys[b], reverse=True)
+        ranked = self._ranked(chat, bots, settings, now, slot)
         if not ranked or ranked[0] not in own:
             return None
         for bot_id in ranked:
@@ -422,6 +412,56 @@ class Scheduler:
             if b is not None and b.send_wait <= 0 and self._budget_left(b, settings, now) >= 1:
                 return b
         return None
+
+    def _ranked(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
+                now: datetime, slot: Slot) -> list[int]:
+        """The slot's ranking of the member bots (see :meth:`_rank`), best first."""
+        keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
+        own = {b.bot_id: b for b in bots}
+        keys: dict[int, float] = {}
+        for bot_id, (log_u, w) in keyed.items():
+            if settings.budget_evening and bot_id in own:
+                limit = self.hourly_limit(bot_id, settings, now)
+                w *= 0.25 + max(0.0, limit - own[bot_id].sent_last_hour) / max(limit, 1.0)
+            keys[bot_id] = log_u / max(w, 1e-9)  # log(u^(1/w))
+        return sorted(keys, key=lambda b: keys[b], reverse=True)
+
+    def _ours(self, chat: ChatView, bots: Sequence[BotView], slot: Slot) -> bool:
+        """True when the slot's first-ranked bot is one of ``bots`` (driven here)."""
+        keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
+        if not keyed:
+            return False
+        top = max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
+        return any(b.bot_id == top for b in bots)
+
+    def _rank(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
+              slots: Sequence[Slot]) -> None:
+        """Rank the chat's member bots for each slot of a window, in slot order.
+
+        Weighted random ranking (Efraimidis–Spirakis, ``key = log(u) / w``, ``u`` a stable
+        hash of the slot and the bot) with ``w`` = talkativeness × daily activity at the
+        slot, × :data:`LAST_SPEAKER` for the previous slot's first-ranked bot, ×
+        ``quiet_boost`` for a bot first-ranked in none of the last :data:`QUIET_WINDOW`
+        slots (× budget left with ``budget_evening``, applied by :meth:`_choose_speaker` to
+        the bots driven here). The ranking reads no chat history, so every worker ranks a
+        slot alike even while their views of the last messages differ.
+        """
+        members = dict(chat.members) or {b.bot_id: b.talkativeness for b in bots}
+        recent: list[int] = []
+        for slot in slots:
+            keyed: dict[int, tuple[float, float]] = {}
+            for bot_id, talkativeness in members.items():
+                w = talkativeness * daily_activity(self._seed, bot_id, settings, slot.due)
+                if recent and bot_id == recent[-1]:
+                    w *= LAST_SPEAKER
+                elif bot_id not in recent[-QUIET_WINDOW:]:
+                    w *= settings.quiet_boost  # 1.0 unless the operator evens shares out
+                u = stable_unit(self._seed, "speaker", chat.chat_id, slot.window, slot.index,
+                                bot_id)
+                keyed[bot_id] = (math.log(max(u, 1e-300)), w)
+            self._rankings[(chat.chat_id, slot.window, slot.index)] = keyed
+            if keyed:
+                recent.append(max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9)))
 
     def _chat_rate(self, chat: ChatView, bots: Sequence[BotView],
                    settings: SimulationSettings, at: datetime) -> float:
@@ -455,15 +495,18 @@ class Scheduler:
                settings.burst_gap_median_s, settings.lull_sigma, settings.bot_daily_profile,
                settings.scale_factor, settings.bot_hourly_msg_limit.min,
                settings.bot_hourly_msg_limit.max, tuple(settings.prime_hours.hours),
-               settings.prime_hours.boost, settings.prime_hours.timezone)
+               settings.prime_hours.boost, settings.prime_hours.timezone,
+               settings.quiet_boost)
         slots = self._slots.get(key)
         if slots is None:
             if len(self._slots) > 4096:
                 self._slots.clear()
+                self._rankings.clear()
             rate = self._chat_rate(chat, bots, settings, window_start(window))
             slots = self._slots[key] = window_slots(seed=self._seed, chat_id=chat.chat_id,
                                                     window=window, rate=rate,
                                                     settings=settings)
+            self._rank(chat, bots, settings, slots)
         return slots
 
     def _next_slot(self, st: _ChatState, chat: ChatView, bots: Sequence[BotView],
