@@ -25,8 +25,9 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
   for the previous slot's speaker (× ``quiet_boost`` for a bot silent for
   :data:`QUIET_WINDOW` slots, × budget left with ``budget_evening``: both off by default,
   they even out participation); see :meth:`Scheduler._rank`.
-  The worker driving the top bot speaks (with the next of its own bots in rank when that one
-  is at its budget or waiting); the others let the slot pass. With probability
+  The worker driving the top bot speaks (the slot waits while that bot waits for Telegram
+  or its last turn, and is dropped when it is at its budget: a talkative bot is not
+  replaced by a quieter one); the other workers let the slot pass. With probability
   :data:`REPLY_P` the speaker replies to one of the last :data:`REPLY_WINDOW` messages of
   others (humans weighted up, not always the last one).
 """
@@ -41,6 +42,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from backend.schemas import SimulationSettings
@@ -313,11 +315,13 @@ class Scheduler:
                 due = paced
                 if due > horizon:
                     return turns  # the slot waits for the pace (dropped once stale)
-        st.cursor = slot.due
-        st.next_at = None
         speaker = self._choose_speaker(chat, bots, settings, now, slot)
         if speaker is None:
-            return turns
+            return turns  # the slot waits for its bot (dropped once stale)
+        st.cursor = slot.due
+        st.next_at = None
+        if isinstance(speaker, str):
+            return turns  # its bot is at its budget: the slot is dropped
         reply_to = self._choose_reply_target(chat, speaker)
         reason = "spontaneous"
         if reply_to is not None:
@@ -400,18 +404,20 @@ class Scheduler:
         settings: SimulationSettings,
         now: datetime,
         slot: Slot,
-    ) -> BotView | None:
-        """The slot's speaker if it is one of ``bots`` (module docstring, "Who and to
-        whom"), else None (the slot is another worker's, or no bot here may speak)."""
+    ) -> BotView | Literal["drop"] | None:
+        """The slot's speaker (module docstring, "Who and to whom"): its first-ranked bot
+        when that is one of ``bots`` and may speak; ``"drop"`` when that bot is at its budget
+        (the slot is dropped: a talkative bot is not replaced by a quieter one, so the
+        shares stay uneven and the same in every worker); None when it waits for
+        Telegram or another turn (the slot stays pending) or is not driven here."""
         own = {b.bot_id: b for b in bots}
         ranked = self._ranked(chat, bots, settings, now, slot)
-        if not ranked or ranked[0] not in own:
+        top = own.get(ranked[0]) if ranked else None
+        if top is None:
             return None
-        for bot_id in ranked:
-            b = own.get(bot_id)
-            if b is not None and b.send_wait <= 0 and self._budget_left(b, settings, now) >= 1:
-                return b
-        return None
+        if self._budget_left(top, settings, now) < 1:
+            return "drop"
+        return top if top.send_wait <= 0 else None
 
     def _ranked(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
                 now: datetime, slot: Slot) -> list[int]:

@@ -333,6 +333,16 @@ class SettingsPatch(_Input):
     max_msgs_per_min: int | None = Field(default=None, ge=1, le=20)
     prime_hours: PrimeHours | None = None
     scale_factor: float | None = Field(default=None, ge=0.01, le=100.0)
+    # -- timing, pacing and participation (issue 14); bounds checked by merged() --
+    budget_use: float | None = None
+    burst_mean_msgs: float | None = None
+    burst_gap_median_s: float | None = None
+    lull_sigma: float | None = None
+    human_reply_reserve: float | None = None
+    chatter_pacing: bool | None = None
+    bot_daily_profile: bool | None = None
+    quiet_boost: float | None = None
+    budget_evening: bool | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> SettingsPatch:
