@@ -331,6 +331,16 @@ class Scheduler:
                                 not_before=max(due, now)))
         return turns
 
+    def planned(self, chat: ChatView, settings: SimulationSettings, start: datetime,
+                end: datetime) -> list[Slot]:
+        """The chat's slots due in [``start``, ``end``) (aware UTC): the spontaneous messages
+        its rhythm plans, the same in every process (``chat.members`` gives the bots).
+        An upper bound of what is sent: slots whose bot is at its budget are dropped, and
+        slots that stay blocked by the cap for :data:`~behavior_engine.rhythm.SLOT_STALE`."""
+        return [slot for window in range(window_of(start), window_of(end) + 1)
+                for slot in self._window(chat, (), settings, window)
+                if start <= slot.due < end]
+
     def idle_until(self, chat_id: int, now: datetime) -> datetime | None:
         """When ``chat_id`` may next have a turn due, if that is after ``now``; None when it
         may have one now (or the chat is new). A chat idle until later needs no

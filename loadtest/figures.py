@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import figures as figures_store
+from backend.stores import settings as settings_store
 from backend.stores import turns as turn_store
+from behavior_engine.scheduler import ChatView, Scheduler
 from loadtest.options import LoadOptions
 from loadtest.world import World
 
@@ -163,6 +165,10 @@ async def compute_figures(
       accepted from our bots but the database does not hold), 429s from the sandbox.
     * ``workers``: messages per worker (``turns.worker``); ``cache`` and ``db``: from the
       workers' and listener's counters over the window.
+    * ``rhythm``: the spontaneous messages the chats' rhythm planned in the window
+      (:meth:`~behavior_engine.scheduler.Scheduler.planned`, the same whatever the
+      workers) and the share of them sent: the figure to compare across worker counts, as
+      the plan itself differs from one window to the next.
     """
     window_s = (measure_end.at - measure_start.at).total_seconds()
     async with sm() as s:
@@ -173,7 +179,15 @@ async def compute_figures(
         tg_to_bot = {tg: b for b, tg in (await bot_store.telegram_user_ids(s)).items()
                      if tg is not None}
         tg_of = await chat_store.telegram_chat_ids(s)
+        sim = await settings_store.get_settings(s)
+        chats = await chat_store.enabled_chats_with_bots(s)
+        talk = {b.id: b.persona.talkativeness for b in await bot_store.list_bots(s)}
     t0, t1 = measure_start.at, measure_end.at
+    planner = Scheduler(seed=opts.seed)
+    planned = sum(len(planner.planned(
+        ChatView(chat_id=c.id, telegram_chat_id=c.telegram_chat_id, topics={},
+                 sent_last_minute=0, recent=(), members={b: talk[b] for b in ids}),
+        sim, t0, t1)) for c, ids in chats if ids)
     lat, over, wait, timeline_at = [], [], [], []
     per_bot: Counter[int] = Counter()
     in_window = 0
@@ -298,6 +312,10 @@ async def compute_figures(
                   "lookups": int(l1["hit"] + l1["miss"])},
         "db": {"queries": int(queries), "queries_per_msg": _ratio(queries, in_window)},
         "timeline": timeline,
+        "rhythm": {"planned": planned,
+                   "planned_per_min": round(planned / window_s * 60, 1) if window_s > 0
+                   else None,
+                   "sent_share": _ratio(in_window - len(human_ms), planned)},
         "latency_samples_ms": [round(x, 2) for x in lat],
         "overhead_samples_ms": [round(x, 2) for x in over],
     }

@@ -124,6 +124,11 @@ def test_two_workers_and_a_restart_give_the_chat_the_same_rhythm() -> None:
 
     assert len(seen(one)) > 40
     assert seen(one) == seen(two)
+    # what the rhythm plans (the load test's yardstick) is what was sent, below the cap
+    view = ChatView(chat_id=1, telegram_chat_id=-1, topics={}, sent_last_minute=0, recent=(),
+                    members=members)
+    plan = Scheduler(seed=5).planned(view, cfg, START, START + timedelta(hours=3))
+    assert [s.turn_id(5, 1) for s in plan] == [t.turn_id for t in one.turns]
     # due times, not the tick grid: sends fall anywhere within the second
     fractions = [t.not_before.microsecond for t in one.turns if t.not_before is not None]
     assert len({f // 100_000 for f in fractions}) >= 8
