@@ -299,9 +299,9 @@ class SimulationSettings(_Strict):
     scale_factor: float = Field(default=1.0, ge=0.01, le=100.0)
     # -- timing, pacing and participation (issue 14) --
     budget_use: float = Field(default=0.5, ge=0.05, le=1.0)
-    burst_mean_msgs: float = Field(default=4.0, ge=1.0, le=20.0)
+    burst_mean_msgs: float = Field(default=5.0, ge=1.0, le=20.0)
     burst_gap_median_s: float = Field(default=10.0, ge=1.0, le=120.0)
-    lull_sigma: float = Field(default=1.5, ge=0.3, le=3.0)
+    lull_sigma: float = Field(default=1.8, ge=0.3, le=3.0)
     human_reply_reserve: float = Field(default=0.3, ge=0.0, le=0.9)
     chatter_pacing: bool = True
     bot_daily_profile: bool = True

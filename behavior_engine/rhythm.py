@@ -7,8 +7,9 @@ spontaneous *slots* (the times a bot may start talking) from a burst/lull mixtur
 
 * a burst holds ``N`` messages, ``N`` geometric with mean ``burst_mean_msgs``;
 * gaps inside a burst are log-normal, median ``burst_gap_median_s``, σ :data:`BURST_GAP_SIGMA`,
-  shortened in a chat so lively that lulls would be under :data:`BURST_CONTRAST` times a
-  burst's mean gap (the contrast that makes gaps heavy-tailed: p90 ÷ median ≥ 15);
+  shortened in a chat so lively that the median lull would be under
+  :data:`BURST_CONTRAST` times a burst's mean gap (the contrast that makes gaps
+  heavy-tailed: p90 ÷ median ≥ 15);
 * lulls between bursts are log-normal with σ ``lull_sigma`` and the mean that makes the
   chat's expected rate λ: one cycle of mean length ``E[L] + (m − 1)·E[g]`` carries ``m``
   messages, so ``E[L] = m/λ − (m − 1)·E[g]``.
@@ -39,8 +40,9 @@ from backend.schemas import SimulationSettings
 
 #: σ of the log-normal gaps inside a burst.
 BURST_GAP_SIGMA = 0.8
-#: Lulls are at least this many times a burst's mean gap (burst gaps shrink to keep it).
-BURST_CONTRAST = 20.0
+#: The median lull is at least this many times a burst's mean gap (burst gaps shrink to
+#: keep it).
+BURST_CONTRAST = 10.0
 #: Length of a rhythm window (one epoch hour), seconds.
 WINDOW_S = 3600
 #: A slot not taken this long after it was due is dropped (the rate is a ceiling).
@@ -113,8 +115,10 @@ def window_slots(*, seed: int, chat_id: int, window: int, rate: float,
     rng = random.Random(f"botsim:rhythm:{seed}:{chat_id}:{window}")
     m = settings.burst_mean_msgs
     spread = math.exp(BURST_GAP_SIGMA**2 / 2)  # mean ÷ median of a log-normal
-    # E[L] = m/λ − (m−1)·E[g] ≥ C·E[g]  ⇔  E[g] ≤ m / (λ·(m − 1 + C))
-    gap_mean = min(settings.burst_gap_median_s * spread, m / (rate * (m - 1 + BURST_CONTRAST)))
+    # median L = E[L]·e^(−σ²/2) ≥ C·E[g], E[L] = m/λ − (m−1)·E[g]
+    #   ⇔  E[g] ≤ m / (λ·(m − 1 + C·e^(σ²/2)))
+    contrast = BURST_CONTRAST * math.exp(settings.lull_sigma**2 / 2)
+    gap_mean = min(settings.burst_gap_median_s * spread, m / (rate * (m - 1 + contrast)))
     gap_median = gap_mean / spread
     lull_mean = m / rate - (m - 1) * gap_mean
     stay = 1.0 - 1.0 / m  # geometric burst length: P(another message) = 1 − 1/m
