@@ -246,6 +246,7 @@ class Scheduler:
         self._chats: dict[int, _ChatState] = {}
         self._slots: dict[tuple[object, ...], list[Slot]] = {}
         self._rankings: dict[tuple[int, int, int], dict[int, tuple[float, float]]] = {}
+        self._latest_window = -1  # the latest window computed (older ones are pruned)
 
     # -- budgets -------------------------------------------------------------------------
     def hourly_limit(self, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
@@ -515,15 +516,23 @@ class Scheduler:
                settings.quiet_boost)
         slots = self._slots.get(key)
         if slots is None:
-            if len(self._slots) > 4096:
-                self._slots.clear()
-                self._rankings.clear()
+            self._prune(window)
             rate = self._chat_rate(chat, bots, settings, window_start(window))
             slots = self._slots[key] = window_slots(seed=self._seed, chat_id=chat.chat_id,
                                                     window=window, rate=rate,
                                                     settings=settings)
             self._rank(chat, bots, settings, slots)
         return slots
+
+    def _prune(self, window: int) -> None:
+        """Forget the slots and rankings of windows two hours or more before the latest one
+        (a long run keeps a few windows per chat, not every hour it went through)."""
+        if window <= self._latest_window:
+            return
+        self._latest_window = window
+        self._slots = {k: v for k, v in self._slots.items()
+                       if isinstance(k[1], int) and k[1] >= window - 2}
+        self._rankings = {k: v for k, v in self._rankings.items() if k[1] >= window - 2}
 
     def _next_slot(self, st: _ChatState, chat: ChatView, bots: Sequence[BotView],
                    settings: SimulationSettings, now: datetime) -> Slot | None:
