@@ -91,7 +91,7 @@ class Worker:
         self.records = StoreTurnRecords(sessionmaker, self.reads.cache)
         self.clients = BotClients(sessionmaker, secrets, settings.telegram_api_url,
                                   on_refused=self.records.disable_bot)
-        self.scheduler = Scheduler(seed=settings.seed)
+        self.scheduler = Scheduler(seed=settings.seed, lookahead_s=settings.tick_seconds)
         self.planner = TurnPlanner(scheduler=self.scheduler, reads=self.reads,
                                    membership=self.membership, clients=self.clients,
                                    clock=clock, stats=self.stats)

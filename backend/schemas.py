@@ -318,6 +318,20 @@ class SimulationSettings(_Strict):
             time, 0–0.9.
         typing_cap_s: the bound of the typing time ("typing…" shown, generation included;
             approached softly, see ``behavior_engine.typist``), seconds, 0–60 (0: none).
+        budget_use: share of the chats' summed hourly budgets the spontaneous rhythm spends
+            on average (0.05–1); budgets are ceilings, not rates to spend evenly.
+        burst_mean_msgs: mean messages of a burst (geometric, ≥ 1), 1–20.
+        burst_gap_median_s: median gap inside a burst (log-normal), seconds, 1–120.
+        lull_sigma: σ of the log-normal lulls between bursts, 0.3–3 (heavier tail above 1).
+        human_reply_reserve: share of ``max_msgs_per_min`` chatter may never use, kept for
+            answers to humans, 0–0.9.
+        chatter_pacing: spread chatter over the minute (a token bucket holding a third of
+            the chatter cap) instead of spending the cap in one burst.
+        bot_daily_profile: each bot follows its own 24-hour activity curve (a morning or an
+            evening person) on top of prime hours.
+        quiet_boost: weight multiplier of a bot silent for the chat's last 10 messages
+            (1.0 = off; > 1 evens out participation), 1–10.
+        budget_evening: weight a speaker by its budget left (evens out participation).
     """
 
     simulation_active: bool = True
@@ -335,6 +349,16 @@ class SimulationSettings(_Strict):
     typing_cpm_default: float = Field(default=300.0, ge=60.0, le=1500.0)
     typing_jitter: float = Field(default=0.3, ge=0.0, le=0.9)
     typing_cap_s: float = Field(default=10.0, ge=0.0, le=60.0)
+    # -- timing, pacing and participation (issue 14) --
+    budget_use: float = Field(default=0.5, ge=0.05, le=1.0)
+    burst_mean_msgs: float = Field(default=5.0, ge=1.0, le=20.0)
+    burst_gap_median_s: float = Field(default=10.0, ge=1.0, le=120.0)
+    lull_sigma: float = Field(default=1.8, ge=0.3, le=3.0)
+    human_reply_reserve: float = Field(default=0.3, ge=0.0, le=0.9)
+    chatter_pacing: bool = True
+    bot_daily_profile: bool = True
+    quiet_boost: float = Field(default=1.0, ge=1.0, le=10.0)
+    budget_evening: bool = False
 
 
 class MessageMeta(_Record):  # written per message by the engine: no text check

@@ -288,6 +288,7 @@ class TurnPipeline:
             await self._sleep(read_s)
         generation, llm_s, typing_s = await self._generate(turn, client, request,
                                                            ctx.profile.llm_providers, pace)
+        await self._until_due(turn)  # typed ahead of its slot: sent on the chat's rhythm
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         waited_s, refused = await self._guard(turn, sim.max_msgs_per_min)
         if refused is not None:
@@ -370,6 +371,15 @@ class TurnPipeline:
                 await client.send_typing(chat_id=chat_id)
             except TelegramError as exc:  # decoration: never worth a lost turn
                 log.debug("chat %s: typing not renewed: %s", chat_id, exc)
+
+    async def _until_due(self, turn: Turn) -> None:
+        """Wait until the turn's due time (``Turn.not_before``) when it is still ahead: the
+        send follows the chat's rhythm, not the worker's tick (issue 14)."""
+        if turn.not_before is None:
+            return
+        ahead = (turn.not_before - self.clock()).total_seconds()
+        if ahead > 0:
+            await self._sleep(ahead)
 
     async def _guard(self, turn: Turn, chat_cap: int) -> tuple[float, Outcome | None]:
         """Take a send slot, waiting at most :data:`MAX_LIMIT_WAIT_S`. Returns the seconds

@@ -22,6 +22,10 @@ from behavior_engine.reads import BotProfile, CachedReads
 from behavior_engine.scheduler import BotView, ChatView, Scheduler
 from behavior_engine.turn import Turn
 
+#: A member bot's talkativeness is read again after this many seconds (a persona edit
+#: reaches the chat's rhythm within it).
+TALK_TTL_S = 60.0
+
 
 class TurnPlanner:
     """Decides a tick's turns.
@@ -49,6 +53,7 @@ class TurnPlanner:
         self.clock = clock
         self.stats = stats
         self.decided: dict[str, float] = {}
+        self._talk: dict[int, tuple[float, float]] = {}  # bot → (talkativeness, read at)
 
     def started(self, turn: Turn) -> float | None:
         """The perf-counter time ``turn`` was decided, forgotten once asked."""
@@ -101,6 +106,7 @@ class TurnPlanner:
                     recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
                     waiting=self.membership.waiting(chat.id, history, now, set(members)),
                     in_flight=in_flight[chat.id],
+                    members=await self._members(chat.bot_ids),
                 )
                 bot_views = [self._bot_view(await self.reads.bot(b), chat.telegram_chat_id,
                                             now, busy) for b in members]
@@ -119,6 +125,19 @@ class TurnPlanner:
         self.stats["turns"] += len(turns)
         metrics.TURNS_DECIDED.inc(len(turns))
         return turns
+
+    async def _members(self, bot_ids: Collection[int]) -> dict[int, float]:
+        """Bot id → talkativeness of a chat's bots, driven here or not (the chat's rhythm is
+        computed over all of them); each read at most every :data:`TALK_TTL_S` seconds,
+        since a tick would otherwise read every member's profile of every chat it decides."""
+        now = time.monotonic()
+        out: dict[int, float] = {}
+        for b in bot_ids:
+            cached = self._talk.get(b)
+            if cached is None or now - cached[1] > TALK_TTL_S:
+                cached = self._talk[b] = ((await self.reads.bot(b)).persona.talkativeness, now)
+            out[b] = cached[0]
+        return out
 
     def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime,
                   busy: Collection[int]) -> BotView:

@@ -14,12 +14,24 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 * **Budgets.** Bot *b* may send ``limit_b`` messages per rolling hour, with ``limit_b`` drawn
   once per bot between ``bot_hourly_msg_limit.min`` and ``.max``, times ``scale_factor``,
   times ``prime_hours.boost`` during prime hours. A bot at its budget is not chosen.
-* **Per-chat cap.** At most ``max_msgs_per_min`` bot messages per chat per rolling minute.
-* **Timing.** Gaps between spontaneous messages are log-normal with σ = :data:`GAP_SIGMA`
-  (heavy-tailed, not a clock; REALISM.md) and a mean of 1/λ, λ = Σ budgets / 3600 s.
-* **Who and to whom.** A spontaneous speaker is drawn by talkativeness × budget left (the
-  last speaker halved, a bot silent for :data:`QUIET_WINDOW` messages boosted); with
-  probability :data:`REPLY_P` it replies to one of the last :data:`REPLY_WINDOW` messages of
+* **Per-chat cap.** At most ``max_msgs_per_min`` bot messages per chat per rolling minute;
+  chatter may use only :func:`~behavior_engine.rhythm.chatter_cap` of them (the
+  ``human_reply_reserve`` share is kept for answers to humans), paced over the minute
+  (``chatter_pacing``, :func:`~behavior_engine.rhythm.paced_from`).
+* **Timing.** Spontaneous messages fall on the chat's slots, bursts and lulls drawn from a
+  stable hash of (seed, chat, hour) (:mod:`behavior_engine.rhythm`): the same in every
+  worker, whenever it started. A turn carries its due time (``Turn.not_before``); it is
+  decided up to ``lookahead`` seconds early so sends do not land on the worker's tick.
+* **Who and to whom.** A slot's speaker is the top of a weighted random ranking of all the
+  chat's member bots (Efraimidis–Spirakis keys ``u^(1/w)``, ``u`` a stable hash of the
+  slot and the bot), weight = talkativeness × the bot's daily activity × :data:`LAST_SPEAKER`
+  for the previous slot's speaker (× ``quiet_boost`` for a bot silent for
+  :data:`QUIET_WINDOW` slots, × budget left with ``budget_evening``: both off by default,
+  they even out participation); see :meth:`Scheduler._rank`.
+  The worker driving the top bot speaks (the slot waits while that bot waits for Telegram
+  or its last turn, and is dropped when it is at its budget: a talkative bot is not
+  replaced by a quieter one); the other workers let the slot pass. With probability
+  :data:`REPLY_P` the speaker replies to one of the last :data:`REPLY_WINDOW` messages of
   others (not always the last one). A message already answered, or with an answer planned
   or in flight, is not a target (so turns do not pile onto one message), and a message d
   replies deep in a thread is picked with weight 1 − d / ``thread_max_depth`` (a thread fades).
@@ -33,24 +45,36 @@ import random
 import re
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from backend.schemas import SimulationSettings
+from behavior_engine.rhythm import (
+    SLOT_STALE,
+    Slot,
+    chatter_cap,
+    daily_activity,
+    paced_from,
+    stable_unit,
+    window_of,
+    window_slots,
+    window_start,
+)
 from behavior_engine.topics import detect_topic
 from behavior_engine.turn import ChatLine, Turn
 
-GAP_SIGMA = 1.3
 #: Share of spontaneous turns that reply to a message: 0.45 puts "nobody answers" near the
 #: human 50 % and replies under 50 % of messages (REALISM.md; docs/realism.md, "Who answers").
 REPLY_P = 0.45
 REPLY_WINDOW = 8
 HUMAN_REPLY_MEDIAN_S = 3.0
-#: A bot with no message among the chat's last QUIET_WINDOW gets QUIET_BOOST × the weight.
+#: A bot with no message among the chat's last QUIET_WINDOW gets ``quiet_boost`` × the weight.
 QUIET_WINDOW = 10
-QUIET_BOOST = 5.0
+#: Weight multiplier of the chat's last speaker (REALISM.md: same speaker twice 14–41 %).
+LAST_SPEAKER = 0.5
 HUMAN_WAIT_MAX = timedelta(minutes=30)
 #: A planned human reply holds back spontaneous chatter until this long after it is due.
 HUMAN_PRIORITY_WINDOW = timedelta(seconds=30)
@@ -129,6 +153,9 @@ class ChatView:
         recent: the last messages, oldest first.
         waiting: human messages waiting for an answer, oldest first.
         in_flight: turns of this chat decided but not yet finished.
+        members: bot id → talkativeness of every enabled bot of the chat, driven here or
+            not (the chat's rhythm and its speakers' ranking are the chat's, whichever
+            worker decides); empty: the bots given to :meth:`Scheduler.decide`.
     """
 
     chat_id: int
@@ -138,6 +165,7 @@ class ChatView:
     recent: Sequence[ChatLine]
     waiting: Sequence[WaitingMessage] = ()
     in_flight: int = 0
+    members: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -152,7 +180,8 @@ class _Planned:
 
 @dataclass(slots=True)
 class _ChatState:
-    next_at: datetime | None = None
+    cursor: datetime  # slots due at or before it are taken or passed
+    next_at: datetime | None = None  # due time of the first slot after the cursor
     planned: list[_Planned] = field(default_factory=list)
     # Telegram ids of human messages planned, or (id, bot) for assigned repliers.
     handled: set[int | tuple[int, int]] = field(default_factory=set)
@@ -279,13 +308,19 @@ class Scheduler:
     """Decides turns; keeps only timing state in memory (counts come from the store).
 
     Args:
-        seed: seed of the scheduler's random choices.
+        seed: seed of the scheduler's random choices (and of the chats' rhythm).
+        lookahead_s: a turn due within this many seconds is decided now and carries its due
+            time (``Turn.not_before``); the worker's tick, seconds.
     """
 
-    def __init__(self, *, seed: int) -> None:
+    def __init__(self, *, seed: int, lookahead_s: float = 1.0) -> None:
         self._seed = seed
         self._rng = random.Random(seed)
+        self._lookahead = timedelta(seconds=lookahead_s)
         self._chats: dict[int, _ChatState] = {}
+        self._slots: dict[tuple[object, ...], list[Slot]] = {}
+        self._rankings: dict[tuple[int, int, int], dict[int, tuple[float, float]]] = {}
+        self._latest_window = -1  # the latest window computed (older ones are pruned)
 
     # -- budgets -------------------------------------------------------------------------
     def hourly_limit(self, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
@@ -313,14 +348,15 @@ class Scheduler:
         """
         if not settings.simulation_active or not bots:
             return []
-        st = self._chats.setdefault(chat.chat_id, _ChatState())
+        st = self._chats.setdefault(chat.chat_id, _ChatState(cursor=now))
         by_id = {b.bot_id: b for b in bots}
         self._plan_human_replies(st, chat, bots, settings, now)
         room = settings.max_msgs_per_min - chat.sent_last_minute - chat.in_flight
+        horizon = now + self._lookahead
         turns: list[Turn] = []
         speakers: set[int] = set()
         for planned in sorted(st.planned, key=lambda p: p.due):
-            if room <= 0 or planned.due > now:
+            if room <= 0 or planned.due > horizon:
                 break
             bot = by_id.get(planned.bot_id)
             if bot is None or bot.send_wait > 0 or bot.bot_id in speakers:
@@ -331,27 +367,54 @@ class Scheduler:
             turns.append(self._turn(chat, bot, planned.reply_to, planned.reason, now,
                                     turn_id=reply_turn_id(chat.chat_id, planned.waiting_id,
                                                           bot.bot_id),
-                                    reply_message_id=planned.message_id))
+                                    reply_message_id=planned.message_id,
+                                    not_before=max(planned.due, now)))
             speakers.add(bot.bot_id)
             room -= 1
-        if room <= 0 or turns:
+        slot = self._next_slot(st, chat, bots, settings, now)
+        while slot is not None and slot.due <= horizon and not self._ours(chat, bots, slot):
+            st.cursor = slot.due  # another worker's bot speaks then: pass, whatever the room
+            slot = self._next_slot(st, chat, bots, settings, now)
+        room = min(room, chatter_cap(settings) - chat.sent_last_minute - chat.in_flight)
+        if slot is None or slot.due > horizon or room <= 0 or turns:
             return turns
         if any(p.due > now - HUMAN_PRIORITY_WINDOW for p in st.planned):
             return turns  # a human is about to be answered: no chatter in between
-        if st.next_at is None:
-            st.next_at = now + self._gap(bots, settings, now, first=True)
-        if now < st.next_at:
-            return turns
-        speaker = self._choose_speaker(chat, bots, settings, now)
+        due = slot.due
+        if settings.chatter_pacing:
+            paced = paced_from((m.created_at for m in chat.recent
+                                if m.bot_id is not None and m.created_at is not None
+                                and m.created_at > now - timedelta(minutes=2)),
+                               chatter_cap(settings))
+            if paced is not None and paced > due:
+                due = paced
+                if due > horizon:
+                    return turns  # the slot waits for the pace (dropped once stale)
+        speaker = self._choose_speaker(chat, bots, settings, now, slot)
         if speaker is None:
-            return turns
-        st.next_at = now + self._gap(bots, settings, now)
+            return turns  # the slot waits for its bot (dropped once stale)
+        st.cursor = slot.due
+        st.next_at = None
+        if isinstance(speaker, str):
+            return turns  # its bot is at its budget: the slot is dropped
         reply_to = self._choose_reply_target(chat, speaker, st, settings, now)
         reason = "spontaneous"
         if reply_to is not None:
             reason = "mention" if _mentions(reply_to.text, speaker) else "reply"
-        turns.append(self._turn(chat, speaker, reply_to, reason, now))
+        turns.append(self._turn(chat, speaker, reply_to, reason, now,
+                                turn_id=slot.turn_id(self._seed, chat.chat_id),
+                                not_before=max(due, now)))
         return turns
+
+    def planned(self, chat: ChatView, settings: SimulationSettings, start: datetime,
+                end: datetime) -> list[Slot]:
+        """The chat's slots due in [``start``, ``end``) (aware UTC): the spontaneous messages
+        its rhythm plans, the same in every process (``chat.members`` gives the bots).
+        An upper bound of what is sent: slots whose bot is at its budget are dropped, and
+        slots that stay blocked by the cap for :data:`~behavior_engine.rhythm.SLOT_STALE`."""
+        return [slot for window in range(window_of(start), window_of(end) + 1)
+                for slot in self._window(chat, (), settings, window)
+                if start <= slot.due < end]
 
     def idle_until(self, chat_id: int, now: datetime) -> datetime | None:
         """When ``chat_id`` may next have a turn due, if that is after ``now``; None when it
@@ -359,12 +422,12 @@ class Scheduler:
         :meth:`decide` before then, unless a human message waits in it (planned by
         :meth:`decide`, so the caller must not skip a chat with a waiting message)."""
         st = self._chats.get(chat_id)
-        if st is None or st.next_at is None or st.next_at <= now:
+        if st is None or st.next_at is None:
             return None
         first_planned = min((p.due for p in st.planned), default=None)
-        if first_planned is not None and first_planned <= now:
-            return None
-        return st.next_at if first_planned is None else min(st.next_at, first_planned)
+        until = st.next_at if first_planned is None else min(st.next_at, first_planned)
+        until -= self._lookahead
+        return until if until > now else None
 
     def forget_handled(self, chat_id: int, telegram_message_id: int,
                        bot_id: int | None = None) -> None:
@@ -424,28 +487,139 @@ class Scheduler:
         bots: Sequence[BotView],
         settings: SimulationSettings,
         now: datetime,
-    ) -> BotView | None:
-        last_bot = next((m.bot_id for m in reversed(chat.recent)), None)
-        heard = {m.bot_id for m in list(chat.recent)[-QUIET_WINDOW:]}
-        candidates: list[BotView] = []
-        weights: list[float] = []
-        for b in bots:
-            if b.send_wait > 0:
-                continue
-            limit = self.hourly_limit(b.bot_id, settings, now)
-            left = limit - b.sent_last_hour
-            if left < 1:
-                continue
-            w = b.talkativeness * (0.25 + left / max(limit, 1.0))
-            if b.bot_id == last_bot:
-                w *= 0.5
-            elif b.bot_id not in heard:
-                w *= QUIET_BOOST  # a bot not heard lately joins in (no one stays mute)
-            candidates.append(b)
-            weights.append(w)
-        if not candidates:
+        slot: Slot,
+    ) -> BotView | Literal["drop"] | None:
+        """The slot's speaker (module docstring, "Who and to whom"): its first-ranked bot
+        when that is one of ``bots`` and may speak; ``"drop"`` when that bot is at its budget
+        (the slot is dropped: a talkative bot is not replaced by a quieter one, so the
+        shares stay uneven and the same in every worker); None when it waits for
+        Telegram or another turn (the slot stays pending) or is not driven here."""
+        own = {b.bot_id: b for b in bots}
+        ranked = self._ranked(chat, bots, settings, now, slot)
+        top = own.get(ranked[0]) if ranked else None
+        if top is None:
             return None
-        return self._rng.choices(candidates, weights=weights)[0]
+        if self._budget_left(top, settings, now) < 1:
+            return "drop"
+        return top if top.send_wait <= 0 else None
+
+    def _ranked(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
+                now: datetime, slot: Slot) -> list[int]:
+        """The slot's ranking of the member bots (see :meth:`_rank`), best first."""
+        keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
+        own = {b.bot_id: b for b in bots}
+        keys: dict[int, float] = {}
+        for bot_id, (log_u, w) in keyed.items():
+            if settings.budget_evening and bot_id in own:
+                limit = self.hourly_limit(bot_id, settings, now)
+                w *= 0.25 + max(0.0, limit - own[bot_id].sent_last_hour) / max(limit, 1.0)
+            keys[bot_id] = log_u / max(w, 1e-9)  # log(u^(1/w))
+        return sorted(keys, key=lambda b: keys[b], reverse=True)
+
+    def _ours(self, chat: ChatView, bots: Sequence[BotView], slot: Slot) -> bool:
+        """True when the slot's first-ranked bot is one of ``bots`` (driven here)."""
+        keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
+        if not keyed:
+            return False
+        top = max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
+        return any(b.bot_id == top for b in bots)
+
+    def _rank(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
+              slots: Sequence[Slot]) -> None:
+        """Rank the chat's member bots for each slot of a window, in slot order.
+
+        Weighted random ranking (Efraimidis–Spirakis, ``key = log(u) / w``, ``u`` a stable
+        hash of the slot and the bot) with ``w`` = talkativeness × daily activity at the
+        slot, × :data:`LAST_SPEAKER` for the previous slot's first-ranked bot, ×
+        ``quiet_boost`` for a bot first-ranked in none of the last :data:`QUIET_WINDOW`
+        slots (× budget left with ``budget_evening``, applied by :meth:`_choose_speaker` to
+        the bots driven here). The ranking reads no chat history, so every worker ranks a
+        slot alike even while their views of the last messages differ.
+        """
+        members = dict(chat.members) or {b.bot_id: b.talkativeness for b in bots}
+        recent: list[int] = []
+        for slot in slots:
+            keyed: dict[int, tuple[float, float]] = {}
+            for bot_id, talkativeness in members.items():
+                w = talkativeness * daily_activity(self._seed, bot_id, settings, slot.due)
+                if recent and bot_id == recent[-1]:
+                    w *= LAST_SPEAKER
+                elif bot_id not in recent[-QUIET_WINDOW:]:
+                    w *= settings.quiet_boost  # 1.0 unless the operator evens shares out
+                u = stable_unit(self._seed, "speaker", chat.chat_id, slot.window, slot.index,
+                                bot_id)
+                keyed[bot_id] = (math.log(max(u, 1e-300)), w)
+            self._rankings[(chat.chat_id, slot.window, slot.index)] = keyed
+            if keyed:
+                recent.append(max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9)))
+
+    def _chat_rate(self, chat: ChatView, bots: Sequence[BotView],
+                   settings: SimulationSettings, at: datetime) -> float:
+        """λ of the chat at ``at``, messages per second.
+
+        Each member *b* speaks a share ``s_b = w_b / Σ w`` of the chat's messages, ``w_b`` =
+        talkativeness × daily activity (:func:`~behavior_engine.rhythm.daily_activity`).
+        λ = ``budget_use`` × ``A`` × min_b(limit_b / s_b) / 3600, with ``A`` the
+        talkativeness-weighted mean activity (≤ 1), so every bot's expected rate
+        ``λ·s_b`` stays within ``budget_use`` of its budget: the budget is a ceiling, and
+        a talkative bot is not evened out by hitting it. In a chat of equal bots this is
+        ``budget_use × Σ budgets``.
+        """
+        members = dict(chat.members) or {b.bot_id: b.talkativeness for b in bots}
+        if not members:
+            return 0.0
+        act = {b: daily_activity(self._seed, b, settings, at) for b in members}
+        w = {b: max(t, 1e-9) * act[b] for b, t in members.items()}
+        total_w = sum(w.values())
+        talk = sum(max(t, 1e-9) for t in members.values())
+        mean_act = sum(max(t, 1e-9) * act[b] for b, t in members.items()) / talk
+        ceiling = min(self.hourly_limit(b, settings, at) * total_w / w[b] for b in members)
+        return settings.budget_use * mean_act * ceiling / 3600.0
+
+    def _window(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
+                window: int) -> list[Slot]:
+        """The chat's slots in ``window`` (cached per members and rhythm settings)."""
+        members = tuple(sorted(chat.members.items())) or tuple(
+            sorted((b.bot_id, b.talkativeness) for b in bots))
+        key = (chat.chat_id, window, members, settings.budget_use, settings.burst_mean_msgs,
+               settings.burst_gap_median_s, settings.lull_sigma, settings.bot_daily_profile,
+               settings.scale_factor, settings.bot_hourly_msg_limit.min,
+               settings.bot_hourly_msg_limit.max, tuple(settings.prime_hours.hours),
+               settings.prime_hours.boost, settings.prime_hours.timezone,
+               settings.quiet_boost)
+        slots = self._slots.get(key)
+        if slots is None:
+            self._prune(window)
+            rate = self._chat_rate(chat, bots, settings, window_start(window))
+            slots = self._slots[key] = window_slots(seed=self._seed, chat_id=chat.chat_id,
+                                                    window=window, rate=rate,
+                                                    settings=settings)
+            self._rank(chat, bots, settings, slots)
+        return slots
+
+    def _prune(self, window: int) -> None:
+        """Forget the slots and rankings of windows two hours or more before the latest one
+        (a long run keeps a few windows per chat, not every hour it went through)."""
+        if window <= self._latest_window:
+            return
+        self._latest_window = window
+        self._slots = {k: v for k, v in self._slots.items()
+                       if isinstance(k[1], int) and k[1] >= window - 2}
+        self._rankings = {k: v for k, v in self._rankings.items() if k[1] >= window - 2}
+
+    def _next_slot(self, st: _ChatState, chat: ChatView, bots: Sequence[BotView],
+                   settings: SimulationSettings, now: datetime) -> Slot | None:
+        """The chat's first slot after ``st.cursor`` (stale ones passed), or None when the
+        next one lies beyond the current window and the next (decided again then)."""
+        if st.cursor < now - SLOT_STALE:
+            st.cursor = now - SLOT_STALE
+        for window in range(window_of(st.cursor), window_of(now) + 2):
+            for slot in self._window(chat, bots, settings, window):
+                if slot.due > st.cursor:
+                    st.next_at = slot.due
+                    return slot
+        st.next_at = window_start(window_of(now) + 2)
+        return None
 
     def _choose_reply_target(self, chat: ChatView, speaker: BotView, st: _ChatState,
                              settings: SimulationSettings, now: datetime) -> ChatLine | None:
@@ -502,23 +676,10 @@ class Scheduler:
                 return found
         return draw_topic(chat.topics, bot.topics, self._rng)
 
-    def _gap(
-        self, bots: Sequence[BotView], settings: SimulationSettings, now: datetime,
-        *, first: bool = False,
-    ) -> timedelta:
-        rate = sum(self.hourly_limit(b.bot_id, settings, now) for b in bots) / 3600.0
-        if rate <= 0:
-            return timedelta(hours=1)
-        mean = 1.0 / rate
-        mu = math.log(mean) - GAP_SIGMA**2 / 2
-        gap = math.exp(self._rng.gauss(mu, GAP_SIGMA))
-        if first:
-            gap *= 0.3
-        return timedelta(seconds=min(max(gap, 0.5), 1800.0))
-
     def _turn(
         self, chat: ChatView, bot: BotView, reply_to: ChatLine | None, reason: str,
         now: datetime, *, turn_id: str | None = None, reply_message_id: int | None = None,
+        not_before: datetime | None = None,
     ) -> Turn:
         return Turn(
             # unique across runs and processes; deterministic for a reply to a human
@@ -531,6 +692,7 @@ class Scheduler:
             reply_to=reply_to,
             reason=reason,  # type: ignore[arg-type]
             decided_at=now,
+            not_before=not_before,
         )
 
 

@@ -74,6 +74,8 @@ class Turn:
             (answering another bot), or ``spontaneous``.
         decided_at: aware UTC time of the decision.
         reply_message_id: our ``messages.id`` of the human message a reply answers.
+        not_before: aware UTC due time: the pipeline does not send before it (sends follow
+            the chat's rhythm, not the worker's tick grid); None: send when ready.
     """
 
     turn_id: str
@@ -85,6 +87,7 @@ class Turn:
     reason: Literal["human", "mention", "reply", "spontaneous"]
     decided_at: datetime
     reply_message_id: int | None = None
+    not_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,10 @@ DEMO_SETTINGS: dict[str, Any] = {
     "max_msgs_per_min": 15,
     "scale_factor": 1.0,
     "typing_cap_s": 6.0,
+    "budget_use": 0.25,
+    "burst_mean_msgs": 4.0,
+    "burst_gap_median_s": 2.0,
+    "lull_sigma": 0.6,
 }
 SAY_AFTER_S = 5.0
 #: Where ``--humans N`` posts fall, as shares of the run: spread from 10 % to 85 % of it.

@@ -23,9 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import figures as figures_store
+from backend.stores import settings as settings_store
 from backend.stores import turns as turn_store
 from behavior_engine.realism import realism_report
 from behavior_engine.realism_run import load_chats
+from behavior_engine.scheduler import ChatView, Scheduler
 from loadtest.options import LoadOptions
 from loadtest.world import World
 
@@ -168,6 +170,10 @@ async def compute_figures(
       workers' and listener's counters over the window.
     * ``realism``: ``botsim realism`` over the measured window (every chat; the report's
       ``metrics``, ``counts`` and ``failed``; None when no message was stored in it).
+    * ``rhythm``: the spontaneous messages the chats' rhythm planned in the window
+      (:meth:`~behavior_engine.scheduler.Scheduler.planned`, the same whatever the
+      workers) and the share of them sent: the figure to compare across worker counts, as
+      the plan itself differs from one window to the next.
     """
     window_s = (measure_end.at - measure_start.at).total_seconds()
     async with sm() as s:
@@ -178,7 +184,15 @@ async def compute_figures(
         tg_to_bot = {tg: b for b, tg in (await bot_store.telegram_user_ids(s)).items()
                      if tg is not None}
         tg_of = await chat_store.telegram_chat_ids(s)
+        sim = await settings_store.get_settings(s)
+        chats = await chat_store.enabled_chats_with_bots(s)
+        talk = {b.id: b.persona.talkativeness for b in await bot_store.list_bots(s)}
     t0, t1 = measure_start.at, measure_end.at
+    planner = Scheduler(seed=opts.seed)
+    planned = sum(len(planner.planned(
+        ChatView(chat_id=c.id, telegram_chat_id=c.telegram_chat_id, topics={},
+                 sent_last_minute=0, recent=(), members={b: talk[b] for b in ids}),
+        sim, t0, t1)) for c, ids in chats if ids)
     lat, over, wait, timeline_at = [], [], [], []
     per_bot: Counter[int] = Counter()
     in_window = 0
@@ -303,6 +317,10 @@ async def compute_figures(
                   "lookups": int(l1["hit"] + l1["miss"])},
         "db": {"queries": int(queries), "queries_per_msg": _ratio(queries, in_window)},
         "timeline": timeline,
+        "rhythm": {"planned": planned,
+                   "planned_per_min": round(planned / window_s * 60, 1) if window_s > 0
+                   else None,
+                   "sent_share": _ratio(in_window - len(human_ms), planned)},
         "latency_samples_ms": [round(x, 2) for x in lat],
         "overhead_samples_ms": [round(x, 2) for x in over],
     }

@@ -347,6 +347,16 @@ class SettingsPatch(_Input):
     typing_cpm_default: float | None = Field(default=None, ge=60.0, le=1500.0)
     typing_jitter: float | None = Field(default=None, ge=0.0, le=0.9)
     typing_cap_s: float | None = Field(default=None, ge=0.0, le=60.0)
+    # -- timing, pacing and participation (issue 14); bounds checked by merged() --
+    budget_use: float | None = None
+    burst_mean_msgs: float | None = None
+    burst_gap_median_s: float | None = None
+    lull_sigma: float | None = None
+    human_reply_reserve: float | None = None
+    chatter_pacing: bool | None = None
+    bot_daily_profile: bool | None = None
+    quiet_boost: float | None = None
+    budget_evening: bool | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> SettingsPatch:

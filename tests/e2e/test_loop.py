@@ -68,7 +68,11 @@ async def world(
             sandbox.add_bot_to_chat(CHAT, token)
         await settings_store.update_settings(
             s, changes={"bot_hourly_msg_limit": {"min": 1200, "max": 1200},
-                        "max_msgs_per_min": 20, "reading_cap_s": 0.0, "typing_cap_s": 0.0}
+                        "max_msgs_per_min": 20, "reading_cap_s": 0.0, "typing_cap_s": 0.0,
+                        # a steady stream, not bursts and lulls (issue 14): these tests
+                        # need messages within seconds
+                        "budget_use": 1.0, "burst_mean_msgs": 1.0, "lull_sigma": 0.3,
+                        "bot_daily_profile": False}
         )
     await sandbox.start()
     # The listener keeps no cache of its own here, as a separate process without Redis: the
@@ -183,13 +187,13 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, tick_seconds=0.5)
     summary = await run_demo(settings, DemoOptions(
         # The human's reply is due at most 12 s after the question (the scheduler's cap on
-        # its delay), then the bot reads the 4 words (~1 s) and types (the demo's cap, 6 s):
-        # 20 s leave room for it and for 3 bots to speak.
+        # its delay), then the bot reads the 4 words (~1 s) and types (the demo's cap, 6 s).
+        # The chatter comes in bursts and lulls (issue 14), so 20 s may hold no other message.
         duration=20, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
         say_after=1.0, out=out))
     last = out.getvalue().strip().splitlines()[-1]
     assert json.loads(last) == summary
-    assert summary["bots_spoken"] >= 3
+    assert summary["bots_spoken"] >= 1 and summary["messages"] >= 1
     assert summary["human_messages"] == 1 and summary["human_replies"] == 1
     assert summary["duplicates"] == 0 and summary["errors"] == 0
     assert "Deniz: Dolar nereye gider sizce?" in out.getvalue()
@@ -218,7 +222,8 @@ def test_cli_demo_json_last_line(tmp_path: Path) -> None:
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"messages", "bots_spoken", "human_messages", "human_replies", "duplicates",
             "errors"} <= set(figures)
-    assert figures["messages"] >= 1 and figures["errors"] == 0
+    # 5 s of a bursty chat may be a lull (issue 14): the figures, not a message count
+    assert figures["messages"] >= 0 and figures["errors"] == 0
     assert "Traceback" not in proc.stderr
 
 
@@ -237,7 +242,9 @@ def test_cli_refuses_bad_persona_file(tmp_path: Path) -> None:
 
 
 async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> None:
-    kicked_token_bot = 8100000000  # the first persona's Telegram id
+    # the most talkative persona's Telegram id (zeynep.yaml, the fourth file): it speaks
+    # soon, so it meets the 403 soon (issue 14 made the talkativeness shares uneven)
+    kicked_token_bot = 8100000003
     world.sandbox.kick_bot(CHAT, kicked_token_bot)
     worker = make_worker(world)
     await worker.start()
@@ -354,9 +361,13 @@ async def test_retries_never_send_twice_and_all_down_keeps_talking(world: World)
 
 async def test_demo_with_the_sdks_against_the_sandbox_llm(tmp_path: Path) -> None:
     out = io.StringIO()
+    # A human question makes sure some bot writes (the chatter comes in bursts and lulls,
+    # issue 14): its answer is due at most 12 s after it.
     summary = await run_demo(Settings(data_dir=tmp_path, tick_seconds=0.5), DemoOptions(
-        duration=6, json_out=True, read_stdin=False, llm="sandbox", out=out))
-    assert summary["messages"] >= 2 and summary["errors"] == 0
+        duration=14, say="Altın alınır mı?", say_after=0.5, json_out=True, read_stdin=False,
+        llm="sandbox", out=out))
+    assert summary["messages"] >= 1 and summary["human_replies"] == 1
+    assert summary["errors"] == 0
     assert set(summary["by_provider"]) == {"groq"}  # the first provider answered each turn
     assert summary["llm_calls"] >= summary["messages"]
     assert summary["llm_cost_usd"] > 0

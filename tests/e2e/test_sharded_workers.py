@@ -161,10 +161,12 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
     async with sm() as s, s.begin():
         by_token = await seed_database(s, world, cipher=secrets.cipher())
         await settings_store.update_settings(
-            # 20 bots a chat at 30-60 messages an hour offer ~15 a minute, under the chat's
-            # cap of 20: a human's reply is not held back behind chatter the cap refuses.
-            s, changes={"bot_hourly_msg_limit": {"min": 30, "max": 60}, "max_msgs_per_min": 20,
-                        "reading_cap_s": 0.0, "typing_cap_s": 0.0})
+            # A steady stream rather than bursts and lulls (issue 14), of about 15 messages a
+            # minute a chat: the rate keeps the most talkative of 20 bots within its budget
+            # (a share of ~0.2 of the chat), so the budgets are larger than 15/min ÷ 20.
+            s, changes={"bot_hourly_msg_limit": {"min": 150, "max": 300}, "max_msgs_per_min": 20,
+                        "budget_use": 1.0, "burst_mean_msgs": 1.0, "lull_sigma": 0.3,
+                        "bot_daily_profile": False, "reading_cap_s": 0.0, "typing_cap_s": 0.0})
     bot_ids = sorted(by_token.values())
     tg_of = {by_token[b.token]: int(b.token.split(":")[0]) for b in world.bots}
 

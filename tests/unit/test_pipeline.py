@@ -4,6 +4,7 @@ ends, and what each writes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -383,3 +384,16 @@ async def test_a_long_limit_wait_gives_the_turn_up_before_the_intent() -> None:
     out = await rig.pipeline.run(turn())
     assert out.status == "skipped" and out.retry_after == MAX_LIMIT_WAIT_S + 1
     assert rig.records.intents == [] and rig.client.sends == [] and rig.slept == []
+
+
+async def test_a_turn_waits_for_its_due_time_before_the_send() -> None:
+    # issue 14: sends follow the chat's rhythm (Turn.not_before), not the worker's tick
+    rig = Rig(FakeClient(905))
+    due = dataclasses.replace(turn(), not_before=NOW + timedelta(seconds=0.73))
+    out = await rig.pipeline.run(due)
+    assert out.status == "sent" and rig.slept == [pytest.approx(0.73)]
+    # a turn already due (or with no due time) does not wait
+    rig = Rig(FakeClient(906))
+    await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW - timedelta(seconds=2)))
+    await rig.pipeline.run(turn())
+    assert rig.slept == []

@@ -143,20 +143,26 @@ def test_hourly_limit_budget_and_prime_hours() -> None:
     assert Scheduler(seed=9).hourly_limit(7, cfg, NOW) == s.hourly_limit(7, cfg, NOW)
 
 
-def test_spontaneous_rate_follows_budget_and_gaps_are_irregular() -> None:
+def test_spontaneous_rate_stays_under_the_budget_and_gaps_are_bursty() -> None:
+    # Issue 14 changed the premise: the budget is a ceiling (a share budget_use of it is
+    # spent on average, less in the bots' quiet hours), not a rate spent evenly.
     s = Scheduler(seed=11)
     times: list[datetime] = []
     t = NOW
     end = NOW + timedelta(hours=2)
     while t < end:
         for turn in s.decide(chat(), bots(), SETTINGS, t):
-            times.append(turn.decided_at)
+            times.append(turn.not_before or turn.decided_at)
         t += timedelta(seconds=1)
     per_hour = len(times) / 2
-    assert 120 <= per_hour <= 360  # budget: 4 bots × 60/h = 240/h
+    ceiling = 4 * 60  # 4 bots × 60/h
+    # budget_use × ceiling on average; two hours of a bursty chat vary around it
+    assert 0.3 * SETTINGS.budget_use * ceiling <= per_hour <= 0.8 * ceiling
     gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(times))
     median, p90 = gaps[len(gaps) // 2], gaps[int(len(gaps) * 0.9)]
-    assert p90 / median > 3  # heavy tail, not a clock
+    # heavy tail, not a clock (a Poisson stream gives 3.3; the production bench, ≥ 15:
+    # tests/unit/test_rhythm.py)
+    assert p90 / median > 5
 
 
 def test_replies_do_not_always_target_the_last_message() -> None:
