@@ -59,6 +59,7 @@ from behavior_engine.llm.chain import ChainResult
 from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import build_request
 from behavior_engine.reads import BotProfile, HistoryItem
+from behavior_engine.rhythm import chatter_cap
 from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn
 from behavior_engine.typist import TYPING_RENEW_S, Pace, jitter_rng, keep_typing
 from bots.ratelimit import TelegramLimiter
@@ -290,7 +291,10 @@ class TurnPipeline:
                                                            ctx.profile.llm_providers, pace)
         await self._until_due(turn)  # typed ahead of its slot: sent on the chat's rhythm
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
-        waited_s, refused = await self._guard(turn, sim.max_msgs_per_min)
+        # An answer to a human may use the whole cap; chatter only what the human-reply
+        # reserve leaves (issue 14), here too, where the cap holds across workers.
+        cap = sim.max_msgs_per_min if turn.reply_message_id is not None else chatter_cap(sim)
+        waited_s, refused = await self._guard(turn, cap)
         if refused is not None:
             return refused
         try:

@@ -65,12 +65,14 @@ class FakeLimits:
     def __init__(self, *waits: float) -> None:
         self.waits = list(waits)
         self.blocked: list[tuple[int, float]] = []
+        self.caps: list[int | None] = []
 
     def wait_time(self, bot_id: int, chat_id: int) -> float:
         return 0.0
 
     async def try_acquire(self, bot_id: int, chat_id: int, *,
                           chat_cap: int | None = None) -> float:
+        self.caps.append(chat_cap)
         return self.waits.pop(0) if self.waits else 0.0
 
     async def block(self, bot_id: int, seconds: float) -> None:
@@ -281,6 +283,15 @@ async def test_a_bot_let_go_while_typing_sends_nothing_through_its_closed_client
     assert out.status == "skipped" and out.error == "bot let go before the send"
     assert client.sends == [] and replacement.sends == [] and rig.records.committed == []
     assert rig.records.finished == [("turn-1", "failed")] and rig.stats["fenced"] == 1
+
+
+async def test_chatter_leaves_the_human_reply_reserve_of_the_chat_cap() -> None:
+    # max_msgs_per_min 10, reserve 0.3: chatter may take 7 a minute, an answer to a human 10
+    sim = NO_PAUSE.model_copy(update={"max_msgs_per_min": 10, "human_reply_reserve": 0.3})
+    chatter, answer = Rig(FakeClient(), sim=sim), Rig(FakeClient(), sim=sim)
+    assert (await chatter.pipeline.run(turn())).status == "sent"
+    assert (await answer.pipeline.run(turn(reply_to=HUMAN))).status == "sent"
+    assert chatter.limits.caps == [7] and answer.limits.caps == [10]
 
 
 async def test_a_bot_not_held_is_skipped_before_any_work() -> None:
