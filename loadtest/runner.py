@@ -91,6 +91,14 @@ HUMAN_TEXTS = (
     "Bugün hangi hisseye bakıyorsunuz?", "Euro da dolar gibi yükselir mi?",
 )
 
+#: The load test measures capacity: a steady stream at the budgets, not the bursts and lulls
+#: of a believable chat (issue 14), whose rate moves from one window to the next and would
+#: make runs of different length, start or worker count incomparable.
+STEADY_STREAM: dict[str, Any] = {
+    "budget_use": 1.0, "burst_mean_msgs": 1.0, "lull_sigma": 0.3,
+    "bot_daily_profile": False, "human_reply_reserve": 0.0, "chatter_pacing": False,
+}
+
 
 # --- the run -----------------------------------------------------------------------------
 
@@ -313,7 +321,7 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
             "max_msgs_per_min": 20, "scale_factor": 1.0,
             "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
             "reading_cap_s": 0.0,  # no reading/typing pauses: throughput stays comparable
-            "typing_cap_s": 0.0})
+            "typing_cap_s": 0.0, **STEADY_STREAM})
     world_file = tmp / "world.json"
     world_file.write_text(json.dumps(sandbox_world(world)))
 
