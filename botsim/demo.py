@@ -58,10 +58,12 @@ DEMO_SETTINGS: dict[str, Any] = {
     "bot_hourly_msg_limit": {"min": 240, "max": 480},
     "max_msgs_per_min": 15,
     "scale_factor": 1.0,
-    "typing_cap_s": 6.0,
+    # Ten-minute tuning runs (docs/realism.md, "Where issue 14 stands"): longer bursts with
+    # short gaps and a short typing cap keep the bursts tight between the lulls.
+    "typing_cap_s": 2.0,
     "budget_use": 0.25,
-    "burst_mean_msgs": 4.0,
-    "burst_gap_median_s": 2.0,
+    "burst_mean_msgs": 8.0,
+    "burst_gap_median_s": 1.0,
     "lull_sigma": 0.6,
 }
 SAY_AFTER_S = 5.0

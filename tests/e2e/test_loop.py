@@ -192,7 +192,7 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, tick_seconds=0.5)
     summary = await run_demo(settings, DemoOptions(
         # The human's reply is due at most 12 s after the question (the scheduler's cap on
-        # its delay), then the bot reads the 4 words (~1 s) and types (the demo's cap, 6 s).
+        # its delay), then the bot reads the 4 words (~1 s) and types (the demo's cap, 2 s).
         # The chatter comes in bursts and lulls (issue 14), so 20 s may hold no other message.
         duration=20, say="Dolar nereye gider sizce?", json_out=True, read_stdin=False,
         say_after=1.0, out=out))
