@@ -23,6 +23,7 @@ from behavior_engine.scheduler import (
     ChatView,
     Scheduler,
     WaitingMessage,
+    _ChatState,
     asks_group,
     choose_repliers,
 )
@@ -181,18 +182,17 @@ def test_answered_and_planned_messages_leave_the_target_pool() -> None:
 
 def _first_targets(recent: list[ChatLine], settings: SimulationSettings,
                    draws: int = 1500) -> Counter[int]:
-    """The target of the first spontaneous reply of ``draws`` fresh schedulers (seeds)."""
+    """The reply target a spontaneous turn of a bot picks, over ``draws`` fresh schedulers
+    (seeds); the scheduler's own target choice, without waiting for a slot of the rhythm."""
     view = ChatView(chat_id=1, telegram_chat_id=-100, topics={"usdtry": 1.0},
                     sent_last_minute=0, recent=recent)
     got: Counter[int] = Counter()
     for seed in range(draws):
         s = Scheduler(seed=seed)
-        for t in range(30):
-            turns = s.decide(view, BOTS, settings, NOW + timedelta(seconds=t))
-            if turns:
-                if turns[0].reply_to is not None:
-                    got[turns[0].reply_to.telegram_message_id] += 1
-                break
+        target = s._choose_reply_target(view, BOTS[seed % len(BOTS)],
+                                        _ChatState(cursor=NOW), settings, NOW)
+        if target is not None:
+            got[target.telegram_message_id] += 1
     return got
 
 
