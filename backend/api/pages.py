@@ -124,6 +124,14 @@ async def _chats(state: ApiState) -> list[ChatOut]:
     return [ChatOut.from_row(c) for c in rows]
 
 
+def _chosen_chat(chats: list[ChatOut], chat_id: int | None) -> ChatOut | None:
+    """The chat ``chat_id`` of ``chats``; without an id, the first chat; None when there is
+    none (or no chat has that id)."""
+    if chat_id is None:
+        return chats[0] if chats else None
+    return next((c for c in chats if c.id == chat_id), None)
+
+
 async def _bot_names(state: ApiState) -> dict[int, str]:
     async with state.sessionmaker() as session:
         return await bot_store.bot_names(session)
@@ -156,9 +164,7 @@ async def live_page(request: Request, state: State,
     if who is None:
         return _to_login()
     chats = await _chats(state)
-    chat = next((c for c in chats if c.id == chat_id), None) if chat_id is not None else None
-    if chat is None and chat_id is None and chats:
-        chat = chats[0]
+    chat = _chosen_chat(chats, chat_id)
     bots = await _bot_names(state)
     messages: list[dict[str, Any]] = []
     last_id = 0

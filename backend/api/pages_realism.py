@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from backend.api import realism_plots
 from backend.api.deps import State
-from backend.api.pages import _chats, _principal, _render, _to_login
+from backend.api.pages import _chats, _chosen_chat, _principal, _render, _to_login
 from backend.api.routes_ops import SINCE_EXPECTED, SINCE_MAX
 from backend.errors import ValidationFailed
 from backend.timewindow import parse_since
@@ -54,9 +54,7 @@ async def realism_page(request: Request, state: State, chat_id: int | None = Non
     if who is None:
         return _to_login()
     chats = await _chats(state)
-    chat = next((c for c in chats if c.id == chat_id), None) if chat_id is not None else None
-    if chat is None and chat_id is None and chats:
-        chat = chats[0]
+    chat = _chosen_chat(chats, chat_id)
     since = since[:SINCE_MAX]
     context: dict[str, Any] = {
         "user": who, "page": "realism", "chats": chats, "chat": chat, "since": since,
