@@ -46,6 +46,10 @@ from bots.ratelimit import TelegramLimiter
 
 log = logging.getLogger("botsim.worker")
 
+#: Seconds :meth:`Worker.stop` lets running turns and bot connections finish before it
+#: cancels them (a cancelled send is recorded ``unknown``, never left an ``intent``).
+STOP_GRACE_S = 10.0
+
 
 class Worker:
     """Drives the bots its membership holds.
@@ -108,6 +112,8 @@ class Worker:
         self._rebalancing = asyncio.Lock()
         self._aps: AsyncIOScheduler | None = None
         self._owns_chain = False
+        self._stopping = False
+        self.stop_grace_s = STOP_GRACE_S
 
     @classmethod
     def assemble(
@@ -190,7 +196,7 @@ class Worker:
                 return
             if change.lost or change.released:
                 await self.held.disconnect([*change.lost, *change.released])
-            if change.won:
+            if change.won and not self._stopping:
                 self._connecting |= set(change.won)
                 task = asyncio.create_task(self._take_on(change.won))
                 self._background.add(task)
@@ -210,20 +216,25 @@ class Worker:
             metrics.BOTS_DRIVEN.set(len(self.driven()))
 
     async def stop(self) -> None:
-        """Stop ticking, let running turns finish (10 s at most), leave (the bots are given
-        up), close the clients and what the worker opened."""
+        """Stop ticking, let running turns finish (:attr:`stop_grace_s`, default
+        :data:`STOP_GRACE_S`), then cancel what is left and wait for it, so a send cut off
+        mid-flight is recorded ``unknown`` while the database is still open (an ``intent``
+        left behind would be reconciled only by the bot's next holder). Then leave (the
+        bots are given up), close the clients and what the worker opened.
+
+        A tick already running when ``stop`` starts launches no turn (:meth:`tick`)."""
+        self._stopping = True
         if self._aps is not None:
             self._aps.shutdown(wait=False)
             self._aps = None
-        if self._background:
-            await asyncio.wait(self._background, timeout=10)
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+        await _finish(self._background, self.stop_grace_s, "bot connections")
+        await _finish(self._tasks, self.stop_grace_s, "turns")
         if self.ledger is not None:
             await self.ledger.flush()
-        await self.held.disconnect(self.clients.ids())
-        await self.membership.leave()
-        await self.membership.close()
+        async with self._rebalancing:  # a heartbeat running now ends first
+            await self.held.disconnect(self.clients.ids())
+            await self.membership.leave()
+            await self.membership.close()
         if self._owns_chain:
             from behavior_engine.llm.factory import close_chain
 
@@ -245,6 +256,8 @@ class Worker:
         except Exception:
             self.stats["errors"] += 1
             log.exception("tick failed")
+            return
+        if self._stopping:  # stop() began while this tick decided: its turns are not run
             return
         for turn in turns:
             self._busy.add(turn.bot_id)
@@ -275,6 +288,22 @@ class Worker:
         metrics.TURNS.labels(outcome=outcome.status).inc()
         await self.membership.settle(turn, outcome)
         return outcome
+
+
+async def _finish(tasks: set[asyncio.Task[Any]], grace_s: float, what: str) -> None:
+    """Wait up to ``grace_s`` seconds for ``tasks`` (a live set: tasks started meanwhile
+    count too), then cancel the rest and wait until their cancellation handlers ran."""
+    deadline = time.monotonic() + grace_s
+    while tasks and (left := deadline - time.monotonic()) > 0:
+        await asyncio.wait(set(tasks), timeout=left)
+    pending = set(tasks)
+    if not pending:
+        return
+    log.warning("stopping: %d %s still running after %.0f s; cancelled", len(pending), what,
+                grace_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def check(settings: Settings) -> int:

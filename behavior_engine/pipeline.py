@@ -326,9 +326,17 @@ class TurnPipeline:
         metrics.TURN_LATENCY.observe(timing.latency_s)
         # the engine's own part: neither generation nor the deliberate reading/typing pauses
         metrics.TURN_OVERHEAD.observe(max(timing.latency_s - read_s - typing_s, 0.0))
-        item = await self.records.commit_sent(Sent(
+        commit = asyncio.ensure_future(self.records.commit_sent(Sent(
             turn=turn, bot=bot, message=sent_or_outcome, generation=generation,
-            reply_to=reply_id, mood=ctx.mood, timing=timing))
+            reply_to=reply_id, mood=ctx.mood, timing=timing)))
+        try:
+            item = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # Telegram has the message: record it before giving in to the cancellation
+            # (a worker stopping), or an ``intent`` would be left for a message that exists.
+            with contextlib.suppress(Exception):
+                await commit
+            raise
         if self.on_sent is not None:
             self.on_sent(turn.bot_id, self.clock())
         await self.reads.appended(turn.chat_id, item)

@@ -275,6 +275,50 @@ async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> Non
     assert all(m["from"]["id"] != kicked_token_bot for m in world.sandbox.messages(CHAT))
 
 
+async def test_stop_cuts_a_hanging_send_and_records_it_unknown(world: World) -> None:
+    """A send Telegram accepted but whose answer never came back is cancelled by stop()
+    after the grace period and recorded ``unknown``, not left an ``intent``; a tick that
+    runs after stop began launches nothing (issue 14's sharded run left one such intent)."""
+    import asyncio
+
+    from sqlalchemy import func
+
+    from backend.db.models import TurnRecord
+
+    worker = make_worker(world)
+    worker.stop_grace_s = 0.3
+    await worker.start()
+    accepted = asyncio.Event()
+    try:
+        for bot_id in worker.driven():
+            client = worker.held.client(bot_id)
+            assert client is not None
+            send = client.send_message
+
+            async def hang(*args: object, _send=send, **kwargs: object) -> object:  # type: ignore[no-untyped-def]
+                await _send(*args, **kwargs)  # Telegram has it...
+                accepted.set()
+                await asyncio.Event().wait()  # ...but its answer never arrives
+                raise AssertionError("unreachable")
+
+            client.send_message = hang  # type: ignore[method-assign]
+        await asyncio.wait_for(accepted.wait(), 30)
+    finally:
+        await worker.stop()
+    tasks_before = len(worker._tasks)
+    await worker.tick()  # as APScheduler's tick already running when stop() began
+    assert len(worker._tasks) == tasks_before == 0
+    async with world.sessionmaker() as s:
+        statuses = dict((await s.execute(select(TurnRecord.status, func.count())
+                                         .group_by(TurnRecord.status))).all())
+        stored = (await s.execute(select(func.count()).select_from(Message)
+                                  .where(Message.bot_id.is_not(None)))).scalar_one()
+    sent = [m for m in world.sandbox.messages(CHAT) if m["from"]["is_bot"]]
+    assert "intent" not in statuses, statuses
+    assert statuses.get("unknown", 0) >= 1, statuses
+    assert len(sent) == stored + statuses["unknown"], (len(sent), stored, statuses)
+
+
 async def test_solo_worker_takes_on_added_bots_and_lets_removed_ones_go(world: World) -> None:
     """Membership edits (the panel's) reach a running solo worker at its next heartbeat."""
     from backend.invalidation import KIND_CHATS, invalidate_after_commit
