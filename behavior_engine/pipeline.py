@@ -289,7 +289,7 @@ class TurnPipeline:
             await self._sleep(read_s)
         generation, llm_s, typing_s = await self._generate(turn, client, request,
                                                            ctx.profile.llm_providers, pace)
-        await self._until_due(turn)  # typed ahead of its slot: sent on the chat's rhythm
+        await self._until_due(turn)  # written ahead of its slot: sent on the chat's rhythm
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         # An answer to a human may use the whole cap; chatter only what the human-reply
         # reserve leaves (issue 14), here too, where the cap holds across workers.
@@ -347,32 +347,49 @@ class TurnPipeline:
                         pace: Pace) -> tuple[Generation, float, float]:
         """The text, the seconds spent generating it, and the seconds "typing…" showed.
 
-        "typing…" shows while the text is generated (renewed every
+        A turn due now (no ``not_before``, or one within ``typing_cap_s``): "typing…" shows
+        while the text is generated (renewed every
         :data:`~behavior_engine.typist.TYPING_RENEW_S` seconds of the provider's wall-clock
         time), then for what is left of the typing time the text's length calls for
-        (:meth:`Pace.typing_s`; the generation counts toward it, never added twice)."""
+        (:meth:`Pace.typing_s`; the generation counts toward it, never added twice).
+
+        A slot's turn decided ahead of its due time (:func:`~behavior_engine.rhythm.slot_lead`)
+        is written first, out of sight; the bot then waits and types for the whole typing
+        time so that "typing…" ends at the due time (issue 14: sends keep the rhythm's
+        gaps instead of trailing them by the typing time)."""
         chat_id = turn.telegram_chat_id
-        typing = asyncio.create_task(client.send_typing(chat_id=chat_id))
-        renew = asyncio.create_task(self._renew_typing(client, chat_id))
+        early = turn.not_before is not None and (
+            turn.not_before - self.clock()).total_seconds() > pace.typing_cap_s
+        typing = renew = None
+        if not early:
+            typing = asyncio.create_task(client.send_typing(chat_id=chat_id))
+            renew = asyncio.create_task(self._renew_typing(client, chat_id))
         t_llm = time.perf_counter()
         try:
             result = await self.chain.generate(request, order=order)
         finally:
             llm_s = time.perf_counter() - t_llm
-            renew.cancel()
-            await asyncio.wait({renew})
-            try:
-                await typing
-            except TelegramError as exc:  # decoration: never worth a lost turn
-                log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
+            if renew is not None and typing is not None:
+                renew.cancel()
+                await asyncio.wait({renew})
+                try:
+                    await typing
+                except TelegramError as exc:  # decoration: never worth a lost turn
+                    log.debug("bot %s: typing not shown: %s", turn.bot_id, exc)
         if result.skipped:
             self.stats["fallbacks"] += 1
         text = result.generation.text
-        pause = pace.typing_s(text, jitter_rng(self.seed, turn.turn_id)) - llm_s
+        typing_s = pace.typing_s(text, jitter_rng(self.seed, turn.turn_id))
+        shown = 0.0 if early else llm_s
+        pause = typing_s - shown
+        if early and turn.not_before is not None:
+            idle = (turn.not_before - self.clock()).total_seconds() - max(pause, 0.0)
+            if idle > 0:  # not typing yet: start so as to finish at the due time
+                await self._sleep(idle)
         if pause > 0:
             await keep_typing(lambda: client.send_typing(chat_id=chat_id), self._sleep, pause,
-                              shown_ago=llm_s)
-        return result.generation, llm_s, llm_s + max(pause, 0.0)
+                              shown_ago=None if early else llm_s)
+        return result.generation, llm_s, shown + max(pause, 0.0)
 
     async def _renew_typing(self, client: Sender, chat_id: int) -> None:
         """Renew "typing…" every :data:`TYPING_RENEW_S` seconds (wall clock: the provider's

@@ -21,7 +21,9 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 * **Timing.** Spontaneous messages fall on the chat's slots, bursts and lulls drawn from a
   stable hash of (seed, chat, hour) (:mod:`behavior_engine.rhythm`): the same in every
   worker, whenever it started. A turn carries its due time (``Turn.not_before``); it is
-  decided up to ``lookahead`` seconds early so sends do not land on the worker's tick.
+  decided up to ``lookahead`` seconds early so sends do not land on the worker's tick, and
+  a slot's turn a further :func:`~behavior_engine.rhythm.slot_lead` early (the reading and
+  typing caps), so the bot reads, writes and types ahead and sends at the due time.
 * **Who and to whom.** A slot's speaker is the top of a weighted random ranking of all the
   chat's member bots (Efraimidis–Spirakis keys ``u^(1/w)``, ``u`` a stable hash of the
   slot and the bot), weight = talkativeness × the bot's daily activity × :data:`LAST_SPEAKER`
@@ -58,6 +60,7 @@ from behavior_engine.rhythm import (
     chatter_cap,
     daily_activity,
     paced_from,
+    slot_lead,
     stable_unit,
     window_of,
     window_slots,
@@ -187,6 +190,8 @@ class _ChatState:
     handled: set[int | tuple[int, int]] = field(default_factory=set)
     # Telegram ids of spontaneous reply targets → when they were targeted.
     targeted: dict[int, datetime] = field(default_factory=dict)
+    # how early a slot's turn is decided (rhythm.slot_lead of the last settings seen)
+    lead: timedelta = timedelta(0)
 
 
 def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
@@ -371,6 +376,8 @@ class Scheduler:
                                     not_before=max(planned.due, now)))
             speakers.add(bot.bot_id)
             room -= 1
+        st.lead = slot_lead(settings)
+        horizon += st.lead  # a slot's turn is decided early: typing ends at its due time
         slot = self._next_slot(st, chat, bots, settings, now)
         while slot is not None and slot.due <= horizon and not self._ours(chat, bots, slot):
             st.cursor = slot.due  # another worker's bot speaks then: pass, whatever the room
@@ -425,7 +432,9 @@ class Scheduler:
         if st is None or st.next_at is None:
             return None
         first_planned = min((p.due for p in st.planned), default=None)
-        until = st.next_at if first_planned is None else min(st.next_at, first_planned)
+        until = st.next_at - st.lead
+        if first_planned is not None:
+            until = min(until, first_planned)
         until -= self._lookahead
         return until if until > now else None
 

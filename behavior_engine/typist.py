@@ -100,7 +100,7 @@ def jitter_rng(seed: int, turn_id: str) -> random.Random:
 
 async def keep_typing(show: Callable[[], Awaitable[None]],
                       sleep: Callable[[float], Awaitable[None]], seconds: float, *,
-                      shown_ago: float = 0.0) -> int:
+                      shown_ago: float | None = 0.0) -> int:
     """Wait ``seconds`` while "typing…" stays visible: ``show`` is called whenever the last
     action is :data:`TYPING_RENEW_S` seconds old and more typing time is left.
 
@@ -110,14 +110,15 @@ async def keep_typing(show: Callable[[], Awaitable[None]],
         sleep: awaited for each wait, in seconds (injectable: tests pass a fake clock).
         seconds: the time left to type, seconds (≤ 0: returns at once).
         shown_ago: seconds since the last ``typing`` action (the one shown while the text
-            was generated), ≥ 0.
+            was generated), ≥ 0; None: none shown yet (the first is sent at once).
 
     Returns:
         The number of ``typing`` actions sent.
     """
     sent = 0
     left = seconds
-    since = shown_ago % TYPING_RENEW_S  # renewed every TYPING_RENEW_S during generation
+    # renewed every TYPING_RENEW_S during generation; None: not shown, so show it now
+    since = TYPING_RENEW_S if shown_ago is None else shown_ago % TYPING_RENEW_S
     while left > 0:
         if since >= TYPING_RENEW_S:
             try:

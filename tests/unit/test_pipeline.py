@@ -224,7 +224,7 @@ class Rig:
         self.pipeline = TurnPipeline(
             chain=chain, limits=self.limits, records=self.records, reads=self.reads,
             market=MarketFeed(seed=1, start=NOW), holder=self.holder, worker_id="w-1",
-            seed=1, clock=lambda: NOW, stats=self.stats,
+            seed=1, clock=lambda: NOW + timedelta(seconds=self.now), stats=self.stats,
             on_sent=lambda b, t: self.sent_at.append((b, t)), sleep=sleep)
 
 
@@ -408,3 +408,23 @@ async def test_a_turn_waits_for_its_due_time_before_the_send() -> None:
     await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW - timedelta(seconds=2)))
     await rig.pipeline.run(turn())
     assert rig.slept == []
+
+
+async def test_a_slot_decided_early_types_so_that_typing_ends_at_its_due_time() -> None:
+    # issue 14: a slot's turn is decided a slot lead ahead; the bot writes out of sight, then
+    # shows "typing…" for the text's typing time, ending when the message is sent at the
+    # due time (before: typed at once, then waited silently, or sent typing-time late)
+    sim = SimulationSettings(reading_cap_s=0.0, typing_cap_s=4.0)
+    rig = Rig(FakeClient(907), sim=sim)
+    out = await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW + timedelta(seconds=9)))
+    assert out.status == "sent"
+    [sent] = rig.records.committed
+    typing_s = sent.timing.typing_s
+    assert 0.5 < typing_s < 4.0
+    typed = [t for kind, t in rig.client.events if kind == "typing"]
+    assert rig.client.events[-1] == ("send", pytest.approx(9.0))
+    assert typed and typed[0] == pytest.approx(9.0 - typing_s)  # nothing shown before it
+    # a turn due within the typing cap types at once, while its text is written
+    rig = Rig(FakeClient(908), sim=sim)
+    await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW + timedelta(seconds=3)))
+    assert rig.client.events[0] == ("typing", 0.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from backend.schemas import SimulationSettings
-from behavior_engine.rhythm import CHRONOTYPE_PEAKS, daily_activity, stable_unit
+from behavior_engine.rhythm import CHRONOTYPE_PEAKS, daily_activity, slot_lead, stable_unit
 from behavior_engine.scheduler import BotView, ChatView, Scheduler, WaitingMessage
 from behavior_engine.turn import ChatLine, Turn
 from loadtest.bench_rhythm import figures, gini, simulate
@@ -128,19 +128,30 @@ def test_two_workers_and_a_restart_give_the_chat_the_same_rhythm() -> None:
     view = ChatView(chat_id=1, telegram_chat_id=-1, topics={}, sent_last_minute=0, recent=(),
                     members=members)
     plan = Scheduler(seed=5).planned(view, cfg, START, START + timedelta(hours=3))
-    assert [s.turn_id(5, 1) for s in plan] == [t.turn_id for t in one.turns]
+    # (the run's last turns, decided a slot lead ahead, are due after its end)
+    assert [s.turn_id(5, 1) for s in plan] == [
+        t.turn_id for t in one.turns
+        if t.not_before is not None and t.not_before < START + timedelta(hours=3)]
     # due times, not the tick grid: sends fall anywhere within the second
     fractions = [t.not_before.microsecond for t in one.turns if t.not_before is not None]
     assert len({f // 100_000 for f in fractions}) >= 8
 
 
 def test_turns_carry_their_due_time_between_ticks() -> None:
-    chat = Chat({1: 1.0, 2: 1.0, 3: 1.0}, _settings(**ROOMY))
+    # decided one tick ahead, plus the slot lead (reading + typing caps + writing time), so
+    # typing ends at the due time; never later than that
+    cfg = _settings(**ROOMY)
+    chat = Chat({1: 1.0, 2: 1.0, 3: 1.0}, cfg)
     _run(chat, [(Scheduler(seed=3, lookahead_s=1.0), [1, 2, 3], START)], START, 1800)
     assert chat.turns
+    lead = slot_lead(cfg)
+    assert lead == timedelta(seconds=cfg.reading_cap_s + cfg.typing_cap_s + 1.0)
+    ahead = []
     for t in chat.turns:
         assert t.not_before is not None
-        assert t.decided_at <= t.not_before <= t.decided_at + timedelta(seconds=1)
+        assert t.decided_at <= t.not_before <= t.decided_at + timedelta(seconds=1) + lead
+        ahead.append((t.not_before - t.decided_at).total_seconds())
+    assert max(ahead) > lead.total_seconds()  # the lead is used, not just the tick
 
 
 @functools.cache
