@@ -106,10 +106,11 @@ class TurnPlanner:
                     recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
                     waiting=self.membership.waiting(chat.id, history, now, set(members)),
                     in_flight=in_flight[chat.id],
-                    members=await self._members(chat.bot_ids),
+                    members=await self._members(chat.bot_ids, chat.talkativeness),
                 )
                 bot_views = [self._bot_view(await self.reads.bot(b), chat.telegram_chat_id,
-                                            now, busy) for b in members]
+                                            now, busy, chat.talkativeness.get(b))
+                             for b in members]
                 for turn in self.scheduler.decide(view, bot_views, sim, now):
                     # Only turns that get the chat's floor count against the room.
                     if await self.membership.take_floor(turn):
@@ -126,13 +127,18 @@ class TurnPlanner:
         metrics.TURNS_DECIDED.inc(len(turns))
         return turns
 
-    async def _members(self, bot_ids: Collection[int]) -> dict[int, float]:
+    async def _members(self, bot_ids: Collection[int],
+                       in_chat: dict[int, float]) -> dict[int, float]:
         """Bot id → talkativeness of a chat's bots, driven here or not (the chat's rhythm is
-        computed over all of them); each read at most every :data:`TALK_TTL_S` seconds,
-        since a tick would otherwise read every member's profile of every chat it decides."""
+        computed over all of them): ``in_chat``'s (the chat's own, overriding the persona's)
+        or the persona's, each read at most every :data:`TALK_TTL_S` seconds, since a tick
+        would otherwise read every member's profile of every chat it decides."""
         now = time.monotonic()
         out: dict[int, float] = {}
         for b in bot_ids:
+            if b in in_chat:
+                out[b] = in_chat[b]
+                continue
             cached = self._talk.get(b)
             if cached is None or now - cached[1] > TALK_TTL_S:
                 cached = self._talk[b] = ((await self.reads.bot(b)).persona.talkativeness, now)
@@ -140,7 +146,7 @@ class TurnPlanner:
         return out
 
     def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime,
-                  busy: Collection[int]) -> BotView:
+                  busy: Collection[int], talkativeness: float | None = None) -> BotView:
         wait = self.membership.limits.wait_time(bot.id, tg_chat_id)
         if bot.id in busy:
             wait = max(wait, 1.0)
@@ -148,7 +154,7 @@ class TurnPlanner:
             bot_id=bot.id,
             name=bot.name,
             username=bot.username,
-            talkativeness=bot.persona.talkativeness,
+            talkativeness=bot.persona.talkativeness if talkativeness is None else talkativeness,
             topics=bot.persona.topics,
             sent_last_hour=self.clients.sent_last_hour(bot.id, now),
             send_wait=wait,

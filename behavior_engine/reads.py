@@ -49,13 +49,15 @@ class BotProfile(_Frozen):
 
 
 class ChatInfo(_Frozen):
-    """An enabled chat and the ids of its enabled member bots."""
+    """An enabled chat and the ids of its enabled member bots; ``talkativeness``: the
+    members whose talkativeness in this chat overrides their persona's (bot id → 0.05–10)."""
 
     id: int
     telegram_chat_id: int
     title: str
     topics: dict[str, float]
     bot_ids: list[int]
+    talkativeness: dict[int, float] = {}
 
 
 class HistoryItem(_Frozen):
@@ -139,11 +141,12 @@ class CachedReads:
 
         async def load() -> ChatList:
             async with self.sessionmaker() as session:
-                chats = await chat_store.enabled_chats_with_bots(session)
+                chats = await chat_store.enabled_chats_with_talkativeness(session)
             return ChatList(chats=[
                 ChatInfo(id=c.id, telegram_chat_id=c.telegram_chat_id, title=c.title,
-                         topics=c.topics.weights, bot_ids=ids)
-                for c, ids in chats
+                         topics=c.topics.weights, bot_ids=list(talk),
+                         talkativeness={b: t for b, t in talk.items() if t is not None})
+                for c, talk in chats
             ])
 
         return (await self.cache.get(KIND_CHATS, "enabled", load, codec=_CHATS)).chats

@@ -88,7 +88,12 @@ class Chat(Base):
 
 
 class ChatBot(Base):
-    """Membership of a bot in a chat."""
+    """Membership of a bot in a chat.
+
+    ``talkativeness`` is the bot's share weight in this chat (0.05–10, as the persona's),
+    overriding its persona's when set: a person loud in one group may lurk in another
+    (issue 14). NULL: the persona's.
+    """
 
     __tablename__ = "chat_bots"
 
@@ -99,6 +104,7 @@ class ChatBot(Base):
         ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True
     )
     added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    talkativeness: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Message(Base):

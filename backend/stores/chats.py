@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.cache import TwoLayerCache
 from backend.db.models import Bot, Chat, ChatBot
-from backend.errors import NotFound
+from backend.errors import NotFound, ValidationFailed
 from backend.invalidation import KIND_CHATS, invalidate_after_commit
 from backend.schemas import TopicWeights
 
@@ -33,14 +33,37 @@ async def upsert_chat(
     return chat
 
 
+#: Bounds of a talkativeness, per persona or per chat (``PersonaSpec.talkativeness``).
+TALKATIVENESS_MIN, TALKATIVENESS_MAX = 0.05, 10.0
+
+
 async def add_bot(
-    session: AsyncSession, *, chat_id: int, bot_id: int, cache: TwoLayerCache | None = None
+    session: AsyncSession, *, chat_id: int, bot_id: int, cache: TwoLayerCache | None = None,
+    talkativeness: float | None = None,
 ) -> None:
-    """Make ``bot_id`` a member of ``chat_id`` (idempotent)."""
-    if await session.get(ChatBot, (chat_id, bot_id)) is None:
-        session.add(ChatBot(chat_id=chat_id, bot_id=bot_id))
-        await session.flush()
-        invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+    """Make ``bot_id`` a member of ``chat_id`` (idempotent).
+
+    Args:
+        talkativeness: the bot's share weight in this chat, overriding its persona's
+            (0.05–10); None leaves an existing member's as it is (a new one: the persona's).
+
+    Raises:
+        ValidationFailed: ``talkativeness`` outside 0.05–10 (nothing is written).
+    """
+    if talkativeness is not None and not (
+            TALKATIVENESS_MIN <= talkativeness <= TALKATIVENESS_MAX):
+        raise ValidationFailed("chat membership", [(
+            "talkativeness",
+            f"{talkativeness!r} is outside {TALKATIVENESS_MIN}-{TALKATIVENESS_MAX}")])
+    member = await session.get(ChatBot, (chat_id, bot_id))
+    if member is None:
+        session.add(ChatBot(chat_id=chat_id, bot_id=bot_id, talkativeness=talkativeness))
+    elif talkativeness is not None and member.talkativeness != talkativeness:
+        member.talkativeness = talkativeness
+    else:
+        return
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
 
 
 async def remove_bot(
@@ -142,18 +165,26 @@ async def migrate_chat(
 async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, list[int]]]:
     """Every enabled chat with the ids of its enabled member bots, in chat then bot order
     (one query). A chat without an enabled member has an empty list."""
+    return [(chat, list(talk)) for chat, talk in await enabled_chats_with_talkativeness(session)]
+
+
+async def enabled_chats_with_talkativeness(
+    session: AsyncSession,
+) -> list[tuple[Chat, dict[int, float | None]]]:
+    """Every enabled chat with its enabled member bots, ``{bot id: talkativeness in the
+    chat}`` (None: the persona's), in chat then bot order (one query)."""
     rows = (await session.execute(
-        select(Chat, Bot.id)
+        select(Chat, Bot.id, ChatBot.talkativeness)
         .outerjoin(ChatBot, ChatBot.chat_id == Chat.id)
         .outerjoin(Bot, (Bot.id == ChatBot.bot_id) & Bot.enabled.is_(True))
         .where(Chat.enabled.is_(True))
         .order_by(Chat.id, Bot.id)
     )).all()
-    chats: dict[int, tuple[Chat, list[int]]] = {}
-    for chat, bot_id in rows:
-        entry = chats.setdefault(chat.id, (chat, []))
+    chats: dict[int, tuple[Chat, dict[int, float | None]]] = {}
+    for chat, bot_id, talk in rows:
+        entry = chats.setdefault(chat.id, (chat, {}))
         if bot_id is not None:
-            entry[1].append(int(bot_id))
+            entry[1][int(bot_id)] = None if talk is None else float(talk)
     return list(chats.values())
 
 

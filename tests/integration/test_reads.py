@@ -139,3 +139,36 @@ async def test_single_flight_100_misses_one_query(
     assert queries.n == 1  # one SELECT for 100 concurrent misses
     histories = await asyncio.gather(*(reads.history(chat_id) for _ in range(100)))
     assert queries.n == 2 and all(h == histories[0] for h in histories)
+
+
+async def test_talkativeness_per_chat_overrides_the_personas(
+    reads: CachedReads, sessionmaker: Sessions, cipher: TokenCipher
+) -> None:
+    """A bot loud in one group may lurk in another (issue 14): the membership's
+    talkativeness reaches the planner's shares; a bad one is refused, naming the field."""
+    from backend.errors import ValidationFailed
+    from behavior_engine.planner import TurnPlanner
+
+    bot_id, chat_id = await seed(sessionmaker, cipher)
+    [chat] = await reads.chats()
+    assert chat.talkativeness == {}  # the persona's
+    persona_talk = (await reads.bot(bot_id)).persona.talkativeness
+    planner = TurnPlanner.__new__(TurnPlanner)
+    planner.reads, planner._talk = reads, {}
+    assert await planner._members(chat.bot_ids, chat.talkativeness) == {bot_id: persona_talk}
+    async with sessionmaker() as s, s.begin():
+        await chat_store.add_bot(s, chat_id=chat_id, bot_id=bot_id, talkativeness=7.5,
+                                 cache=reads.cache)
+    await settle()
+    [chat] = await reads.chats()
+    assert chat.talkativeness == {bot_id: 7.5}
+    assert await planner._members(chat.bot_ids, chat.talkativeness) == {bot_id: 7.5}
+    for bad in (0.0, 11.0, -1.0):
+        with pytest.raises(ValidationFailed) as err:
+            async with sessionmaker() as s, s.begin():
+                await chat_store.add_bot(s, chat_id=chat_id, bot_id=bot_id, talkativeness=bad)
+        assert "talkativeness" in str(err.value) and repr(bad) in str(err.value)
+    async with sessionmaker() as s, s.begin():  # re-adding without one keeps the override
+        await chat_store.add_bot(s, chat_id=chat_id, bot_id=bot_id, cache=reads.cache)
+    await settle()
+    assert (await reads.chats())[0].talkativeness == {bot_id: 7.5}
