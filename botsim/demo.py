@@ -53,18 +53,49 @@ DEMO_TOPICS = {"usdtry": 3.0, "bist100": 2.0, "btc": 2.0, "gold": 1.5, "rates": 
                "inflation": 1.0}
 HUMAN_ID = 500001
 HUMAN = {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz_trader"}
+
+
+@dataclass(frozen=True)
+class DemoChat:
+    """One group of the demo world.
+
+    Attributes:
+        telegram_chat_id / title / topics: the group (topic id → weight).
+        talkativeness: persona username → its talkativeness in this group, overriding the
+            persona's (``chat_bots.talkativeness``); a persona not named keeps its own.
+    """
+
+    telegram_chat_id: int
+    title: str
+    topics: dict[str, float]
+    talkativeness: dict[str, float] = field(default_factory=dict)
+
+
+#: The demo's groups, all four personas in each. The first is where Deniz (the human
+#: member) writes. The second is led by another persona: shares differ per group, as a
+#: person loud in one group lurks in another, and two groups give the realism report enough
+#: text to judge (distinct-n over 2,000 tokens) within a ten-minute run (issue 14).
+DEMO_CHATS: tuple[DemoChat, ...] = (
+    DemoChat(DEMO_CHAT_ID, DEMO_CHAT_TITLE, DEMO_TOPICS),
+    DemoChat(-1001000000002, "Kripto & Döviz", {"btc": 3.0, "usdtry": 3.0, "gold": 1.5,
+                                                "bist100": 1.0},
+             {"ayse_scalper_bot": 5.0, "mehmet_yatirimci_bot": 1.5, "zeynep_yeni_bot": 0.5,
+              "ali_hoca_ekonomist_bot": 0.3}),
+)
 #: Livelier than the production defaults, so a minute shows a conversation.
 DEMO_SETTINGS: dict[str, Any] = {
-    "bot_hourly_msg_limit": {"min": 240, "max": 480},
-    "max_msgs_per_min": 15,
+    # Ten-minute realism runs (docs/realism.md, "The demo"): about six messages a minute in
+    # each group, in bursts of ~8 a second or so apart between lulls of about a minute.
+    "bot_hourly_msg_limit": {"min": 540, "max": 720},
+    "max_msgs_per_min": 20,  # Telegram: 20 messages per minute per group
     "scale_factor": 1.0,
-    # Ten-minute tuning runs (docs/realism.md, "Where issue 14 stands"): longer bursts with
-    # short gaps and a short typing cap keep the bursts tight between the lulls.
     "typing_cap_s": 2.0,
-    "budget_use": 0.25,
+    "budget_use": 0.5,
     "burst_mean_msgs": 8.0,
     "burst_gap_median_s": 1.0,
     "lull_sigma": 0.6,
+    "chatter_pacing": False,  # bursts are the point; the cap and its reserve still hold
+    "bot_daily_profile": False,  # ten minutes: the same shares whatever the hour
 }
 SAY_AFTER_S = 5.0
 #: Where ``--humans N`` posts fall, as shares of the run: spread from 10 % to 85 % of it.
@@ -174,7 +205,9 @@ class _Printer:
         self.console = console
         self.last_id = 0
         self.names: dict[int, str] = {}
-        self.texts: dict[int, tuple[str, str]] = {}
+        self.bot_ids: dict[str, int] = {}  # persona username → bot id
+        self.chats: dict[int, str] = {}  # our chat id → title (shown when several)
+        self.texts: dict[tuple[int, int], tuple[str, str]] = {}
 
     async def poll(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         """Print the messages stored since the last poll."""
@@ -188,13 +221,17 @@ class _Printer:
     def show(self, msg: Message) -> None:
         human = msg.bot_id is None
         speaker = (msg.sender_name or "?") if human else self.names.get(msg.bot_id or 0, "?")
-        self.texts[msg.telegram_message_id] = (speaker, msg.text)
+        self.texts[(msg.chat_id, msg.telegram_message_id)] = (speaker, msg.text)
         when = msg.created_at.astimezone().strftime("%H:%M:%S")
         style = "bold cyan" if human else "bold"
-        line = f"[dim]{when}[/dim] [{style}]{escape(speaker)}[/{style}]: {escape(msg.text)}"
+        where = (f"[magenta]\\[{escape(self.chats.get(msg.chat_id, '?'))}][/magenta] "
+                 if len(self.chats) > 1 else "")
+        line = (f"[dim]{when}[/dim] {where}[{style}]{escape(speaker)}[/{style}]: "
+                f"{escape(msg.text)}")
         self.console.print(line, soft_wrap=True, highlight=False)
         if msg.reply_to_telegram_message_id is not None:
-            who, text = self.texts.get(msg.reply_to_telegram_message_id, ("?", ""))
+            who, text = self.texts.get((msg.chat_id, msg.reply_to_telegram_message_id),
+                                       ("?", ""))
             snippet = text if len(text) <= 60 else text[:57] + "..."
             self.console.print(
                 f"         [dim]↪ answers {escape(who)}: \"{escape(snippet)}\"[/dim]",
@@ -237,11 +274,13 @@ DEMO_ADMIN = "admin"
 
 async def _realism(sessionmaker: async_sessionmaker[AsyncSession], since: datetime,
                    ) -> RealismReport | None:
-    """The realism report of the demo's group since ``since`` (None without messages)."""
+    """The realism report of the demo's groups since ``since`` (None without messages)."""
     from behavior_engine.realism_run import run_report
 
     async with sessionmaker() as session:
-        return await run_report(session, telegram_chat_ids=[DEMO_CHAT_ID], since=since)
+        return await run_report(session, telegram_chat_ids=[c.telegram_chat_id
+                                                             for c in DEMO_CHATS],
+                                since=since)
 
 
 async def _serve_panel(
@@ -308,22 +347,29 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
     cipher = secrets.cipher()
 
     sandbox = TelegramSandbox()
-    sandbox.add_chat(DEMO_CHAT_ID, DEMO_CHAT_TITLE)
-    sandbox.add_member(DEMO_CHAT_ID, dict(HUMAN))
     printer = _Printer(console)
     async with sessionmaker() as session, session.begin():
-        chat = await chat_store.upsert_chat(
-            session, telegram_chat_id=DEMO_CHAT_ID, title=DEMO_CHAT_TITLE, topics=DEMO_TOPICS
-        )
+        tokens = {}
         for i, persona in enumerate(personas):
-            token = _demo_token(i)
+            token = tokens[persona.username] = _demo_token(i)
             bot = await bot_store.upsert_persona_bot(
                 session, persona=persona, token=token, cipher=cipher
             )
-            await chat_store.add_bot(session, chat_id=chat.id, bot_id=bot.id)
             sandbox.add_bot(token, persona.username, persona.name)
-            sandbox.add_bot_to_chat(DEMO_CHAT_ID, token)
             printer.names[bot.id] = persona.name
+            printer.bot_ids[persona.username] = bot.id
+        for group in DEMO_CHATS:
+            sandbox.add_chat(group.telegram_chat_id, group.title)
+            sandbox.add_member(group.telegram_chat_id, dict(HUMAN))
+            chat = await chat_store.upsert_chat(
+                session, telegram_chat_id=group.telegram_chat_id, title=group.title,
+                topics=group.topics)
+            printer.chats[chat.id] = group.title
+            for persona in personas:
+                await chat_store.add_bot(
+                    session, chat_id=chat.id, bot_id=printer.bot_ids[persona.username],
+                    talkativeness=group.talkativeness.get(persona.username))
+                sandbox.add_bot_to_chat(group.telegram_chat_id, tokens[persona.username])
         await settings_store.update_settings(session, changes=DEMO_SETTINGS)
 
     stack = contextlib.AsyncExitStack()
@@ -364,7 +410,8 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
                           f"{password}; generated for this run)")
 
         console.print(
-            f"[bold]botsim demo[/bold]: {len(personas)} personas in \"{DEMO_CHAT_TITLE}\" "
+            f"[bold]botsim demo[/bold]: {len(personas)} personas in "
+            + ", ".join(f"\"{c.title}\"" for c in DEMO_CHATS) + " "
             f"(sandbox Telegram {sandbox.base_url}, listener {listener.url}, "
             f"writers: {' → '.join([*(p.name for p in providers), 'offline'])})."
         )
@@ -395,12 +442,13 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
     # Let the listener's last writes land, then count.
     async with sessionmaker() as session:
         figures = await message_store.run_summary(session, since=run_start)
-        stored_ids = await figures_store.bot_telegram_message_ids(session)
+        stored_ids = await figures_store.bot_telegram_message_ids(session, by_chat=True)
         per_bot_rows = await figures_store.messages_per_bot(session, since=run_start)
         metas = await figures_store.bot_message_metas(session, since=run_start)
         costs = await ledger_store.cost_totals(session, since=run_start, by="provider")
     by_provider = Counter(m.provider or "?" for m in metas)
-    sent_ids = [m["message_id"] for m in sandbox.messages(DEMO_CHAT_ID) if m["from"]["is_bot"]]
+    sent_ids = [(c.telegram_chat_id, m["message_id"]) for c in DEMO_CHATS
+                for m in sandbox.messages(c.telegram_chat_id) if m["from"]["is_bot"]]
     unrecorded = sum(1 for i in sent_ids if i not in stored_ids)
     stats = worker.stats if worker is not None else {}
     per_bot = {name: int(n) for name, n in per_bot_rows}

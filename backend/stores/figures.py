@@ -8,7 +8,7 @@ Keyword-only async functions over an ``AsyncSession``; none writes. Times are aw
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -90,8 +90,24 @@ async def sent_per_worker(
     return {str(w): int(n) for w, n in rows}
 
 
-async def bot_telegram_message_ids(session: AsyncSession) -> set[int]:
-    """The Telegram message ids of every message our bots sent (all chats, any time)."""
+@overload
+async def bot_telegram_message_ids(session: AsyncSession) -> set[int]: ...
+
+
+@overload
+async def bot_telegram_message_ids(session: AsyncSession, *,
+                                   by_chat: Literal[True]) -> set[tuple[int, int]]: ...
+
+
+async def bot_telegram_message_ids(session: AsyncSession, *,
+                                   by_chat: bool = False) -> set[int] | set[tuple[int, int]]:
+    """The Telegram message ids of every message our bots sent (all chats, any time);
+    ``by_chat``: as (Telegram chat id, message id) pairs (ids are counted per chat)."""
+    if by_chat:
+        return {(int(c), int(i)) for c, i in (await session.execute(
+            select(Chat.telegram_chat_id, Message.telegram_message_id)
+            .join(Chat, Chat.id == Message.chat_id).where(Message.bot_id.is_not(None))
+        )).all()}
     return {int(i) for i in (await session.execute(
         select(Message.telegram_message_id).where(Message.bot_id.is_not(None))
     )).scalars().all()}
