@@ -600,11 +600,39 @@ class Scheduler:
         if slots is None:
             self._prune(window)
             rate = self._chat_rate(chat, bots, settings, window_start(window))
-            slots = self._slots[key] = window_slots(seed=self._seed, chat_id=chat.chat_id,
-                                                    window=window, rate=rate,
-                                                    settings=settings)
+            slots = window_slots(seed=self._seed, chat_id=chat.chat_id, window=window,
+                                 rate=rate, settings=settings)
             self._rank(chat, bots, settings, slots)
+            slots = self._slots[key] = self._spaced(chat.chat_id, window, slots,
+                                                    slot_lead(settings))
         return slots
+
+    def _spaced(self, chat_id: int, window: int, slots: list[Slot],
+                lead: timedelta) -> list[Slot]:
+        """``slots`` with the same first-ranked bot twice in a row at least ``lead`` apart
+        (:func:`~behavior_engine.rhythm.slot_lead`: that bot reads, writes and types its
+        next message only once the last one is sent, so a closer slot would be sent late
+        and drag the rest of its burst). The later slots of the window move by the same
+        amount, keeping their gaps; those pushed past the window's end are dropped. Only
+        the ranking decides, so every worker spaces a window alike."""
+        out: list[Slot] = []
+        shift = timedelta(0)
+        end = window_start(window + 1)
+        previous: int | None = None
+        for slot in slots:
+            keyed = self._rankings.get((chat_id, window, slot.index), {})
+            top = (max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
+                   if keyed else None)
+            due = slot.due + shift
+            if out and top is not None and top == previous and due - out[-1].due < lead:
+                shift += lead - (due - out[-1].due)
+                due = out[-1].due + lead
+            if due >= end:
+                break
+            out.append(slot if due == slot.due else
+                       Slot(due=due, window=slot.window, index=slot.index))
+            previous = top
+        return out
 
     def _prune(self, window: int) -> None:
         """Forget the slots and rankings of windows two hours or more before the latest one

@@ -90,6 +90,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "max_msgs_per_min": 20,  # Telegram: 20 messages per minute per group
     "scale_factor": 1.0,
     "typing_cap_s": 2.0,
+    "reading_cap_s": 1.0,  # with typing and writing: a bot's lines at least 4 s apart
     "budget_use": 0.5,
     "burst_mean_msgs": 8.0,
     "burst_gap_median_s": 1.0,

@@ -55,6 +55,11 @@ MODEL = "templates-v1"
 TOPIC_SYMBOLS: dict[str, str] = {t: t.upper() for t in ("usdtry", "bist100", "btc", "gold")}
 MACRO_TOPICS = frozenset({"rates", "inflation"})
 _DECIMALS = {"USDTRY": 2, "BIST100": 0, "BTC": 0, "GOLD": 0}
+#: Chance a reply to a like-minded message agrees outright ("aynen", "katılıyorum") rather
+#: than agreeing in part ("olabilir ama …"): human chat has agreement markers at about a
+#: tenth of the contrast ones (REALISM.md: 0.06–0.13); the ten-minute demo with 0.2 gave
+#: 0.31 (docs/realism.md, "The demo").
+AGREE_P = 0.1
 
 #: style.length → (share of one-line reactions, word target low, high, hard cap).
 _LENGTH: dict[str, tuple[float, int, int, int]] = {
@@ -471,7 +476,7 @@ class _Writer:
         elif own == "neutral" or other is None:
             rel = "unsure" if rng.random() < 0.5 else ""
         elif own == other:
-            rel = "agree" if rng.random() < 0.2 else "partial"
+            rel = "agree" if rng.random() < AGREE_P else "partial"
         else:
             rel = "disagree"
         lo, hi = _REPLY_WORDS[self.ctx.profile.style.length]
