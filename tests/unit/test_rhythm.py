@@ -168,7 +168,8 @@ def test_one_bot_twice_in_a_row_is_a_slot_lead_apart() -> None:
     plan = sched.planned(view, cfg, START, START + timedelta(hours=2))
     lead = slot_lead(cfg)
     tops = [sched._ranked(view, [], cfg, START, s)[0] for s in plan]
-    pairs = list(zip(zip(plan, tops), zip(plan[1:], tops[1:])))
+    ranked = list(zip(plan, tops, strict=True))
+    pairs = list(itertools.pairwise(ranked))
     same = [(b[0].due - a[0].due) for a, b in pairs if a[1] == b[1]]
     other = [(b[0].due - a[0].due) for a, b in pairs if a[1] != b[1]]
     assert len(same) > 20 and min(same) >= lead
