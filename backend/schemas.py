@@ -318,10 +318,15 @@ class SimulationSettings(_Strict):
             time, 0–0.9.
         typing_cap_s: the bound of the typing time ("typing…" shown, generation included;
             approached softly, see ``behavior_engine.typist``), seconds, 0–60 (0: none).
+        writing_lead_s: time allowed to write a slot's text, seconds, 0–30: a slot's turn is
+            decided ``reading_cap_s + typing_cap_s + writing_lead_s`` ahead of its due time,
+            and one bot's consecutive slots are that far apart (``behavior_engine.rhythm``;
+            the offline writer takes milliseconds, a provider about a second).
         budget_use: share of the chats' summed hourly budgets the spontaneous rhythm spends
             on average (0.05–1); budgets are ceilings, not rates to spend evenly.
         burst_mean_msgs: mean messages of a burst (geometric, ≥ 1), 1–20.
-        burst_gap_median_s: median gap inside a burst (log-normal), seconds, 1–120.
+        burst_gap_median_s: median gap inside a burst (log-normal), seconds, 0.2–120 (one
+            bot's own consecutive lines are a slot lead apart whatever this is).
         lull_sigma: σ of the log-normal lulls between bursts, 0.3–3 (heavier tail above 1).
         human_reply_reserve: share of ``max_msgs_per_min`` chatter may never use, kept for
             answers to humans, 0–0.9.
@@ -349,10 +354,11 @@ class SimulationSettings(_Strict):
     typing_cpm_default: float = Field(default=300.0, ge=60.0, le=1500.0)
     typing_jitter: float = Field(default=0.3, ge=0.0, le=0.9)
     typing_cap_s: float = Field(default=10.0, ge=0.0, le=60.0)
+    writing_lead_s: float = Field(default=1.0, ge=0.0, le=30.0)
     # -- timing, pacing and participation (issue 14) --
     budget_use: float = Field(default=0.5, ge=0.05, le=1.0)
     burst_mean_msgs: float = Field(default=5.0, ge=1.0, le=20.0)
-    burst_gap_median_s: float = Field(default=10.0, ge=1.0, le=120.0)
+    burst_gap_median_s: float = Field(default=10.0, ge=0.2, le=120.0)
     lull_sigma: float = Field(default=1.8, ge=0.3, le=3.0)
     human_reply_reserve: float = Field(default=0.3, ge=0.0, le=0.9)
     chatter_pacing: bool = True

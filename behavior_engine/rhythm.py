@@ -157,18 +157,14 @@ def daily_activity(seed: int, bot_id: int, settings: SimulationSettings, at: dat
     return DAILY_FLOOR + (1.0 - DAILY_FLOOR) * shape
 
 
-#: Seconds a slot's turn is decided ahead of its due time beyond the reading and typing caps:
-#: time to write the text (the offline writer takes milliseconds; a slower provider's turn
-#: types for less of its typing time, see :meth:`TurnPipeline._generate`).
-GENERATION_LEAD_S = 1.0
-
-
 def slot_lead(settings: SimulationSettings) -> timedelta:
     """How long before its due time a slot's turn is decided: ``reading_cap_s`` +
-    ``typing_cap_s`` + :data:`GENERATION_LEAD_S`, so the bot reads, writes and types ahead
-    and the message is sent at the slot's due time, not that long after it."""
+    ``typing_cap_s`` + ``writing_lead_s`` (the text's writing and the worker's tick; a
+    slower provider's turn types for less of its typing time, see
+    ``TurnPipeline._generate``), so the bot reads, writes and types ahead and the message
+    is sent at the slot's due time, not that long after it."""
     return timedelta(seconds=settings.reading_cap_s + settings.typing_cap_s
-                     + GENERATION_LEAD_S)
+                     + settings.writing_lead_s)
 
 
 def chatter_cap(settings: SimulationSettings) -> int:

@@ -77,7 +77,9 @@ HUMAN_REPLY_MEDIAN_S = 3.0
 #: A bot with no message among the chat's last QUIET_WINDOW gets ``quiet_boost`` × the weight.
 QUIET_WINDOW = 10
 #: Weight multiplier of the chat's last speaker (REALISM.md: same speaker twice 14–41 %).
-LAST_SPEAKER = 0.5
+#: 0.35, not 0.5: a bot's consecutive slots are a slot lead apart, so fewer of them keep the
+#: bursts tight (ten-minute demo windows: gap p90 ÷ median 18 → 21; docs/realism.md).
+LAST_SPEAKER = 0.35
 HUMAN_WAIT_MAX = timedelta(minutes=30)
 #: A planned human reply holds back spontaneous chatter until this long after it is due.
 HUMAN_PRIORITY_WINDOW = timedelta(seconds=30)

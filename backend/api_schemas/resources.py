@@ -347,6 +347,7 @@ class SettingsPatch(_Input):
     typing_cpm_default: float | None = Field(default=None, ge=60.0, le=1500.0)
     typing_jitter: float | None = Field(default=None, ge=0.0, le=0.9)
     typing_cap_s: float | None = Field(default=None, ge=0.0, le=60.0)
+    writing_lead_s: float | None = Field(default=None, ge=0.0, le=30.0)
     # -- timing, pacing and participation (issue 14); bounds checked by merged() --
     budget_use: float | None = None
     burst_mean_msgs: float | None = None

@@ -145,7 +145,7 @@ def test_turns_carry_their_due_time_between_ticks() -> None:
     _run(chat, [(Scheduler(seed=3, lookahead_s=1.0), [1, 2, 3], START)], START, 1800)
     assert chat.turns
     lead = slot_lead(cfg)
-    assert lead == timedelta(seconds=cfg.reading_cap_s + cfg.typing_cap_s + 1.0)
+    assert lead == timedelta(seconds=cfg.reading_cap_s + cfg.typing_cap_s + cfg.writing_lead_s)
     ahead = []
     for t in chat.turns:
         assert t.not_before is not None
