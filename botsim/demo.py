@@ -43,73 +43,19 @@ from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
 from behavior_engine.realism import RealismReport
+from bots.demo_world import (
+    DEMO_CHAT_ID,
+    DEMO_CHATS,
+    DEMO_SETTINGS,
+    DEMO_TICK_S,
+)
 from botsim.bootstrap import Runtime, runtime
 from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import BackgroundServer, SandboxError, TelegramSandbox
 
-DEMO_CHAT_ID = -1001000000001
-DEMO_CHAT_TITLE = "Piyasa Sohbeti"
-DEMO_TOPICS = {"usdtry": 3.0, "bist100": 2.0, "btc": 2.0, "gold": 1.5, "rates": 1.0,
-               "inflation": 1.0}
 HUMAN_ID = 500001
 HUMAN = {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz_trader"}
 
-
-@dataclass(frozen=True)
-class DemoChat:
-    """One group of the demo world.
-
-    Attributes:
-        telegram_chat_id / title / topics: the group (topic id → weight).
-        talkativeness: persona username → its talkativeness in this group, overriding the
-            persona's (``chat_bots.talkativeness``); a persona not named keeps its own.
-    """
-
-    telegram_chat_id: int
-    title: str
-    topics: dict[str, float]
-    talkativeness: dict[str, float] = field(default_factory=dict)
-
-
-#: The demo's groups, all four personas in each. The first is where Deniz (the human
-#: member) writes. Each is led by another persona: shares differ per group, as a person
-#: loud in one group lurks in another, and three groups give the realism report enough text
-#: to judge (distinct-n over 2,000 tokens) within a ten-minute run while each keeps long
-#: lulls (issue 14).
-DEMO_CHATS: tuple[DemoChat, ...] = (
-    DemoChat(DEMO_CHAT_ID, DEMO_CHAT_TITLE, DEMO_TOPICS,
-             {"zeynep_yeni_bot": 6.0, "ayse_scalper_bot": 1.2, "ali_hoca_ekonomist_bot": 0.4,
-              "mehmet_yatirimci_bot": 0.2}),
-    DemoChat(-1001000000002, "Kripto & Döviz", {"btc": 3.0, "usdtry": 3.0, "gold": 1.5,
-                                                "bist100": 1.0},
-             {"ayse_scalper_bot": 6.0, "mehmet_yatirimci_bot": 1.2, "zeynep_yeni_bot": 0.4,
-              "ali_hoca_ekonomist_bot": 0.2}),
-    DemoChat(-1001000000003, "Borsa & Altın", {"bist100": 3.0, "gold": 3.0, "inflation": 1.0,
-                                               "rates": 1.0},
-             {"mehmet_yatirimci_bot": 6.0, "zeynep_yeni_bot": 1.2, "ali_hoca_ekonomist_bot": 0.4,
-              "ayse_scalper_bot": 0.2}),
-)
-#: Livelier than the production defaults, so a minute shows a conversation.
-DEMO_SETTINGS: dict[str, Any] = {
-    # Ten-minute realism runs (docs/realism.md, "The demo"): six to eight messages a minute
-    # in each group, in bursts of ~8 under a second apart (one bot's own lines 1.55 s
-    # apart: the slot lead) between lulls of about a minute, log-normal. Chosen over 24
-    # ten-minute windows of the scheduler (loadtest/bench_rhythm.py --demo) and real runs.
-    "bot_hourly_msg_limit": {"min": 600, "max": 600},
-    "max_msgs_per_min": 20,  # Telegram: 20 messages per minute per group
-    "scale_factor": 1.0,
-    "typing_cap_s": 1.0,
-    "reading_cap_s": 0.3,
-    "writing_lead_s": 0.25,  # the offline writer takes milliseconds; the tick is 0.25 s
-    "budget_use": 0.5,
-    "burst_mean_msgs": 8.0,
-    "burst_gap_median_s": 0.4,
-    "lull_sigma": 0.8,
-    "chatter_pacing": False,  # bursts are the point; the cap and its reserve still hold
-    "bot_daily_profile": False,  # ten minutes: the same shares whatever the hour
-}
-#: The demo worker's tick, seconds: a bot's next line is decided soon after its last one.
-DEMO_TICK_S = 0.25
 SAY_AFTER_S = 5.0
 #: Where ``--humans N`` posts fall, as shares of the run: spread from 10 % to 85 % of it.
 HUMANS_FIRST_AT, HUMANS_LAST_AT = 0.10, 0.85

@@ -152,6 +152,46 @@ def demo_cast() -> list[float]:
     return [p.talkativeness for p in load_persona_dir()]
 
 
+def demo_windows(count: int, *, minutes: float = 10.0) -> dict[str, Any]:
+    """The demo world's rhythm over ``count`` windows of ``minutes`` (issue 14's ten-minute
+    demo, scheduler only): the demo's groups (:data:`bots.demo_world.DEMO_CHATS`, each with
+    the first group's talkativeness pattern: they all share it), its settings and tick,
+    starting 37 minutes apart from 09:00 Istanbul time with seeds 1..count.
+
+    No human messages and no reading or typing delays: each turn is sent at its due time,
+    so the live demo's figures (``botsim realism`` over ``botsim demo``) scatter around
+    these. Returns ``windows`` (per window: the mean A_n, gap p90 ÷ median, Gini and
+    same-speaker share over the groups, and the messages), and for each figure its median,
+    10th percentile and the count of windows inside REALISM.md's band.
+    """
+    from bots.demo_world import DEMO_CHATS, DEMO_SETTINGS, DEMO_TICK_S
+
+    settings = SimulationSettings.model_validate(DEMO_SETTINGS)
+    cast = sorted(DEMO_CHATS[0].talkativeness.values(), reverse=True)
+    rows: list[dict[str, Any]] = []
+    for i in range(count):
+        start = START + timedelta(minutes=37 * i)
+        out = figures(simulate(hours=minutes / 60, chats=len(DEMO_CHATS), seed=1 + i,
+                               settings=settings, start=start, tick_s=DEMO_TICK_S,
+                               cast=cast))
+        rows.append({**{k: out["mean"][k] for k in ("A_n", "p90_over_median", "gini",
+                                                     "same_speaker")},
+                     "messages": sum(c["messages"] for c in out["chats"])})
+    bands = {"A_n": (0.45, 0.75), "p90_over_median": (15.0, math.inf), "gini": (0.45, 0.8),
+             "same_speaker": (0.10, 0.45)}
+    summary: dict[str, Any] = {"windows": rows}
+    for key, (lo, hi) in bands.items():
+        vals = [r[key] for r in rows if r[key] is not None]
+        summary[key] = {"median": round(statistics.median(vals), 3),
+                        "p10": round(_quantile(vals, 0.1), 3),
+                        "in_band": sum(lo <= v <= hi for v in vals)}
+    summary["all_in_band"] = sum(all(bands[k][0] <= (r[k] or -1) <= bands[k][1]
+                                     for k in bands) for r in rows)
+    summary["messages"] = {"median": statistics.median(r["messages"] for r in rows),
+                           "min": min(r["messages"] for r in rows)}
+    return summary
+
+
 def burstiness(gaps: Sequence[float]) -> float:
     """Kim & Jo's finite-size burstiness A_n of ``gaps`` (PRE 93, 032302, 2016):
     ``(√(n+1)·r − √(n−1)) / ((√(n+1) − 2)·r + √(n−1))``, r = σ/μ, n = number of gaps.
@@ -222,8 +262,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--demo-cast", action="store_true",
                         help="chats of the four demo personas (bots/personas/*.yaml)")
+    parser.add_argument("--demo-windows", type=int, default=0, metavar="N",
+                        help="instead: N ten-minute windows of the demo world (demo_windows)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.demo_windows:
+        demo = demo_windows(args.demo_windows)
+        if args.json:
+            print(json.dumps(demo))
+            return 0
+        n = args.demo_windows
+        for key in ("A_n", "p90_over_median", "gini", "same_speaker"):
+            d = demo[key]
+            print(f"{key:16} median {d['median']:>7} p10 {d['p10']:>7} in band {d['in_band']}/{n}")
+        print(f"all four in band: {demo['all_in_band']}/{n}; messages per window: median "
+              f"{demo['messages']['median']}, min {demo['messages']['min']}")
+        return 0
     cast = demo_cast() if args.demo_cast else None
     out = figures(simulate(hours=args.hours, chats=args.chats, seed=args.seed, cast=cast))
     if args.json:
