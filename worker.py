@@ -104,7 +104,10 @@ class Worker:
             chain=chain, limits=self.membership.limits, records=self.records,
             reads=self.reads, market=market, holder=self.held, worker_id=self.worker_id,
             seed=settings.seed, clock=clock, stats=self.stats, on_sent=self.clients.sent)
-        self._busy: set[int] = set()
+        # bot → due times of its turns running (None: a turn with no due time, e.g. an
+        # answer to a human): a bot with one slot turn running may be given its next slot
+        # (TurnPlanner.decide), so its next line is written while the last one is typed
+        self._busy: dict[int, list[datetime | None]] = {}
         self._in_flight: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -188,7 +191,7 @@ class Worker:
             try:
                 universe = {b for c in await self.reads.chats() for b in c.bot_ids}
                 change = await self.membership.rebalance(
-                    universe, self._busy | self._connecting, self.status())
+                    universe, set(self._busy) | self._connecting, self.status())
                 self.membership.outage(None)
             except Exception as exc:
                 self.stats["errors"] += 1
@@ -250,7 +253,7 @@ class Worker:
             await self.membership.poll()
             driven = {b for b in self.driven() if self.membership.valid(b)}
             turns = await self.planner.decide(
-                driven=driven, busy=self._busy, in_flight=self._in_flight,
+                driven=driven, busy=self._busy_until(), in_flight=self._in_flight,
                 room=self.settings.max_turns_in_flight - len(self._tasks),
                 tick=self.stats["ticks"])
         except Exception:
@@ -260,11 +263,17 @@ class Worker:
         if self._stopping:  # stop() began while this tick decided: its turns are not run
             return
         for turn in turns:
-            self._busy.add(turn.bot_id)
+            self._busy.setdefault(turn.bot_id, []).append(
+                turn.not_before if turn.reply_message_id is None else None)
             self._in_flight[turn.chat_id] += 1
             task = asyncio.create_task(self.run_turn(turn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _busy_until(self) -> dict[int, datetime | None]:
+        """Bot → the due time of its one running slot turn, or None when it runs a turn
+        without one (an answer to a human) or more than one (it takes no other turn)."""
+        return {b: (dues[0] if len(dues) == 1 else None) for b, dues in self._busy.items()}
 
     async def run_turn(self, turn: Turn) -> Outcome:
         """Carry out one turn (:class:`TurnPipeline`). Never raises but when cancelled."""
@@ -274,7 +283,12 @@ class Worker:
             log.exception("turn %s of bot %s failed", turn.turn_id, turn.bot_id)
             outcome = Outcome(turn=turn, status="failed", error=repr(exc))
         finally:
-            self._busy.discard(turn.bot_id)
+            dues = self._busy.get(turn.bot_id, [])
+            due = turn.not_before if turn.reply_message_id is None else None
+            if due in dues:
+                dues.remove(due)
+            if not dues:
+                self._busy.pop(turn.bot_id, None)
             self._in_flight[turn.chat_id] -= 1
             await self.membership.give_floor(turn)
         if outcome.status == "failed":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
 from backend import metrics
@@ -59,13 +59,16 @@ class TurnPlanner:
         """The perf-counter time ``turn`` was decided, forgotten once asked."""
         return self.decided.pop(turn.turn_id, None)
 
-    async def decide(self, *, driven: Collection[int], busy: Collection[int],
+    async def decide(self, *, driven: Collection[int], busy: Mapping[int, datetime | None],
                      in_flight: Counter[int], room: int, tick: int) -> list[Turn]:
         """The turns due now for the ``driven`` bots, at most ``room`` of them.
 
         Args:
             driven: bots held, connected and with a valid lease.
-            busy: bots with a turn running (each speaks once at a time).
+            busy: bots with a turn running → the due time of that one slot turn, or None
+                (a turn without a due time, or several): such a bot takes no other turn,
+                and one with a slot turn running only a slot a slot lead after it
+                (``BotView.busy_until``).
             in_flight: chat id → turns of this worker running there.
             room: turns this worker may still start.
             tick: the tick's number (the chat it starts at rotates, so a full room starves
@@ -146,9 +149,11 @@ class TurnPlanner:
         return out
 
     def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime,
-                  busy: Collection[int], talkativeness: float | None = None) -> BotView:
+                  busy: Mapping[int, datetime | None],
+                  talkativeness: float | None = None) -> BotView:
         wait = self.membership.limits.wait_time(bot.id, tg_chat_id)
-        if bot.id in busy:
+        busy_until = busy.get(bot.id)
+        if bot.id in busy and busy_until is None:
             wait = max(wait, 1.0)
         return BotView(
             bot_id=bot.id,
@@ -159,4 +164,5 @@ class TurnPlanner:
             sent_last_hour=self.clients.sent_last_hour(bot.id, now),
             send_wait=wait,
             expertise=bot.persona.expertise,
+            busy_until=busy_until,
         )

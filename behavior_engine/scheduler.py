@@ -116,6 +116,9 @@ class BotView:
         sent_last_hour: messages sent in the last 60 minutes, all chats.
         send_wait: seconds before Telegram's limits let it send here (0 = now).
         expertise: topic id → level 0..1 (``PersonaProfile.expertise``).
+        busy_until: the due time of the slot turn it is running, if any: it may take a
+            slot due a slot lead after that (its next line written while the last one is
+            typed, and typed after it is sent), no other turn.
     """
 
     bot_id: int
@@ -126,6 +129,7 @@ class BotView:
     sent_last_hour: int
     send_wait: float = 0.0
     expertise: dict[str, float] = field(default_factory=dict)
+    busy_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +370,8 @@ class Scheduler:
             if room <= 0 or planned.due > horizon:
                 break
             bot = by_id.get(planned.bot_id)
-            if bot is None or bot.send_wait > 0 or bot.bot_id in speakers:
+            if (bot is None or bot.send_wait > 0 or bot.busy_until is not None
+                    or bot.bot_id in speakers):
                 continue  # keep it planned: the bot waits for Telegram or is busy
             if self._budget_left(bot, settings, now) < 1:
                 continue
@@ -512,6 +517,11 @@ class Scheduler:
             return None
         if self._budget_left(top, settings, now) < 1:
             return "drop"
+        if top.busy_until is not None and (
+                slot.due < top.busy_until + slot_lead(settings)
+                or any(p.bot_id == top.bot_id for st in self._chats.values()
+                       for p in st.planned)):
+            return None  # still typing its last line, or a human waits for its answer
         return top if top.send_wait <= 0 else None
 
     def _ranked(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,

@@ -4,6 +4,7 @@ the human-reply reserve, pacing, daily profiles and participation that is not ev
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import itertools
 import statistics
@@ -308,3 +309,50 @@ def test_the_demo_worlds_ten_minute_windows_are_mostly_in_band() -> None:
     assert out["all_in_band"] >= 6, out["windows"]
     assert out["A_n"]["median"] >= 0.45 and out["p90_over_median"]["median"] >= 15
     assert out["messages"]["min"] >= 100  # enough bot text for distinct-n over 2,000 tokens
+
+
+def test_a_bot_typing_its_last_slot_may_take_its_next_one_a_lead_later() -> None:
+    # A bot with one slot turn running is given its next slot when that is a slot lead
+    # after the running one (written meanwhile, typed after the send), so its own lines
+    # keep the plan's spacing instead of trailing it by a tick and the turn's overheads;
+    # any closer, or while it answers a human (busy with no due time), the slot waits.
+    cfg = _settings(bot_hourly_msg_limit={"min": 600, "max": 600}, budget_use=0.5,
+                    burst_mean_msgs=8.0, burst_gap_median_s=0.4, typing_cap_s=1.0,
+                    reading_cap_s=0.3, writing_lead_s=0.25, max_msgs_per_min=20,
+                    chatter_pacing=False, bot_daily_profile=False, human_reply_reserve=0.0)
+    members = {1: 10.0, 2: 0.05}
+    view = ChatView(chat_id=1, telegram_chat_id=-1, topics={"usdtry": 1.0}, sent_last_minute=0,
+                    recent=(), members=members)
+    probe = Scheduler(seed=4)
+    plan = probe.planned(view, cfg, START, START + timedelta(hours=1))
+    tops = [probe._ranked(view, [], cfg, START, s)[0] for s in plan]
+    i = next(k for k in range(len(plan) - 1) if tops[k] == tops[k + 1] == 1)
+    first, second = plan[i], plan[i + 1]
+    lead = slot_lead(cfg)
+    assert second.due - first.due >= lead
+
+    def decide(busy_until: datetime | None, send_wait: float = 0.0,
+               human_elsewhere: bool = False) -> list[Turn]:
+        bots = [BotView(bot_id=b, name=f"B{b}", username=f"b{b}_bot", talkativeness=t,
+                        topics={"usdtry": 1.0}, sent_last_hour=0,
+                        send_wait=send_wait if b == 1 else 0.0,
+                        busy_until=busy_until if b == 1 else None)
+                for b, t in members.items()]
+        now = max(first.due + timedelta(milliseconds=10), second.due - lead)
+        sched = Scheduler(seed=4)
+        if human_elsewhere:  # a human in another chat asks bot 1 by name: planned, not due
+            asks = ChatLine(telegram_message_id=1, speaker="Deniz", speaker_username="deniz",
+                            is_human=True, text="B1, dolar ne olur?", created_at=now)
+            other = ChatView(chat_id=2, telegram_chat_id=-2, topics={"usdtry": 1.0},
+                             sent_last_minute=0, recent=(asks,), members=members,
+                             waiting=(WaitingMessage(message_id=1, line=asks),))
+            sched.decide(other, [dataclasses.replace(b, send_wait=1.0) for b in bots], cfg,
+                         now)
+        return sched.decide(view, bots, cfg, now)
+
+    [turn] = decide(busy_until=first.due)
+    assert turn.bot_id == 1 and turn.not_before == second.due
+    assert decide(busy_until=second.due - lead + timedelta(seconds=0.5)) == []
+    assert decide(busy_until=None, send_wait=1.0) == []  # busy answering a human
+    # a human waits for its answer elsewhere: it does not chain another line first
+    assert decide(busy_until=first.due, human_elsewhere=True) == []
