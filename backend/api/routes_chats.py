@@ -11,7 +11,7 @@ id known already → 409.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 
 from backend.api.deps import (
     DEFAULT_PAGE,
@@ -84,16 +84,24 @@ async def create_chat(body: ChatCreate, who: Admin, state: State) -> ChatDetailO
 
 
 async def _membership(
-    chat_id: int, bot_id: int, member: bool, who: Principal, state: ApiState
+    chat_id: int, bot_id: int, member: bool, who: Principal, state: ApiState,
+    talkativeness: float | None = None,
 ) -> ChatDetailOut:
     with http_errors():
         async with state.sessionmaker() as session, session.begin():
             chat = await chat_store.get_chat(session, chat_id=chat_id)
             await bot_store.get_bot(session, bot_id=bot_id)
             before = (await chat_store.member_ids(session, chat_ids=[chat_id]))[chat_id]
-            change = chat_store.add_bot if member else chat_store.remove_bot
-            await change(session, chat_id=chat_id, bot_id=bot_id, cache=state.cache)
+            if member:
+                await chat_store.add_bot(session, chat_id=chat_id, bot_id=bot_id,
+                                         cache=state.cache, talkativeness=talkativeness)
+            else:
+                await chat_store.remove_bot(session, chat_id=chat_id, bot_id=bot_id,
+                                            cache=state.cache)
             after = (await chat_store.member_ids(session, chat_ids=[chat_id]))[chat_id]
+            if talkativeness is not None:
+                await audit_change(session, who, "chat.bot_talkativeness", "chat", chat_id,
+                                   None, {"bot_id": bot_id, "talkativeness": talkativeness})
             if before != after:
                 await audit_change(session, who, "chat.add_bot" if member else "chat.remove_bot",
                              "chat", chat_id, {"bot_ids": before}, {"bot_ids": after})
@@ -106,10 +114,17 @@ async def _membership(
     tags=["chats"],
     responses={**E404},
 )
-async def add_member(chat_id: DbId, bot_id: DbId, who: Admin, state: State) -> ChatDetailOut:
-    """Make the bot a member of the chat (admin; idempotent). 404 for an unknown chat or
-    bot."""
-    return await _membership(chat_id, bot_id, True, who, state)
+async def add_member(
+    chat_id: DbId, bot_id: DbId, who: Admin, state: State,
+    talkativeness: float | None = Query(
+        default=None, ge=0.05, le=10.0,
+        description="the bot's talkativeness in this chat, overriding its persona's "
+                    "(0.05–10); absent: unchanged (a new member: the persona's)"),
+) -> ChatDetailOut:
+    """Make the bot a member of the chat (admin; idempotent), optionally with its
+    talkativeness there (``?talkativeness=``, 0.05–10, issue 14). 404 for an unknown chat
+    or bot; 422 for a talkativeness out of range."""
+    return await _membership(chat_id, bot_id, True, who, state, talkativeness)
 
 
 @router.delete(

@@ -427,6 +427,27 @@ async def test_chats_and_members(world: World) -> None:
     assert len(entries) == 4
 
 
+async def test_member_talkativeness_per_chat(world: World) -> None:
+    """``PUT …/chats/{id}/bots/{id}?talkativeness=`` sets the bot's share weight in that chat
+    (issue 14: loud in one group, quiet in another); out of range is a 422 naming it."""
+    bot = await world.create_bot()
+    chat = await world.create_chat()
+    member = f"{API}/chats/{chat['id']}/bots/{bot['id']}"
+    assert (await world.admin.put(member, params={"talkativeness": 7.5})).status_code == 200
+    for _ in range(100):
+        if any(c.talkativeness == {bot["id"]: 7.5} for c in await world.reads.chats()):
+            break
+        await asyncio.sleep(0.01)
+    [seen] = [c for c in await world.reads.chats() if c.id == chat["id"]]
+    assert seen.talkativeness == {bot["id"]: 7.5}
+    for bad in ("0", "10.5", "lots"):
+        r = await world.admin.put(member, params={"talkativeness": bad})
+        assert r.status_code == 422 and "talkativeness" in r.text
+    assert (await world.viewer.put(member, params={"talkativeness": 2})).status_code == 403
+    entries = [(e.action, e.after) for e in await world.audit() if e.entity == "chat"]
+    assert ("chat.bot_talkativeness", {"bot_id": bot["id"], "talkativeness": 7.5}) in entries
+
+
 # --- cross-cutting ----------------------------------------------------------------------
 
 
