@@ -422,7 +422,7 @@ async def test_settings_page_is_an_editor_with_simulation_buttons(env: Env) -> N
                               "second_answer_p", "expertise_weight", "thread_max_depth",
                               # -- voice (issue 14) --
                               "reading_wpm", "reading_cap_s", "typing_cpm_default",
-                              "typing_jitter", "typing_cap_s",
+                              "typing_jitter", "typing_cap_s", "writing_lead_s",
                               # timing, pacing and participation (issue 14)
                               "budget_use", "burst_mean_msgs", "burst_gap_median_s",
                               "lull_sigma", "human_reply_reserve", "chatter_pacing",
