@@ -263,8 +263,7 @@ class Worker:
         if self._stopping:  # stop() began while this tick decided: its turns are not run
             return
         for turn in turns:
-            self._busy.setdefault(turn.bot_id, []).append(
-                turn.not_before if turn.reply_message_id is None else None)
+            self._busy.setdefault(turn.bot_id, []).append(_slot_due(turn))
             self._in_flight[turn.chat_id] += 1
             task = asyncio.create_task(self.run_turn(turn))
             self._tasks.add(task)
@@ -284,8 +283,7 @@ class Worker:
             outcome = Outcome(turn=turn, status="failed", error=repr(exc))
         finally:
             dues = self._busy.get(turn.bot_id, [])
-            due = turn.not_before if turn.reply_message_id is None else None
-            if due in dues:
+            if (due := _slot_due(turn)) in dues:
                 dues.remove(due)
             if not dues:
                 self._busy.pop(turn.bot_id, None)
@@ -302,6 +300,11 @@ class Worker:
         metrics.TURNS.labels(outcome=outcome.status).inc()
         await self.membership.settle(turn, outcome)
         return outcome
+
+
+def _slot_due(turn: Turn) -> datetime | None:
+    """A spontaneous (slot) turn's due time; None for an answer to a human."""
+    return turn.not_before if turn.reply_message_id is None else None
 
 
 async def _finish(tasks: set[asyncio.Task[Any]], grace_s: float, what: str) -> None:

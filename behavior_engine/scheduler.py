@@ -47,6 +47,7 @@ import random
 import re
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -200,6 +201,12 @@ class _ChatState:
     lead: timedelta = timedelta(0)
 
 
+def _first_ranked(keyed: dict[int, tuple[float, float]]) -> int:
+    """The bot of a slot's ranking (bot → (log u, weight), non-empty) with the largest key
+    log(u) / weight (Efraimidis–Spirakis)."""
+    return max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
+
+
 def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
     """The turn id of ``bot_id``'s reply to a human message: the same in every process, so a
     reply request delivered twice (or planned again after a failover) is acted on once (the
@@ -332,6 +339,8 @@ class Scheduler:
         self._slots: dict[tuple[object, ...], list[Slot]] = {}
         self._rankings: dict[tuple[int, int, int], dict[int, tuple[float, float]]] = {}
         self._latest_window = -1  # the latest window computed (older ones are pruned)
+        # bot → answers to humans planned for it, over all chats (kept with st.planned)
+        self._replying: Counter[int] = Counter()
 
     # -- budgets -------------------------------------------------------------------------
     def hourly_limit(self, bot_id: int, settings: SimulationSettings, now: datetime) -> float:
@@ -376,6 +385,7 @@ class Scheduler:
             if self._budget_left(bot, settings, now) < 1:
                 continue
             st.planned.remove(planned)
+            self._replying[planned.bot_id] -= 1
             turns.append(self._turn(chat, bot, planned.reply_to, planned.reason, now,
                                     turn_id=reply_turn_id(chat.chat_id, planned.waiting_id,
                                                           bot.bot_id),
@@ -486,6 +496,7 @@ class Scheduler:
                 direct = waiting.reply_to_bot_id == bot.bot_id or _mentions(
                     waiting.line.text, bot
                 )
+                self._replying[bot.bot_id] += 1
                 st.planned.append(
                     _Planned(
                         due=now + timedelta(seconds=delay),
@@ -519,8 +530,7 @@ class Scheduler:
             return "drop"
         if top.busy_until is not None and (
                 slot.due < top.busy_until + slot_lead(settings)
-                or any(p.bot_id == top.bot_id for st in self._chats.values()
-                       for p in st.planned)):
+                or self._replying[top.bot_id] > 0):
             return None  # still typing its last line, or a human waits for its answer
         return top if top.send_wait <= 0 else None
 
@@ -542,7 +552,7 @@ class Scheduler:
         keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
         if not keyed:
             return False
-        top = max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
+        top = _first_ranked(keyed)
         return any(b.bot_id == top for b in bots)
 
     def _rank(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
@@ -572,7 +582,7 @@ class Scheduler:
                 keyed[bot_id] = (math.log(max(u, 1e-300)), w)
             self._rankings[(chat.chat_id, slot.window, slot.index)] = keyed
             if keyed:
-                recent.append(max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9)))
+                recent.append(_first_ranked(keyed))
 
     def _chat_rate(self, chat: ChatView, bots: Sequence[BotView],
                    settings: SimulationSettings, at: datetime) -> float:
@@ -633,8 +643,7 @@ class Scheduler:
         previous: int | None = None
         for slot in slots:
             keyed = self._rankings.get((chat_id, window, slot.index), {})
-            top = (max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
-                   if keyed else None)
+            top = _first_ranked(keyed) if keyed else None
             due = slot.due + shift
             if out and top is not None and top == previous and due - out[-1].due < lead:
                 shift += lead - (due - out[-1].due)
