@@ -528,10 +528,13 @@ class Scheduler:
             return None
         if self._budget_left(top, settings, now) < 1:
             return "drop"
-        if top.busy_until is not None and (
-                slot.due < top.busy_until + slot_lead(settings)
-                or self._replying[top.bot_id] > 0):
-            return None  # still typing its last line, or a human waits for its answer
+        if self._replying[top.bot_id] > 0:
+            # A human waits for this bot's answer (in any chat): that comes first, or a
+            # bot leading another group could take slot after slot there (each decided a
+            # slot lead ahead) and never be free when the answer is due.
+            return None
+        if top.busy_until is not None and slot.due < top.busy_until + slot_lead(settings):
+            return None  # still typing its last line
         return top if top.send_wait <= 0 else None
 
     def _ranked(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,

@@ -356,3 +356,6 @@ def test_a_bot_typing_its_last_slot_may_take_its_next_one_a_lead_later() -> None
     assert decide(busy_until=None, send_wait=1.0) == []  # busy answering a human
     # a human waits for its answer elsewhere: it does not chain another line first
     assert decide(busy_until=first.due, human_elsewhere=True) == []
+    # nor, free, a slot at all: it would be busy again when the answer is due, and a bot
+    # leading another group could be so for good (the human never answered)
+    assert decide(busy_until=None, human_elsewhere=True) == []
