@@ -36,7 +36,9 @@ class TurnPlanner:
         membership: the human messages waiting and the chats' floors.
         clients: the bots' sends in the last hour.
         clock: aware UTC now.
-        stats: counters updated in place: ``turns``, ``in_flight_full``, ``floor_taken``.
+        stats: counters updated in place: ``turns``, ``in_flight_full``, ``floor_taken``;
+            read: ``acquired`` (the membership's count of bots taken on: when it grows, every
+            chat is decided at the next tick, :meth:`Scheduler.wake`).
 
     Attributes:
         decided: turn id → ``time.perf_counter()`` at its decision, until the turn runs
@@ -54,6 +56,7 @@ class TurnPlanner:
         self.stats = stats
         self.decided: dict[str, float] = {}
         self._talk: dict[int, tuple[float, float]] = {}  # bot → (talkativeness, read at)
+        self._acquired = 0  # stats["acquired"] at the last wake
 
     def started(self, turn: Turn) -> float | None:
         """The perf-counter time ``turn`` was decided, forgotten once asked."""
@@ -82,6 +85,9 @@ class TurnPlanner:
         if not sim.simulation_active:
             return []
         await self.membership.drop_stale(now)
+        if self.stats["acquired"] != self._acquired:  # bots taken on: replay their slots
+            self._acquired = self.stats["acquired"]
+            self.scheduler.wake()
         turns: list[Turn] = []
         chats = await self.reads.chats()
         start = tick % len(chats) if chats else 0

@@ -32,7 +32,10 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
   they even out participation); see :meth:`Scheduler._rank`.
   The worker driving the top bot speaks (the slot waits while that bot waits for Telegram
   or its last turn, and is dropped when it is at its budget: a talkative bot is not
-  replaced by a quieter one); the other workers let the slot pass. With probability
+  replaced by a quieter one); the other workers let the slot pass, and remember it for
+  :data:`REPLAY_WINDOW`: a worker that takes over a bot (its worker died) speaks a slot of
+  that bot it let pass, late, unless the bot has spoken since (:meth:`Scheduler._replay`;
+  the slot's turn id dedupes a line the dead worker did send). With probability
   :data:`REPLY_P` the speaker replies to one of the last :data:`REPLY_WINDOW` messages of
   others (not always the last one). A message already answered, or with an answer planned
   or in flight, is not a target (so turns do not pile onto one message), and a message d
@@ -47,7 +50,7 @@ import random
 import re
 import uuid
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -82,6 +85,11 @@ QUIET_WINDOW = 10
 #: bursts tight (ten-minute demo windows: gap p90 ÷ median 18 → 21; docs/realism.md).
 LAST_SPEAKER = 0.35
 HUMAN_WAIT_MAX = timedelta(minutes=30)
+#: How long a worker remembers the slots it let pass for another worker's bot: longer than
+#: a dead worker's leases take to expire and be taken over (twice the default lease TTL,
+#: ``backend.keys.HEARTBEAT_TTL_S`` = 10 s, plus a rebalance), so its bots' slots missed
+#: meanwhile are spoken, late, by the worker that takes them over.
+REPLAY_WINDOW = timedelta(seconds=30)
 #: A planned human reply holds back spontaneous chatter until this long after it is due.
 HUMAN_PRIORITY_WINDOW = timedelta(seconds=30)
 #: A spontaneous turn's reply target stays out of the pool this long (the turn is in flight;
@@ -199,6 +207,10 @@ class _ChatState:
     targeted: dict[int, datetime] = field(default_factory=dict)
     # how early a slot's turn is decided (rhythm.slot_lead of the last settings seen)
     lead: timedelta = timedelta(0)
+    # slots let pass for another worker's bot (due order), with that bot: REPLAY_WINDOW
+    passed: deque[tuple[Slot, int]] = field(default_factory=deque)
+    # bot → when its first replayed slot was decided (its later lines are the replays')
+    replayed: dict[int, datetime] = field(default_factory=dict)
 
 
 def _first_ranked(keyed: dict[int, tuple[float, float]]) -> int:
@@ -396,24 +408,41 @@ class Scheduler:
         st.lead = slot_lead(settings)
         horizon += st.lead  # a slot's turn is decided early: typing ends at its due time
         slot = self._next_slot(st, chat, bots, settings, now)
-        while slot is not None and slot.due <= horizon and not self._ours(chat, bots, slot):
-            st.cursor = slot.due  # another worker's bot speaks then: pass, whatever the room
+        while slot is not None and slot.due <= horizon:
+            top = self._top(chat, slot)
+            if top is not None and top in by_id:
+                break
+            if top is not None:  # another worker's bot speaks then: pass, whatever the room
+                st.passed.append((slot, top))
+            st.cursor = slot.due
             slot = self._next_slot(st, chat, bots, settings, now)
+        while st.passed and st.passed[0][0].due < now - REPLAY_WINDOW:
+            st.passed.popleft()
         room = min(room, chatter_cap(settings) - chat.sent_last_minute - chat.in_flight)
-        if slot is None or slot.due > horizon or room <= 0 or turns:
+        if room <= 0 or turns:
             return turns
         if any(p.due > now - HUMAN_PRIORITY_WINDOW for p in st.planned):
             return turns  # a human is about to be answered: no chatter in between
-        due = slot.due
+        paced = None
         if settings.chatter_pacing:
             paced = paced_from((m.created_at for m in chat.recent
                                 if m.bot_id is not None and m.created_at is not None
                                 and m.created_at > now - timedelta(minutes=2)),
                                chatter_cap(settings))
-            if paced is not None and paced > due:
-                due = paced
-                if due > horizon:
-                    return turns  # the slot waits for the pace (dropped once stale)
+        if st.passed and (paced is None or paced <= horizon):
+            replay = self._replay(st, chat, bots, by_id, settings, now)
+            if replay is not None:
+                late, missed = replay
+                turns.append(self._slot_turn(chat, late, st, settings, now, missed,
+                                             max(paced or now, now)))
+                return turns
+        if slot is None or slot.due > horizon:
+            return turns
+        due = slot.due
+        if paced is not None and paced > due:
+            due = paced
+            if due > horizon:
+                return turns  # the slot waits for the pace (dropped once stale)
         speaker = self._choose_speaker(chat, bots, settings, now, slot)
         if speaker is None:
             return turns  # the slot waits for its bot (dropped once stale)
@@ -421,14 +450,63 @@ class Scheduler:
         st.next_at = None
         if isinstance(speaker, str):
             return turns  # its bot is at its budget: the slot is dropped
+        turns.append(self._slot_turn(chat, speaker, st, settings, now, slot, max(due, now)))
+        return turns
+
+    def _slot_turn(self, chat: ChatView, speaker: BotView, st: _ChatState,
+                   settings: SimulationSettings, now: datetime, slot: Slot,
+                   not_before: datetime) -> Turn:
+        """The spontaneous turn of ``slot`` for ``speaker``: a fresh line or, with
+        ``reply_p``, a reply (:meth:`_choose_reply_target`); its id is the slot's."""
         reply_to = self._choose_reply_target(chat, speaker, st, settings, now)
         reason = "spontaneous"
         if reply_to is not None:
             reason = "mention" if _mentions(reply_to.text, speaker) else "reply"
-        turns.append(self._turn(chat, speaker, reply_to, reason, now,
-                                turn_id=slot.turn_id(self._seed, chat.chat_id),
-                                not_before=max(due, now)))
-        return turns
+        return self._turn(chat, speaker, reply_to, reason, now,
+                          turn_id=slot.turn_id(self._seed, chat.chat_id),
+                          not_before=not_before)
+
+    def _replay(self, st: _ChatState, chat: ChatView, bots: Sequence[BotView],
+                by_id: Mapping[int, BotView], settings: SimulationSettings,
+                now: datetime) -> tuple[BotView, Slot] | None:
+        """The oldest slot let pass here (``st.passed``, the last :data:`REPLAY_WINDOW`)
+        whose bot is now driven here and free to speak, with that bot; None when there is
+        none. Such a slot's worker died before it spoke (its bots were taken over here): a
+        slot whose bot has spoken in the chat since the slot's decision is forgotten, and
+        so is one whose bot is at its budget. A slot whose bot waits stays for a later tick;
+        while any is due, the chat is not idle (:meth:`idle_until`).
+        The turn keeps the slot's id, so a line the dead worker did send is not sent again
+        (``record_intent``)."""
+        for bot_id, at in list(st.replayed.items()):
+            if at < now - REPLAY_WINDOW:
+                del st.replayed[bot_id]
+        for entry in list(st.passed):
+            slot, top = entry
+            if top not in by_id:
+                continue
+            since, until = slot.due - st.lead, st.replayed.get(top)
+            if any(m.bot_id == top and m.created_at is not None and m.created_at >= since
+                   and (until is None or m.created_at < until) for m in chat.recent):
+                st.passed.remove(entry)  # it spoke: its worker was alive then
+                continue
+            st.next_at = None  # decided again next tick (idle_until) while replays are due
+            speaker = self._choose_speaker(chat, bots, settings, now, slot)
+            if speaker is None:
+                continue
+            st.passed.remove(entry)
+            if isinstance(speaker, str):
+                continue  # at its budget: dropped, like any of its slots
+            st.replayed.setdefault(top, now)
+            return speaker, slot
+        return None
+
+    def wake(self) -> None:
+        """Forget every chat's idle time (:meth:`idle_until`): call when this worker has
+        taken on bots, so each chat is decided at the next tick and the new bots' slots let
+        pass meanwhile are replayed (:meth:`_replay`) without waiting for the chat's next
+        slot."""
+        for st in self._chats.values():
+            st.next_at = None
 
     def planned(self, chat: ChatView, settings: SimulationSettings, start: datetime,
                 end: datetime) -> list[Slot]:
@@ -550,13 +628,11 @@ class Scheduler:
             keys[bot_id] = log_u / max(w, 1e-9)  # log(u^(1/w))
         return sorted(keys, key=lambda b: keys[b], reverse=True)
 
-    def _ours(self, chat: ChatView, bots: Sequence[BotView], slot: Slot) -> bool:
-        """True when the slot's first-ranked bot is one of ``bots`` (driven here)."""
+    def _top(self, chat: ChatView, slot: Slot) -> int | None:
+        """The slot's first-ranked bot (the same in every worker), None before its window's
+        ranking is computed."""
         keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
-        if not keyed:
-            return False
-        top = _first_ranked(keyed)
-        return any(b.bot_id == top for b in bots)
+        return _first_ranked(keyed) if keyed else None
 
     def _rank(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
               slots: Sequence[Slot]) -> None:

@@ -321,4 +321,4 @@ class L2:
                 await listener
         if pubsub is not None:
             with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()

@@ -138,6 +138,57 @@ def test_two_workers_and_a_restart_give_the_chat_the_same_rhythm() -> None:
     assert len({f // 100_000 for f in fractions}) >= 8
 
 
+def test_a_worker_that_takes_over_a_dead_workers_bots_speaks_their_missed_slots() -> None:
+    # Worker a (bots 1, 3, 5) is SIGKILLed: the lines it had decided but not sent are lost.
+    # Worker b lets their slots pass until the leases expire, then takes the bots over and
+    # speaks those slots at once, late, with the slots' turn ids (issue 12's fail-over within
+    # 2 x TTL); the slots a's bots had spoken are not spoken again.
+    members = dict(zip(range(1, 7), (3.0, 1.0, 0.6, 0.4, 0.3, 0.2), strict=True))
+    cfg = _settings(**ROOMY, max_msgs_per_min=20)
+    dead = {1, 3, 5}
+    one = Chat(members, cfg)
+    _run(one, [(Scheduler(seed=5), list(members), START)], START, 20 * 60)
+    due = sorted(t.not_before for t in one.turns if t.bot_id in dead and t.not_before)
+
+    def missed_between(k: datetime, t: datetime) -> set[str]:
+        return {x.turn_id for x in one.turns if x.bot_id in dead and x.not_before is not None
+                and k < x.not_before < t}
+
+    # killed on a tick's half second, in a burst: a's bots had at least two slots in the 20 s
+    # before b took them over
+    kill = next(k for d in due if d > START + timedelta(minutes=5) and len(missed_between(
+        k := d.replace(microsecond=0) - timedelta(seconds=0.5),
+        k + timedelta(seconds=19.5))) >= 2)
+    takeover = kill + timedelta(seconds=19.5)
+    missed = missed_between(kill, takeover)
+
+    two = Chat(members, cfg)
+    a, b = Scheduler(seed=5), Scheduler(seed=5)
+    for i in range(20 * 60):
+        now = START + timedelta(seconds=i)
+        if now < kill:
+            two.tick(a, [1, 3, 5], now)
+        elif now - timedelta(seconds=1) < kill:  # a died: its lines not yet due never went out
+            two.turns = [t for t in two.turns if t.not_before is None or t.not_before <= kill
+                         or t.bot_id not in dead]
+            two.lines = [m for m in two.lines if m.created_at is None or m.created_at <= kill
+                         or m.bot_id not in dead]
+        if now == takeover:
+            b.wake()  # the planner does this when its membership has taken bots on
+        two.tick(b, [2, 4, 6] if now < takeover else list(members), now)
+    late = [t for t in two.turns if t.turn_id in missed]
+    assert {t.turn_id for t in late} == missed
+    assert all(t.not_before is not None and t.not_before >= takeover for t in late)
+    # one a tick, from the first tick after the takeover
+    assert min(t.decided_at for t in late) == takeover
+    assert max(t.decided_at for t in late) <= takeover + timedelta(seconds=len(late) + 1)
+    ids = [t.turn_id for t in two.turns]
+    assert len(ids) == len(set(ids))  # no slot spoken twice
+    # b's own slots and the rest of the rhythm are untouched
+    assert {t.turn_id for t in one.turns if t.bot_id not in dead} == {
+        t.turn_id for t in two.turns if t.bot_id not in dead}
+
+
 def test_turns_carry_their_due_time_between_ticks() -> None:
     # decided one tick ahead, plus the slot lead (reading + typing caps + writing time), so
     # typing ends at the due time; never later than that
