@@ -9,6 +9,7 @@ for turns in flight and the chats' floors (:class:`~behavior_engine.membership.M
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
@@ -160,7 +161,7 @@ class TurnPlanner:
         wait = self.membership.limits.wait_time(bot.id, tg_chat_id)
         busy_until = busy.get(bot.id)
         if bot.id in busy and busy_until is None:
-            wait = max(wait, 1.0)
+            wait = math.inf  # busy with a turn that has no slot: no turn until it ends
         return BotView(
             bot_id=bot.id,
             name=bot.name,

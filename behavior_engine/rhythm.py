@@ -69,11 +69,14 @@ class Slot:
         window: the epoch hour the slot belongs to (``int(due.timestamp()) // 3600`` of the
             window's start).
         index: the slot's number inside its window, from 0.
+        burst: the number of the slot's burst inside its window, from 0 (a burst's slots
+            share it; :meth:`Scheduler._spaced` ends a burst at the chatter cap).
     """
 
     due: datetime
     window: int
     index: int
+    burst: int = 0
 
     def turn_id(self, seed: int, chat_id: int) -> str:
         """The turn id of this slot's message: the same in every process (UUID5), so a slot
@@ -123,20 +126,22 @@ def window_slots(*, seed: int, chat_id: int, window: int, rate: float,
     lull_mean = m / rate - (m - 1) * gap_mean
     stay = 1.0 - 1.0 / m  # geometric burst length: P(another message) = 1 − 1/m
     start = window_start(window)
-    offsets: list[float] = []
+    offsets: list[tuple[float, int]] = []  # (seconds into the window, burst number)
     # Enter the window part-way through a lull (a uniform share of one), so a window's
     # start is no special moment.
     t = rng.random() * _lognormal_mean(rng, lull_mean, settings.lull_sigma)
+    burst = 0
     while t < WINDOW_S:
-        offsets.append(t)
+        offsets.append((t, burst))
         while rng.random() < stay:
             t += math.exp(rng.gauss(math.log(gap_median), BURST_GAP_SIGMA))
             if t >= WINDOW_S:
                 break
-            offsets.append(t)
+            offsets.append((t, burst))
         t += _lognormal_mean(rng, lull_mean, settings.lull_sigma)
-    return [Slot(due=start + timedelta(seconds=o), window=window, index=i)
-            for i, o in enumerate(offsets)]
+        burst += 1
+    return [Slot(due=start + timedelta(seconds=o), window=window, index=i, burst=b)
+            for i, (o, b) in enumerate(offsets)]
 
 
 def daily_activity(seed: int, bot_id: int, settings: SimulationSettings, at: datetime) -> float:

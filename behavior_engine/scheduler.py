@@ -85,6 +85,11 @@ QUIET_WINDOW = 10
 #: bursts tight (ten-minute demo windows: gap p90 ÷ median 18 → 21; docs/realism.md).
 LAST_SPEAKER = 0.35
 HUMAN_WAIT_MAX = timedelta(minutes=30)
+#: A bot whose Telegram wait (``BotView.send_wait``) ends at most this many seconds after a
+#: turn's due time may take it: the send waits for Telegram anyway, at most one per-chat
+#: interval late (Telegram: about one message a second per chat, ../shared/TELEGRAM.md).
+TELEGRAM_WAIT_SLACK_S = 1.0
+_MINUTE = timedelta(minutes=1)
 #: How long a worker remembers the slots it let pass for another worker's bot: longer than
 #: a dead worker's leases take to expire and be taken over (twice the default lease TTL,
 #: ``backend.keys.HEARTBEAT_TTL_S`` = 10 s, plus a rebalance), so its bots' slots missed
@@ -123,7 +128,8 @@ class BotView:
         talkativeness: relative share of messages (1.0 = average).
         topics: topic id → weight of interest.
         sent_last_hour: messages sent in the last 60 minutes, all chats.
-        send_wait: seconds before Telegram's limits let it send here (0 = now).
+        send_wait: seconds before Telegram's limits let it send here (0 = now; ``math.inf``
+            while it is busy with another turn): it may take a turn due about then.
         expertise: topic id → level 0..1 (``PersonaProfile.expertise``).
         busy_until: the due time of the slot turn it is running, if any: it may take a
             slot due a slot lead after that (its next line written while the last one is
@@ -391,8 +397,8 @@ class Scheduler:
             if room <= 0 or planned.due > horizon:
                 break
             bot = by_id.get(planned.bot_id)
-            if (bot is None or bot.send_wait > 0 or bot.busy_until is not None
-                    or bot.bot_id in speakers):
+            if (bot is None or not _wait_fits(bot, planned.due, now)
+                    or bot.busy_until is not None or bot.bot_id in speakers):
                 continue  # keep it planned: the bot waits for Telegram or is busy
             if self._budget_left(bot, settings, now) < 1:
                 continue
@@ -598,7 +604,8 @@ class Scheduler:
         when that is one of ``bots`` and may speak; ``"drop"`` when that bot is at its budget
         (the slot is dropped: a talkative bot is not replaced by a quieter one, so the
         shares stay uneven and the same in every worker); None when it waits for
-        Telegram or another turn (the slot stays pending) or is not driven here."""
+        Telegram past the slot's due time (:func:`_wait_fits`) or for another turn (the slot
+        stays pending), or is not driven here."""
         own = {b.bot_id: b for b in bots}
         ranked = self._ranked(chat, bots, settings, now, slot)
         top = own.get(ranked[0]) if ranked else None
@@ -613,7 +620,7 @@ class Scheduler:
             return None
         if top.busy_until is not None and slot.due < top.busy_until + slot_lead(settings):
             return None  # still typing its last line
-        return top if top.send_wait <= 0 else None
+        return top if _wait_fits(top, slot.due, now) else None
 
     def _ranked(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
                 now: datetime, slot: Slot) -> list[int]:
@@ -696,7 +703,7 @@ class Scheduler:
                settings.scale_factor, settings.bot_hourly_msg_limit.min,
                settings.bot_hourly_msg_limit.max, tuple(settings.prime_hours.hours),
                settings.prime_hours.boost, settings.prime_hours.timezone,
-               settings.quiet_boost)
+               settings.quiet_boost, slot_lead(settings), chatter_cap(settings))
         slots = self._slots.get(key)
         if slots is None:
             self._prune(window)
@@ -705,22 +712,30 @@ class Scheduler:
                                  rate=rate, settings=settings)
             self._rank(chat, bots, settings, slots)
             slots = self._slots[key] = self._spaced(chat.chat_id, window, slots,
-                                                    slot_lead(settings))
+                                                    slot_lead(settings), chatter_cap(settings))
         return slots
 
     def _spaced(self, chat_id: int, window: int, slots: list[Slot],
-                lead: timedelta) -> list[Slot]:
+                lead: timedelta, cap: int) -> list[Slot]:
         """``slots`` with the same first-ranked bot twice in a row at least ``lead`` apart
         (:func:`~behavior_engine.rhythm.slot_lead`: that bot reads, writes and types its
         next message only once the last one is sent, so a closer slot would be sent late
         and drag the rest of its burst). The later slots of the window move by the same
-        amount, keeping their gaps; those pushed past the window's end are dropped. Only
-        the ranking decides, so every worker spaces a window alike."""
+        amount, keeping their gaps; those pushed past the window's end are dropped.
+
+        A burst ends once it holds ``cap`` slots (the chatter cap,
+        :func:`~behavior_engine.rhythm.chatter_cap`) within a minute: its further slots are
+        dropped (a burst's first slot never is), since they would wait for the cap and fill
+        the gaps between bursts. Only the ranking decides, so every worker spaces a window
+        alike."""
         out: list[Slot] = []
         shift = timedelta(0)
         end = window_start(window + 1)
         previous: int | None = None
+        ended: int | None = None  # a burst cut at the cap
         for slot in slots:
+            if slot.burst == ended:
+                continue
             keyed = self._rankings.get((chat_id, window, slot.index), {})
             top = _first_ranked(keyed) if keyed else None
             due = slot.due + shift
@@ -729,8 +744,16 @@ class Scheduler:
                 due = out[-1].due + lead
             if due >= end:
                 break
+            in_minute = 0
+            for kept in reversed(out):
+                if kept.burst != slot.burst or kept.due <= due - _MINUTE:
+                    break
+                in_minute += 1
+            if in_minute >= cap:
+                ended = slot.burst
+                continue
             out.append(slot if due == slot.due else
-                       Slot(due=due, window=slot.window, index=slot.index))
+                       Slot(due=due, window=slot.window, index=slot.index, burst=slot.burst))
             previous = top
         return out
 
@@ -831,6 +854,14 @@ class Scheduler:
             decided_at=now,
             not_before=not_before,
         )
+
+
+def _wait_fits(bot: BotView, due: datetime, now: datetime) -> bool:
+    """True when ``bot``'s Telegram wait (``send_wait``, seconds; ``math.inf`` while it is
+    busy with another turn) ends by ``due`` plus :data:`TELEGRAM_WAIT_SLACK_S`: a turn due
+    later than the wait does not need to wait for it."""
+    ahead = max(0.0, (due - now).total_seconds())
+    return bot.send_wait <= ahead + TELEGRAM_WAIT_SLACK_S
 
 
 def _mention_pos(text: str, bot: BotView) -> int | None:

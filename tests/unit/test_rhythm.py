@@ -7,6 +7,7 @@ import bisect
 import dataclasses
 import functools
 import itertools
+import math
 import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -397,16 +398,50 @@ def test_a_bot_typing_its_last_slot_may_take_its_next_one_a_lead_later() -> None
             other = ChatView(chat_id=2, telegram_chat_id=-2, topics={"usdtry": 1.0},
                              sent_last_minute=0, recent=(asks,), members=members,
                              waiting=(WaitingMessage(message_id=1, line=asks),))
-            sched.decide(other, [dataclasses.replace(b, send_wait=1.0) for b in bots], cfg,
+            sched.decide(other, [dataclasses.replace(b, send_wait=math.inf) for b in bots], cfg,
                          now)
         return sched.decide(view, bots, cfg, now)
 
     [turn] = decide(busy_until=first.due)
     assert turn.bot_id == 1 and turn.not_before == second.due
     assert decide(busy_until=second.due - lead + timedelta(seconds=0.5)) == []
-    assert decide(busy_until=None, send_wait=1.0) == []  # busy answering a human
+    assert decide(busy_until=None, send_wait=math.inf) == []  # busy answering a human
     # a human waits for its answer elsewhere: it does not chain another line first
     assert decide(busy_until=first.due, human_elsewhere=True) == []
     # nor, free, a slot at all: it would be busy again when the answer is due, and a bot
     # leading another group could be so for good (the human never answered)
     assert decide(busy_until=None, human_elsewhere=True) == []
+
+
+def test_a_burst_that_meets_the_chatter_cap_ends_there_in_the_plan() -> None:
+    # Long, dense bursts against a chatter cap of 7 a minute (10 less the 30 % reserve): a
+    # burst's slots beyond 7 in a minute would wait for the cap and fill the lull after it
+    # with 2-10 s gaps, so the plan ends the burst there. The bursts themselves stay (each
+    # keeps its first slot), and so do the bursts under the cap.
+    members = {1: 3.0, 2: 1.0, 3: 0.5, 4: 0.2}
+    view = ChatView(chat_id=1, telegram_chat_id=-1, topics={"usdtry": 1.0},
+                    sent_last_minute=0, recent=(), members=members)
+    dense = {"bot_hourly_msg_limit": {"min": 600, "max": 600}, "budget_use": 0.6,
+             "burst_mean_msgs": 20.0, "burst_gap_median_s": 0.5, "reading_cap_s": 0.0,
+             "typing_cap_s": 0.0, "writing_lead_s": 0.0}
+    capped = _settings(**dense, max_msgs_per_min=10, human_reply_reserve=0.3)
+    roomy = _settings(**dense, max_msgs_per_min=20, human_reply_reserve=0.0)
+    end = START + timedelta(hours=2)
+
+    def by_burst(cfg: SimulationSettings) -> dict[tuple[int, int], list[datetime]]:
+        out: dict[tuple[int, int], list[datetime]] = {}
+        for slot in Scheduler(seed=2).planned(view, cfg, START, end):
+            out.setdefault((slot.window, slot.burst), []).append(slot.due)
+        return out
+
+    def most_in_a_minute(dues: list[datetime]) -> int:
+        return max(bisect.bisect_left(dues, d + timedelta(minutes=1)) - i
+                   for i, d in enumerate(dues))
+
+    cut, free = by_burst(capped), by_burst(roomy)
+    assert max(most_in_a_minute(d) for d in free.values()) > 7  # the test says something
+    assert max(most_in_a_minute(d) for d in cut.values()) <= 7
+    assert set(cut) == set(free)  # every burst keeps at least its first slot
+    for key, dues in cut.items():  # a burst under the cap is left whole
+        if most_in_a_minute(free[key]) <= 7:
+            assert dues == free[key]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from backend.schemas import SimulationSettings
-from behavior_engine.scheduler import BotView, ChatView, Scheduler, WaitingMessage
+from behavior_engine.scheduler import (
+    TELEGRAM_WAIT_SLACK_S,
+    BotView,
+    ChatView,
+    Scheduler,
+    WaitingMessage,
+)
 from behavior_engine.turn import ChatLine
 
 NOW = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)  # 07:00 in Istanbul: not a prime hour
@@ -125,8 +132,38 @@ def test_simulation_inactive_means_no_turns() -> None:
     assert run(Scheduler(seed=1), chat([w]), bots(), 60, settings=off) == []
 
 
-def test_bots_waiting_for_telegram_are_not_chosen() -> None:
-    assert run(Scheduler(seed=1), chat(), bots(wait=3.0), 300) == []
+def test_bots_waiting_for_telegram_take_only_turns_due_about_when_the_wait_ends() -> None:
+    # busy with another turn: no turn at all
+    assert run(Scheduler(seed=1), chat(), bots(wait=math.inf), 300) == []
+    # A slot 2.5 s ahead (within the slot lead, so its turn is decided now): a bot whose
+    # Telegram wait ends before the slot is due, or within the slack after it, takes it
+    # (the send waits for Telegram anyway); one whose wait ends later does not.
+    cfg = SimulationSettings.model_validate({
+        "bot_hourly_msg_limit": {"min": 600, "max": 600}, "max_msgs_per_min": 20,
+        "reading_cap_s": 0.0, "typing_cap_s": 0.0, "writing_lead_s": 2.0})
+    view = ChatView(chat_id=1, telegram_chat_id=-100, topics={"usdtry": 1.0},
+                    sent_last_minute=0, recent=[], members={b.bot_id: 1.0 for b in bots()})
+    slot = Scheduler(seed=1).planned(view, cfg, NOW + timedelta(minutes=1),
+                                     NOW + timedelta(hours=1))[0]
+    now = slot.due - timedelta(seconds=2.5)
+
+    def decided(wait: float) -> list:
+        return Scheduler(seed=1).decide(view, bots(wait=wait), cfg, now)
+
+    for wait in (0.0, 2.0, 2.5 + TELEGRAM_WAIT_SLACK_S - 0.01):
+        [turn] = decided(wait)
+        assert turn.not_before == slot.due
+    assert decided(2.5 + TELEGRAM_WAIT_SLACK_S + 0.01) == []
+    assert decided(math.inf) == []
+
+
+def test_a_human_is_answered_by_a_bot_whose_telegram_wait_ends_first() -> None:
+    # Each bot sent a message half a second ago: Telegram's wait ends before the answer is
+    # due, so the answer is decided (and sent after the wait) instead of waiting for a tick
+    # with no wait at all (which, in a busy group, may not come).
+    w = WaitingMessage(message_id=7, line=human(70, "Dolar nereye gider sizce?"))
+    turns = run(Scheduler(seed=1), chat([w]), bots(wait=0.5), 15)
+    assert [t.reply_to.telegram_message_id for t in turns if t.reply_to] == [70]
 
 
 def test_hourly_limit_budget_and_prime_hours() -> None:
