@@ -309,6 +309,9 @@ class SimulationSettings(_Strict):
         thread_max_depth: replies in a chain after which a spontaneous turn no longer answers
             it: a message d replies deep is picked as a reply target with weight
             1 − d / thread_max_depth (1–20).
+        reply_p: share of spontaneous turns that reply to one of the chat's last 8 messages
+            (0–1; the rest start a fresh line). 0.45 puts "messages nobody answers" near the
+            human 50 % (REALISM.md; docs/realism.md, "Who answers").
         reading_wpm: words per minute a bot reads the message it replies to, 60–1000
             (adults read about 238 wpm; Brysbaert 2019; ``behavior_engine.typist``).
         reading_cap_s: the longest reading pause before a reply, seconds, 0–30 (0: none).
@@ -348,6 +351,7 @@ class SimulationSettings(_Strict):
     second_answer_p: float = Field(default=0.0, ge=0.0, le=1.0)
     expertise_weight: float = Field(default=4.0, ge=0.0, le=20.0)
     thread_max_depth: int = Field(default=3, ge=1, le=20)
+    reply_p: float = Field(default=0.45, ge=0.0, le=1.0)
     # -- voice: reading and typing time (issue 14) --
     reading_wpm: float = Field(default=250.0, ge=60.0, le=1000.0)
     reading_cap_s: float = Field(default=3.0, ge=0.0, le=30.0)

@@ -36,7 +36,7 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
   :data:`REPLAY_WINDOW`: a worker that takes over a bot (its worker died) speaks a slot of
   that bot it let pass, late, unless the bot has spoken since (:meth:`Scheduler._replay`;
   the slot's turn id dedupes a line the dead worker did send). With probability
-  :data:`REPLY_P` the speaker replies to one of the last :data:`REPLY_WINDOW` messages of
+  ``reply_p`` the speaker replies to one of the last :data:`REPLY_WINDOW` messages of
   others (not always the last one). A message already answered, or with an answer planned
   or in flight, is not a target (so turns do not pile onto one message), and a message d
   replies deep in a thread is picked with weight 1 − d / ``thread_max_depth`` (a thread fades).
@@ -73,9 +73,6 @@ from behavior_engine.rhythm import (
 from behavior_engine.topics import detect_topic
 from behavior_engine.turn import ChatLine, Turn
 
-#: Share of spontaneous turns that reply to a message: 0.45 puts "nobody answers" near the
-#: human 50 % and replies under 50 % of messages (REALISM.md; docs/realism.md, "Who answers").
-REPLY_P = 0.45
 REPLY_WINDOW = 8
 HUMAN_REPLY_MEDIAN_S = 3.0
 #: A bot with no message among the chat's last QUIET_WINDOW gets ``quiet_boost`` × the weight.
@@ -784,11 +781,11 @@ class Scheduler:
     def _choose_reply_target(self, chat: ChatView, speaker: BotView, st: _ChatState,
                              settings: SimulationSettings, now: datetime) -> ChatLine | None:
         """A message of the last :data:`REPLY_WINDOW` for ``speaker`` to answer, or None
-        (a fresh message): with probability :data:`REPLY_P`, among the messages of others
+        (a fresh message): with probability ``reply_p``, among the messages of others
         not taken (:meth:`_taken`), weighted towards newer ones and mentions of the speaker,
         times the thread's fade 1 − depth / ``thread_max_depth``."""
         window = [m for m in list(chat.recent)[-REPLY_WINDOW:] if m.bot_id != speaker.bot_id]
-        if not window or self._rng.random() >= REPLY_P:
+        if not window or self._rng.random() >= settings.reply_p:
             return None
         taken = self._taken(chat, st, now)
         depth = _thread_depths(chat.recent)

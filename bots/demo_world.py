@@ -38,33 +38,35 @@ class DemoChat:
 #: lulls (issue 14).
 DEMO_CHATS: tuple[DemoChat, ...] = (
     DemoChat(DEMO_CHAT_ID, DEMO_CHAT_TITLE, DEMO_TOPICS,
-             {"zeynep_yeni_bot": 6.0, "ayse_scalper_bot": 1.2, "ali_hoca_ekonomist_bot": 0.4,
-              "mehmet_yatirimci_bot": 0.2}),
+             {"zeynep_yeni_bot": 6.0, "ayse_scalper_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
+              "mehmet_yatirimci_bot": 0.1}),
     DemoChat(-1001000000002, "Kripto & Döviz", {"btc": 3.0, "usdtry": 3.0, "gold": 1.5,
                                                 "bist100": 1.0},
-             {"ayse_scalper_bot": 6.0, "mehmet_yatirimci_bot": 1.2, "zeynep_yeni_bot": 0.4,
-              "ali_hoca_ekonomist_bot": 0.2}),
+             {"ayse_scalper_bot": 6.0, "mehmet_yatirimci_bot": 1.5, "zeynep_yeni_bot": 0.2,
+              "ali_hoca_ekonomist_bot": 0.1}),
     DemoChat(-1001000000003, "Borsa & Altın", {"bist100": 3.0, "gold": 3.0, "inflation": 1.0,
                                                "rates": 1.0},
-             {"mehmet_yatirimci_bot": 6.0, "zeynep_yeni_bot": 1.2, "ali_hoca_ekonomist_bot": 0.4,
-              "ayse_scalper_bot": 0.2}),
+             {"mehmet_yatirimci_bot": 6.0, "zeynep_yeni_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
+              "ayse_scalper_bot": 0.1}),
 )
 #: Livelier than the production defaults, so a minute shows a conversation.
 DEMO_SETTINGS: dict[str, Any] = {
-    # Ten-minute realism runs (docs/realism.md, "The demo"): six to eight messages a minute
-    # in each group, in bursts of ~8 under a second apart (one bot's own lines 1.55 s
-    # apart: the slot lead) between lulls of about a minute, log-normal. Chosen over 24
-    # ten-minute windows of the scheduler (loadtest/bench_rhythm.py --demo) and real runs.
+    # Ten-minute realism runs (docs/realism.md, "The demo"): eight to ten messages a minute
+    # in each group, in bursts of ~11 a third of a second apart (one bot's own lines 1.55 s
+    # apart: the slot lead; a burst ends at the chatter cap) between lulls of about a
+    # minute, log-normal. Chosen over 24 ten-minute windows of the scheduler
+    # (loadtest/bench_rhythm.py --demo-windows) and live runs.
     "bot_hourly_msg_limit": {"min": 600, "max": 600},
     "max_msgs_per_min": 20,  # Telegram: 20 messages per minute per group
     "scale_factor": 1.0,
     "typing_cap_s": 1.0,
     "reading_cap_s": 0.3,
     "writing_lead_s": 0.25,  # the offline writer takes milliseconds; the tick is 0.25 s
-    "budget_use": 0.5,
-    "burst_mean_msgs": 8.0,
-    "burst_gap_median_s": 0.4,
-    "lull_sigma": 0.8,
+    "budget_use": 0.7,
+    "burst_mean_msgs": 11.0,
+    "burst_gap_median_s": 0.3,
+    "lull_sigma": 0.7,
+    "reply_p": 0.53,  # a livelier group answers more (unanswered share in its band)
     "chatter_pacing": False,  # bursts are the point; the cap and its reserve still hold
     "bot_daily_profile": False,  # ten minutes: the same shares whatever the hour
 }

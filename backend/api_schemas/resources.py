@@ -341,6 +341,7 @@ class SettingsPatch(_Input):
     second_answer_p: float | None = Field(default=None, ge=0.0, le=1.0)
     expertise_weight: float | None = Field(default=None, ge=0.0, le=20.0)
     thread_max_depth: int | None = Field(default=None, ge=1, le=20)
+    reply_p: float | None = Field(default=None, ge=0.0, le=1.0)
     # -- voice: reading and typing time (issue 14) --
     reading_wpm: float | None = Field(default=None, ge=60.0, le=1000.0)
     reading_cap_s: float | None = Field(default=None, ge=0.0, le=30.0)

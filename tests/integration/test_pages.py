@@ -420,6 +420,7 @@ async def test_settings_page_is_an_editor_with_simulation_buttons(env: Env) -> N
                               "prime_hours", "scale_factor",
                               # who answers (issue 14)
                               "second_answer_p", "expertise_weight", "thread_max_depth",
+                              "reply_p",
                               # -- voice (issue 14) --
                               "reading_wpm", "reading_cap_s", "typing_cpm_default",
                               "typing_jitter", "typing_cap_s", "writing_lead_s",
