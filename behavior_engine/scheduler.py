@@ -394,7 +394,10 @@ class Scheduler:
             if room <= 0 or planned.due > horizon:
                 break
             bot = by_id.get(planned.bot_id)
-            if (bot is None or not _wait_fits(bot, planned.due, now)
+            if bot is None:  # let go, disabled or removed: planned again with the bots here
+                self._unplan(st, planned)
+                continue
+            if (not _wait_fits(bot, planned.due, now)
                     or bot.busy_until is not None or bot.bot_id in speakers):
                 continue  # keep it planned: the bot waits for Telegram or is busy
             if self._budget_left(bot, settings, now) < 1:
@@ -547,6 +550,16 @@ class Scheduler:
                 st.handled.discard((telegram_message_id, bot_id))
 
     # -- helpers -------------------------------------------------------------------------
+    def _unplan(self, st: _ChatState, planned: _Planned) -> None:
+        """Drop an answer planned for a bot no longer driven here: its count in
+        ``_replying`` (which holds that bot's slots in every chat) goes with it, and the human
+        message may be planned again, with the bots driven here or, for an assigned bot,
+        when that bot is (its turn id, :func:`reply_turn_id`, keeps one answer per bot)."""
+        st.planned.remove(planned)
+        self._replying[planned.bot_id] -= 1
+        st.handled.discard(planned.waiting_id)
+        st.handled.discard((planned.waiting_id, planned.bot_id))
+
     def _plan_human_replies(
         self,
         st: _ChatState,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import Counter
@@ -245,3 +246,25 @@ def test_idle_until_lets_a_caller_skip_chats_with_nothing_due() -> None:
     until = s.idle_until(1, t)
     assert until is not None and until <= t + timedelta(seconds=16)
     assert s.idle_until(1, until) is None
+
+
+def test_an_answer_planned_for_a_bot_let_go_is_planned_again_and_frees_that_bot() -> None:
+    # The bot chosen to answer is let go (another worker took it, or it was disabled) before
+    # the answer is due: the human is answered by a bot still here, and the bot, back
+    # later, is not held back from its slots by an answer it will never give.
+    w = WaitingMessage(message_id=7, line=human(70, "Dolar nereye gider sizce?"))
+
+    def answers(turns: list) -> list[int]:
+        return [t.bot_id for t in turns if t.reply_to and t.reply_to.telegram_message_id == 70]
+
+    # (the chat's members are all four, driven here or not, as the worker's planner gives)
+    view = dataclasses.replace(chat([w]), members={b.bot_id: 1.0 for b in bots()})
+    [chosen] = answers(run(Scheduler(seed=1), view, bots(), 15))
+    s = Scheduler(seed=1)
+    assert s.decide(view, bots(), SETTINGS, NOW) == []  # planned, due in 1.5-12 s
+    rest = [b for b in bots() if b.bot_id != chosen]
+    [other] = answers(run(s, view, rest, 15))
+    assert other != chosen
+    later = [t for t in run(s, view, bots(), 1800) if t.bot_id == chosen]
+    assert later and all(t.reply_to is None or t.reply_to.telegram_message_id != 70
+                         for t in later)
