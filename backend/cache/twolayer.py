@@ -149,9 +149,11 @@ class TwoLayerCache:
         flights = self._l1.take_flights()
         for task in flights:
             task.cancel()
+        # the loads end first: one cancelled mid-read could otherwise take a Redis
+        # connection from the pool after it is closed, and leave it open
+        await asyncio.gather(*flights, return_exceptions=True)
         if self._link is not None:
             await self._link.close()
-        await asyncio.gather(*flights, return_exceptions=True)
 
     async def __aenter__(self) -> TwoLayerCache:
         await self.start()
