@@ -52,14 +52,15 @@ DEMO_CHATS: tuple[DemoChat, ...] = (
 #: Livelier than the production defaults, so a minute shows a conversation.
 DEMO_SETTINGS: dict[str, Any] = {
     # Ten-minute realism runs (docs/realism.md, "The demo"): eight to ten messages a minute
-    # in each group, in bursts of ~11 a third of a second apart (one bot's own lines 1.55 s
+    # in each group, in bursts of ~11 a third of a second apart (one bot's own lines 1.15 s
     # apart: the slot lead; a burst ends at the chatter cap) between lulls of about a
     # minute, log-normal. Chosen over 24 ten-minute windows of the scheduler
-    # (loadtest/bench_rhythm.py --demo-windows) and live runs.
+    # (loadtest/bench_rhythm.py --demo-windows) and live runs: a bot's own consecutive
+    # lines set the median gap, so the slot lead (reading + typing caps + writing) is short.
     "bot_hourly_msg_limit": {"min": 600, "max": 600},
     "max_msgs_per_min": 20,  # Telegram: 20 messages per minute per group
     "scale_factor": 1.0,
-    "typing_cap_s": 1.0,
+    "typing_cap_s": 0.6,
     "reading_cap_s": 0.3,
     "writing_lead_s": 0.25,  # the offline writer takes milliseconds; the tick is 0.25 s
     "budget_use": 0.7,

@@ -3,7 +3,10 @@
 No I/O: a fake clock steps one tick at a time, the
 :class:`~behavior_engine.scheduler.Scheduler` decides (skipping chats idle until later, as
 the worker's planner does), and each turn is "sent" at its due time
-(``Turn.not_before``) and appended to the chat's history. The personas' talkativeness
+(``Turn.not_before``), or a slot lead after its decision when that is later (the bot
+reads, writes and types first), and appended to the chat's history. A bot is busy from its
+turn's decision to its send, in every chat it is in (``BotView.busy_until``, as the
+worker's planner gives it). The personas' talkativeness
 comes from :func:`loadtest.world.generate_personas` (the load test's world), the settings
 are the production defaults (:class:`~backend.schemas.SimulationSettings`) unless given.
 
@@ -24,12 +27,13 @@ import json
 import math
 import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backend.schemas import SimulationSettings
+from behavior_engine.rhythm import slot_lead
 from behavior_engine.scheduler import BotView, ChatView, Scheduler
 from behavior_engine.turn import ChatLine
 from loadtest.world import generate_personas
@@ -72,7 +76,8 @@ class RhythmRun:
 def simulate(*, hours: float = 12.0, chats: int = 4, seed: int = 7,
              settings: SimulationSettings | None = None, start: datetime = START,
              sizes: Sequence[int] = (4, 6, 8, 5), tick_s: float = 1.0,
-             cast: Sequence[float] | None = None) -> RhythmRun:
+             cast: Sequence[float] | None = None,
+             groups: Sequence[Mapping[int, float]] | None = None) -> RhythmRun:
     """Run ``chats`` chats (of ``sizes`` bots, cycled) for ``hours`` on a fake clock.
 
     Args:
@@ -85,8 +90,12 @@ def simulate(*, hours: float = 12.0, chats: int = 4, seed: int = 7,
         tick_s: the fake worker's tick, seconds.
         cast: the talkativeness of every chat's bots (each chat then has ``len(cast)``
             bots, e.g. the four demo personas'); None: the load test's generated personas.
+        groups: each chat's members, bot id → talkativeness there, a bot may be in several
+            (the demo's groups); overrides ``chats``, ``sizes`` and ``cast``.
     """
     sim = settings or SimulationSettings()
+    if groups is not None:
+        chats = len(groups)
     if cast is not None:
         sizes = (len(cast),)
     n_bots = sum(sizes[i % len(sizes)] for i in range(chats))
@@ -95,6 +104,9 @@ def simulate(*, hours: float = 12.0, chats: int = 4, seed: int = 7,
     sim_chats: list[SimChat] = []
     next_bot = 1
     for c in range(chats):
+        if groups is not None:
+            sim_chats.append(SimChat(chat_id=c + 1, members=dict(groups[c])))
+            continue
         size = sizes[c % len(sizes)]
         members = {next_bot + i: (cast[i] if cast is not None
                                   else personas[next_bot + i - 1].talkativeness)
@@ -108,8 +120,12 @@ def simulate(*, hours: float = 12.0, chats: int = 4, seed: int = 7,
     end = start + timedelta(hours=hours)
     now = start
     step = timedelta(seconds=tick_s)
+    lead = slot_lead(sim)
+    running: dict[int, tuple[datetime, datetime]] = {}  # bot → (due, send) of its turn
     msg_id = 0
     while now < end:
+        for b in [b for b, (_, at) in running.items() if at <= now]:
+            del running[b]
         for chat in sim_chats:
             if sched.idle_until(chat.chat_id, now) is not None:
                 continue
@@ -123,10 +139,13 @@ def simulate(*, hours: float = 12.0, chats: int = 4, seed: int = 7,
                 recent=chat.lines[-HISTORY:], members=chat.members)
             bots = [BotView(bot_id=b, name=f"Bot{b}", username=f"bot{b}_bot",
                             talkativeness=t, topics={"usdtry": 1.0},
-                            sent_last_hour=len(recent_sends[b]))
+                            sent_last_hour=len(recent_sends[b]),
+                            busy_until=running[b][0] if b in running else None)
                     for b, t in chat.members.items()]
             for turn in sched.decide(view, bots, sim, now):
-                at = turn.not_before or now
+                due = turn.not_before or now
+                at = max(due, now + lead)  # decided late: read, written and typed first
+                running[turn.bot_id] = (due, at)
                 msg_id += 1
                 chat.lines.append(ChatLine(telegram_message_id=msg_id, speaker=f"Bot{turn.bot_id}",
                                            speaker_username=None, is_human=False, text="",
@@ -140,7 +159,8 @@ def simulate(*, hours: float = 12.0, chats: int = 4, seed: int = 7,
                 if count > limit:
                     over.append((turn.bot_id, at, count, limit))
         now += step
-    ceiling = sum(sched.hourly_limit(b, sim, start) for c in sim_chats for b in c.members)
+    ceiling = sum(sched.hourly_limit(b, sim, start)
+                  for b in {b for c in sim_chats for b in c.members})
     return RhythmRun(chats=sim_chats, sends=sends, over_budget=over, max_budget_ratio=worst,
                      hours=hours, ceiling_per_hour=ceiling)
 
@@ -154,26 +174,28 @@ def demo_cast() -> list[float]:
 
 def demo_windows(count: int, *, minutes: float = 10.0) -> dict[str, Any]:
     """The demo world's rhythm over ``count`` windows of ``minutes`` (issue 14's ten-minute
-    demo, scheduler only): the demo's groups (:data:`bots.demo_world.DEMO_CHATS`, each with
-    the first group's talkativeness pattern: they all share it), its settings and tick,
-    starting 37 minutes apart from 09:00 Istanbul time with seeds 1..count.
+    demo, scheduler only): the demo's groups (:data:`bots.demo_world.DEMO_CHATS`: the four
+    personas in each, with each group's talkativeness, a bot busy in one group until its
+    line there is sent), its settings and tick, starting 37 minutes apart from 09:00
+    Istanbul time with seeds 1..count.
 
-    No human messages and no reading or typing delays: each turn is sent at its due time,
-    so the live demo's figures (``botsim realism`` over ``botsim demo``) scatter around
-    these. Returns ``windows`` (per window: the mean A_n, gap p90 ÷ median, Gini and
-    same-speaker share over the groups, and the messages), and for each figure its median,
-    10th percentile and the count of windows inside REALISM.md's band.
+    No human messages and no Telegram waits: each turn is sent at its due time (or a slot
+    lead after its decision, when later), so the live demo's figures (``botsim realism``
+    over ``botsim demo``) scatter around these. Returns ``windows`` (per window: the mean
+    A_n, gap p90 ÷ median, Gini and same-speaker share over the groups, and the messages),
+    and for each figure its median, 10th percentile and the count of windows inside
+    REALISM.md's band.
     """
     from bots.demo_world import DEMO_CHATS, DEMO_SETTINGS, DEMO_TICK_S
 
     settings = SimulationSettings.model_validate(DEMO_SETTINGS)
-    cast = sorted(DEMO_CHATS[0].talkativeness.values(), reverse=True)
+    names = sorted({u for c in DEMO_CHATS for u in c.talkativeness})
+    groups = [{names.index(u) + 1: t for u, t in c.talkativeness.items()} for c in DEMO_CHATS]
     rows: list[dict[str, Any]] = []
     for i in range(count):
         start = START + timedelta(minutes=37 * i)
-        out = figures(simulate(hours=minutes / 60, chats=len(DEMO_CHATS), seed=1 + i,
-                               settings=settings, start=start, tick_s=DEMO_TICK_S,
-                               cast=cast))
+        out = figures(simulate(hours=minutes / 60, seed=1 + i, settings=settings,
+                               start=start, tick_s=DEMO_TICK_S, groups=groups))
         rows.append({**{k: out["mean"][k] for k in ("A_n", "p90_over_median", "gini",
                                                      "same_speaker")},
                      "messages": sum(c["messages"] for c in out["chats"])})
