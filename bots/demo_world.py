@@ -38,15 +38,15 @@ class DemoChat:
 #: lulls (issue 14).
 DEMO_CHATS: tuple[DemoChat, ...] = (
     DemoChat(DEMO_CHAT_ID, DEMO_CHAT_TITLE, DEMO_TOPICS,
-             {"zeynep_yeni_bot": 6.0, "ayse_scalper_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
+             {"zeynep_yeni_bot": 5.0, "ayse_scalper_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
               "mehmet_yatirimci_bot": 0.1}),
     DemoChat(-1001000000002, "Kripto & Döviz", {"btc": 3.0, "usdtry": 3.0, "gold": 1.5,
                                                 "bist100": 1.0},
-             {"ayse_scalper_bot": 6.0, "mehmet_yatirimci_bot": 1.5, "zeynep_yeni_bot": 0.2,
+             {"ayse_scalper_bot": 5.0, "mehmet_yatirimci_bot": 1.5, "zeynep_yeni_bot": 0.2,
               "ali_hoca_ekonomist_bot": 0.1}),
     DemoChat(-1001000000003, "Borsa & Altın", {"bist100": 3.0, "gold": 3.0, "inflation": 1.0,
                                                "rates": 1.0},
-             {"mehmet_yatirimci_bot": 6.0, "zeynep_yeni_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
+             {"mehmet_yatirimci_bot": 5.0, "zeynep_yeni_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
               "ayse_scalper_bot": 0.1}),
 )
 #: Livelier than the production defaults, so a minute shows a conversation.
