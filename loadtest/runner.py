@@ -320,8 +320,11 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
             "bot_hourly_msg_limit": {"min": opts.msgs_per_hour, "max": opts.msgs_per_hour},
             "max_msgs_per_min": 20, "scale_factor": 1.0,
             "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
-            "reading_cap_s": 0.0,  # no reading/typing pauses: throughput stays comparable
-            "typing_cap_s": 0.0, **STEADY_STREAM})
+            # No reading or typing pauses and no slot lead: throughput stays comparable, and
+            # a turn's latency is the engine and the LLM (a turn decided a writing lead
+            # early would wait for its due time, counted as engine overhead).
+            "reading_cap_s": 0.0, "typing_cap_s": 0.0, "writing_lead_s": 0.0,
+            **STEADY_STREAM})
     world_file = tmp / "world.json"
     world_file.write_text(json.dumps(sandbox_world(world)))
 
