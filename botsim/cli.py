@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the four demo personas talking in a sandbox group")
     demo.add_argument("--duration", type=float, default=None,
-                      help="seconds to run (default: until Ctrl-C)")
+                      help="seconds of conversation, once the engine is up (default: until Ctrl-C)")
     demo.add_argument("--say", default=None, help="post this text as a human after a few seconds")
     demo.add_argument("--json", action="store_true",
                       help="end with one JSON object of figures on the last line")

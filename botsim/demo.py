@@ -93,11 +93,12 @@ class DemoOptions:
     """Options of one demo run.
 
     Attributes:
-        duration: seconds to run, or None for until Ctrl-C.
+        duration: seconds of conversation, counted once the worker and the listener are up
+            (starting them is not counted), or None for until Ctrl-C.
         say: a text the human member posts after :data:`SAY_AFTER_S` seconds.
         json_out: print the summary as one JSON object on the last line.
         read_stdin: post each line typed on standard input as the human member.
-        say_after: seconds before ``say`` is posted.
+        say_after: seconds into the conversation before ``say`` is posted.
         llm: who writes: ``offline`` (the offline generator), ``sandbox`` (Groq → OpenAI →
             Gemini through their real SDKs against the sandbox LLM server, offline last), or
             ``settings`` (the chain of ``BOTSIM_LLM_PROVIDERS``).
@@ -333,7 +334,7 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
         await settings_store.update_settings(session, changes=DEMO_SETTINGS)
 
     stack = contextlib.AsyncExitStack()
-    started = time.monotonic()
+    started = time.monotonic()  # set again once the engine is up: the conversation's start
     run_start: datetime = utcnow()
     worker: Worker | None = None
     listener_state = ListenerState(sessionmaker=sessionmaker,
@@ -391,6 +392,10 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
         try:
             mention = sorted(p.name for p in personas)[-1].split()[0]
             script = human_script(options.humans, options.duration or 0.0, mention)
+            # The duration and the human lines' times count from here, with the worker and
+            # the listener up: starting them (the SDKs' imports, the migrations' last writes)
+            # may take seconds on a busy machine, which would otherwise eat the conversation.
+            started = time.monotonic()
             await _converse(options, sandbox, sessionmaker, printer, human_lines, started,
                             script)
         except asyncio.CancelledError:

@@ -431,8 +431,9 @@ async def test_demo_with_the_sdks_against_the_sandbox_llm(tmp_path: Path) -> Non
     summary = await run_demo(Settings(data_dir=tmp_path, tick_seconds=0.5), DemoOptions(
         duration=20, say="Altın alınır mı?", say_after=0.5, json_out=True, read_stdin=False,
         llm="sandbox", out=out))
-    assert summary["messages"] >= 1 and summary["human_replies"] == 1
-    assert summary["errors"] == 0
+    shown = (summary, out.getvalue()[-3000:])
+    assert summary["messages"] >= 1 and summary["human_replies"] == 1, shown
+    assert summary["errors"] == 0, shown
     assert set(summary["by_provider"]) == {"groq"}  # the first provider answered each turn
     assert summary["llm_calls"] >= summary["messages"]
     assert summary["llm_cost_usd"] > 0
