@@ -402,8 +402,7 @@ class Scheduler:
                 continue  # keep it planned: the bot waits for Telegram or is busy
             if self._budget_left(bot, settings, now) < 1:
                 continue
-            st.planned.remove(planned)
-            self._replying[planned.bot_id] -= 1
+            self._take_planned(st, planned)
             turns.append(self._turn(chat, bot, planned.reply_to, planned.reason, now,
                                     turn_id=reply_turn_id(chat.chat_id, planned.waiting_id,
                                                           bot.bot_id),
@@ -550,13 +549,18 @@ class Scheduler:
                 st.handled.discard((telegram_message_id, bot_id))
 
     # -- helpers -------------------------------------------------------------------------
-    def _unplan(self, st: _ChatState, planned: _Planned) -> None:
-        """Drop an answer planned for a bot no longer driven here: its count in
-        ``_replying`` (which holds that bot's slots in every chat) goes with it, and the human
-        message may be planned again, with the bots driven here or, for an assigned bot,
-        when that bot is (its turn id, :func:`reply_turn_id`, keeps one answer per bot)."""
+    def _take_planned(self, st: _ChatState, planned: _Planned) -> None:
+        """Remove ``planned`` from the chat's plan with its count in ``_replying`` (which
+        holds that bot's slots in every chat): the one place the two change together."""
         st.planned.remove(planned)
         self._replying[planned.bot_id] -= 1
+
+    def _unplan(self, st: _ChatState, planned: _Planned) -> None:
+        """Drop an answer planned for a bot no longer driven here (:meth:`_take_planned`);
+        the human message may be planned again, with the bots driven here or, for an
+        assigned bot, when that bot is (its turn id, :func:`reply_turn_id`, keeps one answer
+        per bot)."""
+        self._take_planned(st, planned)
         st.handled.discard(planned.waiting_id)
         st.handled.discard((planned.waiting_id, planned.bot_id))
 
