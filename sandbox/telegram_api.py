@@ -39,8 +39,8 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 log = logging.getLogger(__name__)
@@ -879,7 +879,7 @@ class TelegramSandbox:
         await self._shutdown()
 
     # ------------------------------------------------------------------- HTTP
-    async def _handle_bot_api(self, request: Request) -> JSONResponse:
+    async def _handle_bot_api(self, request: Request) -> Response:
         token, method = request.path_params["token"], request.path_params["method"].lower()
         try:
             if not TOKEN_RE.match(token):
@@ -890,7 +890,13 @@ class TelegramSandbox:
             handler = self._methods.get(method)
             if handler is None:
                 raise ApiError(404, "Not Found")
-            result = await handler(bot, await _read_params(request))
+            try:
+                params = await _read_params(request)
+            except ClientDisconnect:
+                # The client hung up before its request arrived whole (a send cancelled by a
+                # worker's stop): like Telegram, nothing was done; nobody is left to answer.
+                return Response(status_code=499)
+            result = await handler(bot, params)
         except ApiError as exc:
             return exc.response()
         return JSONResponse({"ok": True, "result": result})

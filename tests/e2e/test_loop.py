@@ -316,7 +316,10 @@ async def test_stop_cuts_a_hanging_send_and_records_it_unknown(world: World) -> 
     sent = [m for m in world.sandbox.messages(CHAT) if m["from"]["is_bot"]]
     assert "intent" not in statuses, statuses
     assert statuses.get("unknown", 0) >= 1, statuses
-    assert len(sent) == stored + statuses["unknown"], (len(sent), stored, statuses)
+    # Every stored line was sent; the hanging send reached Telegram without being stored; a send
+    # cut by stop() before Telegram read it is ``unknown`` too (it may or may not have arrived:
+    # a CI run cut one mid-request), so the unknown turns bound what was sent, not equal it.
+    assert stored + 1 <= len(sent) <= stored + statuses["unknown"], (len(sent), stored, statuses)
 
 
 async def test_solo_worker_takes_on_added_bots_and_lets_removed_ones_go(world: World) -> None:
