@@ -12,7 +12,9 @@ Then the pauses a human question gets under the default settings
 (``behavior_engine.typist``): reading the question, typing each persona's answer (answers
 written by the generator to a set of human questions), p50/p95/max in seconds.
 
-Usage: ``python loadtest/bench_voice.py [--messages 240] [--seeds 7 8 9] [--json]``
+Usage: ``python loadtest/bench_voice.py [--messages 240] [--seeds 7 8 9] [--json]``;
+``--demo-groups 90``: instead, κ as ``botsim realism`` counts it (two bots judged in most
+groups) and distinct-2 in each of the demo's groups.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ from backend.schemas import Persona, SimulationSettings
 from behavior_engine.llm.offline import OfflineGenerator
 from behavior_engine.llm.phrase_memory import TOKEN, char_grams, jaccard
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
+from behavior_engine.realism.formulas import separability_accuracy
+from behavior_engine.realism.metrics import MIN_PER_SPEAKER, SEPARABILITY_MIN_WORDS
+from behavior_engine.scheduler import draw_topic
 from behavior_engine.turn import ChatLine, GenerationRequest, MarketSnapshot, TurnContext
 from behavior_engine.typist import Pace, jitter_rng
+from bots.demo_world import DEMO_CHATS, DemoChat
 from bots.personas import load_persona_dir
 
 START = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
@@ -47,36 +53,57 @@ QUESTIONS = ["Arkadaşlar bugün altın alınır mı?", "Dolar nereye gider sizc
 
 
 def _ctx(p: Persona, i: int, bot_id: int, snap: MarketSnapshot, topic: str,
-         history: tuple[ChatLine, ...], reply: ChatLine | None, seed: int) -> TurnContext:
+         history: tuple[ChatLine, ...], reply: ChatLine | None, seed: int,
+         chat_id: int = 1) -> TurnContext:
     pnl = holdings_pnl_pct(p.holdings, snap)
     return TurnContext(
         turn_id=f"turn-{i}", bot_name=p.name, bot_username=p.username, profile=p.profile(),
         stances=tuple(p.stances), holdings=tuple(p.holdings),
         mood=mood_from_pnl(p.mood_baseline, pnl), pnl_pct=pnl, topic=topic, market=snap,
-        history=history, reply_to=reply, seed=seed, bot_id=bot_id, chat_id=1)
+        history=history, reply_to=reply, seed=seed, bot_id=bot_id, chat_id=chat_id)
 
 
 async def group_run(personas: list[Persona], n: int, seed: int) -> list[tuple[str, str]]:
     """(persona name, text) of one seeded run through a fresh ``OfflineGenerator``."""
+    return (await world_run(personas, n, seed, None))[0]
+
+
+async def world_run(personas: list[Persona], n: int, seed: int,
+                    chats: tuple[DemoChat, ...] | None) -> list[list[tuple[str, str]]]:
+    """Per group, (persona name, text) of ``n`` messages, the groups' turns interleaved
+    through one fresh ``OfflineGenerator`` (a persona in several groups, as in the demo).
+
+    ``chats`` None: one group, speakers drawn by the personas' own talkativeness and topics
+    by their own weights; otherwise speakers by each group's talkativeness and topics by
+    :func:`draw_topic` (the scheduler's law) from the group's and the persona's weights."""
     gen, feed, rnd = OfflineGenerator(), MarketFeed(seed=9, start=START), random.Random(seed)
-    history: list[ChatLine] = []
-    out: list[tuple[str, str]] = []
-    for i in range(n):
-        k = rnd.choices(range(len(personas)), [p.talkativeness for p in personas])[0]
+    groups: list[DemoChat | None] = list(chats) if chats is not None else [None]
+    histories: list[list[ChatLine]] = [[] for _ in groups]
+    out: list[list[tuple[str, str]]] = [[] for _ in groups]
+    for i in range(n * len(groups)):
+        g, chat = i % len(groups), groups[i % len(groups)]
+        history = histories[g]
+        weights = [p.talkativeness if chat is None else chat.talkativeness.get(p.username, 0.0)
+                   for p in personas]
+        k = rnd.choices(range(len(personas)), weights)[0]
         p = personas[k]
-        snap = feed.snapshot(START + timedelta(seconds=60 * i))
+        snap = feed.snapshot(START + timedelta(seconds=60 * (i // len(groups))))
         others = [h for h in history[-10:] if h.bot_id != k + 1]
         reply = rnd.choice(others) if others and rnd.random() < 0.3 else None
-        topic = rnd.choices(list(p.topics), list(p.topics.values()))[0]
-        ctx = _ctx(p, i, k + 1, snap, topic, tuple(history[-20:]), reply, seed)
+        if chat is None:
+            topic = rnd.choices(list(p.topics), list(p.topics.values()))[0]
+        else:
+            topic = draw_topic(chat.topics, p.topics, rnd)
+        ctx = _ctx(p, i, k + 1, snap, topic, tuple(history[-20:]), reply, seed, chat_id=g + 1)
         text = (await gen.generate(GenerationRequest(messages=[], context=ctx))).text
         history.append(ChatLine(1000 + i, p.name, p.username, False, text, bot_id=k + 1))
-        out.append((p.name, text))
+        out[g].append((p.name, text))
     return out
 
 
-def text_figures(run: list[tuple[str, str]]) -> dict[str, Any]:
-    """REALISM.md's text metrics of one run (see the module docstring)."""
+def text_figures(run: list[tuple[str, str]], *, kappa: bool = True) -> dict[str, Any]:
+    """REALISM.md's text metrics of one run (see the module docstring); ``kappa`` False
+    leaves out the speaker classifier's (it needs 5 messages of each speaker)."""
     texts = [t for _, t in run]
     toks = [t.lower() for text in texts for t in TOKEN.findall(text)][:2000]
     pairs = list(itertools.pairwise(toks))
@@ -107,8 +134,42 @@ def text_figures(run: list[tuple[str, str]]) -> dict[str, Any]:
         "share_le_5_words": round(sum(c <= 5 for c in counts) / len(counts), 3),
         "agree_per_contrast": round(agree / max(contrast, 1), 3),
         "six_word_reuse": round(reuse / len(texts), 3),
-        "speaker_kappa": speaker_kappa(run),
+        "speaker_kappa": speaker_kappa(run) if kappa else None,
     }
+
+
+def group_kappa(run: list[tuple[str, str]]) -> float | None:
+    """``botsim realism``'s separability κ of one chat (behavior_engine.realism.metrics):
+    speakers with fewer than ``MIN_PER_SPEAKER`` messages of ≥ 3 words left out, the first
+    ``per`` of each; None when fewer than two speakers are left."""
+    by: dict[str, list[str]] = {}
+    for name, text in run:
+        if len(WORD.findall(text)) >= SEPARABILITY_MIN_WORDS:
+            by.setdefault(name, []).append(text)
+    kept = {s: t for s, t in by.items() if len(t) >= MIN_PER_SPEAKER}
+    if len(kept) < 2:
+        return None
+    per = min(len(t) for t in kept.values())
+    texts = [t for s in sorted(kept) for t in kept[s][:per]]
+    labels = [s for s in sorted(kept) for _ in range(per)]
+    k = len(kept)
+    return round((separability_accuracy(texts, labels) - 1 / k) / (1 - 1 / k), 3)
+
+
+async def demo_group_figures(personas: list[Persona], n: int,
+                             seeds: list[int]) -> dict[str, Any]:
+    """Per seed, the demo's groups run together (:func:`world_run`, ``n`` messages each):
+    each group's κ (:func:`group_kappa`), and distinct-2 of the groups' text in chat order
+    (``botsim realism`` counts its first 2,000 tokens)."""
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        runs = await world_run(personas, n, seed, DEMO_CHATS)
+        out[f"seed {seed}"] = {
+            "kappa": {chat.title: group_kappa(run) for chat, run in zip(DEMO_CHATS, runs,
+                                                                          strict=True)},
+            "distinct_2": text_figures([m for run in runs for m in run],
+                                       kappa=False)["distinct_2"]}
+    return out
 
 
 def speaker_kappa(run: list[tuple[str, str]]) -> float:
@@ -165,8 +226,21 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=240)
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--demo-groups", type=int, metavar="N", default=0,
+                    help="instead: κ and distinct-2 of N messages in each of the demo's groups "
+                         "(a ten-minute demo writes about 90 per group)")
     args = ap.parse_args()
     personas = load_persona_dir()
+    if args.demo_groups:
+        groups = asyncio.run(demo_group_figures(personas, args.demo_groups, args.seeds))
+        if args.json:
+            print(json.dumps(groups, ensure_ascii=False))
+            return
+        for seed, fig in groups.items():
+            kappas = [k for k in fig["kappa"].values() if k is not None]
+            print(f"{seed}: κ {fig['kappa']} (mean {statistics.mean(kappas):.3f}), "
+                  f"distinct-2 {fig['distinct_2']}")
+        return
     runs = {s: text_figures(asyncio.run(group_run(personas, args.messages, s)))
             for s in args.seeds}
     pauses = {

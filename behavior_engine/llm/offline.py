@@ -7,7 +7,10 @@ It needs no network and no model: it writes from the phrase banks in
 * persona kind, from keywords of ``profile.role`` then ``profile.bio``: ``scalper`` (short-term
   levels), ``investor`` (years, dividends), ``economist`` (explains rates, inflation, TCMB),
   ``newcomer`` (asks questions) or ``generic``;
-* style: formality picks the phrase banks, ``emoji_rate`` is the Poisson mean of emojis per
+* style: formality picks the phrase banks (with :data:`REGISTER_MIX` a one-line reaction,
+  an opener, a reply lead... comes from a neighbouring formality's bank, as people drift in
+  register; a persona kind's own reactions are in ``kind_reactions``), ``emoji_rate`` is the
+  Poisson mean of emojis per
   message, ``length`` the word budget (short ≤ 8, medium 8–20, long 20–45 words, with a share
   of one-line reactions: about half of a short writer's messages, few of a long writer's);
 * mood (emoji tone, mood lines with the holdings P&L), stance on the topic (view and reason),
@@ -87,6 +90,14 @@ _EMOJI = {
     "scalper": ["⚡", "🎯", "💸"],
     "investor": ["🌱", "🧘"],
 }
+#: Share of phrase-bank picks from a neighbouring formality (:meth:`_Writer.register`).
+REGISTER_MIX = 0.3
+#: What is borrowed from a neighbouring formality: one-line reactions, interjections,
+#: openers, closers, reply leads, the address and the topic's name; the content (facts,
+#: stances, reasons, role lines) and the tails stay the persona's own formality.
+MIXED = frozenset({"reactions", "interjections", "openers", "closers", "lead", "address",
+                   "names"})
+_NEIGHBOURS = {"casual": ("neutral",), "neutral": ("casual", "formal"), "formal": ("neutral",)}
 _TAIL_P = {"casual": 0.1, "neutral": 0.25, "formal": 0.3}  # reaction + a short 2nd sentence
 _OPENER_P = {"casual": 0.25, "neutral": 0.3, "formal": 0.35}
 _CLOSER_P = {"casual": 0.2, "neutral": 0.25, "formal": 0.35}
@@ -264,7 +275,7 @@ class _Writer:
         self.topic = topic
         names = self.bank["topic_names"]
         if topic in names:
-            self.names = names[topic][self.form]
+            self.names = names[topic][self.register("names")]
         else:
             self.names = [topic.replace("_", " ")]
         for key in ("price", "price_k", "chg", "hi", "lo", "mkt", "macro", "reason", "reason_l"):
@@ -292,6 +303,14 @@ class _Writer:
             reason = stance.reason.strip().rstrip(".!")
             self.values.update(reason=reason, reason_l=_decap(reason, self.lang))
 
+    def register(self, piece: str) -> str:
+        """The formality whose phrase bank the next piece comes from: the persona's own, or
+        with :data:`REGISTER_MIX` a neighbouring one (people drift in register; disjoint
+        banks made two voices tell-apart caricatures, κ 0.8–0.9 in the demo's groups)."""
+        if piece not in MIXED or self.rng.random() >= REGISTER_MIX:
+            return self.form
+        return self.rng.choice(_NEIGHBOURS[self.form])
+
     def stance(self) -> Stance | None:
         """The persona's stance on the current topic, or None."""
         return next((s for s in self.ctx.stances if s.topic == self.topic), None)
@@ -313,15 +332,17 @@ class _Writer:
         return [o for o in options if o not in avoid and o not in self.used] or options
 
     def choose(self, options: list[str], k: int = 2) -> str:
-        """One of ``options`` (plain phrases: openers, closers...): of ``k`` drawn among the
-        fresh ones (the chat did not say them lately either), the least repeated."""
+        """One of ``options`` (phrases: openers, closers, reply leads...): of ``k`` drawn
+        among the fresh ones (the chat did not say them lately either), the least repeated,
+        its ``(a|b)`` alternatives drawn (a lead "olur da (zamanı|vakti) değil" was sent
+        with its parentheses)."""
         fresh = self.fresh_first(options)
         fresh = [o for o in fresh if not o or self.staleness(o) < STALE_SKIP] or fresh
         cands = self.rng.sample(fresh, min(k, len(fresh)))
         best = min(cands, key=self.staleness)
         if best:
             self.used.append(best)
-        return best
+        return _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), best)
 
     def render(self, template: str) -> str:
         """``template`` with its alternatives drawn and its placeholders filled."""
@@ -351,7 +372,7 @@ class _Writer:
 
     def pool(self, kind: str) -> list[str]:
         """Templates of one piece kind for the current topic."""
-        b, form = self.bank, self.form
+        b, form = self.bank, self.register("content")
         kind = kind.rstrip("0123456789")
         group = _group(self.topic)
         if kind == "fact":
@@ -448,11 +469,13 @@ class _Writer:
         """A message on the turn's topic: a reaction or a composed one."""
         self.set_topic(self.ctx.topic)
         react_p, lo, hi, cap = _LENGTH[self.ctx.profile.style.length]
-        b, form = self.bank, self.form
+        b, form, reg = self.bank, self.form, self.register
         if self.rng.random() < react_p:
-            group = b["reactions"][form]
-            core = self.pick([*group[self.direction], *group["any"]]) or "..."
-            inter = self.choose(b["interjections"][form])
+            group = b["reactions"][reg("reactions")]
+            own = b.get("kind_reactions", {}).get(self.kind, {})
+            core = self.pick([*group[self.direction], *group["any"],
+                              *own.get(self.direction, ()), *own.get("any", ())]) or "..."
+            inter = self.choose(b["interjections"][reg("interjections")])
             text = self.sentence(f"{inter} {_decap(core, self.lang)}" if inter else core)
             tail = self.pick(b["tails"][form]) if self.rng.random() < _TAIL_P[form] else None
             if tail is not None and _head(tail) != _head(core):
@@ -461,9 +484,9 @@ class _Writer:
         parts = self.compose([], self.rng.randint(lo, hi), cap)
         n = sum(_words(p) for p in parts)
         if self.rng.random() < _OPENER_P[form] and n < cap:
-            parts = self.lead(self.choose(b["openers"][form]), parts)
+            parts = self.lead(self.choose(b["openers"][reg("openers")]), parts)
         if self.rng.random() < _CLOSER_P[form] and n + 2 < cap:
-            parts.append(self.sentence(self.choose(b["closers"][form])))
+            parts.append(self.sentence(self.choose(b["closers"][reg("closers")])))
         return self.join(parts)
 
     def reply(self, line: ChatLine) -> str:
@@ -483,7 +506,8 @@ class _Writer:
         cap = _LENGTH[self.ctx.profile.style.length][3]
         leads: list[str] = []
         if rel:
-            leads = b[rel].get(self.kind, b[rel]["generic"]) if rel == "answer" else b[rel][form]
+            leads = (b[rel].get(self.kind, b[rel]["generic"]) if rel == "answer"
+                     else b[rel][self.register("lead")])
             if rel == "unsure" and own == "neutral":  # not "not sure, but: no clear direction"
                 leads = [x for x in leads if not x.endswith((" ama", " but"))]
         lead = self.choose(leads) if leads else ""
@@ -502,7 +526,8 @@ class _Writer:
             parts.sort(key=lambda s: s.endswith("?"))
         name = _address_name(line.speaker)
         user = line.speaker_username or ""
-        address = self.choose([a for a in b["address"][form] if user or "{user}" not in a])
+        address = self.choose([a for a in b["address"][self.register("address")]
+                               if user or "{user}" not in a])
         address = address.format(name=name, user=user)
         text = self.join(parts)
         if rng.random() < 0.8 or text.endswith("?"):

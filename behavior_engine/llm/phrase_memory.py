@@ -26,6 +26,9 @@ from itertools import pairwise
 CHAT_TEXTS = 200
 #: Templates of one bot in one chat the memory keeps.
 BOT_TEMPLATES = 60
+#: A bot's own latest messages, in any chat, that its next message avoids too (a persona in
+#: three groups wrote the same lines in each: distinct-n counts the chats' bot text together).
+BOT_TEXTS = 20
 
 #: REALISM.md's tokens: words (Unicode, apostrophes kept) and single punctuation marks.
 TOKEN = re.compile(r"[\w']+|[^\w\s]")
@@ -91,7 +94,8 @@ class _Said:
 
 
 class PhraseMemory:
-    """Per chat, what the offline generator wrote there recently (texts and templates).
+    """Per chat, what the offline generator wrote there recently (texts and templates), and
+    per bot, its own last messages in any chat.
 
     In-process (one per generator); a worker that starts empty falls back on the turn's
     history, which every worker reads alike.
@@ -99,17 +103,23 @@ class PhraseMemory:
     Args:
         chat_texts: messages kept per chat (≥ 1).
         bot_templates: templates kept per bot per chat (≥ 1).
+        bot_texts: a bot's own messages kept across its chats (≥ 1).
     """
 
-    def __init__(self, chat_texts: int = CHAT_TEXTS, bot_templates: int = BOT_TEMPLATES) -> None:
+    def __init__(self, chat_texts: int = CHAT_TEXTS, bot_templates: int = BOT_TEMPLATES,
+                 bot_texts: int = BOT_TEXTS) -> None:
         self.chat_texts = chat_texts
         self.bot_templates = bot_templates
+        self.bot_texts = bot_texts
         self._chats: dict[int, deque[_Said]] = {}
+        self._bots: dict[int, deque[tuple[int, _Said]]] = {}  # bot → (chat, entry), newest last
 
     def recent(self, chat_id: int | None, bot_id: int | None, turn_id: str,
                history: Iterable[str] = ()) -> Recent:
         """What a turn of ``bot_id`` in ``chat_id`` avoids: ``history`` (the turn's recent
-        chat texts) plus what this memory holds for the chat, except the turn's own text."""
+        chat texts), what this memory holds for the chat, and the bot's own last
+        :data:`BOT_TEXTS` messages in other chats (their bigrams and templates, not their
+        texts: a near-duplicate is judged within a chat), except the turn's own text."""
         out = Recent()
         said = [s for s in self._chats.get(chat_id, ()) if s.turn_id != turn_id] \
             if chat_id is not None else []
@@ -121,6 +131,11 @@ class PhraseMemory:
             if len(out.templates) >= self.bot_templates:
                 break
             out.templates.update(s.templates)
+        if bot_id is not None:
+            for chat, s in self._bots.get(bot_id, ()):
+                if chat != chat_id and s.turn_id != turn_id:
+                    out.seen |= bigrams(s.text)
+                    out.templates.update(s.templates)
         return out
 
     def remember(self, chat_id: int | None, bot_id: int | None, turn_id: str, text: str,
@@ -131,4 +146,10 @@ class PhraseMemory:
         chat = self._chats.setdefault(chat_id, deque(maxlen=self.chat_texts))
         for s in [s for s in chat if s.turn_id == turn_id]:
             chat.remove(s)
-        chat.append(_Said(turn_id, bot_id, text, tuple(templates)))
+        said = _Said(turn_id, bot_id, text, tuple(templates))
+        chat.append(said)
+        if bot_id is not None:
+            mine = self._bots.setdefault(bot_id, deque(maxlen=self.bot_texts))
+            for entry in [e for e in mine if e[1].turn_id == turn_id]:
+                mine.remove(entry)
+            mine.append((chat_id, said))

@@ -25,6 +25,7 @@ from behavior_engine.llm.offline import (
     write_message,
 )
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
+from behavior_engine.realism.formulas import separability_accuracy
 from behavior_engine.topics import detect_topic
 from behavior_engine.turn import ChatLine, GenerationRequest, MarketSnapshot, TurnContext
 
@@ -43,6 +44,7 @@ SNAP = MarketSnapshot(
 AGREE = re.compile(r"(?<!\w)(katılıyorum|aynen|haklısın\w*|agree|exactly)(?!\w)", re.I)
 CONTRAST = re.compile(
     r"(?<!\w)(ama|ancak|fakat|hayır|katılmıyorum|katılamayacağım|değil|sanmıyorum|tersi"
+    r"|farklı düşünüyorum|görünmüyor|olmaz|yok"
     r"|but|no|nope|nah|disagree|differently)(?!\w)",
     re.I,
 )
@@ -173,15 +175,38 @@ def test_prices_are_quoted_from_the_snapshot_in_the_language_format() -> None:
 # --- persona voice ------------------------------------------------------------------------
 
 
+def pair_kappa(a: str, b: str, topic: str = "btc", n: int = 80) -> float:
+    """REALISM.md's speaker classifier on ``n`` messages of each of two personas on one
+    topic: κ = 2·accuracy − 1."""
+    ta = [write_message(ctx_for(DEMO[a], i, topic=topic)) for i in range(n)]
+    tb = [write_message(ctx_for(DEMO[b], i, topic=topic)) for i in range(n)]
+    assert not set(ta) & set(tb)
+    return 2 * separability_accuracy(ta + tb, [a] * n + [b] * n) - 1
+
+
 def test_two_personas_on_the_same_topic_read_differently() -> None:
+    # distinct voices: the classifier tells them apart above REALISM.md's floor (κ 0.31)
     for a, b in (("mehmet", "ayse"), ("ali_hoca", "zeynep"), ("ayse", "zeynep")):
-        ta = [write_message(ctx_for(DEMO[a], i, topic="btc")) for i in range(80)]
-        tb = [write_message(ctx_for(DEMO[b], i, topic="btc")) for i in range(80)]
-        assert not set(ta) & set(tb)
-        va = Counter(w for t in ta for w in re.findall(r"\w+", t.lower()))
-        vb = Counter(w for t in tb for w in re.findall(r"\w+", t.lower()))
-        shared = sum((va & vb).values())
-        assert shared / min(sum(va.values()), sum(vb.values())) < 0.5, (a, b)
+        assert pair_kappa(a, b) >= 0.31, (a, b)
+
+
+def test_personas_borrow_phrases_of_a_neighbouring_formality(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lever against caricature (issue 14: the scalper and the investor, whose formality
+    banks were disjoint, were told apart with κ 0.87–0.94 in the ten-minute demo, against
+    0.31–0.75): a casual persona's one-line reactions come partly from the neutral bank, and
+    two personas of opposite formality are harder to tell apart than without borrowing."""
+    bank = offline_module._data()["tr"]["reactions"]
+    neutral = {t for group in bank["neutral"].values() for t in group}
+    casual = {t for group in bank["casual"].values() for t in group}
+    used = [offline_module.compose_message(ctx_for(DEMO["ayse"], i, topic="btc"))[1]
+            for i in range(300)]
+    reactions = [u for msg in used for u in msg if u in neutral | casual]
+    borrowed = sum(u in neutral for u in reactions) / len(reactions)
+    assert 0.1 <= borrowed <= offline_module.REGISTER_MIX + 0.1, borrowed
+    mixed = pair_kappa("mehmet", "ayse")
+    monkeypatch.setattr(offline_module, "REGISTER_MIX", 0.0)
+    assert pair_kappa("mehmet", "ayse") - mixed >= 0.05, mixed
 
 
 def test_roles_talk_about_their_own_things() -> None:
@@ -201,10 +226,14 @@ def test_roles_talk_about_their_own_things() -> None:
 
 
 def test_stance_shows_in_the_text() -> None:
+    # a flat market, so that what is said of the day's move does not count as a view
     bull = re.compile(r"yüksel|yukarı|çıkar|long|iyimser|görür")
-    bear = re.compile(r"düş|aşağı|geril|short|kötümser|inecek|tutamaz|sürdürülebilir görünmüyor")
-    mehmet = [write_message(ctx_for(DEMO["mehmet"], i, topic="btc")) for i in range(150)]
-    ayse = [write_message(ctx_for(DEMO["ayse"], i, topic="btc")) for i in range(150)]
+    bear = re.compile(r"düş(?!ün)|aşağı|geril|short|kötümser|inecek|tutamaz"
+                      r"|sürdürülebilir görünmüyor")
+    flat = replace(SNAP, change_pct=dict.fromkeys(SNAP.prices, 0.0))
+    mehmet = [write_message(ctx_for(DEMO["mehmet"], i, topic="btc", market=flat))
+              for i in range(150)]
+    ayse = [write_message(ctx_for(DEMO["ayse"], i, topic="btc", market=flat)) for i in range(150)]
     assert sum(bool(bear.search(t.lower())) for t in mehmet) > sum(
         bool(bull.search(t.lower())) for t in mehmet
     )
@@ -266,7 +295,9 @@ def test_reply_names_the_speaker_and_stays_on_its_topic(name: str) -> None:
             # (the rest are bare reactions such as "@ayse_scalper_bot katılmıyorum")
             assert not re.search(TOPIC_WORDS[other], out.lower()), (text, out)
             on_topic += bool(re.search(TOPIC_WORDS[topic], out.lower()))
-        assert on_topic >= 0.6 * 30, (name, text, on_topic)
+        # all but a few of the replies that are not bare reactions
+        bare = offline_module._BARE_REPLY[p.style.length]
+        assert on_topic >= 0.8 * (1 - bare) * 30, (name, text, on_topic)
 
 
 def test_questions_are_answered_not_argued() -> None:

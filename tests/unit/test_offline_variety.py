@@ -225,7 +225,8 @@ def test_a_phrase_in_the_recent_history_is_not_reused() -> None:
 
 async def test_a_template_the_bot_used_lately_in_the_chat_waits_its_turn() -> None:
     """PhraseMemory: the templates a bot used in a chat are avoided by its next turns
-    there, not by its turns in another chat."""
+    there and in its other chats, not by another bot; in another chat, the bot's own text
+    steers by its bigrams but is not a text to be a near-duplicate of."""
     memory = PhraseMemory()
     gen = OfflineGenerator(memory)
     p = DEMO["ayse"]
@@ -234,7 +235,9 @@ async def test_a_template_the_bot_used_lately_in_the_chat_waits_its_turn() -> No
     await gen.generate(GenerationRequest(messages=[], context=ctx))
     used = memory.recent(1, 3, "another-turn").templates
     assert used
-    assert not memory.recent(2, 3, "another-turn").templates  # another chat
+    elsewhere = memory.recent(2, 3, "another-turn")  # the same bot in another chat
+    assert elsewhere.templates == used and elsewhere.seen and not elsewhere.texts
+    assert not memory.recent(2, 4, "another-turn").templates  # another bot there
     assert not memory.recent(1, 4, "another-turn").templates  # another bot
     assert not memory.recent(1, 3, ctx.turn_id).templates  # the turn itself
     for i in range(1, 25):
