@@ -164,10 +164,12 @@ async def demo_group_figures(personas: list[Persona], n: int,
     out: dict[str, Any] = {}
     for seed in seeds:
         runs = await world_run(personas, n, seed, DEMO_CHATS)
+        ordered = sorted(zip(DEMO_CHATS, runs, strict=True),  # botsim realism's chat order
+                         key=lambda cr: cr[0].telegram_chat_id)
         out[f"seed {seed}"] = {
             "kappa": {chat.title: group_kappa(run) for chat, run in zip(DEMO_CHATS, runs,
                                                                           strict=True)},
-            "distinct_2": text_figures([m for run in runs for m in run],
+            "distinct_2": text_figures([m for _, run in ordered for m in run],
                                        kappa=False)["distinct_2"]}
     return out
 

@@ -16,7 +16,8 @@ It needs no network and no model: it writes from the phrase banks in
 * mood (emoji tone, mood lines with the holdings P&L), stance on the topic (view and reason),
   the topic and the market snapshot (real prices, Turkish number format for ``tr``).
 
-A reply names the replied speaker (first name or @username), talks about the replied message's
+A reply names the replied speaker (first name or @username) in :data:`NAME_P` of cases (the
+Telegram reply shows whom it answers), talks about the replied message's
 topic (keyword detection, :func:`detect_topic`), answers a question as an answer, and otherwise
 contrasts or agrees according to the persona's own stance. Agreement is kept rare: in human
 chat "agree" markers are about a tenth as common as contrast ones (REALISM.md).
@@ -72,7 +73,12 @@ _LENGTH: dict[str, tuple[float, int, int, int]] = {
 }
 #: style.length → word target of a reply (replies run shorter than fresh messages).
 _REPLY_WORDS: dict[str, tuple[int, int]] = {"short": (2, 6), "medium": (5, 13), "long": (14, 32)}
-#: style.length → share of replies that are only the address and a reaction ("katılmıyorum").
+#: Share of replies that name the replied speaker ("Zeynep, ...", "... @ayse_scalper_bot"):
+#: a Telegram reply already shows whom it answers. Naming every one made each bot of a
+#: two-bot chat tell-apart by the other's name alone (issue 14: κ 0.79-0.88 for the scalper
+#: and the investor, band 0.31-0.75).
+NAME_P = 0.5
+#: style.length → share of replies that are only a reaction ("katılmıyorum"), named or not.
 _BARE_REPLY = {"short": 0.45, "medium": 0.3, "long": 0.1}
 #: persona kind → weights of the pieces a message is built from (suffix digits: a 2nd piece).
 _SLOTS: dict[str, dict[str, float]] = {
@@ -490,7 +496,8 @@ class _Writer:
         return self.join(parts)
 
     def reply(self, line: ChatLine) -> str:
-        """A reply: names the speaker, stays on the replied topic, answers or contrasts."""
+        """A reply: stays on the replied topic, answers or contrasts, and names the speaker
+        in :data:`NAME_P` of replies."""
         self.set_topic(detect_topic(line.text) or self.ctx.topic)
         b, form, rng = self.bank["reply"], self.form, self.rng
         own, other = self.view(), detect_view(line.text)
@@ -524,12 +531,14 @@ class _Writer:
         elif lead and parts[:1] != [self.sentence(lead)]:
             parts = [self.sentence(lead), *parts]
             parts.sort(key=lambda s: s.endswith("?"))
+        text = self.join(parts)
+        if rng.random() >= NAME_P:
+            return text
         name = _address_name(line.speaker)
         user = line.speaker_username or ""
         address = self.choose([a for a in b["address"][self.register("address")]
                                if user or "{user}" not in a])
         address = address.format(name=name, user=user)
-        text = self.join(parts)
         if rng.random() < 0.8 or text.endswith("?"):
             return f"{address} {_decap(text, self.lang)}"
         end = "@" + user if user and rng.random() < 0.5 else name

@@ -281,16 +281,16 @@ REPLIED = [
 
 
 @pytest.mark.parametrize("name", sorted(DEMO))
-def test_reply_names_the_speaker_and_stays_on_its_topic(name: str) -> None:
+def test_reply_stays_on_its_topic_and_names_the_speaker_about_half_the_time(name: str) -> None:
     p = DEMO[name]
     for k, (speaker, username, text, topic) in enumerate(REPLIED):
         other = "gold" if topic != "gold" else "btc"  # the turn's own topic differs
-        on_topic = 0
+        on_topic = named = 0
         for i in range(30):
             reply = line(speaker, text, username)
             out = write_message(ctx_for(p, 100 * k + i, topic=other, reply=reply))
             first = speaker.split()[0]
-            assert first in out or (username and f"@{username}" in out), out
+            named += first in out or bool(username and f"@{username}" in out)
             # never drifts to the turn's own topic; most replies name the replied one
             # (the rest are bare reactions such as "@ayse_scalper_bot katılmıyorum")
             assert not re.search(TOPIC_WORDS[other], out.lower()), (text, out)
@@ -298,6 +298,8 @@ def test_reply_names_the_speaker_and_stays_on_its_topic(name: str) -> None:
         # all but a few of the replies that are not bare reactions
         bare = offline_module._BARE_REPLY[p.style.length]
         assert on_topic >= 0.8 * (1 - bare) * 30, (name, text, on_topic)
+        # about half name the speaker: the Telegram reply already shows whom it answers
+        assert 0.25 * 30 <= named <= 0.75 * 30, (name, text, named)
 
 
 def test_questions_are_answered_not_argued() -> None:
