@@ -38,15 +38,15 @@ class DemoChat:
 #: lulls (issue 14).
 DEMO_CHATS: tuple[DemoChat, ...] = (
     DemoChat(DEMO_CHAT_ID, DEMO_CHAT_TITLE, DEMO_TOPICS,
-             {"zeynep_yeni_bot": 5.0, "ayse_scalper_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
+             {"zeynep_yeni_bot": 5.0, "ayse_scalper_bot": 2.0, "ali_hoca_ekonomist_bot": 0.2,
               "mehmet_yatirimci_bot": 0.1}),
     DemoChat(-1001000000002, "Kripto & Döviz", {"btc": 3.0, "usdtry": 3.0, "gold": 1.5,
                                                 "bist100": 1.0},
-             {"ayse_scalper_bot": 5.0, "mehmet_yatirimci_bot": 1.5, "zeynep_yeni_bot": 0.2,
+             {"ayse_scalper_bot": 5.0, "mehmet_yatirimci_bot": 2.0, "zeynep_yeni_bot": 0.2,
               "ali_hoca_ekonomist_bot": 0.1}),
     DemoChat(-1001000000003, "Borsa & Altın", {"bist100": 3.0, "gold": 3.0, "inflation": 1.0,
                                                "rates": 1.0},
-             {"mehmet_yatirimci_bot": 5.0, "zeynep_yeni_bot": 1.5, "ali_hoca_ekonomist_bot": 0.2,
+             {"mehmet_yatirimci_bot": 5.0, "zeynep_yeni_bot": 2.0, "ali_hoca_ekonomist_bot": 0.2,
               "ayse_scalper_bot": 0.1}),
 )
 #: Livelier than the production defaults, so a minute shows a conversation.
@@ -63,11 +63,11 @@ DEMO_SETTINGS: dict[str, Any] = {
     "typing_cap_s": 0.6,
     "reading_cap_s": 0.3,
     "writing_lead_s": 0.25,  # the offline writer takes milliseconds; the tick is 0.25 s
-    "budget_use": 0.7,
+    "budget_use": 0.6,
     "burst_mean_msgs": 11.0,
     "burst_gap_median_s": 0.3,
     "lull_sigma": 0.7,
-    "reply_p": 0.53,  # a livelier group answers more (unanswered share in its band)
+    "reply_p": 0.5,  # a livelier group answers more (unanswered share in its band)
     "chatter_pacing": False,  # bursts are the point; the cap and its reserve still hold
     "bot_daily_profile": False,  # ten minutes: the same shares whatever the hour
 }

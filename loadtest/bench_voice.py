@@ -38,7 +38,7 @@ from behavior_engine.realism.metrics import MIN_PER_SPEAKER, SEPARABILITY_MIN_WO
 from behavior_engine.scheduler import draw_topic
 from behavior_engine.turn import ChatLine, GenerationRequest, MarketSnapshot, TurnContext
 from behavior_engine.typist import Pace, jitter_rng
-from bots.demo_world import DEMO_CHATS, DemoChat
+from bots.demo_world import DEMO_CHATS, DEMO_SETTINGS, DemoChat
 from bots.personas import load_persona_dir
 
 START = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
@@ -69,13 +69,16 @@ async def group_run(personas: list[Persona], n: int, seed: int) -> list[tuple[st
 
 
 async def world_run(personas: list[Persona], n: int, seed: int,
-                    chats: tuple[DemoChat, ...] | None) -> list[list[tuple[str, str]]]:
+                    chats: tuple[DemoChat, ...] | None,
+                    step_s: float = 60.0, reply_p: float = 0.3) -> list[list[tuple[str, str]]]:
     """Per group, (persona name, text) of ``n`` messages, the groups' turns interleaved
     through one fresh ``OfflineGenerator`` (a persona in several groups, as in the demo).
 
     ``chats`` None: one group, speakers drawn by the personas' own talkativeness and topics
     by their own weights; otherwise speakers by each group's talkativeness and topics by
-    :func:`draw_topic` (the scheduler's law) from the group's and the persona's weights."""
+    :func:`draw_topic` (the scheduler's law) from the group's and the persona's weights.
+    The market moves ``step_s`` seconds between a group's messages; a share ``reply_p`` of
+    the messages reply to one of the group's last 10 by another persona."""
     gen, feed, rnd = OfflineGenerator(), MarketFeed(seed=9, start=START), random.Random(seed)
     groups: list[DemoChat | None] = list(chats) if chats is not None else [None]
     histories: list[list[ChatLine]] = [[] for _ in groups]
@@ -87,9 +90,9 @@ async def world_run(personas: list[Persona], n: int, seed: int,
                    for p in personas]
         k = rnd.choices(range(len(personas)), weights)[0]
         p = personas[k]
-        snap = feed.snapshot(START + timedelta(seconds=60 * (i // len(groups))))
+        snap = feed.snapshot(START + timedelta(seconds=step_s * (i // len(groups))))
         others = [h for h in history[-10:] if h.bot_id != k + 1]
-        reply = rnd.choice(others) if others and rnd.random() < 0.3 else None
+        reply = rnd.choice(others) if others and rnd.random() < reply_p else None
         if chat is None:
             topic = rnd.choices(list(p.topics), list(p.topics.values()))[0]
         else:
@@ -163,7 +166,9 @@ async def demo_group_figures(personas: list[Persona], n: int,
     (``botsim realism`` counts its first 2,000 tokens)."""
     out: dict[str, Any] = {}
     for seed in seeds:
-        runs = await world_run(personas, n, seed, DEMO_CHATS)
+        # a ten-minute demo writes ~90 messages per group: the market moves ~7 s between them
+        runs = await world_run(personas, n, seed, DEMO_CHATS, step_s=600 / n,
+                               reply_p=DEMO_SETTINGS["reply_p"])
         ordered = sorted(zip(DEMO_CHATS, runs, strict=True),  # botsim realism's chat order
                          key=lambda cr: cr[0].telegram_chat_id)
         out[f"seed {seed}"] = {

@@ -440,7 +440,8 @@ class _Writer:
                     text += " " if end else self.rng.choice([", ", ", ", ", ", " "])
                 text += p.rstrip(".")
             if not text.endswith(("?", "!")):
-                text += self.rng.choices(["", "!", "...", "!!"], [14, 2, 3, 1])[0]
+                # "…" as a phone keyboard writes "..." (one token, not three full stops)
+                text += self.rng.choices(["", "!", "...", "…", "!!"], [14, 2, 1.5, 1.5, 1])[0]
             return text
         ends = [p if p.endswith(("?", "!", ".", ":")) else p + "." for p in parts]
         if self.form == "neutral" and ends[-1].endswith(".") and self.rng.random() < 0.1:

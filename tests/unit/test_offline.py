@@ -204,6 +204,12 @@ def test_personas_borrow_phrases_of_a_neighbouring_formality(
     reactions = [u for msg in used for u in msg if u in neutral | casual]
     borrowed = sum(u in neutral for u in reactions) / len(reactions)
     assert 0.1 <= borrowed <= offline_module.REGISTER_MIX + 0.1, borrowed
+    # what only a newcomer would say is not borrowed with the neutral bank
+    newcomer = set(offline_module._data()["tr"]["kind_reactions"]["newcomer"]["any"])
+    assert not [u for msg in used for u in msg if u in newcomer]
+    zeynep = [offline_module.compose_message(ctx_for(DEMO["zeynep"], i, topic="btc"))[1]
+              for i in range(300)]
+    assert [u for msg in zeynep for u in msg if u in newcomer]
     mixed = pair_kappa("mehmet", "ayse")
     monkeypatch.setattr(offline_module, "REGISTER_MIX", 0.0)
     assert pair_kappa("mehmet", "ayse") - mixed >= 0.05, mixed
