@@ -114,6 +114,10 @@ REWRITES = 3
 #: A piece whose bigrams were this much said lately is left out (unless it is the first).
 STALE_SKIP = 0.7
 _FIELDS = string.Formatter()
+#: Two opinion markers in a row, where an address ("{name}, bence") meets a lead or a line
+#: that opens with one ("bence değil"): the second is dropped.
+_TWO_OPINIONS = re.compile(r"(?i)(?<!\w)(bence|bana göre|bana kalırsa|i think)[,:]?\s+"
+                           r"(?:bence|bana göre|bana kalırsa|i think)(?!\w)")
 _ALT = re.compile(r"\(([^()]*)\)")  # "(a|b)" in a template: one of the alternatives
 
 
@@ -556,6 +560,7 @@ def _seed(ctx: TurnContext) -> int:
 def _one(ctx: TurnContext, rng: random.Random, recent: Recent) -> tuple[str, list[str]]:
     writer = _Writer(ctx, rng, recent)
     text = writer.reply(ctx.reply_to) if ctx.reply_to is not None else writer.fresh()
+    text = _TWO_OPINIONS.sub(r"\1", text)  # "Ali Hocam, bence bence değil" → "..., bence değil"
     emo = writer.emojis()
     if emo:
         text = text + emo if text[-1] in ".!?" and rng.random() < 0.2 else f"{text} {emo}"

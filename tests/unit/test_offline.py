@@ -308,6 +308,19 @@ def test_reply_stays_on_its_topic_and_names_the_speaker_about_half_the_time(name
         assert 0.25 * 30 <= named <= 0.75 * 30, (name, text, named)
 
 
+def test_a_reply_never_says_two_opinion_markers_in_a_row() -> None:
+    # an address "{name}, bence" met a lead "bence değil": "Ayşe, bence bence değil"
+    twice = re.compile(r"(?i)(?<!\w)(bence|bana göre|bana kalırsa)[,:]?\s+"
+                       r"(bence|bana göre|bana kalırsa)(?!\w)")
+    outs = [write_message(ctx_for(p, 1000 * k + i, topic="gold",
+                                  reply=line(speaker, text, username)))
+            for p in DEMO.values() for k, (speaker, username, text, _) in enumerate(REPLIED)
+            for i in range(60)]
+    assert not [o for o in outs if twice.search(o)]
+    assert offline_module._TWO_OPINIONS.sub(r"\1", "Ayşe, bence bence değil.") == \
+        "Ayşe, bence değil."
+
+
 def test_questions_are_answered_not_argued() -> None:
     q = line("Deniz", "Sizce altın daha çıkar mı?")
     for name, p in DEMO.items():
