@@ -2,9 +2,13 @@
 
 ``POST /webhook/{bot_id}``
 
-1. Unknown bot id → 404. Missing or wrong ``X-Telegram-Bot-Api-Secret-Token`` → 403 and
-   nothing is stored (compared in constant time, exact case; TELEGRAM.md "Webhooks").
-2. A body that is not a JSON update → 400 with the reason; the listener never crashes.
+1. Unknown bot id → 404. Missing, wrong or repeated ``X-Telegram-Bot-Api-Secret-Token`` →
+   403 and nothing is stored (compared in constant time, exact case; TELEGRAM.md "Webhooks").
+2. A body over :data:`MAX_BODY_BYTES` → 413, counted while it is read. A body that is not a
+   JSON update → 400 naming the field; the update schema is strict (:class:`TgUpdate`):
+   integers are JSON integers (not strings, booleans or floats), ids and dates within the Bot
+   API's ranges, one payload per update, text ≤ 4096 and caption ≤ 1024 characters, no NUL
+   character, valid JSON (no lone UTF-16 surrogate, nesting within the parser's limit).
 3. In one transaction: the update is taken once per (bot, update_id), and its message is
    stored once per (chat, Telegram message id): the same group message reaches every member
    bot as its own update. A human's text message is marked ``reply_wanted`` for the worker.
@@ -20,13 +24,12 @@ Routes are by bot id, never by token (tokens in URLs end up in proxy logs).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -50,17 +53,39 @@ log = logging.getLogger("botsim.listener")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY_BYTES = 1_000_000
+#: Bot API: an Integer field is 32-bit signed unless it says it "may have more than 32
+#: significant bits" (message_id, update_id, date do not).
+INT32_MAX = 2**31 - 1
+#: Bot API, Chat.id and User.id: "at most 52 significant bits".
+ID52_MAX = 2**52
+#: Bot API: a message's text is 1-4096 characters, a caption 0-1024 (sendMessage,
+#: sendPhoto). Python counts code points, never more than Telegram's UTF-16 units.
+TEXT_MAX = 4096
+CAPTION_MAX = 1024
+#: Longest name, username or title stored (the ``sender_name`` and chat title columns).
+NAME_MAX = 255
+_STRICT = ConfigDict(extra="ignore", strict=True)
+
+
+def _no_nul(value: str | None) -> str | None:
+    """Refuse a NUL character (PostgreSQL's text type cannot hold one)."""
+    if value is not None and "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class TgUser(BaseModel):
     """The part of Telegram's ``User`` the listener reads."""
 
-    model_config = ConfigDict(extra="ignore")
-    id: int
+    model_config = _STRICT
+    id: int = Field(ge=-ID52_MAX, le=ID52_MAX)
     is_bot: bool = False
-    first_name: str = ""
-    last_name: str | None = None
-    username: str | None = None
+    first_name: Text = Field(default="", max_length=NAME_MAX)
+    last_name: Text | None = Field(default=None, max_length=NAME_MAX)
+    username: Text | None = Field(default=None, max_length=NAME_MAX)
 
     def display_name(self) -> str:
         """First and last name, or the username, or the id."""
@@ -71,29 +96,29 @@ class TgUser(BaseModel):
 class TgChat(BaseModel):
     """The part of Telegram's ``Chat`` the listener reads."""
 
-    model_config = ConfigDict(extra="ignore")
-    id: int
-    type: str
-    title: str | None = None
+    model_config = _STRICT
+    id: int = Field(ge=-ID52_MAX, le=ID52_MAX)
+    type: Text = Field(max_length=32)
+    title: Text | None = Field(default=None, max_length=NAME_MAX)
 
 
 class TgReplyRef(BaseModel):
     """A replied-to message, by id."""
 
-    model_config = ConfigDict(extra="ignore")
-    message_id: int
+    model_config = _STRICT
+    message_id: int = Field(ge=1, le=INT32_MAX)
 
 
 class TgMessage(BaseModel):
     """The part of Telegram's ``Message`` the listener reads."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    message_id: int
-    date: int
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+    message_id: int = Field(ge=1, le=INT32_MAX)
+    date: int = Field(ge=0, le=INT32_MAX)
     chat: TgChat
     from_user: TgUser | None = Field(default=None, alias="from")
-    text: str | None = None
-    caption: str | None = None
+    text: Text | None = Field(default=None, max_length=TEXT_MAX)
+    caption: Text | None = Field(default=None, max_length=CAPTION_MAX)
     reply_to_message: TgReplyRef | None = None
     photo: list[Any] | None = None
     sticker: dict[str, Any] | None = None
@@ -109,12 +134,24 @@ class TgMessage(BaseModel):
 
 
 class TgUpdate(BaseModel):
-    """The part of Telegram's ``Update`` the listener reads."""
+    """The part of Telegram's ``Update`` the listener reads; any other payload (a
+    ``my_chat_member``, a ``callback_query``...) is taken and ignored, but an update carries
+    at most one payload (Bot API, Update: "At most one of the optional parameters can be
+    present in any given update")."""
 
-    model_config = ConfigDict(extra="ignore")
-    update_id: int = Field(ge=0)
+    model_config = _STRICT
+    update_id: int = Field(ge=0, le=INT32_MAX)
     message: TgMessage | None = None
     edited_message: TgMessage | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_payload(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            payloads = sorted(k for k in data if k != "update_id")
+            if len(payloads) > 1:
+                raise ValueError(f"an update carries one payload, got {', '.join(payloads)}")
+        return data
 
 
 @dataclass
@@ -230,23 +267,29 @@ async def webhook(request: Request) -> JSONResponse:
         if bot_id not in state.bots:
             return _error(404, "unknown bot")
     expected = webhook_secret_for(state.webhook_secret, bot_id)
-    got = request.headers.get(SECRET_HEADER, "")
+    sent = request.headers.getlist(SECRET_HEADER)
+    got = sent[0] if len(sent) == 1 else ""  # a repeated header is refused, whatever its values
     if not hmac.compare_digest(expected.encode(), got.encode()):
         state.stats["rejected"] += 1
-        log.warning("webhook for bot %s: missing or wrong secret token", bot_id)
+        log.warning("webhook for bot %s: missing, wrong or repeated secret token", bot_id)
         return _error(403, "wrong secret token")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return _error(413, f"update larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # the limit holds while reading, not after
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            state.stats["malformed"] += 1
+            return _error(413, f"update larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
-        raw = json.loads(body)
-        upd = TgUpdate.model_validate(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        state.stats["malformed"] += 1
-        log.warning("webhook for bot %s: body is not JSON: %s", bot_id, exc)
-        return _error(400, f"body is not JSON: {exc}")
+        upd = TgUpdate.model_validate_json(body)
     except ValidationError as exc:
         state.stats["malformed"] += 1
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            reason = "; ".join(e["msg"] for e in exc.errors())
+            log.warning("webhook for bot %s: body is not JSON: %s", bot_id, reason)
+            return _error(400, f"body is not JSON: {reason}")
         where = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'update'}: {e['msg']}" for e in exc.errors()
         )

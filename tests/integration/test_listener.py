@@ -252,3 +252,87 @@ async def test_metrics_served(client: tuple[httpx.AsyncClient, int, ListenerStat
     r = await c.get("/metrics/")
     assert r.status_code == 200
     assert "botsim_llm_answers_total" in r.text and "botsim_llm_calls_total" in r.text
+
+
+def _hostile(kind: str) -> tuple[Any, bytes | None, str]:
+    """(body, raw bytes or None, what the 400's description names) of one hostile update
+    (issue 15: each was coerced and stored, or answered 500 with a traceback)."""
+    good = update(1, 1)
+    if kind == "update_id string":
+        return {**good, "update_id": "5"}, None, "update_id"
+    if kind == "update_id boolean":
+        return {**good, "update_id": True}, None, "update_id"
+    if kind == "long text":
+        return update(1, 1, text="a" * 4097), None, "message.text"
+    if kind == "two payloads":
+        return {**good, "edited_message": good["message"]}, None, "one payload"
+    if kind == "chat id over 2^63":
+        body = update(1, 1)
+        body["message"]["chat"]["id"] = 2**63 + 5
+        return body, None, "message.chat.id"
+    if kind == "date 10^12":
+        body = update(1, 1)
+        body["message"]["date"] = 10**12
+        return body, None, "message.date"
+    if kind == "NUL in text":
+        return update(1, 1, text="dolar\x00ne olur"), None, "NUL"
+    if kind == "lone surrogate":
+        raw = json.dumps(update(1, 1, text="X")).replace('"X"', '"\\ud800"').encode()
+        return None, raw, "not JSON"
+    if kind == "deep nesting":
+        raw = json.dumps(update(1, 1))[:-1].encode() + b', "x": ' + b"[" * 10_000 \
+            + b"]" * 10_000 + b"}"
+        return None, raw, "not JSON"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["update_id string", "update_id boolean", "long text",
+                                  "two payloads", "chat id over 2^63", "date 10^12",
+                                  "NUL in text", "lone surrogate", "deep nesting"])
+async def test_a_hostile_update_is_400_naming_the_field_and_stores_nothing(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions, kind: str,
+) -> None:
+    c, bot_id, state = client
+    body, raw, why = _hostile(kind)
+    r = await post(c, bot_id, body, raw=raw)
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert why in r.json()["description"], r.json()
+    assert await count(sessionmaker, Message) == 0
+    assert await count(sessionmaker, WebhookUpdate) == 0
+    assert state.stats["malformed"] == 1
+    # nothing was taken: the real update 1 is stored, not seen as a duplicate
+    ok = await post(c, bot_id, update(1, 1))
+    assert ok.status_code == 200 and ok.json() == {"ok": True, "stored": True}
+
+
+async def test_a_repeated_secret_header_is_refused_even_when_its_first_value_is_right(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions,
+) -> None:
+    c, bot_id, _ = client
+    right = webhook_secret_for(MASTER, bot_id)
+    for values in ([right, "wrong"], [right, right]):
+        r = await c.post(f"/webhook/{bot_id}", content=json.dumps(update(1, 1)).encode(),
+                         headers=[(SECRET_HEADER, v) for v in values])
+        assert r.status_code == 403
+    assert await count(sessionmaker, Message) == 0
+
+
+async def test_a_body_over_the_limit_is_413_while_streamed(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions,
+) -> None:
+    from message_listener import MAX_BODY_BYTES
+
+    c, bot_id, _ = client
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(4 * MAX_BODY_BYTES // 65_536):
+            sent += 65_536
+            yield b" " * 65_536
+
+    r = await c.post(f"/webhook/{bot_id}", content=chunks(),
+                     headers={SECRET_HEADER: webhook_secret_for(MASTER, bot_id)})
+    assert r.status_code == 413
+    assert sent <= MAX_BODY_BYTES + 65_536  # it stopped reading past the limit
+    assert await count(sessionmaker, Message) == 0
