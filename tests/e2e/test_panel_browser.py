@@ -133,6 +133,14 @@ def _browser() -> Any:
     return sync_playwright()
 
 
+def _bots_held(page: Any, demo: Demo) -> int:
+    """Bots the demo's worker drives, from ``GET /api/v1/providers/health`` (the page's
+    session)."""
+    r = page.request.get(demo.url + "/api/v1/providers/health")
+    assert r.ok, r.text()
+    return sum(w["bots"] or 0 for w in r.json()["workers"] or [])
+
+
 def _log_in(page: Any, demo: Demo, username: str, password: str) -> None:
     page.goto(demo.url + "/login")
     page.fill("input[name=username]", username)
@@ -175,10 +183,17 @@ def test_admin_creates_a_persona_that_posts_and_a_viewer_cannot_edit(demo: Demo)
             # Add it to the demo group in the panel, then in the sandbox's "app".
             row = page.locator(".chat-membership").first
             assert row.get_attribute("data-member") == "false"
+            held = _bots_held(page, demo)
             row.locator("button[data-chat-id]").click()
             page.wait_for_selector(".chat-membership[data-member=true]")
             _sandbox(demo, f"/sandbox/chats/{DEMO_CHAT_ID}/bots", {"bot_id": tg_user["id"]})
-            time.sleep(3.0)  # the worker takes the new member on (its chat list refresh)
+            # The worker takes the new member on at its next heartbeat. Until it does, a mention
+            # of it is answered by another bot (a fixed 3 s sleep lost that race in CI, and the
+            # persona then waited for a lull to end before it spoke).
+            deadline = time.monotonic() + 30
+            while _bots_held(page, demo) <= held:
+                assert time.monotonic() < deadline, "the worker never took the bot on"
+                time.sleep(0.25)
             _sandbox(demo, f"/sandbox/chats/{DEMO_CHAT_ID}/messages",
                      {"user_id": HUMAN_ID, "text": "@browser_test_bot hoş geldin, ne alıyorsun?"})
 
