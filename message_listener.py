@@ -13,8 +13,12 @@
    stored once per (chat, Telegram message id): the same group message reaches every member
    bot as its own update. A human's text message is marked ``reply_wanted`` for the worker.
 4. Then 200. Storing is a couple of small inserts, so the answer is still immediate; the slow
-   work (choosing a replier, generating, sending) is the worker's. A failure to store answers
-   500, so Telegram retries the update: a human message is never acknowledged unstored.
+   work (choosing a replier, generating, sending) is the worker's. A database that is
+   unreachable answers 500, so Telegram retries the update: a human message is never
+   acknowledged unstored while it could be stored. Any other error storing it (a value the
+   database refuses) is logged by class only, with no traceback (its SQL parameters hold
+   names and text), counted, and answered 200 ``{"ok": false}``: Telegram would retry it for
+   24 h, holding back the chat's later updates.
 
 Messages sent by our own bots are not stored from updates (they may arrive in Bot-to-Bot
 mode): the worker records them from the ``Message`` that sendMessage returns.
@@ -30,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -166,7 +171,8 @@ class ListenerState:
         bots: cache of bot id → Telegram user id, refreshed from the database on a miss.
         intake: how a new human message reaches the workers
             (:func:`behavior_engine.membership.reply_intake_for`; default: the history).
-        stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``).
+        stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``,
+            ``store_failed``: answered 500 for a retry, ``unstorable``: acknowledged unstored).
     """
 
     sessionmaker: async_sessionmaker[AsyncSession]
@@ -177,7 +183,7 @@ class ListenerState:
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("updates", "duplicates", "stored", "rejected", "malformed", "ignored",
-             "dispatch_failed"), 0
+             "dispatch_failed", "store_failed", "unstorable"), 0
         )
     )
 
@@ -255,6 +261,43 @@ async def _store_message(
     return True, chat.id, item
 
 
+def _transient(exc: BaseException) -> bool:
+    """Whether storing may succeed if Telegram sends the update again: the database is
+    unreachable, timed out or dropped the connection (not a value it refuses)."""
+    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _error_kind(exc: BaseException) -> str:
+    """The exception's class and its driver error's class, never its message (which may
+    quote the human's text)."""
+    orig = getattr(exc, "orig", None)
+    return type(exc).__name__ + (f"/{type(orig).__name__}" if orig is not None else "")
+
+
+async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
+                ) -> JSONResponse | tuple[bool, int | None, HistoryItem | None]:
+    """Take ``upd`` once and store its message, in one transaction: a response when there
+    is nothing more to do (a duplicate, no message), else what :func:`_store_message` says.
+
+    Raises:
+        Exception: whatever the database raises (the caller sorts it out).
+    """
+    async with state.sessionmaker() as session, session.begin():
+        if not await message_store.take_update(session, bot_id=bot_id, update_id=upd.update_id):
+            state.stats["duplicates"] += 1
+            return JSONResponse({"ok": True, "duplicate": True})
+        msg = upd.message or upd.edited_message
+        if msg is None:
+            state.stats["ignored"] += 1
+            log.info("bot %s update %s has no message: ignored", bot_id, upd.update_id)
+            return JSONResponse({"ok": True, "ignored": True})
+        return await _store_message(
+            session, state, bot_id, upd.update_id, msg, edited=upd.message is None
+        )
+
+
 async def webhook(request: Request) -> JSONResponse:
     """``POST /webhook/{bot_id}``: take one Telegram update (see the module docstring)."""
     state: ListenerState = request.app.state.listener
@@ -296,18 +339,24 @@ async def webhook(request: Request) -> JSONResponse:
         log.warning("webhook for bot %s: malformed update: %s", bot_id, where)
         return _error(400, f"malformed update: {where}")
     state.stats["updates"] += 1
-    async with state.sessionmaker() as session, session.begin():
-        if not await message_store.take_update(session, bot_id=bot_id, update_id=upd.update_id):
-            state.stats["duplicates"] += 1
-            return JSONResponse({"ok": True, "duplicate": True})
-        msg = upd.message or upd.edited_message
-        if msg is None:
-            state.stats["ignored"] += 1
-            log.info("bot %s update %s has no message: ignored", bot_id, upd.update_id)
-            return JSONResponse({"ok": True, "ignored": True})
-        stored, chat_id, item = await _store_message(
-            session, state, bot_id, upd.update_id, msg, edited=upd.message is None
-        )
+    try:
+        taken = await _take(state, bot_id, upd)
+    except Exception as exc:  # never a traceback: its SQL parameters hold names and text
+        what = _error_kind(exc)
+        if _transient(exc):
+            state.stats["store_failed"] += 1
+            log.warning("bot %s update %s: storage unavailable (%s): 500, Telegram retries",
+                        bot_id, upd.update_id, what)
+            return _error(500, "storage unavailable, retry later")
+        state.stats["unstorable"] += 1
+        log.error("bot %s update %s cannot be stored (%s): acknowledged, as Telegram would "
+                  "retry it for 24 h and hold the chat's later updates", bot_id,
+                  upd.update_id, what)
+        return JSONResponse({"ok": False, "stored": False,
+                             "description": f"update cannot be stored ({what})"})
+    if isinstance(taken, JSONResponse):
+        return taken
+    stored, chat_id, item = taken
     # Committed: now the cached history may show it (appended, or reloaded after an edit).
     if state.reads is not None and chat_id is not None and stored:
         if item is not None:

@@ -336,3 +336,37 @@ async def test_a_body_over_the_limit_is_413_while_streamed(
     assert r.status_code == 413
     assert sent <= MAX_BODY_BYTES + 65_536  # it stopped reading past the limit
     assert await count(sessionmaker, Message) == 0
+
+
+@pytest.mark.parametrize("transient", [True, False])
+async def test_a_storage_error_never_logs_the_message_and_retries_only_an_outage(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, transient: bool,
+) -> None:
+    """An unreachable database → 500, so Telegram retries (the human message is not
+    acknowledged unstored); a value the database refuses → acknowledged 200 ``ok: false``
+    (a retry would fail for 24 h and hold the chat's later updates). Either way it is
+    counted and logged by class, never with the text a traceback's SQL parameters quote."""
+    from sqlalchemy.exc import DataError, OperationalError
+
+    from backend.stores import messages as message_store
+
+    c, bot_id, state = client
+    secret_text = "Deniz'in gizli mesajı 4242"
+
+    async def refuse(*_args: Any, **_kwargs: Any) -> bool:
+        kind = OperationalError if transient else DataError
+        raise kind("INSERT INTO messages ...", {"text": secret_text}, Exception(secret_text))
+
+    monkeypatch.setattr(message_store, "take_update", refuse)
+    caplog.set_level("DEBUG")
+    r = await post(c, bot_id, update(1, 1, text=secret_text))
+    if transient:
+        assert r.status_code == 500 and state.stats["store_failed"] == 1
+    else:
+        assert r.status_code == 200 and r.json()["ok"] is False
+        assert state.stats["unstorable"] == 1
+    assert secret_text not in caplog.text and "4242" not in r.text
+    assert ("OperationalError" if transient else "DataError") in caplog.text
+    monkeypatch.undo()
+    assert (await post(c, bot_id, update(1, 1))).json() == {"ok": True, "stored": True}
