@@ -33,8 +33,8 @@ from backend.schemas import Persona, SimulationSettings
 from behavior_engine.llm.offline import OfflineGenerator
 from behavior_engine.llm.phrase_memory import TOKEN, char_grams, jaccard
 from behavior_engine.market import MarketFeed, holdings_pnl_pct, mood_from_pnl
-from behavior_engine.realism.formulas import separability_accuracy
-from behavior_engine.realism.metrics import MIN_PER_SPEAKER, SEPARABILITY_MIN_WORDS
+from behavior_engine.realism.metrics import separability_metric
+from behavior_engine.realism.records import MessageRecord
 from behavior_engine.scheduler import draw_topic
 from behavior_engine.turn import ChatLine, GenerationRequest, MarketSnapshot, TurnContext
 from behavior_engine.typist import Pace, jitter_rng
@@ -142,21 +142,13 @@ def text_figures(run: list[tuple[str, str]], *, kappa: bool = True) -> dict[str,
 
 
 def group_kappa(run: list[tuple[str, str]]) -> float | None:
-    """``botsim realism``'s separability κ of one chat (behavior_engine.realism.metrics):
-    speakers with fewer than ``MIN_PER_SPEAKER`` messages of ≥ 3 words left out, the first
-    ``per`` of each; None when fewer than two speakers are left."""
-    by: dict[str, list[str]] = {}
-    for name, text in run:
-        if len(WORD.findall(text)) >= SEPARABILITY_MIN_WORDS:
-            by.setdefault(name, []).append(text)
-    kept = {s: t for s, t in by.items() if len(t) >= MIN_PER_SPEAKER}
-    if len(kept) < 2:
-        return None
-    per = min(len(t) for t in kept.values())
-    texts = [t for s in sorted(kept) for t in kept[s][:per]]
-    labels = [s for s in sorted(kept) for _ in range(per)]
-    k = len(kept)
-    return round((separability_accuracy(texts, labels) - 1 / k) / (1 - 1 / k), 3)
+    """``botsim realism``'s separability κ of one chat
+    (:func:`behavior_engine.realism.metrics.separability_metric` on the run's messages);
+    None when fewer than two speakers have enough messages."""
+    records = [MessageRecord(message_id=i, sender=name, is_bot=True, text=text, at=START)
+               for i, (name, text) in enumerate(run, 1)]
+    value = separability_metric([records]).value
+    return None if value is None else round(value, 3)
 
 
 async def demo_group_figures(personas: list[Persona], n: int,

@@ -352,13 +352,16 @@ class _Writer:
         best = min(cands, key=self.staleness)
         if best:
             self.used.append(best)
-        return _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), best)
+        return self.alternatives(best)
+
+    def alternatives(self, text: str) -> str:
+        """``text`` with each ``(a|b)`` replaced by one of its alternatives."""
+        return _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), text)
 
     def render(self, template: str) -> str:
         """``template`` with its alternatives drawn and its placeholders filled."""
         vals = {**self.values, "sym": self.rng.choice(self.names)}
-        text = _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), template)
-        return " ".join(text.format_map(vals).split())
+        return " ".join(self.alternatives(template).format_map(vals).split())
 
     def pick(self, templates: list[str], max_words: int | None = None) -> str | None:
         """Render a template whose placeholders are all known (``None`` if none): of
@@ -382,7 +385,7 @@ class _Writer:
 
     def pool(self, kind: str) -> list[str]:
         """Templates of one piece kind for the current topic."""
-        b, form = self.bank, self.register("content")
+        b, form = self.bank, self.form
         kind = kind.rstrip("0123456789")
         group = _group(self.topic)
         if kind == "fact":
