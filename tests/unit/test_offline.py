@@ -321,6 +321,15 @@ def test_a_reply_never_says_two_opinion_markers_in_a_row() -> None:
         "Ayşe, bence değil."
 
 
+def test_no_text_carries_a_phrases_unresolved_alternatives() -> None:
+    # a reply lead "olur da (zamanı|vakti) değil" was sent with its parentheses: choose()
+    # drew phrases without resolving their alternatives
+    agreeing = line("Zeynep", "bitcoin yükselir bence, daha çıkar 🚀", "zeynep_yeni_bot", False)
+    outs = [write_message(ctx_for(p, i, topic="btc", reply=reply))
+            for p in DEMO.values() for reply in (None, agreeing) for i in range(150)]
+    assert not [o for o in outs if re.search(r"\([^()]*\|[^()]*\)", o)]
+
+
 def test_questions_are_answered_not_argued() -> None:
     q = line("Deniz", "Sizce altın daha çıkar mı?")
     for name, p in DEMO.items():
