@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 #: Errors of httpx after which the request certainly did not reach the server.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
+#: The update kinds setWebhook asks for. Telegram leaves ``chat_member`` out unless it is
+#: listed (Bot API, setWebhook ``allowed_updates``); the listener keeps membership from it
+#: and from ``my_chat_member``.
+ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member", "chat_member")
+
 
 @dataclass(frozen=True, slots=True)
 class SentMessage:
@@ -159,9 +164,12 @@ class BotClient:
         await self._request.shutdown()
 
     async def send_message(
-        self, *, chat_id: int, text: str, reply_to_message_id: int | None = None
+        self, *, chat_id: int, text: str, reply_to_message_id: int | None = None,
+        message_thread_id: int | None = None,
     ) -> SentMessage:
-        """sendMessage; a reply uses ``reply_parameters`` with ``allow_sending_without_reply``.
+        """sendMessage as plain text (no ``parse_mode``: a text can never fail to parse); a
+        reply uses ``reply_parameters`` with ``allow_sending_without_reply``;
+        ``message_thread_id`` posts inside a forum topic (Bot API, sendMessage).
 
         Raises:
             TelegramError: a subclass per the module table.
@@ -173,7 +181,8 @@ class BotClient:
         )
         try:
             msg = await self._bot.send_message(
-                chat_id=chat_id, text=text, reply_parameters=reply
+                chat_id=chat_id, text=text, reply_parameters=reply,
+                message_thread_id=message_thread_id,
             )
         except tg_error.TelegramError as exc:
             raise translate_error(exc, bot_id=self.bot_id) from exc
@@ -203,7 +212,7 @@ class BotClient:
             await self._bot.set_webhook(
                 url=url,
                 secret_token=secret_token,
-                allowed_updates=allowed_updates or ["message", "edited_message"],
+                allowed_updates=allowed_updates or list(ALLOWED_UPDATES),
             )
         except tg_error.TelegramError as exc:
             raise translate_error(exc, bot_id=self.bot_id) from exc
