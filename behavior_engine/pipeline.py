@@ -199,8 +199,9 @@ class TurnRecords(Protocol):
         """Commit a sent turn (message, outcome, answered flag, mood); returns the message
         as the chat's history shows it."""
 
-    async def leave_chat(self, turn: Turn) -> None:
-        """The bot was removed from the turn's chat (403): stop it posting there."""
+    async def leave_chat(self, turn: Turn, *, status: str, reason: str) -> None:
+        """The bot was removed from the turn's chat (403): its membership there becomes
+        ``status`` (``kicked`` or ``left``) and it stops posting there."""
 
     async def disable_bot(self, bot_id: int) -> None:
         """Telegram refused the bot's token (401): disable the bot."""
@@ -466,7 +467,8 @@ class TurnPipeline:
                 return Outcome(turn=turn, status="skipped", error=str(exc))
             except TelegramForbidden as exc:
                 log.error("bot %s removed from chat %s: %s", turn.bot_id, chat_id, exc)
-                await self.records.leave_chat(turn)
+                status = "kicked" if "kicked" in str(exc).lower() else "left"
+                await self.records.leave_chat(turn, status=status, reason=f"403 {exc}")
                 return await self._failed(turn, exc)
             except TelegramInvalidToken as exc:
                 log.error("bot %s disabled: %s", turn.bot_id, exc)

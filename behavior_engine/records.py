@@ -12,6 +12,7 @@ from backend.cache import TwoLayerCache
 from backend.schemas import MessageMeta
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import members as member_store
 from backend.stores import turns as turn_store
 from behavior_engine.pipeline import Sent, message_time
 from behavior_engine.reads import HistoryItem, item_from_row
@@ -66,11 +67,15 @@ class StoreTurnRecords:
                 mood=sent.mood)
         return item_from_row(msg, sent.bot.name, sent.bot.username)
 
-    async def leave_chat(self, turn: Turn) -> None:
-        """See :func:`backend.stores.chats.remove_bot`."""
+    async def leave_chat(self, turn: Turn, *, status: str, reason: str) -> None:
+        """Telegram refused the bot in the turn's chat (403): its membership there becomes
+        ``status`` (``kicked`` or ``left``), so it takes no more turns there until Telegram
+        reports it back; its configuration (``chat_bots``) is kept
+        (:func:`backend.stores.members.set_bot_member`)."""
         async with self.sessionmaker() as session, session.begin():
-            await chat_store.remove_bot(session, chat_id=turn.chat_id, bot_id=turn.bot_id,
-                                        cache=self.cache)
+            await member_store.set_bot_member(session, chat_id=turn.chat_id,
+                                              bot_id=turn.bot_id, status=status,
+                                              reason=reason, cache=self.cache)
 
     async def disable_bot(self, bot_id: int) -> None:
         """See :func:`backend.stores.bots.disable_bot`."""

@@ -85,6 +85,37 @@ class Chat(Base):
     topics: Mapped[TopicWeights] = mapped_column(PydanticJSON(TopicWeights))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The chat's Telegram id before its group became a supergroup (Bot API, Message:
+    #: ``migrate_to_chat_id`` / ``migrate_from_chat_id``); updates from it still find it.
+    migrated_from_telegram_chat_id: Mapped[int | None] = mapped_column(
+        BigInteger, unique=True, nullable=True)
+
+
+class ChatMember(Base):
+    """A Telegram user's membership of a chat as Telegram last reported it.
+
+    Rows come from ``my_chat_member`` / ``chat_member`` updates, service messages
+    (``new_chat_members``, ``left_chat_member``) and send errors (403: kicked or not a
+    member). ``bot_id`` is set when the user is one of our bots: a bot whose row is not
+    active (:data:`backend.stores.members.ACTIVE`) takes no turn in that chat, while its
+    ``chat_bots`` configuration (talkativeness) is kept for when it is added back. No row:
+    nothing heard yet, taken as a member.
+    """
+
+    __tablename__ = "chat_members"
+
+    chat_id: Mapped[int] = mapped_column(
+        ForeignKey("chats.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    bot_id: Mapped[int | None] = mapped_column(
+        ForeignKey("bots.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    can_send: Mapped[bool] = mapped_column(Boolean, default=True)
+    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ChatBot(Base):

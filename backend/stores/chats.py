@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.cache import TwoLayerCache
-from backend.db.models import Bot, Chat, ChatBot
+from backend.db.models import Bot, Chat, ChatBot, ChatMember, LLMCall, Message, TurnRecord
 from backend.errors import NotFound, ValidationFailed
-from backend.invalidation import KIND_CHATS, invalidate_after_commit
+from backend.invalidation import KIND_CHATS, KIND_HISTORY, invalidate_after_commit
 from backend.schemas import TopicWeights
+from backend.stores.members import is_active
 
 
 async def upsert_chat(
@@ -90,10 +91,13 @@ async def get_chat(session: AsyncSession, *, chat_id: int) -> Chat:
 
 
 async def get_chat_by_telegram_id(session: AsyncSession, *, telegram_chat_id: int) -> Chat | None:
-    """Return the chat with Telegram id ``telegram_chat_id``, or None."""
-    return (
-        await session.execute(select(Chat).where(Chat.telegram_chat_id == telegram_chat_id))
-    ).scalar_one_or_none()
+    """Return the chat with Telegram id ``telegram_chat_id`` (its current id, or its id
+    before its group became a supergroup: :func:`map_migration`), or None."""
+    return (await session.execute(
+        select(Chat).where((Chat.telegram_chat_id == telegram_chat_id)
+                           | (Chat.migrated_from_telegram_chat_id == telegram_chat_id))
+        .order_by(Chat.telegram_chat_id != telegram_chat_id).limit(1)
+    )).scalar_one_or_none()
 
 
 async def set_enabled(
@@ -138,14 +142,13 @@ async def migrate_chat(
     session: AsyncSession, *, chat_id: int, new_telegram_chat_id: int,
     cache: TwoLayerCache | None = None,
 ) -> bool:
-    """Point ``chat_id`` at its new Telegram id after the group became a supergroup.
-
-    Telegram answers a send to the old id with 400 and ``migrate_to_chat_id``
-    (core.telegram.org/bots/api#responseparameters); from then on only the new id works.
+    """Point our chat ``chat_id`` at its new Telegram id after the group became a
+    supergroup (a send answered 400 with ``migrate_to_chat_id``,
+    core.telegram.org/bots/api#responseparameters): :func:`map_migration` from the chat's
+    current Telegram id.
 
     Returns:
-        True if the chat now has ``new_telegram_chat_id``; False when another chat of ours
-        already has that id (nothing changed: the operator must merge them).
+        True (the chat now has ``new_telegram_chat_id``).
 
     Raises:
         NotFound: there is no chat ``chat_id``.
@@ -153,13 +156,92 @@ async def migrate_chat(
     chat = await get_chat(session, chat_id=chat_id)
     if chat.telegram_chat_id == new_telegram_chat_id:
         return True
-    other = await get_chat_by_telegram_id(session, telegram_chat_id=new_telegram_chat_id)
-    if other is not None:
-        return False
-    chat.telegram_chat_id = new_telegram_chat_id
+    await map_migration(session, old_telegram_chat_id=chat.telegram_chat_id,
+                        new_telegram_chat_id=new_telegram_chat_id, cache=cache)
+    return True
+
+
+async def map_migration(
+    session: AsyncSession, *, old_telegram_chat_id: int, new_telegram_chat_id: int,
+    title: str | None = None, cache: TwoLayerCache | None = None,
+) -> Chat:
+    """One chat from a group and the supergroup it became (Bot API, Message:
+    ``migrate_to_chat_id`` in the old group, ``migrate_from_chat_id`` in the new one; either
+    may arrive first, and a send may learn it first from a 400).
+
+    - Only the old chat is ours: it takes the new Telegram id and remembers the old one
+      (``migrated_from_telegram_chat_id``), keeping its history, members and settings.
+    - Only the new one is: it remembers the old id.
+    - Neither: a new chat, disabled (an operator enables it), as for any unknown chat.
+    - Both (a message from the supergroup arrived before any news of the migration): the
+      new one is merged into the old one (its messages, members, bot configuration and
+      turns move; it is deleted), the old one enabled if either was.
+
+    Message ids restart at 1 in a supergroup, so the old group's messages keep their
+    Telegram ids negated (a reply to one of them can no longer be sent there anyway, and
+    the two id ranges never collide). Idempotent; the cached chat list and the chat's
+    history are invalidated after the commit.
+
+    Returns:
+        The chat, now with ``telegram_chat_id == new_telegram_chat_id``.
+    """
+    old = await get_chat_by_telegram_id(session, telegram_chat_id=old_telegram_chat_id)
+    new = (await session.execute(
+        select(Chat).where(Chat.telegram_chat_id == new_telegram_chat_id)
+    )).scalar_one_or_none()
+    if old is not None and old is new:  # mapped already
+        return old
+    if old is None and new is None:
+        new = Chat(telegram_chat_id=new_telegram_chat_id, enabled=False,
+                   title=(title or str(new_telegram_chat_id))[:255],
+                   topics=TopicWeights(weights={"general": 1.0}))
+        session.add(new)
+    if old is None:
+        assert new is not None
+        new.migrated_from_telegram_chat_id = old_telegram_chat_id
+        await session.flush()
+        invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+        return new
+    await _negate_message_ids(session, chat_id=old.id)
+    if new is not None:
+        await _merge_into(session, keep=old, gone=new)
+    old.telegram_chat_id = new_telegram_chat_id
+    old.migrated_from_telegram_chat_id = old_telegram_chat_id
+    if title:
+        old.title = title[:255]
     await session.flush()
     invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
-    return True
+    invalidate_after_commit(session, cache, KIND_HISTORY, str(old.id))
+    return old
+
+
+async def _negate_message_ids(session: AsyncSession, *, chat_id: int) -> None:
+    """The old group's messages keep their Telegram ids negated (:func:`map_migration`)."""
+    await session.execute(
+        update(Message).where(Message.chat_id == chat_id, Message.telegram_message_id > 0)
+        .values(telegram_message_id=-Message.telegram_message_id,
+                reply_to_telegram_message_id=-Message.reply_to_telegram_message_id))
+
+
+async def _merge_into(session: AsyncSession, *, keep: Chat, gone: Chat) -> None:
+    """Move ``gone``'s messages, turns, members and bot configuration into ``keep`` and
+    delete ``gone`` (rows ``keep`` already has win)."""
+    await session.execute(update(Message).where(Message.chat_id == gone.id)
+                          .values(chat_id=keep.id))
+    await session.execute(update(TurnRecord).where(TurnRecord.chat_id == gone.id)
+                          .values(chat_id=keep.id))
+    await session.execute(update(LLMCall).where(LLMCall.chat_id == gone.id)
+                          .values(chat_id=keep.id))
+    for model, key in ((ChatBot, ChatBot.bot_id), (ChatMember, ChatMember.user_id)):
+        have = set((await session.execute(
+            select(key).where(model.chat_id == keep.id))).scalars().all())
+        await session.execute(delete(model).where(model.chat_id == gone.id, key.in_(have)))
+        await session.execute(update(model).where(model.chat_id == gone.id)
+                              .values(chat_id=keep.id))
+    keep.enabled = keep.enabled or gone.enabled
+    await session.flush()
+    await session.delete(gone)
+    await session.flush()
 
 
 async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, list[int]]]:
@@ -172,18 +254,21 @@ async def enabled_chats_with_talkativeness(
     session: AsyncSession,
 ) -> list[tuple[Chat, dict[int, float | None]]]:
     """Every enabled chat with its enabled member bots, ``{bot id: talkativeness in the
-    chat}`` (None: the persona's), in chat then bot order (one query)."""
+    chat}`` (None: the persona's), in chat then bot order (one query). A bot whose
+    membership Telegram reports as not active (kicked, left, restricted from sending:
+    :mod:`backend.stores.members`) is left out of that chat."""
     rows = (await session.execute(
-        select(Chat, Bot.id, ChatBot.talkativeness)
+        select(Chat, Bot.id, ChatBot.talkativeness, ChatMember.status, ChatMember.can_send)
         .outerjoin(ChatBot, ChatBot.chat_id == Chat.id)
         .outerjoin(Bot, (Bot.id == ChatBot.bot_id) & Bot.enabled.is_(True))
+        .outerjoin(ChatMember, (ChatMember.chat_id == Chat.id) & (ChatMember.bot_id == Bot.id))
         .where(Chat.enabled.is_(True))
         .order_by(Chat.id, Bot.id)
     )).all()
     chats: dict[int, tuple[Chat, dict[int, float | None]]] = {}
-    for chat, bot_id, talk in rows:
+    for chat, bot_id, talk, status, can_send in rows:
         entry = chats.setdefault(chat.id, (chat, {}))
-        if bot_id is not None:
+        if bot_id is not None and (status is None or is_active(status, bool(can_send))):
             entry[1][int(bot_id)] = None if talk is None else float(talk)
     return list(chats.values())
 

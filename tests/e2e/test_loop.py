@@ -21,6 +21,7 @@ from backend.db.types import utcnow
 from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import members as member_store
 from backend.stores import settings as settings_store
 from behavior_engine.llm.factory import build_chain
 from behavior_engine.market import MarketFeed
@@ -256,8 +257,15 @@ async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> Non
             async with world.sessionmaker() as s:
                 chat = await chat_store.get_chat_by_telegram_id(s, telegram_chat_id=CHAT)
                 assert chat is not None
-                members = await chat_store.chat_bots(s, chat_id=chat.id)
-            return kicked_token_bot not in {b.telegram_user_id for b in members}
+                rows = await member_store.chat_members(s, chat_id=chat.id)
+                talking = {c.id: set(t) for c, t in
+                           await chat_store.enabled_chats_with_talkativeness(s)}
+                configured = await chat_store.chat_bots(s, chat_id=chat.id)
+            row = next((r for r in rows if r.user_id == kicked_token_bot), None)
+            # Kicked; the chat's talkers leave it out; its configuration is kept.
+            return (row is not None and row.status == "kicked" and row.bot_id is not None
+                    and row.bot_id not in talking[chat.id]
+                    and row.bot_id in {b.id for b in configured})
 
         assert await wait_until(left, 30), dict(worker.stats)
 

@@ -107,7 +107,7 @@ class FakeRecords:
                            text=sent.generation.text, created_at=sent.message.date,
                            reply_to=sent.reply_to)
 
-    async def leave_chat(self, turn: Turn) -> None:
+    async def leave_chat(self, turn: Turn, *, status: str, reason: str) -> None:
         self.left.append((turn.bot_id, turn.chat_id))
 
     async def disable_bot(self, bot_id: int) -> None:
