@@ -58,6 +58,53 @@ CHAT_ACTIONS = frozenset(
     " choose_sticker find_location record_video_note upload_video_note".split()
 )
 GROUP_TYPES = frozenset({"group", "supergroup"})
+#: Update kinds that an empty (default) ``allowed_updates`` does NOT deliver (Bot API,
+#: setWebhook/getUpdates: "all update types except chat_member, message_reaction, and
+#: message_reaction_count").
+OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+#: Service-message fields (Bot API, Message). Privacy mode always lets these through.
+SERVICE_FIELDS = frozenset({
+    "new_chat_members", "left_chat_member", "new_chat_title", "new_chat_photo",
+    "delete_chat_photo", "group_chat_created", "supergroup_chat_created", "migrate_to_chat_id",
+    "migrate_from_chat_id", "pinned_message", "forum_topic_created", "forum_topic_edited",
+    "forum_topic_closed", "forum_topic_reopened",
+})
+#: Sender of anonymous group admins' messages (Bot API, Message.from: "GroupAnonymousBot").
+GROUP_ANONYMOUS_BOT = {"id": 1087968824, "is_bot": True, "first_name": "Group",
+                       "username": "GroupAnonymousBot"}
+#: Sender of linked channels' automatic forwards (Bot API, Message.from: user 777000).
+TELEGRAM_USER = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
+#: Sender of messages a member sends "as" a channel (Bot API, Message.from: Channel_Bot).
+CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel",
+               "username": "Channel_Bot"}
+#: Who did an admin action when a helper is not told (a made-up chat owner).
+DEFAULT_OWNER = {"id": 1, "is_bot": False, "first_name": "Owner"}
+#: Rights of an administrator bot (Bot API, ChatMemberAdministrator).
+ADMIN_RIGHTS: dict[str, Any] = {
+    "can_be_edited": False, "is_anonymous": False, "can_manage_chat": True,
+    "can_delete_messages": True, "can_manage_video_chats": True, "can_restrict_members": True,
+    "can_promote_members": False, "can_change_info": True, "can_invite_users": True,
+    "can_post_stories": False, "can_edit_stories": False, "can_delete_stories": False,
+    "can_pin_messages": True, "can_manage_topics": True,
+}
+#: Rights of a restricted bot that may not write (Bot API, ChatMemberRestricted).
+RESTRICTED_RIGHTS: dict[str, Any] = {
+    "is_member": True, "can_send_messages": False, "can_send_audios": False,
+    "can_send_documents": False, "can_send_photos": False, "can_send_videos": False,
+    "can_send_video_notes": False, "can_send_voice_notes": False, "can_send_polls": False,
+    "can_send_other_messages": False, "can_add_web_page_previews": False,
+    "can_change_info": False, "can_invite_users": False, "can_pin_messages": False,
+    "can_manage_topics": False, "can_edit_tag": False, "can_react_to_messages": False,
+    "until_date": 0,
+}
+#: Tags of parse_mode HTML (Bot API, Formatting options).
+HTML_TAGS = frozenset("b strong i em u ins s strike del span tg-spoiler a code pre blockquote "
+                      "tg-emoji".split())
+MARKDOWN_V2_RESERVED = "_*[]()~`>#+-=|{}.!"
+_MD_NAMES = {"*": "Bold", "_": "Italic", "__": "Underline", "~": "Strikethrough",
+             "||": "Spoiler", "`": "Code", "```": "Pre", "[": "TextUrl"}
+#: Colours Telegram allows for a topic icon (Bot API, createForumTopic.icon_color).
+TOPIC_COLORS = (7322096, 16766590, 13338331, 9367192, 16749490, 16478047)
 
 
 @dataclass(frozen=True)
@@ -148,6 +195,7 @@ class _Bot:
     last_error_date: int | None = None
     last_error_message: str | None = None
     delivery: asyncio.Task[None] | None = None
+    privacy: bool = False
 
 
 @dataclass(eq=False)
@@ -156,10 +204,14 @@ class _Chat:
     members: dict[int, dict[str, Any]] = field(default_factory=dict)
     bots: set[int] = field(default_factory=set)
     kicked: set[int] = field(default_factory=set)
+    #: user id -> "creator" | "administrator" | "restricted" (absent: plain "member").
+    roles: dict[int, str] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
     by_id: dict[int, dict[str, Any]] = field(default_factory=dict)
     next_message_id: int = 1
     migrated_to: int | None = None
+    #: Forum topics: message_thread_id -> the forum_topic_created service message.
+    topics: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -217,12 +269,159 @@ def _retry_after(wait: float) -> int:
     return max(1, math.ceil(wait - 1e-9))
 
 
-def _text_of(params: dict[str, Any]) -> str:
-    text = params.get("text")
+def _entity_error(detail: str) -> ApiError:
+    return ApiError(400, f"Bad Request: can't parse entities: {detail}")
+
+
+def _byte_offset(text: str, index: int) -> int:
+    """Telegram reports parse errors at UTF-8 byte offsets."""
+    return len(text[:index].encode("utf-8"))
+
+
+def _parse_html(text: str) -> str:
+    """parse_mode HTML: check the tags (Bot API, Formatting options) and strip them.
+
+    Errors as Telegram words them: 'Unsupported start tag "x" at byte offset N',
+    'Unexpected end tag at byte offset N', 'Unmatched end tag at byte offset N, expected
+    "</a>", found "</b>"', 'Can't find end tag corresponding to start tag "b"'.
+    """
+    out: list[str] = []
+    stack: list[str] = []
+    pos = 0
+    for m in re.finditer(r"<(/?)([^<>\s/]*)([^<>]*)>|<", text):
+        out.append(text[pos:m.start()])
+        pos, at = m.end(), _byte_offset(text, m.start())
+        if m.group(0) == "<":
+            raise _entity_error(f'Unsupported start tag "" at byte offset {at}')
+        closing, name, attrs = m.group(1), m.group(2).lower(), m.group(3)
+        if closing:
+            if not stack:
+                raise _entity_error(f"Unexpected end tag at byte offset {at}")
+            if stack[-1] != name:
+                raise _entity_error(f'Unmatched end tag at byte offset {at}, expected '
+                                    f'"</{stack[-1]}>", found "</{name}>"')
+            stack.pop()
+            continue
+        if name not in HTML_TAGS:
+            raise _entity_error(f'Unsupported start tag "{name}" at byte offset {at}')
+        if name == "span" and "tg-spoiler" not in attrs:
+            raise _entity_error('Tag "span" must have class "tg-spoiler"')
+        stack.append(name)
+    if stack:
+        raise _entity_error(f'Can\'t find end tag corresponding to start tag "{stack[-1]}"')
+    out.append(text[pos:])
+    return html.unescape("".join(out))
+
+
+def _parse_markdown(text: str, v2: bool) -> str:
+    """parse_mode MarkdownV2 (``v2``) or legacy Markdown: check the markup and strip it.
+
+    MarkdownV2 (Bot API, Formatting options): outside entities each of
+    ``_*[]()~`>#+-=|{}.!`` must be escaped with a preceding backslash, else "Character 'c' is
+    reserved and must be escaped with the preceding '\\'"; an unclosed entity answers "Can't
+    find end of Bold entity at byte offset N". Legacy Markdown knows ``* _ ` ``` [..](..)``
+    only and answers "Can't find end of the entity starting at byte offset N".
+    """
+    out: list[str] = []
+    stack: list[tuple[str, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        code = stack[-1][0] if stack and stack[-1][0] in ("`", "```") else None
+        if c == "\\" and v2 and i + 1 < n:
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if code is not None:
+            if text.startswith(code, i):
+                stack.pop()
+                i += len(code)
+            else:
+                out.append(c)
+                i += 1
+            continue
+        marker = next((mk for mk in ("```", "__", "||") if text.startswith(mk, i)), c)
+        if marker == "__" and not v2:
+            marker = "_"
+        if marker in ("```", "`", "*", "_", "__", "~", "||") and (v2 or marker in "```*_"):
+            if stack and stack[-1][0] == marker:
+                stack.pop()
+            else:
+                stack.append((marker, i))
+                if marker == "```":  # skip the language name
+                    lang = re.match(r"[A-Za-z0-9_+-]*\n", text[i + 3:])
+                    i += len(lang.group(0)) if lang else 0
+            i += len(marker)
+            continue
+        if c == "[" or (v2 and text.startswith("![", i)):
+            stack.append(("[", i))
+            i += 1 if c == "[" else 2
+            continue
+        if c == "]" and stack and stack[-1][0] == "[":
+            start = stack.pop()[1]
+            if i + 1 < n and text[i + 1] == "(":
+                close = text.find(")", i + 2)
+                if close < 0:
+                    at = _byte_offset(text, start)
+                    raise _entity_error(f"Can't find end of a URL at byte offset {at}")
+                i = close + 1
+            else:
+                i += 1
+            continue
+        if v2 and c == ">" and (i == 0 or text[i - 1] == "\n"):  # block quotation
+            i += 1
+            continue
+        if v2 and c in MARKDOWN_V2_RESERVED:
+            raise _entity_error(f"Character '{c}' is reserved and must be escaped with the "
+                                "preceding '\\'")
+        out.append(c)
+        i += 1
+    if stack:
+        marker, start = stack[-1]
+        at = _byte_offset(text, start)
+        if not v2:
+            raise _entity_error(f"Can't find end of the entity starting at byte offset {at}")
+        raise _entity_error(f"Can't find end of {_MD_NAMES[marker]} entity at byte offset {at}")
+    return "".join(out)
+
+
+def _text_of(params: dict[str, Any], name: str = "text") -> str:
+    """The text after parse_mode (HTML, MarkdownV2, Markdown; none: verbatim)."""
+    text = params.get(name)
     text = "" if text is None else str(text)
-    if str(params.get("parse_mode") or "").upper() == "HTML":
-        text = html.unescape(re.sub(r"<[^>]*>", "", text))
-    return text
+    mode = str(params.get("parse_mode") or "")
+    if not mode:
+        return text
+    if mode.upper() == "HTML":
+        return _parse_html(text)
+    if mode.lower() in ("markdownv2", "markdown"):
+        return _parse_markdown(text, v2=mode.lower() == "markdownv2")
+    raise ApiError(400, "Bad Request: unsupported parse_mode")
+
+
+def _utf16_len(text: str) -> int:
+    """Length in UTF-16 code units (Telegram's entity offsets; non-BMP characters count 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _utf16_slice(text: str, offset: int, length: int) -> str:
+    data = text.encode("utf-16-le")
+    return data[2 * offset:2 * (offset + length)].decode("utf-16-le", "replace")
+
+
+def _auto_entities(text: str) -> list[dict[str, Any]]:
+    """MessageEntity list Telegram's apps produce for plain text: ``bot_command`` for a
+    leading ``/cmd`` or ``/cmd@bot`` and ``mention`` for each ``@username``; offsets and
+    lengths in UTF-16 code units (Bot API, MessageEntity)."""
+    found: list[tuple[int, int, str]] = []
+    cmd = re.match(r"/[A-Za-z0-9_]{1,64}(?:@[A-Za-z][A-Za-z0-9_]{3,31})?(?![\w@])", text)
+    if cmd:
+        found.append((0, cmd.end(), "bot_command"))
+    for m in re.finditer(r"(?<![\w@/])@[A-Za-z][A-Za-z0-9_]{3,31}(?![\w@])", text):
+        if not (cmd and m.start() < cmd.end()):
+            found.append((m.start(), m.end(), "mention"))
+    return [{"offset": _utf16_len(text[:a]), "length": _utf16_len(text[a:b]), "type": kind}
+            for a, b, kind in sorted(found)]
 
 
 def _check_text(text: str) -> str:
@@ -294,13 +493,15 @@ class TelegramSandbox:
     from the query string and a JSON, urlencoded or multipart body; nested values may be
     JSON objects or JSON-encoded strings as python-telegram-bot sends them):
     getMe, sendMessage, sendChatAction, setWebhook, deleteWebhook, getWebhookInfo,
-    getUpdates, close, logOut. Errors are ``{"ok": false, "error_code", "description",
-    "parameters"?}`` with the same HTTP status: 401 "Unauthorized" (unknown token),
-    404 "Not Found" (unknown method or malformed token), 400 "Bad Request: ..." (chat not
-    found, text empty/too long, reply not found, bad webhook; ``migrate_to_chat_id`` after
-    :meth:`migrate_chat`), 403 "Forbidden: bot is not a member of the <type> chat" / "bot
-    was kicked from the <type> chat", 409 "Conflict: ..." (getUpdates with a webhook or a
-    newer poller), 429 "Too Many Requests: retry after N" with ``retry_after`` N (s).
+    getUpdates, getChat, getChatMember, close, logOut. Errors are ``{"ok": false,
+    "error_code", "description", "parameters"?}`` with the same HTTP status: 401
+    "Unauthorized" (unknown or revoked token), 404 "Not Found" (unknown method or malformed
+    token), 400 "Bad Request: ..." (chat not found, text empty/too long, reply not found,
+    can't parse entities, message thread not found, not enough rights, bad webhook;
+    ``migrate_to_chat_id`` after :meth:`migrate_chat`), 403 "Forbidden: bot is not a member
+    of the <type> chat" / "bot was kicked from the <type> chat", 409 "Conflict: ..."
+    (getUpdates with a webhook or a newer poller), 429 "Too Many Requests: retry after N"
+    with ``retry_after`` N (s).
 
     Delivery: a human message (:meth:`post_as_human`) becomes one Update per member bot
     (``update_id`` increasing per bot); bots' own messages are never delivered to bots.
@@ -317,8 +518,10 @@ class TelegramSandbox:
     ``{"username", "first_name"}`` registers a new bot, as BotFather's /newbot does, and
     answers ``{"ok": true, "result": {"token", "user"}}``; ``POST
     /sandbox/chats/{chat_id}/bots`` with ``{"bot_id"}`` adds a registered bot to the chat,
-    as a member adding it in the app does. Bad input: 400/404 with a description naming
-    the field.
+    as a member adding it in the app does. ``POST /sandbox/bots/{bot_id}/revoke`` (BotFather
+    /revoke, :meth:`revoke_token`) answers ``{"ok": true, "result": {"token": new}}``;
+    ``POST /sandbox/bots/{bot_id}/privacy`` with ``{"enabled": bool}`` (:meth:`set_privacy`).
+    Bad input: 400/404 with a description naming the field.
 
     Args:
         clock: Monotonic seconds used for rate limits and update expiry; inject a fake
@@ -353,6 +556,7 @@ class TelegramSandbox:
         self.http_webhook_hosts = frozenset(h.lower() for h in http_webhook_hosts)
         self._bots: dict[int, _Bot] = {}
         self._chats: dict[int, _Chat] = {}
+        self._users: dict[int, dict[str, Any]] = {}
         self._buckets: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._windows: dict[tuple[Any, ...], deque[float]] = {}
         self._penalties: dict[tuple[Any, ...], float] = {}
@@ -368,6 +572,7 @@ class TelegramSandbox:
             "sendchataction": self._send_chat_action, "setwebhook": self._set_webhook,
             "deletewebhook": self._delete_webhook, "getwebhookinfo": self._get_webhook_info,
             "getupdates": self._get_updates, "close": self._true, "logout": self._true,
+            "getchat": self._get_chat, "getchatmember": self._get_chat_member,
         }
         self._app = Starlette(
             routes=[
@@ -377,6 +582,9 @@ class TelegramSandbox:
                 Route("/sandbox/stats", self._handle_stats, methods=["GET"]),
                 Route("/sandbox/bots", self._handle_new_bot, methods=["POST"]),
                 Route("/sandbox/chats/{chat_id}/bots", self._handle_add_bot,
+                      methods=["POST"]),
+                Route("/sandbox/bots/{bot_id}/revoke", self._handle_revoke, methods=["POST"]),
+                Route("/sandbox/bots/{bot_id}/privacy", self._handle_privacy,
                       methods=["POST"]),
             ],
             lifespan=self._lifespan,
@@ -402,28 +610,52 @@ class TelegramSandbox:
         self._bots[bot_id] = _Bot(token=token, user=user)
         return dict(user)
 
-    def add_chat(self, chat_id: int, title: str, type: str = "supergroup") -> dict[str, Any]:
-        """Create a chat; returns the Chat object ``{"id", "title", "type"}``.
+    def add_chat(self, chat_id: int, title: str, type: str = "supergroup", *,
+                 is_forum: bool = False) -> dict[str, Any]:
+        """Create a chat; returns the Chat object ``{"id", "title", "type", "is_forum"?}``.
+
+        ``is_forum``: a supergroup with topics enabled (Bot API, Chat.is_forum); see
+        :meth:`create_topic`.
 
         Raises:
-            SandboxError: chat id exists or type not group/supergroup/channel/private.
+            SandboxError: chat id exists, type not group/supergroup/channel/private, or a
+                forum that is not a supergroup.
         """
         if chat_id in self._chats:
             raise SandboxError(f"chat {chat_id} already exists")
         if type not in ("group", "supergroup", "channel", "private"):
             raise SandboxError(f"type {type!r} must be group, supergroup, channel or private")
-        self._chats[chat_id] = _Chat(chat={"id": chat_id, "title": title, "type": type})
-        return dict(self._chats[chat_id].chat)
+        if is_forum and type != "supergroup":
+            raise SandboxError("only a supergroup can be a forum (is_forum)")
+        chat: dict[str, Any] = {"id": chat_id, "title": title, "type": type}
+        if is_forum:
+            chat["is_forum"] = True
+        self._chats[chat_id] = _Chat(chat=chat)
+        return dict(chat)
 
-    def add_member(self, chat_id: int, user: dict[str, Any]) -> dict[str, Any]:
-        """Add a human ``{"id": int, "first_name": str, "username"?: str}``; returns User."""
+    def add_member(self, chat_id: int, user: dict[str, Any],
+                   status: str = "member") -> dict[str, Any]:
+        """Add a human ``{"id": int, "first_name": str, "username"?: str}``; returns User.
+
+        ``status``: "member", "administrator" or "creator" (what getChatMember answers; the
+        creator is the default author of admin actions such as :meth:`kick_bot`). Silent:
+        no update is delivered (see :meth:`human_joins` for the live event).
+        """
         chat = self._chat(chat_id)
         if not isinstance(user.get("id"), int) or not user.get("first_name"):
             raise SandboxError("user needs an integer 'id' and a non-empty 'first_name'")
+        if status not in ("member", "administrator", "creator"):
+            raise SandboxError(f"status {status!r} must be member, administrator or creator")
         member = {"id": user["id"], "is_bot": False, "first_name": str(user["first_name"])}
         if user.get("username"):
             member["username"] = str(user["username"])
         chat.members[user["id"]] = member
+        chat.kicked.discard(user["id"])
+        if status == "member":
+            chat.roles.pop(user["id"], None)
+        else:
+            chat.roles[user["id"]] = status
+        self._users[user["id"]] = member
         return dict(member)
 
     def add_bot_to_chat(self, chat_id: int, token_or_bot_id: str | int) -> None:
@@ -439,6 +671,58 @@ class TelegramSandbox:
         chat = self._chat(chat_id)
         chat.bots.discard(bot_id)
         chat.kicked.add(bot_id)
+        chat.roles.pop(bot_id, None)
+
+    def promote_bot(self, chat_id: int, token_or_bot_id: str | int) -> None:
+        """Make a member bot an administrator (:data:`ADMIN_RIGHTS`). Admin bots see every
+        group message even with privacy mode on (core.telegram.org/bots/features)."""
+        self._set_role(chat_id, token_or_bot_id, "administrator")
+
+    def restrict_bot(self, chat_id: int, token_or_bot_id: str | int) -> None:
+        """Restrict a member bot (``can_send_messages: false``, :data:`RESTRICTED_RIGHTS`):
+        sendMessage then answers 400 "Bad Request: not enough rights to send text messages
+        to the chat"."""
+        self._set_role(chat_id, token_or_bot_id, "restricted")
+
+    def _set_role(self, chat_id: int, token_or_bot_id: str | int, role: str) -> None:
+        bot_id = self._bot(token_or_bot_id).user["id"]
+        chat = self._chat(chat_id)
+        if bot_id not in chat.bots:
+            raise SandboxError(f"bot {bot_id} is not a member of chat {chat_id}", 404)
+        chat.roles[bot_id] = role
+
+    def set_privacy(self, token_or_bot_id: str | int, enabled: bool) -> None:
+        """BotFather's /setprivacy. Default off. On: getMe answers
+        ``can_read_all_group_messages: false`` and, in groups and supergroups where the bot
+        is not an administrator, it receives only messages with a ``bot_command`` (``/cmd``
+        or ``/cmd@its_username``; BotFather: "messages that start with the '/' symbol"), a
+        ``mention`` of "@its_username" (or a ``text_mention`` of it), replies to its own
+        messages, and service messages (core.telegram.org/bots/features#privacy-mode)."""
+        self._bot(token_or_bot_id).privacy = bool(enabled)
+
+    def revoke_token(self, token_or_bot_id: str | int) -> str:
+        """BotFather's /revoke: same bot id, new token ``f"{id}:{random}"`` (returned).
+
+        The old token then answers 401 "Unauthorized" to every method and the webhook is
+        removed (delivery stops; pending updates stay for getUpdates or a new webhook).
+        """
+        bot = self._bot(token_or_bot_id)
+        self._stop_delivery(bot)
+        bot.webhook = None
+        bot.token = f"{bot.user['id']}:{secrets.token_urlsafe(26)}"
+        bot.poll_generation += 1
+        bot.wakeup.set()  # a long poll with the old token ends
+        return bot.token
+
+    def delete_message(self, chat_id: int, message_id: int) -> None:
+        """A human admin deletes a message in the app: it leaves the chat (replies to it get
+        400 "Bad Request: message to be replied not found") and the chat log marks it
+        ``"deleted": true`` (a sandbox-only field)."""
+        chat = self._chat(chat_id)
+        message = chat.by_id.pop(message_id, None)
+        if message is None:
+            raise SandboxError(f"message_id {message_id} not found in chat {chat_id}", 404)
+        message["deleted"] = True
 
     def migrate_chat(self, chat_id: int, new_chat_id: int) -> dict[str, Any]:
         """Upgrade a group to a supergroup with a new id (Telegram: migrate_to_chat_id).
@@ -465,15 +749,28 @@ class TelegramSandbox:
                 self.add_bot_to_chat(int(c["id"]), bot)
 
     async def post_as_human(self, chat_id: int, user_id: int, text: str,
-                            reply_to_message_id: int | None = None) -> dict[str, Any]:
-        """A human member posts ``text``; every member bot gets an Update.
+                            reply_to_message_id: int | None = None, *,
+                            message_thread_id: int | None = None,
+                            entities: list[dict[str, Any]] | None = None,
+                            forward_from: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A human member posts ``text``; every member bot that may see it gets an Update.
+
+        ``entities``: MessageEntity list used as given (e.g. a ``text_mention`` with
+        ``user``); None computes ``mention``/``bot_command`` entities as the apps do
+        (:func:`_auto_entities`, UTF-16 offsets). ``message_thread_id``: a forum topic
+        (:meth:`create_topic`); the message then carries ``message_thread_id`` and
+        ``is_topic_message: true`` and, replying to nothing else, ``reply_to_message`` =
+        the topic's creation message (Bot API, Message). A reply to a topic message lands
+        in its topic. ``forward_from``: a User; the message gets ``forward_origin``
+        ``{"type": "user", "sender_user", "date"}`` (Bot API, MessageOriginUser).
+        Privacy mode (:meth:`set_privacy`) decides which bots get it.
 
         Returns:
             The stored Message object. Message ids are chat-wide (as in supergroups).
 
         Raises:
             SandboxError: unknown chat/user (status 404), empty or > 4096-char text, or
-                unknown ``reply_to_message_id`` (status 400).
+                unknown ``reply_to_message_id``/``message_thread_id`` (status 400).
         """
         chat = self._chat(chat_id)
         user = chat.members.get(user_id)
@@ -481,16 +778,44 @@ class TelegramSandbox:
             raise SandboxError(f"user_id {user_id} is not a member of chat {chat_id}", 404)
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
             raise SandboxError(f"text must be 1-{MAX_TEXT_LENGTH} non-blank characters")
+        content: dict[str, Any] = {"text": text}
+        found = _auto_entities(text) if entities is None else copy.deepcopy(entities)
+        if found:
+            content["entities"] = found
+        extra: dict[str, Any] = {}
+        if forward_from is not None:
+            extra["forward_origin"] = {"type": "user", "sender_user": dict(forward_from),
+                                       "date": int(self.wall_clock())}
+        return self._post(chat, user, content, reply_to_message_id, message_thread_id, extra)
+
+    def _post(self, chat: _Chat, sender: dict[str, Any] | None, content: dict[str, Any],
+              reply_to_message_id: int | None, thread_id: int | None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Store a human-side message and deliver it to the member bots (a copy back)."""
         reply = None
         if reply_to_message_id is not None:
             reply = chat.by_id.get(reply_to_message_id)
             if reply is None:
-                raise SandboxError(
-                    f"reply_to_message_id {reply_to_message_id} not found in chat {chat_id}")
-        message = self._store(chat, user, text, reply)
-        for bot_id in sorted(chat.bots):
-            self._enqueue(self._bots[bot_id], {"message": copy.deepcopy(message)})
+                raise SandboxError(f"reply_to_message_id {reply_to_message_id} not found in "
+                                   f"chat {chat.chat['id']}")
+        try:
+            thread_id, reply = self._resolve_thread(chat, thread_id, reply)
+        except ApiError:
+            raise SandboxError(f"message_thread_id {thread_id} is not a topic of chat "
+                               f"{chat.chat['id']}") from None
+        message = self._store(chat, sender, content, reply, thread_id=thread_id, extra=extra)
+        self._broadcast(chat, message)
         return copy.deepcopy(message)
+
+    def deliver_raw(self, token_or_bot_id: str | int, payload: dict[str, Any]) -> int:
+        """Enqueue an update with any payload, e.g. ``{"callback_query": {...}}``,
+        ``{"channel_post": {...}}``, ``{"poll": {...}}`` or ``{"message_reaction": {...}}``
+        (Bot API, Update); ``allowed_updates`` still applies. Returns its ``update_id``."""
+        bot = self._bot(token_or_bot_id)
+        if not isinstance(payload, dict) or len(payload) != 1 or "update_id" in payload:
+            raise SandboxError("payload must be one {kind: object} pair, without update_id")
+        self._enqueue(bot, copy.deepcopy(payload))
+        return int(bot.next_update_id - 1)
 
     # ------------------------------------------------------------------ inspection
     def messages(self, chat_id: int) -> list[dict[str, Any]]:
@@ -559,19 +884,104 @@ class TelegramSandbox:
             raise SandboxError(f"chat {chat_id} not found", 404)
         return chat
 
-    def _store(self, chat: _Chat, sender: dict[str, Any], text: str,
-               reply: dict[str, Any] | None) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "message_id": chat.next_message_id, "from": dict(sender),
-            "chat": dict(chat.chat), "date": int(self.wall_clock()), "text": text,
-        }
+    def _store(self, chat: _Chat, sender: dict[str, Any] | None, content: dict[str, Any],
+               reply: dict[str, Any] | None = None, *, thread_id: int | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Append a Message (Bot API field order) with the next chat-wide message_id."""
+        message: dict[str, Any] = {"message_id": chat.next_message_id}
+        if thread_id is not None:
+            message["message_thread_id"] = thread_id
+        if sender is not None:
+            message["from"] = dict(sender)
+        extra = dict(extra or {})
+        if "sender_chat" in extra:
+            message["sender_chat"] = extra.pop("sender_chat")
+        message.update({"chat": dict(chat.chat), "date": int(self.wall_clock())})
+        message.update(extra)
+        if thread_id is not None:
+            message["is_topic_message"] = True
         if reply is not None:  # Telegram does not nest reply_to_message further
             message["reply_to_message"] = {k: v for k, v in reply.items()
-                                           if k != "reply_to_message"}
+                                           if k not in ("reply_to_message", "deleted")}
+        message.update(copy.deepcopy(content))
         chat.next_message_id += 1
         chat.messages.append(message)
         chat.by_id[message["message_id"]] = message
         return message
+
+    def _resolve_thread(self, chat: _Chat, thread_id: int | None,
+                        reply: dict[str, Any] | None) -> tuple[int | None,
+                                                               dict[str, Any] | None]:
+        """Forum topics: a reply inherits its target's topic; a topic message replying to
+        nothing replies to the topic's creation message. Outside forums ``thread_id`` is
+        ignored. Raises ApiError 400 "message thread not found" for an unknown topic."""
+        if not chat.chat.get("is_forum"):
+            return None, reply
+        if thread_id is None and reply is not None:
+            thread_id = reply.get("message_thread_id") if reply.get("is_topic_message") else None
+        if thread_id is None:
+            return None, reply
+        topic = chat.topics.get(thread_id)
+        if topic is None:
+            raise ApiError(400, "Bad Request: message thread not found")
+        return thread_id, reply if reply is not None else topic
+
+    def _broadcast(self, chat: _Chat, message: dict[str, Any], kind: str = "message",
+                   skip: Collection[int] = ()) -> None:
+        """Deliver ``{kind: message}`` to every member bot that may see it (privacy mode);
+        never to the bot that sent it."""
+        sender = (message.get("from") or {}).get("id")
+        for bot_id in sorted(chat.bots):
+            bot = self._bots[bot_id]
+            if bot_id in skip or bot_id == sender or not self._sees(bot, chat, message):
+                continue
+            self._enqueue(bot, {kind: copy.deepcopy(message)})
+
+    def _sees(self, bot: _Bot, chat: _Chat, message: dict[str, Any]) -> bool:
+        """Privacy mode (core.telegram.org/bots/features#privacy-mode), see set_privacy."""
+        bot_id, username = bot.user["id"], str(bot.user.get("username", "")).lower()
+        if not bot.privacy or chat.chat["type"] not in GROUP_TYPES:
+            return True
+        if chat.roles.get(bot_id) in ("administrator", "creator"):
+            return True
+        if SERVICE_FIELDS & message.keys():
+            return True
+        reply = message.get("reply_to_message") or {}
+        if (reply.get("from") or {}).get("id") == bot_id:
+            return True
+        text = message.get("text") or message.get("caption") or ""
+        for entity in message.get("entities") or message.get("caption_entities") or []:
+            segment = _utf16_slice(text, int(entity["offset"]), int(entity["length"]))
+            kind = entity.get("type")
+            if kind == "mention" and segment[1:].lower() == username:
+                return True
+            if kind == "text_mention" and (entity.get("user") or {}).get("id") == bot_id:
+                return True
+            if kind == "bot_command" and entity["offset"] == 0:
+                target = segment.partition("@")[2].lower()
+                if not target or target == username:
+                    return True
+        return False
+
+    def _member(self, chat: _Chat, user_id: int) -> dict[str, Any]:
+        """ChatMember (Bot API): status creator/administrator/member/restricted/left/kicked."""
+        user = self._bots[user_id].user if user_id in self._bots else self._users[user_id]
+        if user_id in chat.kicked:
+            status = "kicked"
+        elif user_id in chat.bots or user_id in chat.members:
+            status = chat.roles.get(user_id, "member")
+        else:
+            status = "left"
+        member: dict[str, Any] = {"status": status, "user": dict(user)}
+        if status == "administrator":
+            member.update(ADMIN_RIGHTS)
+        elif status == "restricted":
+            member.update(RESTRICTED_RIGHTS)
+        elif status == "kicked":
+            member["until_date"] = 0
+        elif status == "creator":
+            member["is_anonymous"] = False
+        return member
 
     def _enqueue(self, bot: _Bot, payload: dict[str, Any]) -> None:
         update = {"update_id": bot.next_update_id, **payload}
@@ -582,13 +992,15 @@ class TelegramSandbox:
         self._ensure_delivery(bot)
 
     def _expire_and_filter(self, bot: _Bot, allowed: list[str]) -> None:
-        """Drop updates older than 24 h and updates of types not in ``allowed``."""
+        """Drop updates older than 24 h and updates of kinds not in ``allowed``; an empty
+        ``allowed`` (Telegram's default) means every kind but :data:`OPT_IN_UPDATES`."""
         now = self.clock()
         kept: deque[tuple[float, dict[str, Any]]] = deque()
         for queued_at, update in bot.pending:
+            kind = next((k for k in update if k != "update_id"), "")
             if now - queued_at > UPDATE_TTL:
                 self._counters["updates_expired"] += 1
-            elif not allowed or any(kind in update for kind in allowed):
+            elif (kind in allowed) if allowed else (kind not in OPT_IN_UPDATES):
                 kept.append((queued_at, update))
         bot.pending = kept
 
@@ -627,6 +1039,15 @@ class TelegramSandbox:
             raise ApiError(429, f"Too Many Requests: retry after {seconds}", retry_after=seconds)
 
     def _chat_for_bot(self, bot: _Bot, params: dict[str, Any]) -> _Chat:
+        chat = self._known_chat(params)
+        kind = chat.chat["type"]
+        if bot.user["id"] in chat.kicked:
+            raise ApiError(403, f"Forbidden: bot was kicked from the {kind} chat")
+        if bot.user["id"] not in chat.bots:
+            raise ApiError(403, f"Forbidden: bot is not a member of the {kind} chat")
+        return chat
+
+    def _known_chat(self, params: dict[str, Any]) -> _Chat:
         chat_id = params.get("chat_id")
         if chat_id is None or chat_id == "":
             raise ApiError(400, "Bad Request: chat_id is empty")
@@ -639,11 +1060,6 @@ class TelegramSandbox:
         if chat.migrated_to is not None:
             raise ApiError(400, "Bad Request: group chat was upgraded to a supergroup chat",
                            migrate_to_chat_id=chat.migrated_to)
-        kind = chat.chat["type"]
-        if bot.user["id"] in chat.kicked:
-            raise ApiError(403, f"Forbidden: bot was kicked from the {kind} chat")
-        if bot.user["id"] not in chat.bots:
-            raise ApiError(403, f"Forbidden: bot is not a member of the {kind} chat")
         return chat
 
     # ------------------------------------------------------------------ methods
@@ -651,12 +1067,46 @@ class TelegramSandbox:
         return True
 
     async def _get_me(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
-        return {**bot.user, "can_join_groups": True, "can_read_all_group_messages": True,
+        return {**bot.user, "can_join_groups": True,
+                "can_read_all_group_messages": not bot.privacy,
                 "supports_inline_queries": False}
 
-    async def _send_message(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
-        """sendMessage: chat checks, text 1-4096, reply_parameters, then rate limits."""
+    async def _get_chat(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
+        """getChat: ChatFullInfo (id, type, title, is_forum when set, and the fields
+        python-telegram-bot requires). Same chat errors as sendMessage."""
         chat = self._chat_for_bot(bot, params)
+        gifts = dict.fromkeys(("unlimited_gifts", "limited_gifts", "unique_gifts",
+                               "premium_subscription", "gifts_from_channels"), False)
+        return {**chat.chat, "accent_color_id": 0, "max_reaction_count": 11,
+                "accepted_gift_types": gifts}
+
+    async def _get_chat_member(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
+        """getChatMember: a ChatMember (see :meth:`_member`).
+
+        A bot asking about itself always gets its own status ("kicked" with until_date 0
+        after :meth:`kick_bot`, "left" if never added), as a bot learns it was removed.
+        Asking about others needs membership: the same errors as sendMessage (400 "chat not
+        found" for an unknown chat or the migrate_to_chat_id answer, 403 "bot was kicked
+        from"/"bot is not a member of" the chat). Unknown user: 400 "Bad Request: user not
+        found"; bad user_id: 400 "Bad Request: invalid user_id specified".
+        """
+        user_id = _int(params, "user_id")
+        if user_id is None:
+            raise ApiError(400, "Bad Request: invalid user_id specified")
+        chat = self._known_chat(params)
+        if user_id != bot.user["id"]:
+            self._chat_for_bot(bot, params)
+            if user_id not in self._bots and user_id not in self._users:
+                raise ApiError(400, "Bad Request: user not found")
+        return self._member(chat, user_id)
+
+    async def _send_message(self, bot: _Bot, params: dict[str, Any]) -> dict[str, Any]:
+        """sendMessage: chat checks, rights, parse_mode, text 1-4096, reply_parameters,
+        message_thread_id (forums), then rate limits."""
+        chat = self._chat_for_bot(bot, params)
+        if chat.roles.get(bot.user["id"]) == "restricted":
+            raise ApiError(400, "Bad Request: not enough rights to send text messages to the "
+                                "chat")
         text = _check_text(_text_of(params))
         reply_params = _json(params, "reply_parameters")
         if reply_params is not None and not isinstance(reply_params, dict):
@@ -668,6 +1118,7 @@ class TelegramSandbox:
         reply = chat.by_id.get(reply_id) if reply_id else None
         if reply_id and reply is None and not allow_missing:
             raise ApiError(400, "Bad Request: message to be replied not found")
+        thread_id, reply = self._resolve_thread(chat, _int(params, "message_thread_id"), reply)
         now, bot_id, chat_id = self.clock(), bot.user["id"], chat.chat["id"]
         lim, is_group = self.limits, chat.chat["type"] in GROUP_TYPES
         chat_key: tuple[Any, ...] = ("chat", bot_id, chat_id)
@@ -684,7 +1135,8 @@ class TelegramSandbox:
         self._windows[("global", bot_id)].append(now)
         self._sent[bot_id] = self._sent.get(bot_id, 0) + 1
         # Bots' messages are not delivered to other bots (Telegram, TELEGRAM.md).
-        return copy.deepcopy(self._store(chat, bot.user, text, reply))
+        return copy.deepcopy(self._store(chat, bot.user, {"text": text}, reply,
+                                         thread_id=thread_id))
 
     async def _send_chat_action(self, bot: _Bot, params: dict[str, Any]) -> bool:
         """sendChatAction: 20 per 5 s and 40 per 30 s per chat."""
@@ -738,11 +1190,13 @@ class TelegramSandbox:
         allowed = _json(params, "allowed_updates")
         if allowed is not None and not isinstance(allowed, list):
             raise ApiError(400, "Bad Request: can't parse allowed updates JSON object")
+        if allowed is not None:  # Bot API: "If not specified, the previous setting is used"
+            bot.allowed_updates = [str(a) for a in allowed]
         bot.last_set_webhook = now
         if _bool(params, "drop_pending_updates"):
             bot.pending.clear()
         self._stop_delivery(bot)
-        bot.webhook = _Webhook(url, secret, max_conn, [str(a) for a in allowed or []])
+        bot.webhook = _Webhook(url, secret, max_conn, list(bot.allowed_updates))
         bot.poll_generation += 1
         bot.wakeup.set()  # terminates a running long poll
         bot.last_error_date = bot.last_error_message = None
@@ -782,7 +1236,7 @@ class TelegramSandbox:
         if isinstance(allowed, list):
             bot.allowed_updates = [str(a) for a in allowed]
         bot.poll_generation += 1
-        generation = bot.poll_generation
+        generation, token = bot.poll_generation, bot.token
         bot.wakeup.set()  # wake an older poller so it can be terminated
         await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
@@ -801,6 +1255,8 @@ class TelegramSandbox:
             bot.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(bot.wakeup.wait(), remaining)
+            if bot.token != token:  # revoke_token during the long poll
+                raise ApiError(401, "Unauthorized")
             if bot.poll_generation != generation:
                 raise ApiError(409, "Conflict: terminated by other getUpdates request; make "
                                     "sure that only one bot instance is running")
@@ -987,6 +1443,33 @@ class TelegramSandbox:
             if not isinstance(bot_id, int) or isinstance(bot_id, bool):
                 raise SandboxError("field 'bot_id' is required and must be an integer")
             self.add_bot_to_chat(chat_id, bot_id)
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": True})
+
+    @staticmethod
+    def _path_int(request: Request, name: str) -> int:
+        try:
+            return int(request.path_params[name])
+        except ValueError:
+            raise SandboxError(f"{name} in the path must be an integer") from None
+
+    async def _handle_revoke(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/bots/{bot_id}/revoke``: :meth:`revoke_token`."""
+        try:
+            token = self.revoke_token(self._path_int(request, "bot_id"))
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": {"token": token}})
+
+    async def _handle_privacy(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/bots/{bot_id}/privacy`` ``{"enabled": bool}``: :meth:`set_privacy`."""
+        try:
+            bot_id = self._path_int(request, "bot_id")
+            enabled = (await self._json_object(request)).get("enabled")
+            if not isinstance(enabled, bool):
+                raise SandboxError("field 'enabled' is required and must be a boolean")
+            self.set_privacy(bot_id, enabled)
         except SandboxError as exc:
             return exc.json()
         return JSONResponse({"ok": True, "result": True})
