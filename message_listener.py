@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
@@ -41,7 +41,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from backend.cache import TwoLayerCache
 from backend.crypto import Secrets, webhook_secret_for
+from backend.db.models import Chat
 from backend.invalidation import KIND_HISTORY
 from backend.metrics import metrics_app
 from backend.schemas import MessageMeta, TopicWeights
@@ -49,114 +51,29 @@ from backend.settings import Settings
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import health
+from backend.stores import members as member_store
 from backend.stores import messages as message_store
 from behavior_engine.membership import HistoryIntake, ReplyIntake, reply_intake_for
 from behavior_engine.reads import CachedReads, HistoryItem
 from bots.telegram import BotClient
+from bots.updates import (
+    CAPTION_MAX,
+    ID52_MAX,
+    INT32_MAX,
+    NAME_MAX,
+    TEXT_MAX,
+    TgChat,
+    TgChatMemberUpdated,
+    TgMessage,
+    TgUpdate,
+)
 
 log = logging.getLogger("botsim.listener")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY_BYTES = 1_000_000
-#: Bot API: an Integer field is 32-bit signed unless it says it "may have more than 32
-#: significant bits" (message_id, update_id, date do not).
-INT32_MAX = 2**31 - 1
-#: Bot API, Chat.id and User.id: "at most 52 significant bits".
-ID52_MAX = 2**52
-#: Bot API: a message's text is 1-4096 characters, a caption 0-1024 (sendMessage,
-#: sendPhoto). Python counts code points, never more than Telegram's UTF-16 units.
-TEXT_MAX = 4096
-CAPTION_MAX = 1024
-#: Longest name, username or title stored (the ``sender_name`` and chat title columns).
-NAME_MAX = 255
-_STRICT = ConfigDict(extra="ignore", strict=True)
-
-
-def _no_nul(value: str | None) -> str | None:
-    """Refuse a NUL character (PostgreSQL's text type cannot hold one)."""
-    if value is not None and "\x00" in value:
-        raise ValueError("contains a NUL character")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
-
-
-class TgUser(BaseModel):
-    """The part of Telegram's ``User`` the listener reads."""
-
-    model_config = _STRICT
-    id: int = Field(ge=-ID52_MAX, le=ID52_MAX)
-    is_bot: bool = False
-    first_name: Text = Field(default="", max_length=NAME_MAX)
-    last_name: Text | None = Field(default=None, max_length=NAME_MAX)
-    username: Text | None = Field(default=None, max_length=NAME_MAX)
-
-    def display_name(self) -> str:
-        """First and last name, or the username, or the id."""
-        full = " ".join(p for p in (self.first_name, self.last_name) if p)
-        return full or self.username or str(self.id)
-
-
-class TgChat(BaseModel):
-    """The part of Telegram's ``Chat`` the listener reads."""
-
-    model_config = _STRICT
-    id: int = Field(ge=-ID52_MAX, le=ID52_MAX)
-    type: Text = Field(max_length=32)
-    title: Text | None = Field(default=None, max_length=NAME_MAX)
-
-
-class TgReplyRef(BaseModel):
-    """A replied-to message, by id."""
-
-    model_config = _STRICT
-    message_id: int = Field(ge=1, le=INT32_MAX)
-
-
-class TgMessage(BaseModel):
-    """The part of Telegram's ``Message`` the listener reads."""
-
-    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
-    message_id: int = Field(ge=1, le=INT32_MAX)
-    date: int = Field(ge=0, le=INT32_MAX)
-    chat: TgChat
-    from_user: TgUser | None = Field(default=None, alias="from")
-    text: Text | None = Field(default=None, max_length=TEXT_MAX)
-    caption: Text | None = Field(default=None, max_length=CAPTION_MAX)
-    reply_to_message: TgReplyRef | None = None
-    photo: list[Any] | None = None
-    sticker: dict[str, Any] | None = None
-    document: dict[str, Any] | None = None
-    voice: dict[str, Any] | None = None
-
-    def kind(self) -> str:
-        """``text`` or the kind of a non-text message."""
-        for name in ("photo", "sticker", "document", "voice"):
-            if getattr(self, name):
-                return name
-        return "text" if self.text is not None else "other"
-
-
-class TgUpdate(BaseModel):
-    """The part of Telegram's ``Update`` the listener reads; any other payload (a
-    ``my_chat_member``, a ``callback_query``...) is taken and ignored, but an update carries
-    at most one payload (Bot API, Update: "At most one of the optional parameters can be
-    present in any given update")."""
-
-    model_config = _STRICT
-    update_id: int = Field(ge=0, le=INT32_MAX)
-    message: TgMessage | None = None
-    edited_message: TgMessage | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_payload(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            payloads = sorted(k for k in data if k != "update_id")
-            if len(payloads) > 1:
-                raise ValueError(f"an update carries one payload, got {', '.join(payloads)}")
-        return data
+__all__ = ["CAPTION_MAX", "ID52_MAX", "INT32_MAX", "MAX_BODY_BYTES", "NAME_MAX", "SECRET_HEADER",
+           "TEXT_MAX", "ListenerState", "TgUpdate", "create_app", "register_webhooks", "serve"]
 
 
 @dataclass
@@ -172,7 +89,12 @@ class ListenerState:
         intake: how a new human message reaches the workers
             (:func:`behavior_engine.membership.reply_intake_for`; default: the history).
         stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``,
-            ``store_failed``: answered 500 for a retry, ``unstorable``: acknowledged unstored).
+            ``service``: service messages applied, ``membership``: member changes applied,
+            ``ignored``: kinds not used, ``store_failed``: answered 500 for a retry,
+            ``unstorable``: acknowledged unstored).
+        kinds: updates taken by kind (``message``, ``my_chat_member``, ``callback_query``...,
+            and ``service:<kind>`` for service messages); also exported as
+            ``botsim_listener_updates_total{kind}``.
     """
 
     sessionmaker: async_sessionmaker[AsyncSession]
@@ -183,9 +105,10 @@ class ListenerState:
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("updates", "duplicates", "stored", "rejected", "malformed", "ignored",
-             "dispatch_failed", "store_failed", "unstorable"), 0
+             "service", "membership", "dispatch_failed", "store_failed", "unstorable"), 0
         )
     )
+    kinds: Counter[str] = field(default_factory=Counter)
 
     async def refresh_bots(self) -> None:
         """Reload the bot id → Telegram user id map."""
@@ -195,6 +118,29 @@ class ListenerState:
 
 def _error(status: int, description: str) -> JSONResponse:
     return JSONResponse({"ok": False, "description": description}, status_code=status)
+
+
+def _cache(state: ListenerState) -> TwoLayerCache | None:
+    return state.reads.cache if state.reads is not None else None
+
+
+async def _chat_for(session: AsyncSession, state: ListenerState, tg: TgChat) -> Chat:
+    """Our chat for Telegram's ``tg`` (by its id, or its id before a migration); a chat the
+    operator has not registered is added disabled: its messages are kept, no bot talks
+    there."""
+    chat = await chat_store.get_chat_by_telegram_id(session, telegram_chat_id=tg.id)
+    if chat is None:
+        chat = await chat_store.upsert_chat(
+            session, telegram_chat_id=tg.id, title=tg.title or str(tg.id),
+            topics=TopicWeights(weights={"general": 1.0}).weights, enabled_if_new=False,
+            cache=_cache(state))
+        log.warning("update for unregistered chat %s: stored, chat added disabled", tg.id)
+    return chat
+
+
+def _our_bot(state: ListenerState, telegram_user_id: int) -> int | None:
+    """Our bot id for a Telegram user id, or None."""
+    return next((b for b, t in state.bots.items() if t == telegram_user_id), None)
 
 
 async def _store_message(
@@ -208,40 +154,37 @@ async def _store_message(
         edit or a message already stored).
     """
     sender = msg.from_user
-    our_bot_ids = {t for t in state.bots.values() if t is not None}
-    if sender is not None and sender.id in our_bot_ids:
+    if msg.sender_chat is None and sender is not None and _our_bot(state, sender.id):
         return False, None, None  # our own bot: recorded from the send response
-    chat = await chat_store.get_chat_by_telegram_id(session, telegram_chat_id=msg.chat.id)
-    if chat is None:
-        # A chat the operator has not registered yet: keep its messages, do not talk there.
-        chat = await chat_store.upsert_chat(
-            session,
-            telegram_chat_id=msg.chat.id,
-            title=msg.chat.title or str(msg.chat.id),
-            topics=TopicWeights(weights={"general": 1.0}).weights, enabled_if_new=False,
-        )
-        log.warning("update for unregistered chat %s: stored, chat added disabled", msg.chat.id)
-    text = msg.text if msg.text is not None else (msg.caption or "")
-    is_human = sender is not None and not sender.is_bot
-    sender_id = sender.id if sender is not None else msg.chat.id
+    chat = await _chat_for(session, state, msg.chat)
+    # A late message from the group a supergroup came from: its ids live in the negated
+    # range (backend.stores.chats.map_migration).
+    sign = -1 if msg.chat.id == chat.migrated_from_telegram_chat_id else 1
+    text = msg.body()
+    sender_id, sender_name, username, is_human = msg.speaker()
     meta = MessageMeta(
-        sender_is_bot=bool(sender and sender.is_bot),
-        sender_username=sender.username if sender else None,
+        sender_is_bot=not is_human,
+        sender_username=username,
         kind=msg.kind(),
         update_id=update_id,
         edited=edited,
+        thread_id=msg.thread(),
+        mentions=msg.mentions(),
+        forwarded_from=msg.forward_origin.name()[:NAME_MAX] if msg.forward_origin else None,
+        sender_chat=msg.sender_chat is not None,
     )
     created = datetime.fromtimestamp(msg.date, UTC)
-    sender_name = sender.display_name() if sender else (msg.chat.title or "channel")
-    reply_to = msg.reply_to_message.message_id if msg.reply_to_message else None
+    target = msg.reply_target()
+    reply_to = sign * target if target is not None else None
+    telegram_message_id = sign * msg.message_id
     reply_wanted = is_human and bool(text.strip()) and chat.enabled and not edited
     new_id = await message_store.record_incoming(
         session,
         chat_id=chat.id,
-        telegram_message_id=msg.message_id,
+        telegram_message_id=telegram_message_id,
         text=text,
         sender_id=sender_id,
-        sender_name=sender_name,
+        sender_name=sender_name[:NAME_MAX],
         meta=meta,
         created_at=created,
         reply_to_telegram_message_id=reply_to,
@@ -249,16 +192,76 @@ async def _store_message(
     )
     if new_id is None and edited:
         await message_store.record_edit(session, chat_id=chat.id,
-                                        telegram_message_id=msg.message_id, text=text, meta=meta)
+                                        telegram_message_id=telegram_message_id, text=text,
+                                        meta=meta)
         return True, chat.id, None
     if new_id is None:
         return False, chat.id, None
     item = HistoryItem(
-        message_id=new_id, telegram_message_id=msg.message_id, bot_id=None,
-        speaker=sender_name, speaker_username=meta.sender_username, is_human=is_human,
+        message_id=new_id, telegram_message_id=telegram_message_id, bot_id=None,
+        speaker=sender_name, speaker_username=username, is_human=is_human,
         text=text, created_at=created, reply_to=reply_to, reply_wanted=reply_wanted,
+        thread_id=meta.thread_id, mentions=meta.mentions,
     )
     return True, chat.id, item
+
+
+async def _apply_service(session: AsyncSession, state: ListenerState, msg: TgMessage,
+                         kind: str) -> None:
+    """A service message changes the chat's state and never enters its history: members
+    joining or leaving (``chat_members``), a new title, a migration to a supergroup (one
+    chat: :func:`backend.stores.chats.map_migration`). Other kinds (a pin, a topic created,
+    a video chat...) are counted only."""
+    cache = _cache(state)
+    if msg.migrate_to_chat_id is not None:
+        await chat_store.map_migration(session, old_telegram_chat_id=msg.chat.id,
+                                       new_telegram_chat_id=msg.migrate_to_chat_id,
+                                       cache=cache)
+        return
+    if msg.migrate_from_chat_id is not None:
+        await chat_store.map_migration(session, old_telegram_chat_id=msg.migrate_from_chat_id,
+                                       new_telegram_chat_id=msg.chat.id, title=msg.chat.title,
+                                       cache=cache)
+        return
+    if kind not in ("new_chat_members", "left_chat_member", "new_chat_title"):
+        return
+    chat = await _chat_for(session, state, msg.chat)
+    at = datetime.fromtimestamp(msg.date, UTC)
+    by = f"{kind} from {msg.from_user.id}" if msg.from_user else kind
+    for user in msg.new_chat_members or ():
+        await member_store.set_member(session, chat_id=chat.id, user_id=user.id,
+                                      status="member", name=user.display_name(),
+                                      bot_id=_our_bot(state, user.id), reason=by, at=at,
+                                      cache=cache)
+    if msg.left_chat_member is not None:
+        user = msg.left_chat_member
+        await member_store.set_member(session, chat_id=chat.id, user_id=user.id,
+                                      status="left", name=user.display_name(),
+                                      bot_id=_our_bot(state, user.id), reason=by, at=at,
+                                      cache=cache)
+    if msg.new_chat_title is not None:
+        await chat_store.set_title(session, chat_id=chat.id, title=msg.new_chat_title,
+                                   cache=cache)
+
+
+async def _apply_member(session: AsyncSession, state: ListenerState,
+                        change: TgChatMemberUpdated, kind: str) -> None:
+    """``my_chat_member`` (this bot's own membership changed) or ``chat_member`` (anyone's):
+    the member's new status is recorded (:func:`backend.stores.members.set_member`); a bot
+    of ours kicked, left or restricted from sending takes no more turns there."""
+    new = change.new_chat_member
+    if new.status not in member_store.STATUSES:
+        raise _Refused(f"{kind}.new_chat_member.status: {new.status!r} is not a status")
+    chat = await _chat_for(session, state, change.chat)
+    await member_store.set_member(
+        session, chat_id=chat.id, user_id=new.user.id, status=new.status,
+        name=new.user.display_name(), bot_id=_our_bot(state, new.user.id),
+        can_send=new.can_send_messages, reason=f"{kind} from {change.from_user.id}",
+        at=datetime.fromtimestamp(change.date, UTC), cache=_cache(state))
+
+
+class _Refused(ValueError):
+    """An update valid as JSON whose meaning the Bot API does not allow (answered 400)."""
 
 
 def _transient(exc: BaseException) -> bool:
@@ -278,24 +281,38 @@ def _error_kind(exc: BaseException) -> str:
 
 async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
                 ) -> JSONResponse | tuple[bool, int | None, HistoryItem | None]:
-    """Take ``upd`` once and store its message, in one transaction: a response when there
-    is nothing more to do (a duplicate, no message), else what :func:`_store_message` says.
+    """Take ``upd`` once and act on it, in one transaction: a response when there is
+    nothing more to do (a duplicate, a service message, a membership change, a kind we do
+    not use), else what :func:`_store_message` says.
 
     Raises:
+        _Refused: the update means something the Bot API does not allow.
         Exception: whatever the database raises (the caller sorts it out).
     """
+    kind = upd.kind()
     async with state.sessionmaker() as session, session.begin():
         if not await message_store.take_update(session, bot_id=bot_id, update_id=upd.update_id):
             state.stats["duplicates"] += 1
             return JSONResponse({"ok": True, "duplicate": True})
+        state.kinds[kind] += 1
         msg = upd.message or upd.edited_message
-        if msg is None:
-            state.stats["ignored"] += 1
-            log.info("bot %s update %s has no message: ignored", bot_id, upd.update_id)
-            return JSONResponse({"ok": True, "ignored": True})
-        return await _store_message(
-            session, state, bot_id, upd.update_id, msg, edited=upd.message is None
-        )
+        change = upd.my_chat_member or upd.chat_member
+        if msg is not None:
+            service = msg.service_kind()
+            if service is None:
+                return await _store_message(
+                    session, state, bot_id, upd.update_id, msg, edited=upd.message is None)
+            state.kinds[f"service:{service}"] += 1
+            state.stats["service"] += 1
+            await _apply_service(session, state, msg, service)
+            return JSONResponse({"ok": True, "service": service})
+        if change is not None:
+            state.stats["membership"] += 1
+            await _apply_member(session, state, change, kind)
+            return JSONResponse({"ok": True, "membership": change.new_chat_member.status})
+        state.stats["ignored"] += 1
+        log.info("bot %s update %s is a %s: counted, not used", bot_id, upd.update_id, kind)
+        return JSONResponse({"ok": True, "ignored": True, "kind": kind})
 
 
 async def webhook(request: Request) -> JSONResponse:
@@ -341,6 +358,10 @@ async def webhook(request: Request) -> JSONResponse:
     state.stats["updates"] += 1
     try:
         taken = await _take(state, bot_id, upd)
+    except _Refused as exc:
+        state.stats["malformed"] += 1
+        log.warning("webhook for bot %s: malformed update: %s", bot_id, exc)
+        return _error(400, f"malformed update: {exc}")
     except Exception as exc:  # never a traceback: its SQL parameters hold names and text
         what = _error_kind(exc)
         if _transient(exc):

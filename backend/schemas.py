@@ -391,6 +391,12 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
         read_ms: the reading pause before a reply (``behavior_engine.typist``), ms.
         typing_ms: how long "typing…" showed before the send: generation plus the typing
             pause after it, ms.
+        thread_id: the forum topic (``message_thread_id``) the message is in, if any.
+        mentions: usernames it mentions (lowercase, no ``@``; ``id:<user id>`` for a person
+            without one), from Telegram's entities (``bots.updates.TgMessage.mentions``).
+        forwarded_from: the forwarded message's origin (a person's or chat's name).
+        sender_chat: the message was sent on behalf of a chat (an anonymous admin, a
+            channel): True; the sender id is then the chat's.
     """
 
     provider: str | None = None
@@ -407,6 +413,10 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
     wait_ms: float | None = None
     read_ms: float | None = None
     typing_ms: float | None = None
+    thread_id: int | None = None
+    mentions: tuple[str, ...] = ()
+    forwarded_from: str | None = None
+    sender_chat: bool = False
 
 
 class ModelPrice(_Strict):

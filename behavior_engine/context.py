@@ -26,6 +26,8 @@ def to_line(item: HistoryItem) -> ChatLine:
         bot_id=item.bot_id,
         created_at=item.created_at,
         reply_to=item.reply_to,
+        thread_id=item.thread_id,
+        mentions=item.mentions,
     )
 
 

@@ -69,6 +69,8 @@ class HistoryItem(_Frozen):
         is_human: a person (not a bot of ours or anyone's).
         reply_to: the Telegram id it replies to; reply_wanted: a human waits for an answer.
         topic: the turn's topic for bot messages.
+        thread_id: the forum topic it is in (None: none, or the General topic).
+        mentions: usernames it mentions (``MessageMeta.mentions``).
     """
 
     message_id: int
@@ -82,6 +84,8 @@ class HistoryItem(_Frozen):
     reply_to: int | None = None
     reply_wanted: bool = False
     topic: str | None = None
+    thread_id: int | None = None
+    mentions: tuple[str, ...] = ()
 
 
 class ChatList(_Frozen):
@@ -110,6 +114,8 @@ def item_from_row(msg: Message, name: str | None, username: str | None) -> Histo
         reply_to=msg.reply_to_telegram_message_id,
         reply_wanted=msg.reply_wanted,
         topic=msg.meta.topic,
+        thread_id=msg.meta.thread_id,
+        mentions=msg.meta.mentions,
     )
 
 

@@ -317,7 +317,7 @@ def choose_repliers(
         if replied:
             return replied
     mentioned = [(pos, i) for i, b in enumerate(bots)
-                 if (pos := _mention_pos(waiting.line.text, b)) is not None]
+                 if (pos := _mention_pos(waiting.line, b)) is not None]
     if mentioned:
         return [bots[i] for _, i in sorted(mentioned)[:2]]
     if rng is None:
@@ -466,7 +466,7 @@ class Scheduler:
         reply_to = self._choose_reply_target(chat, speaker, st, settings, now)
         reason = "spontaneous"
         if reply_to is not None:
-            reason = "mention" if _mentions(reply_to.text, speaker) else "reply"
+            reason = "mention" if _mentions(reply_to, speaker) else "reply"
         return self._turn(chat, speaker, reply_to, reason, now,
                           turn_id=slot.turn_id(self._seed, chat.chat_id),
                           not_before=not_before)
@@ -592,7 +592,7 @@ class Scheduler:
                 delay = HUMAN_REPLY_MEDIAN_S * math.exp(self._rng.gauss(0.0, 0.45))
                 delay = min(12.0, max(1.5, delay)) + 4.0 * i
                 direct = waiting.reply_to_bot_id == bot.bot_id or _mentions(
-                    waiting.line.text, bot
+                    waiting.line, bot
                 )
                 self._replying[bot.bot_id] += 1
                 st.planned.append(
@@ -815,7 +815,7 @@ class Scheduler:
                 continue
             w = (0.6 + 0.4 * (i + 1) / n) * fade
             pool.append(m)
-            weights.append(w * (3.0 if _mentions(m.text, speaker) else 1.0))
+            weights.append(w * (3.0 if _mentions(m, speaker) else 1.0))
         if not pool:
             return None
         target = self._rng.choices(pool, weights=weights)[0]
@@ -878,20 +878,27 @@ def _wait_fits(bot: BotView, due: datetime, now: datetime) -> bool:
     return bot.send_wait <= ahead + TELEGRAM_WAIT_SLACK_S
 
 
-def _mention_pos(text: str, bot: BotView) -> int | None:
-    """Where ``text`` first mentions ``bot`` (by @username or by its first name, Turkish
-    suffixes allowed: "Ayşe'ye"), or None when it does not."""
-    low = text.lower()
-    found = [i for i in (low.find(f"@{bot.username.lower()}"),) if i >= 0]
+def _mention_pos(line: ChatLine, bot: BotView) -> int | None:
+    """Where ``line`` first mentions ``bot``, or None when it does not.
+
+    A mention is Telegram's (an entity naming the bot's username: ``line.mentions``), the
+    bot's ``@username`` in the text, or its first name as a whole word, Turkish suffixes
+    after an apostrophe allowed ("Ayşe'ye"; "Alim" does not name "Ali").
+    """
+    low = line.text.lower()
+    user = bot.username.lower()
+    found = [i for i in (low.find(f"@{user}"),) if i >= 0]
+    if user in line.mentions and not found:
+        found.append(line.mentions.index(user))
     first = bot.name.split()[0].lower() if bot.name.split() else ""
-    if first and (m := re.search(rf"(?<!\w){re.escape(first)}", low)) is not None:
+    if first and (m := re.search(rf"(?<!\w){re.escape(first)}(?!\w)", low)) is not None:
         found.append(m.start())
     return min(found, default=None)
 
 
-def _mentions(text: str, bot: BotView) -> bool:
-    """True when ``text`` mentions ``bot`` by @username or by its first name."""
-    return _mention_pos(text, bot) is not None
+def _mentions(line: ChatLine, bot: BotView) -> bool:
+    """True when ``line`` mentions ``bot`` (:func:`_mention_pos`)."""
+    return _mention_pos(line, bot) is not None
 
 
 def _speaker_key(line: ChatLine) -> str:

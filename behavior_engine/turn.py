@@ -29,6 +29,8 @@ class ChatLine:
         created_at: aware UTC time the message was sent.
         reply_to: Telegram's id of the message it replies to, if any (the scheduler reads
             answered messages and reply-chain depth from it).
+        thread_id: the forum topic it is in, if any (an answer goes into the same topic).
+        mentions: usernames it mentions, from Telegram's entities (lowercase, no ``@``).
     """
 
     telegram_message_id: int
@@ -39,6 +41,8 @@ class ChatLine:
     bot_id: int | None = None
     created_at: datetime | None = None
     reply_to: int | None = None
+    thread_id: int | None = None
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

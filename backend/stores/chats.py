@@ -78,6 +78,27 @@ async def remove_bot(
         invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
 
 
+async def set_title(
+    session: AsyncSession, *, chat_id: int, title: str, cache: TwoLayerCache | None = None
+) -> bool:
+    """Store the chat's new title (Telegram's ``new_chat_title``; cut to 255 characters).
+
+    Returns:
+        True when it changed.
+
+    Raises:
+        NotFound: there is no chat ``chat_id``.
+    """
+    chat = await get_chat(session, chat_id=chat_id)
+    title = title[:255]
+    if chat.title == title:
+        return False
+    chat.title = title
+    await session.flush()
+    invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+    return True
+
+
 async def get_chat(session: AsyncSession, *, chat_id: int) -> Chat:
     """Return the chat with our id ``chat_id``.
 

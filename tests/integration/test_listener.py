@@ -167,8 +167,9 @@ async def test_non_text_and_other_updates_not_lost(
     photo = update(1, 20, text=None, photo=[{"file_id": "x"}], caption="grafik")
     photo["message"].pop("text")
     assert (await post(c, bot_id, photo)).status_code == 200
-    r = await post(c, bot_id, {"update_id": 2, "my_chat_member": {"x": 1}})
-    assert r.status_code == 200 and r.json().get("ignored") is True
+    r = await post(c, bot_id, {"update_id": 2, "callback_query": {"x": 1}})
+    assert r.status_code == 200 and r.json() == {"ok": True, "ignored": True,
+                                                 "kind": "callback_query"}
     async with sessionmaker() as s:
         msg = (await s.execute(select(Message))).scalar_one()
     assert msg.meta.kind == "photo" and msg.text == "grafik"

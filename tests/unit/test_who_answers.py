@@ -94,6 +94,20 @@ def test_mention_picks_the_mentioned_bot_alone() -> None:
                        settings=everyone) == [ZEYNEP, MEHMET]
 
 
+def test_a_name_inside_a_longer_word_is_no_mention_and_entities_are() -> None:
+    # "Alim" and "Alice" do not name Ali Hoca; "Ali'ye" (a Turkish suffix) does
+    assert ALI in _choose("Ali'ye sorun, faiz ne olur?", 1)
+    drawn = {_choose("Alim satım nasıl gidiyor?", m)[0] for m in range(100)}
+    assert drawn != {ALI} and len(drawn) >= 2  # a draw, not Ali Hoca named
+    # a mention Telegram reports as an entity (a text_mention shows no @username)
+    line = ChatLine(telegram_message_id=5, speaker="Deniz", speaker_username="deniz",
+                    is_human=True, text="Sen ne dersin?", mentions=("ayse_scalper_bot",))
+    w = WaitingMessage(message_id=5, line=line)
+    for seed in range(50):
+        assert [b.bot_id for b in choose_repliers(w, BOTS, SETTINGS, NOW, seed=seed)] == [
+            AYSE]
+
+
 def test_reply_to_a_bot_picks_that_bot_alone() -> None:
     for m in range(200):
         # a reply to Zeynep's message that names Ali Hoca goes to Zeynep only
