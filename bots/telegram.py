@@ -56,6 +56,82 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member", "chat_member")
 
 
+def webhook_url_for(public_url: str, bot_id: int) -> str:
+    """The webhook URL of bot ``bot_id`` (our id): ``<public_url>/webhook/<bot_id>``, the
+    URL ``message_listener.register_webhooks`` sets (routed by bot id, never by token:
+    TELEGRAM.md, "Webhooks")."""
+    return f"{public_url.rstrip('/')}/webhook/{bot_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    """getMe's answer: who the token belongs to (Bot API, ``User``).
+
+    Attributes:
+        can_read_all_group_messages: False while privacy mode is on (BotFather
+            ``/setprivacy``): the bot hears only commands, replies and mentions in groups.
+        can_join_groups: False when BotFather's ``/setjoingroups`` forbids adding it to groups.
+    """
+
+    user_id: int
+    username: str
+    first_name: str
+    can_join_groups: bool
+    can_read_all_group_messages: bool
+
+
+#: getChatMember statuses (Bot API, ``ChatMember``).
+MEMBER_STATUSES = ("creator", "administrator", "member", "restricted", "left", "kicked")
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """getChatMember's answer about one user in one chat (Bot API, ``ChatMember``).
+
+    Attributes:
+        status: one of :data:`MEMBER_STATUSES`.
+        is_member: in the chat now (``restricted`` carries it; true for creator,
+            administrator and member, false for left and kicked).
+        can_send_messages: may post text (``restricted`` carries it; true for creator,
+            administrator and member, false for left and kicked).
+    """
+
+    status: str
+    is_member: bool
+    can_send_messages: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookState:
+    """getWebhookInfo's answer (Bot API, ``WebhookInfo``).
+
+    Attributes:
+        url: the webhook URL; empty when none is set.
+        pending_update_count: updates waiting for delivery.
+        last_error_date: when the last delivery failed (aware UTC), or None.
+        last_error_message: Telegram's description of that failure, or None.
+    """
+
+    url: str
+    pending_update_count: int
+    last_error_date: datetime | None
+    last_error_message: str | None
+
+
+def _membership(member: telegram.ChatMember) -> Membership:
+    status = str(member.status)
+    if isinstance(member, telegram.ChatMemberRestricted):
+        return Membership(status, bool(member.is_member), bool(member.can_send_messages))
+    ok = status in ("creator", "administrator", "member")
+    return Membership(status, ok, ok)
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    if at is None:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class SentMessage:
     """Telegram's answer to a send: the message id in its chat and its time (aware UTC)."""
@@ -216,3 +292,55 @@ class BotClient:
             )
         except tg_error.TelegramError as exc:
             raise translate_error(exc, bot_id=self.bot_id) from exc
+
+    async def get_me(self) -> BotIdentity:
+        """getMe: the bot the token belongs to and its settings (privacy mode, joining).
+
+        Raises:
+            TelegramInvalidToken: the token is wrong or revoked (401/404).
+            TelegramError: another subclass per the module table.
+        """
+        try:
+            user = await self._bot.get_me()
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc
+        return BotIdentity(
+            user_id=int(user.id), username=user.username or "", first_name=user.first_name,
+            can_join_groups=bool(user.can_join_groups),
+            can_read_all_group_messages=bool(user.can_read_all_group_messages),
+        )
+
+    async def get_chat_member(self, *, chat_id: int, user_id: int) -> Membership:
+        """getChatMember: ``user_id``'s status in ``chat_id`` (a bot may ask about itself).
+
+        Raises:
+            TelegramForbidden: the bot is not in the chat or was kicked (403).
+            TelegramBadRequest: e.g. "chat not found" (400: the bot cannot see the chat).
+            TelegramChatMigrated: the group became a supergroup (``new_chat_id``).
+            TelegramUnavailable: no answer, or an answer that is not a ChatMember.
+            TelegramError: another subclass per the module table.
+        """
+        try:
+            member = await self._bot.get_chat_member(chat_id=chat_id, user_id=user_id)
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc
+        except (TypeError, KeyError, ValueError) as exc:  # a ChatMember missing its fields
+            raise TelegramUnavailable(f"malformed getChatMember answer: {type(exc).__name__}",
+                                      delivered_unknown=False, bot_id=self.bot_id) from exc
+        return _membership(member)
+
+    async def get_webhook_info(self) -> WebhookState:
+        """getWebhookInfo: the bot's webhook URL, its queue and its last delivery error.
+
+        Raises:
+            TelegramError: a subclass per the module table.
+        """
+        try:
+            info = await self._bot.get_webhook_info()
+        except tg_error.TelegramError as exc:
+            raise translate_error(exc, bot_id=self.bot_id) from exc
+        return WebhookState(
+            url=info.url or "", pending_update_count=int(info.pending_update_count or 0),
+            last_error_date=_aware(info.last_error_date),
+            last_error_message=info.last_error_message,
+        )

@@ -19,6 +19,14 @@ Sub-commands::
                                             add an admin panel user; the password comes from
                                             BOTSIM_NEW_USER_PASSWORD or is generated and
                                             printed once
+    botsim bots import FILE [--dry-run] [--preflight]
+                                            bots (token, persona, groups) from a CSV or
+                                            YAML file, validated whole first
+                                            (botsim.bots_import)
+    botsim preflight [--bot ID ...] [--strict] [--timeout S] [--json]
+                                            check every bot against the Bot API: token,
+                                            privacy mode, groups, webhook; exit 1 on a
+                                            problem (botsim.preflight)
     botsim loadtest --bots N --chats M --workers W --duration S --llm-latency-ms L
         [--llm-jitter-ms J] [--human-rate PER_MIN] [--seed S] [--json] [--report DIR] ...
                                             run the whole engine on 127.0.0.1 under load and
@@ -174,6 +182,23 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--report", type=Path, default=None, metavar="DIR",
                     help="write figures.json and index.html (plots) into DIR")
     lt.add_argument("--no-progress", action="store_true", help="no live display")
+    bots = sub.add_parser("bots", help="bot accounts")
+    bots_sub = bots.add_subparsers(dest="bots_command", required=True)
+    imp = bots_sub.add_parser(
+        "import", help="bots (token, persona, groups) from a CSV or YAML file")
+    imp.add_argument("file", type=Path, help="a .csv (with a header) or .yaml/.yml file")
+    imp.add_argument("--dry-run", action="store_true",
+                     help="validate and show what would change; write nothing")
+    imp.add_argument("--preflight", action="store_true",
+                     help="run `botsim preflight` on the imported bots afterwards")
+    pf = sub.add_parser("preflight", help="check every bot against the Bot API (go-live)")
+    pf.add_argument("--bot", type=int, action="append", default=None, metavar="ID",
+                    help="only this bot (our id; repeatable)")
+    pf.add_argument("--strict", action="store_true", help="warnings fail too")
+    pf.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="seconds each Bot API call may take (default 10)")
+    pf.add_argument("--json", action="store_true",
+                    help="print the report as one JSON object on one line, no table")
     admin = sub.add_parser("admin", help="admin panel users")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     cu = admin_sub.add_parser(
@@ -209,6 +234,57 @@ async def _create_user_cmd(settings: Settings, username: str, role: str,
     print(f"created {role} {username!r}")
     if generated:
         print(f"generated password (shown once, store it now): {password}")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+async def _preflight_cmd(settings: Settings, *, bot_ids: Sequence[int] | None, strict: bool,
+                         call_timeout_s: float, as_json: bool) -> int:
+    """``botsim preflight``: 0 when no problem, 1 otherwise (see :mod:`botsim.preflight`)."""
+    from backend.crypto import resolve_secrets
+    from botsim.preflight import preflight, render_table
+
+    if not call_timeout_s > 0:
+        raise ValidationFailed("botsim preflight", [("--timeout", "a number of seconds > 0")])
+    cipher = resolve_secrets(settings).cipher()
+    async with _one_shot(settings) as rt:
+        report = await preflight(
+            rt.sessionmaker, cipher, api_url=settings.telegram_api_url,
+            public_url=settings.public_webhook_url, bot_ids=bot_ids, strict=strict,
+            call_timeout_s=call_timeout_s)
+    if as_json:
+        print(report.model_dump_json())
+    else:
+        _console().print(render_table(report))
+        if not report.bots:
+            print("no bots stored: `botsim bots import FILE` adds them")
+    return 0 if report.ok else 1
+
+
+async def _import_cmd(settings: Settings, path: Path, *, dry_run: bool) -> list[int]:
+    """``botsim bots import``: returns the imported bots' ids.
+
+    Raises:
+        ValidationFailed: the file is refused (nothing written).
+    """
+    from backend.crypto import resolve_secrets
+    from botsim.bots_import import import_file
+
+    cipher = resolve_secrets(settings).cipher()
+    async with runtime(settings, redis=False) as rt:  # the cache tells running processes
+        result = await import_file(rt.sessionmaker, cipher, path, cache=rt.cache,
+                                   dry_run=dry_run)
+    for line in result.lines:
+        print(line)
+    verb = "would create" if dry_run else "created"
+    print(f"{path}: {verb} {result.created} bot(s), "
+          f"{'would update' if dry_run else 'updated'} {result.updated}"
+          + (" (dry run: nothing written)" if dry_run else ""))
+    return result.bot_ids
 
 
 def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
@@ -414,6 +490,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "loadtest":
             return _loadtest_cmd(args)
+        if args.command == "preflight":
+            return asyncio.run(_preflight_cmd(settings, bot_ids=args.bot, strict=args.strict,
+                                              call_timeout_s=args.timeout, as_json=args.json))
+        if args.command == "bots":
+            try:
+                ids = asyncio.run(_import_cmd(settings, args.file, dry_run=args.dry_run))
+            except ValidationFailed as exc:
+                print(f"botsim bots import: {exc.where} refused, nothing written:",
+                      file=sys.stderr)
+                for where, reason in exc.problems:
+                    print(f"  {where}: {reason}", file=sys.stderr)
+                return 2
+            if args.preflight and not args.dry_run:
+                return asyncio.run(_preflight_cmd(settings, bot_ids=ids, strict=False,
+                                                  call_timeout_s=10.0, as_json=False))
+            return 0
         if args.command in ("worker", "listener", "api"):
             return _run_process(settings, args.command, register=getattr(args, "register", False))
     except (ConfigError, ValidationFailed) as exc:

@@ -7,7 +7,8 @@ Pages (a logged-in session or API token; otherwise a redirect to ``/login``):
   ``/api/v1/events`` (rendered by ``panel.js`` with ``textContent``), and a box to post as a
   human into a sandbox group.
 - ``/personas`` and ``/personas/{bot_id}``: the bots, and a bot's persona as JSON to edit
-  (saved with ``PATCH /api/v1/bots/{id}``) with its prompt preview.
+  (saved with ``PATCH /api/v1/bots/{id}``) with its prompt preview, and its preflight
+  against the Bot API (``?preflight=1``, as ``GET /api/v1/bots/{id}/preflight``).
   The editor also lists the chats with a button each to add/remove the bot
   (``PUT``/``DELETE /api/v1/chats/{chat_id}/bots/{bot_id}``).
 - ``/personas/new``: a bot token and a whole persona as JSON (prefilled with an example),
@@ -54,6 +55,7 @@ from backend.stores import chats as chat_store
 from backend.stores import messages as message_store
 from backend.stores.llm_calls import GroupBy
 from bots.personas import load_persona_dir
+from botsim.preflight import BotPreflight
 
 router = APIRouter(include_in_schema=False)
 
@@ -246,9 +248,22 @@ async def _memberships(state: ApiState, bot_id: int) -> list[dict[str, Any]]:
              "member": c.id in member_of} for c in chats]
 
 
+async def _preflight(state: ApiState, who: Principal,
+                     bot_id: int) -> tuple[BotPreflight | None, str | None]:
+    """The bot's preflight (``GET /api/v1/bots/{id}/preflight``), or why there is none."""
+    try:
+        return await routes_bots.bot_preflight(bot_id, who, state), None
+    except HTTPException as exc:
+        return None, f"cannot check: {exc.detail}"
+
+
 @router.get("/personas/{bot_id}", response_class=HTMLResponse, response_model=None)
-async def persona_editor(bot_id: int, request: Request, state: State) -> Response:
-    """One bot's persona as JSON to edit, and its prompt preview (404 page when unknown)."""
+async def persona_editor(bot_id: int, request: Request, state: State,
+                         preflight: str | None = None) -> Response:
+    """One bot's persona as JSON to edit, its prompt preview (404 page when unknown), and
+    its preflight section: with ``?preflight=1`` the bot is checked against the Bot API
+    while the page renders (``GET /api/v1/bots/{id}/preflight``; any value but empty or ``0``
+    asks for it); otherwise a link does it."""
     who = await _principal(request, state)
     if who is None:
         return _to_login()
@@ -260,11 +275,14 @@ async def persona_editor(bot_id: int, request: Request, state: State) -> Respons
         return _render(request, "not_found.html",
                        {"user": who, "page": "personas", "what": f"bot {bot_id}"},
                        status_code=404)
+    wanted = preflight is not None and preflight.strip() not in ("", "0")
+    checked, problem = await _preflight(state, who, bot_id) if wanted else (None, None)
     return _render(request, "persona_edit.html", {
         "user": who, "page": "personas", "bot_id": bot_id, "name": name,
         "persona_json": json.dumps(fields, ensure_ascii=False, indent=2),
         "chats": await _chats(state),
         "memberships": await _memberships(state, bot_id),
+        "preflight": checked, "preflight_error": problem,
     })
 
 

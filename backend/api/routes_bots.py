@@ -50,14 +50,20 @@ from backend.api_schemas import (
 )
 from backend.crypto import TokenCipher
 from backend.db.models import Bot
+from backend.errors import NotFound
 from backend.schemas import Persona
 from backend.stores import audit
 from backend.stores import bots as bot_store
 from behavior_engine.market import MarketFeed
 from behavior_engine.preview import preview_prompt
 from behavior_engine.reads import CachedReads
+from botsim.preflight import BotPreflight, load_targets, run_checks
 
 router = APIRouter()
+
+#: Seconds each Bot API call of ``GET /bots/{id}/preflight`` may take (the answer waits
+#: for them; ``botsim preflight`` allows 10 by default).
+PREFLIGHT_CALL_TIMEOUT_S = 5.0
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -328,3 +334,29 @@ async def preview(
             seed=seed,
         )
     return PreviewOut.model_validate(got)
+
+
+@router.get("/bots/{bot_id}/preflight", response_model=BotPreflight, tags=["bots"],
+            responses={**E404, **E503})
+async def bot_preflight(bot_id: DbId, _who: Viewer, state: State) -> BotPreflight:
+    """Check the bot against the Bot API now, as ``botsim preflight`` does (viewer).
+
+    With the bot's own token (never shown: ``token_masked``): getMe (the token is valid
+    and the persona's username; privacy mode off, or an administrator in each group),
+    getChatMember in each enabled group it is configured in (creator, administrator or
+    member; restricted only while it may send messages), and getWebhookInfo (the webhook is
+    ``<public_webhook_url>/webhook/<bot id>``, with no recent delivery error while updates
+    wait). Each finding is ``ok``, ``warn`` or ``fail`` with what to fix (the @BotFather
+    step where one exists); ``ok`` is true when none is ``fail``. Telegram's answers never
+    make this route fail: a refused token or no answer within 5 s per call is a finding.
+    404 for an unknown bot, 503 without a Fernet key.
+    """
+    cipher = _cipher(state)
+    with http_errors():
+        targets = await load_targets(state.sessionmaker, cipher, bot_ids=[bot_id])
+        if not targets:
+            raise NotFound("bot", bot_id)
+    report = await run_checks(
+        targets, api_url=state.settings.telegram_api_url,
+        public_url=state.settings.public_webhook_url, call_timeout_s=PREFLIGHT_CALL_TIMEOUT_S)
+    return report.bots[0]
