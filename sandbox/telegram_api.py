@@ -463,6 +463,21 @@ def _json(params: dict[str, Any], name: str) -> Any:
     return value
 
 
+def _field(data: dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
+    """A JSON field of a sandbox endpoint, checked (bools are not ints); None if absent
+    and not ``required``. Raises SandboxError (400) naming the field."""
+    names = {int: "an integer", str: "a string", bool: "a boolean", dict: "an object",
+             list: "an array"}
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise SandboxError(f"field '{name}' is required and must be {names[kind]}")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SandboxError(f"field '{name}' must be {names[kind]}")
+    return value
+
+
 async def _read_params(request: Request) -> dict[str, Any]:
     """Merge query string and body (JSON, urlencoded or multipart/form-data)."""
     params: dict[str, Any] = dict(request.query_params)
@@ -504,24 +519,55 @@ class TelegramSandbox:
     with ``retry_after`` N (s).
 
     Delivery: a human message (:meth:`post_as_human`) becomes one Update per member bot
-    (``update_id`` increasing per bot); bots' own messages are never delivered to bots.
+    (``update_id`` increasing per bot); bots' own messages are never delivered to bots;
+    privacy mode (:meth:`set_privacy`) filters group messages. ``allowed_updates`` is one
+    setting per bot (setWebhook/getUpdates; absent keeps the previous one); empty means
+    every kind except ``chat_member``, ``message_reaction``, ``message_reaction_count``.
     With a webhook, updates are POSTed in order per bot with the
     ``X-Telegram-Bot-Api-Secret-Token`` header; a non-2xx answer or connection error is
     retried after ``retry_base_delay`` doubling up to ``retry_max_delay`` (Telegram: 1 s
     doubling to 60-120 s). ``max_connections`` is stored but delivery is sequential.
 
-    Sandbox endpoints: ``POST /sandbox/chats/{chat_id}/messages`` with JSON
-    ``{"user_id", "text", "reply_to_message_id"?, "first_name"?, "username"?}`` posts as a
-    human (added as a member if unknown and ``first_name`` is given) and answers
-    ``{"ok": true, "result": Message}``; ``GET`` on the same path answers the chat log;
-    ``GET /sandbox/stats`` answers :attr:`stats`. ``POST /sandbox/bots`` with
-    ``{"username", "first_name"}`` registers a new bot, as BotFather's /newbot does, and
-    answers ``{"ok": true, "result": {"token", "user"}}``; ``POST
-    /sandbox/chats/{chat_id}/bots`` with ``{"bot_id"}`` adds a registered bot to the chat,
-    as a member adding it in the app does. ``POST /sandbox/bots/{bot_id}/revoke`` (BotFather
-    /revoke, :meth:`revoke_token`) answers ``{"ok": true, "result": {"token": new}}``;
-    ``POST /sandbox/bots/{bot_id}/privacy`` with ``{"enabled": bool}`` (:meth:`set_privacy`).
-    Bad input: 400/404 with a description naming the field.
+    World building, silent (no update): :meth:`add_bot`, :meth:`new_bot`, :meth:`add_chat`
+    (``is_forum``), :meth:`add_member` (``status``), :meth:`add_bot_to_chat` (unless
+    ``notify=True``), :meth:`load_world`, :meth:`set_privacy`, :meth:`revoke_token`,
+    :meth:`delete_message`. Live events, delivering Telegram's updates: :meth:`post_as_human`
+    (``message_thread_id``, ``entities``, ``forward_from``), :meth:`post_photo_as_human`,
+    :meth:`edit_as_human` (``edited_message``), :meth:`post_as_anonymous_admin`,
+    :meth:`post_as_channel`, :meth:`kick_bot`, :meth:`add_bot_to_chat` with notify,
+    :meth:`promote_bot`, :meth:`restrict_bot` (``my_chat_member``/``chat_member``),
+    :meth:`human_joins`, :meth:`human_leaves`, :meth:`set_title`, :meth:`create_topic`,
+    :meth:`migrate_chat`, :meth:`deliver_raw` (any payload).
+
+    Sandbox endpoints (JSON in, ``{"ok": true, "result": ...}`` out; bad input 400/404 with
+    a description naming the field; ``by_user_id`` optional everywhere it appears):
+
+    - ``POST /sandbox/chats/{chat_id}/messages`` ``{"user_id", "text",
+      "reply_to_message_id"?, "message_thread_id"?, "entities"?, "forward_from"?,
+      "first_name"?, "username"?}``: post as a human (added as a member if unknown and
+      ``first_name`` is given) -> Message; ``GET`` on the path answers the chat log.
+    - ``POST .../messages/{message_id}/edit`` ``{"text"}`` -> Message;
+      ``POST .../messages/{message_id}/delete`` -> true.
+    - ``POST /sandbox/chats/{chat_id}/bots`` ``{"bot_id", "by_user_id"?}``: add a bot, as a
+      member does in the app (notify=True) -> true.
+    - ``POST /sandbox/chats/{chat_id}/kick|promote|restrict`` ``{"bot_id", "by_user_id"?}``
+      -> true.
+    - ``POST /sandbox/chats/{chat_id}/migrate`` ``{"new_chat_id", "order"?: "to_first" |
+      "from_first", "by_user_id"?}`` -> the new Chat.
+    - ``POST /sandbox/chats/{chat_id}/topics`` ``{"name", "icon_color"?, "by_user_id"?}`` ->
+      ``{"message_thread_id"}``.
+    - ``POST /sandbox/chats/{chat_id}/anonymous`` ``{"text", "author_signature"?,
+      "message_thread_id"?}`` -> Message.
+    - ``POST /sandbox/chats/{chat_id}/channel_posts`` ``{"channel": {"id", "title"}, "text",
+      "automatic_forward"?: true}`` -> Message.
+    - ``POST /sandbox/chats/{chat_id}/members`` ``{"id", "first_name", "username"?}`` (a
+      human joins) and ``POST /sandbox/chats/{chat_id}/members/{user_id}/leave`` -> the
+      service Message; ``POST /sandbox/chats/{chat_id}/title`` ``{"title", "by_user_id"?}``.
+    - ``POST /sandbox/bots`` ``{"username", "first_name"}``: BotFather's /newbot ->
+      ``{"token", "user"}``; ``POST /sandbox/bots/{bot_id}/revoke`` -> ``{"token"}``;
+      ``POST /sandbox/bots/{bot_id}/privacy`` ``{"enabled": bool}`` -> true;
+      ``POST /sandbox/bots/{bot_id}/updates`` with one ``{kind: object}`` -> ``{"update_id"}``.
+    - ``GET /sandbox/stats`` answers :attr:`stats`.
 
     Args:
         clock: Monotonic seconds used for rate limits and update expiry; inject a fake
@@ -557,6 +603,7 @@ class TelegramSandbox:
         self._bots: dict[int, _Bot] = {}
         self._chats: dict[int, _Chat] = {}
         self._users: dict[int, dict[str, Any]] = {}
+        self._channel_posts: dict[int, int] = {}
         self._buckets: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._windows: dict[tuple[Any, ...], deque[float]] = {}
         self._penalties: dict[tuple[Any, ...], float] = {}
@@ -582,6 +629,14 @@ class TelegramSandbox:
                 Route("/sandbox/stats", self._handle_stats, methods=["GET"]),
                 Route("/sandbox/bots", self._handle_new_bot, methods=["POST"]),
                 Route("/sandbox/chats/{chat_id}/bots", self._handle_add_bot,
+                      methods=["POST"]),
+                Route("/sandbox/chats/{chat_id}/messages/{message_id}/{action}",
+                      self._handle_message_action, methods=["POST"]),
+                Route("/sandbox/chats/{chat_id}/members/{user_id}/leave",
+                      self._handle_leave, methods=["POST"]),
+                Route("/sandbox/chats/{chat_id}/{action}", self._handle_chat_action,
+                      methods=["POST"]),
+                Route("/sandbox/bots/{bot_id}/updates", self._handle_raw_update,
                       methods=["POST"]),
                 Route("/sandbox/bots/{bot_id}/revoke", self._handle_revoke, methods=["POST"]),
                 Route("/sandbox/bots/{bot_id}/privacy", self._handle_privacy,
@@ -658,38 +713,276 @@ class TelegramSandbox:
         self._users[user["id"]] = member
         return dict(member)
 
-    def add_bot_to_chat(self, chat_id: int, token_or_bot_id: str | int) -> None:
-        """Make a registered bot (by token or user id) a member of ``chat_id``."""
+    def add_bot_to_chat(self, chat_id: int, token_or_bot_id: str | int, *,
+                        notify: bool = False, by_user_id: int | None = None) -> None:
+        """Make a registered bot (by token or user id) a member of ``chat_id`` (also after
+        a kick). Silent unless ``notify``: then, as when a member adds it in the app, the bot
+        gets ``my_chat_member`` (old status "left"/"kicked" -> "member", ``from`` the adder:
+        ``by_user_id`` or the chat's creator, Bot API ChatMemberUpdated), every member bot
+        including the new one gets a service message ``new_chat_members: [bot]`` (+ ``from``),
+        and administrator bots get ``chat_member`` (opt-in kind, see allowed_updates)."""
         bot = self._bot(token_or_bot_id)
         chat = self._chat(chat_id)
-        chat.bots.add(bot.user["id"])
-        chat.kicked.discard(bot.user["id"])
+        bot_id = bot.user["id"]
 
-    def kick_bot(self, chat_id: int, token_or_bot_id: str | int) -> None:
-        """Remove a bot; its sends then get 403 "Forbidden: bot was kicked from the ... chat"."""
-        bot_id = self._bot(token_or_bot_id).user["id"]
+        def change() -> None:
+            if bot_id not in chat.bots:
+                chat.roles.pop(bot_id, None)
+            chat.bots.add(bot_id)
+            chat.kicked.discard(bot_id)
+
+        if not notify or bot_id in chat.bots:  # already a member: nothing to tell
+            change()
+            return
+        actor = self._actor(chat, by_user_id)
+        self._member_change(chat, bot_id, change, actor)
+        self._service(chat, actor, {"new_chat_members": [dict(bot.user)]})
+
+    def kick_bot(self, chat_id: int, token_or_bot_id: str | int,
+                 by_user_id: int | None = None) -> None:
+        """Ban a bot (an admin removes it in the app); its sends then get 403 "Forbidden:
+        bot was kicked from the <type> chat" and getChatMember about itself says "kicked".
+
+        Delivers ``my_chat_member`` to the bot (``from`` the admin: ``by_user_id`` or the
+        chat's creator; ``old_chat_member`` its previous status, ``new_chat_member``
+        ``{"status": "kicked", "until_date": 0}``), a service message ``left_chat_member``
+        to the other member bots, and ``chat_member`` to administrator bots (Bot API,
+        ChatMemberUpdated, Message.left_chat_member).
+        """
+        bot = self._bot(token_or_bot_id)
         chat = self._chat(chat_id)
-        chat.bots.discard(bot_id)
-        chat.kicked.add(bot_id)
-        chat.roles.pop(bot_id, None)
+        bot_id = bot.user["id"]
+        actor = self._actor(chat, by_user_id)
+        if bot_id in chat.kicked and bot_id not in chat.bots:
+            return  # already banned: nothing changes, nothing is delivered
 
-    def promote_bot(self, chat_id: int, token_or_bot_id: str | int) -> None:
-        """Make a member bot an administrator (:data:`ADMIN_RIGHTS`). Admin bots see every
-        group message even with privacy mode on (core.telegram.org/bots/features)."""
-        self._set_role(chat_id, token_or_bot_id, "administrator")
+        def change() -> None:
+            chat.bots.discard(bot_id)
+            chat.kicked.add(bot_id)
+            chat.roles.pop(bot_id, None)
 
-    def restrict_bot(self, chat_id: int, token_or_bot_id: str | int) -> None:
-        """Restrict a member bot (``can_send_messages: false``, :data:`RESTRICTED_RIGHTS`):
-        sendMessage then answers 400 "Bad Request: not enough rights to send text messages
-        to the chat"."""
-        self._set_role(chat_id, token_or_bot_id, "restricted")
+        self._member_change(chat, bot_id, change, actor)
+        self._service(chat, actor, {"left_chat_member": dict(bot.user)})
 
-    def _set_role(self, chat_id: int, token_or_bot_id: str | int, role: str) -> None:
+    def promote_bot(self, chat_id: int, token_or_bot_id: str | int,
+                    by_user_id: int | None = None) -> None:
+        """Make a member bot an administrator (:data:`ADMIN_RIGHTS`); delivers
+        ``my_chat_member`` (member -> administrator). Admin bots see every group message even
+        with privacy mode on (core.telegram.org/bots/features)."""
+        self._set_role(chat_id, token_or_bot_id, "administrator", by_user_id)
+
+    def restrict_bot(self, chat_id: int, token_or_bot_id: str | int,
+                     by_user_id: int | None = None) -> None:
+        """Restrict a member bot (``can_send_messages: false``, :data:`RESTRICTED_RIGHTS`);
+        delivers ``my_chat_member`` (-> restricted). sendMessage then answers 400 "Bad
+        Request: not enough rights to send text messages to the chat"."""
+        self._set_role(chat_id, token_or_bot_id, "restricted", by_user_id)
+
+    def _set_role(self, chat_id: int, token_or_bot_id: str | int, role: str,
+                  by_user_id: int | None) -> None:
         bot_id = self._bot(token_or_bot_id).user["id"]
         chat = self._chat(chat_id)
         if bot_id not in chat.bots:
             raise SandboxError(f"bot {bot_id} is not a member of chat {chat_id}", 404)
-        chat.roles[bot_id] = role
+        actor = self._actor(chat, by_user_id)
+        self._member_change(chat, bot_id, lambda: chat.roles.__setitem__(bot_id, role), actor)
+
+    def human_joins(self, chat_id: int, user: dict[str, Any]) -> dict[str, Any]:
+        """A human ``{"id", "first_name", "username"?}`` joins: member bots get a service
+        message ``new_chat_members: [user]`` (``from`` the user), administrator bots a
+        ``chat_member`` update (left -> member). Returns the service Message."""
+        chat = self._chat(chat_id)
+        if not isinstance(user.get("id"), int) or not user.get("first_name"):
+            raise SandboxError("user needs an integer 'id' and a non-empty 'first_name'")
+        if user["id"] in chat.members:
+            raise SandboxError(f"user {user['id']} is already a member of chat {chat_id}")
+        if user["id"] not in self._users:
+            self._users[user["id"]] = {"id": user["id"], "is_bot": False,
+                                       "first_name": str(user["first_name"])}
+        member: dict[str, Any] = {}
+        self._member_change(chat, user["id"],
+                            lambda: member.update(self.add_member(chat_id, user)),
+                            self._users[user["id"]])
+        return self._service(chat, member, {"new_chat_members": [dict(member)]})
+
+    def human_leaves(self, chat_id: int, user_id: int) -> dict[str, Any]:
+        """A human member leaves: service message ``left_chat_member`` (``from`` the user)
+        to member bots, ``chat_member`` (member -> left) to administrator bots. Returns the
+        service Message."""
+        chat = self._chat(chat_id)
+        user = chat.members.get(user_id)
+        if user is None:
+            raise SandboxError(f"user_id {user_id} is not a member of chat {chat_id}", 404)
+
+        def change() -> None:
+            chat.members.pop(user_id, None)
+            chat.roles.pop(user_id, None)
+
+        self._member_change(chat, user_id, change, user)
+        return self._service(chat, user, {"left_chat_member": dict(user)})
+
+    def set_title(self, chat_id: int, title: str, by_user_id: int | None = None
+                  ) -> dict[str, Any]:
+        """Rename the chat: service message ``new_chat_title`` (Bot API, Message) from the
+        admin (``by_user_id`` or the creator); later messages carry the new title."""
+        chat = self._chat(chat_id)
+        if not isinstance(title, str) or not 1 <= len(title.strip()) <= 128:
+            raise SandboxError("title must be 1-128 characters")
+        actor = self._actor(chat, by_user_id)
+        chat.chat["title"] = title
+        return self._service(chat, actor, {"new_chat_title": title})
+
+    def create_topic(self, chat_id: int, name: str, by_user_id: int | None = None,
+                     icon_color: int = TOPIC_COLORS[0]) -> int:
+        """Create a forum topic (the chat needs ``is_forum``): a ``forum_topic_created``
+        service message ``{"name", "icon_color"}`` whose message_id is the topic's
+        ``message_thread_id`` (Bot API, ForumTopicCreated), delivered to the member bots.
+
+        Returns:
+            The new ``message_thread_id``.
+        """
+        chat = self._chat(chat_id)
+        if not chat.chat.get("is_forum"):
+            raise SandboxError(f"chat {chat_id} is not a forum (add_chat(..., is_forum=True))")
+        if not isinstance(name, str) or not 1 <= len(name) <= 128:
+            raise SandboxError("name must be 1-128 characters")
+        if icon_color not in TOPIC_COLORS:
+            raise SandboxError(f"icon_color must be one of {TOPIC_COLORS}")
+        actor = self._actor(chat, by_user_id)
+        thread_id = chat.next_message_id
+        message = self._store(chat, actor, {"forum_topic_created": {
+            "name": name, "icon_color": icon_color}}, thread_id=thread_id)
+        chat.topics[thread_id] = message
+        self._broadcast(chat, message)
+        return thread_id
+
+    async def post_as_anonymous_admin(self, chat_id: int, text: str,
+                                      author_signature: str | None = None, *,
+                                      message_thread_id: int | None = None
+                                      ) -> dict[str, Any]:
+        """An admin posts anonymously: ``from`` = GroupAnonymousBot (id 1087968824),
+        ``sender_chat`` = the group itself, ``author_signature`` if given (Bot API,
+        Message.sender_chat). Returns the Message."""
+        chat = self._chat(chat_id)
+        content = self._text_content(text)
+        extra: dict[str, Any] = {"sender_chat": dict(chat.chat)}
+        if author_signature:
+            extra["author_signature"] = author_signature
+        return self._post(chat, GROUP_ANONYMOUS_BOT, content, None, message_thread_id, extra)
+
+    async def post_as_channel(self, chat_id: int, channel: dict[str, Any], text: str,
+                              automatic_forward: bool = True) -> dict[str, Any]:
+        """A channel's message in the group (Bot API, Message.sender_chat).
+
+        ``automatic_forward``: the linked channel's post forwarded into its discussion
+        group: ``from`` = Telegram (777000), ``sender_chat`` = ``{"id", "title", "type":
+        "channel"}``, ``is_automatic_forward: true``, ``forward_origin`` ``{"type":
+        "channel", "chat", "message_id" (the post's id in the channel), "date"}``. False:
+        a member sends "as" the channel: ``from`` = Channel_Bot (136817688) and
+        ``sender_chat`` = the channel. Returns the Message.
+        """
+        chat = self._chat(chat_id)
+        if not isinstance(channel.get("id"), int) or not isinstance(channel.get("title"), str):
+            raise SandboxError("channel needs an integer 'id' and a string 'title'")
+        sender_chat = {"id": channel["id"], "title": channel["title"], "type": "channel"}
+        content = self._text_content(text)
+        extra: dict[str, Any] = {"sender_chat": sender_chat}
+        if not automatic_forward:
+            return self._post(chat, CHANNEL_BOT, content, None, None, extra)
+        post_id = self._channel_posts.get(channel["id"], 0) + 1
+        self._channel_posts[channel["id"]] = post_id
+        extra["is_automatic_forward"] = True
+        extra["forward_origin"] = {"type": "channel", "chat": dict(sender_chat),
+                                   "message_id": post_id, "date": int(self.wall_clock())}
+        return self._post(chat, TELEGRAM_USER, content, None, None, extra)
+
+    async def post_photo_as_human(self, chat_id: int, user_id: int,
+                                  caption: str | None = None,
+                                  reply_to_message_id: int | None = None, *,
+                                  message_thread_id: int | None = None) -> dict[str, Any]:
+        """A human posts a photo: ``photo`` is an array of PhotoSize (90, 320 and 800 px
+        wide), ``caption``/``caption_entities`` when captioned (Bot API, Message.photo)."""
+        chat = self._chat(chat_id)
+        user = chat.members.get(user_id)
+        if user is None:
+            raise SandboxError(f"user_id {user_id} is not a member of chat {chat_id}", 404)
+        if caption is not None and (not isinstance(caption, str) or len(caption) > 1024):
+            raise SandboxError("caption must be a string of at most 1024 characters")
+        unique = secrets.token_urlsafe(12)
+        content: dict[str, Any] = {"photo": [
+            {"file_id": f"AgAC{unique}-{width}", "file_unique_id": f"AQAD{unique[:8]}{i}",
+             "file_size": width * width * 3 // 40, "width": width, "height": width * 3 // 4}
+            for i, width in enumerate((90, 320, 800))]}
+        if caption:
+            content["caption"] = caption
+            if found := _auto_entities(caption):
+                content["caption_entities"] = found
+        return self._post(chat, user, content, reply_to_message_id, message_thread_id)
+
+    async def edit_as_human(self, chat_id: int, message_id: int, text: str) -> dict[str, Any]:
+        """The author edits a human message: it gets the new ``text`` (entities recomputed)
+        and ``edit_date``; member bots that may see it get ``edited_message`` (Bot API)."""
+        chat = self._chat(chat_id)
+        message = chat.by_id.get(message_id)
+        if message is None or "text" not in message:
+            raise SandboxError(f"no text message {message_id} in chat {chat_id}", 404)
+        if (message.get("from") or {}).get("id") in self._bots:
+            raise SandboxError(f"message {message_id} was sent by a bot")
+        content = self._text_content(text)
+        message.pop("entities", None)
+        message.update(content)
+        message["edit_date"] = int(self.wall_clock())
+        self._broadcast(chat, message, kind="edited_message")
+        return copy.deepcopy(message)
+
+    @staticmethod
+    def _text_content(text: str) -> dict[str, Any]:
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
+            raise SandboxError(f"text must be 1-{MAX_TEXT_LENGTH} non-blank characters")
+        content: dict[str, Any] = {"text": text}
+        if found := _auto_entities(text):
+            content["entities"] = found
+        return content
+
+    def _actor(self, chat: _Chat, by_user_id: int | None) -> dict[str, Any]:
+        """Who does an admin action: ``by_user_id`` (a known human), else the chat's
+        creator (:meth:`add_member` status), else :data:`DEFAULT_OWNER`."""
+        if by_user_id is not None:
+            user = chat.members.get(by_user_id) or self._users.get(by_user_id)
+            if user is None:
+                raise SandboxError(f"unknown user {by_user_id} (by_user_id)", 404)
+            return dict(user)
+        creator = next((uid for uid, role in chat.roles.items() if role == "creator"), None)
+        if creator is not None and creator in chat.members:
+            return dict(chat.members[creator])
+        return dict(DEFAULT_OWNER)
+
+    def _member_change(self, chat: _Chat, user_id: int, change: Callable[[], None],
+                       actor: dict[str, Any]) -> None:
+        """Apply ``change`` and deliver ChatMemberUpdated: ``my_chat_member`` to the bot
+        concerned, ``chat_member`` to the other administrator bots (Bot API, Update)."""
+        old = self._member(chat, user_id) if user_id in self._users or (
+            user_id in self._bots) else None
+        change()
+        new = self._member(chat, user_id)
+        if old is None:
+            old = {"status": "left", "user": new["user"]}
+        if old == new:
+            return
+        update = {"chat": dict(chat.chat), "from": dict(actor), "date": int(self.wall_clock()),
+                  "old_chat_member": old, "new_chat_member": new}
+        if user_id in self._bots:
+            self._enqueue(self._bots[user_id], {"my_chat_member": copy.deepcopy(update)})
+        for bot_id in sorted(chat.bots):
+            if bot_id != user_id and chat.roles.get(bot_id) in ("administrator", "creator"):
+                self._enqueue(self._bots[bot_id], {"chat_member": copy.deepcopy(update)})
+
+    def _service(self, chat: _Chat, actor: dict[str, Any], content: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """Store a service message (Bot API, Message) and deliver it to the member bots."""
+        message = self._store(chat, actor, content)
+        self._broadcast(chat, message)
+        return copy.deepcopy(message)
 
     def set_privacy(self, token_or_bot_id: str | int, enabled: bool) -> None:
         """BotFather's /setprivacy. Default off. On: getMe answers
@@ -724,16 +1017,36 @@ class TelegramSandbox:
             raise SandboxError(f"message_id {message_id} not found in chat {chat_id}", 404)
         message["deleted"] = True
 
-    def migrate_chat(self, chat_id: int, new_chat_id: int) -> dict[str, Any]:
-        """Upgrade a group to a supergroup with a new id (Telegram: migrate_to_chat_id).
+    def migrate_chat(self, chat_id: int, new_chat_id: int, order: str = "to_first",
+                     by_user_id: int | None = None) -> dict[str, Any]:
+        """Upgrade a group to a supergroup with a new id (Bot API, Message:
+        migrate_to_chat_id / migrate_from_chat_id).
 
-        Sends to the old id then answer 400 with ``parameters.migrate_to_chat_id``.
+        Sends to the old id then answer 400 "Bad Request: group chat was upgraded to a
+        supergroup chat" with ``parameters.migrate_to_chat_id``. Each member bot gets a
+        service message in the OLD group with ``migrate_to_chat_id: new`` and one in the
+        NEW supergroup (whose message ids start at 1) with ``migrate_from_chat_id: old``,
+        in ``order`` "to_first" or "from_first" (Telegram promises no order). Members,
+        bots, roles and kicks carry over. Returns the new Chat.
         """
+        if order not in ("to_first", "from_first"):
+            raise SandboxError(f"order {order!r} must be 'to_first' or 'from_first'")
         old = self._chat(chat_id)
+        if old.migrated_to is not None:
+            raise SandboxError(f"chat {chat_id} already migrated to {old.migrated_to}")
+        actor = self._actor(old, by_user_id)
         new = self.add_chat(new_chat_id, old.chat["title"], "supergroup")
-        self._chats[new_chat_id].members = dict(old.members)
-        self._chats[new_chat_id].bots = set(old.bots)
+        target = self._chats[new_chat_id]
+        target.members = dict(old.members)
+        target.bots = set(old.bots)
+        target.kicked = set(old.kicked)
+        target.roles = dict(old.roles)
         old.migrated_to = new_chat_id
+        to_msg = self._store(old, actor, {"migrate_to_chat_id": new_chat_id})
+        from_msg = self._store(target, actor, {"migrate_from_chat_id": chat_id})
+        pairs = [(old, to_msg), (target, from_msg)]
+        for chat, message in pairs if order == "to_first" else pairs[::-1]:
+            self._broadcast(chat, message)
         return new
 
     def load_world(self, world: dict[str, Any]) -> None:
@@ -1369,20 +1682,23 @@ class TelegramSandbox:
                 return JSONResponse({"ok": True, "result": self.messages(chat_id)})
             data = await self._json_object(request)
             user_id, text = data.get("user_id"), data.get("text")
-            reply = data.get("reply_to_message_id")
+            reply = _field(data, "reply_to_message_id", int, required=False)
             if not isinstance(user_id, int) or isinstance(user_id, bool):
                 raise SandboxError("field 'user_id' is required and must be an integer")
             if not isinstance(text, str):
                 raise SandboxError("field 'text' is required and must be a string")
-            if reply is not None and (not isinstance(reply, int) or isinstance(reply, bool)):
-                raise SandboxError("field 'reply_to_message_id' must be an integer")
+            thread = _field(data, "message_thread_id", int, required=False)
+            entities = _field(data, "entities", list, required=False)
+            forward_from = _field(data, "forward_from", dict, required=False)
             if user_id not in chat.members:
                 if not data.get("first_name"):
                     raise SandboxError(f"user_id {user_id} is not a member of chat {chat_id}; "
                                        "pass 'first_name' (and 'username') to add them", 404)
                 self.add_member(chat_id, {"id": user_id, "first_name": data["first_name"],
                                           "username": data.get("username")})
-            message = await self.post_as_human(chat_id, user_id, text, reply)
+            message = await self.post_as_human(
+                chat_id, user_id, text, reply, message_thread_id=thread, entities=entities,
+                forward_from=forward_from)
         except SandboxError as exc:
             return exc.json()
         return JSONResponse({"ok": True, "result": message})
@@ -1442,10 +1758,87 @@ class TelegramSandbox:
             bot_id = data.get("bot_id")
             if not isinstance(bot_id, int) or isinstance(bot_id, bool):
                 raise SandboxError("field 'bot_id' is required and must be an integer")
-            self.add_bot_to_chat(chat_id, bot_id)
+            self.add_bot_to_chat(chat_id, bot_id, notify=True,
+                                 by_user_id=_field(data, "by_user_id", int, required=False))
         except SandboxError as exc:
             return exc.json()
         return JSONResponse({"ok": True, "result": True})
+
+    async def _handle_chat_action(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/chats/{chat_id}/{action}``: the live events (class docstring)."""
+        try:
+            chat_id = self._path_int(request, "chat_id")
+            action = request.path_params["action"]
+            data = await self._json_object(request)
+            by = _field(data, "by_user_id", int, required=False)
+            result: Any = True
+            if action in ("kick", "promote", "restrict"):
+                bot_id = _field(data, "bot_id", int)
+                {"kick": self.kick_bot, "promote": self.promote_bot,
+                 "restrict": self.restrict_bot}[action](chat_id, bot_id, by)
+            elif action == "migrate":
+                result = self.migrate_chat(chat_id, _field(data, "new_chat_id", int),
+                                           _field(data, "order", str, False) or "to_first", by)
+            elif action == "topics":
+                color = _field(data, "icon_color", int, required=False)
+                thread = self.create_topic(chat_id, _field(data, "name", str), by,
+                                           TOPIC_COLORS[0] if color is None else color)
+                result = {"message_thread_id": thread}
+            elif action == "anonymous":
+                result = await self.post_as_anonymous_admin(
+                    chat_id, _field(data, "text", str),
+                    _field(data, "author_signature", str, required=False),
+                    message_thread_id=_field(data, "message_thread_id", int, required=False))
+            elif action == "channel_posts":
+                auto = _field(data, "automatic_forward", bool, required=False)
+                result = await self.post_as_channel(
+                    chat_id, _field(data, "channel", dict), _field(data, "text", str),
+                    automatic_forward=auto is not False)
+            elif action == "members":
+                result = self.human_joins(chat_id, data)
+            elif action == "title":
+                result = self.set_title(chat_id, _field(data, "title", str), by)
+            else:
+                raise SandboxError(f"unknown action {action!r}", 404)
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _handle_message_action(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/chats/{chat_id}/messages/{message_id}/delete|edit``."""
+        try:
+            chat_id = self._path_int(request, "chat_id")
+            message_id = self._path_int(request, "message_id")
+            action = request.path_params["action"]
+            result: Any = True
+            if action == "delete":
+                self.delete_message(chat_id, message_id)
+            elif action == "edit":
+                data = await self._json_object(request)
+                result = await self.edit_as_human(chat_id, message_id, _field(data, "text", str))
+            else:
+                raise SandboxError(f"unknown action {action!r}", 404)
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _handle_leave(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/chats/{chat_id}/members/{user_id}/leave``: :meth:`human_leaves`."""
+        try:
+            result = self.human_leaves(self._path_int(request, "chat_id"),
+                                       self._path_int(request, "user_id"))
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _handle_raw_update(self, request: Request) -> JSONResponse:
+        """``POST /sandbox/bots/{bot_id}/updates`` with the payload: :meth:`deliver_raw`."""
+        try:
+            bot_id = self._path_int(request, "bot_id")
+            update_id = self.deliver_raw(bot_id, await self._json_object(request))
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": {"update_id": update_id}})
 
     @staticmethod
     def _path_int(request: Request, name: str) -> int:
