@@ -761,8 +761,10 @@ class TelegramSandbox:
             chat.kicked.add(bot_id)
             chat.roles.pop(bot_id, None)
 
+        was_member = bot_id in chat.bots
         self._member_change(chat, bot_id, change, actor)
-        self._service(chat, actor, {"left_chat_member": dict(bot.user)})
+        if was_member:  # banning a non-member posts no service message
+            self._service(chat, actor, {"left_chat_member": dict(bot.user)})
 
     def promote_bot(self, chat_id: int, token_or_bot_id: str | int,
                     by_user_id: int | None = None) -> None:
