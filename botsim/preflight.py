@@ -448,6 +448,11 @@ async def check_bot(target: BotTarget, *, api_url: str, public_url: str, call: _
 
 
 def _bot_report(target: BotTarget, masked: str, findings: list[PreflightFinding]) -> BotPreflight:
+    if target.token:  # no text from Telegram or httpx may carry the token out
+        findings = [f.model_copy(update={
+            "detail": _safe_url(f.detail, target.token),
+            "fix": None if f.fix is None else _safe_url(f.fix, target.token)})
+            for f in findings]
     if not target.enabled:  # a disabled bot takes no turn: its problems do not block
         findings = [f.model_copy(update={"status": "warn", "detail": f"{f.detail} (disabled)"})
                     if f.status == "fail" else f for f in findings]
