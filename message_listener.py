@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from backend import metrics
 from backend.cache import TwoLayerCache
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Chat
@@ -232,13 +233,13 @@ async def _apply_service(session: AsyncSession, state: ListenerState, msg: TgMes
         await member_store.set_member(session, chat_id=chat.id, user_id=user.id,
                                       status="member", name=user.display_name(),
                                       bot_id=_our_bot(state, user.id), reason=by, at=at,
-                                      cache=cache)
+                                      cache=cache, keep=_RANKED)
     if msg.left_chat_member is not None:
         user = msg.left_chat_member
         await member_store.set_member(session, chat_id=chat.id, user_id=user.id,
                                       status="left", name=user.display_name(),
                                       bot_id=_our_bot(state, user.id), reason=by, at=at,
-                                      cache=cache)
+                                      cache=cache, keep=_KICKED)
     if msg.new_chat_title is not None:
         await chat_store.set_title(session, chat_id=chat.id, title=msg.new_chat_title,
                                    cache=cache)
@@ -258,6 +259,11 @@ async def _apply_member(session: AsyncSession, state: ListenerState,
         name=new.user.display_name(), bot_id=_our_bot(state, new.user.id),
         can_send=new.can_send_messages, reason=f"{kind} from {change.from_user.id}",
         at=datetime.fromtimestamp(change.date, UTC), cache=_cache(state))
+
+
+#: What a service message does not overwrite (:func:`backend.stores.members.set_member`).
+_RANKED = frozenset({"creator", "administrator", "restricted"})
+_KICKED = frozenset({"kicked"})
 
 
 class _Refused(ValueError):
@@ -295,6 +301,7 @@ async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
             state.stats["duplicates"] += 1
             return JSONResponse({"ok": True, "duplicate": True})
         state.kinds[kind] += 1
+        metrics.LISTENER_UPDATES.labels(kind=kind).inc()
         msg = upd.message or upd.edited_message
         change = upd.my_chat_member or upd.chat_member
         if msg is not None:
@@ -303,6 +310,7 @@ async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
                 return await _store_message(
                     session, state, bot_id, upd.update_id, msg, edited=upd.message is None)
             state.kinds[f"service:{service}"] += 1
+            metrics.LISTENER_UPDATES.labels(kind=f"service:{service}").inc()
             state.stats["service"] += 1
             await _apply_service(session, state, msg, service)
             return JSONResponse({"ok": True, "service": service})

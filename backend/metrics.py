@@ -87,11 +87,37 @@ PROMPT_ASSEMBLY = Histogram(
 )
 
 
+LISTENER_UPDATES = Counter(
+    "botsim_listener_updates",
+    "Webhook updates the listener took (a redelivery not counted), by kind: the update's"
+    " payload (message, edited_message, my_chat_member, chat_member, callback_query...) or"
+    " service:<field> for a service message (new_chat_members, migrate_to_chat_id...).",
+    ["kind"],
+)
 SEND_UNKNOWN = Counter(
     "botsim_send_unknown",
     "Sends whose outcome is unknown (the request may have reached Telegram and no answer"
     " came; or a worker died between the send and its commit): never resent by themselves.",
     ["reason"],
+)
+BOT_MEMBERSHIP_LOST = Counter(
+    "botsim_bot_membership_lost_total",
+    "Chats a bot was found removed from by a send answered 403 (Bot API: \"Forbidden: bot"
+    " was kicked from the group chat\" → kicked; not a member any more → left): it takes no"
+    " more turns there. One per change of membership, by reason.",
+    ["reason"],
+)
+BOTS_DISABLED = Counter(
+    "botsim_bots_disabled_total",
+    "Bots disabled by the engine, by reason (token_refused: Telegram answered 401 to a send"
+    " or to getMe, the token is wrong or revoked). One per bot that was enabled.",
+    ["reason"],
+)
+SPLIT_SENDS = Counter(
+    "botsim_split_sends_total",
+    "Texts over Telegram's message limit sent as several messages, by outcome (complete:"
+    " every part sent; partial: a later part was not sent, the parts before it stay).",
+    ["outcome"],
 )
 TURNS = Counter(
     "botsim_turns",

@@ -20,6 +20,7 @@ from backend.db.models import Bot, ChatMember
 from backend.db.types import utcnow
 from backend.errors import ValidationFailed
 from backend.invalidation import KIND_CHATS, invalidate_after_commit
+from backend.stores.messages import insert_ignore
 
 #: Telegram's ChatMember statuses (Bot API, ChatMember).
 STATUSES = frozenset({"creator", "administrator", "member", "restricted", "left", "kicked"})
@@ -38,6 +39,7 @@ async def set_member(
     session: AsyncSession, *, chat_id: int, user_id: int, status: str, name: str = "",
     bot_id: int | None = None, can_send: bool = True, reason: str | None = None,
     at: datetime | None = None, cache: TwoLayerCache | None = None,
+    keep: frozenset[str] = frozenset(),
 ) -> bool:
     """Record that Telegram user ``user_id`` is ``status`` in our chat ``chat_id``.
 
@@ -55,6 +57,10 @@ async def set_member(
         can_send: for ``restricted``: ``can_send_messages``.
         reason: what told us (e.g. "my_chat_member from 42", "403 bot was kicked").
         at: when Telegram says it happened (aware UTC; default now).
+        keep: stored statuses this report does not replace: a service message says less
+            than a ChatMemberUpdated (``left_chat_member`` is sent for a member who left
+            and for one removed, so it keeps ``kicked``; ``new_chat_members`` keeps an
+            administrator's rank).
 
     Returns:
         True when the stored state changed.
@@ -66,21 +72,31 @@ async def set_member(
         raise ValidationFailed("chat member", [("status", f"{status!r} is not one of "
                                                 f"{', '.join(sorted(STATUSES))}")])
     at = at or utcnow()
-    row = await session.get(ChatMember, (chat_id, user_id))
-    if row is not None and row.updated_at > at:
+    name, reason = name[:255], (reason[:REASON_MAX] if reason else None)
+    # Two bots' copies of one event race for the row: the insert never fails on the key,
+    # and the loser reads the winner's row (locked on PostgreSQL) and updates it.
+    if await insert_ignore(session, ChatMember, {
+            "chat_id": chat_id, "user_id": user_id, "bot_id": bot_id, "name": name,
+            "status": status, "can_send": can_send, "reason": reason, "updated_at": at,
+    }, ["chat_id", "user_id"]) is not None:
+        if bot_id is not None and not is_active(status, can_send):
+            invalidate_after_commit(session, cache, KIND_CHATS, "enabled")
+        return True
+    row = (await session.execute(
+        select(ChatMember).where(ChatMember.chat_id == chat_id, ChatMember.user_id == user_id)
+        .with_for_update().execution_options(populate_existing=True)
+    )).scalar_one()
+    if row.updated_at > at or row.status in keep:
         return False
-    was_active = row is None or is_active(row.status, row.can_send)
-    if row is None:
-        row = ChatMember(chat_id=chat_id, user_id=user_id, status=status)
-        session.add(row)
-    elif (row.status, row.can_send) == (status, can_send) and bot_id in (None, row.bot_id):
+    was_active = is_active(row.status, row.can_send)
+    if (row.status, row.can_send) == (status, can_send) and bot_id in (None, row.bot_id):
         row.updated_at = at
         await session.flush()
         return False
     row.status, row.can_send, row.updated_at = status, can_send, at
     row.bot_id = bot_id if bot_id is not None else row.bot_id
-    row.name = name[:255] or row.name or ""
-    row.reason = reason[:REASON_MAX] if reason else None
+    row.name = name or row.name or ""
+    row.reason = reason
     await session.flush()
     if row.bot_id is not None and was_active != is_active(status, can_send):
         invalidate_after_commit(session, cache, KIND_CHATS, "enabled")

@@ -17,10 +17,12 @@ from backend.db.types import utcnow
 from backend.schemas import MessageMeta
 
 
-async def _insert_ignore(
+async def insert_ignore(
     session: AsyncSession, model: Any, values: dict[str, Any], conflict: list[str]
 ) -> int | None:
-    """INSERT ... ON CONFLICT (conflict) DO NOTHING; return the new primary key or None."""
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING (PostgreSQL or SQLite): the new row's
+    first primary-key column, or None when a row with the same ``conflict`` columns exists
+    (two writers racing for one row never fail on the unique key)."""
     dialect = session.get_bind().dialect.name
     table = model.__table__
     # Column types (validation, UTC) apply in Core inserts through the Column objects.
@@ -37,7 +39,7 @@ async def take_update(session: AsyncSession, *, bot_id: int, update_id: int) -> 
     Returns:
         True the first time, False when that update was already taken (a redelivery).
     """
-    got = await _insert_ignore(
+    got = await insert_ignore(
         session,
         WebhookUpdate,
         {"bot_id": bot_id, "update_id": update_id, "received_at": utcnow()},
@@ -68,7 +70,7 @@ async def record_incoming(
     Returns:
         The new message id, or None when the message was already stored.
     """
-    return await _insert_ignore(
+    return await insert_ignore(
         session,
         Message,
         {
