@@ -56,7 +56,7 @@ from backend.stores import members as member_store
 from backend.stores import messages as message_store
 from behavior_engine.membership import HistoryIntake, ReplyIntake, reply_intake_for
 from behavior_engine.reads import CachedReads, HistoryItem
-from bots.telegram import BotClient
+from bots.telegram import BotClient, webhook_url_for
 from bots.updates import (
     CAPTION_MAX,
     ID52_MAX,
@@ -460,7 +460,7 @@ async def register_webhooks(
             client = BotClient(bot_id=bot_id, token=token, base_url=api_url)
             try:
                 await client.set_webhook(
-                    url=f"{public_url.rstrip('/')}/webhook/{bot_id}",
+                    url=webhook_url_for(public_url, bot_id),
                     secret_token=webhook_secret_for(secrets.webhook_secret, bot_id),
                 )
             finally:
