@@ -17,29 +17,59 @@ commits the message, the turn's outcome, the answered flag and the mood together
 whose outcome is unknown (the request may have reached Telegram) is recorded ``unknown`` and
 never repeated; a send Telegram answered with an error posted nothing and may be tried again.
 
-Telegram's answers (TELEGRAM.md, "Errors"):
+Telegram's answers (TELEGRAM.md, "Errors"; the operator is told by a metric and an audit
+entry, ``backend.stores.audit``'s table, where the table says so):
 
 =============================  =============================================================
 429 ``retry_after``            the bot is blocked that long; the turn is ``rate_limited``
-400 ``migrate_to_chat_id``     the chat now has a new id: stored, the send repeated there once
-400 reply target not found     sent again without the reply (the thread stays in our data)
-403 (kicked, not a member)     the bot leaves the chat in our data; ``failed``
-401 (token refused)            the bot is disabled and let go; ``failed``
-timeout / connection dropped   ``unknown`` when the request may have arrived, else ``skipped``
+                               (``retry``: nothing was posted)
+400 ``migrate_to_chat_id``     the chat's Telegram id becomes the new one in our data
+                               (``chats.map_migration``: the old id kept, the old messages'
+                               ids negated), the send repeated there once, without a reply
+                               (the old group's ids mean nothing in the supergroup)
+400 reply target not found     sent again without the reply; stored with no ``reply_to``, as
+                               Telegram shows it (likewise a reply Telegram dropped silently,
+                               ``allow_sending_without_reply``); the human message is marked
+                               answered all the same and the turn record keeps what it
+                               answered (``turns.reply_to_message_id``)
+403 (kicked, not a member)     the bot's membership there becomes ``kicked`` or ``left``: no
+                               more turns there, its configuration kept; ``failed``, never
+                               repeated; metric ``botsim_bot_membership_lost_total{reason}``,
+                               audit ``bot.membership_lost``
+401 (token refused)            the bot is disabled and let go; ``failed``; metric
+                               ``botsim_bots_disabled_total{reason="token_refused"}``, audit
+                               ``bot.disabled``
+timeout / connection dropped   ``unknown`` when the request may have arrived (never
+                               repeated), else ``skipped`` (``retry``)
+other error answers            ``failed``
 =============================  =============================================================
+
+The text goes as plain text (no ``parse_mode``, :meth:`bots.telegram.BotClient.send_message`):
+``<b>``, ``*_[]()`` or ``1.5`` arrive verbatim and can never fail to parse.
+
+A text over Telegram's limit (Bot API, sendMessage: "Text of the message to be sent, 1-4096
+characters after entities parsing") is sent as several messages (:func:`split_text`, UTF-16
+code units, at most :data:`MAX_PARTS`), in order, each taking its own send slot: one intent
+for the turn, each part stored once right after Telegram accepted it (``backend.stores.turns``
+docstring: part 1 carries the turn id, part k its derived id). The error answers above end a
+later part the same way (a 403 still leaves the chat, a 401 still disables the bot), but the
+turn stays ``sent`` with what was sent stored; the outcome's ``error`` and ``extra``
+(``parts``, ``parts_sent``) and the turn record's ``error`` say which part was not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from backend import metrics
 from backend.db.types import utcnow
@@ -54,6 +84,8 @@ from backend.errors import (
     TelegramUnavailable,
 )
 from backend.schemas import SimulationSettings
+from backend.stores.audit import redact_tokens
+from backend.stores.turns import MAX_PARTS
 from behavior_engine.context import turn_context
 from behavior_engine.llm.chain import ChainResult
 from behavior_engine.market import MarketFeed
@@ -69,6 +101,80 @@ log = logging.getLogger("botsim.pipeline")
 
 #: Longest a turn waits for Telegram's limits before it is given up (seconds).
 MAX_LIMIT_WAIT_S = 5.0
+
+#: Longest text of one message, UTF-16 code units. Bot API, sendMessage: "Text of the
+#: message to be sent, 1-4096 characters after entities parsing"; the Bot API counts its
+#: entities' offsets and lengths in UTF-16 code units (MessageEntity), and clients that split
+#: for Telegram count the limit in them too (NousResearch/hermes-agent#8725, "Telegram's
+#: 4096 message length limit is measured in UTF-16 code units"). A live probe found 4,096
+#: astral characters (8,192 units) accepted (FerroxLabs/wayland#934): counting UTF-16 units
+#: is the safe side of both readings, as a text within 4,096 units has at most 4,096
+#: characters.
+TEXT_LIMIT = 4096
+
+#: Where a sentence ends: ``.``, ``!``, ``?`` or ``…`` (runs of them) before whitespace, or
+#: a line break (``1.5`` or ``a.b`` is no sentence end).
+_SENTENCE_END = re.compile(r"[.!?…]+(?=\s)|\n")
+
+
+def utf16_len(text: str) -> int:
+    """``text``'s length in UTF-16 code units (a character outside the BMP, e.g. most emoji,
+    counts 2): how Telegram measures text (:data:`TEXT_LIMIT`)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _prefix_within(text: str, limit: int) -> int:
+    """The most characters of ``text`` whose UTF-16 length is at most ``limit``."""
+    units = 0
+    for i, ch in enumerate(text):
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > limit:
+            return i
+    return len(text)
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Cut ``text`` into parts of at most ``limit`` UTF-16 code units each, in order.
+
+    Each cut is at the last sentence end (``.``, ``!``, ``?``, ``…`` before whitespace, or a
+    line break) within the limit, else at the last space, else hard (between two characters,
+    never inside a surrogate pair). A sentence end or a space in the first half of the
+    window is used only when no cut of the other kind lies in its second half, so that a
+    part is not needlessly short. Whitespace at the cuts is dropped (Telegram trims a
+    message's text) and blank parts are left out.
+
+    Args:
+        text: the text, any length.
+        limit: the longest part, UTF-16 code units, >= 2 (default :data:`TEXT_LIMIT`).
+
+    Returns:
+        ``[text]`` when it fits (or is blank); else the parts, each 1-``limit`` units.
+
+    Raises:
+        ValueError: ``limit`` < 2 (a surrogate pair must fit).
+    """
+    if limit < 2:
+        raise ValueError(f"limit must be >= 2 UTF-16 code units, got {limit}")
+    if utf16_len(text) <= limit or not text.strip():
+        return [text]
+    parts: list[str] = []
+    rest = text.strip()
+    while utf16_len(rest) > limit:
+        window = rest[:_prefix_within(rest, limit)]
+        ends = [m.end() for m in _SENTENCE_END.finditer(window)]
+        spaces = [i for i, ch in enumerate(window) if ch.isspace() and i > 0]
+        half = len(window) // 2
+        late_end = next((e for e in reversed(ends) if e >= half), None)
+        late_space = next((i for i in reversed(spaces) if i >= half), None)
+        cut = (late_end or late_space or (ends[-1] if ends else None)
+               or (spaces[-1] if spaces else None) or len(window))
+        part = rest[:cut].strip()
+        if part:
+            parts.append(part)
+        rest = rest[cut:].strip()
+    if rest:
+        parts.append(rest)
+    return parts
 
 
 class SendLimits(Protocol):
@@ -165,14 +271,19 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """What a sent turn commits (:meth:`TurnRecords.commit_sent`).
+    """What a sent message of a turn commits (:meth:`TurnRecords.commit_sent` for part 1,
+    :meth:`TurnRecords.commit_part` for the later parts of a split text).
 
     Attributes:
         turn: the turn; bot: the speaking bot; message: Telegram's answer.
         generation: the text and the provider that wrote it.
-        reply_to: the Telegram id the message replies to in our data (kept even when
-            Telegram sent it without the reply), or None.
+        reply_to: the Telegram id the message replies to as Telegram shows it, or None
+            (also when Telegram sent it without the reply: the target was deleted, or the
+            chat migrated; the turn still answers ``turn.reply_message_id``).
         mood: the bot's mood after the turn, -1.0–1.0; timing: see :class:`Timing`.
+        part / parts: which part of the generation's text this message is, 1-based, of how
+            many (1 / 1: the text sent whole).
+        text: this message's text: the part (None: the generation's whole text).
     """
 
     turn: Turn
@@ -182,6 +293,25 @@ class Sent:
     reply_to: int | None
     mood: float
     timing: Timing
+    part: int = 1
+    parts: int = 1
+    text: str | None = None
+
+    @property
+    def sent_text(self) -> str:
+        """The text of this message (the part, or the whole generation)."""
+        return self.generation.text if self.text is None else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A send Telegram did not take (or whose fate is unknown); its side effects (block,
+    leave, disable, let go) are done. ``record``: the turn record's outcome for it."""
+
+    status: Literal["rate_limited", "failed", "skipped", "unknown"]
+    record: str
+    error: str
+    retry_after: float | None = None
 
 
 class TurnRecords(Protocol):
@@ -199,12 +329,21 @@ class TurnRecords(Protocol):
         """Commit a sent turn (message, outcome, answered flag, mood); returns the message
         as the chat's history shows it."""
 
+    async def commit_part(self, sent: Sent) -> HistoryItem:
+        """Store part ``sent.part`` >= 2 of a sent turn's split text; returns the message
+        as the chat's history shows it."""
+
+    async def note_partial(self, turn: Turn, error: str) -> None:
+        """Say on the sent turn's record that a later part of its text was not sent."""
+
     async def leave_chat(self, turn: Turn, *, status: str, reason: str) -> None:
         """The bot was removed from the turn's chat (403): its membership there becomes
-        ``status`` (``kicked`` or ``left``) and it stops posting there."""
+        ``status`` (``kicked`` or ``left``) and it stops posting there; ``reason`` carries
+        Telegram's description (for the operator: metric and audit entry)."""
 
-    async def disable_bot(self, bot_id: int) -> None:
-        """Telegram refused the bot's token (401): disable the bot."""
+    async def disable_bot(self, bot_id: int, *, description: str = "") -> None:
+        """Telegram refused the bot's token (401): disable the bot and tell the operator
+        (``description``: Telegram's, never the token)."""
 
     async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
         """The turn's chat has a new Telegram id; False when it could not be stored."""
@@ -319,29 +458,85 @@ class TurnPipeline:
             self.stats["fenced"] += 1
             return Outcome(turn=turn, status="skipped", error="bot let go before the send")
         reply_id = turn.reply_to.telegram_message_id if turn.reply_to else None
-        sent_or_outcome = await self._send(turn, client, generation.text, reply_id)
-        if isinstance(sent_or_outcome, Outcome):
-            return sent_or_outcome
+        parts = split_text(generation.text)
+        dropped = len(parts) > MAX_PARTS
+        parts = parts[:MAX_PARTS]
+        posted = await self._post(turn, client, turn.telegram_chat_id, parts[0], reply_id)
+        if isinstance(posted, _Refused):
+            await self.records.finish(turn, posted.record, posted.error)
+            return Outcome(turn=turn, status=posted.status, error=posted.error,
+                           retry_after=posted.retry_after)
+        message, shown_reply = posted
         timing = Timing(sent_at=utcnow(), latency_s=time.perf_counter() - decided,
                         llm_s=llm_s, wait_s=waited_s, read_s=read_s, typing_s=typing_s)
         metrics.TURN_LATENCY.observe(timing.latency_s)
         # the engine's own part: neither generation nor the deliberate reading/typing pauses
         metrics.TURN_OVERHEAD.observe(max(timing.latency_s - read_s - typing_s, 0.0))
-        commit = asyncio.ensure_future(self.records.commit_sent(Sent(
-            turn=turn, bot=bot, message=sent_or_outcome, generation=generation,
-            reply_to=reply_id, mood=ctx.mood, timing=timing)))
+        sent = Sent(turn=turn, bot=bot, message=message, generation=generation,
+                    reply_to=shown_reply, mood=ctx.mood, timing=timing, parts=len(parts),
+                    text=parts[0] if len(parts) > 1 else None)
+        await self._stored(turn, self.records.commit_sent(sent))
+        outcome = Outcome(turn=turn, status="sent", telegram_message_id=message.message_id)
+        if len(parts) > 1:
+            await self._send_rest(sent, client, parts, cap, outcome)
+            if dropped and outcome.error is None:
+                outcome.error = f"text cut after {MAX_PARTS} parts"
+                await self.records.note_partial(turn, outcome.error)
+        return outcome
+
+    async def _stored(self, turn: Turn, commit: Awaitable[HistoryItem]) -> None:
+        """Await a message's commit even when cancelled meanwhile (Telegram has the message:
+        it is recorded before giving in to the cancellation, a worker stopping, or an
+        ``intent`` would be left for a message that exists), then count the send and add
+        the message to the chat's cached history."""
+        task = asyncio.ensure_future(commit)
         try:
-            item = await asyncio.shield(commit)
+            item = await asyncio.shield(task)
         except asyncio.CancelledError:
-            # Telegram has the message: record it before giving in to the cancellation
-            # (a worker stopping), or an ``intent`` would be left for a message that exists.
             with contextlib.suppress(Exception):
-                await commit
+                await task
             raise
         if self.on_sent is not None:
             self.on_sent(turn.bot_id, self.clock())
         await self.reads.appended(turn.chat_id, item)
-        return Outcome(turn=turn, status="sent", telegram_message_id=sent_or_outcome.message_id)
+
+    async def _send_rest(self, first: Sent, client: Sender, parts: list[str], cap: int,
+                         outcome: Outcome) -> None:
+        """Send parts 2.. of a split text after part 1, in order, each after a send slot
+        and each stored once sent. The first part not sent ends it: the outcome (and the
+        turn record) say which and why; what was sent stays stored."""
+        turn, n = first.turn, len(parts)
+        chat_id = first.message.chat_id  # where part 1 went (after a migration: the new id)
+        sent_parts = 1
+        for k, text in enumerate(parts[1:], start=2):
+            waited, refused = await self._guard(turn, cap, chat_id)
+            if refused is not None:
+                why = refused.error or "Telegram limit"
+            elif not self.holder.valid(turn.bot_id) or self.holder.client(
+                    turn.bot_id) is not client:
+                why = "bot let go before the send"
+            else:
+                posted = await self._post(turn, client, chat_id, text, None, part=(k, n))
+                if isinstance(posted, _Refused):
+                    why = posted.error
+                else:
+                    message, _ = posted
+                    chat_id = message.chat_id
+                    timing = dataclasses.replace(first.timing, sent_at=utcnow(),
+                                                 wait_s=waited, read_s=0.0, typing_s=0.0)
+                    await self._stored(turn, self.records.commit_part(dataclasses.replace(
+                        first, message=message, reply_to=None, part=k, text=text,
+                        timing=timing)))
+                    sent_parts = k
+                    continue
+            outcome.error = f"part {k} of {n} not sent: {why}"
+            break
+        outcome.extra.update(parts=n, parts_sent=sent_parts)
+        metrics.SPLIT_SENDS.labels(outcome="complete" if sent_parts == n else "partial").inc()
+        if outcome.error is not None:
+            log.warning("turn %s: %s (parts 1-%d sent and stored)", turn.turn_id,
+                        outcome.error, sent_parts)
+            await self.records.note_partial(turn, outcome.error)
 
     async def _generate(self, turn: Turn, client: Sender, request: GenerationRequest,
                         order: list[str] | None,
@@ -411,11 +606,13 @@ class TurnPipeline:
         if ahead > 0:
             await self._sleep(ahead)
 
-    async def _guard(self, turn: Turn, chat_cap: int) -> tuple[float, Outcome | None]:
-        """Take a send slot, waiting at most :data:`MAX_LIMIT_WAIT_S`. Returns the seconds
-        waited and, when no slot came, the ``skipped`` outcome."""
-        wait = await self.limits.try_acquire(turn.bot_id, turn.telegram_chat_id,
-                                             chat_cap=chat_cap)
+    async def _guard(self, turn: Turn, chat_cap: int,
+                     chat_id: int | None = None) -> tuple[float, Outcome | None]:
+        """Take a send slot in ``chat_id`` (Telegram's id; default the turn's), waiting at
+        most :data:`MAX_LIMIT_WAIT_S`. Returns the seconds waited and, when no slot came,
+        the ``skipped`` outcome."""
+        chat = turn.telegram_chat_id if chat_id is None else chat_id
+        wait = await self.limits.try_acquire(turn.bot_id, chat, chat_cap=chat_cap)
         if wait <= 0:
             return 0.0, None
         if wait > MAX_LIMIT_WAIT_S:
@@ -424,69 +621,82 @@ class TurnPipeline:
         t_wait = time.perf_counter()
         await self._sleep(wait)
         waited = time.perf_counter() - t_wait
-        if await self.limits.try_acquire(turn.bot_id, turn.telegram_chat_id,
-                                         chat_cap=chat_cap) > 0:
+        if await self.limits.try_acquire(turn.bot_id, chat, chat_cap=chat_cap) > 0:
             return waited, Outcome(turn=turn, status="skipped", error="Telegram limit")
         return waited, None
 
-    async def _send(self, turn: Turn, client: Sender, text: str,
-                    reply_id: int | None) -> SentMessage | Outcome:
-        """Send after the intent; every Telegram answer but success ends in an outcome
-        recorded here. An error answer means nothing was posted, so the two answers that
-        name a fix (the chat's new id, the reply target gone) are followed once."""
-        chat_id, reply = turn.telegram_chat_id, reply_id
+    async def _post(self, turn: Turn, client: Sender, chat_id: int, text: str,
+                    reply_id: int | None, *,
+                    part: tuple[int, int] = (1, 1)) -> tuple[SentMessage, int | None] | _Refused:
+        """Send one message after the intent: Telegram's answer and the reply it shows, or
+        how it was refused (module table; the side effects are done here, the turn's
+        record is the caller's). An error answer means nothing was posted, so the two
+        answers that name a fix (the chat's new id, the reply target gone) are followed
+        once. ``part``: (k, n) of a split text, for the logs."""
+        reply = reply_id
+        where = f" (part {part[0]} of {part[1]})" if part[1] > 1 else ""
         for _attempt in range(3):
             try:
                 # allow_sending_without_reply: a vanished reply target does not lose the turn.
-                return await client.send_message(chat_id=chat_id, text=text,
-                                                 reply_to_message_id=reply)
+                message = await client.send_message(chat_id=chat_id, text=text,
+                                                     reply_to_message_id=reply)
             except TelegramChatMigrated as exc:
                 if chat_id == exc.new_chat_id or not await self.records.migrate_chat(
                         turn, exc.new_chat_id):
-                    return await self._failed(turn, exc)
+                    return _Refused("failed", "failed", str(exc))
                 log.warning("chat %s migrated to %s; sent there", chat_id, exc.new_chat_id)
-                chat_id = exc.new_chat_id
+                chat_id, reply = exc.new_chat_id, None  # old ids mean nothing there
             except TelegramReplyNotFound as exc:
                 if reply is None:
-                    return await self._failed(turn, exc)
+                    return _Refused("failed", "failed", str(exc))
                 reply = None
             except TelegramRetryAfter as exc:
                 await self.limits.block(turn.bot_id, exc.retry_after)
-                await self.records.finish(turn, "retry", str(exc))
-                log.warning("bot %s: 429, waits %.0f s", turn.bot_id, exc.retry_after)
-                return Outcome(turn=turn, status="rate_limited", error=str(exc),
-                               retry_after=exc.retry_after)
+                log.warning("bot %s: 429, waits %.0f s%s", turn.bot_id, exc.retry_after, where)
+                return _Refused("rate_limited", "retry", str(exc), exc.retry_after)
             except TelegramUnavailable as exc:
                 if exc.delivered_unknown:
-                    await self.records.finish(turn, "unknown", str(exc))
                     metrics.SEND_UNKNOWN.labels(reason="no_answer").inc()
-                    log.error("turn %s: send outcome unknown (%s); not repeated",
-                              turn.turn_id, exc)
-                    return Outcome(turn=turn, status="unknown", error=str(exc))
-                await self.records.finish(turn, "retry", str(exc))
-                return Outcome(turn=turn, status="skipped", error=str(exc))
+                    log.error("turn %s: send outcome unknown (%s)%s; not repeated",
+                              turn.turn_id, exc, where)
+                    return _Refused("unknown", "unknown", f"outcome unknown: {exc}")
+                return _Refused("skipped", "retry", str(exc))
             except TelegramForbidden as exc:
                 log.error("bot %s removed from chat %s: %s", turn.bot_id, chat_id, exc)
                 status = "kicked" if "kicked" in str(exc).lower() else "left"
                 await self.records.leave_chat(turn, status=status, reason=f"403 {exc}")
-                return await self._failed(turn, exc)
+                return _Refused("failed", "failed", str(exc))
             except TelegramInvalidToken as exc:
-                log.error("bot %s disabled: %s", turn.bot_id, exc)
-                await self.records.disable_bot(turn.bot_id)
+                error = redact_tokens(str(exc))
+                log.error("bot %s disabled: %s", turn.bot_id, error)
+                await self.records.disable_bot(turn.bot_id, description=f"401 {error}")
                 await self.holder.let_go(turn.bot_id)
-                return await self._failed(turn, exc)
+                return _Refused("failed", "failed", error)
             except TelegramError as exc:
-                return await self._failed(turn, exc)
+                return _Refused("failed", "failed", str(exc))
             except BaseException as exc:  # cancelled mid-send: the request may have gone out
                 with contextlib.suppress(Exception):
-                    await self.records.finish(turn, "unknown", repr(exc))
+                    if part[0] == 1:
+                        await self.records.finish(turn, "unknown", repr(exc))
+                    else:
+                        await self.records.note_partial(
+                            turn, f"part {part[0]} of {part[1]} outcome unknown: {exc!r}")
                 metrics.SEND_UNKNOWN.labels(reason="interrupted").inc()
                 raise
-        return await self._failed(turn, TelegramError("send refused three times"))
+            else:
+                return message, (reply if _reply_shown(message, reply) else None)
+        return _Refused("failed", "failed", "send refused three times")
 
-    async def _failed(self, turn: Turn, exc: TelegramError) -> Outcome:
-        await self.records.finish(turn, "failed", str(exc))
-        return Outcome(turn=turn, status="failed", error=str(exc))
+
+def _reply_shown(message: SentMessage, asked: int | None) -> bool:
+    """Whether Telegram shows the sent message as the reply ``asked`` for: with
+    ``allow_sending_without_reply`` a deleted target is dropped silently, which Telegram's
+    answer tells by ``reply_to_message`` (read when the client passes it on as
+    ``reply_to_message_id``; else the reply is taken as shown)."""
+    if asked is None:
+        return False
+    shown = getattr(message, "reply_to_message_id", asked)
+    return shown is not None and int(shown) == asked
 
 
 def message_time(sent: SentMessage) -> datetime:

@@ -1,15 +1,22 @@
 """The writes of a turn, over ``backend.stores`` (:class:`StoreTurnRecords`).
 
 Each method is one transaction; the SQL is the stores'. The cache is told what changed
-after each commit (``backend.invalidation``).
+after each commit (``backend.invalidation``). A bot removed from a chat (403) or disabled
+(401) is also told to the operator: an audit entry in the same transaction (the engine as
+actor, ``backend.stores.audit``'s table) and, once committed, a metric
+(``botsim_bot_membership_lost_total{reason}``, ``botsim_bots_disabled_total{reason}``); the
+panel reads a bot's memberships with their status, reason and time in one store call,
+:func:`backend.stores.members.bot_memberships`.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend import metrics
 from backend.cache import TwoLayerCache
 from backend.schemas import MessageMeta
+from backend.stores import audit as audit_store
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import members as member_store
@@ -46,41 +53,80 @@ class StoreTurnRecords:
                                          error=error)
 
     async def commit_sent(self, sent: Sent) -> HistoryItem:
-        """One transaction (:func:`backend.stores.turns.commit_sent`); returns the history
-        item of the stored message."""
-        turn, timing, gen = sent.turn, sent.timing, sent.generation
-        meta = MessageMeta(provider=gen.provider, model=gen.model, topic=turn.topic,
-                           sender_is_bot=True, sender_username=sent.bot.username,
-                           sent_at=timing.sent_at,
-                           latency_ms=round(timing.latency_s * 1000, 3),
-                           llm_ms=round(timing.llm_s * 1000, 3),
-                           wait_ms=round(timing.wait_s * 1000, 3),
-                           read_ms=round(timing.read_s * 1000, 3),
-                           typing_ms=round(timing.typing_s * 1000, 3))
+        """One transaction (:func:`backend.stores.turns.commit_sent`): part 1 (or the whole
+        text), the turn's ``sent`` outcome, the answered flag of the human message the turn
+        answers (by our id, ``turn.reply_message_id``, whatever Telegram showed) and the
+        mood; returns the history item of the stored message."""
+        turn = sent.turn
         async with self.sessionmaker() as session, session.begin():
             msg = await turn_store.commit_sent(
                 session, turn_id=turn.turn_id, chat_id=turn.chat_id, bot_id=turn.bot_id,
-                telegram_message_id=sent.message.message_id, text=gen.text, meta=meta,
-                created_at=message_time(sent.message),
+                telegram_message_id=sent.message.message_id, text=sent.sent_text,
+                meta=_meta(sent), created_at=message_time(sent.message),
                 reply_to_telegram_message_id=sent.reply_to,
                 answered_human=turn.reply_to is not None and turn.reply_to.is_human,
-                mood=sent.mood)
+                mood=sent.mood, answered_message_id=turn.reply_message_id)
         return item_from_row(msg, sent.bot.name, sent.bot.username)
+
+    async def commit_part(self, sent: Sent) -> HistoryItem:
+        """One transaction (:func:`backend.stores.turns.commit_part`): part ``sent.part`` >= 2
+        of the turn's text; returns the history item of the stored message."""
+        turn = sent.turn
+        async with self.sessionmaker() as session, session.begin():
+            msg = await turn_store.commit_part(
+                session, turn_id=turn.turn_id, part=sent.part, chat_id=turn.chat_id,
+                bot_id=turn.bot_id, telegram_message_id=sent.message.message_id,
+                text=sent.sent_text, meta=_meta(sent), created_at=message_time(sent.message))
+        return item_from_row(msg, sent.bot.name, sent.bot.username)
+
+    async def note_partial(self, turn: Turn, error: str) -> None:
+        """See :func:`backend.stores.turns.note_partial`."""
+        async with self.sessionmaker() as session, session.begin():
+            await turn_store.note_partial(session, turn_id=turn.turn_id, error=error)
 
     async def leave_chat(self, turn: Turn, *, status: str, reason: str) -> None:
         """Telegram refused the bot in the turn's chat (403): its membership there becomes
         ``status`` (``kicked`` or ``left``), so it takes no more turns there until Telegram
         reports it back; its configuration (``chat_bots``) is kept
-        (:func:`backend.stores.members.set_bot_member`)."""
+        (:func:`backend.stores.members.set_bot_member`). When that changed the membership,
+        the audit entry ``bot.membership_lost`` commits with it and
+        ``botsim_bot_membership_lost_total{reason=status}`` counts it."""
         async with self.sessionmaker() as session, session.begin():
-            await member_store.set_bot_member(session, chat_id=turn.chat_id,
-                                              bot_id=turn.bot_id, status=status,
-                                              reason=reason, cache=self.cache)
+            changed = await member_store.set_bot_member(
+                session, chat_id=turn.chat_id, bot_id=turn.bot_id, status=status,
+                reason=reason, cache=self.cache)
+            if changed:
+                await audit_store.record(
+                    session, user_id=None, username=audit_store.ENGINE,
+                    action=audit_store.MEMBERSHIP_LOST, entity="bot", entity_id=turn.bot_id,
+                    before=None, after={"chat_id": turn.chat_id,
+                                        "telegram_chat_id": turn.telegram_chat_id,
+                                        "status": status, "description": reason})
+        if changed:
+            metrics.BOT_MEMBERSHIP_LOST.labels(reason=status).inc()
 
-    async def disable_bot(self, bot_id: int) -> None:
-        """See :func:`backend.stores.bots.disable_bot`."""
+    async def disable_bot(self, bot_id: int, *, description: str = "401 Unauthorized") -> None:
+        """Telegram refused the bot's token (401, to a send or to getMe): disable it
+        (:func:`backend.stores.bots.disable_bot`). When it was enabled, the audit entry
+        ``bot.disabled`` (``reason`` token_refused, Telegram's ``description`` with any
+        token redacted) commits with it and ``botsim_bots_disabled_total{reason=
+        "token_refused"}`` counts it.
+
+        Raises:
+            NotFound: there is no such bot.
+        """
         async with self.sessionmaker() as session, session.begin():
+            was_enabled = (await bot_store.get_bot(session, bot_id=bot_id)).enabled
             await bot_store.disable_bot(session, bot_id=bot_id, cache=self.cache)
+            if was_enabled:
+                await audit_store.record(
+                    session, user_id=None, username=audit_store.ENGINE,
+                    action=audit_store.BOT_DISABLED, entity="bot", entity_id=bot_id,
+                    before={"enabled": True},
+                    after={"enabled": False, "reason": "token_refused",
+                           "description": audit_store.redact_tokens(description)})
+        if was_enabled:
+            metrics.BOTS_DISABLED.labels(reason="token_refused").inc()
 
     async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
         """See :func:`backend.stores.chats.migrate_chat`."""
@@ -88,3 +134,16 @@ class StoreTurnRecords:
             return await chat_store.migrate_chat(
                 session, chat_id=turn.chat_id, new_telegram_chat_id=new_telegram_chat_id,
                 cache=self.cache)
+
+
+def _meta(sent: Sent) -> MessageMeta:
+    """The stored metadata of a sent message (provider, timings)."""
+    gen, timing = sent.generation, sent.timing
+    return MessageMeta(provider=gen.provider, model=gen.model, topic=sent.turn.topic,
+                       sender_is_bot=True, sender_username=sent.bot.username,
+                       sent_at=timing.sent_at,
+                       latency_ms=round(timing.latency_s * 1000, 3),
+                       llm_ms=round(timing.llm_s * 1000, 3),
+                       wait_ms=round(timing.wait_s * 1000, 3),
+                       read_ms=round(timing.read_s * 1000, 3),
+                       typing_ms=round(timing.typing_s * 1000, 3))

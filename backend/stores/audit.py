@@ -1,4 +1,19 @@
-"""The audit log: who changed what through the admin API, with the values before and after.
+"""The audit log: who changed what, with the values before and after.
+
+Operators' changes through the admin API carry their user id and name; the engine's own
+decisions carry ``user_id`` None and the name :data:`ENGINE`:
+
+=========================  ========  ============================================  ==========
+action                     entity    ``after``                                     written by
+=========================  ========  ============================================  ==========
+``bot.membership_lost``    ``bot``   ``chat_id``, ``telegram_chat_id``,            a send
+                                     ``status`` (kicked, left), ``description``    answered 403
+``bot.disabled``           ``bot``   ``reason`` (token_refused), ``description``   a 401 (send
+                                                                                   or getMe)
+=========================  ========  ============================================  ==========
+
+(``description`` is Telegram's, e.g. "Forbidden: bot was kicked from the group chat"; the
+entity id is our bot id.)
 
 Keyword-only async functions over an ``AsyncSession`` (the caller owns the transaction, so
 an audit entry commits or rolls back together with the change it describes).
@@ -6,11 +21,14 @@ an audit entry commits or rolls back together with the change it describes).
 Secrets never reach the table: any key of ``before`` / ``after`` named like a secret
 (containing ``token``, ``password``, ``passwd``, ``api_key``, ``apikey`` or ``secret``, case-
 insensitive, ``-`` read as ``_``), at any depth (inside nested objects and lists), has its
-value replaced by ``"***"`` before storing.
+value replaced by ``"***"`` before storing, and any bot token inside a string value
+(:data:`BOT_TOKEN_RE`, e.g. python-telegram-bot's "The token `…` was rejected") is replaced
+by ``"***"`` too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +45,14 @@ MASK = "***"
 SECRET_MARKERS = ("token", "password", "passwd", "api_key", "apikey", "secret")
 #: The largest page :func:`list_entries` returns.
 MAX_LIMIT = 1000
+#: A bot token's shape: the bot's numeric id, a colon, 30-odd characters of ``A-Za-z0-9_-``
+#: (core.telegram.org/bots/api#authorizing-your-bot: "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11").
+BOT_TOKEN_RE = re.compile(r"\d{3,}:[A-Za-z0-9_-]{20,}")
+#: ``username`` of the engine's own entries (``user_id`` None).
+ENGINE = "engine"
+#: The engine's actions (module table).
+MEMBERSHIP_LOST = "bot.membership_lost"
+BOT_DISABLED = "bot.disabled"
 
 _JSON: TypeAdapter[JsonValue] = TypeAdapter(JsonValue)
 
@@ -37,8 +63,16 @@ def is_secret_key(key: str) -> bool:
     return any(marker in norm for marker in SECRET_MARKERS)
 
 
+def redact_tokens(text: str) -> str:
+    """``text`` with every bot token in it (:data:`BOT_TOKEN_RE`) replaced by ``"***"``:
+    ``redact_tokens("The token `123456:ABC-DEF1234ghIkl-zyx57W2v1u` was rejected")`` is
+    ``"The token `***` was rejected"``."""
+    return BOT_TOKEN_RE.sub(MASK, text)
+
+
 def mask_secrets(value: Any) -> Any:
-    """Return a copy of ``value`` with every secret-named key's value replaced by ``"***"``.
+    """Return a copy of ``value`` with every secret-named key's value replaced by ``"***"``
+    and every bot token inside a string redacted (:func:`redact_tokens`).
 
     Walks nested dicts and lists (tuples become lists); other values are returned as is.
     The input is not modified.
@@ -49,6 +83,8 @@ def mask_secrets(value: Any) -> Any:
         }
     if isinstance(value, list | tuple):
         return [mask_secrets(v) for v in value]
+    if isinstance(value, str):
+        return redact_tokens(value)
     return value
 
 

@@ -14,10 +14,24 @@ The protocol (one turn of one bot):
 A worker killed between 3 and 4 leaves an ``intent``: the next holder of the bot's lease
 turns it into ``unknown`` (:func:`reconcile`) and never sends it again, because Telegram's
 sendMessage has no idempotency key to ask whether it arrived.
+
+A text over Telegram's limit is one turn sent as several messages (parts, in order;
+``behavior_engine.pipeline.split_text``). The turn has one intent and one outcome; each part
+is stored as soon as Telegram accepted it, once:
+
+- part 1 by :func:`commit_sent` (``messages.turn_id`` = the turn id, unique; the turn becomes
+  ``sent`` with part 1's Telegram id);
+- part k ≥ 2 by :func:`commit_part`, whose ``messages.turn_id`` is :func:`part_turn_id`
+  (turn id, k): a UUID derived from both, so it stays unique (a part is never stored twice)
+  and links the part to its turn (:func:`turn_message_ids` finds them all);
+- a later part that is not sent (an error answer, an unknown outcome, a limit) leaves the
+  parts before it stored and the turn ``sent``, with ``turns.error`` saying which part was
+  not sent and why (:func:`note_partial`): nothing is sent again.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,6 +50,23 @@ from backend.stores import messages as message_store
 
 #: Statuses after which a turn id is never acted on again.
 FINAL_OR_PENDING = ("intent", "sent", "failed", "unknown")
+#: Namespace of :func:`part_turn_id` (a fixed UUID4).
+PART_NAMESPACE = uuid.UUID("5d1b3f0e-5c4a-4f7e-9a51-3c0d6f2b8e41")
+#: Most parts :func:`turn_message_ids` looks for (the pipeline sends at most this many).
+MAX_PARTS = 8
+
+
+def part_turn_id(turn_id: str, part: int) -> str:
+    """The ``messages.turn_id`` of part ``part`` (1-based) of a turn's split text: the turn
+    id itself for part 1, else UUID5(:data:`PART_NAMESPACE`, ``"<turn_id>/<part>"``), a
+    36-character id that fits the column and is unique per (turn, part).
+
+    Raises:
+        ValueError: ``part`` < 1.
+    """
+    if part < 1:
+        raise ValueError(f"part is 1-based, got {part}")
+    return turn_id if part == 1 else str(uuid.uuid5(PART_NAMESPACE, f"{turn_id}/{part}"))
 
 
 def _insert(session: AsyncSession) -> Any:
@@ -238,6 +269,7 @@ async def commit_sent(
     reply_to_telegram_message_id: int | None = None,
     answered_human: bool = False,
     mood: float | None = None,
+    answered_message_id: int | None = None,
 ) -> Message:
     """Commit a sent turn in one place: its message row, the turn's ``sent`` outcome, the
     answered flag of the human message it replies to, and the bot's mood.
@@ -249,9 +281,14 @@ async def commit_sent(
         turn_id / chat_id / bot_id: the turn and where it was sent (our ids).
         telegram_message_id: Telegram's id of the sent message; created_at: its time (UTC).
         text / meta: the message text and its metadata (provider, timings...).
-        reply_to_telegram_message_id: the message it replies to in the chat, if any.
-        answered_human: the reply target is a human message that now has its answer.
+        reply_to_telegram_message_id: the message it replies to in the chat as Telegram
+            shows it, if any (None when Telegram sent it without the reply).
+        answered_human: the reply target ``reply_to_telegram_message_id`` is a human message
+            that now has its answer.
         mood: the bot's mood after the turn, -1.0–1.0 (clamped); None: unchanged.
+        answered_message_id: our ``messages.id`` of the human message the turn answers: its
+            ``reply_wanted`` is cleared even when Telegram dropped the reply (target
+            deleted) or the chat migrated (the old group's ids were negated).
 
     Returns:
         The stored message row (flushed: ``id`` set).
@@ -270,6 +307,64 @@ async def commit_sent(
     if answered_human and reply_to_telegram_message_id is not None:
         await message_store.mark_answered(
             session, chat_id=chat_id, telegram_message_ids=[reply_to_telegram_message_id])
+    if answered_message_id is not None:
+        await session.execute(update(Message).where(Message.id == answered_message_id)
+                              .values(reply_wanted=False))
     if mood is not None:
         await bot_store.set_mood(session, bot_id=bot_id, mood=mood)
     return msg
+
+
+async def commit_part(
+    session: AsyncSession,
+    *,
+    turn_id: str,
+    part: int,
+    chat_id: int,
+    bot_id: int,
+    telegram_message_id: int,
+    text: str,
+    meta: MessageMeta,
+    created_at: datetime,
+) -> Message:
+    """Store part ``part`` ≥ 2 of a sent turn's split text (module docstring), after
+    Telegram accepted it; its ``turn_id`` is :func:`part_turn_id`. The turn's record is not
+    touched (part 1's :func:`commit_sent` made it ``sent``).
+
+    Returns:
+        The stored message row (flushed: ``id`` set).
+
+    Raises:
+        ValueError: ``part`` < 2.
+        sqlalchemy.exc.IntegrityError: this part or its (chat, Telegram id) is already
+            stored.
+    """
+    if part < 2:
+        raise ValueError(f"part 1 is stored by commit_sent, got part {part}")
+    return await message_store.record_sent(
+        session, chat_id=chat_id, bot_id=bot_id, turn_id=part_turn_id(turn_id, part),
+        telegram_message_id=telegram_message_id, text=text, meta=meta, created_at=created_at,
+    )
+
+
+async def note_partial(session: AsyncSession, *, turn_id: str, error: str) -> bool:
+    """Say on a ``sent`` turn that a later part of its text was not sent (``turns.error``;
+    the status stays ``sent``: its first part is on Telegram, and nothing is resent).
+
+    Returns:
+        True when the turn was ``sent`` and now carries ``error``; False otherwise.
+    """
+    got = await session.execute(
+        update(TurnRecord).where(TurnRecord.turn_id == turn_id, TurnRecord.status == "sent")
+        .values(error=error, updated_at=utcnow()))
+    return bool(getattr(got, "rowcount", 0))
+
+
+async def turn_message_ids(session: AsyncSession, *, turn_id: str) -> list[int]:
+    """Our ``messages.id`` of every stored part of ``turn_id``'s text, in part order (one id
+    for a text sent whole; none for a turn not sent)."""
+    ids = [part_turn_id(turn_id, k) for k in range(1, MAX_PARTS + 1)]
+    rows = (await session.execute(
+        select(Message.turn_id, Message.id).where(Message.turn_id.in_(ids)))).all()
+    found = {str(t): int(i) for t, i in rows}
+    return [found[t] for t in ids if t in found]

@@ -26,7 +26,14 @@ from backend.schemas import PersonaProfile, SimulationSettings
 from behavior_engine.llm.chain import ChainEntry, ProviderChain, RetryPolicy
 from behavior_engine.llm.offline import OfflineGenerator
 from behavior_engine.market import MarketFeed
-from behavior_engine.pipeline import MAX_LIMIT_WAIT_S, Sent, TurnPipeline
+from behavior_engine.pipeline import (
+    MAX_LIMIT_WAIT_S,
+    TEXT_LIMIT,
+    Sent,
+    TurnPipeline,
+    split_text,
+    utf16_len,
+)
 from behavior_engine.reads import BotProfile, HistoryItem
 from behavior_engine.turn import ChatLine, Generation, GenerationRequest, Turn
 from bots.personas import load_persona_dir
@@ -87,8 +94,12 @@ class FakeRecords:
         self.finished: list[tuple[str, str]] = []
         self.committed: list[Sent] = []
         self.left: list[tuple[int, int]] = []
+        self.left_as: list[tuple[str, str]] = []  # (status, reason)
         self.disabled: list[int] = []
+        self.descriptions: list[str] = []
         self.migrated: list[int] = []
+        self.parts: list[Sent] = []
+        self.partial: list[str] = []
 
     async def record_intent(self, turn: Turn, *, token: int, worker: str) -> bool:
         if self.fenced:
@@ -107,11 +118,23 @@ class FakeRecords:
                            text=sent.generation.text, created_at=sent.message.date,
                            reply_to=sent.reply_to)
 
+    async def commit_part(self, sent: Sent) -> HistoryItem:
+        self.parts.append(sent)
+        return HistoryItem(message_id=100 + sent.part, bot_id=sent.turn.bot_id,
+                           telegram_message_id=sent.message.message_id, speaker=sent.bot.name,
+                           speaker_username=sent.bot.username, is_human=False,
+                           text=sent.sent_text, created_at=sent.message.date)
+
+    async def note_partial(self, turn: Turn, error: str) -> None:
+        self.partial.append(error)
+
     async def leave_chat(self, turn: Turn, *, status: str, reason: str) -> None:
         self.left.append((turn.bot_id, turn.chat_id))
+        self.left_as.append((status, reason))
 
-    async def disable_bot(self, bot_id: int) -> None:
+    async def disable_bot(self, bot_id: int, *, description: str = "") -> None:
         self.disabled.append(bot_id)
+        self.descriptions.append(description)
 
     async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
         self.migrated.append(new_telegram_chat_id)
@@ -334,7 +357,16 @@ async def test_the_bot_kicked_leaves_the_chat() -> None:
     out = await rig.pipeline.run(turn())
     assert out.status == "failed" and "kicked" in (out.error or "")
     assert rig.records.left == [(BOT, CHAT)] and rig.records.finished == [("turn-1", "failed")]
-    assert rig.holder.let_go_of == []  # still driven in its other chats
+    assert rig.records.left_as == [("kicked", "403 Forbidden: bot was kicked from the group "
+                                               "chat")]  # Telegram's words for the operator
+    assert rig.holder.let_go_of == [] and len(rig.client.sends) == 1  # not repeated
+
+
+async def test_a_bot_no_longer_a_member_has_left_the_chat() -> None:
+    rig = Rig(FakeClient(TelegramForbidden("Forbidden: bot is not a member of the supergroup "
+                                           "chat")))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "failed" and [s for s, _ in rig.records.left_as] == ["left"]
 
 
 async def test_a_refused_token_disables_the_bot() -> None:
@@ -342,6 +374,16 @@ async def test_a_refused_token_disables_the_bot() -> None:
     out = await rig.pipeline.run(turn())
     assert out.status == "failed"
     assert rig.records.disabled == [BOT] and rig.holder.let_go_of == [BOT]
+    assert rig.records.descriptions == ["401 Unauthorized"]
+
+
+async def test_a_token_in_the_refusal_never_reaches_the_records() -> None:
+    # python-telegram-bot's getMe path says "The token `<token>` was rejected by the server."
+    token = "8100000000:token-for-tests-0000-abcdefgh"
+    rig = Rig(FakeClient(TelegramInvalidToken(f"The token `{token}` was rejected")))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "failed" and token not in (out.error or "")
+    assert rig.records.descriptions == ["401 The token `***` was rejected"]
 
 
 async def test_the_chat_migrated_is_followed_once() -> None:
@@ -351,6 +393,16 @@ async def test_the_chat_migrated_is_followed_once() -> None:
     assert rig.records.migrated == [-100999]
     assert [s[0] for s in rig.client.sends] == [TG_CHAT, -100999]
     assert len(rig.records.committed) == 1 and rig.records.finished == []
+
+
+async def test_a_reply_is_not_carried_into_the_migrated_chat() -> None:
+    # the old group's message ids mean other messages (or none) in the supergroup
+    rig = Rig(FakeClient(TelegramChatMigrated(-100999), 779))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "sent"
+    assert rig.client.sends[1][0::2] == (-100999, None)
+    [sent] = rig.records.committed
+    assert sent.reply_to is None and sent.turn.reply_message_id == 11  # still answers it
 
 
 async def test_a_migration_that_cannot_be_stored_fails_the_turn() -> None:
@@ -366,7 +418,33 @@ async def test_the_reply_target_gone_sends_without_the_reply() -> None:
     out = await rig.pipeline.run(turn(reply_to=HUMAN))
     assert out.status == "sent"
     assert [s[2] for s in rig.client.sends] == [42, None]
-    assert rig.records.committed[0].reply_to == 42  # the thread stays in our data
+    # stored as Telegram shows it; the turn still answers the human message (our id 11)
+    [sent] = rig.records.committed
+    assert sent.reply_to is None and sent.turn.reply_message_id == 11
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShownMessage(SentMessage):
+    """Telegram's answer with the reply it shows (``reply_to_message``)."""
+
+    reply_to_message_id: int | None = None
+
+
+async def test_a_reply_telegram_dropped_silently_is_stored_without_it() -> None:
+    # allow_sending_without_reply: a deleted target is no 400; the answer shows no reply
+    rig = Rig(FakeClient())
+
+    async def send(*, chat_id: int, text: str,
+                   reply_to_message_id: int | None = None) -> SentMessage:
+        rig.client.sends.append((chat_id, text, reply_to_message_id))
+        shown = reply_to_message_id if len(rig.client.sends) > 1 else None
+        return ShownMessage(message_id=780, date=NOW, chat_id=chat_id,
+                            reply_to_message_id=shown)
+
+    rig.client.send_message = send  # type: ignore[method-assign]
+    await rig.pipeline.run(turn(reply_to=HUMAN))
+    await rig.pipeline.run(dataclasses.replace(turn(reply_to=HUMAN), turn_id="turn-2"))
+    assert [s.reply_to for s in rig.records.committed] == [None, 42]
 
 
 async def test_other_error_answers_fail_the_turn() -> None:
@@ -428,3 +506,114 @@ async def test_a_slot_decided_early_types_so_that_typing_ends_at_its_due_time() 
     rig = Rig(FakeClient(908), sim=sim)
     await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW + timedelta(seconds=3)))
     assert rig.client.events[0] == ("typing", 0.0)
+
+
+class Writes:
+    """A provider that writes the given text."""
+
+    name = "long"
+    model = None
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        return Generation(text=self.text, provider=self.name)
+
+
+def sentence(i: int) -> str:
+    return f"Cümle {i} biraz uzun bir düşünce, 1.5 puanlık bir hareket ve <b>işaret</b> var."
+
+
+def test_a_text_within_the_limit_is_one_part() -> None:
+    assert split_text("Kısa bir mesaj.") == ["Kısa bir mesaj."]
+    at_limit = "a" * TEXT_LIMIT
+    assert split_text(at_limit) == [at_limit]
+
+
+def test_a_long_text_is_cut_at_sentence_ends_each_part_within_the_limit() -> None:
+    text = " ".join(sentence(i) for i in range(200))  # ~15,000 characters
+    parts = split_text(text)
+    assert len(parts) in (-(-utf16_len(text) // TEXT_LIMIT), -(-utf16_len(text) // TEXT_LIMIT) + 1)
+    assert all(1 <= utf16_len(p) <= TEXT_LIMIT for p in parts)
+    assert all(p.endswith("var.") for p in parts)  # whole sentences; "1.5" is none's end
+    assert " ".join(parts) == text  # nothing lost, in order
+    assert all(utf16_len(p) > TEXT_LIMIT // 2 for p in parts[:-1])
+
+
+def test_a_line_break_ends_a_sentence_and_a_space_comes_next_else_a_hard_cut() -> None:
+    lines = "\n".join("satır " * 50 for _ in range(40))  # no punctuation, line breaks
+    parts = split_text(lines, 1000)
+    assert all(utf16_len(p) <= 1000 for p in parts)
+    assert "\n".join(parts).split() == lines.split()
+    assert all(p.endswith("satır") for p in parts)  # cut at the line ends
+    words = "kelime " * 1000  # no sentence end at all: cut at a space
+    parts = split_text(words, 500)
+    assert all(p.split() == ["kelime"] * len(p.split()) for p in parts)
+    assert sum(len(p.split()) for p in parts) == 1000
+    blob = "x" * 2500  # no space either: a hard cut
+    assert split_text(blob, 1000) == ["x" * 1000, "x" * 1000, "x" * 500]
+
+
+def test_telegram_counts_utf16_code_units_and_a_surrogate_pair_is_never_cut() -> None:
+    emoji = "\U0001F4C8"  # 📈: one character, two UTF-16 code units
+    text = emoji * 3000  # 3,000 characters, 6,000 units: over the limit
+    assert len(text) <= TEXT_LIMIT < utf16_len(text)
+    parts = split_text(text)
+    assert [utf16_len(p) for p in parts] == [4096, 1904]
+    assert "".join(parts) == text
+    odd = "a" + emoji * 10  # a cut at 4 units would split the second pair
+    assert split_text(odd, 4) == ["a" + emoji, *[emoji * 2] * 4, emoji]
+    with pytest.raises(ValueError):
+        split_text(text, 1)
+
+
+async def test_a_text_over_the_limit_is_sent_as_parts_in_order_each_stored_once() -> None:
+    text = " ".join(sentence(i) for i in range(120))  # ~9,000 characters: three parts
+    rig = Rig(FakeClient(801, 802, 803), providers=(Writes(text),))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "sent" and out.telegram_message_id == 801 and out.error is None
+    assert out.extra == {"parts": 3, "parts_sent": 3}
+    assert rig.records.intents == [("turn-1", 4)]  # one intent for the turn
+    sends = rig.client.sends
+    assert [s[2] for s in sends] == [42, None, None]  # only the first part replies
+    assert " ".join(s[1] for s in sends) == text
+    assert all(utf16_len(s[1]) <= TEXT_LIMIT for s in sends)
+    [first] = rig.records.committed  # the turn committed once, with part 1
+    assert first.sent_text == sends[0][1] and (first.part, first.parts) == (1, 3)
+    assert [(p.part, p.message.message_id, p.sent_text) for p in rig.records.parts] == [
+        (2, 802, sends[1][1]), (3, 803, sends[2][1])]
+    assert [i.telegram_message_id for i in rig.reads.items] == [801, 802, 803]
+    assert len(rig.limits.caps) == 3  # each part took its own send slot
+    assert len(rig.sent_at) == 3 and rig.records.partial == []
+
+
+async def test_a_later_part_refused_leaves_what_was_sent_and_says_so() -> None:
+    text = " ".join(sentence(i) for i in range(80))  # two parts
+    rig = Rig(FakeClient(811, TelegramForbidden("Forbidden: bot was kicked from the group "
+                                                "chat")), providers=(Writes(text),))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "sent" and out.telegram_message_id == 811
+    assert out.error == "part 2 of 2 not sent: Forbidden: bot was kicked from the group chat"
+    assert out.extra == {"parts": 2, "parts_sent": 1}
+    assert len(rig.records.committed) == 1 and rig.records.parts == []
+    assert rig.records.partial == [out.error] and rig.records.finished == []
+    assert [s for s, _ in rig.records.left_as] == ["kicked"]  # the 403 is handled as ever
+    assert len(rig.client.sends) == 2  # nothing repeated
+
+
+async def test_a_later_part_past_the_limit_wait_is_not_sent() -> None:
+    text = " ".join(sentence(i) for i in range(80))
+    rig = Rig(FakeClient(821), providers=(Writes(text),),
+              limits=FakeLimits(0.0, MAX_LIMIT_WAIT_S + 1))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "sent" and out.error == "part 2 of 2 not sent: Telegram limit"
+    assert len(rig.client.sends) == 1 and rig.records.partial == [out.error]
+
+
+async def test_markup_characters_go_out_as_plain_text() -> None:
+    text = "<b>kalın</b> *yıldız* _alt_ [köşeli](parantez) `kod` 1.5 > 2 & ~çizgi~ ||gizli||"
+    rig = Rig(FakeClient(831), providers=(Writes(text),))
+    out = await rig.pipeline.run(turn())
+    assert out.status == "sent" and rig.client.sends == [(TG_CHAT, text, None)]
+    assert rig.records.committed[0].sent_text == text
