@@ -218,8 +218,10 @@ class Sender(Protocol):
     """What a turn needs of a bot's Telegram client (:class:`bots.telegram.BotClient`)."""
 
     async def send_message(self, *, chat_id: int, text: str,
-                           reply_to_message_id: int | None = None) -> SentMessage:
-        """sendMessage. Raises a :class:`~backend.errors.TelegramError` subclass."""
+                           reply_to_message_id: int | None = None,
+                           message_thread_id: int | None = None) -> SentMessage:
+        """sendMessage (``message_thread_id``: inside that forum topic). Raises a
+        :class:`~backend.errors.TelegramError` subclass."""
 
     async def send_typing(self, *, chat_id: int) -> None:
         """sendChatAction ``typing``. Raises a :class:`~backend.errors.TelegramError`."""
@@ -634,18 +636,22 @@ class TurnPipeline:
         answers that name a fix (the chat's new id, the reply target gone) are followed
         once. ``part``: (k, n) of a split text, for the logs."""
         reply = reply_id
+        # An answer goes into the forum topic of the message it answers (Bot API,
+        # sendMessage message_thread_id); a fresh line into the General topic.
+        thread = turn.reply_to.thread_id if turn.reply_to is not None else None
         where = f" (part {part[0]} of {part[1]})" if part[1] > 1 else ""
         for _attempt in range(3):
             try:
                 # allow_sending_without_reply: a vanished reply target does not lose the turn.
                 message = await client.send_message(chat_id=chat_id, text=text,
-                                                     reply_to_message_id=reply)
+                                                     reply_to_message_id=reply,
+                                                     message_thread_id=thread)
             except TelegramChatMigrated as exc:
                 if chat_id == exc.new_chat_id or not await self.records.migrate_chat(
                         turn, exc.new_chat_id):
                     return _Refused("failed", "failed", str(exc))
                 log.warning("chat %s migrated to %s; sent there", chat_id, exc.new_chat_id)
-                chat_id, reply = exc.new_chat_id, None  # old ids mean nothing there
+                chat_id, reply, thread = exc.new_chat_id, None, None  # old ids mean nothing
             except TelegramReplyNotFound as exc:
                 if reply is None:
                     return _Refused("failed", "failed", str(exc))
@@ -691,12 +697,8 @@ class TurnPipeline:
 def _reply_shown(message: SentMessage, asked: int | None) -> bool:
     """Whether Telegram shows the sent message as the reply ``asked`` for: with
     ``allow_sending_without_reply`` a deleted target is dropped silently, which Telegram's
-    answer tells by ``reply_to_message`` (read when the client passes it on as
-    ``reply_to_message_id``; else the reply is taken as shown)."""
-    if asked is None:
-        return False
-    shown = getattr(message, "reply_to_message_id", asked)
-    return shown is not None and int(shown) == asked
+    answer tells by ``reply_to_message`` (``SentMessage.reply_to_message_id``)."""
+    return asked is not None and message.reply_to_message_id == asked
 
 
 def message_time(sent: SentMessage) -> datetime:

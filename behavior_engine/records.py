@@ -137,7 +137,8 @@ class StoreTurnRecords:
 
 
 def _meta(sent: Sent) -> MessageMeta:
-    """The stored metadata of a sent message (provider, timings)."""
+    """The stored metadata of a sent message (provider, timings, the forum topic it went
+    into: its reply target's)."""
     gen, timing = sent.generation, sent.timing
     return MessageMeta(provider=gen.provider, model=gen.model, topic=sent.turn.topic,
                        sender_is_bot=True, sender_username=sent.bot.username,

@@ -134,11 +134,14 @@ def _aware(at: datetime | None) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class SentMessage:
-    """Telegram's answer to a send: the message id in its chat and its time (aware UTC)."""
+    """Telegram's answer to a send: the message id in its chat, its time (aware UTC), and the
+    message it shows as replied to (None: none; with ``allow_sending_without_reply`` a reply
+    whose target is gone is posted without it, Bot API, ReplyParameters)."""
 
     message_id: int
     date: datetime
     chat_id: int
+    reply_to_message_id: int | None = None
 
 
 def retry_after_seconds(exc: tg_error.RetryAfter) -> float:
@@ -158,7 +161,9 @@ def translate_error(exc: tg_error.TelegramError, *, bot_id: int | None) -> Teleg
     if isinstance(exc, tg_error.ChatMigrated):
         return TelegramChatMigrated(int(exc.new_chat_id), bot_id=bot_id)
     if isinstance(exc, tg_error.InvalidToken):
-        return TelegramInvalidToken(str(exc), bot_id=bot_id)
+        # python-telegram-bot's text may quote the token ("The token `…` was rejected").
+        return TelegramInvalidToken("Telegram refused the bot token (401 Unauthorized)",
+                                    bot_id=bot_id)
     if isinstance(exc, tg_error.Forbidden):
         return TelegramForbidden(exc.message, bot_id=bot_id)
     if isinstance(exc, tg_error.BadRequest):
@@ -263,7 +268,9 @@ class BotClient:
         except tg_error.TelegramError as exc:
             raise translate_error(exc, bot_id=self.bot_id) from exc
         date = msg.date if msg.date.tzinfo else msg.date.replace(tzinfo=UTC)
-        return SentMessage(message_id=msg.message_id, date=date, chat_id=msg.chat_id)
+        shown = msg.reply_to_message.message_id if msg.reply_to_message is not None else None
+        return SentMessage(message_id=msg.message_id, date=date, chat_id=msg.chat_id,
+                           reply_to_message_id=shown)
 
     async def send_typing(self, *, chat_id: int) -> None:
         """sendChatAction ``typing`` (limited by Telegram to 20 per 5 s per chat).

@@ -49,19 +49,23 @@ class FakeClient:
     def __init__(self, *script: object) -> None:
         self.script = list(script)
         self.sends: list[tuple[int, str, int | None]] = []
+        self.threads: list[int | None] = []
         self.typing = 0
         self.now: Callable[[], float] = lambda: 0.0  # the rig's fake clock, seconds
         self.events: list[tuple[str, float]] = []  # ("typing" | "send", fake time)
 
     async def send_message(self, *, chat_id: int, text: str,
-                           reply_to_message_id: int | None = None) -> SentMessage:
+                           reply_to_message_id: int | None = None,
+                           message_thread_id: int | None = None) -> SentMessage:
         self.sends.append((chat_id, text, reply_to_message_id))
+        self.threads.append(message_thread_id)
         self.events.append(("send", self.now()))
         step = self.script.pop(0) if self.script else 500 + len(self.sends)
         if isinstance(step, BaseException):
             raise step
         assert isinstance(step, int)
-        return SentMessage(message_id=step, date=NOW, chat_id=chat_id)
+        return SentMessage(message_id=step, date=NOW, chat_id=chat_id,
+                           reply_to_message_id=reply_to_message_id)  # as Telegram shows it
 
     async def send_typing(self, *, chat_id: int) -> None:
         self.typing += 1
@@ -413,6 +417,14 @@ async def test_a_migration_that_cannot_be_stored_fails_the_turn() -> None:
     assert rig.records.finished == [("turn-1", "failed")]
 
 
+async def test_an_answer_goes_into_the_forum_topic_of_what_it_answers() -> None:
+    rig = Rig(FakeClient())
+    in_topic = dataclasses.replace(HUMAN, thread_id=100)
+    assert (await rig.pipeline.run(turn(reply_to=in_topic))).status == "sent"
+    assert (await rig.pipeline.run(turn())).status == "sent"
+    assert rig.client.threads == [100, None]  # a fresh line: the General topic
+
+
 async def test_the_reply_target_gone_sends_without_the_reply() -> None:
     rig = Rig(FakeClient(TelegramReplyNotFound("message to be replied not found"), 778))
     out = await rig.pipeline.run(turn(reply_to=HUMAN))
@@ -423,22 +435,16 @@ async def test_the_reply_target_gone_sends_without_the_reply() -> None:
     assert sent.reply_to is None and sent.turn.reply_message_id == 11
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ShownMessage(SentMessage):
-    """Telegram's answer with the reply it shows (``reply_to_message``)."""
-
-    reply_to_message_id: int | None = None
-
-
 async def test_a_reply_telegram_dropped_silently_is_stored_without_it() -> None:
     # allow_sending_without_reply: a deleted target is no 400; the answer shows no reply
     rig = Rig(FakeClient())
 
     async def send(*, chat_id: int, text: str,
-                   reply_to_message_id: int | None = None) -> SentMessage:
+                   reply_to_message_id: int | None = None,
+                   message_thread_id: int | None = None) -> SentMessage:
         rig.client.sends.append((chat_id, text, reply_to_message_id))
         shown = reply_to_message_id if len(rig.client.sends) > 1 else None
-        return ShownMessage(message_id=780, date=NOW, chat_id=chat_id,
+        return SentMessage(message_id=780, date=NOW, chat_id=chat_id,
                             reply_to_message_id=shown)
 
     rig.client.send_message = send  # type: ignore[method-assign]
