@@ -335,7 +335,8 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
 
     stack = contextlib.AsyncExitStack()
     started = time.monotonic()  # set again once the engine is up: the conversation's start
-    run_start: datetime = utcnow()
+    # Telegram dates received messages in whole seconds: the run counts from its second.
+    run_start: datetime = utcnow().replace(microsecond=0)
     worker: Worker | None = None
     listener_state = ListenerState(sessionmaker=sessionmaker,
                                    webhook_secret=secrets.webhook_secret, reads=reads)

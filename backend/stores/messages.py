@@ -227,12 +227,16 @@ async def bot_send_times(
 async def run_summary(session: AsyncSession, *, since: datetime) -> dict[str, int]:
     """Figures of the messages stored since ``since`` (the demo's summary).
 
+    A received message's time is Telegram's ``date``, whole seconds (Bot API, Message.date),
+    so ``since`` counts from the start of its second: a message posted 0.3 s after
+    ``since`` may carry a date up to a second before it.
+
     Returns:
         ``messages`` (bot messages), ``bots_spoken`` (distinct bots), ``human_messages``,
         ``human_replies`` (human messages answered by a bot message replying to them),
         ``duplicates`` (extra rows sharing a (chat, Telegram id) or a turn id).
     """
-    base = Message.created_at >= since
+    base = Message.created_at >= since.replace(microsecond=0)
     bot_msgs = (
         await session.execute(select(func.count()).where(base, Message.bot_id.is_not(None)))
     ).scalar_one()

@@ -249,7 +249,8 @@ async def test_a_revoked_token_disables_the_bot_and_the_others_go_on(world: Worl
     async with world.sessionmaker() as s:
         refused = (await s.execute(select(TurnRecord).where(
             TurnRecord.bot_id == victim, TurnRecord.status == "failed"))).scalars().all()
-    assert refused and all("nauthorized" in (t.error or "") for t in refused)
+    # the 401 failed its turn; a second turn in flight then may fail on the bot let go
+    assert any("nauthorized" in (t.error or "") for t in refused), [t.error for t in refused]
     assert sample("botsim_bots_disabled_total", reason="token_refused") - before == 1
     [entry] = await audit_of(world, victim)
     assert (entry.action, entry.user_id, entry.username) == ("bot.disabled", None, "engine")

@@ -367,7 +367,10 @@ async def test_sharded_workers_share_fail_over_and_never_send_twice(
         f"{len(missing)} sends accepted by Telegram but not stored, only {unknown} turns "
         f"recorded unknown: a send was repeated or lost; turns by worker and status: "
         f"{statuses}; workers: {[(p.n, p.worker_id) for p in fleet.procs]}\n{fleet.logs()}")
-    assert len(stored) > 100, f"only {len(stored)} messages in the run"
+    # Enough traffic for the checks above to mean something. About 15 messages a minute a
+    # chat over the run's ~40 s would be ~200; measured 109-150 alone and 99 in a CI run
+    # beside the other xdist worker's e2e tests (two cores): the floor leaves room for that.
+    assert len(stored) > 60, f"only {len(stored)} messages in the run"
     assert sandbox.stats["too_many_requests"] == 0, sandbox.stats
     print(f"run: {len(stored)} bot messages, {len(humans)} human messages, "
           f"{unknown} unknown sends, {len(missing)} accepted-but-unstored; the stopped worker "

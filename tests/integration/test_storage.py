@@ -171,6 +171,25 @@ async def test_sent_message_and_summary(sessionmaker: Sessions, cipher: TokenCip
                 )
 
 
+async def test_summary_counts_a_message_dated_in_the_second_the_run_started(
+        sessionmaker: Sessions, cipher: TokenCipher) -> None:
+    # Telegram dates are whole seconds: a human line posted 0.5 s into a run that started at
+    # hh:mm:ss.7 is dated hh:mm:ss (it was a demo summary's "0 human messages")
+    _, chat_id = await seed(sessionmaker, cipher)
+    start = datetime(2026, 12, 4, 12, 0, 0, 700_000, tzinfo=UTC)
+    async with sessionmaker() as s, s.begin():
+        await message_store.record_incoming(
+            s, chat_id=chat_id, telegram_message_id=1, text="Altın?", sender_id=5,
+            sender_name="Deniz", meta=MessageMeta(), created_at=start.replace(microsecond=0))
+        await message_store.record_incoming(
+            s, chat_id=chat_id, telegram_message_id=2, text="eski", sender_id=5,
+            sender_name="Deniz", meta=MessageMeta(),
+            created_at=start.replace(microsecond=0) - timedelta(seconds=1))
+    async with sessionmaker() as s:
+        summary = await message_store.run_summary(s, since=start)
+    assert summary["human_messages"] == 1
+
+
 async def test_settings_validated_and_atomic(sessionmaker: Sessions) -> None:
     async with sessionmaker() as s, s.begin():
         first = await settings_store.get_settings(s)
