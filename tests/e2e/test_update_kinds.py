@@ -74,6 +74,42 @@ async def test_a_bot_kicked_and_added_back(world: World) -> None:
     assert await rows(w, Message) == []  # the service messages entered no history
 
 
+async def test_restricted_then_promoted_and_chat_member_for_an_administrator(
+        world: World) -> None:
+    w = world
+    async with w.sessionmaker() as s:
+        bot = await bot_store.bot_with_telegram_user_id(s, telegram_user_id=FIRST_BOT)
+    assert bot is not None
+    w.sandbox.restrict_bot(CHAT, FIRST_BOT)
+
+    async def restricted() -> bool:
+        row = await member(w, FIRST_BOT)
+        return row is not None and row.status == "restricted" and not row.can_send
+
+    await until(restricted)
+    assert bot.id not in await talkers(w)  # it may not send: no turns there
+    w.sandbox.promote_bot(CHAT, FIRST_BOT)
+
+    async def promoted() -> bool:
+        row = await member(w, FIRST_BOT)
+        return row is not None and row.status == "administrator"
+
+    await until(promoted)
+    assert bot.id in await talkers(w)
+    # An administrator that asked for chat_member (bots.telegram.ALLOWED_UPDATES) hears of
+    # every member: a person who joins is recorded from it as well as from the service
+    # message, and stays "member" once.
+    before = _counted("chat_member")
+    w.sandbox.human_joins(CHAT, {"id": 902, "first_name": "Ece"})
+
+    async def joined() -> bool:
+        row = await member(w, 902)
+        return (row is not None and row.status == "member" and row.name == "Ece"
+                and _counted("chat_member") == before + 1)
+
+    await until(joined)
+
+
 async def test_people_joining_leaving_and_a_new_title(world: World) -> None:
     w = world
     w.sandbox.human_joins(CHAT, {"id": 901, "first_name": "Can"})
