@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,31 +46,37 @@ class World:
     secrets: Secrets
     settings: Settings
     listener: BackgroundServer
+    chat: int = CHAT  # the chat's Telegram id
+    tokens: list[str] = field(default_factory=list)
 
 
-@pytest.fixture
-async def world(
-    tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession], request: pytest.FixtureRequest
-) -> AsyncIterator[World]:
-    limits = getattr(request, "param", None)
+@contextlib.asynccontextmanager
+async def make_world(tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession], *,
+                     chat_id: int = CHAT, kind: str = "supergroup",
+                     limits: Limits | None = None) -> AsyncIterator[World]:
+    """The four demo personas in one sandbox chat (``kind``: a supergroup or a basic
+    group), even talkativeness, a steady stream, no reading or typing pauses; the listener
+    serving the sandbox's webhooks. The worker is the test's (:func:`make_worker`)."""
     settings = Settings(data_dir=tmp_path, tick_seconds=0.2, seed=3)
     secrets = resolve_secrets(settings)
     sandbox = TelegramSandbox(limits=limits)
-    sandbox.add_chat(CHAT, "Test grubu")
-    sandbox.add_member(CHAT, {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz"})
+    sandbox.add_chat(chat_id, "Test grubu", kind)
+    sandbox.add_member(chat_id, {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz"})
+    tokens: list[str] = []
     async with sessionmaker() as s, s.begin():
-        chat = await chat_store.upsert_chat(s, telegram_chat_id=CHAT, title="Test grubu",
+        chat = await chat_store.upsert_chat(s, telegram_chat_id=chat_id, title="Test grubu",
                                             topics={"usdtry": 1.0, "btc": 1.0})
         # Equal talkativeness: these tests wait for a given bot to speak (the demo cast's
         # uneven shares, issue 14, would leave the quiet ones silent for minutes).
         for i, persona in enumerate(p.model_copy(update={"talkativeness": 1.0})
                                     for p in load_persona_dir()):
             token = f"{8100000000 + i}:token-for-tests-{i:04d}-abcdefgh"
+            tokens.append(token)
             bot = await bot_store.upsert_persona_bot(s, persona=persona, token=token,
                                                      cipher=secrets.cipher())
             await chat_store.add_bot(s, chat_id=chat.id, bot_id=bot.id)
             sandbox.add_bot(token, persona.username, persona.name)
-            sandbox.add_bot_to_chat(CHAT, token)
+            sandbox.add_bot_to_chat(chat_id, token)
         await settings_store.update_settings(
             s, changes={"bot_hourly_msg_limit": {"min": 1200, "max": 1200},
                         "max_msgs_per_min": 20, "reading_cap_s": 0.0, "typing_cap_s": 0.0,
@@ -90,10 +97,20 @@ async def world(
                             api_url=sandbox.bot_api_url, public_url=listener.url)
     settings = settings.model_copy(update={"telegram_api_url": sandbox.bot_api_url})
     try:
-        yield World(sandbox, sessionmaker, secrets, settings, listener)
+        yield World(sandbox, sessionmaker, secrets, settings, listener, chat_id, tokens)
     finally:
         await listener.stop()
         await sandbox.stop()
+
+
+@pytest.fixture
+async def world(
+    tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession], request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
+    """:func:`make_world` (``request.param``: the sandbox's :class:`Limits`, if any)."""
+    async with make_world(tmp_path, sessionmaker,
+                          limits=getattr(request, "param", None)) as w:
+        yield w
 
 
 def make_worker(w: World, limiter: TelegramLimiter | None = None) -> Worker:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,24 +20,19 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.crypto import Secrets, resolve_secrets
 from backend.db.models import AuditEntry, Chat, Message, TurnRecord
 from backend.db.types import utcnow
-from backend.settings import Settings
 from backend.stores import audit as audit_store
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import members as member_store
-from backend.stores import settings as settings_store
 from backend.stores import turns as turn_store
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.factory import build_chain
 from behavior_engine.market import MarketFeed
 from behavior_engine.pipeline import TEXT_LIMIT, utf16_len
 from behavior_engine.turn import Generation, GenerationRequest
-from bots.personas import load_persona_dir
-from message_listener import ListenerState, create_app, register_webhooks
-from sandbox.telegram_api import BackgroundServer, TelegramSandbox
+from tests.e2e.test_loop import World, make_world
 from worker import Worker
 
 pytestmark = pytest.mark.e2e
@@ -49,61 +43,16 @@ HUMAN_ID = 900
 FIRST_BOT = 8100000000  # the first persona's Telegram user id (the token's prefix)
 
 
-@dataclass
-class World:
-    sandbox: TelegramSandbox
-    sessionmaker: async_sessionmaker[AsyncSession]
-    secrets: Secrets
-    settings: Settings
-    listener: BackgroundServer
-    chat: int  # the chat's Telegram id
-    tokens: list[str]
-
-
 @pytest.fixture
 async def world(
     tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession], request: pytest.FixtureRequest
 ) -> AsyncIterator[World]:
-    """test_loop's world: the four personas in one chat (a supergroup, or with the param
-    ``"group"`` a basic group), even talkativeness, a steady stream, no pauses."""
+    """test_loop's world (:func:`tests.e2e.test_loop.make_world`) in a supergroup, or with
+    the param ``"group"`` in a basic group (which can migrate to a supergroup)."""
     kind = getattr(request, "param", "supergroup")
-    chat_id = GROUP if kind == "group" else SUPERGROUP
-    settings = Settings(data_dir=tmp_path, tick_seconds=0.2, seed=3)
-    secrets = resolve_secrets(settings)
-    sandbox = TelegramSandbox()
-    sandbox.add_chat(chat_id, "Test grubu", kind)
-    sandbox.add_member(chat_id, {"id": HUMAN_ID, "first_name": "Deniz", "username": "deniz"})
-    tokens: list[str] = []
-    async with sessionmaker() as s, s.begin():
-        chat = await chat_store.upsert_chat(s, telegram_chat_id=chat_id, title="Test grubu",
-                                            topics={"usdtry": 1.0, "btc": 1.0})
-        for i, persona in enumerate(p.model_copy(update={"talkativeness": 1.0})
-                                    for p in load_persona_dir()):
-            token = f"{FIRST_BOT + i}:token-for-tests-{i:04d}-abcdefgh"
-            tokens.append(token)
-            bot = await bot_store.upsert_persona_bot(s, persona=persona, token=token,
-                                                     cipher=secrets.cipher())
-            await chat_store.add_bot(s, chat_id=chat.id, bot_id=bot.id)
-            sandbox.add_bot(token, persona.username, persona.name)
-            sandbox.add_bot_to_chat(chat_id, token)
-        await settings_store.update_settings(
-            s, changes={"bot_hourly_msg_limit": {"min": 1200, "max": 1200},
-                        "max_msgs_per_min": 20, "reading_cap_s": 0.0, "typing_cap_s": 0.0,
-                        "budget_use": 1.0, "burst_mean_msgs": 1.0, "lull_sigma": 0.3,
-                        "bot_daily_profile": False, "human_reply_reserve": 0.0,
-                        "chatter_pacing": False, "quiet_boost": 5.0})
-    await sandbox.start()
-    state = ListenerState(sessionmaker=sessionmaker, webhook_secret=secrets.webhook_secret)
-    await state.refresh_bots()
-    listener = await BackgroundServer.start(create_app(state))
-    await register_webhooks(sessionmaker=sessionmaker, secrets=secrets,
-                            api_url=sandbox.bot_api_url, public_url=listener.url)
-    settings = settings.model_copy(update={"telegram_api_url": sandbox.bot_api_url})
-    try:
-        yield World(sandbox, sessionmaker, secrets, settings, listener, chat_id, tokens)
-    finally:
-        await listener.stop()
-        await sandbox.stop()
+    async with make_world(tmp_path, sessionmaker, kind=kind,
+                          chat_id=GROUP if kind == "group" else SUPERGROUP) as w:
+        yield w
 
 
 class Writes:
