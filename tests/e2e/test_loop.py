@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,9 +120,8 @@ def make_worker(w: World, limiter: TelegramLimiter | None = None) -> Worker:
                   limiter=limiter)
 
 
-async def wait_until(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
-    import asyncio
-
+async def wait_until(predicate: Callable[[], Awaitable[bool]], seconds: float) -> bool:
+    """Whether ``predicate()`` came true within ``seconds`` (polled every 0.2 s)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while loop.time() < end:

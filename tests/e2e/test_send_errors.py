@@ -10,8 +10,7 @@ is told (metric, audit entry).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -32,7 +31,7 @@ from behavior_engine.llm.factory import build_chain
 from behavior_engine.market import MarketFeed
 from behavior_engine.pipeline import TEXT_LIMIT, utf16_len
 from behavior_engine.turn import Generation, GenerationRequest
-from tests.e2e.test_loop import World, make_world
+from tests.e2e.test_loop import World, make_world, wait_until
 from worker import Worker
 
 pytestmark = pytest.mark.e2e
@@ -71,16 +70,6 @@ def make_worker(w: World, writes: str | None = None) -> Worker:
     chain = build_chain([]) if writes is None else ProviderChain([], last_resort=Writes(writes))
     return Worker(settings=w.settings, sessionmaker=w.sessionmaker, secrets=w.secrets,
                   chain=chain, market=MarketFeed(seed=1, start=utcnow()))
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.2)
-    return False
 
 
 def sample(name: str, **labels: str) -> float:
