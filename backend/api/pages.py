@@ -52,6 +52,7 @@ from backend.db.models import Bot
 from backend.errors import NotFound
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import members as member_store
 from backend.stores import messages as message_store
 from backend.stores.llm_calls import GroupBy
 from bots.personas import load_persona_dir
@@ -240,12 +241,20 @@ async def new_persona_page(request: Request, state: State) -> Response:
 
 
 async def _memberships(state: ApiState, bot_id: int) -> list[dict[str, Any]]:
-    """Every chat, with whether ``bot_id`` is a member of it."""
+    """Every chat, with whether ``bot_id`` is configured a member of it and what Telegram
+    last said of its membership there (``telegram``: status, whether it may post there,
+    what told us and when; None when nothing was heard: :mod:`backend.stores.members`)."""
     chats = await _chats(state)
     async with state.sessionmaker() as session:
         member_of = await chat_store.chat_ids_of_bot(session, bot_id=bot_id)
+        heard = {m.chat_id: m for m in await member_store.bot_memberships(session,
+                                                                          bot_id=bot_id)}
     return [{"id": c.id, "title": c.title, "telegram_chat_id": c.telegram_chat_id,
-             "member": c.id in member_of} for c in chats]
+             "member": c.id in member_of,
+             "telegram": None if (m := heard.get(c.id)) is None else {
+                 "status": m.status, "active": member_store.is_active(m.status, m.can_send),
+                 "reason": m.reason or "", "at": m.updated_at.strftime("%Y-%m-%d %H:%M UTC")}}
+            for c in chats]
 
 
 async def _preflight(state: ApiState, who: Principal,

@@ -137,6 +137,26 @@ async def test_pages_redirect_to_login_without_a_session(env: Env) -> None:
     assert "script-src 'self'" in login.headers["content-security-policy"]
 
 
+async def test_bot_page_shows_what_telegram_said_of_its_membership(
+    env: Env, sessionmaker: Sessions, cipher: TokenCipher,
+) -> None:
+    # issue 15: a 403 or a my_chat_member update left the bot out of a chat; the operator
+    # sees it on the bot's page, with what told us (escaped)
+    from backend.stores import members as member_store
+
+    env.app.state.api.cipher = cipher
+    chat_id, bot_id = await seed(sessionmaker, cipher)
+    client, _ = await env.login("vera")
+    page = (await client.get(f"/personas/{bot_id}")).text
+    assert 'class="telegram-state' not in page  # nothing heard yet
+    async with sessionmaker() as s, s.begin():
+        await member_store.set_bot_member(s, chat_id=chat_id, bot_id=bot_id, status="kicked",
+                                          reason="403 Forbidden: bot was kicked <b>")
+    page = (await client.get(f"/personas/{bot_id}")).text
+    assert 'data-status="kicked"' in page and "takes no turns there" in page
+    assert "bot was kicked &lt;b&gt;" in page and "kicked <b>" not in page
+
+
 async def test_logged_in_pages_render_and_escape_telegram_and_persona_text(
     env: Env, sessionmaker: Sessions, cipher: TokenCipher,
 ) -> None:
