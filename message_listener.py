@@ -92,7 +92,8 @@ class ListenerState:
         stats: counters (``updates``, ``duplicates``, ``stored``, ``rejected``, ``malformed``,
             ``service``: service messages applied, ``membership``: member changes applied,
             ``ignored``: kinds not used, ``store_failed``: answered 500 for a retry,
-            ``unstorable``: acknowledged unstored).
+            ``unstorable``: acknowledged unstored, ``unexpected``: any other error,
+            acknowledged: :func:`webhook`).
         kinds: updates taken by kind (``message``, ``my_chat_member``, ``callback_query``...,
             and ``service:<kind>`` for service messages); also exported as
             ``botsim_listener_updates_total{kind}``.
@@ -106,7 +107,8 @@ class ListenerState:
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("updates", "duplicates", "stored", "rejected", "malformed", "ignored",
-             "service", "membership", "dispatch_failed", "store_failed", "unstorable"), 0
+             "service", "membership", "dispatch_failed", "store_failed", "unstorable",
+             "unexpected"), 0
         )
     )
     kinds: Counter[str] = field(default_factory=Counter)
@@ -324,8 +326,31 @@ async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
 
 
 async def webhook(request: Request) -> JSONResponse:
-    """``POST /webhook/{bot_id}``: take one Telegram update (see the module docstring)."""
+    """``POST /webhook/{bot_id}``: take one Telegram update (see the module docstring).
+
+    Any error not answered on purpose below (looking the bot up, the cache after the commit,
+    a bug) is logged by class only, never with a traceback (it may quote the human's text),
+    and counted: 500 when the database is unreachable (Telegram retries, and may succeed),
+    else 200 ``{"ok": false}`` (a retry would fail again, and Telegram retries for 24 h,
+    holding back the chat's later updates).
+    """
     state: ListenerState = request.app.state.listener
+    try:
+        return await _webhook(request, state)
+    except Exception as exc:
+        what = _error_kind(exc)
+        if _transient(exc):
+            state.stats["store_failed"] += 1
+            log.warning("webhook: storage unavailable (%s): 500, Telegram retries", what)
+            return _error(500, "storage unavailable, retry later")
+        state.stats["unexpected"] += 1
+        log.error("webhook: unexpected %s: acknowledged so that Telegram does not retry it "
+                  "for 24 h", what)
+        return JSONResponse({"ok": False, "description": f"unexpected error ({what})"})
+
+
+async def _webhook(request: Request, state: ListenerState) -> JSONResponse:
+    """:func:`webhook`'s body (its unexpected errors are the caller's)."""
     try:
         bot_id = int(request.path_params["bot_id"])
     except ValueError:

@@ -371,3 +371,38 @@ async def test_a_storage_error_never_logs_the_message_and_retries_only_an_outage
     assert ("OperationalError" if transient else "DataError") in caplog.text
     monkeypatch.undo()
     assert (await post(c, bot_id, update(1, 1))).json() == {"ok": True, "stored": True}
+
+
+@pytest.mark.parametrize("where", ["bot lookup outage", "cache after the commit"])
+async def test_an_unexpected_error_is_counted_and_never_a_traceback(
+    client: tuple[httpx.AsyncClient, int, ListenerState], sessionmaker: Sessions,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str,
+) -> None:
+    """An error outside storing: the bot lookup with the database down → 500 (Telegram
+    retries); a bug after the commit (here the history cache) → 200 ``ok: false``, counted,
+    logged by class without the message (issue 15, item 2)."""
+    from sqlalchemy.exc import OperationalError
+
+    c, bot_id, state = client
+    secret_text = "Deniz'in gizli mesajı 4343"
+    caplog.set_level("INFO")  # (aiosqlite's DEBUG log quotes every SQL parameter)
+    if where == "bot lookup outage":
+        async def down() -> None:
+            raise OperationalError("SELECT bots", {}, Exception("connection refused"))
+
+        monkeypatch.setattr(state, "bots", {})
+        monkeypatch.setattr(state, "refresh_bots", down)
+        r = await post(c, bot_id, update(1, 1, text=secret_text))
+        assert r.status_code == 500 and state.stats["store_failed"] == 1
+    else:
+        class Broken:
+            async def appended(self, *_args: Any) -> None:
+                raise RuntimeError(secret_text)
+
+        monkeypatch.setattr(state, "reads", Broken())
+        r = await post(c, bot_id, update(1, 1, text=secret_text))
+        assert r.status_code == 200 and r.json()["ok"] is False
+        assert state.stats["unexpected"] == 1 and "RuntimeError" in caplog.text
+        assert await count(sessionmaker, Message) == 1  # stored before the error
+    assert secret_text not in caplog.text and "4343" not in r.text
+    assert "Traceback" not in caplog.text
