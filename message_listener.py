@@ -112,11 +112,21 @@ class ListenerState:
         )
     )
     kinds: Counter[str] = field(default_factory=Counter)
+    _reverse: dict[int, int] = field(default_factory=dict, repr=False)
+    _reverse_of: dict[int, int | None] | None = field(default=None, repr=False)
 
     async def refresh_bots(self) -> None:
         """Reload the bot id → Telegram user id map."""
         async with self.sessionmaker() as session:
             self.bots = await bot_store.telegram_user_ids(session)
+
+    def bot_of(self, telegram_user_id: int) -> int | None:
+        """Our bot id for a Telegram user id, or None (a reverse map of :attr:`bots`, built
+        again whenever ``bots`` is replaced: one dict lookup per message at 10,000 bots)."""
+        if self._reverse_of is not self.bots:
+            self._reverse = {t: b for b, t in self.bots.items() if t is not None}
+            self._reverse_of = self.bots
+        return self._reverse.get(telegram_user_id)
 
 
 def _error(status: int, description: str) -> JSONResponse:
@@ -142,8 +152,8 @@ async def _chat_for(session: AsyncSession, state: ListenerState, tg: TgChat) -> 
 
 
 def _our_bot(state: ListenerState, telegram_user_id: int) -> int | None:
-    """Our bot id for a Telegram user id, or None."""
-    return next((b for b, t in state.bots.items() if t == telegram_user_id), None)
+    """Our bot id for a Telegram user id, or None (:meth:`ListenerState.bot_of`)."""
+    return state.bot_of(telegram_user_id)
 
 
 async def _store_message(
