@@ -119,6 +119,14 @@ SPLIT_SENDS = Counter(
     " every part sent; partial: a later part was not sent, the parts before it stay).",
     ["outcome"],
 )
+GUARD_OUTCOMES = Counter(
+    "botsim_guard_outcomes",
+    "What a guard did with a generated text before its send, by guard (repeat: the"
+    " near-duplicate guard) and outcome: passed (first draft kept), regenerated (a later"
+    " draft kept), dropped (a chatter turn given up), kept_for_human (an answer to a person"
+    " sent in its least repeating draft).",
+    ["guard", "outcome"],
+)
 TURNS = Counter(
     "botsim_turns",
     "Turns finished by the worker, by outcome (sent, retry, failed, unknown, skipped,"

@@ -6,6 +6,12 @@ it out with the bot's Telegram client, Telegram's send limits, the turn records 
 and the clock it is given, and says how it ended (an :class:`~behavior_engine.turn.Outcome`).
 It never raises for a failure of Telegram, a provider or the bot's lease.
 
+The near-duplicate guard (:mod:`behavior_engine.repeats`, issue 16): a generated text that
+repeats the chat's history or the bot's own recent texts (exactly, or a 5-gram Jaccard ≥ 0.5,
+as ``botsim realism`` counts) is asked for again with a hint, at most twice; chatter that still
+repeats is dropped (``skipped``, nothing recorded), an answer to a person is sent in its least
+repeating draft.
+
 Pace (:mod:`behavior_engine.typist`): a reply first reads the message it answers, then
 "typing…" shows while the text is generated and for the rest of the typing time its length
 calls for (renewed every 4.5 s); both pauses go through the injected ``sleep``.
@@ -66,7 +72,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -91,8 +97,9 @@ from behavior_engine.llm.chain import ChainResult
 from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import build_request
 from behavior_engine.reads import BotProfile, HistoryItem
+from behavior_engine.repeats import MAX_REGENERATIONS, OwnRecent, check_repeat, repeat_hint
 from behavior_engine.rhythm import chatter_cap
-from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn
+from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn, TurnContext
 from behavior_engine.typist import TYPING_RENEW_S, Pace, jitter_rng, keep_typing
 from bots.ratelimit import TelegramLimiter
 from bots.telegram import SentMessage
@@ -405,6 +412,7 @@ class TurnPipeline:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.on_sent = on_sent
         self._sleep = sleep
+        self.own_recent = OwnRecent()
 
     async def run(self, turn: Turn, *, decided: float | None = None) -> Outcome:
         """Carry out ``turn``; ``decided`` is ``time.perf_counter()`` at its decision (for
@@ -417,8 +425,9 @@ class TurnPipeline:
             return Outcome(turn=turn, status="skipped", error="bot not held")
         t0 = time.perf_counter()
         bot = await self.reads.bot(turn.bot_id)
+        history = await self.reads.history(turn.chat_id)
         ctx = turn_context(
-            bot, await self.reads.history(turn.chat_id), self.market.snapshot(self.clock()),
+            bot, history, self.market.snapshot(self.clock()),
             turn_id=turn.turn_id, topic=turn.topic, chat_id=turn.chat_id, seed=self.seed,
             reply_to=turn.reply_to,
         )
@@ -431,6 +440,10 @@ class TurnPipeline:
             await self._sleep(read_s)
         generation, llm_s, typing_s = await self._generate(turn, client, request,
                                                            ctx.profile.llm_providers, pace)
+        fresh_text = await self._no_repeat(turn, ctx, request, generation, history)
+        if fresh_text is None:
+            return Outcome(turn=turn, status="skipped", error="repeat: dropped")
+        generation = fresh_text
         await self._until_due(turn)  # written ahead of its slot: sent on the chat's rhythm
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         # An answer to a human may use the whole cap; chatter only what the human-reply
@@ -478,6 +491,7 @@ class TurnPipeline:
                     reply_to=shown_reply, mood=ctx.mood, timing=timing, parts=len(parts),
                     text=parts[0] if len(parts) > 1 else None)
         await self._stored(turn, self.records.commit_sent(sent))
+        self.own_recent.add(turn.bot_id, generation.text)
         outcome = Outcome(turn=turn, status="sent", telegram_message_id=message.message_id)
         if len(parts) > 1:
             await self._send_rest(sent, client, parts, cap, outcome)
@@ -485,6 +499,44 @@ class TurnPipeline:
                 outcome.error = f"text cut after {MAX_PARTS} parts"
                 await self.records.note_partial(turn, outcome.error)
         return outcome
+
+    async def _no_repeat(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
+                         generation: Generation,
+                         history: Sequence[HistoryItem]) -> Generation | None:
+        """The near-duplicate guard (:mod:`behavior_engine.repeats`): ``generation`` when it
+        repeats nothing the chat's history or the bot lately said; else a draft asked for
+        again (a hint naming the repeat, another seed), at most
+        :data:`~behavior_engine.repeats.MAX_REGENERATIONS` times. None: a chatter turn that
+        still repeats is dropped; an answer to a person is sent in its least repeating draft.
+        """
+        earlier = [*(i.text for i in history if not i.is_human),
+                   *self.own_recent.of(turn.bot_id)]
+        check = check_repeat(generation.text, earlier)
+        if not check.repeats:
+            metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="passed").inc()
+            return generation
+        best, best_check = generation, check
+        for attempt in range(1, MAX_REGENERATIONS + 1):
+            hint = repeat_hint(best_check, ctx.profile.language)
+            again = GenerationRequest(
+                messages=[*request.messages, {"role": "system", "content": hint}],
+                context=dataclasses.replace(ctx, seed=ctx.seed + 7919 * attempt),
+                max_chars=request.max_chars)
+            draft = (await self.chain.generate(again, order=ctx.profile.llm_providers)
+                     ).generation
+            found = check_repeat(draft.text, earlier)
+            if not found.repeats:
+                metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="regenerated").inc()
+                return draft
+            if found.score < best_check.score:
+                best, best_check = draft, found
+        if turn.reply_to is not None and turn.reply_to.is_human:
+            metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="kept_for_human").inc()
+            return best
+        metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="dropped").inc()
+        log.info("turn %s of bot %s dropped: it repeats %r", turn.turn_id, turn.bot_id,
+                 (best_check.of or "")[:60])
+        return None
 
     async def _stored(self, turn: Turn, commit: Awaitable[HistoryItem]) -> None:
         """Await a message's commit even when cancelled meanwhile (Telegram has the message:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from backend.errors import (
     FencedOut,
@@ -623,3 +624,71 @@ async def test_markup_characters_go_out_as_plain_text() -> None:
     out = await rig.pipeline.run(turn())
     assert out.status == "sent" and rig.client.sends == [(TG_CHAT, text, None)]
     assert rig.records.committed[0].sent_text == text
+
+
+class Scripted:
+    """A provider that answers ``texts`` in order (the last again when they run out) and
+    keeps each request it got."""
+
+    name = "groq"
+    model = "llama"
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        text = self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
+        return Generation(text=text, provider="groq", model="llama")
+
+
+SAID = "Altın bu hafta yine yükselir, bence pozisyonu korumak lazım."
+
+
+def said_before(rig: Rig) -> None:
+    rig.reads.items.append(HistoryItem(
+        message_id=1, telegram_message_id=7, bot_id=2, speaker="Ayşe", speaker_username="a",
+        is_human=False, text=SAID, created_at=NOW - timedelta(minutes=1)))
+
+
+def guard_count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("botsim_guard_outcomes_total",
+                                     {"guard": "repeat", "outcome": outcome}) or 0.0
+
+
+async def test_a_repeat_is_generated_again_with_a_hint() -> None:
+    # issue 16, item 1: without the guard the repeat is sent as it came
+    llm = Scripted("altın bu hafta YİNE yükselir, bence pozisyonu korumak lazım",
+                   "Dolar tarafında bugün hareket yok, izlemekteyim.")
+    rig = Rig(FakeClient(), providers=(llm,))
+    said_before(rig)
+    before = guard_count("regenerated")
+    assert (await rig.pipeline.run(turn())).status == "sent"
+    assert [s[1] for s in rig.client.sends] == [
+        "Dolar tarafında bugün hareket yok, izlemekteyim."]
+    assert len(llm.requests) == 2 and "tekrarlıyor" in llm.requests[1].messages[-1]["content"]
+    assert guard_count("regenerated") == before + 1
+
+
+async def test_chatter_still_repeating_is_dropped_and_an_answer_to_a_person_is_not() -> None:
+    near = "Altın bu hafta yine yükselir, bence pozisyonu korumak gerek."
+    rig = Rig(FakeClient(), providers=(Scripted(near),))
+    said_before(rig)
+    before = guard_count("dropped")
+    out = await rig.pipeline.run(turn())
+    assert out.status == "skipped" and out.error == "repeat: dropped"
+    assert rig.client.sends == [] and rig.records.intents == []  # nothing recorded or sent
+    assert guard_count("dropped") == before + 1
+    answer = Rig(FakeClient(), providers=(Scripted(near),))
+    said_before(answer)
+    assert (await answer.pipeline.run(turn(reply_to=HUMAN))).status == "sent"
+
+
+async def test_the_bots_own_recent_texts_count_across_chats() -> None:
+    line = "Borsada bugün bankalar öne çıkıyor, ben biraz aldım açıkçası."
+    rig = Rig(FakeClient(), providers=(Scripted(line),))
+    assert (await rig.pipeline.run(turn())).status == "sent"
+    rig.reads.items.clear()  # another chat: its history does not hold the line
+    again = await rig.pipeline.run(dataclasses.replace(turn(), turn_id="turn-2", chat_id=9))
+    assert again.status == "skipped" and len(rig.client.sends) == 1
