@@ -97,7 +97,14 @@ from behavior_engine.llm.chain import ChainResult
 from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import build_request
 from behavior_engine.reads import BotProfile, HistoryItem
-from behavior_engine.repeats import MAX_REGENERATIONS, OwnRecent, check_repeat, repeat_hint
+from behavior_engine.repeats import (
+    CHAT_RECENT,
+    MAX_REGENERATIONS,
+    OWN_RECENT,
+    RecentTexts,
+    check_repeat,
+    repeat_hint,
+)
 from behavior_engine.rhythm import chatter_cap
 from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn, TurnContext
 from behavior_engine.typist import TYPING_RENEW_S, Pace, jitter_rng, keep_typing
@@ -412,7 +419,8 @@ class TurnPipeline:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.on_sent = on_sent
         self._sleep = sleep
-        self.own_recent = OwnRecent()
+        self.own_recent = RecentTexts(OWN_RECENT)
+        self.chat_recent = RecentTexts(CHAT_RECENT)
 
     async def run(self, turn: Turn, *, decided: float | None = None) -> Outcome:
         """Carry out ``turn``; ``decided`` is ``time.perf_counter()`` at its decision (for
@@ -445,6 +453,11 @@ class TurnPipeline:
             return Outcome(turn=turn, status="skipped", error="repeat: dropped")
         generation = fresh_text
         await self._until_due(turn)  # written ahead of its slot: sent on the chat's rhythm
+        if (turn.reply_to is None or not turn.reply_to.is_human) and check_repeat(
+                generation.text, self._said(turn, await self.reads.history(turn.chat_id))
+        ).repeats:  # another turn of the chat said it while this one was written
+            metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="dropped").inc()
+            return Outcome(turn=turn, status="skipped", error="repeat: dropped")
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         # An answer to a human may use the whole cap; chatter only what the human-reply
         # reserve leaves (issue 14), here too, where the cap holds across workers.
@@ -492,6 +505,7 @@ class TurnPipeline:
                     text=parts[0] if len(parts) > 1 else None)
         await self._stored(turn, self.records.commit_sent(sent))
         self.own_recent.add(turn.bot_id, generation.text)
+        self.chat_recent.add(turn.chat_id, generation.text)
         outcome = Outcome(turn=turn, status="sent", telegram_message_id=message.message_id)
         if len(parts) > 1:
             await self._send_rest(sent, client, parts, cap, outcome)
@@ -499,6 +513,12 @@ class TurnPipeline:
                 outcome.error = f"text cut after {MAX_PARTS} parts"
                 await self.records.note_partial(turn, outcome.error)
         return outcome
+
+    def _said(self, turn: Turn, history: Sequence[HistoryItem]) -> list[str]:
+        """What the repeat guard compares a draft with: the bots' texts of the chat's history,
+        the chat's last texts sent from this worker, and the bot's own last texts."""
+        return [*(i.text for i in history if not i.is_human),
+                *self.chat_recent.of(turn.chat_id), *self.own_recent.of(turn.bot_id)]
 
     async def _no_repeat(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
                          generation: Generation,
@@ -509,8 +529,7 @@ class TurnPipeline:
         :data:`~behavior_engine.repeats.MAX_REGENERATIONS` times. None: a chatter turn that
         still repeats is dropped; an answer to a person is sent in its least repeating draft.
         """
-        earlier = [*(i.text for i in history if not i.is_human),
-                   *self.own_recent.of(turn.bot_id)]
+        earlier = self._said(turn, history)
         check = check_repeat(generation.text, earlier)
         if not check.repeats:
             metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="passed").inc()

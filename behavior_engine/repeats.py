@@ -14,7 +14,9 @@ What the pipeline does with a repeat (:class:`behavior_engine.pipeline.TurnPipel
 asks the generator again, at most :data:`MAX_REGENERATIONS` times, with a hint naming the
 repeated text (and another seed for the offline generator); a chatter turn still repeating is
 dropped; an answer to a person is sent in its least repeating version (a person is never left
-unanswered for want of a fresh phrase). Outcomes are counted in
+unanswered for want of a fresh phrase). Two turns of one chat may be written at the same
+time, so chatter is checked once more right before its send, against what was sent
+meanwhile, and dropped if it now repeats. Outcomes are counted in
 ``botsim_guard_outcomes_total{guard="repeat", outcome}``.
 """
 
@@ -38,6 +40,9 @@ from behavior_engine.realism.formulas import (
 MAX_REGENERATIONS = 2
 #: A bot's own last texts the guard remembers (across its chats, in this worker).
 OWN_RECENT = 12
+#: A chat's last bot texts the guard remembers in this worker: a 10-minute demo showed
+#: repeats 52–55 messages apart, past the cached history.
+CHAT_RECENT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,24 +108,27 @@ def repeat_hint(check: RepeatCheck, language: str) -> str:
             "something else, in other words.")
 
 
-class OwnRecent:
-    """Each bot's last :data:`OWN_RECENT` texts, in this worker (its chats together).
+class RecentTexts:
+    """The last ``size`` texts sent per key (a bot: its chats together; a chat: beyond
+    the cached history's :data:`~behavior_engine.reads.HISTORY_LEN` messages), in this
+    worker.
 
-    Memory: about ``OWN_RECENT`` × 100 characters a bot (~1.2 kB; 12 MB at 10,000 bots).
+    Memory: about ``size`` × 100 characters a key (a bot at :data:`OWN_RECENT`: ~1.2 kB,
+    12 MB at 10,000 bots; a chat at :data:`CHAT_RECENT`: ~10 kB, 10 MB at 1,000 chats).
     """
 
-    def __init__(self, size: int = OWN_RECENT) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
         self._texts: dict[int, deque[str]] = {}
 
-    def of(self, bot_id: int) -> tuple[str, ...]:
-        """The bot's remembered texts, oldest first."""
-        return tuple(self._texts.get(bot_id, ()))
+    def of(self, key: int) -> tuple[str, ...]:
+        """The key's remembered texts, oldest first."""
+        return tuple(self._texts.get(key, ()))
 
-    def add(self, bot_id: int, text: str) -> None:
-        """Remember that ``bot_id`` sent ``text``."""
-        self._texts.setdefault(bot_id, deque(maxlen=self.size)).append(text)
+    def add(self, key: int, text: str) -> None:
+        """Remember that ``text`` was sent (by the bot, or in the chat, ``key``)."""
+        self._texts.setdefault(key, deque(maxlen=self.size)).append(text)
 
-    def forget(self, bot_id: int) -> None:
-        """Drop a bot this worker no longer drives."""
-        self._texts.pop(bot_id, None)
+    def forget(self, key: int) -> None:
+        """Drop a key (a bot this worker no longer drives)."""
+        self._texts.pop(key, None)

@@ -692,3 +692,33 @@ async def test_the_bots_own_recent_texts_count_across_chats() -> None:
     rig.reads.items.clear()  # another chat: its history does not hold the line
     again = await rig.pipeline.run(dataclasses.replace(turn(), turn_id="turn-2", chat_id=9))
     assert again.status == "skipped" and len(rig.client.sends) == 1
+
+
+async def test_chatter_said_meanwhile_by_another_turn_of_the_chat_is_dropped() -> None:
+    # two turns of a chat written at once: the one that sends second sees the first's text
+    rig = Rig(FakeClient(), providers=(Scripted(SAID),))
+    calls = 0
+    first_read = rig.reads.history
+
+    async def history(chat_id: int) -> list[HistoryItem]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the other turn's message was committed while this one was written
+            said_before(rig)
+        return await first_read(chat_id)
+
+    rig.reads.history = history  # type: ignore[method-assign]
+    out = await rig.pipeline.run(turn())
+    assert (out.status, out.error, rig.client.sends) == ("skipped", "repeat: dropped", [])
+
+
+async def test_a_chat_remembers_more_than_its_cached_history() -> None:
+    rig = Rig(FakeClient(), providers=(Scripted(SAID, "Kripto tarafı bugün çok sakin."),))
+    assert (await rig.pipeline.run(turn())).status == "sent"
+    rig.reads.items.clear()  # the cached history moved on (50 messages later)
+    other = dataclasses.replace(turn(), turn_id="turn-2", bot_id=BOT + 1)
+    llm = Scripted(SAID)
+    rig.pipeline.chain = ProviderChain([ChainEntry(provider=llm, retry=RetryPolicy(  # type: ignore[arg-type]
+        max_attempts=1, timeout_s=1.0, backoff_initial_s=0.0, backoff_max_s=0.0,
+        jitter_s=0.0))], last_resort=OfflineGenerator())
+    assert (await rig.pipeline.run(other)).status == "skipped"  # another bot, same chat
