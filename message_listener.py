@@ -32,6 +32,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -56,6 +57,7 @@ from backend.stores import members as member_store
 from backend.stores import messages as message_store
 from behavior_engine.membership import HistoryIntake, ReplyIntake, reply_intake_for
 from behavior_engine.reads import CachedReads, HistoryItem
+from bots.disclosure import disclosure, parse_command
 from bots.telegram import BotClient, webhook_url_for
 from bots.updates import (
     CAPTION_MAX,
@@ -70,6 +72,10 @@ from bots.updates import (
 )
 
 log = logging.getLogger("botsim.listener")
+
+#: What storing a message gives: (a row was written, our chat id, the new message as a
+#: history item, the Bot API call answering a command).
+Taken = tuple[bool, int | None, HistoryItem | None, dict[str, Any] | None]
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY_BYTES = 1_000_000
@@ -102,13 +108,14 @@ class ListenerState:
     sessionmaker: async_sessionmaker[AsyncSession]
     webhook_secret: str
     reads: CachedReads | None = None
+    privacy_text: str | None = None
     bots: dict[int, int | None] = field(default_factory=dict)
     intake: ReplyIntake = field(default_factory=HistoryIntake)
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("updates", "duplicates", "stored", "rejected", "malformed", "ignored",
-             "service", "membership", "dispatch_failed", "store_failed", "unstorable",
-             "unexpected"), 0
+             "service", "membership", "commands", "dispatch_failed", "store_failed",
+             "unstorable", "unexpected"), 0
         )
     )
     kinds: Counter[str] = field(default_factory=Counter)
@@ -159,16 +166,21 @@ def _our_bot(state: ListenerState, telegram_user_id: int) -> int | None:
 async def _store_message(
     session: AsyncSession, state: ListenerState, bot_id: int, update_id: int, msg: TgMessage,
     *, edited: bool,
-) -> tuple[bool, int | None, HistoryItem | None]:
+) -> Taken:
     """Store ``msg`` (once per chat and message id).
+
+    A person's ``/start``, ``/help`` or ``/privacy`` (:mod:`bots.disclosure`) is stored but
+    wants no reply in the conversation: the bot it addresses (``/privacy@name``; unaddressed:
+    the bot whose copy of the update arrives first, or the bot of a private chat) answers it
+    in the webhook's answer.
 
     Returns:
         (a row was written, our chat id, the new message as a history item — None for an
-        edit or a message already stored).
+        edit or a message already stored, the Bot API call answering a command or None).
     """
     sender = msg.from_user
     if msg.sender_chat is None and sender is not None and _our_bot(state, sender.id):
-        return False, None, None  # our own bot: recorded from the send response
+        return False, None, None, None  # our own bot: recorded from the send response
     chat = await _chat_for(session, state, msg.chat)
     # A late message from the group a supergroup came from: its ids live in the negated
     # range (backend.stores.chats.map_migration).
@@ -190,7 +202,9 @@ async def _store_message(
     target = msg.reply_target()
     reply_to = sign * target if target is not None else None
     telegram_message_id = sign * msg.message_id
-    reply_wanted = is_human and bool(text.strip()) and chat.enabled and not edited
+    command = parse_command(text) if is_human and not edited else None
+    reply_wanted = (is_human and bool(text.strip()) and chat.enabled and not edited
+                    and command is None)
     new_id = await message_store.record_incoming(
         session,
         chat_id=chat.id,
@@ -207,16 +221,49 @@ async def _store_message(
         await message_store.record_edit(session, chat_id=chat.id,
                                         telegram_message_id=telegram_message_id, text=text,
                                         meta=meta)
-        return True, chat.id, None
+        return True, chat.id, None, None
+    answer = None
+    if command is not None:
+        answer = await _command_answer(session, state, bot_id, msg, command,
+                                       first=new_id is not None)
     if new_id is None:
-        return False, chat.id, None
+        return False, chat.id, None, answer
     item = HistoryItem(
         message_id=new_id, telegram_message_id=telegram_message_id, bot_id=None,
         speaker=sender_name, speaker_username=username, is_human=is_human,
         text=text, created_at=created, reply_to=reply_to, reply_wanted=reply_wanted,
         thread_id=meta.thread_id, mentions=meta.mentions,
     )
-    return True, chat.id, item
+    return True, chat.id, item, answer
+
+
+async def _command_answer(session: AsyncSession, state: ListenerState, bot_id: int,
+                          msg: TgMessage, command: tuple[str, str | None], *,
+                          first: bool) -> dict[str, Any] | None:
+    """The sendMessage this bot answers ``command`` with (:mod:`bots.disclosure`), as the
+    webhook's answer (Bot API, "Making requests when getting updates"), or None when another
+    bot answers: one addressed by name, or (unaddressed, in a group) the bot whose copy of
+    the message was stored first."""
+    cmd, addressed = command
+    bot = await bot_store.find_bot(session, bot_id=bot_id)
+    if bot is None:
+        return None
+    if addressed is not None:
+        if addressed.lower() != bot.username.lower():
+            return None
+    elif msg.chat.type != "private" and not first:
+        return None
+    state.stats["commands"] += 1
+    answer: dict[str, Any] = {
+        "method": "sendMessage", "chat_id": msg.chat.id,
+        "text": disclosure(cmd, name=bot.name, language=bot.persona.language,
+                           privacy_text=state.privacy_text),
+        "reply_parameters": {"message_id": msg.message_id,
+                             "allow_sending_without_reply": True},
+    }
+    if msg.thread() is not None:
+        answer["message_thread_id"] = msg.thread()
+    return answer
 
 
 async def _apply_service(session: AsyncSession, state: ListenerState, msg: TgMessage,
@@ -298,7 +345,7 @@ def _error_kind(exc: BaseException) -> str:
 
 
 async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
-                ) -> JSONResponse | tuple[bool, int | None, HistoryItem | None]:
+                ) -> JSONResponse | Taken:
     """Take ``upd`` once and act on it, in one transaction: a response when there is
     nothing more to do (a duplicate, a service message, a membership change, a kind we do
     not use), else what :func:`_store_message` says.
@@ -420,7 +467,7 @@ async def _webhook(request: Request, state: ListenerState) -> JSONResponse:
                              "description": f"update cannot be stored ({what})"})
     if isinstance(taken, JSONResponse):
         return taken
-    stored, chat_id, item = taken
+    stored, chat_id, item, answer = taken
     # Committed: now the cached history may show it (appended, or reloaded after an edit).
     if state.reads is not None and chat_id is not None and stored:
         if item is not None:
@@ -436,6 +483,8 @@ async def _webhook(request: Request, state: ListenerState) -> JSONResponse:
             state.stats["dispatch_failed"] += 1
             log.warning("human message %s stored, dispatch deferred to the sweep: %s",
                         item.message_id, exc)
+    if answer is not None:  # the command's answer rides on the webhook's answer
+        return JSONResponse(answer)
     return JSONResponse({"ok": True, "stored": stored})
 
 
@@ -524,7 +573,7 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
         intake = reply_intake_for(settings, rt.reads, rt.sessionmaker, redis=rt.redis)
         state = ListenerState(sessionmaker=rt.sessionmaker,
                               webhook_secret=secrets.webhook_secret, reads=rt.reads,
-                              intake=intake)
+                              intake=intake, privacy_text=settings.privacy_text)
         await state.refresh_bots()
         if register:
             await register_webhooks(

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
             ``https://api.telegram.org/bot`` or the sandbox's ``http://127.0.0.1:8081/bot``.
         public_webhook_url: the URL Telegram reaches the listener at, without the trailing
             ``/webhook/<bot_id>``.
+        privacy_text: what every bot answers to ``/privacy`` after saying it is a simulated
+            persona (``bots.disclosure``); None: a default in the persona's language.
         listener_host / listener_port: where the listener binds.
         tick_seconds: how often the worker's scheduler decides turns, seconds (0.1–60).
         db_pool_size: PostgreSQL connections per process (as many again may overflow).
@@ -97,6 +99,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     telegram_api_url: str = "http://127.0.0.1:8081/bot"
     public_webhook_url: str = "http://127.0.0.1:8082"
+    privacy_text: str | None = Field(default=None, max_length=2000)
     listener_host: str = "127.0.0.1"
     listener_port: int = Field(default=8082, ge=0, le=65535)
     tick_seconds: float = Field(default=1.0, ge=0.1, le=60.0)

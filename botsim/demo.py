@@ -339,7 +339,8 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
     run_start: datetime = utcnow().replace(microsecond=0)
     worker: Worker | None = None
     listener_state = ListenerState(sessionmaker=sessionmaker,
-                                   webhook_secret=secrets.webhook_secret, reads=reads)
+                                   webhook_secret=secrets.webhook_secret, reads=reads,
+                                   privacy_text=settings.privacy_text)
     try:
         await sandbox.start()
         stack.push_async_callback(sandbox.stop)

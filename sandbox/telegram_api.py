@@ -609,7 +609,7 @@ class TelegramSandbox:
         self._penalties: dict[tuple[Any, ...], float] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             ("too_many_requests", "ignored_retry_after", "webhook_ok", "webhook_failed",
-             "updates_queued", "updates_expired", "chat_actions"), 0)
+             "updates_queued", "updates_expired", "chat_actions", "webhook_replies"), 0)
         self._sent: dict[int, int] = {}
         self._client: httpx.AsyncClient | None = None
         self._server: BackgroundServer | None = None
@@ -1622,6 +1622,7 @@ class TelegramSandbox:
                 if bot.pending and bot.pending[0][1] is update:
                     bot.pending.popleft()
                 delay = self.retry_base_delay
+                await self._webhook_reply(bot, response)
                 continue
             self._counters["webhook_failed"] += 1
             bot.last_error_date, bot.last_error_message = int(self.wall_clock()), error
@@ -1629,6 +1630,27 @@ class TelegramSandbox:
                      delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry_max_delay)
+
+    async def _webhook_reply(self, bot: _Bot, response: httpx.Response) -> None:
+        """A webhook's answer may carry one Bot API call (``{"method": ..., params}``), which
+        Telegram then makes for the bot; its result and errors are not reported back (Bot
+        API, "Making requests when getting updates"). Counted in ``webhook_replies``."""
+        try:
+            body = response.json()
+        except ValueError:
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
+            return
+        handler = self._methods.get(body["method"].lower())
+        if handler is None:
+            return
+        params = {k: v for k, v in body.items() if k != "method"}
+        try:
+            await handler(bot, params)
+            self._counters["webhook_replies"] += 1
+        except ApiError as exc:
+            log.info("webhook reply %s of bot %s refused: %s", body["method"],
+                     bot.user["id"], exc.description)
 
     async def _shutdown(self) -> None:
         tasks = [b.delivery for b in self._bots.values() if b.delivery is not None]

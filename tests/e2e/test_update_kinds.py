@@ -273,3 +273,31 @@ async def test_a_forum_topic_is_kept_and_answered_inside_it(world: World) -> Non
     answer = next(m for m in w.sandbox.messages(forum) if m["from"]["is_bot"]
                   and m.get("reply_to_message", {}).get("message_id") == asked["message_id"])
     assert answer["message_thread_id"] == thread and answer["is_topic_message"]
+
+
+async def test_each_demo_bot_answers_privacy_through_the_sandbox(world: World) -> None:
+    # issue 16, item 7: the listener answers in its webhook reply; the sandbox makes that
+    # sendMessage for the bot, as Telegram does
+    w = world
+    async with w.sessionmaker() as s:
+        bots = await bot_store.list_bots(s)
+    asked = {}
+    for bot in bots:
+        msg = await w.sandbox.post_as_human(CHAT, HUMAN_ID, f"/privacy@{bot.username}")
+        asked[msg["message_id"]] = bot
+
+    async def answered() -> bool:
+        got = {m["reply_to_message"]["message_id"]: m for m in w.sandbox.messages(CHAT)
+               if m["from"]["is_bot"] and "reply_to_message" in m}
+        return set(asked) <= set(got)
+
+    await until(answered)
+    for m in w.sandbox.messages(CHAT):
+        if m["from"]["is_bot"]:
+            bot = asked[m["reply_to_message"]["message_id"]]
+            assert m["from"]["username"] == bot.username
+            assert bot.name in m["text"] and "simüle edilmiş" in m["text"]
+            assert "Gizlilik" in m["text"]
+    assert w.sandbox.stats["webhook_replies"] == len(bots) == 4
+    stored = [m for m in await rows(w, Message) if m.text.startswith("/privacy")]
+    assert len(stored) == 4 and not any(m.reply_wanted for m in stored)

@@ -249,3 +249,39 @@ async def test_membership_store_refuses_an_unknown_status(sessionmaker: Sessions
                                             topics={"general": 1.0})
         with pytest.raises(ValidationFailed, match="status"):
             await member_store.set_member(s, chat_id=chat.id, user_id=1, status="owner")
+
+
+@pytest.mark.parametrize("text", ["/privacy@mehmet_test_bot", "/privacy", "/start",
+                                  "/help@MEHMET_TEST_BOT bu ne"])
+async def test_privacy_start_and_help_are_answered_in_the_webhooks_answer(
+    client: Client, sessionmaker: Sessions, text: str
+) -> None:
+    # issue 16, item 7: every bot says what it is (a simulated persona) and the privacy text
+    c, bot_id, state = client
+    r = await post(c, bot_id, update(1, 70, text))
+    body = r.json()
+    assert r.status_code == 200 and body["method"] == "sendMessage"
+    assert body["chat_id"] == CHAT and body["reply_parameters"]["message_id"] == 70
+    assert "simüle edilmiş bir karakterim" in body["text"] and "Mehmet" in body["text"]
+    if "help" in text:
+        assert "/privacy" in body["text"]
+    else:
+        assert "Gizlilik" in body["text"]
+    (msg,) = await messages(sessionmaker)
+    assert msg.text == text and not msg.reply_wanted  # kept, but no chat reply wanted
+    assert state.stats["commands"] == 1
+
+
+async def test_a_command_for_another_bot_or_a_second_copy_is_not_answered(
+    client: Client, sessionmaker: Sessions
+) -> None:
+    c, bot_id, state = client
+    r = await post(c, bot_id, update(1, 71, "/privacy@ayse_scalper_bot"))
+    assert r.json() == {"ok": True, "stored": True}
+    state.privacy_text = "Verileriniz 30 gün sonra silinir."
+    first = await post(c, bot_id, update(2, 72, "/privacy"))
+    assert "30 gün sonra silinir" in first.json()["text"]
+    again = await post(c, bot_id, update(3, 72, "/privacy"))  # another bot's copy
+    assert again.json() == {"ok": True, "stored": False}
+    assert "Merhaba /privacy" not in [m.text for m in await messages(sessionmaker)]
+    assert (await post(c, bot_id, update(4, 73, "Merhaba /privacy"))).json()["stored"]
