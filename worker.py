@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -31,6 +31,7 @@ from backend.crypto import Secrets
 from backend.db.types import utcnow
 from backend.schemas import ProviderSettings
 from backend.settings import Settings
+from backend.stores import messages as message_store
 from behavior_engine.clients import BotClients, HeldBots
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
@@ -49,6 +50,8 @@ log = logging.getLogger("botsim.worker")
 #: Seconds :meth:`Worker.stop` lets running turns and bot connections finish before it
 #: cancels them (a cancelled send is recorded ``unknown``, never left an ``intent``).
 STOP_GRACE_S = 10.0
+#: How often the retention job runs (``Settings.retention_days``), seconds.
+RETENTION_EVERY_S = 3600.0
 
 
 class Worker:
@@ -88,6 +91,7 @@ class Worker:
         self.ledger = ledger
         self.clock = clock
         self.stats: Counter[str] = Counter()
+        self.sessionmaker = sessionmaker
         self.reads = reads or CachedReads(settings.make_cache(), sessionmaker)
         self.membership = membership or membership_for(
             settings, self.reads, sessionmaker, limiter=limiter, stats=self.stats, redis=redis)
@@ -165,11 +169,35 @@ class Worker:
                           max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
         self._aps.add_job(self.rebalance, "interval", seconds=self.settings.heartbeat_ttl_s / 3,
                           max_instances=1, coalesce=True)
+        if self.settings.retention_days is not None:
+            self._aps.add_job(self.apply_retention, "interval", seconds=RETENTION_EVERY_S,
+                              max_instances=1, coalesce=True,
+                              next_run_time=datetime.now(UTC))
         self._aps.start()
         if self._background:  # the first bots, connected while the heartbeat runs
             await asyncio.wait(set(self._background))
         log.log(logging.INFO if self.driven() else logging.WARNING,
                 "worker %s started with %d bots", self.worker_id, len(self.driven()))
+
+    async def apply_retention(self) -> int:
+        """Anonymise people's messages older than ``Settings.retention_days`` (the hourly
+        job; every worker runs it, and it is idempotent). Returns how many were anonymised;
+        0 when no retention is set. Errors are logged, never raised (the next run retries).
+        """
+        days = self.settings.retention_days
+        if days is None:
+            return 0
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                done = await message_store.anonymise_people(
+                    session, before=utcnow() - timedelta(days=days))
+        except Exception as exc:  # a job: the next run tries again
+            log.warning("retention: not applied this time (%s)", type(exc).__name__)
+            return 0
+        if done:
+            log.info("retention: %d people's messages older than %d days anonymised", done,
+                     days)
+        return done
 
     def _write_id_file(self) -> None:
         """Write this worker's id for ``botsim worker --check`` (its mtime is the heartbeat

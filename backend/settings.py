@@ -53,6 +53,8 @@ class Settings(BaseSettings):
             ``/webhook/<bot_id>``.
         privacy_text: what every bot answers to ``/privacy`` after saying it is a simulated
             persona (``bots.disclosure``); None: a default in the persona's language.
+        retention_days: people's messages older than this many days are anonymised by the
+            workers' hourly job (``backend.stores.messages.anonymise_people``); None: kept.
         listener_host / listener_port: where the listener binds.
         tick_seconds: how often the worker's scheduler decides turns, seconds (0.1–60).
         db_pool_size: PostgreSQL connections per process (as many again may overflow).
@@ -100,6 +102,7 @@ class Settings(BaseSettings):
     telegram_api_url: str = "http://127.0.0.1:8081/bot"
     public_webhook_url: str = "http://127.0.0.1:8082"
     privacy_text: str | None = Field(default=None, max_length=2000)
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
     listener_host: str = "127.0.0.1"
     listener_port: int = Field(default=8082, ge=0, le=65535)
     tick_seconds: float = Field(default=1.0, ge=0.1, le=60.0)

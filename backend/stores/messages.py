@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from backend.db.models import Bot, Message, WebhookUpdate
+from backend.db.models import Bot, ChatMember, Message, WebhookUpdate
 from backend.db.types import utcnow
 from backend.schemas import MessageMeta
 
@@ -390,3 +390,48 @@ def _message_filters(
     elif human is False:
         where.append(Message.bot_id.is_not(None))
     return where
+
+
+#: What an anonymised person's name becomes (:func:`anonymise_people`).
+ANONYMISED = "(anonymised)"
+
+
+async def anonymise_people(session: AsyncSession, *, before: datetime,
+                           batch: int = 1000) -> int:
+    """Retention: people's messages stored before ``before`` lose what identifies them and
+    what they said (issue 16, item 7; ``Settings.retention_days``).
+
+    A person's message (``bot_id`` NULL and not sent by a bot) keeps its place in the chat
+    (its row, Telegram id, time, reply link: the bots' replies still point at something),
+    but its text becomes empty, its sender :data:`ANONYMISED` with id 0, and the metadata
+    naming people (username, mentions, a forward's origin) is cleared. Our bots' messages
+    are kept. People's names in ``chat_members`` last updated before ``before`` are cleared
+    too. Idempotent; at most ``batch`` messages per statement round, repeated until none is
+    left.
+
+    Returns:
+        How many messages were anonymised.
+    """
+    done, after = 0, 0
+    while True:
+        rows = (await session.execute(
+            select(Message).where(Message.bot_id.is_(None), Message.created_at < before,
+                                  Message.sender_name.is_distinct_from(ANONYMISED),
+                                  Message.id > after)
+            .order_by(Message.id).limit(batch)
+        )).scalars().all()
+        for m in rows:
+            if m.meta.sender_is_bot:  # another bot's message: no person's
+                continue
+            m.text, m.sender_id, m.sender_name, m.reply_wanted = "", 0, ANONYMISED, False
+            m.meta = m.meta.model_copy(update={"sender_username": None, "mentions": (),
+                                               "forwarded_from": None})
+            done += 1
+        await session.flush()
+        if len(rows) < batch:
+            break
+        after = rows[-1].id
+    await session.execute(
+        update(ChatMember).where(ChatMember.bot_id.is_(None), ChatMember.updated_at < before)
+        .values(name=""))
+    return done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from backend.crypto import webhook_secret_for
 from backend.db.models import Chat, ChatMember, Message, WebhookUpdate
+from backend.db.types import utcnow
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from bots.telegram import BotClient
@@ -301,3 +303,28 @@ async def test_each_demo_bot_answers_privacy_through_the_sandbox(world: World) -
     assert w.sandbox.stats["webhook_replies"] == len(bots) == 4
     stored = [m for m in await rows(w, Message) if m.text.startswith("/privacy")]
     assert len(stored) == 4 and not any(m.reply_wanted for m in stored)
+
+
+async def test_the_workers_retention_job_anonymises_old_messages(world: World) -> None:
+    w = world
+    old = await w.sandbox.post_as_human(CHAT, HUMAN_ID, "Eski bir soru: altın?")
+    await until(lambda: _is_stored(w, old["message_id"]))
+    async with w.sessionmaker() as s, s.begin():
+        row = await stored(w, old["message_id"])
+        assert row is not None
+        (await s.get(Message, row.id)).created_at = utcnow() - timedelta(days=31)  # type: ignore[union-attr]
+    w.settings = w.settings.model_copy(update={"retention_days": 30})
+    worker = make_worker(w)
+    await worker.start()
+    try:
+        jobs = [j.func for j in worker._aps.get_jobs()]  # type: ignore[union-attr]
+        assert worker.apply_retention in jobs  # scheduled, and run at start
+
+        async def anonymised() -> bool:
+            row = await stored(w, old["message_id"])
+            return row is not None and row.text == "" and row.sender_id == 0
+
+        await until(anonymised)
+    finally:
+        await worker.stop()
+    assert await worker.apply_retention() == 0  # idempotent

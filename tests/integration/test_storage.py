@@ -225,3 +225,43 @@ async def test_upsert_persona_keeps_one_row(sessionmaker: Sessions, cipher: Toke
     async with sessionmaker() as s:
         bots = (await s.execute(select(Bot))).scalars().all()
     assert len(bots) == 1
+
+
+async def test_retention_anonymises_peoples_old_messages_only(
+        sessionmaker: Sessions, cipher: TokenCipher) -> None:
+    # issue 16, item 7: a person's text and name go after N days; bots' messages stay
+    from backend.db.models import ChatMember
+    from backend.stores import members as member_store
+
+    bot_id, chat_id = await seed(sessionmaker, cipher)
+    now = datetime.now(UTC)
+    old, new = now - timedelta(days=40), now - timedelta(days=1)
+    async with sessionmaker() as s, s.begin():
+        for tg, when, sender_is_bot in ((1, old, False), (2, new, False), (3, old, True)):
+            await message_store.record_incoming(
+                s, chat_id=chat_id, telegram_message_id=tg, text=f"Deniz yazdı {tg}",
+                sender_id=5 + tg, sender_name="Deniz Kaya",
+                meta=MessageMeta(sender_username="deniz", mentions=("ayse",),
+                                 sender_is_bot=sender_is_bot),
+                created_at=when, reply_wanted=True)
+        await message_store.record_sent(
+            s, chat_id=chat_id, bot_id=bot_id, turn_id="t-9", telegram_message_id=4,
+            text="Bot cevabı", meta=MessageMeta(provider="offline"), created_at=old,
+            reply_to_telegram_message_id=1)
+        await member_store.set_member(s, chat_id=chat_id, user_id=6, status="member",
+                                      name="Deniz Kaya", at=old)
+    for _ in range(2):  # idempotent
+        async with sessionmaker() as s, s.begin():
+            done = await message_store.anonymise_people(s, before=now - timedelta(days=30))
+        assert done in (1, 0)
+    async with sessionmaker() as s:
+        rows = {m.telegram_message_id: m for m in (await s.execute(select(Message))).scalars()}
+        person = await s.get(ChatMember, (chat_id, 6))
+    gone = rows[1]
+    assert (gone.text, gone.sender_id, gone.sender_name, gone.reply_wanted) == (
+        "", 0, message_store.ANONYMISED, False)
+    assert gone.meta.sender_username is None and gone.meta.mentions == ()
+    assert rows[2].text == "Deniz yazdı 2" and rows[2].sender_name == "Deniz Kaya"  # recent
+    assert rows[3].text == "Deniz yazdı 3"  # another bot's message is no person's
+    assert rows[4].text == "Bot cevabı" and rows[4].reply_to_telegram_message_id == 1
+    assert person is not None and person.name == ""
