@@ -41,6 +41,7 @@ from behavior_engine.pipeline import TurnPipeline
 from behavior_engine.planner import TurnPlanner
 from behavior_engine.reads import CachedReads
 from behavior_engine.records import StoreTurnRecords
+from behavior_engine.safety import load_rules
 from behavior_engine.scheduler import Scheduler
 from behavior_engine.turn import Outcome, Turn
 from bots.ratelimit import TelegramLimiter
@@ -107,7 +108,8 @@ class Worker:
         self.pipeline = TurnPipeline(
             chain=chain, limits=self.membership.limits, records=self.records,
             reads=self.reads, market=market, holder=self.held, worker_id=self.worker_id,
-            seed=settings.seed, clock=clock, stats=self.stats, on_sent=self.clients.sent)
+            seed=settings.seed, clock=clock, stats=self.stats, on_sent=self.clients.sent,
+            safety_rules=load_rules(settings.safety_rules))
         # bot → due times of its turns running (None: a turn with no due time, e.g. an
         # answer to a human): a bot with one slot turn running may be given its next slot
         # (TurnPlanner.decide), so its next line is written while the last one is typed

@@ -121,11 +121,20 @@ SPLIT_SENDS = Counter(
 )
 GUARD_OUTCOMES = Counter(
     "botsim_guard_outcomes",
-    "What a guard did with a generated text before its send, by guard (repeat: the"
-    " near-duplicate guard) and outcome: passed (first draft kept), regenerated (a later"
-    " draft kept), dropped (a chatter turn given up), kept_for_human (an answer to a person"
-    " sent in its least repeating draft).",
+    "What the guards did with a generated text before its send (the near-duplicate guard"
+    " and the content-safety guard, behavior_engine.pipeline._vet), by guard and outcome:"
+    " passed (first draft kept; guard=repeat), regenerated (a later draft kept;"
+    " guard=repeat), dropped (guard=repeat: chatter still repeating; guard=safety: every"
+    " draft broke a rule), kept_for_human (an answer to a person sent in its least"
+    " repeating draft). Safety blocks per rule: botsim_safety_blocks_total.",
     ["guard", "outcome"],
+)
+SAFETY_BLOCKS = Counter(
+    "botsim_safety_blocks",
+    "Generated drafts a content-safety rule kept from being sent (behavior_engine.safety),"
+    " by rule: guaranteed_returns, coordinated_call, personal_instruction, personal_data,"
+    " links, or a deployment's own.",
+    ["rule"],
 )
 TURNS = Counter(
     "botsim_turns",

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
             persona (``bots.disclosure``); None: a default in the persona's language.
         retention_days: people's messages older than this many days are anonymised by the
             workers' hourly job (``backend.stores.messages.anonymise_people``); None: kept.
+        safety_rules: a YAML file replacing or adding content-safety rules
+            (``behavior_engine.safety``); None: the Turkish and English defaults.
         listener_host / listener_port: where the listener binds.
         tick_seconds: how often the worker's scheduler decides turns, seconds (0.1–60).
         db_pool_size: PostgreSQL connections per process (as many again may overflow).
@@ -103,6 +105,7 @@ class Settings(BaseSettings):
     public_webhook_url: str = "http://127.0.0.1:8082"
     privacy_text: str | None = Field(default=None, max_length=2000)
     retention_days: int | None = Field(default=None, ge=1, le=3650)
+    safety_rules: Path | None = None
     listener_host: str = "127.0.0.1"
     listener_port: int = Field(default=8082, ge=0, le=65535)
     tick_seconds: float = Field(default=1.0, ge=0.1, le=60.0)

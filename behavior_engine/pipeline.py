@@ -106,6 +106,7 @@ from behavior_engine.repeats import (
     repeat_hint,
 )
 from behavior_engine.rhythm import chatter_cap
+from behavior_engine.safety import Rule, check_safety, load_rules
 from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn, TurnContext
 from behavior_engine.typist import TYPING_RENEW_S, Pace, jitter_rng, keep_typing
 from bots.ratelimit import TelegramLimiter
@@ -361,6 +362,10 @@ class TurnRecords(Protocol):
         """Telegram refused the bot's token (401): disable the bot and tell the operator
         (``description``: Telegram's, never the token)."""
 
+    async def safety_blocked(self, turn: Turn, *, rule: str, part: str, text: str) -> None:
+        """A draft broke content-safety ``rule`` (``part``: what broke it) and was not sent:
+        tell the operator (the audit log)."""
+
     async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
         """The turn's chat has a new Telegram id; False when it could not be stored."""
 
@@ -398,6 +403,8 @@ class TurnPipeline:
         on_sent: called with (bot id, aware UTC time) after each commit (hourly budgets).
         sleep: awaited to wait for a limit, to read and to type, seconds (injectable for
             tests: a fake clock).
+        safety_rules: the content-safety rules (default: :func:`~behavior_engine.safety.
+            load_rules`'s Turkish and English defaults).
     """
 
     def __init__(
@@ -406,8 +413,10 @@ class TurnPipeline:
         clock: Callable[[], datetime] = utcnow, stats: Counter[str] | None = None,
         on_sent: Callable[[int, datetime], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        safety_rules: tuple[Rule, ...] | None = None,
     ) -> None:
         self.chain = chain
+        self.safety_rules = load_rules() if safety_rules is None else safety_rules
         self.limits = limits
         self.records = records
         self.reads = reads
@@ -448,16 +457,16 @@ class TurnPipeline:
             await self._sleep(read_s)
         generation, llm_s, typing_s = await self._generate(turn, client, request,
                                                            ctx.profile.llm_providers, pace)
-        fresh_text = await self._no_repeat(turn, ctx, request, generation, history)
-        if fresh_text is None:
-            return Outcome(turn=turn, status="skipped", error="repeat: dropped")
-        generation = fresh_text
+        vetted = await self._vet(turn, ctx, request, generation, history)
+        if vetted is None:
+            return Outcome(turn=turn, status="skipped", error="guards: dropped")
+        generation = vetted
         await self._until_due(turn)  # written ahead of its slot: sent on the chat's rhythm
         if (turn.reply_to is None or not turn.reply_to.is_human) and check_repeat(
                 generation.text, self._said(turn, await self.reads.history(turn.chat_id))
         ).repeats:  # another turn of the chat said it while this one was written
             metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="dropped").inc()
-            return Outcome(turn=turn, status="skipped", error="repeat: dropped")
+            return Outcome(turn=turn, status="skipped", error="guards: dropped")
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         # An answer to a human may use the whole cap; chatter only what the human-reply
         # reserve leaves (issue 14), here too, where the cap holds across workers.
@@ -520,41 +529,54 @@ class TurnPipeline:
         return [*(i.text for i in history if not i.is_human),
                 *self.chat_recent.of(turn.chat_id), *self.own_recent.of(turn.bot_id)]
 
-    async def _no_repeat(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
-                         generation: Generation,
-                         history: Sequence[HistoryItem]) -> Generation | None:
-        """The near-duplicate guard (:mod:`behavior_engine.repeats`): ``generation`` when it
-        repeats nothing the chat's history or the bot lately said; else a draft asked for
-        again (a hint naming the repeat, another seed), at most
-        :data:`~behavior_engine.repeats.MAX_REGENERATIONS` times. None: a chatter turn that
-        still repeats is dropped; an answer to a person is sent in its least repeating draft.
+    async def _vet(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
+                   generation: Generation,
+                   history: Sequence[HistoryItem]) -> Generation | None:
+        """The guards on a generated text before its send: content safety
+        (:mod:`behavior_engine.safety`) and repeats (:mod:`behavior_engine.repeats`).
+
+        ``generation`` when it passes both; else a draft asked for again with the failed
+        guard's hint (and another seed), at most
+        :data:`~behavior_engine.repeats.MAX_REGENERATIONS` times. None: the turn is dropped,
+        when every draft breaks a safety rule, or when chatter still repeats; an answer to a
+        person that only repeats is sent in its least repeating draft. Each safety block is
+        counted per rule and written to the audit log.
         """
         earlier = self._said(turn, history)
-        check = check_repeat(generation.text, earlier)
-        if not check.repeats:
-            metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="passed").inc()
-            return generation
-        best, best_check = generation, check
-        for attempt in range(1, MAX_REGENERATIONS + 1):
-            hint = repeat_hint(best_check, ctx.profile.language)
+        language = ctx.profile.language
+        to_person = turn.reply_to is not None and turn.reply_to.is_human
+        draft, best, best_score = generation, None, 2.0
+        for attempt in range(MAX_REGENERATIONS + 1):
+            breach = check_safety(draft.text, self.safety_rules, language=language,
+                                  to_person=to_person)
+            check = check_repeat(draft.text, earlier)
+            if breach is None and not check.repeats:
+                outcome = "passed" if attempt == 0 else "regenerated"
+                metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome=outcome).inc()
+                return draft
+            if breach is not None:
+                metrics.SAFETY_BLOCKS.labels(rule=breach.rule).inc()
+                await self.records.safety_blocked(turn, rule=breach.rule, part=breach.part,
+                                                  text=draft.text)
+                hint = breach.hint
+            else:
+                if check.score < best_score:
+                    best, best_score = draft, check.score
+                hint = repeat_hint(check, language)
+            if attempt == MAX_REGENERATIONS:
+                break
             again = GenerationRequest(
                 messages=[*request.messages, {"role": "system", "content": hint}],
-                context=dataclasses.replace(ctx, seed=ctx.seed + 7919 * attempt),
+                context=dataclasses.replace(ctx, seed=ctx.seed + 7919 * (attempt + 1)),
                 max_chars=request.max_chars)
             draft = (await self.chain.generate(again, order=ctx.profile.llm_providers)
                      ).generation
-            found = check_repeat(draft.text, earlier)
-            if not found.repeats:
-                metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="regenerated").inc()
-                return draft
-            if found.score < best_check.score:
-                best, best_check = draft, found
-        if turn.reply_to is not None and turn.reply_to.is_human:
+        if best is not None and to_person:
             metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="kept_for_human").inc()
             return best
-        metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="dropped").inc()
-        log.info("turn %s of bot %s dropped: it repeats %r", turn.turn_id, turn.bot_id,
-                 (best_check.of or "")[:60])
+        metrics.GUARD_OUTCOMES.labels(guard="repeat" if best is not None else "safety",
+                                      outcome="dropped").inc()
+        log.info("turn %s of bot %s dropped by its guards", turn.turn_id, turn.bot_id)
         return None
 
     async def _stored(self, turn: Turn, commit: Awaitable[HistoryItem]) -> None:

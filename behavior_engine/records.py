@@ -128,6 +128,16 @@ class StoreTurnRecords:
         if was_enabled:
             metrics.BOTS_DISABLED.labels(reason="token_refused").inc()
 
+    async def safety_blocked(self, turn: Turn, *, rule: str, part: str, text: str) -> None:
+        """A draft of the turn broke a content-safety rule and was not sent: one audit entry
+        (``safety.blocked``; the engine as actor), which the panel's audit page lists."""
+        async with self.sessionmaker() as session, session.begin():
+            await audit_store.record(
+                session, user_id=None, username=audit_store.ENGINE,
+                action=audit_store.SAFETY_BLOCKED, entity="bot", entity_id=turn.bot_id,
+                before=None, after={"chat_id": turn.chat_id, "turn_id": turn.turn_id,
+                                    "rule": rule, "part": part[:200], "draft": text[:1000]})
+
     async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
         """See :func:`backend.stores.chats.migrate_chat`."""
         async with self.sessionmaker() as session, session.begin():

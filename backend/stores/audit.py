@@ -53,6 +53,7 @@ ENGINE = "engine"
 #: The engine's actions (module table).
 MEMBERSHIP_LOST = "bot.membership_lost"
 BOT_DISABLED = "bot.disabled"
+SAFETY_BLOCKED = "safety.blocked"
 
 _JSON: TypeAdapter[JsonValue] = TypeAdapter(JsonValue)
 

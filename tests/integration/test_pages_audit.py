@@ -179,3 +179,28 @@ async def test_audit_page_takes_good_edge_values(env: Env) -> None:
         r = await admin.get("/audit", params=query)
         assert r.status_code == 200, (query, r.text)
         assert 'id="audit-problems"' not in r.text
+
+
+async def test_a_safety_block_is_listed_on_the_audit_page(
+    env: Env, sessionmaker: Sessions, cipher: TokenCipher,
+) -> None:
+    # issue 16, item 6: a draft a safety rule kept back reaches the operator (escaped)
+    from datetime import UTC, datetime
+
+    from behavior_engine.records import StoreTurnRecords
+    from behavior_engine.turn import Turn
+
+    env.app.state.api.cipher = cipher
+    chat_id, bot_id = await seed(sessionmaker, cipher)
+    turn = Turn(turn_id="t-safe", chat_id=chat_id, telegram_chat_id=-100777, bot_id=bot_id,
+                topic="gold", reply_to=None, reason="spontaneous",
+                decided_at=datetime.now(UTC))
+    await StoreTurnRecords(sessionmaker).safety_blocked(
+        turn, rule="guaranteed_returns", part="garantili kazanç",
+        text=f"Bu hisse garantili kazanç {XSS}")
+    admin, _ = await env.login("alice")
+    html = (await admin.get("/audit")).text
+    row = next(r for r in _audit_rows(html) if "safety.blocked" in "".join(r))
+    cells = "".join(row)
+    assert "guaranteed_returns" in cells and "engine" in cells and ESCAPED in cells
+    assert XSS not in html

@@ -103,6 +103,7 @@ class FakeRecords:
         self.disabled: list[int] = []
         self.descriptions: list[str] = []
         self.migrated: list[int] = []
+        self.blocked: list[tuple[str, str]] = []
         self.parts: list[Sent] = []
         self.partial: list[str] = []
 
@@ -140,6 +141,9 @@ class FakeRecords:
     async def disable_bot(self, bot_id: int, *, description: str = "") -> None:
         self.disabled.append(bot_id)
         self.descriptions.append(description)
+
+    async def safety_blocked(self, turn: Turn, *, rule: str, part: str, text: str) -> None:
+        self.blocked.append((rule, part))
 
     async def migrate_chat(self, turn: Turn, new_telegram_chat_id: int) -> bool:
         self.migrated.append(new_telegram_chat_id)
@@ -677,7 +681,7 @@ async def test_chatter_still_repeating_is_dropped_and_an_answer_to_a_person_is_n
     said_before(rig)
     before = guard_count("dropped")
     out = await rig.pipeline.run(turn())
-    assert out.status == "skipped" and out.error == "repeat: dropped"
+    assert out.status == "skipped" and out.error == "guards: dropped"
     assert rig.client.sends == [] and rig.records.intents == []  # nothing recorded or sent
     assert guard_count("dropped") == before + 1
     answer = Rig(FakeClient(), providers=(Scripted(near),))
@@ -709,7 +713,7 @@ async def test_chatter_said_meanwhile_by_another_turn_of_the_chat_is_dropped() -
 
     rig.reads.history = history  # type: ignore[method-assign]
     out = await rig.pipeline.run(turn())
-    assert (out.status, out.error, rig.client.sends) == ("skipped", "repeat: dropped", [])
+    assert (out.status, out.error, rig.client.sends) == ("skipped", "guards: dropped", [])
 
 
 async def test_a_chat_remembers_more_than_its_cached_history() -> None:
@@ -722,3 +726,29 @@ async def test_a_chat_remembers_more_than_its_cached_history() -> None:
         max_attempts=1, timeout_s=1.0, backoff_initial_s=0.0, backoff_max_s=0.0,
         jitter_s=0.0))], last_resort=OfflineGenerator())
     assert (await rig.pipeline.run(other)).status == "skipped"  # another bot, same chat
+
+
+async def test_a_draft_breaking_a_safety_rule_is_written_again_and_audited() -> None:
+    # issue 16, item 6: without the guard the promise goes out as written
+    llm = Scripted("Bu hisse garantili kazanç, kaçırmayın!",
+                   "Bu hisse bence ilginç ama riskli, ben az aldım.")
+    rig = Rig(FakeClient(), providers=(llm,))
+    before = REGISTRY.get_sample_value("botsim_safety_blocks_total",
+                                       {"rule": "guaranteed_returns"}) or 0.0
+    assert (await rig.pipeline.run(turn())).status == "sent"
+    assert [s[1] for s in rig.client.sends] == [
+        "Bu hisse bence ilginç ama riskli, ben az aldım."]
+    assert rig.records.blocked == [("guaranteed_returns", "garantili kazan")]
+    assert "Getiri vaat etme" in llm.requests[1].messages[-1]["content"]
+    assert REGISTRY.get_sample_value("botsim_safety_blocks_total",
+                                     {"rule": "guaranteed_returns"}) == before + 1
+
+
+async def test_an_answer_to_a_person_that_keeps_breaking_a_rule_is_dropped() -> None:
+    rig = Rig(FakeClient(), providers=(Scripted("Deniz, hemen alın, fırsat kaçmasın."),))
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert (out.status, out.error) == ("skipped", "guards: dropped")
+    assert rig.client.sends == [] and len(rig.records.blocked) == 3  # the draft and 2 more
+    # the same words as chatter, to nobody in particular, are no personal instruction
+    chatter = Rig(FakeClient(), providers=(Scripted("Deniz, hemen alın, fırsat kaçmasın."),))
+    assert (await chatter.pipeline.run(turn())).status == "sent"
