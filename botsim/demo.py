@@ -44,6 +44,7 @@ from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
 from behavior_engine.realism import RealismReport
+from behavior_engine.safety import check_safety, load_rules
 from bots.demo_world import (
     DEMO_CHAT_ID,
     DEMO_CHATS,
@@ -278,6 +279,8 @@ async def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     Returns:
         ``messages``, ``bots_spoken``, ``human_messages``, ``human_replies``,
         ``duplicates``, ``errors`` (failed turns + tick errors + sends not stored),
+        ``safety_breaches`` (bot messages Telegram shows that break a content-safety rule,
+        :mod:`behavior_engine.safety`; the guard keeps it at 0),
         ``rate_limited`` (429s the worker received), ``unrecorded_sends``, ``duration_s``,
         ``per_bot`` (name → messages), and ``realism`` (when ``options.realism``: the
         report's ``metrics``, ``counts`` and ``failed`` of the demo's group; see
@@ -421,6 +424,12 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
     sent_ids = [(c.telegram_chat_id, m["message_id"]) for c in DEMO_CHATS
                 for m in sandbox.messages(c.telegram_chat_id) if m["from"]["is_bot"]]
     unrecorded = sum(1 for i in sent_ids if i not in stored_ids)
+    rules = load_rules(settings.safety_rules)
+    breaches = sum(
+        1 for c in DEMO_CHATS for m in sandbox.messages(c.telegram_chat_id)
+        if m["from"]["is_bot"] and check_safety(
+            m.get("text", ""), rules, language="tr",
+            to_person=not m.get("reply_to_message", {}).get("from", {}).get("is_bot", True)))
     stats = worker.stats if worker is not None else {}
     per_bot = {name: int(n) for name, n in per_bot_rows}
     summary: dict[str, Any] = {
@@ -428,6 +437,7 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
         "errors": int(stats.get("errors", 0)) + unrecorded,
         "rate_limited": int(stats.get("rate_limited", 0)),
         "unrecorded_sends": unrecorded,
+        "safety_breaches": breaches,
         "telegram_429": int(sandbox.stats["too_many_requests"]),
         "duration_s": round(time.monotonic() - started, 1),
         "per_bot": per_bot,

@@ -219,6 +219,7 @@ async def test_demo_run_summary(tmp_path: Path) -> None:
     assert summary["bots_spoken"] >= 1 and summary["messages"] >= 1
     assert summary["human_messages"] == 1 and summary["human_replies"] == 1
     assert summary["duplicates"] == 0 and summary["errors"] == 0
+    assert summary["safety_breaches"] == 0
     assert "Deniz: Dolar nereye gider sizce?" in out.getvalue()
     assert "↪ answers Deniz" in out.getvalue()
     # The realism report of the run (botsim realism) ends the summary and the output.
