@@ -55,6 +55,51 @@ from backend.timewindow import parse_since
 from botsim.bootstrap import Runtime, configure_logging, configure_process, runtime
 
 
+async def _interview_cmd(settings: Settings, who: str, question: str, llm: str,
+                         as_json: bool) -> int:
+    """``botsim interview BOT "question"``: the bot's answer, in persona, with its memory
+    (:mod:`behavior_engine.interview`); nothing is posted or stored. Exit 2 when the bot or
+    the question is not right (the message says which)."""
+    from backend.db.types import utcnow
+    from backend.stores import bots as bot_store
+    from backend.stores import messages as message_store
+    from behavior_engine.interview import interview
+    from behavior_engine.llm.factory import build_chain, close_chain
+    from behavior_engine.market import MarketFeed
+    from behavior_engine.reads import item_from_row
+
+    if not question.strip() or len(question) > 4096:
+        print("botsim interview: the question must be 1-4096 characters", file=sys.stderr)
+        return 2
+    async with _one_shot(settings) as rt:
+        async with rt.sessionmaker() as session:
+            bot = (await bot_store.find_bot(session, bot_id=int(who))
+                   if who.isdigit() else
+                   await bot_store.bot_with_username(session, username=who.lstrip("@")))
+            if bot is None:
+                print(f"botsim interview: no bot {who!r} (give its id or @username)",
+                      file=sys.stderr)
+                return 2
+            recent = [item_from_row(m, bot.name, bot.username)
+                      for m in await message_store.bot_recent(session, bot_id=bot.id,
+                                                              limit=20)]
+        profile = await rt.reads.bot(bot.id)
+        chain = build_chain(list(settings.llm_providers) if llm == "settings" else [])
+        try:
+            answer = await interview(profile, question, recent=recent, chain=chain,
+                                     market=MarketFeed(seed=settings.seed, start=utcnow()),
+                                     now=utcnow(), seed=settings.seed)
+        finally:
+            await close_chain(chain)
+    if as_json:
+        print(json.dumps({"bot": f"@{profile.username}", "question": question,
+                          "answer": answer.text, "provider": answer.provider},
+                         ensure_ascii=False))
+    else:
+        print(f"{profile.name} (@{profile.username}, {answer.provider}): {answer.text}")
+    return 0
+
+
 async def _costs_cmd(settings: Settings, since: str | None, by: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -112,6 +157,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--llm", choices=["offline", "sandbox", "settings"], default="offline",
                       help="who writes: the offline generator (default), the real SDKs against"
                       " the sandbox LLM server, or BOTSIM_LLM_PROVIDERS")
+
+    iv = sub.add_parser("interview", help="ask a bot a question out of band (nothing posted)")
+    iv.add_argument("bot", help="the bot: its id or @username")
+    iv.add_argument("question", help="what to ask it (1-4096 characters)")
+    iv.add_argument("--llm", choices=["offline", "settings"], default="settings",
+                    help="who answers: BOTSIM_LLM_PROVIDERS with the offline generator last"
+                    " (default), or the offline generator alone")
+    iv.add_argument("--json", action="store_true",
+                    help="print {bot, question, answer, provider} as one JSON line")
 
     costs = sub.add_parser("costs", help="LLM cost totals from the ledger")
     costs.add_argument("--since", default=None,
@@ -468,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bad += 1
                     print(str(exc), file=sys.stderr)
             return 2 if bad else 0
+        if args.command == "interview":
+            return asyncio.run(_interview_cmd(settings, args.bot, args.question, args.llm,
+                                              args.json))
         if args.command == "costs":
             asyncio.run(_costs_cmd(settings, args.since, args.by, args.json))
             return 0

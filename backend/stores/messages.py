@@ -435,3 +435,13 @@ async def anonymise_people(session: AsyncSession, *, before: datetime,
         update(ChatMember).where(ChatMember.bot_id.is_(None), ChatMember.updated_at < before)
         .values(name=""))
     return done
+
+
+async def bot_recent(session: AsyncSession, *, bot_id: int, limit: int) -> list[Message]:
+    """The last ``limit`` messages our bot ``bot_id`` sent, in any chat, oldest first (one
+    query)."""
+    rows = (await session.execute(
+        select(Message).where(Message.bot_id == bot_id)
+        .order_by(Message.created_at.desc(), Message.id.desc()).limit(limit)
+    )).scalars().all()
+    return list(reversed(rows))
