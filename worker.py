@@ -147,13 +147,16 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """What this worker reports (its heartbeat's info; the API's provider health):
         ``name``, ``bots`` held, ``sent``, ``in_flight`` turns, ``in_flight_full`` /
-        ``skipped`` / ``ticks`` counters, and ``providers`` (each provider's breaker state
-        and budget left, :meth:`ProviderChain.status`)."""
+        ``skipped`` / ``ticks`` counters, ``providers`` (each provider's breaker state
+        and budget left, :meth:`ProviderChain.status`) and ``guards`` (what the text guards
+        did: ``"repeat:passed"``, ``"safety:links"``... → count,
+        :attr:`TurnPipeline.guard_counts`)."""
         return {"name": self.settings.worker_name, "bots": len(self.membership.tokens),
                 "sent": self.stats["sent"], "in_flight": len(self._tasks),
                 "in_flight_full": self.stats["in_flight_full"],
                 "skipped": self.stats["skipped"], "ticks": self.stats["ticks"],
-                "providers": self.chain.status()}
+                "providers": self.chain.status(),
+                "guards": dict(sorted(self.pipeline.guard_counts.items()))}
 
     def driven(self) -> set[int]:
         """The bots this worker drives now (held and connected)."""

@@ -429,6 +429,9 @@ class TurnPipeline:
         self.on_sent = on_sent
         self._sleep = sleep
         self.own_recent = RecentTexts(OWN_RECENT)
+        #: What the guards did in this worker, ``"<guard>:<outcome or rule>"`` → count (its
+        #: heartbeat carries it to the panel; Prometheus has the same).
+        self.guard_counts: Counter[str] = Counter()
         self.chat_recent = RecentTexts(CHAT_RECENT)
 
     async def run(self, turn: Turn, *, decided: float | None = None) -> Outcome:
@@ -465,7 +468,7 @@ class TurnPipeline:
         if (turn.reply_to is None or not turn.reply_to.is_human) and check_repeat(
                 generation.text, self._said(turn, await self.reads.history(turn.chat_id))
         ).repeats:  # another turn of the chat said it while this one was written
-            metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="dropped").inc()
+            self._count("repeat", "dropped")
             return Outcome(turn=turn, status="skipped", error="guards: dropped")
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         # An answer to a human may use the whole cap; chatter only what the human-reply
@@ -523,6 +526,12 @@ class TurnPipeline:
                 await self.records.note_partial(turn, outcome.error)
         return outcome
 
+    def _count(self, guard: str, outcome: str) -> None:
+        """Count a guard's outcome (``botsim_guard_outcomes_total`` and
+        :attr:`guard_counts`)."""
+        metrics.GUARD_OUTCOMES.labels(guard=guard, outcome=outcome).inc()
+        self.guard_counts[f"{guard}:{outcome}"] += 1
+
     def _said(self, turn: Turn, history: Sequence[HistoryItem]) -> list[str]:
         """What the repeat guard compares a draft with: the bots' texts of the chat's history,
         the chat's last texts sent from this worker, and the bot's own last texts."""
@@ -552,10 +561,11 @@ class TurnPipeline:
             check = check_repeat(draft.text, earlier)
             if breach is None and not check.repeats:
                 outcome = "passed" if attempt == 0 else "regenerated"
-                metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome=outcome).inc()
+                self._count("repeat", outcome)
                 return draft
             if breach is not None:
                 metrics.SAFETY_BLOCKS.labels(rule=breach.rule).inc()
+                self.guard_counts[f"safety:{breach.rule}"] += 1
                 await self.records.safety_blocked(turn, rule=breach.rule, part=breach.part,
                                                   text=draft.text)
                 hint = breach.hint
@@ -572,10 +582,9 @@ class TurnPipeline:
             draft = (await self.chain.generate(again, order=ctx.profile.llm_providers)
                      ).generation
         if best is not None and to_person:
-            metrics.GUARD_OUTCOMES.labels(guard="repeat", outcome="kept_for_human").inc()
+            self._count("repeat", "kept_for_human")
             return best
-        metrics.GUARD_OUTCOMES.labels(guard="repeat" if best is not None else "safety",
-                                      outcome="dropped").inc()
+        self._count("repeat" if best is not None else "safety", "dropped")
         log.info("turn %s of bot %s dropped by its guards", turn.turn_id, turn.bot_id)
         return None
 

@@ -489,7 +489,10 @@ async def test_costs_page_shows_each_workers_breakers_and_budgets(
               "tokens_today": 4_000}
     env = await make_env(tmp_path, sessionmaker, cache)
     env.app.state.api.local_workers = lambda: [
-        ("w-1", {"name": XSS, "providers": [guards]}), ("w-2", {"name": "bare"})]
+        ("w-1", {"name": XSS, "providers": [guards],
+                 "guards": {"repeat:passed": 40, "repeat:dropped": 3,
+                            "safety:guaranteed_returns": 1}}),
+        ("w-2", {"name": "bare"})]
     try:
         viewer, _ = await env.login("vera")
         r = await viewer.get("/costs")
@@ -503,3 +506,6 @@ async def test_costs_page_shows_each_workers_breakers_and_budgets(
     assert ">28<" in table and ">no limit<" in table and ">90125<" in table
     assert "bare" in table and "offline generator only" in table
     assert "No provider call in that window." in r.text
+    text_guards = r.text[r.text.index('id="text-guards"'):]  # issue 16: guard outcomes
+    assert "<td>repeat</td><td>dropped</td><td>3</td>" in text_guards
+    assert "<td>safety</td><td>guaranteed_returns</td><td>1</td>" in text_guards
