@@ -13,13 +13,10 @@ from typing import Any
 import httpx
 import pytest
 import telegram
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from telegram.error import BadRequest, Forbidden, InvalidToken
 
-from sandbox.telegram_api import BackgroundServer, TelegramSandbox
+from sandbox.telegram_api import TelegramSandbox
+from tests.integration.test_sandbox_telegram import receiver
 
 TOKEN_A = "1001:AAA-token_a"
 TOKEN_B = "1002:BBB-token_b"
@@ -71,36 +68,6 @@ def parsed(sandbox: TelegramSandbox, token: str) -> list[telegram.Update]:
 
 def kinds(sandbox: TelegramSandbox, token: str) -> list[str]:
     return [next(k for k in u if k != "update_id") for u in sandbox.pending_updates(token)]
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that records every POSTed update per bot name."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.got = asyncio.Event()
-        self.app = Starlette(routes=[Route("/hook/{name}", self.hook, methods=["POST"])])
-
-    async def hook(self, request: Request) -> JSONResponse:
-        self.calls.append((request.path_params["name"], await request.json()))
-        self.got.set()
-        return JSONResponse({})
-
-    async def wait_for(self, count: int, within: float = 5.0) -> None:
-        async with asyncio.timeout(within):
-            while len(self.calls) < count:
-                self.got.clear()
-                await self.got.wait()
-
-
-@asynccontextmanager
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    rec = Receiver()
-    server = await BackgroundServer.start(rec.app)
-    try:
-        yield rec, server.url
-    finally:
-        await server.stop()
 
 
 # ------------------------------------------------------------------------ phase 1
@@ -530,7 +497,7 @@ async def test_raw_updates_reach_a_webhook_receiver(sandbox: TelegramSandbox) ->
         await rec.wait_for(3 + 5)
         await asyncio.sleep(0.1)
     got: dict[str, list[str]] = {}
-    for name, update in rec.calls:
+    for name, _headers, update in rec.calls:
         parsed_update = telegram.Update.de_json(update, telegram.Bot(TOKEN_A))
         assert parsed_update.update_id == update["update_id"]
         got.setdefault(name, []).append(next(k for k in update if k != "update_id"))
