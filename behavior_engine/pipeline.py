@@ -466,7 +466,7 @@ class TurnPipeline:
         generation = vetted
         await self._until_due(turn)  # written ahead of its slot: sent on the chat's rhythm
         if (turn.reply_to is None or not turn.reply_to.is_human) and check_repeat(
-                generation.text, self._said(turn, await self.reads.history(turn.chat_id))
+                generation.text, await self._said_since(turn, history)
         ).repeats:  # another turn of the chat said it while this one was written
             self._count("repeat", "dropped")
             return Outcome(turn=turn, status="skipped", error="guards: dropped")
@@ -537,6 +537,15 @@ class TurnPipeline:
         the chat's last texts sent from this worker, and the bot's own last texts."""
         return [*(i.text for i in history if not i.is_human),
                 *self.chat_recent.of(turn.chat_id), *self.own_recent.of(turn.bot_id)]
+
+    async def _said_since(self, turn: Turn, history: Sequence[HistoryItem]) -> list[str]:
+        """What was said since ``history`` was read: the bots' new messages in the chat's
+        history (this worker's and others') and the bot's own last texts; the rest was
+        checked already (:meth:`_vet`)."""
+        seen = {i.message_id for i in history}
+        return [*(i.text for i in await self.reads.history(turn.chat_id)
+                  if not i.is_human and i.message_id not in seen),
+                *self.own_recent.of(turn.bot_id)]
 
     async def _vet(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
                    generation: Generation,
