@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -397,6 +397,10 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
         forwarded_from: the forwarded message's origin (a person's or chat's name).
         sender_chat: the message was sent on behalf of a chat (an anonymous admin, a
             channel): True; the sender id is then the chat's.
+        views: a bot message's persona views when it was written, topic → ``bullish`` /
+            ``bearish`` / ``neutral`` (``behavior_engine.stances``: what a later message is
+            checked against, and how flips are told from changes of view).
+        event_id: the world event the message reacted to, if any.
     """
 
     provider: str | None = None
@@ -417,6 +421,8 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
     mentions: tuple[str, ...] = ()
     forwarded_from: str | None = None
     sender_chat: bool = False
+    views: dict[str, str] | None = None
+    event_id: int | None = None
 
 
 class ModelPrice(_Strict):
@@ -494,3 +500,68 @@ class ProviderSettings(_Strict):
         if self.kind != "openai_compatible" and self.api_key is None:
             raise ValueError(f"provider {self.name!r} ({self.kind}) needs an api_key")
         return self
+
+
+#: The largest price shock an event may carry, percent either way (a limit-down day on Borsa
+#: Istanbul is -10 %; ±50 % leaves room for a crypto crash without allowing nonsense).
+MAX_SHOCK_PCT = 50.0
+
+
+class WorldEventIn(_Strict):
+    """A world event as the operator injects it (panel, API, CLI; issue 16, item 5).
+
+    The event is global: every chat's market feed, moods, stances and topics react.
+
+    Attributes:
+        headline: what happened, in the words the bots quote ("TCMB faizi 250 baz puan
+            artırdı"), 3–280 characters.
+        shocks: symbol → price move in percent (``{"BIST100": -3.0}``), each within
+            ±:data:`MAX_SHOCK_PCT` and not 0; applied as a step in the feed at ``at``.
+        views: topic → the way the event pushes views on it (``bullish`` / ``bearish``):
+            personas whose view differs move one step towards it (unless immovable).
+        topics: topic ids the event is about (the chat turns to them); empty: taken from
+            ``shocks``' symbols, ``views`` and the headline's keywords.
+        at: when it happens, aware UTC; None: now. A future time schedules it.
+    """
+
+    headline: str = Field(min_length=3, max_length=280)
+    shocks: dict[Symbol, float] = Field(default_factory=dict, max_length=16)
+    views: dict[TopicId, Literal["bullish", "bearish"]] = Field(default_factory=dict,
+                                                                 max_length=16)
+    topics: list[TopicId] = Field(default_factory=list, max_length=16)
+    at: datetime | None = None
+
+    @field_validator("shocks")
+    @classmethod
+    def _shock_sizes(cls, v: dict[str, float]) -> dict[str, float]:
+        for sym, pct in v.items():
+            if not (-MAX_SHOCK_PCT <= pct <= MAX_SHOCK_PCT) or pct == 0:
+                raise ValueError(f"shock of {sym!r} must be a non-zero percent within "
+                                 f"±{MAX_SHOCK_PCT:g}, got {pct}")
+        return v
+
+    @field_validator("views", "topics")
+    @classmethod
+    def _known_topics(cls, v: Any) -> Any:
+        for topic in v:
+            if topic not in KNOWN_TOPICS:
+                raise ValueError(f"topic {topic!r} is not a known topic "
+                                 f"(known: {', '.join(KNOWN_TOPICS)})")
+        return v
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and (v.tzinfo is None or v.utcoffset() is None):
+            raise ValueError("at must carry a timezone (UTC), e.g. 2026-12-05T10:00:00Z")
+        return v
+
+
+class WorldEvent(WorldEventIn):
+    """A stored world event: :class:`WorldEventIn` with its id, its time set, who created
+    it and when."""
+
+    id: int
+    at: datetime
+    created_by: str
+    created_at: datetime

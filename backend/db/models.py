@@ -371,3 +371,24 @@ class AuditEntry(Base):
 
     __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_entity", "entity",
                                                              "entity_id"))
+
+
+class WorldEventRow(Base):
+    """A world event the operator injected or scheduled (``backend.schemas.WorldEvent``).
+
+    ``shocks``, ``views`` and ``topics`` are JSON as in :class:`~backend.schemas.WorldEventIn`;
+    ``at`` is when it takes effect (later than ``created_at`` for a scheduled one).
+    """
+
+    __tablename__ = "world_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    headline: Mapped[str] = mapped_column(String(280))
+    shocks: Mapped[Any] = mapped_column(PydanticJSON(JsonValue), default=dict)
+    views: Mapped[Any] = mapped_column(PydanticJSON(JsonValue), default=dict)
+    topics: Mapped[Any] = mapped_column(PydanticJSON(JsonValue), default=list)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_world_events_at", "at"),)
