@@ -119,6 +119,9 @@ class MarketFeed:
         self._starts: list[np.ndarray] = [np.zeros(len(self._symbols))]
         self._chunks: dict[int, np.ndarray] = {}
         self._bridge_cache: tuple[int, np.ndarray] | None = None
+        #: price shocks: (tick from which it holds, log factor per symbol), by tick
+        self._shocks: list[tuple[int, np.ndarray]] = []
+        self._shock_keys: set[object] = set()
         self._latest = self._snapshot_at(self._start, 0)
 
     @property
@@ -130,6 +133,60 @@ class MarketFeed:
     def start(self) -> datetime:
         """The session open (aware UTC)."""
         return self._start
+
+    def add_shock(self, key: object, at: datetime, shocks: Mapping[str, float]) -> bool:
+        """Apply a price shock (a world event's) from ``at`` on: each symbol's price times
+        ``1 + pct / 100`` at every tick from ``at`` (rounded up to a tick), the walk
+        unchanged. ``change_pct`` includes the shock (it is a move since the open).
+
+        A shock at or before the latest snapshot moves that snapshot too (prices never
+        go back in time, but a shock learnt late is not lost).
+
+        Args:
+            key: the shock's identity (an event id): a key seen before is ignored.
+            at: aware datetime it takes effect.
+            shocks: symbol → percent (-100 < pct); symbols not in the feed are ignored.
+
+        Returns:
+            True when applied, False for a key already applied.
+
+        Raises:
+            ValueError: naive ``at`` or a percent not finite or ≤ -100.
+        """
+        at = _require_aware(at, "at")
+        if key in self._shock_keys:
+            return False
+        factor = np.zeros(len(self._symbols))
+        for sym, pct in shocks.items():
+            if not (math.isfinite(pct) and pct > -100.0):
+                raise ValueError(f"shock of {sym!r} must be finite and > -100 %, got {pct}")
+            if sym in self._symbols:
+                factor[self._symbols.index(sym)] = math.log1p(pct / 100.0)
+        self._shock_keys.add(key)
+        tick = max(0, math.ceil((at - self._start).total_seconds()))
+        self._shocks.append((tick, factor))
+        self._shocks.sort(key=lambda s: s[0])
+        latest = self._latest
+        if tick <= math.floor((latest.at - self._start).total_seconds()):
+            self._latest = self._snapshot_at(
+                latest.at, math.floor((latest.at - self._start).total_seconds()))
+        return True
+
+    def prices_at_ticks(self, ticks: Sequence[int]) -> np.ndarray:
+        """Prices at each tick (seconds since ``start``, ascending, ≥ 0), shocks included,
+        without moving :meth:`snapshot`'s latest time: shape (len(ticks), len(symbols)),
+        columns in :attr:`symbols` order."""
+        rows = [self._p0 * np.exp(self._sigma * self._walk(t) + self._shocked(t))
+                for t in ticks]
+        return np.array(rows).reshape(len(rows), len(self._symbols))
+
+    def _shocked(self, tick: int) -> np.ndarray:
+        total = np.zeros(len(self._symbols))
+        for at, factor in self._shocks:
+            if at > tick:
+                break
+            total = total + factor
+        return total
 
     def snapshot(self, at: datetime) -> MarketSnapshot:
         """Advance the walk to ``at`` and return the prices then.
@@ -154,7 +211,7 @@ class MarketFeed:
         return self._latest
 
     def _snapshot_at(self, at: datetime, tick: int) -> MarketSnapshot:
-        rel = np.exp(self._sigma * self._walk(tick))
+        rel = np.exp(self._sigma * self._walk(tick) + self._shocked(tick))
         prices = self._p0 * rel
         return MarketSnapshot(
             at=at,
