@@ -29,6 +29,7 @@ from backend.api import (
     routes_auth,
     routes_bots,
     routes_chats,
+    routes_events,
     routes_ops,
 )
 from backend.api.problems import PROBLEM_JSON, problem_bytes
@@ -228,6 +229,7 @@ def create_app(
     app.include_router(routes_bots.router, prefix="/api/v1")
     app.include_router(routes_chats.router, prefix="/api/v1")
     app.include_router(routes_ops.router, prefix="/api/v1")
+    app.include_router(routes_events.router, prefix="/api/v1")
     app.include_router(pages.router)
     app.include_router(pages_realism.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
