@@ -38,8 +38,9 @@ async def seed(sm: Sessions, cipher: TokenCipher) -> tuple[int, int, int, int]:
             p, token = persona(name, n)
             ids.append((await bot_store.upsert_persona_bot(s, persona=p, token=token,
                                                            cipher=cipher)).id)
-        chat = await chat_store.upsert_chat(s, telegram_chat_id=-1001, title="A", topics={"gold": 1.0})
-        other = await chat_store.upsert_chat(s, telegram_chat_id=-1002, title="B", topics={"gold": 1.0})
+        chat, other = [await chat_store.upsert_chat(s, telegram_chat_id=tg, title=title,
+                                                    topics={"gold": 1.0})
+                       for tg, title in ((-1001, "A"), (-1002, "B"))]
         for bot_id in ids:
             await chat_store.add_bot(s, chat_id=chat.id, bot_id=bot_id)
         await chat_store.add_bot(s, chat_id=other.id, bot_id=ids[1])
