@@ -8,6 +8,11 @@ Sub-commands::
     botsim personas check FILE...           validate persona files
     botsim settings show                    print the operator settings
     botsim settings set KEY=JSON...         change operator settings (validated)
+    botsim event add "HEADLINE" [--shock SYM=PCT ...] [--view TOPIC=bullish|bearish ...]
+                     [--topic T ...] [--at ISO|+5m] | add --preset NAME [--at ...]
+    botsim event list [--json] | cancel ID | presets
+                                            world events the market, moods, stances and
+                                            topics react to (botsim.events_cli)
     botsim costs [--since 24h] [--by provider|bot|day] [--json]
                                             LLM cost totals from the llm_calls ledger
     botsim realism [--database-url URL] [--chat ID ...] [--since -10m] [--until ISO] [--json]
@@ -185,6 +190,10 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--until", default=None, help="the window's end, same forms")
     rl.add_argument("--json", action="store_true",
                     help="end with one JSON object of the report on the last line")
+
+    from botsim import events_cli
+
+    events_cli.add_parser(sub)
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
@@ -537,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "settings":
             asyncio.run(_settings_cmd(settings, args.action, args.pairs))
             return 0
+        if args.command == "event":
+            from botsim.events_cli import event_cmd
+
+            return asyncio.run(event_cmd(settings, args))
         if args.command == "worker" and args.check:
             import worker
 

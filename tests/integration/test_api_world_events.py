@@ -126,7 +126,7 @@ async def test_bad_bodies_get_422_naming_the_field(env: Env, body: dict[str, obj
 
 @pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 201}, {"after_id": -1},
                                    {"after_id": 2**40}, {"limit": "x"}])
-async def test_bad_list_queries_get_422(env: Env, query: dict[str, object]) -> None:
+async def test_bad_list_queries_get_422(env: Env, query: dict[str, int | str]) -> None:
     viewer = await env.login("vera")
     r = await viewer.get(URL, params=query)
     assert r.status_code == 422
