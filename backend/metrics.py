@@ -125,9 +125,19 @@ GUARD_OUTCOMES = Counter(
     " and the content-safety guard, behavior_engine.pipeline._vet), by guard and outcome:"
     " passed (first draft kept; guard=repeat), regenerated (a later draft kept;"
     " guard=repeat), dropped (guard=repeat: chatter still repeating; guard=safety: every"
-    " draft broke a rule), kept_for_human (an answer to a person sent in its least"
-    " repeating draft). Safety blocks per rule: botsim_safety_blocks_total.",
+    " draft broke a rule; guard=stance: the last draft contradicted the bot's views or"
+    " holdings), kept_for_human (an answer to a person sent in its least repeating or its"
+    " last consistent draft); guard=stance also passed / regenerated (a draft contradicting"
+    " a view or holding asked for again). Safety blocks per rule:"
+    " botsim_safety_blocks_total.",
     ["guard", "outcome"],
+)
+STANCE_CHANGES = Counter(
+    "botsim_stance_changes",
+    "Changes of a bot's view on a topic seen by its turns (behavior_engine.stances: a market"
+    " move past the view's threshold, or a world event), by cause: market, event. A flip"
+    " without either is what the stance guard (guard=stance) keeps from being sent.",
+    ["cause"],
 )
 SAFETY_BLOCKS = Counter(
     "botsim_safety_blocks",

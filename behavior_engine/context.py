@@ -6,9 +6,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
+from behavior_engine.events import EventNote, notes_text
 from behavior_engine.market import holdings_pnl_pct, mood_from_pnl
 from behavior_engine.prompt_builder import MEMORY_ITEMS
 from behavior_engine.reads import BotProfile, HistoryItem
+from behavior_engine.stances import BotViews, change_lines
 from behavior_engine.turn import ChatLine, MarketSnapshot, TurnContext
 
 #: Messages of the chat's history a turn sees (the newest).
@@ -41,6 +43,9 @@ def turn_context(
     chat_id: int,
     seed: int,
     reply_to: ChatLine | None = None,
+    views: BotViews | None = None,
+    news: Sequence[EventNote] = (),
+    contrast: str | None = None,
 ) -> TurnContext:
     """Everything the generator gets for one turn of ``bot`` in ``chat_id``.
 
@@ -49,6 +54,12 @@ def turn_context(
             are used; the bot's own among them are its memories).
         snapshot: the market now (the holdings' P&L sets the mood).
         seed: seed material of the process (mixed with ``turn_id`` for the generator).
+        views: the bot's views now (:class:`~behavior_engine.stances.StanceBook`); None:
+            the persona's stances as configured.
+        news: recent world events, newest first (:meth:`~behavior_engine.events.EventBook.
+            recent`).
+        contrast: the agreement watch's line for this bot, if any
+            (:mod:`behavior_engine.agreement`).
     """
     recent = list(history)[-HISTORY_SIZE:]
     pnl = holdings_pnl_pct(bot.holdings, snapshot)
@@ -57,7 +68,7 @@ def turn_context(
         bot_name=bot.name,
         bot_username=bot.username,
         profile=bot.persona,
-        stances=tuple(bot.stances),
+        stances=views.stances if views is not None else tuple(bot.stances),
         holdings=tuple(bot.holdings),
         mood=mood_from_pnl(bot.persona.mood_baseline, pnl),
         pnl_pct=pnl,
@@ -69,4 +80,10 @@ def turn_context(
         bot_id=bot.id,
         chat_id=chat_id,
         seed=zlib.crc32(f"{seed}:{turn_id}".encode()),
+        news=tuple(notes_text(news, bot.persona.language)),
+        news_topics=news[0].topics if news else (),
+        event_id=news[0].id if news else None,
+        view_changes=tuple(change_lines(views, snapshot.at, bot.persona.language))
+        if views is not None else (),
+        contrast=contrast,
     )

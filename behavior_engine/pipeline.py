@@ -92,7 +92,9 @@ from backend.errors import (
 from backend.schemas import SimulationSettings
 from backend.stores.audit import redact_tokens
 from backend.stores.turns import MAX_PARTS
+from behavior_engine.consistency import check_consistency, expected_direction
 from behavior_engine.context import turn_context
+from behavior_engine.events import EventBook
 from behavior_engine.llm.chain import ChainResult
 from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import build_request
@@ -107,6 +109,8 @@ from behavior_engine.repeats import (
 )
 from behavior_engine.rhythm import chatter_cap
 from behavior_engine.safety import Rule, check_safety, load_rules
+from behavior_engine.stances import BotViews, StanceBook
+from behavior_engine.topics import detect_topic
 from behavior_engine.turn import Generation, GenerationRequest, Outcome, Turn, TurnContext
 from behavior_engine.typist import TYPING_RENEW_S, Pace, jitter_rng, keep_typing
 from bots.ratelimit import TelegramLimiter
@@ -301,6 +305,8 @@ class Sent:
         part / parts: which part of the generation's text this message is, 1-based, of how
             many (1 / 1: the text sent whole).
         text: this message's text: the part (None: the generation's whole text).
+        views: the bot's views when it wrote it, topic → view (None: not known).
+        event_id: the world event it reacted to (the turn's news was about its topic).
     """
 
     turn: Turn
@@ -313,6 +319,8 @@ class Sent:
     part: int = 1
     parts: int = 1
     text: str | None = None
+    views: dict[str, str] | None = None
+    event_id: int | None = None
 
     @property
     def sent_text(self) -> str:
@@ -405,6 +413,9 @@ class TurnPipeline:
             tests: a fake clock).
         safety_rules: the content-safety rules (default: :func:`~behavior_engine.safety.
             load_rules`'s Turkish and English defaults).
+        events: the world events (news in prompts, shocks in ``market``; None: none).
+        stance_book: the bots' views as the market and events move them (default: one over
+            ``market`` and ``events``).
     """
 
     def __init__(
@@ -414,8 +425,16 @@ class TurnPipeline:
         on_sent: Callable[[int, datetime], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         safety_rules: tuple[Rule, ...] | None = None,
+        events: EventBook | None = None, stance_book: StanceBook | None = None,
     ) -> None:
         self.chain = chain
+        self.events = events
+        self.stance_book = stance_book or StanceBook(market, events)
+        #: bot → topic → (direction it last expressed, its view then): a neutral view's
+        #: last said direction (the stance guard), forgotten when the view changes
+        self.expressed: dict[int, dict[str, tuple[str, str]]] = {}
+        #: bot → changes of view already counted (``botsim_stance_changes_total``)
+        self._changes_seen: dict[int, int] = {}
         self.safety_rules = load_rules() if safety_rules is None else safety_rules
         self.limits = limits
         self.records = records
@@ -446,10 +465,15 @@ class TurnPipeline:
         t0 = time.perf_counter()
         bot = await self.reads.bot(turn.bot_id)
         history = await self.reads.history(turn.chat_id)
+        now = self.clock()
+        snapshot = self.market.snapshot(now)
+        views = self.stance_book.views(bot.stances, now, bot.persona.language)
+        self._count_changes(turn.bot_id, views)
         ctx = turn_context(
-            bot, history, self.market.snapshot(self.clock()),
+            bot, history, snapshot,
             turn_id=turn.turn_id, topic=turn.topic, chat_id=turn.chat_id, seed=self.seed,
-            reply_to=turn.reply_to,
+            reply_to=turn.reply_to, views=views,
+            news=self.events.recent(now) if self.events is not None else (),
         )
         request = build_request(ctx)
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
@@ -512,10 +536,13 @@ class TurnPipeline:
         metrics.TURN_LATENCY.observe(timing.latency_s)
         # the engine's own part: neither generation nor the deliberate reading/typing pauses
         metrics.TURN_OVERHEAD.observe(max(timing.latency_s - read_s - typing_s, 0.0))
+        view_map = views.view_map()
         sent = Sent(turn=turn, bot=bot, message=message, generation=generation,
                     reply_to=shown_reply, mood=ctx.mood, timing=timing, parts=len(parts),
-                    text=parts[0] if len(parts) > 1 else None)
+                    text=parts[0] if len(parts) > 1 else None, views=view_map,
+                    event_id=ctx.event_id if ctx.topic in ctx.news_topics else None)
         await self._stored(turn, self.records.commit_sent(sent))
+        self._expressed(turn, generation.text, view_map)
         self.own_recent.add(turn.bot_id, generation.text)
         self.chat_recent.add(turn.chat_id, generation.text)
         outcome = Outcome(turn=turn, status="sent", telegram_message_id=message.message_id)
@@ -525,6 +552,28 @@ class TurnPipeline:
                 outcome.error = f"text cut after {MAX_PARTS} parts"
                 await self.records.note_partial(turn, outcome.error)
         return outcome
+
+    def _count_changes(self, bot_id: int, views: BotViews) -> None:
+        """Count the bot's changes of view not counted yet
+        (``botsim_stance_changes_total{cause}``, :attr:`guard_counts` ``stance_change:*``)."""
+        seen = self._changes_seen.get(bot_id, 0)
+        for change in views.changes[seen:]:
+            metrics.STANCE_CHANGES.labels(cause=change.cause).inc()
+            self.guard_counts[f"stance_change:{change.cause}"] += 1
+        self._changes_seen[bot_id] = len(views.changes)
+
+    def _expressed(self, turn: Turn, text: str, views: dict[str, str]) -> None:
+        """Remember the direction a sent text expects on its topic (the stance guard's
+        ``last_said``)."""
+        said = expected_direction(text)
+        if said is not None:
+            topic = detect_topic(text) or turn.topic
+            self.expressed.setdefault(turn.bot_id, {})[topic] = (said, views.get(topic, ""))
+
+    def _last_said(self, bot_id: int, views: dict[str, str]) -> dict[str, str]:
+        """Topic → the direction the bot last expressed, while its view is unchanged."""
+        return {t: d for t, (d, v) in self.expressed.get(bot_id, {}).items()
+                if views.get(t, "") == v}
 
     def _count(self, guard: str, outcome: str) -> None:
         """Count a guard's outcome (``botsim_guard_outcomes_total`` and
@@ -563,22 +612,37 @@ class TurnPipeline:
         earlier = self._said(turn, history)
         language = ctx.profile.language
         to_person = turn.reply_to is not None and turn.reply_to.is_human
+        last_said = self._last_said(turn.bot_id, {s.topic: s.view for s in ctx.stances})
         draft, best, best_score = generation, None, 2.0
+        consistent: Generation | None = None  # the last draft that contradicted nothing
+        contradicted = False
+        failed = "repeat"  # the guard the last draft failed
         for attempt in range(MAX_REGENERATIONS + 1):
             breach = check_safety(draft.text, self.safety_rules, language=language,
                                   to_person=to_person)
+            clash = check_consistency(draft.text, stances=ctx.stances, holdings=ctx.holdings,
+                                      topic=ctx.topic, last_said=last_said)
             check = check_repeat(draft.text, earlier)
-            if breach is None and not check.repeats:
+            if breach is None and clash is None and not check.repeats:
                 outcome = "passed" if attempt == 0 else "regenerated"
                 self._count("repeat", outcome)
+                self._count("stance", "regenerated" if contradicted else "passed")
                 return draft
+            if clash is not None:
+                contradicted = True
+                self.guard_counts[f"stance:{clash.kind}"] += 1
+            elif breach is None:
+                consistent = draft
             if breach is not None:
                 metrics.SAFETY_BLOCKS.labels(rule=breach.rule).inc()
                 self.guard_counts[f"safety:{breach.rule}"] += 1
                 await self.records.safety_blocked(turn, rule=breach.rule, part=breach.part,
                                                   text=draft.text)
-                hint = breach.hint
+                hint, failed = breach.hint, "safety"
+            elif clash is not None:
+                hint, failed = clash.hint(language), "stance"
             else:
+                failed = "repeat"
                 if check.score < best_score:
                     best, best_score = draft, check.score
                 hint = repeat_hint(check, language)
@@ -593,7 +657,10 @@ class TurnPipeline:
         if best is not None and to_person:
             self._count("repeat", "kept_for_human")
             return best
-        self._count("repeat" if best is not None else "safety", "dropped")
+        if consistent is not None and to_person:  # a person waits: consistent beats fresh
+            self._count("repeat", "kept_for_human")
+            return consistent
+        self._count(failed, "dropped")
         log.info("turn %s of bot %s dropped by its guards", turn.turn_id, turn.bot_id)
         return None
 

@@ -68,9 +68,11 @@ def stances_and_holdings(ctx: TurnContext) -> str:
         + (f" (now {ctx.market.prices[h.symbol]:g})" if h.symbol in ctx.market.prices else "")
         for h in ctx.holdings
     )
+    changed = "".join(f"\n{line}" for line in ctx.view_changes)
     return (
         f"Your views: {views or 'none'}.\n"
-        f"Your holdings: {held or 'none'}; P&L {ctx.pnl_pct:+.1f} %."
+        f"Your holdings: {held or 'none'}; P&L {ctx.pnl_pct:+.1f} %.{changed}\n"
+        "Never contradict your views or holdings above."
     )
 
 
@@ -118,18 +120,24 @@ def history_layer(ctx: TurnContext, budget_tokens: int = HISTORY_TOKEN_BUDGET) -
         for sym, price in sorted(ctx.market.prices.items())
     )
     lines = trim_history(ctx.history, budget_tokens)
-    return f"Market now: {market}\nRecent messages:\n" + ("\n".join(lines) or "(none)")
+    news = "".join(f"\nNews: {line}" for line in ctx.news)
+    return (f"Market now: {market}{news}\nRecent messages:\n"
+            + ("\n".join(lines) or "(none)"))
 
 
 def instruction(ctx: TurnContext) -> str:
     """Layer 6: what to write this turn (the reply target, if any, and the topic)."""
+    contrast = f" {ctx.contrast}" if ctx.contrast else ""
     if ctx.reply_to is not None:
         return (
             f"Reply to #{ctx.reply_to.telegram_message_id} from {ctx.reply_to.speaker}: "
-            f"\"{ctx.reply_to.text}\". Address it directly, in your own voice. "
+            f"\"{ctx.reply_to.text}\". Address it directly, in your own voice.{contrast} "
             "Write only the message text."
         )
-    return f"Write one new message about {ctx.topic}. Write only the message text."
+    react = (" React to the news above in your own way."
+             if ctx.news and ctx.topic in ctx.news_topics else "")
+    return (f"Write one new message about {ctx.topic}.{react}{contrast} "
+            "Write only the message text.")
 
 
 def build_request(

@@ -114,6 +114,15 @@ class TurnContext:
         seed: seed for deterministic generation.
         bot_id / chat_id: our ids of the bot and the chat (for the cost ledger).
         memories: things the bot said or learned earlier, oldest first (the memory layer).
+        news: world events of the last half hour as prompt lines, newest first
+            (:func:`behavior_engine.events.notes_text`).
+        news_topics: the topics of ``news``' newest event (the offline generator reacts to
+            it when the turn is about one of them).
+        event_id: the newest event of ``news``, if any.
+        view_changes: the bot's recent changes of view, each with its cause, as prompt lines
+            (:func:`behavior_engine.stances.change_lines`).
+        contrast: a prompt line asking the bot to say where it disagrees, when the chat
+            drifts into agreement (:mod:`behavior_engine.agreement`); None otherwise.
     """
 
     turn_id: str
@@ -132,6 +141,11 @@ class TurnContext:
     bot_id: int | None = None
     chat_id: int | None = None
     memories: tuple[str, ...] = ()
+    news: tuple[str, ...] = ()
+    news_topics: tuple[str, ...] = ()
+    event_id: int | None = None
+    view_changes: tuple[str, ...] = ()
+    contrast: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,7 @@ def typing_pause(rig: Rig, sent: Sent) -> float:
 
 async def test_a_long_answer_types_longer_than_a_short_one() -> None:
     sim = settings(typing_cap_s=60.0)
-    short_text, long_text = "Bence yükselir.", "Bence yükselir, çünkü faiz indirimi yakın. " * 4
+    short_text, long_text = "Bence bekleyelim.", "Bence bekleyelim, çünkü faiz kararı yakın. " * 4
     _, short = await sent_with(short_text, sim)
     rig, long = await sent_with(long_text, sim)
     assert long.timing.typing_s > short.timing.typing_s
