@@ -34,8 +34,8 @@ def stance(topic: str, view: str, conviction: float = 0.5) -> Stance:
 
 def flat_feed() -> MarketFeed:
     """A feed that does not move unless shocked (volatility 0)."""
-    return MarketFeed(seed=1, start=START, volatility={s: 0.0 for s in
-                                                       ("BIST100", "USDTRY", "BTC", "GOLD")})
+    return MarketFeed(seed=1, start=START,
+                      volatility=dict.fromkeys(("BIST100", "USDTRY", "BTC", "GOLD"), 0.0))
 
 
 # -- the feed's shocks ---------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_an_event_pushes_views_and_explains_the_moves_it_made() -> None:
     assert by_topic["bist100"].new == "neutral" and by_topic["bist100"].event_id == 1
     assert "gold" not in by_topic  # conviction 0.99: immovable by news
     assert views.view_map() == {"usdtry": "neutral", "bist100": "neutral", "gold": "bullish"}
-    assert dict((s.topic, s.reason) for s in views.stances)["usdtry"] == (
+    assert {s.topic: s.reason for s in views.stances}["usdtry"] == (
         "TCMB faizi 250 baz puan artırdı")
     lines = change_lines(views, at + timedelta(minutes=5), "tr")
     assert len(lines) == 2 and all("say why" in line for line in lines)
