@@ -30,7 +30,6 @@ import logging
 import math
 import re
 import zlib
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -81,6 +80,9 @@ REFLECTION_SOURCES = 10
 #: Characters of a reflection kept, and of a memory written in a prompt line.
 REFLECTION_MAX_CHARS = 300
 LINE_MAX_CHARS = 200
+#: Characters of a message a :class:`MemoryBook` keeps (Telegram allows 4,096; the bound
+#: keeps a stream's memory within ~200 kB even of long messages).
+TEXT_MAX_CHARS = 500
 
 #: Hashed feature space of :func:`text_vector` (2**16: indexes fit in 2 bytes; ~100 n-grams
 #: a message collide with probability ~0.15 % each).
@@ -226,22 +228,34 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _seen_key(chat_id: int | None, ref: int) -> int:
+    """(chat, message) as one int: ``chat_id`` × 2**40 + ``ref`` (Telegram message ids stay
+    far below 2**40)."""
+    return (chat_id or 0) * (1 << 40) + ref
+
+
 @dataclass(slots=True)
 class _Entry:
     item: MemoryItem
-    vector: np.ndarray
-    key: str  # the normalised text
-    seq: int
+    vector: bytes     # text_vector(item.text), uint16 little-endian
+    key: int          # hash of the normalised text (the query skip)
+    seq: int          # arrival order
+    at_s: float       # item.at, POSIX seconds
+    expires_s: float  # when it is let go, POSIX seconds
 
 
 @dataclass(slots=True)
 class _Stacked:
-    """The entries' vectors end to end (rebuilt after a change), for one vectorised
-    relevance computation."""
+    """The entries as arrays (rebuilt after a change): one vectorised pass per recall."""
 
-    features: np.ndarray
-    owner: np.ndarray
+    features: np.ndarray   # every entry's n-gram features end to end (uint16)
+    bounds: np.ndarray     # entry i's features are features[bounds[i]:bounds[i + 1]]
     sizes: np.ndarray
+    at_s: np.ndarray
+    expires_s: np.ndarray
+    importance: np.ndarray
+    keys: np.ndarray
+    seq: np.ndarray
 
 
 class MemoryStream:
@@ -255,8 +269,8 @@ class MemoryStream:
             reflection's (default :data:`REFLECTION_TTL`).
         half_life: recency's half-life (default :data:`DEFAULT_HALF_LIFE`).
 
-    Memory: about 0.7 kB an item (its text, the item, ~100 two-byte features), 140 kB a
-    full stream of 200 (``docs/memory.md`` has the measurement).
+    Memory and time (``loadtest/bench_memory.py``, ``docs/memory.md``): about 1 kB an item
+    with its text, vector and keys; :meth:`recall` on 200 items in about 0.2 ms.
 
     Raises:
         ValueError: ``cap`` < 1, or a ``ttl``/``half_life`` that is not positive.
@@ -278,7 +292,7 @@ class MemoryStream:
         #: When :func:`reflect` last asked the LLM (failed attempts included).
         self.reflection_tried_at: datetime | None = None
         self._entries: list[_Entry] = []
-        self._seen: OrderedDict[tuple[int | None, int], str] = OrderedDict()
+        self._seen: dict[int, bool] = {}  # _seen_key → the bot's own message
         self._seq = 0
         self._stacked: _Stacked | None = None
 
@@ -288,15 +302,16 @@ class MemoryStream:
     @property
     def items(self) -> tuple[MemoryItem, ...]:
         """The items kept, oldest first (by time, then by arrival)."""
-        return tuple(e.item for e in sorted(self._entries, key=lambda e: (e.item.at, e.seq)))
+        return tuple(e.item for e in sorted(self._entries, key=lambda e: (e.at_s, e.seq)))
 
     def seen(self, chat_id: int | None, ref: int) -> bool:
-        """Whether the message ``ref`` of ``chat_id`` was already added (kept or not since)."""
-        return (chat_id, ref) in self._seen
+        """Whether the message ``ref`` of ``chat_id`` was added (kept or not since; the
+        last ``max(SEEN_KEYS, 5 × cap)`` messages are remembered)."""
+        return _seen_key(chat_id, ref) in self._seen
 
     def is_own(self, chat_id: int | None, ref: int) -> bool:
-        """Whether the message ``ref`` of ``chat_id`` is one the bot said (as added)."""
-        return self._seen.get((chat_id, ref)) == "said"
+        """Whether the message ``ref`` of ``chat_id`` was added as the bot's (``said``)."""
+        return self._seen.get(_seen_key(chat_id, ref), False)
 
     def expires_at(self, item: MemoryItem) -> datetime:
         """When ``item`` is forgotten: its time plus its kind's ttl."""
@@ -314,29 +329,42 @@ class MemoryStream:
             ``chat_id`` and ``ref``), already expired, or the one the cap let go.
         """
         if item.ref is not None:
-            key = (item.chat_id, item.ref)
+            key = _seen_key(item.chat_id, item.ref)
             if key in self._seen:
                 return False
-            self._seen[key] = item.kind
+            self._seen[key] = item.kind == "said"
             if len(self._seen) > max(SEEN_KEYS, 5 * self.cap):
-                self._seen.popitem(last=False)
+                del self._seen[next(iter(self._seen))]
         now = now or item.at
-        if self.expires_at(item) <= now:
+        expires = self.expires_at(item)
+        if expires <= now:
             return False
         self._seq += 1
-        entry = _Entry(item, text_vector(item.text), normalised(item.text), self._seq)
+        entry = _Entry(item, text_vector(item.text).tobytes(), hash(normalised(item.text)),
+                       self._seq, item.at.timestamp(), expires.timestamp())
         self._entries.append(entry)
         self._stacked = None
         if item.kind == "reflection" and (self.last_reflection_at is None
                                           or item.at > self.last_reflection_at):
             self.last_reflection_at = item.at
         if len(self._entries) > self.cap:
-            newest = max(now, max(e.item.at for e in self._entries))
-            gone = min(self._entries, key=lambda e: (
-                self._recency(e.item, newest) * e.item.importance, e.item.at, e.seq))
-            self._entries.remove(gone)
+            gone = self._entries.pop(self._lowest(max(now.timestamp(), self._newest_s())))
             return gone is not entry
         return True
+
+    def _newest_s(self) -> float:
+        return max(e.at_s for e in self._entries)
+
+    def _lowest(self, now_s: float) -> int:
+        """The index of the entry with the lowest recency × importance at ``now_s`` (the
+        oldest, then the first added, of equals)."""
+        n = len(self._entries)
+        at_s = np.fromiter((e.at_s for e in self._entries), dtype=np.float64, count=n)
+        imp = np.fromiter((e.item.importance for e in self._entries), dtype=np.float64,
+                          count=n)
+        seq = np.fromiter((e.seq for e in self._entries), dtype=np.int64, count=n)
+        value = np.round(imp * self._recency(at_s, now_s), 12)
+        return int(np.lexsort((seq, at_s, value))[0])
 
     def expire(self, now: datetime) -> int:
         """Let go of the items expired at ``now`` (aware UTC).
@@ -344,7 +372,8 @@ class MemoryStream:
         Returns:
             How many were let go.
         """
-        kept = [e for e in self._entries if self.expires_at(e.item) > now]
+        now_s = now.timestamp()
+        kept = [e for e in self._entries if e.expires_s > now_s]
         gone = len(self._entries) - len(kept)
         if gone:
             self._entries = kept
@@ -357,53 +386,76 @@ class MemoryStream:
         return [i for i in self.items
                 if i.kind != "reflection" and (last is None or i.at > last)]
 
-    def _recency(self, item: MemoryItem, now: datetime) -> float:
-        age: float = max(0.0, (now - item.at) / self.half_life)
-        return math.pow(0.5, age)
+    def _recency(self, at_s: np.ndarray, now_s: float) -> np.ndarray:
+        """0.5 ** (age ÷ half-life), an age below 0 counted as 0."""
+        age = np.maximum(0.0, now_s - at_s) / self.half_life.total_seconds()
+        out: np.ndarray = np.power(0.5, age)
+        return out
 
     def _stack(self) -> _Stacked:
         if self._stacked is None:
-            vectors = [e.vector for e in self._entries]
-            sizes = np.array([len(v) for v in vectors], dtype=np.int64)
+            entries = self._entries
+            n = len(entries)
+            sizes = np.fromiter((len(e.vector) // 2 for e in entries), dtype=np.int64, count=n)
+            bounds = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(sizes, out=bounds[1:])
             self._stacked = _Stacked(
-                features=(np.concatenate(vectors) if vectors
-                          else np.empty(0, dtype=np.uint16)),
-                owner=np.repeat(np.arange(len(vectors)), sizes),
-                sizes=sizes,
+                features=np.frombuffer(b"".join(e.vector for e in entries), dtype="<u2"),
+                bounds=bounds, sizes=sizes,
+                at_s=np.fromiter((e.at_s for e in entries), dtype=np.float64, count=n),
+                expires_s=np.fromiter((e.expires_s for e in entries), dtype=np.float64,
+                                      count=n),
+                importance=np.fromiter((e.item.importance for e in entries),
+                                       dtype=np.float64, count=n),
+                keys=np.fromiter((e.key for e in entries), dtype=np.int64, count=n),
+                seq=np.fromiter((e.seq for e in entries), dtype=np.int64, count=n),
             )
         return self._stacked
 
     def relevance(self, query: str) -> np.ndarray:
         """The cosine similarity (0–1) of ``query`` with each kept item, in the order kept
         (:func:`similarity`, for all items at once)."""
-        stacked = self._stack()
-        q = text_vector(query)
-        n = len(self._entries)
+        return self._relevance(self._stack(), text_vector(query))
+
+    def _relevance(self, st: _Stacked, q: np.ndarray) -> np.ndarray:
+        n = len(st.sizes)
         if not len(q) or not n:
             return np.zeros(n)
-        hits = np.isin(stacked.features, q, assume_unique=False)
-        common = np.bincount(stacked.owner[hits], minlength=n).astype(np.float64)
-        denom = np.sqrt(stacked.sizes.astype(np.float64) * len(q))
-        return np.divide(common, denom, out=np.zeros(n), where=denom > 0)
+        lookup = np.zeros(N_FEATURES, dtype=np.uint8)
+        lookup[q] = 1
+        hits = np.zeros(len(st.features) + 1, dtype=np.int64)
+        np.cumsum(lookup[st.features], dtype=np.int64, out=hits[1:])
+        common = (hits[st.bounds[1:]] - hits[st.bounds[:-1]]).astype(np.float64)
+        denom = np.sqrt(st.sizes.astype(np.float64) * len(q))
+        out: np.ndarray = np.divide(common, denom, out=np.zeros(n), where=denom > 0)
+        return out
+
+    def _ranked(self, query: str, now: datetime,
+                weights: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates' indexes in ``self._entries``, best first, and their scores."""
+        now_s = now.timestamp()
+        st = self._stack()
+        if len(st.expires_s) and float(st.expires_s.min()) <= now_s:
+            self.expire(now)
+            st = self._stack()
+        idx = np.nonzero(st.keys != hash(normalised(query)))[0]
+        if not len(idx):
+            return idx, np.zeros(0)
+        a_rec, a_imp, a_rel = weights
+        total = (a_rec * _minmax(self._recency(st.at_s[idx], now_s))
+                 + a_imp * _minmax(st.importance[idx])
+                 + a_rel * _minmax(self._relevance(st, text_vector(query))[idx]))
+        order = np.lexsort((-st.seq[idx], -st.at_s[idx], -np.round(total, 9)))
+        return idx[order], total[order]
 
     def scores(self, query: str, now: datetime, *,
                weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
                ) -> list[tuple[MemoryItem, float]]:
-        """Every candidate with its recall score, best first (:meth:`recall`)."""
-        self.expire(now)
-        qkey = normalised(query)
-        keep = [i for i, e in enumerate(self._entries) if e.key != qkey]
-        if not keep:
-            return []
-        entries = [self._entries[i] for i in keep]
-        recency = np.array([self._recency(e.item, now) for e in entries])
-        weight = np.array([e.item.importance for e in entries])
-        relevant = self.relevance(query)[keep]
-        a_rec, a_imp, a_rel = weights
-        total = a_rec * _minmax(recency) + a_imp * _minmax(weight) + a_rel * _minmax(relevant)
-        order = sorted(range(len(entries)), key=lambda i: (
-            -round(float(total[i]), 9), -entries[i].item.at.timestamp(), -entries[i].seq))
-        return [(entries[i].item, float(total[i])) for i in order]
+        """Every candidate with its recall score (0–3 with the default weights), best first
+        (:meth:`recall`)."""
+        ranked, total = self._ranked(query, now, weights)
+        return [(self._entries[i].item, t)
+                for i, t in zip(ranked.tolist(), total.tolist(), strict=True)]
 
     def recall(self, query: str, now: datetime, k: int = RECALL_K, *,
                weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[MemoryItem]:
@@ -433,7 +485,8 @@ class MemoryStream:
             now: aware UTC time of the turn.
             k: memories at most (≥ 0).
         """
-        return [item for item, _ in self.scores(query, now, weights=weights)[:max(0, k)]]
+        ranked, _ = self._ranked(query, now, weights)
+        return [self._entries[i].item for i in ranked[:max(0, k)].tolist()]
 
 
 class LineLike(Protocol):
@@ -522,14 +575,15 @@ class MemoryBook:
     def note(self, bot_id: int, kind: Kind, text: str, *, at: datetime,
              chat_id: int | None = None, ref: int | None = None, who: str | None = None,
              to_bot: bool = True, is_human: bool = False) -> MemoryItem | None:
-        """Remember ``text`` of ``kind`` for the bot, its importance from
-        :func:`importance` (e.g. an ``event`` the bot reacted to).
+        """Remember ``text`` of ``kind`` for the bot (its first :data:`TEXT_MAX_CHARS`),
+        its importance from :func:`importance` (e.g. an ``event`` the bot reacted to).
 
         Returns:
             The item kept, or None (empty text, a duplicate, expired; :meth:`MemoryStream.add`).
         """
         if not text.strip():
             return None
+        text = text[:TEXT_MAX_CHARS]
         item = MemoryItem(kind=kind, text=text,
                           importance=importance(kind, text, to_bot=to_bot, is_human=is_human),
                           at=at, chat_id=chat_id, ref=ref, who=who)
@@ -537,8 +591,8 @@ class MemoryBook:
 
     def observe(self, bot_id: int, line: LineLike, *, chat_id: int, bot_username: str,
                 now: datetime | None = None, to_bot: bool | None = None) -> MemoryItem | None:
-        """Remember a chat line if it is the bot's or said to it (:func:`observed_kind`);
-        each (``chat_id``, Telegram message id) once.
+        """Remember a chat line (its first :data:`TEXT_MAX_CHARS`) if it is the bot's or
+        said to it (:func:`observed_kind`); each (``chat_id``, Telegram message id) once.
 
         Lines should come oldest first: a reply is known to be to the bot when the message
         it replies to was observed as the bot's (or pass ``to_bot``, e.g.
@@ -570,10 +624,11 @@ class MemoryBook:
         if kind is None:
             return None
         said_to = kind != "said"
+        text = line.text[:TEXT_MAX_CHARS]
         item = MemoryItem(
-            kind=kind, text=line.text, at=at, chat_id=chat_id, ref=ref,
+            kind=kind, text=text, at=at, chat_id=chat_id, ref=ref,
             who=line.speaker if said_to else None,
-            importance=importance(kind, line.text, to_bot=said_to, is_human=line.is_human))
+            importance=importance(kind, text, to_bot=said_to, is_human=line.is_human))
         return item if stream.add(item, now=now) else None
 
 

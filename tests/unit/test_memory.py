@@ -265,6 +265,18 @@ def test_the_book_keeps_a_bounded_number_of_bots() -> None:
     book.forget(42)           # unknown: nothing happens
     assert 1 not in book and len(book) == 1
     assert book.note(3, "event", "  ", at=NOW) is None
+    long = book.note(3, "said", "ç" * 5000, at=NOW)
+    assert long is not None and long.text == "ç" * 500    # TEXT_MAX_CHARS
+
+
+def test_recall_sees_what_was_added_and_expired_since_the_last_recall() -> None:
+    s = stream_of(item("hava güzel", hours=1.0), item("maç akşam", hours=2.0))
+    assert s.recall("dolar kuru", NOW, k=1)[0].text == "hava güzel"
+    s.add(item("dolar kuru yükseldi", hours=1.5), now=NOW)
+    assert s.recall("dolar kuru", NOW, k=1)[0].text == "dolar kuru yükseldi"
+    later = NOW + timedelta(days=7) - timedelta(hours=1.2)
+    assert [i.text for i in s.recall("dolar kuru", later, k=5)] == ["hava güzel"]
+    assert len(s) == 1                         # the two older ones have expired
 
 
 # --- reflection ---------------------------------------------------------------------------
