@@ -53,12 +53,12 @@ DEFAULT_TTL = timedelta(days=7)
 #: How long a reflection is kept (also its ``bot_reflections.expires_at``).
 REFLECTION_TTL = timedelta(days=30)
 #: Recency's half-life: a memory 6 hours old counts half as recent as one from now. Park et
-#: al. decay by 0.995 per game hour (a half-life of ~6 days of their sandbox, where a day is
-#: a few hundred steps); a chat moves faster: this morning's talk is half as present by
-#: noon, yesterday's at 1/16.
+#: al. decay by 0.995 per sandbox game hour (a half-life of ~138 game hours); a market chat
+#: moves faster: this morning's talk is half as present by noon, yesterday's at 1/16.
 DEFAULT_HALF_LIFE = timedelta(hours=6)
 #: Bots a :class:`MemoryBook` keeps (LRU): more than a worker's share of the 10,000-bot
 #: load test (2,500 each over 4 workers), so a running worker never drops a bot it drives.
+#: A full stream is ~200 kB (``docs/memory.md``): at that share, lower the cap.
 DEFAULT_MAX_BOTS = 5000
 #: Memories recalled for a prompt (the memory layer's size before: 3 own texts).
 RECALL_K = 4
@@ -194,8 +194,8 @@ def text_vector(text: str) -> np.ndarray:
     with a space on both sides, gives its n-grams of :data:`NGRAM_SIZES`; each n-gram is
     hashed with CRC-32 into :data:`N_FEATURES` buckets. This is scikit-learn's
     ``HashingVectorizer(analyzer="char_wb", ngram_range=(3, 4), binary=True)`` with another
-    hash function, written out because it is ~10 × faster on one text (≈ 30 µs against
-    ≈ 300 µs, ``loadtest/bench_memory.py``) and needs no 1-second import.
+    hash function, written out because it is ~6 × faster on one text (≈ 38 µs against
+    ≈ 220 µs, ``loadtest/bench_memory.py``) and needs no 1-second import.
     """
     grams: set[str] = set()
     for word in _WORD.findall(fold_case(text)):
