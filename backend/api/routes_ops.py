@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
+from backend.api import routes_events
 from backend.api.deps import (
     DEFAULT_PAGE,
     Admin,
@@ -355,12 +356,20 @@ async def latest_id(state: ApiState) -> int:
 
 
 async def _event_stream(
-    request: Request, state: ApiState, after_id: int, chat_id: int | None
+    request: Request, state: ApiState, after_id: int, chat_id: int | None,
+    world_since: datetime | None = None,
 ) -> AsyncIterator[str]:
     last = after_id
     next_ping = time.monotonic() + EVENTS_PING_S
+    since = routes_events.stream_since(world_since, datetime.now(UTC))
+    world_sent: set[int] = set()
+    next_world = time.monotonic()
     yield ": connected\n\n"  # headers and a first byte now, before any message
     while not await request.is_disconnected():
+        if time.monotonic() >= next_world:
+            for event in await routes_events.due_events(state, since, world_sent):
+                yield routes_events.sse_world_event(event)
+            next_world = time.monotonic() + routes_events.STREAM_POLL_S
         async with state.sessionmaker() as session:
             rows = await message_store.messages_after(
                 session, after_id=last, limit=EVENTS_BATCH, chat_id=chat_id)
@@ -380,7 +389,8 @@ async def _event_stream(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "a stream of `message` events (data: a MessageOut)",
+            "description": "a stream of `message` events (data: a MessageOut) and"
+            " `world_event` events (data: a WorldEvent)",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         }
     },
@@ -399,20 +409,27 @@ async def events(
         ),
     ] = None,
     chat_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID, description="only this chat")] = None,
+    world_since: Annotated[
+        datetime | None,
+        Query(description="send the world events taking effect from this time on (UTC"
+              " unless it says; at most 7 days back; default: the last hour)"),
+    ] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of new messages: each as ``event: message``, ``id: <message
     id>``, ``data: <MessageOut JSON>``; a ``: ping`` comment every 15 s. The database is
-    polled every 0.5 s. A reconnecting ``EventSource`` resumes after its
-    ``Last-Event-ID``. Text is sent as JSON, unescaped for HTML: escaping is the page's
-    job."""
+    polled every 0.5 s. World events (global, whatever the chat) come as ``event:
+    world_event`` with a ``WorldEvent`` as data and no ``id``, each once its time has come,
+    from ``world_since`` on (:mod:`backend.api.routes_events`; read every 2 s). A
+    reconnecting ``EventSource`` resumes after its ``Last-Event-ID``. Text is sent as
+    JSON, unescaped for HTML: escaping is the page's job."""
     start = after_id
     if start is None and last_event_id is not None and last_event_id.strip().isdigit():
         start = int(last_event_id.strip())
     if start is None:
         start = await latest_id(state)
     return StreamingResponse(
-        _event_stream(request, state, start, chat_id),
+        _event_stream(request, state, start, chat_id, world_since),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -68,6 +68,13 @@ function el(tag, className, text) {
   return node;
 }
 
+function shocksText(shocks) {
+  // {"BIST100": -2.5} → "BIST100 −2.5 %" (a real minus sign), comma-separated.
+  if (!shocks || typeof shocks !== "object") return "";
+  return Object.entries(shocks).map(([sym, pct]) =>
+    sym + " " + (Number(pct) > 0 ? "+" : "−") + Math.abs(Number(pct)) + " %").join(", ");
+}
+
 // --- login ----------------------------------------------------------------------------
 
 function initLogin() {
@@ -166,13 +173,46 @@ function initLive() {
     li.scrollIntoView({ block: "end" });
   }
 
-  const url = API + "/events?chat_id=" + encodeURIComponent(chatId) +
+  const worldSeen = new Set();
+
+  function renderWorld(e) {
+    // A world event as a row of its own, placed by its time among the messages.
+    if (worldSeen.has(String(e.id))) return;
+    worldSeen.add(String(e.id));
+    const at = String(e.at).replace("T", " ").slice(0, 19);
+    const li = el("li", "world-event");
+    li.dataset.worldId = String(e.id);
+    const meta = el("span", "meta");
+    meta.appendChild(el("span", "sender", "world event"));
+    meta.appendChild(document.createTextNode(" "));
+    meta.appendChild(el("time", null, at));
+    li.appendChild(meta);
+    const moves = shocksText(e.shocks);
+    li.appendChild(el("span", "text", "📰 " + e.headline + (moves ? " (" + moves + ")" : "")));
+    let before = null;
+    for (const other of list.children) {
+      const time = other.querySelector("time");
+      if (time && time.textContent > at) { before = other; break; }
+    }
+    list.insertBefore(li, before);
+    if (before === null) li.scrollIntoView({ block: "end" });
+  }
+
+  // World events from the time of the oldest message shown (UTC; the last hour without one).
+  const firstTime = list.querySelector("li.msg time");
+  let url = API + "/events?chat_id=" + encodeURIComponent(chatId) +
     "&after_id=" + encodeURIComponent(section.dataset.lastId || "0");
+  if (firstTime && /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(firstTime.textContent)) {
+    url += "&world_since=" + encodeURIComponent(firstTime.textContent.replace(" ", "T") + "Z");
+  }
   const source = new EventSource(url);
   source.addEventListener("open", () => { state.textContent = "live"; });
   source.addEventListener("error", () => { state.textContent = "reconnecting…"; });
   source.addEventListener("message", (ev) => {
     try { render(JSON.parse(ev.data)); } catch (e) { state.textContent = "bad event"; }
+  });
+  source.addEventListener("world_event", (ev) => {
+    try { renderWorld(JSON.parse(ev.data)); } catch (e) { state.textContent = "bad event"; }
   });
 
   const form = document.getElementById("human-form");
@@ -454,6 +494,98 @@ function initSettings() {
   stop.addEventListener("click", () => simulation("stop"));
 }
 
+// --- world events ---------------------------------------------------------------------
+
+function splitList(text) {
+  return String(text || "").split(/[,\s]+/).filter((x) => x.length > 0);
+}
+
+function parsePairs(text, field, valueOk, convert, expected, problems) {
+  // "A=1, B=2" → {A: convert("1"), ...}; a bad pair adds [field, why] to problems.
+  const out = {};
+  for (const pair of splitList(text)) {
+    const at = pair.indexOf("=");
+    const key = at > 0 ? pair.slice(0, at) : "";
+    const value = at > 0 ? pair.slice(at + 1) : "";
+    if (!key || !valueOk(value)) {
+      problems.push([field, "'" + pair + "': write " + expected]);
+      continue;
+    }
+    out[key] = convert(value);
+  }
+  return out;
+}
+
+function initWorldEvents() {
+  const form = document.getElementById("world-event-form");
+  const errors = document.getElementById("world-event-errors");
+  const status = document.getElementById("world-event-status");
+
+  async function inject(body, what) {
+    status.textContent = "sending " + what + "…";
+    const r = await send("POST", API + "/world-events", body);
+    if (r.status === 201) {
+      showProblems(errors, []);
+      status.textContent = "stored event " + r.body.id;
+      window.location.reload();
+      return;
+    }
+    showProblems(errors, problemsOf(r));
+    status.textContent = r.status === 422 ? "not stored: fix the fields listed"
+      : "not stored: " + detailText(r.body, r.status);
+  }
+
+  if (form) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const data = new FormData(form);
+      const problems = [];
+      const body = { headline: String(data.get("headline") || "").trim() };
+      body.shocks = parsePairs(data.get("shocks"), "shocks",
+        (v) => /^[+-]?\d+(\.\d+)?%?$/.test(v), (v) => Number(v.replace("%", "")),
+        "SYMBOL=PERCENT, e.g. BIST100=-2.5", problems);
+      const shocks = {};
+      for (const [sym, pct] of Object.entries(body.shocks)) shocks[sym.toUpperCase()] = pct;
+      body.shocks = shocks;
+      body.views = parsePairs(data.get("views"), "views",
+        (v) => v === "bullish" || v === "bearish", (v) => v,
+        "topic=bullish or topic=bearish", problems);
+      body.topics = splitList(data.get("topics"));
+      const at = String(data.get("at") || "");
+      if (at) {
+        const when = new Date(at);
+        if (Number.isNaN(when.getTime())) problems.push(["at", "not a date and time"]);
+        else body.at = when.toISOString();
+      }
+      if (problems.length) {
+        showProblems(errors, problems);
+        status.textContent = "not sent: fix the fields listed";
+        return;
+      }
+      await inject(body, "the event");
+    });
+  }
+  for (const button of document.querySelectorAll("#world-presets button[data-preset]")) {
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      inject({ preset: button.dataset.preset }, button.dataset.preset)
+        .finally(() => { button.disabled = false; });
+    });
+  }
+  for (const button of document.querySelectorAll("button.cancel-event[data-id]")) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const r = await send("DELETE", API + "/world-events/" + encodeURIComponent(button.dataset.id));
+      if (r.ok) {
+        window.location.reload();
+        return;
+      }
+      button.disabled = false;
+      showError("not cancelled: " + detailText(r.body, r.status));
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   initLogin();
   initLogout();
@@ -462,4 +594,5 @@ document.addEventListener("DOMContentLoaded", () => {
   initNewPersona();
   initGroups();
   initSettings();
+  initWorldEvents();
 });
