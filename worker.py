@@ -33,6 +33,7 @@ from backend.schemas import ProviderSettings
 from backend.settings import Settings
 from backend.stores import messages as message_store
 from behavior_engine.clients import BotClients, HeldBots
+from behavior_engine.events import EventBook
 from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed
@@ -101,15 +102,18 @@ class Worker:
         self.clients = BotClients(sessionmaker, secrets, settings.telegram_api_url,
                                   on_refused=self.records.disable_bot)
         self.scheduler = Scheduler(seed=settings.seed, lookahead_s=settings.tick_seconds)
+        #: the world events, applied to ``market`` (read every tick, at most every
+        #: ``behavior_engine.events.REFRESH_S`` seconds)
+        self.events = EventBook(market)
         self.planner = TurnPlanner(scheduler=self.scheduler, reads=self.reads,
                                    membership=self.membership, clients=self.clients,
-                                   clock=clock, stats=self.stats)
+                                   clock=clock, stats=self.stats, events=self.events)
         self.held = HeldBots(self.membership, self.clients)
         self.pipeline = TurnPipeline(
             chain=chain, limits=self.membership.limits, records=self.records,
             reads=self.reads, market=market, holder=self.held, worker_id=self.worker_id,
             seed=settings.seed, clock=clock, stats=self.stats, on_sent=self.clients.sent,
-            safety_rules=load_rules(settings.safety_rules))
+            safety_rules=load_rules(settings.safety_rules), events=self.events)
         # bot → due times of its turns running (None: a turn with no due time, e.g. an
         # answer to a human): a bot with one slot turn running may be given its next slot
         # (TurnPlanner.decide), so its next line is written while the last one is typed
@@ -282,6 +286,13 @@ class Worker:
         self.stats["ticks"] += 1
         if self.ledger is not None:
             await self.ledger.flush()
+        try:
+            for event in await self.events.refresh(self.sessionmaker):
+                log.info("world event %d at %s: %s", event.id, event.at.isoformat(),
+                         event.headline)
+        except Exception as exc:  # the engine goes on with the events it knows
+            self.stats["errors"] += 1
+            log.warning("world events not read this tick (%s)", type(exc).__name__)
         try:
             await self.membership.poll()
             driven = {b for b in self.driven() if self.membership.valid(b)}

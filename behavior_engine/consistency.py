@@ -148,3 +148,40 @@ def check_consistency(text: str, *, stances: Sequence[Stance], holdings: Sequenc
             return Contradiction(kind="holding", topic=t, expected="hold none",
                                  said="hold some")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Flips:
+    """Flips in a run's messages (:func:`count_flips`): ``flips`` (a bot expecting the
+    opposite of what it last expected on a topic), ``explained`` (its recorded view on the
+    topic changed in between: a market move or an event) and ``unexplained`` (the rest)."""
+
+    flips: int
+    explained: int
+    unexplained: int
+
+
+def count_flips(messages: Sequence[tuple[int, str, dict[str, str] | None]]) -> Flips:
+    """Count flips over ``messages``, each ``(bot id, text, views when written)``, in the
+    order they were sent.
+
+    A message's topic is :func:`~behavior_engine.topics.detect_topic` of its text and its
+    direction :func:`expected_direction`; a message with neither is skipped. A flip is
+    explained when the bot's recorded view on that topic differs between the two messages;
+    without recorded views it is not.
+    """
+    last: dict[tuple[int, str], tuple[str, str | None]] = {}
+    flips = explained = 0
+    for bot_id, text, views in messages:
+        said = expected_direction(text)
+        topic = detect_topic(text)
+        if said is None or topic is None:
+            continue
+        view = (views or {}).get(topic) if views is not None else None
+        before = last.get((bot_id, topic))
+        if before is not None and before[0] != said:
+            flips += 1
+            if views is not None and before[1] is not None and before[1] != view:
+                explained += 1
+        last[(bot_id, topic)] = (said, view)
+    return Flips(flips=flips, explained=explained, unexplained=flips - explained)

@@ -24,6 +24,7 @@ agree when their feeds share a start.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ NEWS_WINDOW = timedelta(minutes=30)
 TOPIC_BOOST = 8.0
 #: Half-life of that boost.
 TOPIC_HALF_LIFE = timedelta(minutes=10)
+
+#: Words that speak of news (Turkish and English), for :func:`event_effect`.
+NEWS_WORDS = re.compile(r"(?<!\w)(?:haber\w*|karar\w*|gelişme\w*|açıklama\w*|news|headline"
+                        r"|announcement|decision)(?!\w)")
 
 #: Ready-made events for the CLI, the panel and the demo (Turkish headlines: the demo world).
 PRESETS: dict[str, WorldEventIn] = {
@@ -229,3 +234,40 @@ def notes_text(notes: Sequence[EventNote], language: str) -> list[str]:
         ago = (f"{n.age_min:.0f} dk önce" if language == "tr" else f"{n.age_min:.0f} min ago")
         lines.append(f"{n.headline} ({ago}{'; ' + moves if moves else ''})")
     return lines
+
+
+def event_effect(messages: Sequence[tuple[datetime, str, int | None]], event: WorldEvent,
+                 window: timedelta = timedelta(minutes=10)) -> dict[str, object]:
+    """How an event moved a chat: bot messages in the ``window`` before and after it.
+
+    Args:
+        messages: ``(time, text, event id it reacted to)`` of the bots' messages.
+        event: the event.
+        window: the span compared on each side.
+
+    Returns:
+        ``{"event": id, "headline", "topics", "before": {"messages", "on_topic"},
+        "after": {"messages", "on_topic", "reacted"}}``: ``on_topic`` is the share of
+        messages whose detected topic is one of the event's (0.0 without messages),
+        ``reacted`` the messages that carried the event as news on its topic,
+        ``mentions`` (and ``before_mentions``) the messages that speak of news (a word of
+        :data:`NEWS_WORDS`, or two words of five letters or more from the headline).
+    """
+    topics = set(event_topics(event))
+    words = set(re.findall(r"\w{5,}", event.headline.lower()))
+
+    def mentions(text: str) -> bool:
+        low = text.lower()
+        return bool(NEWS_WORDS.search(low)) or sum(w in low for w in words) >= 2
+
+    def side(rows: list[tuple[datetime, str, int | None]]) -> dict[str, float | int]:
+        on = sum(1 for _, text, _ in rows if detect_topic(text) in topics)
+        return {"messages": len(rows), "on_topic": round(on / len(rows), 3) if rows else 0.0}
+
+    before = [m for m in messages if event.at - window <= m[0] < event.at]
+    after = [m for m in messages if event.at <= m[0] < event.at + window]
+    return {"event": event.id, "headline": event.headline, "topics": sorted(topics),
+            "before": side(before),
+            "after": {**side(after), "reacted": sum(1 for m in after if m[2] == event.id),
+                      "mentions": sum(1 for m in after if mentions(m[1]))},
+            "before_mentions": sum(1 for m in before if mentions(m[1]))}

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from backend import metrics
 from behavior_engine.clients import BotClients
 from behavior_engine.context import HISTORY_SIZE, to_line
+from behavior_engine.events import EventBook
 from behavior_engine.membership import Membership
 from behavior_engine.reads import BotProfile, CachedReads
 from behavior_engine.scheduler import BotView, ChatView, Scheduler
@@ -48,8 +49,9 @@ class TurnPlanner:
 
     def __init__(self, *, scheduler: Scheduler, reads: CachedReads, membership: Membership,
                  clients: BotClients, clock: Callable[[], datetime],
-                 stats: Counter[str]) -> None:
+                 stats: Counter[str], events: EventBook | None = None) -> None:
         self.scheduler = scheduler
+        self.events = events
         self.reads = reads
         self.membership = membership
         self.clients = clients
@@ -108,7 +110,8 @@ class TurnPlanner:
                 view = ChatView(
                     chat_id=chat.id,
                     telegram_chat_id=chat.telegram_chat_id,
-                    topics=chat.topics,
+                    topics=(self.events.topic_weights(chat.topics, now)
+                            if self.events is not None else chat.topics),
                     sent_last_minute=sum(
                         1 for i in history
                         if i.bot_id is not None and i.created_at >= now - timedelta(seconds=60)

@@ -140,6 +140,24 @@ def _one_shot(settings: Settings) -> contextlib.AbstractAsyncContextManager[Runt
 T = TypeVar("T")
 
 
+def _demo_event(spec: str) -> tuple[float, str]:
+    """``"rate_hike@300"`` → ``(300.0, "rate_hike")``.
+
+    Raises:
+        ValidationFailed: no ``@``, an empty name, or seconds that are not a number ≥ 0.
+    """
+    what, sep, when = spec.rpartition("@")
+    try:
+        at = float(when)
+    except ValueError:
+        at = -1.0
+    if not sep or not what.strip() or not (at >= 0 and at == at and at != float("inf")):
+        raise ValidationFailed("botsim demo", [
+            ("--event", f"{spec!r}: write WHAT@SECONDS, e.g. rate_hike@300 (a preset or a "
+                        "headline, then seconds into the conversation)")])
+    return at, what.strip()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="botsim", description="Multi-bot Telegram simulation engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--llm", choices=["offline", "sandbox", "settings"], default="offline",
                       help="who writes: the offline generator (default), the real SDKs against"
                       " the sandbox LLM server, or BOTSIM_LLM_PROVIDERS")
+    demo.add_argument("--event", action="append", default=[], metavar="WHAT@SECONDS",
+                      help="inject a world event SECONDS into the conversation: a preset"
+                      " (botsim event presets) or a headline, e.g. rate_hike@300; repeatable")
 
     iv = sub.add_parser("interview", help="ask a bot a question out of band (nothing posted)")
     iv.add_argument("bot", help="the bot: its id or @username")
@@ -507,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = DemoOptions(duration=args.duration, say=args.say, json_out=args.json,
                                   read_stdin=not args.no_input, llm=args.llm,
                                   panel=not args.no_panel, humans=args.humans,
-                                  realism=not args.no_realism)
+                                  realism=not args.no_realism,
+                                  events=[_demo_event(e) for e in args.event])
             try:
                 asyncio.run(run_demo(settings, options))
             except KeyboardInterrupt:

@@ -110,6 +110,9 @@ class DemoOptions:
             (:func:`human_script`; needs ``duration``).
         realism: end with the realism report of the run (``botsim realism``'s tables; the
             ``realism`` key of the summary).
+        events: world events to inject, ``(seconds into the conversation, preset name or
+            headline)`` (:data:`behavior_engine.events.PRESETS`); the summary's ``events``
+            says how each moved the chat.
     """
 
     duration: float | None = None
@@ -122,6 +125,7 @@ class DemoOptions:
     panel: bool = True
     humans: int = 0
     realism: bool = True
+    events: list[tuple[float, str]] = field(default_factory=list)
 
 
 def sandbox_providers(llm: LLMSandbox) -> list[ProviderSettings]:
@@ -214,7 +218,10 @@ async def _converse(
     new messages until the duration is over."""
     said = options.say is None
     pending = sorted(script or [])
+    news = sorted(options.events)
     while options.duration is None or time.monotonic() - started < options.duration:
+        while news and time.monotonic() - started >= news[0][0]:
+            await _inject(sessionmaker, news.pop(0)[1], printer)
         if not said and time.monotonic() - started >= options.say_after:
             said = True
             assert options.say is not None
@@ -232,6 +239,38 @@ async def _converse(
 
 
 DEMO_ADMIN = "admin"
+
+
+async def _inject(sessionmaker: async_sessionmaker[AsyncSession], what: str,
+                  printer: _Printer) -> None:
+    """Store a world event now: a preset by name, else a headline with no shock."""
+    from backend.schemas import WorldEventIn
+    from backend.stores import events as event_store
+    from behavior_engine.events import PRESETS
+
+    event = PRESETS.get(what) or WorldEventIn(headline=what)
+    async with sessionmaker() as session, session.begin():
+        stored = await event_store.add_event(session, event=event, created_by="demo")
+    moves = ", ".join(f"{s} {p:+g} %" for s, p in stored.shocks.items())
+    printer.console.print(f"[bold yellow]📰 {escape(stored.headline)}[/bold yellow]"
+                          + (f" ({escape(moves)})" if moves else ""))
+
+
+async def _world_figures(sessionmaker: async_sessionmaker[AsyncSession], since: datetime,
+                         ) -> dict[str, Any]:
+    """The run's world events and how each moved the chat, and its stance figures."""
+    from backend.stores import events as event_store
+    from behavior_engine.consistency import count_flips
+    from behavior_engine.events import event_effect
+
+    async with sessionmaker() as session:
+        texts = await figures_store.bot_texts(session, since=since)
+        events = await event_store.list_events(session, since=since)
+    rows = [(t.created_at, t.text, t.meta.event_id) for t in texts]
+    flips = count_flips([(t.bot_id, t.text, t.meta.views) for t in texts])
+    return {"events": [event_effect(rows, e) for e in events],
+            "stance_flips": flips.flips, "stance_flips_explained": flips.explained,
+            "stance_flips_unexplained": flips.unexplained}
 
 
 async def _realism(sessionmaker: async_sessionmaker[AsyncSession], since: datetime,
@@ -444,13 +483,16 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
         "by_provider": dict(by_provider),
         "llm_calls": sum(int(c["calls"]) for c in costs),
         "llm_cost_usd": round(sum(c["cost_usd"] for c in costs), 6),
+        "guards": dict(sorted(worker.pipeline.guard_counts.items())) if worker else {},
+        **await _world_figures(sessionmaker, run_start),
     }
     console.print(
         f"\n[bold]Summary[/bold]: {summary['messages']} bot messages from "
         f"{summary['bots_spoken']} bots, {summary['human_messages']} human messages "
         f"({summary['human_replies']} answered), {summary['duplicates']} duplicates, "
         f"{summary['errors']} errors, {summary['telegram_429']} 429s in "
-        f"{summary['duration_s']:g} s. Written by: "
+        f"{summary['duration_s']:g} s, {summary['stance_flips_unexplained']} unexplained "
+        "stance flips. Written by: "
         + ", ".join(f"{k} {v}" for k, v in by_provider.most_common())
         + f"; {summary['llm_calls']} LLM calls, ${summary['llm_cost_usd']:.6f}."
     )

@@ -27,6 +27,17 @@ class BotMessageRow(NamedTuple):
     reply_to_telegram_message_id: int | None
 
 
+class BotTextRow(NamedTuple):
+    """One stored message of our bots with its text and time (the stance and event
+    figures)."""
+
+    bot_id: int
+    chat_id: int
+    text: str
+    meta: MessageMeta
+    created_at: datetime
+
+
 class Duplicates(NamedTuple):
     """Groups of stored messages that should be one (each group counts once, however many
     rows it has)."""
@@ -50,6 +61,16 @@ async def bot_messages(session: AsyncSession) -> list[BotMessageRow]:
         .where(Message.bot_id.is_not(None)))).all()
     return [BotMessageRow(int(i), int(b), int(c), m, r) for i, b, c, m, r in rows
             if b is not None]
+
+
+async def bot_texts(session: AsyncSession, *, since: datetime) -> list[BotTextRow]:
+    """Our bots' messages stored at or after ``since``, in the order they were stored
+    (by row id): who, where, what, its metadata (``views``, ``event_id``) and when."""
+    rows = (await session.execute(
+        select(Message.bot_id, Message.chat_id, Message.text, Message.meta, Message.created_at)
+        .where(Message.bot_id.is_not(None), Message.created_at >= since)
+        .order_by(Message.id))).all()
+    return [BotTextRow(int(b), int(c), t, m, at) for b, c, t, m, at in rows if b is not None]
 
 
 async def duplicate_groups(session: AsyncSession) -> Duplicates:

@@ -560,9 +560,37 @@ def _seed(ctx: TurnContext) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+#: Share of fresh messages on a news topic that open with the news (issue 16, item 5).
+NEWS_P = 0.6
+#: How a message opens on the news, per language: "{h}" is the headline (quoted in a third
+#: of them; the rest name it, so the chat does not repeat the headline word for word).
+NEWS_LEADS: dict[str, tuple[str, ...]] = {
+    "tr": ("{h}, gördünüz mü?", "Haber düştü: {h}.", "{h} haberi her şeyi değiştirdi.",
+           "Bu haberden sonra", "Haber sonrası", "Karar sonrası", "Bu gelişmeyle",
+           "Son haberle birlikte", "Açıklama geldi,", "Bu karar çok şey söylüyor,"),
+    "en": ("{h}, did you see that?", "News just in: {h}.", "{h}, and that changes things.",
+           "After this news", "After the announcement", "With this decision",
+           "Since the news broke", "The headline says it all,"),
+}
+
+
+def _news_lead(ctx: TurnContext, rng: random.Random) -> str | None:
+    """A news opener for a fresh message on the newest event's topic, or None."""
+    if ctx.reply_to is not None or not ctx.news or ctx.topic not in ctx.news_topics:
+        return None
+    if rng.random() >= NEWS_P:
+        return None
+    headline = ctx.news[0].rsplit(" (", 1)[0]
+    lead = rng.choice(NEWS_LEADS.get(ctx.profile.language, NEWS_LEADS["en"]))
+    return lead.format(h=headline)
+
+
 def _one(ctx: TurnContext, rng: random.Random, recent: Recent) -> tuple[str, list[str]]:
     writer = _Writer(ctx, rng, recent)
     text = writer.reply(ctx.reply_to) if ctx.reply_to is not None else writer.fresh()
+    lead = _news_lead(ctx, rng)
+    if lead is not None:
+        text = f"{lead} {_decap(text, writer.lang) if lead[-1] not in '.?' else text}"
     text = _TWO_OPINIONS.sub(r"\1", text)  # "Ali Hocam, bence bence değil" → "..., bence değil"
     emo = writer.emojis()
     if emo:
