@@ -392,3 +392,28 @@ class WorldEventRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (Index("ix_world_events_at", "at"),)
+
+
+class BotReflection(Base):
+    """One reflection of a bot: a short first-person insight written by the LLM from the
+    bot's most important recent memories.
+
+    Attributes:
+        bot_id: the bot (its reflections go with it: ON DELETE CASCADE).
+        text: the insight (one or two sentences).
+        importance: 0–1 (``behavior_engine.memory.importance``).
+        created_at: when it was drawn (aware UTC).
+        expires_at: when it is forgotten (``created_at`` + 30 days by default; deleted by
+            ``backend.stores.memories.expire_reflections``).
+    """
+
+    __tablename__ = "bot_reflections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    importance: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_bot_reflections_bot_created", "bot_id", "created_at"),)

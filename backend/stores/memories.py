@@ -18,8 +18,7 @@ from sqlalchemy import Text, cast, delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from backend.db.memory_models import BotReflection
-from backend.db.models import Bot, ChatBot, Message
+from backend.db.models import Bot, BotReflection, ChatBot, Message
 
 
 async def add_reflection(session: AsyncSession, *, bot_id: int, text: str, importance: float,

@@ -9,8 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import TokenCipher
-from backend.db.memory_models import BotReflection
-from backend.db.models import Bot
+from backend.db.models import Bot, BotReflection
 from backend.schemas import MessageMeta, Persona, Style
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
