@@ -41,6 +41,7 @@ from behavior_engine.membership import Membership, membership_for, membership_ki
 from behavior_engine.pipeline import TurnPipeline
 from behavior_engine.planner import TurnPlanner
 from behavior_engine.reads import CachedReads
+from behavior_engine.recall import MemoryKeeper, chain_generator
 from behavior_engine.records import StoreTurnRecords
 from behavior_engine.safety import load_rules
 from behavior_engine.scheduler import Scheduler
@@ -54,6 +55,8 @@ log = logging.getLogger("botsim.worker")
 STOP_GRACE_S = 10.0
 #: How often the retention job runs (``Settings.retention_days``), seconds.
 RETENTION_EVERY_S = 3600.0
+#: Seconds between two runs of the reflection job (:meth:`Worker.reflect`).
+REFLECT_EVERY_S = 60.0
 
 
 class Worker:
@@ -113,7 +116,10 @@ class Worker:
             chain=chain, limits=self.membership.limits, records=self.records,
             reads=self.reads, market=market, holder=self.held, worker_id=self.worker_id,
             seed=settings.seed, clock=clock, stats=self.stats, on_sent=self.clients.sent,
-            safety_rules=load_rules(settings.safety_rules), events=self.events)
+            safety_rules=load_rules(settings.safety_rules), events=self.events,
+            memory=MemoryKeeper(self.records))
+        self._reflections = chain_generator(chain, market, seed=settings.seed, clock=clock)
+        self._expired_at: datetime | None = None
         # bot → due times of its turns running (None: a turn with no due time, e.g. an
         # answer to a human): a bot with one slot turn running may be given its next slot
         # (TurnPlanner.decide), so its next line is written while the last one is typed
@@ -178,6 +184,8 @@ class Worker:
                           max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
         self._aps.add_job(self.rebalance, "interval", seconds=self.settings.heartbeat_ttl_s / 3,
                           max_instances=1, coalesce=True)
+        self._aps.add_job(self.reflect, "interval", seconds=REFLECT_EVERY_S,
+                          max_instances=1, coalesce=True)
         if self.settings.retention_days is not None:
             self._aps.add_job(self.apply_retention, "interval", seconds=RETENTION_EVERY_S,
                               max_instances=1, coalesce=True,
@@ -208,6 +216,25 @@ class Worker:
                      days)
         return done
 
+    async def reflect(self) -> int:
+        """The reflection job: a few driven bots whose memories call for it draw a
+        reflection through the provider chain (:meth:`MemoryKeeper.reflect_due`), and
+        expired reflections are deleted hourly. Returns how many were drawn; never raises.
+        """
+        now = self.clock()
+        memory = self.pipeline.memory
+        try:
+            due = memory.due(sorted(self.driven()), now)
+            bots = [await self.reads.bot(b) for b in due]
+            drawn = await memory.reflect_due(bots, self._reflections, now)
+            if self._expired_at is None or now - self._expired_at >= timedelta(hours=1):
+                self._expired_at = now
+                await self.records.expire_reflections(now)
+        except Exception as exc:  # a job: the next run tries again
+            log.warning("reflections: not drawn this time (%s)", type(exc).__name__)
+            return 0
+        return drawn
+
     def _write_id_file(self) -> None:
         """Write this worker's id for ``botsim worker --check`` (its mtime is the heartbeat
         without Redis)."""
@@ -236,6 +263,7 @@ class Worker:
                 return
             if change.lost or change.released:
                 await self.held.disconnect([*change.lost, *change.released])
+                self.pipeline.memory.forget([*change.lost, *change.released])
             if change.won and not self._stopping:
                 self._connecting |= set(change.won)
                 task = asyncio.create_task(self._take_on(change.won))

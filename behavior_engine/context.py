@@ -46,6 +46,7 @@ def turn_context(
     views: BotViews | None = None,
     news: Sequence[EventNote] = (),
     contrast: str | None = None,
+    memories: Sequence[str] | None = None,
 ) -> TurnContext:
     """Everything the generator gets for one turn of ``bot`` in ``chat_id``.
 
@@ -60,6 +61,9 @@ def turn_context(
             recent`).
         contrast: the agreement watch's line for this bot, if any
             (:mod:`behavior_engine.agreement`).
+        memories: the memory layer's lines (:class:`~behavior_engine.recall.MemoryKeeper`);
+            None: the bot's own last :data:`~behavior_engine.prompt_builder.MEMORY_ITEMS`
+            texts in ``history``.
     """
     recent = list(history)[-HISTORY_SIZE:]
     pnl = holdings_pnl_pct(bot.holdings, snapshot)
@@ -75,7 +79,8 @@ def turn_context(
         topic=topic,
         market=snapshot,
         history=tuple(to_line(i) for i in recent),
-        memories=tuple(i.text for i in recent if i.bot_id == bot.id)[-MEMORY_ITEMS:],
+        memories=tuple(memories) if memories is not None
+        else tuple(i.text for i in recent if i.bot_id == bot.id)[-MEMORY_ITEMS:],
         reply_to=reply_to,
         bot_id=bot.id,
         chat_id=chat_id,

@@ -512,12 +512,13 @@ class LineLike(Protocol):
 
 
 def observed_kind(line: LineLike, *, bot_id: int, bot_username: str,
-                  replies_to_bot: bool) -> Kind | None:
-    """What a chat line is to bot ``bot_id`` (@``bot_username``):
+                  replies_to_bot: bool, bot_name: str | None = None) -> Kind | None:
+    """What a chat line is to bot ``bot_id`` (@``bot_username``, display name ``bot_name``):
 
     - ``said``: the bot sent it;
-    - ``question``: a person's line to the bot (a reply to it, or a mention, by entity or
-      ``@username`` in the text) that :func:`is_question`;
+    - ``question``: a person's line to the bot (a reply to it, or a mention, by entity,
+      ``@username`` in the text, or the first word of ``bot_name`` as a whole word, as the
+      scheduler reads a mention) that :func:`is_question`;
     - ``heard``: any other line to the bot (another bot's question too);
     - None: a line not to the bot, or without text.
     """
@@ -526,8 +527,12 @@ def observed_kind(line: LineLike, *, bot_id: int, bot_username: str,
     if line.bot_id == bot_id:
         return "said"
     name = bot_username.lower().lstrip("@")
+    low = line.text.lower()
+    first = (bot_name or "").split()[0].lower() if (bot_name or "").split() else ""
     mentioned = (name in (m.lower() for m in line.mentions)
-                 or re.search(rf"@{re.escape(name)}(?!\w)", line.text.lower()) is not None)
+                 or re.search(rf"@{re.escape(name)}(?!\w)", low) is not None
+                 or (bool(first) and re.search(rf"(?<![\w@]){re.escape(first)}(?!\w)", low)
+                     is not None))
     if not (replies_to_bot or mentioned):
         return None
     return "question" if line.is_human and is_question(line.text) else "heard"
@@ -590,7 +595,8 @@ class MemoryBook:
         return item if self.stream(bot_id).add(item) else None
 
     def observe(self, bot_id: int, line: LineLike, *, chat_id: int, bot_username: str,
-                now: datetime | None = None, to_bot: bool | None = None) -> MemoryItem | None:
+                now: datetime | None = None, to_bot: bool | None = None,
+                bot_name: str | None = None) -> MemoryItem | None:
         """Remember a chat line (its first :data:`TEXT_MAX_CHARS`) if it is the bot's or
         said to it (:func:`observed_kind`); each (``chat_id``, Telegram message id) once.
 
@@ -601,6 +607,7 @@ class MemoryBook:
         Args:
             now: aware UTC time, used when the line has no ``created_at``.
             to_bot: True/False overrides whether the line is said to the bot.
+            bot_name: the bot's display name (a mention by first name, :func:`observed_kind`).
 
         Returns:
             The item kept, or None (not the bot's business, no text, seen, expired).
@@ -620,7 +627,7 @@ class MemoryBook:
         replies = bool(to_bot) or (line.reply_to is not None
                                    and stream.is_own(chat_id, line.reply_to))
         kind = observed_kind(line, bot_id=bot_id, bot_username=bot_username,
-                             replies_to_bot=replies)
+                             replies_to_bot=replies, bot_name=bot_name)
         if kind is None:
             return None
         said_to = kind != "said"

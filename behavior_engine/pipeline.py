@@ -99,6 +99,7 @@ from behavior_engine.llm.chain import ChainResult
 from behavior_engine.market import MarketFeed
 from behavior_engine.prompt_builder import build_request
 from behavior_engine.reads import BotProfile, HistoryItem
+from behavior_engine.recall import MemoryKeeper, recall_query
 from behavior_engine.repeats import (
     CHAT_RECENT,
     MAX_REGENERATIONS,
@@ -416,6 +417,9 @@ class TurnPipeline:
         events: the world events (news in prompts, shocks in ``market``; None: none).
         stance_book: the bots' views as the market and events move them (default: one over
             ``market`` and ``events``).
+        memory: the bots' long-term memory (default: a
+            :class:`~behavior_engine.recall.MemoryKeeper` without a database: fed by the
+            turns' history alone).
     """
 
     def __init__(
@@ -426,8 +430,10 @@ class TurnPipeline:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         safety_rules: tuple[Rule, ...] | None = None,
         events: EventBook | None = None, stance_book: StanceBook | None = None,
+        memory: MemoryKeeper | None = None,
     ) -> None:
         self.chain = chain
+        self.memory = memory or MemoryKeeper()
         self.events = events
         self.stance_book = stance_book or StanceBook(market, events)
         #: bot → topic → (direction it last expressed, its view then): a neutral view's
@@ -469,11 +475,15 @@ class TurnPipeline:
         snapshot = self.market.snapshot(now)
         views = self.stance_book.views(bot.stances, now, bot.persona.language)
         self._count_changes(turn.bot_id, views)
+        await self.memory.prepare(bot, turn.chat_id, history, now)
+        query = recall_query(turn.topic, turn.reply_to.text if turn.reply_to else None,
+                             history)
         ctx = turn_context(
             bot, history, snapshot,
             turn_id=turn.turn_id, topic=turn.topic, chat_id=turn.chat_id, seed=self.seed,
             reply_to=turn.reply_to, views=views,
             news=self.events.recent(now) if self.events is not None else (),
+            memories=self.memory.recall(bot, query, now),
         )
         request = build_request(ctx)
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
@@ -543,6 +553,10 @@ class TurnPipeline:
                     event_id=ctx.event_id if ctx.topic in ctx.news_topics else None)
         await self._stored(turn, self.records.commit_sent(sent))
         self._expressed(turn, generation.text, view_map)
+        if sent.event_id is not None and self.events is not None:
+            for note in self.events.recent(now):
+                if note.id == sent.event_id:
+                    self.memory.note_event(turn.bot_id, note.headline, note.at)
         self.own_recent.add(turn.bot_id, generation.text)
         self.chat_recent.add(turn.chat_id, generation.text)
         outcome = Outcome(turn=turn, status="sent", telegram_message_id=message.message_id)

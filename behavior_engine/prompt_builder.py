@@ -8,7 +8,8 @@ Layers, each a small function of the :class:`TurnContext`:
    prefixes; Gemini reports ``cachedContentTokenCount``);
 2. :func:`stances_and_holdings` — views and positions with the P&L now;
 3. :func:`mood_layer` — the mood now;
-4. :func:`memory_layer` — what the bot said before (keeps its voice and views consistent);
+4. :func:`memory_layer` — what the bot remembers: what it said, what it was told or asked,
+   events, reflections (:mod:`behavior_engine.recall`; keeps its voice and views consistent);
 5. :func:`history_layer` — the chat's recent messages, oldest first, trimmed to a token
    budget (the oldest go first);
 6. :func:`instruction` — the reply target and what to write this turn.
@@ -86,7 +87,7 @@ def memory_layer(ctx: TurnContext, items: int = MEMORY_ITEMS) -> str:
     said = ctx.memories[-items:]
     if not said:
         return ""
-    return "You said lately (stay consistent, do not repeat yourself):\n" + "\n".join(
+    return "You remember (stay consistent, do not repeat yourself):\n" + "\n".join(
         f"- {text}" for text in said
     )
 

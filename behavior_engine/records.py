@@ -11,6 +11,8 @@ panel reads a bot's memberships with their status, reason and time in one store 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import metrics
@@ -20,7 +22,9 @@ from backend.stores import audit as audit_store
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import members as member_store
+from backend.stores import memories as memory_store
 from backend.stores import turns as turn_store
+from behavior_engine.memory import MemoryItem
 from behavior_engine.pipeline import Sent, message_time
 from behavior_engine.reads import HistoryItem, item_from_row
 from behavior_engine.turn import Turn
@@ -78,6 +82,38 @@ class StoreTurnRecords:
                 bot_id=turn.bot_id, telegram_message_id=sent.message.message_id,
                 text=sent.sent_text, meta=_meta(sent), created_at=message_time(sent.message))
         return item_from_row(msg, sent.bot.name, sent.bot.username)
+
+    async def memory_seed(self, bot_id: int, *, since: datetime, limit: int
+                          ) -> list[tuple[HistoryItem, int, bool]]:
+        """See :func:`backend.stores.memories.bot_memory_seed`: ``(line, chat id, own)``,
+        newest first."""
+        async with self.sessionmaker() as session:
+            rows = await memory_store.bot_memory_seed(session, bot_id=bot_id, since=since,
+                                                      limit=limit)
+        return [(item_from_row(r.message, r.bot_name, r.bot_username), r.message.chat_id,
+                 r.own) for r in rows]
+
+    async def reflections(self, bot_id: int, *, now: datetime, limit: int
+                          ) -> list[MemoryItem]:
+        """See :func:`backend.stores.memories.recent_reflections`."""
+        async with self.sessionmaker() as session:
+            rows = await memory_store.recent_reflections(session, bot_id=bot_id, limit=limit,
+                                                         now=now)
+        return [MemoryItem(kind="reflection", text=r.text, importance=r.importance,
+                           at=r.created_at) for r in rows]
+
+    async def save_reflection(self, bot_id: int, item: MemoryItem,
+                              expires_at: datetime) -> None:
+        """See :func:`backend.stores.memories.add_reflection`."""
+        async with self.sessionmaker() as session, session.begin():
+            await memory_store.add_reflection(session, bot_id=bot_id, text=item.text,
+                                              importance=item.importance,
+                                              created_at=item.at, expires_at=expires_at)
+
+    async def expire_reflections(self, now: datetime) -> int:
+        """See :func:`backend.stores.memories.expire_reflections`."""
+        async with self.sessionmaker() as session, session.begin():
+            return await memory_store.expire_reflections(session, now=now)
 
     async def note_partial(self, turn: Turn, error: str) -> None:
         """See :func:`backend.stores.turns.note_partial`."""
