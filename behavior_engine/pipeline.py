@@ -92,6 +92,7 @@ from backend.errors import (
 from backend.schemas import SimulationSettings
 from backend.stores.audit import redact_tokens
 from backend.stores.turns import MAX_PARTS
+from behavior_engine.agreement import AgreementWatch, only_agrees
 from behavior_engine.consistency import check_consistency, expected_direction
 from behavior_engine.context import turn_context
 from behavior_engine.events import EventBook
@@ -118,6 +119,10 @@ from bots.ratelimit import TelegramLimiter
 from bots.telegram import SentMessage
 
 log = logging.getLogger("botsim.pipeline")
+#: What a draft that only agrees, in a chat drifting into agreement, is asked again with
+#: when the bot's view gives it no particular reason to differ.
+AGREEMENT_HINT = ("The chat has been agreeing too much lately. Do not just agree: add a doubt, "
+                  "a risk or another angle of your own.")
 
 #: Longest a turn waits for Telegram's limits before it is given up (seconds).
 MAX_LIMIT_WAIT_S = 5.0
@@ -434,6 +439,7 @@ class TurnPipeline:
     ) -> None:
         self.chain = chain
         self.memory = memory or MemoryKeeper()
+        self.agreement = AgreementWatch()
         self.events = events
         self.stance_book = stance_book or StanceBook(market, events)
         #: bot → topic → (direction it last expressed, its view then): a neutral view's
@@ -476,6 +482,7 @@ class TurnPipeline:
         views = self.stance_book.views(bot.stances, now, bot.persona.language)
         self._count_changes(turn.bot_id, views)
         await self.memory.prepare(bot, turn.chat_id, history, now)
+        self.agreement.observe(turn.chat_id, history)
         query = recall_query(turn.topic, turn.reply_to.text if turn.reply_to else None,
                              history)
         ctx = turn_context(
@@ -484,6 +491,9 @@ class TurnPipeline:
             reply_to=turn.reply_to, views=views,
             news=self.events.recent(now) if self.events is not None else (),
             memories=self.memory.recall(bot, query, now),
+            contrast=self.agreement.line(
+                turn.chat_id, topic=turn.topic, stances=views.stances, history=history,
+                reply_to_text=turn.reply_to.text if turn.reply_to else None),
         )
         request = build_request(ctx)
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
@@ -613,53 +623,60 @@ class TurnPipeline:
     async def _vet(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
                    generation: Generation,
                    history: Sequence[HistoryItem]) -> Generation | None:
-        """The guards on a generated text before its send: content safety
-        (:mod:`behavior_engine.safety`) and repeats (:mod:`behavior_engine.repeats`).
+        """The guards on a generated text before its send, in this order: content safety
+        (:mod:`behavior_engine.safety`), the bot's views and holdings
+        (:mod:`behavior_engine.consistency`), agreement while the chat drifts into it
+        (:mod:`behavior_engine.agreement`), and repeats (:mod:`behavior_engine.repeats`).
 
-        ``generation`` when it passes both; else a draft asked for again with the failed
-        guard's hint (and another seed), at most
-        :data:`~behavior_engine.repeats.MAX_REGENERATIONS` times. None: the turn is dropped,
-        when every draft breaks a safety rule, or when chatter still repeats; an answer to a
-        person that only repeats is sent in its least repeating draft. Each safety block is
-        counted per rule and written to the audit log.
+        ``generation`` when it passes them all; else a draft asked for again with the first
+        failed guard's hint (and another seed), at most
+        :data:`~behavior_engine.repeats.MAX_REGENERATIONS` times. None: the turn is dropped
+        (counted ``dropped`` for the guard the last draft failed). An answer to a person is
+        never dropped for a repeat or an agreement: it is sent in its least repeating draft
+        that broke no rule and contradicted nothing; only when every draft broke a safety
+        rule or contradicted the bot is it dropped (the person is answered by another turn).
+        Each safety block is counted per rule and written to the audit log.
         """
         earlier = self._said(turn, history)
         language = ctx.profile.language
         to_person = turn.reply_to is not None and turn.reply_to.is_human
         last_said = self._last_said(turn.bot_id, {s.topic: s.view for s in ctx.stances})
-        draft, best, best_score = generation, None, 2.0
-        consistent: Generation | None = None  # the last draft that contradicted nothing
-        contradicted = False
-        failed = "repeat"  # the guard the last draft failed
+        drifting = self.agreement.drifting(turn.chat_id)
+        draft = generation
+        kept: tuple[float, Generation] | None = None  # the best draft for a person
+        failures: list[str] = []
         for attempt in range(MAX_REGENERATIONS + 1):
             breach = check_safety(draft.text, self.safety_rules, language=language,
                                   to_person=to_person)
             clash = check_consistency(draft.text, stances=ctx.stances, holdings=ctx.holdings,
                                       topic=ctx.topic, last_said=last_said)
+            agrees = drifting and only_agrees(draft.text)
             check = check_repeat(draft.text, earlier)
-            if breach is None and clash is None and not check.repeats:
-                outcome = "passed" if attempt == 0 else "regenerated"
-                self._count("repeat", outcome)
-                self._count("stance", "regenerated" if contradicted else "passed")
+            if breach is None and clash is None and not agrees and not check.repeats:
+                for guard in ("repeat", "stance", "agreement"):
+                    self._count(guard, "regenerated" if guard in failures else "passed")
                 return draft
-            if clash is not None:
-                contradicted = True
-                self.guard_counts[f"stance:{clash.kind}"] += 1
-            elif breach is None:
-                consistent = draft
             if breach is not None:
                 metrics.SAFETY_BLOCKS.labels(rule=breach.rule).inc()
                 self.guard_counts[f"safety:{breach.rule}"] += 1
                 await self.records.safety_blocked(turn, rule=breach.rule, part=breach.part,
                                                   text=draft.text)
-                hint, failed = breach.hint, "safety"
+                failures.append("safety")
+                hint = breach.hint
             elif clash is not None:
-                hint, failed = clash.hint(language), "stance"
+                self.guard_counts[f"stance:{clash.kind}"] += 1
+                failures.append("stance")
+                hint = clash.hint(language)
             else:
-                failed = "repeat"
-                if check.score < best_score:
-                    best, best_score = draft, check.score
-                hint = repeat_hint(check, language)
+                score = check.score + (1.0 if agrees else 0.0)
+                if kept is None or score < kept[0]:
+                    kept = (score, draft)
+                if agrees:
+                    failures.append("agreement")
+                    hint = ctx.contrast or AGREEMENT_HINT
+                else:
+                    failures.append("repeat")
+                    hint = repeat_hint(check, language)
             if attempt == MAX_REGENERATIONS:
                 break
             again = GenerationRequest(
@@ -668,13 +685,11 @@ class TurnPipeline:
                 max_chars=request.max_chars)
             draft = (await self.chain.generate(again, order=ctx.profile.llm_providers)
                      ).generation
-        if best is not None and to_person:
-            self._count("repeat", "kept_for_human")
-            return best
-        if consistent is not None and to_person:  # a person waits: consistent beats fresh
-            self._count("repeat", "kept_for_human")
-            return consistent
-        self._count(failed, "dropped")
+        if kept is not None and to_person:
+            self._count(failures[-1] if failures[-1] in ("repeat", "agreement") else "repeat",
+                        "kept_for_human")
+            return kept[1]
+        self._count(failures[-1], "dropped")
         log.info("turn %s of bot %s dropped by its guards", turn.turn_id, turn.bot_id)
         return None
 

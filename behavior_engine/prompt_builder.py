@@ -137,8 +137,8 @@ def instruction(ctx: TurnContext) -> str:
         )
     react = (" React to the news above in your own way."
              if ctx.news and ctx.topic in ctx.news_topics else "")
-    return (f"Write one new message about {ctx.topic}.{react}{contrast} "
-            "Write only the message text.")
+    return (f"Write one new message about {ctx.topic}. Write only the message text."
+            f"{react}{contrast}")
 
 
 def build_request(

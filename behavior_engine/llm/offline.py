@@ -513,8 +513,8 @@ class _Writer:
             rel = "answer"
         elif own == "neutral" or other is None:
             rel = "unsure" if rng.random() < 0.5 else ""
-        elif own == other:
-            rel = "agree" if rng.random() < AGREE_P else "partial"
+        elif own == other:  # the chat drifting into agreement: agree in part at most
+            rel = "agree" if rng.random() < AGREE_P and not self.ctx.contrast else "partial"
         else:
             rel = "disagree"
         lo, hi = _REPLY_WORDS[self.ctx.profile.style.length]
