@@ -72,6 +72,8 @@ async def _interview_cmd(settings: Settings, who: str, question: str, llm: str,
     from behavior_engine.llm.factory import build_chain, close_chain
     from behavior_engine.market import MarketFeed
     from behavior_engine.reads import item_from_row
+    from behavior_engine.recall import MemoryKeeper
+    from behavior_engine.records import StoreTurnRecords
 
     if not question.strip() or len(question) > 4096:
         print("botsim interview: the question must be 1-4096 characters", file=sys.stderr)
@@ -91,9 +93,10 @@ async def _interview_cmd(settings: Settings, who: str, question: str, llm: str,
         profile = await rt.reads.bot(bot.id)
         chain = build_chain(list(settings.llm_providers) if llm == "settings" else [])
         try:
+            memory = MemoryKeeper(StoreTurnRecords(rt.sessionmaker, rt.reads.cache))
             answer = await interview(profile, question, recent=recent, chain=chain,
                                      market=MarketFeed(seed=settings.seed, start=utcnow()),
-                                     now=utcnow(), seed=settings.seed)
+                                     now=utcnow(), seed=settings.seed, memory=memory)
         finally:
             await close_chain(chain)
     if as_json:
