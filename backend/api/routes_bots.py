@@ -1,9 +1,10 @@
-"""``/api/v1/bots`` and ``/api/v1/personas/validate``: bots, their personas and their prompt
-preview (chats and their members: :mod:`backend.api.routes_chats`).
+"""``/api/v1/bots`` and ``/api/v1/personas/validate``: bots, their personas, their prompt
+preview and their interview (chats and their members: :mod:`backend.api.routes_chats`).
 
-Reads need a viewer, changes an admin (both CSRF-checked for cookie sessions). Every change
-writes an audit entry (:mod:`backend.stores.audit`) in the transaction of the change, and
-invalidates the cached reads of the running workers once it commits.
+Reads need a viewer, changes an admin (both CSRF-checked for cookie sessions); an interview
+needs an admin too: it changes nothing but may spend LLM budget. Every change writes an
+audit entry (:mod:`backend.stores.audit`) in the transaction of the change, and invalidates
+the cached reads of the running workers once it commits.
 
 No answer ever carries a bot token: bots are shown as :class:`~backend.api_schemas.BotOut`
 (``token_masked`` only). Bodies that may hold a token (create and edit a bot) are validated
@@ -16,6 +17,7 @@ duplicate username or token → 409; no Fernet key configured → 503.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -43,6 +45,8 @@ from backend.api_schemas import (
     BotCreate,
     BotOut,
     BotUpdate,
+    InterviewBody,
+    InterviewOut,
     OkOut,
     Page,
     PreviewOut,
@@ -54,12 +58,22 @@ from backend.errors import NotFound
 from backend.schemas import Persona
 from backend.stores import audit
 from backend.stores import bots as bot_store
+from backend.stores import messages as message_store
+from behavior_engine.interview import interview
+from behavior_engine.llm.factory import build_chain, close_chain
 from behavior_engine.market import MarketFeed
 from behavior_engine.preview import preview_prompt
-from behavior_engine.reads import CachedReads
+from behavior_engine.reads import CachedReads, item_from_row
+from behavior_engine.recall import MemoryKeeper
+from behavior_engine.records import StoreTurnRecords
 from botsim.preflight import BotPreflight, load_targets, run_checks
 
 router = APIRouter()
+log = logging.getLogger(__name__)
+
+#: The bot's own last messages an interview gives it as what it said lately (as
+#: ``botsim interview``).
+INTERVIEW_RECENT = 20
 
 #: Seconds each Bot API call of ``GET /bots/{id}/preflight`` may take (the answer waits
 #: for them; ``botsim preflight`` allows 10 by default).
@@ -334,6 +348,45 @@ async def preview(
             seed=seed,
         )
     return PreviewOut.model_validate(got)
+
+
+@router.post("/bots/{bot_id}/interview", response_model=InterviewOut, tags=["bots"],
+             responses={**E404, **E422})
+async def interview_bot(bot_id: DbId, body: InterviewBody, who: Admin,
+                        state: State) -> InterviewOut:
+    """Ask the bot a question out of band (admin), as ``botsim interview`` does: it answers
+    in persona, from its profile, stances, holdings and mood, with its long-term memory
+    recalled by the question and its last 20 messages as what it said lately.
+
+    Body ``{"question": "1-4096 characters", "llm": "settings" | "offline"}``: ``settings``
+    (the default) asks the configured provider chain, which may spend LLM budget (hence
+    admin only), the offline generator last; ``offline`` asks only the offline generator.
+    Answer ``{"bot_id", "question", "answer", "provider"}``. Nothing is posted to a group
+    and nothing is stored (no message, no audit entry: nothing changes); the question is
+    not logged. 404 for an unknown bot; 422 naming ``question`` (empty, only whitespace or
+    longer than 4096 characters) or ``llm``.
+    """
+    reads = _reads(state)
+    now = datetime.now(UTC)
+    seed = state.settings.seed
+    with http_errors():
+        profile = await reads.bot(bot_id)
+    async with state.sessionmaker() as session:
+        recent = [item_from_row(m, profile.name, profile.username)
+                  for m in await message_store.bot_recent(session, bot_id=bot_id,
+                                                          limit=INTERVIEW_RECENT)]
+    chain = build_chain(list(state.settings.llm_providers) if body.llm == "settings" else [])
+    try:
+        answer = await interview(
+            profile, body.question, recent=recent, chain=chain,
+            market=MarketFeed(seed=seed, start=now), now=now, seed=seed,
+            memory=MemoryKeeper(StoreTurnRecords(state.sessionmaker, reads.cache)))
+    finally:
+        await close_chain(chain)
+    log.info("bot %s interviewed by %s (%s): answered by %s", bot_id, who.username, body.llm,
+             answer.provider)
+    return InterviewOut(bot_id=bot_id, question=body.question, answer=answer.text,
+                        provider=answer.provider)
 
 
 @router.get("/bots/{bot_id}/preflight", response_model=BotPreflight, tags=["bots"],

@@ -13,8 +13,9 @@ escaping is the page's job.
 
 One package, one import path (``from backend.api_schemas import BotOut``): every request
 and response model of the API lives here, by subject, in :mod:`.resources` (bots, chats,
-messages, settings, preview), :mod:`.operations` (auth, costs, health, audit, sandbox) and
-:mod:`.problems` (the RFC 9457 error bodies). Route modules define no models of their own.
+messages, settings, preview, interview), :mod:`.operations` (auth, costs, health, audit,
+sandbox) and :mod:`.problems` (the RFC 9457 error bodies). Route modules define no models
+of their own.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from backend.api_schemas.resources import (
     ChatDetailOut,
     ChatOut,
     InputModel,
+    InterviewBody,
+    InterviewOut,
     MessageOut,
     OkOut,
     Page,
@@ -81,6 +84,8 @@ __all__ = [
     "FieldProblem",
     "HealthOut",
     "InputModel",
+    "InterviewBody",
+    "InterviewOut",
     "LastError",
     "LoginBody",
     "LoginOut",

@@ -1,5 +1,6 @@
 """Models of the resource routes: bots and personas, chats and their members, messages,
-pages of a list, settings, the prompt preview (see :mod:`backend.api_schemas`)."""
+pages of a list, settings, the prompt preview, an interview (see
+:mod:`backend.api_schemas`)."""
 from __future__ import annotations
 
 import re
@@ -463,3 +464,41 @@ class PreviewOut(BaseModel):
     topic: str
     mood: float
     pnl_pct: float
+
+
+# --- interview --------------------------------------------------------------------------
+
+
+class InterviewBody(InputModel):
+    """Body of ``POST /api/v1/bots/{id}/interview``.
+
+    Attributes:
+        question: what the operator asks, 1–4096 characters, not only whitespace.
+        llm: ``"settings"``: the configured provider chain (may spend LLM budget), the
+            offline generator last; ``"offline"``: the offline generator alone (no LLM call).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    question: str = Field(min_length=1, max_length=4096)
+    llm: Literal["offline", "settings"] = "settings"
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the question is only whitespace")
+        return v
+
+
+class InterviewOut(_Output):
+    """A bot's answer to an interview question (nothing was posted or stored).
+
+    Attributes:
+        bot_id: our bot id; question: as asked; answer: the bot's text, plain (escaping is
+        the page's job); provider: who wrote it (``"offline"`` for the offline generator).
+    """
+
+    bot_id: int
+    question: str
+    answer: str
+    provider: str

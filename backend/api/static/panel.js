@@ -335,6 +335,45 @@ function initPersona() {
   });
 }
 
+// --- interview (admins) ---------------------------------------------------------------
+
+function initInterview() {
+  const form = document.getElementById("interview-form");
+  if (!form) return;
+  const botId = form.dataset.botId;
+  const question = document.getElementById("interview-question");
+  const offline = document.getElementById("interview-offline");
+  const ask = document.getElementById("interview-ask");
+  const status = document.getElementById("interview-status");
+  const answer = document.getElementById("interview-answer");
+  const provider = document.getElementById("interview-provider");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    answer.hidden = true;
+    answer.textContent = "";
+    provider.textContent = "";
+    status.textContent = "asking…";
+    ask.disabled = true;
+    let r;
+    try {
+      r = await send("POST", API + "/bots/" + encodeURIComponent(botId) + "/interview", {
+        question: question.value, llm: offline.checked ? "offline" : "settings",
+      });
+    } finally {
+      ask.disabled = false;
+    }
+    if (!r.ok || !r.body) {
+      status.textContent = "no answer: " + problemsOf(r).map(
+        ([field, reason]) => field + ": " + reason).join("; ");
+      return;
+    }
+    status.textContent = "";
+    answer.textContent = r.body.answer;
+    answer.hidden = false;
+    provider.textContent = "answered by " + r.body.provider;
+  });
+}
+
 // --- new persona ----------------------------------------------------------------------
 
 function initNewPersona() {
@@ -591,6 +630,7 @@ document.addEventListener("DOMContentLoaded", () => {
   initLogout();
   initLive();
   initPersona();
+  initInterview();
   initNewPersona();
   initGroups();
   initSettings();
