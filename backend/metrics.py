@@ -128,7 +128,7 @@ GUARD_OUTCOMES = Counter(
     " draft broke a rule; guard=stance: the last draft contradicted the bot's views or"
     " holdings), kept_for_human (an answer to a person sent in its least repeating or its"
     " last consistent draft); guard=stance also passed / regenerated (a draft contradicting"
-    " a view or holding asked for again); guard=agreement: a draft that only agrees while"
+    " a view or holding asked for again); guard=agreement: a draft that adds agreement while"
     " the chat's agreement/contrast ratio is above 0.15 (passed, regenerated, dropped,"
     " kept_for_human). Safety blocks per rule:"
     " botsim_safety_blocks_total.",

@@ -15,9 +15,11 @@ matcher, :func:`~behavior_engine.realism.formulas.count_markers`) over each chat
   :func:`~behavior_engine.consistency.expected_direction`), or from the message it replies
   to, gets :meth:`AgreementWatch.line`: the chat agrees too much, its view differs, say
   where and why;
-* **guard**: a draft that only agrees (agreement markers and no contrast marker) is asked
-  for again with that line (counted ``guard="agreement"``), since a provider may ignore
-  the prompt.
+* **guard**: a draft that adds agreement (:func:`adds_agreement`: more agreement markers
+  than the band allows for its contrast markers, so any "aynen" while the chat drifts) is
+  asked for again with that line (counted ``guard="agreement"``), since a provider may
+  ignore the prompt. The sandbox LLM's "Aynen {who}, yine de …" line kept its runs at 0.24
+  (11 agreement, 46 contrast markers in 10 minutes) before this guard counted it.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def markers(text: str) -> tuple[int, int]:
     return count_markers([text], AGREEMENT_MARKERS), count_markers([text], CONTRAST_MARKERS)
 
 
-def only_agrees(text: str) -> bool:
-    """True when ``text`` has an agreement marker and no contrast marker."""
+def adds_agreement(text: str) -> bool:
+    """True when ``text`` would raise a ratio at the band: its agreement markers exceed
+    :data:`RATIO_BAND` × its contrast markers (an "aynen …, yine de …" raises it too: one
+    agreement for one contrast is a ratio of 1)."""
     agree, contrast = markers(text)
-    return agree > 0 and contrast == 0
+    return agree > RATIO_BAND * contrast
 
 
 class AgreementWatch:

@@ -92,7 +92,7 @@ from backend.errors import (
 from backend.schemas import SimulationSettings
 from backend.stores.audit import redact_tokens
 from backend.stores.turns import MAX_PARTS
-from behavior_engine.agreement import AgreementWatch, only_agrees
+from behavior_engine.agreement import AgreementWatch, adds_agreement
 from behavior_engine.consistency import check_consistency, expected_direction
 from behavior_engine.context import turn_context
 from behavior_engine.events import EventBook
@@ -119,7 +119,7 @@ from bots.ratelimit import TelegramLimiter
 from bots.telegram import SentMessage
 
 log = logging.getLogger("botsim.pipeline")
-#: What a draft that only agrees, in a chat drifting into agreement, is asked again with
+#: What a draft that adds agreement, in a chat drifting into it, is asked again with
 #: when the bot's view gives it no particular reason to differ.
 AGREEMENT_HINT = ("The chat has been agreeing too much lately. Do not just agree: add a doubt, "
                   "a risk or another angle of your own.")
@@ -650,7 +650,7 @@ class TurnPipeline:
                                   to_person=to_person)
             clash = check_consistency(draft.text, stances=ctx.stances, holdings=ctx.holdings,
                                       topic=ctx.topic, last_said=last_said)
-            agrees = drifting and only_agrees(draft.text)
+            agrees = drifting and adds_agreement(draft.text)
             check = check_repeat(draft.text, earlier)
             if breach is None and clash is None and not agrees and not check.repeats:
                 for guard in ("repeat", "stance", "agreement"):

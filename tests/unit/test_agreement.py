@@ -6,7 +6,7 @@ import dataclasses
 from datetime import timedelta
 
 from backend.schemas import Stance
-from behavior_engine.agreement import RATIO_BAND, AgreementWatch, markers, only_agrees
+from behavior_engine.agreement import RATIO_BAND, AgreementWatch, adds_agreement, markers
 from behavior_engine.reads import HistoryItem
 from tests.unit.test_pipeline import NOW, FakeClient, Rig, turn
 from tests.unit.test_stances import Script
@@ -24,10 +24,10 @@ AGREEING = [bot_line(i, t) for i, t in enumerate([
     "Ama biraz da temkinli olalım."])]
 
 
-def test_markers_and_only_agrees() -> None:
+def test_markers_and_adds_agreement() -> None:
     assert markers("Aynen katılıyorum ama acele etme.") == (2, 1)
-    assert only_agrees("Aynen, haklısın.") and not only_agrees("Aynen ama emin değilim.")
-    assert not only_agrees("Dolar 42.")
+    assert adds_agreement("Aynen, haklısın.") and adds_agreement("Aynen ama emin değilim.")
+    assert not adds_agreement("Dolar 42.") and not adds_agreement("Ama hayır, bence değil.")
 
 
 def test_the_ratio_is_counted_once_per_message_over_a_window() -> None:
