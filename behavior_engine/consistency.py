@@ -40,9 +40,11 @@ _DOWN = re.compile(
     r"|will (?:fall|drop|crash|go down|sink)|going (?:down|lower)|bearish|bubble|downside"
     r"|i'?m selling|stay away|short(?:ing)? it)(?!\w)|📉")
 _NOT_DOWN = re.compile(r"(?<!\w)(?:düşmez|düşmeyecek\w*|çökmez|won'?t (?:fall|drop|crash)"
-                       r"|will not (?:fall|drop|crash))(?!\w)")
+                       r"|will not (?:fall|drop|crash)|kötümser\w* değil\w*"
+                       r"|not (?:so |that |very )?(?:pessimistic|bearish))(?!\w)")
 _NOT_UP = re.compile(r"(?<!\w)(?:çıkmaz|yükselmez|yükselmeyecek\w*|çıkmayacak\w*|artmaz"
-                     r"|won'?t (?:rise|go up|rally)|will not (?:rise|go up|rally))(?!\w)")
+                     r"|won'?t (?:rise|go up|rally)|will not (?:rise|go up|rally)"
+                     r"|iyimser\w* değil\w*|not (?:so |that |very )?(?:optimistic|bullish))(?!\w)")
 
 #: Topic → words naming its symbol in a first-person holding claim.
 _ASSET = {

@@ -178,6 +178,9 @@ def test_event_topics_and_parsers() -> None:
     ("Gold is a bubble, it will fall.", "bearish"),
     ("BIST100 bugün %2 düştü.", None),  # a fact, not a view
     ("Düşer mi çıkar mı bilemem.", None),  # both
+    ("Altın için ben o kadar iyimser değilim.", "bearish"),
+    ("I'm not that bullish on gold.", "bearish"),
+    ("Kötümser değilim, BIST toparlar.", "bullish"),
 ])
 def test_expected_direction(text: str, want: str | None) -> None:
     assert expected_direction(text) == want
