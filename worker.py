@@ -129,6 +129,8 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._connecting: set[int] = set()
         self._rebalancing = asyncio.Lock()
+        self._ticking = asyncio.Lock()  # held by a running tick
+        self._reflecting: asyncio.Task[Any] | None = None  # a running reflection job
         self._aps: AsyncIOScheduler | None = None
         self._owns_chain = False
         self._stopping = False
@@ -221,8 +223,11 @@ class Worker:
         reflection through the provider chain (:meth:`MemoryKeeper.reflect_due`), and
         expired reflections are deleted hourly. Returns how many were drawn; never raises.
         """
+        if self._stopping:
+            return 0
         now = self.clock()
         memory = self.pipeline.memory
+        self._reflecting = asyncio.current_task()
         try:
             due = memory.due(sorted(self.driven()), now)
             bots = [await self.reads.bot(b) for b in due]
@@ -233,6 +238,12 @@ class Worker:
         except Exception as exc:  # a job: the next run tries again
             log.warning("reflections: not drawn this time (%s)", type(exc).__name__)
             return 0
+        except asyncio.CancelledError:
+            if self._stopping:  # stop() cut it short: the job ends quietly
+                return 0
+            raise
+        finally:
+            self._reflecting = None
         return drawn
 
     def _write_id_file(self) -> None:
@@ -295,6 +306,15 @@ class Worker:
         if self._aps is not None:
             self._aps.shutdown(wait=False)
             self._aps = None
+        if self._reflecting is not None:  # an LLM call may take long: it is cut short
+            self._reflecting.cancel()
+            await asyncio.wait({self._reflecting}, timeout=self.stop_grace_s)
+        try:  # a running tick ends (it launches no turn once stopping)
+            await asyncio.wait_for(self._ticking.acquire(), self.stop_grace_s)
+            self._ticking.release()
+        except TimeoutError:
+            log.warning("worker %s: a tick still running after %.0f s is left behind",
+                        self.worker_id, self.stop_grace_s)
         await _finish(self._background, self.stop_grace_s, "bot connections")
         await _finish(self._tasks, self.stop_grace_s, "turns")
         if self.ledger is not None:
@@ -310,7 +330,14 @@ class Worker:
 
     # -- the tick and its turns -----------------------------------------------------------
     async def tick(self) -> None:
-        """Decide and launch the turns due now. Never raises (errors are counted)."""
+        """Decide and launch the turns due now. Never raises (errors are counted).
+        :meth:`stop` waits for a tick that is running."""
+        if self._stopping:
+            return
+        async with self._ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
         self.stats["ticks"] += 1
         if self.ledger is not None:
             await self.ledger.flush()

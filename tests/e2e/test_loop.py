@@ -301,6 +301,29 @@ async def test_kicked_bot_leaves_that_chat_and_others_go_on(world: World) -> Non
     assert all(m["from"]["id"] != kicked_token_bot for m in world.sandbox.messages(CHAT))
 
 
+async def test_stop_waits_for_a_running_tick(world: World) -> None:
+    """A tick deciding when stop() begins ends before stop() returns, rather than being
+    cancelled at the event loop's close (APScheduler logged that as a job's traceback: a
+    flaky ``botsim demo`` test)."""
+    import asyncio
+
+    worker = make_worker(world)
+    await worker.start()
+    deciding = asyncio.Event()
+    decide = worker.planner.decide
+
+    async def slow_decide(**kwargs: object) -> object:
+        deciding.set()
+        await asyncio.sleep(0.5)
+        return await decide(**kwargs)  # type: ignore[arg-type]
+
+    worker.planner.decide = slow_decide  # type: ignore[method-assign,assignment]
+    running = asyncio.create_task(worker.tick())  # as APScheduler's job
+    await asyncio.wait_for(deciding.wait(), 10)
+    await worker.stop()
+    assert running.done() and not running.cancelled() and running.exception() is None
+
+
 async def test_stop_cuts_a_hanging_send_and_records_it_unknown(world: World) -> None:
     """A send Telegram accepted but whose answer never came back is cancelled by stop()
     after the grace period and recorded ``unknown``, not left an ``intent``; a tick that
