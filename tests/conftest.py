@@ -1,6 +1,6 @@
 """Shared fixtures: one storage fixture parametrized over SQLite and PostgreSQL; Redis.
 
-The suite runs in parallel (pytest-xdist, ``-n 2``); every worker process keeps to resources
+The suite runs in parallel (pytest-xdist, ``-n 3``); every worker process keeps to resources
 of its own:
 
 - PostgreSQL: a database ``botsim_test_<pid>`` on 127.0.0.1:5432 (user ``postgres``), migrated

@@ -33,7 +33,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_the_test_command_runs_in_parallel_and_names_the_slowest_tests() -> None:
     command = README.split("<!-- test-command -->", 1)[1].splitlines()[2]
-    assert "-n 2" in command and "--dist loadgroup" in command  # pytest-xdist, 2 workers
+    assert "-n 3" in command and "--dist loadgroup" in command  # pytest-xdist, 3 workers
     assert "--durations=15" in command
 
 
