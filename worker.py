@@ -274,7 +274,7 @@ class Worker:
                 return
             if change.lost or change.released:
                 await self.held.disconnect([*change.lost, *change.released])
-                self.pipeline.memory.forget([*change.lost, *change.released])
+                self.pipeline.forget([*change.lost, *change.released])
             if change.won and not self._stopping:
                 self._connecting |= set(change.won)
                 task = asyncio.create_task(self._take_on(change.won))

@@ -577,6 +577,16 @@ class TurnPipeline:
                 await self.records.note_partial(turn, outcome.error)
         return outcome
 
+    def forget(self, bot_ids: Sequence[int]) -> None:
+        """Release what this pipeline keeps per bot (its last texts, the directions it
+        expressed, the changes of view counted, its memory stream) for bots this worker no
+        longer drives; a bot taken on again starts from the database."""
+        for bot_id in bot_ids:
+            self.own_recent.forget(bot_id)
+            self.expressed.pop(bot_id, None)
+            self._changes_seen.pop(bot_id, None)
+        self.memory.forget(bot_ids)
+
     def _count_changes(self, bot_id: int, views: BotViews) -> None:
         """Count the bot's changes of view not counted yet
         (``botsim_stance_changes_total{cause}``, :attr:`guard_counts` ``stance_change:*``)."""

@@ -131,3 +131,14 @@ async def test_reflections_go_through_the_chain_and_an_offline_answer_is_none() 
     [(bot_id, item)] = records.saved
     assert bot_id == BOT and item.kind == "reflection" and item in stream.items
     assert keeper.due([BOT], later) == []  # reflected: nothing due until more is said
+
+
+async def test_letting_a_bot_go_releases_what_the_pipeline_kept_of_it() -> None:
+    rig = Rig(FakeClient(), providers=(Recorder("Kur yükselecek bence."),))
+    await rig.pipeline.run(turn())
+    pipeline = rig.pipeline
+    assert pipeline.own_recent.of(BOT) and BOT in pipeline.expressed
+    assert BOT in pipeline.memory.book
+    pipeline.forget([BOT])
+    assert pipeline.own_recent.of(BOT) == () and BOT not in pipeline.expressed
+    assert BOT not in pipeline.memory.book
