@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backend.schemas import Holding, Stance
-from behavior_engine.stances import TOPIC_SYMBOLS
-from behavior_engine.topics import detect_topic
+from behavior_engine.topics import TOPIC_SYMBOLS, detect_topic, fold
 
 _UP = re.compile(
     r"(?<!\w)(?:yükselir|yükselecek\w*|yükselişe geçer|yükselmeye devam|çıkar|çıkacak\w*"
@@ -60,17 +59,13 @@ _HAVE_TR = r"(?:portföyümdeki|elimdeki|benim)\s+(?:{a})|(?:{a})\s+(?:aldım|to
 _HAVE_EN = r"my (?:{a})|i (?:own|hold|bought) (?:some )?(?:{a})"
 
 
-def _fold(text: str) -> str:
-    return text.replace("I", "ı").replace("İ", "i").lower() + "\n" + text.lower()
-
-
 def expected_direction(text: str) -> str | None:
     """The direction ``text`` expects: ``bullish``, ``bearish`` or None (none, or both).
 
     Forward-looking and opinion phrases only (module docstring); "düşmez" / "won't fall"
     count as up, "çıkmaz" / "won't rise" as down.
     """
-    low = _fold(text)
+    low = fold(text)
     up = len(_NOT_DOWN.findall(low))
     down = len(_NOT_UP.findall(low))
     rest = _NOT_UP.sub(" ", _NOT_DOWN.sub(" ", low))
@@ -86,7 +81,7 @@ def expected_direction(text: str) -> str | None:
 def holding_claims(text: str) -> tuple[set[str], set[str]]:
     """Topics ``text`` claims, in the first person, to hold and to hold none of (or to have
     sold all of): ``(holds, holds_none)``."""
-    low = _fold(text)
+    low = fold(text)
     holds: set[str] = set()
     none: set[str] = set()
     for topic, asset in _ASSET.items():

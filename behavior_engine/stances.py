@@ -37,6 +37,7 @@ import numpy as np
 from backend.schemas import Stance, WorldEvent
 from behavior_engine.events import EventBook
 from behavior_engine.market import MarketFeed
+from behavior_engine.topics import TOPIC_SYMBOLS
 
 #: Seconds between two examinations of a view (the grid's step).
 STEP_S = 60
@@ -44,9 +45,6 @@ STEP_S = 60
 MOVE_PCT = 1.0
 #: A view of at least this conviction is not moved by events (the market still moves it).
 IMMOVABLE = 0.95
-#: Topic → the symbol whose price moves views on it.
-TOPIC_SYMBOLS: dict[str, str] = {"usdtry": "USDTRY", "bist100": "BIST100", "btc": "BTC",
-                                 "gold": "GOLD"}
 ORDER = ("bearish", "neutral", "bullish")
 #: How long a change stays in the prompt ("you changed your mind 12 min ago because ...").
 RECENT_CHANGE = timedelta(minutes=60)

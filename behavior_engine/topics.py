@@ -27,7 +27,12 @@ TOPIC_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
-def _fold(text: str) -> str:
+#: Topic id → the market symbol whose price it is about (``rates`` and ``inflation`` have
+#: none): the offline generator quotes it, views move with it, holdings are checked by it.
+TOPIC_SYMBOLS: dict[str, str] = {t: t.upper() for t in ("usdtry", "bist100", "btc", "gold")}
+
+
+def fold(text: str) -> str:
     """Lower-case the Turkish way (I → ı, İ → i) and the English way, both searched."""
     turkish = text.replace("I", "ı").replace("İ", "i").lower()
     return f"{turkish}\n{text.lower()}"
@@ -39,7 +44,7 @@ def detect_topic(text: str, default: str | None = None) -> str | None:
     Returns:
         The topic with most keyword hits; ties go to the one mentioned first.
     """
-    low = _fold(text)
+    low = fold(text)
     best: tuple[int, int, str] | None = None
     for topic, pattern in TOPIC_PATTERNS.items():
         hits = [m.start() for m in pattern.finditer(low)]

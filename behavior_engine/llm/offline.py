@@ -51,12 +51,10 @@ import yaml
 
 from backend.schemas import Stance
 from behavior_engine.llm.phrase_memory import PhraseMemory, Recent, bigrams
-from behavior_engine.topics import detect_topic
+from behavior_engine.topics import TOPIC_SYMBOLS, detect_topic
 from behavior_engine.turn import ChatLine, Generation, GenerationRequest, TurnContext
 
 MODEL = "templates-v1"
-#: Topic id → market symbol whose numbers the topic's messages quote.
-TOPIC_SYMBOLS: dict[str, str] = {t: t.upper() for t in ("usdtry", "bist100", "btc", "gold")}
 MACRO_TOPICS = frozenset({"rates", "inflation"})
 _DECIMALS = {"USDTRY": 2, "BIST100": 0, "BTC": 0, "GOLD": 0}
 #: Chance a reply to a like-minded message agrees outright ("aynen", "katılıyorum") rather
