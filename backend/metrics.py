@@ -196,6 +196,113 @@ FENCED_OUT = Counter(
     "Turn writes refused because the worker's fencing token was stale (lease moved).",
 )
 
+HUMAN_REPLY_LATENCY = Histogram(
+    "botsim_human_reply_latency_seconds",
+    "Answers to a person: from the person's message stored by the listener to Telegram's"
+    " answer to the bot's reply, seconds (reading and typing pauses included: what the"
+    " person waits). One observation per answer.",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+CHAT_MESSAGES = Counter(
+    "botsim_chat_messages",
+    "Bot messages sent, by botsim chat id (one label value per group: with 100,000 groups,"
+    " drop the label with a relabel rule or aggregate it in a recording rule).",
+    ["chat"],
+)
+CHAT_GAP = Histogram(
+    "botsim_chat_gap_seconds",
+    "Seconds between a bot message and the message before it in its chat (any sender):"
+    " the rhythm REALISM.md's inter-message gaps describe.",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+)
+TELEGRAM_ERRORS = Counter(
+    "botsim_telegram_errors",
+    "Bot API calls of the engine that failed, by method (sendMessage, getMe, setWebhook…)"
+    " and error: retry_after (429), forbidden (403), unauthorized (401), bad_request"
+    " (400), server (5xx), network (no answer), timeout.",
+    ["method", "error"],
+)
+WEBHOOK_REQUESTS = Counter(
+    "botsim_webhook_requests",
+    "Webhook POSTs the listener answered, by HTTP status code (200 taken or a redelivery;"
+    " 401/403 secret or bot refused; 422 not an update; 500/503 not stored, Telegram"
+    " redelivers).",
+    ["status"],
+)
+LLM_BUDGET_LEFT = Gauge(
+    "botsim_llm_budget_left_ratio",
+    "Share of an LLM provider's budget left before its headroom (0–1), by limit"
+    " (requests_per_min, tokens_per_min, tokens_per_day); only limits that are set."
+    " Groq's free tier stops at a daily token cap (console.groq.com/docs/rate-limits).",
+    ["provider", "limit"],
+)
+LLM_FAILOVERS = Counter(
+    "botsim_llm_failovers",
+    "Chain calls answered by a provider other than the first of the chain (fallback), by"
+    " the provider that answered (offline = the last resort).",
+    ["provider"],
+)
+REPLY_STREAM_PENDING = Gauge(
+    "botsim_reply_stream_pending",
+    "Human messages in the reply stream waiting for a worker to take them (the stream's"
+    " length past the last entry a worker read), as this process last saw it.",
+)
+
+
+#: Label values known in advance, exported as 0 from a process's start
+#: (:func:`init_series`): a counter that has not counted yet still has a series, so
+#: ``rate()`` and the alerts see 0 rather than nothing (Prometheus, "Instrumentation",
+#: avoid missing metrics).
+TURN_OUTCOMES = ("sent", "retry", "failed", "unknown", "skipped", "rate_limited",
+                 "duplicate")
+TELEGRAM_ERROR_KINDS = ("retry_after", "forbidden", "unauthorized", "bad_request", "server",
+                        "network", "timeout")
+SEND_UNKNOWN_REASONS = ("no_answer", "interrupted", "reconciled")
+WEBHOOK_STATUSES = ("200", "401", "403", "404", "500")
+_ROLES = ("worker", "listener", "api")
+
+
+def init_series(role: str) -> None:
+    """Create the series of ``role``'s metrics whose label values are known, at 0.
+
+    Args:
+        role: ``worker`` (turns, sends, leases, guards, Telegram errors of sendMessage),
+            ``listener`` (webhook answers, Telegram errors of setWebhook), ``api`` (none
+            yet: its cache and database series come with its first requests).
+
+    Raises:
+        ValueError: for another role.
+    """
+    if role not in _ROLES:
+        raise ValueError(f"metrics role {role!r}: expected one of {', '.join(_ROLES)}")
+    if role == "worker":
+        for outcome in TURN_OUTCOMES:
+            TURNS.labels(outcome=outcome)
+        for reason in SEND_UNKNOWN_REASONS:
+            SEND_UNKNOWN.labels(reason=reason)
+        for error in TELEGRAM_ERROR_KINDS:
+            TELEGRAM_ERRORS.labels(method="sendMessage", error=error)
+        for change in ("acquired", "released", "lost"):
+            LEASE_CHANGES.labels(change=change)
+        for reason in ("kicked", "left"):
+            BOT_MEMBERSHIP_LOST.labels(reason=reason)
+        BOTS_DISABLED.labels(reason="token_refused")
+        for outcome in ("complete", "partial"):
+            SPLIT_SENDS.labels(outcome=outcome)
+        for cause in ("market", "event"):
+            STANCE_CHANGES.labels(cause=cause)
+        for op in ("acquire", "block", "blocked_for"):
+            RATELIMIT_FALLBACK.labels(op)
+        for guard in ("repeat", "safety", "stance", "agreement"):
+            for outcome in ("passed", "regenerated", "dropped", "kept_for_human"):
+                GUARD_OUTCOMES.labels(guard=guard, outcome=outcome)
+    if role == "listener":
+        for status in WEBHOOK_STATUSES:
+            WEBHOOK_REQUESTS.labels(status=status)
+        for error in TELEGRAM_ERROR_KINDS:
+            TELEGRAM_ERRORS.labels(method="setWebhook", error=error)
+        LISTENER_UPDATES.labels(kind="message")
+
 
 def metrics_app() -> Any:
     """An ASGI app serving the default registry in the Prometheus text format."""

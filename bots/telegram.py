@@ -34,6 +34,7 @@ from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from backend import metrics
 from backend.errors import (
     TelegramBadRequest,
     TelegramChatMigrated,
@@ -154,8 +155,43 @@ def retry_after_seconds(exc: tg_error.RetryAfter) -> float:
     return float(value)
 
 
-def translate_error(exc: tg_error.TelegramError, *, bot_id: int | None) -> TelegramError:
-    """Map a python-telegram-bot error to botsim's error tree (see the module table)."""
+def translate_error(exc: tg_error.TelegramError, *, bot_id: int | None,
+                    method: str = "other") -> TelegramError:
+    """Map a python-telegram-bot error to botsim's error tree (see the module table), and
+    count it in ``botsim_telegram_errors_total{method, error}``.
+
+    Args:
+        exc: what python-telegram-bot raised.
+        bot_id: our id of the bot (carried by the error; the token never is).
+        method: the Bot API method called (``sendMessage``…), the metric's label.
+    """
+    error = translated(exc, bot_id=bot_id)
+    metrics.TELEGRAM_ERRORS.labels(method=method, error=_error_label(exc)).inc()
+    return error
+
+
+def _error_label(exc: tg_error.TelegramError) -> str:
+    """The ``error`` label of ``botsim_telegram_errors_total`` for a python-telegram-bot
+    error: retry_after (429), forbidden (403), unauthorized (401), bad_request (400 and
+    other refusals), timeout, network (no HTTP answer), server (an HTTP 5xx answer)."""
+    if isinstance(exc, tg_error.RetryAfter):
+        return "retry_after"
+    if isinstance(exc, tg_error.InvalidToken):
+        return "unauthorized"
+    if isinstance(exc, tg_error.Forbidden):
+        return "forbidden"
+    if isinstance(exc, tg_error.TimedOut):
+        return "timeout"
+    if isinstance(exc, tg_error.NetworkError):
+        # an HTTP answer (5xx) raises NetworkError itself; a transport failure chains
+        # httpx's error as the cause
+        return "network" if isinstance(exc.__cause__, httpx.HTTPError) else "server"
+    return "bad_request"
+
+
+def translated(exc: tg_error.TelegramError, *, bot_id: int | None) -> TelegramError:
+    """Map a python-telegram-bot error to botsim's error tree (see the module table),
+    counting nothing."""
     if isinstance(exc, tg_error.RetryAfter):
         return TelegramRetryAfter(retry_after_seconds(exc), bot_id=bot_id)
     if isinstance(exc, tg_error.ChatMigrated):
@@ -233,7 +269,7 @@ class BotClient:
         try:
             await self._bot.initialize()
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="getMe") from exc
 
     async def close(self) -> None:
         """Close the client's connections (also when :meth:`start` was never called)."""
@@ -266,7 +302,7 @@ class BotClient:
                 message_thread_id=message_thread_id,
             )
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="sendMessage") from exc
         date = msg.date if msg.date.tzinfo else msg.date.replace(tzinfo=UTC)
         shown = msg.reply_to_message.message_id if msg.reply_to_message is not None else None
         return SentMessage(message_id=msg.message_id, date=date, chat_id=msg.chat_id,
@@ -281,7 +317,7 @@ class BotClient:
         try:
             await self._bot.send_chat_action(chat_id=chat_id, action="typing")
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="sendChatAction") from exc
 
     async def set_webhook(
         self, *, url: str, secret_token: str, allowed_updates: list[str] | None = None
@@ -298,7 +334,7 @@ class BotClient:
                 allowed_updates=allowed_updates or list(ALLOWED_UPDATES),
             )
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="setWebhook") from exc
 
     async def get_me(self) -> BotIdentity:
         """getMe: the bot the token belongs to and its settings (privacy mode, joining).
@@ -310,7 +346,7 @@ class BotClient:
         try:
             user = await self._bot.get_me()
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="getMe") from exc
         return BotIdentity(
             user_id=int(user.id), username=user.username or "", first_name=user.first_name,
             can_join_groups=bool(user.can_join_groups),
@@ -330,7 +366,7 @@ class BotClient:
         try:
             member = await self._bot.get_chat_member(chat_id=chat_id, user_id=user_id)
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="getChatMember") from exc
         except (TypeError, KeyError, ValueError) as exc:  # a ChatMember missing its fields
             raise TelegramUnavailable(f"malformed getChatMember answer: {type(exc).__name__}",
                                       delivered_unknown=False, bot_id=self.bot_id) from exc
@@ -345,7 +381,7 @@ class BotClient:
         try:
             info = await self._bot.get_webhook_info()
         except tg_error.TelegramError as exc:
-            raise translate_error(exc, bot_id=self.bot_id) from exc
+            raise translate_error(exc, bot_id=self.bot_id, method="getWebhookInfo") from exc
         return WebhookState(
             url=info.url or "", pending_update_count=int(info.pending_update_count or 0),
             last_error_date=_aware(info.last_error_date),

@@ -193,6 +193,22 @@ class Budget:
             )
         }
 
+    def left_ratio(self) -> dict[str, float]:
+        """Share of each set limit left now before its headroom, 0–1, keyed
+        ``requests_per_min``, ``tokens_per_min``, ``tokens_per_day`` (the metric's labels);
+        limits that are not set are left out."""
+        now = self.clock()
+        keep = 1.0 - self.headroom
+        return {
+            label: max(0.0, 1.0 - counter.total(now) / (limit * keep))
+            for label, limit, counter in (
+                ("requests_per_min", self.requests_per_min, self._rpm),
+                ("tokens_per_min", self.tokens_per_min, self._tpm),
+                ("tokens_per_day", self.tokens_per_day, self._tpd),
+            )
+            if limit is not None and limit > 0
+        }
+
     def used_today(self) -> float:
         """Tokens counted in the last 24 h."""
         return self._tpd.total(self.clock())
