@@ -342,7 +342,9 @@ class TwoLayerCache:
         try:
             return codec.loads(raw)
         except Exception as exc:  # any codec's decode error: treat as a miss, reload
-            log.debug("cache: undecodable L2 entry %s (%s), reloading", ck, exc)
+            # the class only: a decode error may quote the entry (a chat's messages)
+            log.debug("cache: undecodable L2 entry %s (%s), reloading", ck,
+                      type(exc).__name__)
             return _MISSING
 
     # ---------------------------------------------------------------- writes

@@ -51,14 +51,15 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     SQLite (``sqlite+aiosqlite:///path``) gets WAL, a 5 s busy timeout and foreign keys on,
     so a listener and a worker can share the file. PostgreSQL (``postgresql+asyncpg://``)
     gets a pool of ``pool_size`` connections. Every statement counts in
-    ``botsim_db_queries_total``.
+    ``botsim_db_queries_total``. A database error's text (and ``echo``) never shows the
+    statement's parameters: they hold people's messages and names (``hide_parameters``).
 
     Args:
         url: SQLAlchemy async URL.
         pool_size: PostgreSQL pool size (ignored for SQLite).
         echo: log every statement (debugging).
     """
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
         kwargs["connect_args"] = {"timeout": 5}
