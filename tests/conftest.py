@@ -22,6 +22,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from argon2 import PasswordHasher
@@ -60,7 +61,7 @@ def cheap_hasher() -> PasswordHasher:
                           salt_len=CHEAPEST.salt_len)
 
 
-def service_missing(what: str, why: str) -> None:
+def service_missing(what: str, why: str) -> NoReturn:
     """Skip on a laptop, fail in CI, naming the missing service and why."""
     msg = f"{what} not reachable: {why}"
     if os.environ.get("CI"):
