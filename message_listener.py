@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from backend import metrics
+from backend import metrics, tracing
 from backend.cache import TwoLayerCache
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Chat
@@ -390,7 +392,21 @@ async def webhook(request: Request) -> JSONResponse:
     and counted: 500 when the database is unreachable (Telegram retries, and may succeed),
     else 200 ``{"ok": false}`` (a retry would fail again, and Telegram retries for 24 h,
     holding back the chat's later updates).
+
+    The request is a ``webhook`` server span, the root of the human message's trace (a
+    ``traceparent`` sent by the caller is not followed: Telegram is outside our traces), with
+    ``store`` and ``dispatch`` (:meth:`behavior_engine.replies.ReplyDispatcher.dispatch`) as
+    children.
     """
+    with tracing.span("webhook", kind=SpanKind.SERVER, context=Context(), attributes={
+            "http.request.method": "POST", "http.route": "/webhook/{bot_id}"}) as span:
+        response = await _answer(request)
+        _traced_answer(span, request, response)
+    return response
+
+
+async def _answer(request: Request) -> JSONResponse:
+    """:func:`webhook`'s answer, its unexpected errors included."""
     state: ListenerState = request.app.state.listener
     try:
         return await _webhook(request, state)
@@ -447,7 +463,9 @@ async def _webhook(request: Request, state: ListenerState) -> JSONResponse:
         return _error(400, f"malformed update: {where}")
     state.stats["updates"] += 1
     try:
-        taken = await _take(state, bot_id, upd)
+        with tracing.span("store", attributes={"botsim.update_id": upd.update_id}) as span:
+            taken = await _take(state, bot_id, upd)
+            _traced_store(span, upd, taken)
     except _Refused as exc:
         state.stats["malformed"] += 1
         log.warning("webhook for bot %s: malformed update: %s", bot_id, exc)
@@ -486,6 +504,35 @@ async def _webhook(request: Request, state: ListenerState) -> JSONResponse:
     if answer is not None:  # the command's answer rides on the webhook's answer
         return JSONResponse(answer)
     return JSONResponse({"ok": True, "stored": stored})
+
+
+def _traced_answer(span: Span, request: Request, response: JSONResponse) -> None:
+    """The webhook span's bot id and status code; a 5xx sets the status ERROR."""
+    if not span.is_recording():
+        return
+    raw = request.path_params.get("bot_id", "")
+    if isinstance(raw, str) and raw.isdigit():
+        span.set_attribute(tracing.BOT_ID, int(raw))
+    span.set_attribute("http.response.status_code", response.status_code)
+    if response.status_code >= 500:
+        tracing.failed(span, str(response.status_code))
+
+
+def _traced_store(span: Span, upd: TgUpdate, taken: JSONResponse | Taken) -> None:
+    """The store span's update kind, chat and message ids (never the text)."""
+    if not span.is_recording():
+        return
+    span.set_attribute("botsim.update_kind", upd.kind())
+    if isinstance(taken, JSONResponse):
+        return
+    stored, chat_id, item, _answer = taken
+    span.set_attribute("botsim.stored", stored)
+    if chat_id is not None:
+        span.set_attribute(tracing.CHAT_ID, chat_id)
+    if item is not None:
+        span.set_attributes({"botsim.message_id": item.message_id,
+                             "messaging.message.id": str(item.telegram_message_id),
+                             "botsim.reply_wanted": item.reply_wanted})
 
 
 async def live(_request: Request) -> JSONResponse:

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
             development generates ``<data_dir>/secret.key``. Changing it logs everyone out
             and invalidates every API token.
         session_ttl_s: seconds a browser session of the admin API lives after login.
+        tracing: ``off`` (default: no spans, nearly no cost) or ``otlp``: each process
+            exports one trace per turn over OTLP/HTTP (``backend.tracing``), to where the
+            standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+            say (default ``http://localhost:4318``); ``OTEL_SERVICE_NAME`` and
+            ``OTEL_RESOURCE_ATTRIBUTES`` are read by the OpenTelemetry SDK.
     """
 
     model_config = SettingsConfigDict(env_prefix="BOTSIM_", extra="ignore")
@@ -124,6 +129,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     secret_key: SecretStr | None = None
     session_ttl_s: int = Field(default=43_200, gt=0, le=31_536_000)
+    tracing: Literal["off", "otlp"] = "off"
 
     @field_validator("database_url")
     @classmethod

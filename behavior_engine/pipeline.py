@@ -77,7 +77,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from backend import metrics
+from opentelemetry.trace import Span, SpanKind
+
+from backend import metrics, tracing
 from backend.db.types import utcnow
 from backend.errors import (
     FencedOut,
@@ -469,11 +471,24 @@ class TurnPipeline:
         """Carry out ``turn``; ``decided`` is ``time.perf_counter()`` at its decision (for
         the latency figures; default: now). Returns how it ended; raises only when
         cancelled (a send in flight is then recorded ``unknown``)."""
+        carried = turn.traceparent is not None
+        with tracing.span(
+                "turn", context=tracing.parent_of(turn.traceparent),
+                kind=SpanKind.CONSUMER if carried else SpanKind.INTERNAL,
+                attributes=_turn_attributes(turn, self.worker_id)) as span:
+            outcome = await self._run(turn, decided)
+            _traced_outcome(span, outcome.status)
+            return outcome
+
+    async def _run(self, turn: Turn, decided: float | None) -> Outcome:
+        """:meth:`run`'s body, inside the turn's span: a child of the human message's trace
+        (``turn.traceparent``) or a root span (:mod:`backend.tracing`)."""
         decided = decided if decided is not None else time.perf_counter()
         client = self.holder.client(turn.bot_id)
         token = self.holder.token(turn.bot_id)
         if client is None or token is None or not self.holder.valid(turn.bot_id):
             return Outcome(turn=turn, status="skipped", error="bot not held")
+        prompt_span = tracing.start("prompt")  # ended once the request is built
         t0 = time.perf_counter()
         bot = await self.reads.bot(turn.bot_id)
         history = await self.reads.history(turn.chat_id)
@@ -497,6 +512,8 @@ class TurnPipeline:
         )
         request = build_request(ctx)
         metrics.PROMPT_ASSEMBLY.observe(time.perf_counter() - t0)
+        prompt_span.set_attribute("botsim.prompt.messages", len(request.messages))
+        prompt_span.end()
         sim = await self.reads.settings()
         pace = Pace.of(sim, bot.persona)
         read_s = pace.reading_s(turn.reply_to.text) if turn.reply_to is not None else 0.0
@@ -545,9 +562,13 @@ class TurnPipeline:
         parts = split_text(generation.text)
         dropped = len(parts) > MAX_PARTS
         parts = parts[:MAX_PARTS]
-        posted = await self._post(turn, client, turn.telegram_chat_id, parts[0], reply_id)
+        with tracing.span("send", kind=SpanKind.CLIENT,
+                          attributes={"botsim.parts": len(parts)}) as send_span:
+            posted = await self._post(turn, client, turn.telegram_chat_id, parts[0], reply_id)
+            _traced_outcome(send_span, posted.status if isinstance(posted, _Refused) else "sent")
         if isinstance(posted, _Refused):
-            await self.records.finish(turn, posted.record, posted.error)
+            with tracing.span("commit"):
+                await self.records.finish(turn, posted.record, posted.error)
             return Outcome(turn=turn, status=posted.status, error=posted.error,
                            retry_after=posted.retry_after)
         message, shown_reply = posted
@@ -561,7 +582,8 @@ class TurnPipeline:
                     reply_to=shown_reply, mood=ctx.mood, timing=timing, parts=len(parts),
                     text=parts[0] if len(parts) > 1 else None, views=view_map,
                     event_id=ctx.event_id if ctx.topic in ctx.news_topics else None)
-        await self._stored(turn, self.records.commit_sent(sent))
+        with tracing.span("commit"):
+            await self._stored(turn, self.records.commit_sent(sent))
         self._expressed(turn, generation.text, view_map)
         if sent.event_id is not None and self.events is not None:
             for note in self.events.recent(now):
@@ -735,7 +757,11 @@ class TurnPipeline:
                     turn.bot_id) is not client:
                 why = "bot let go before the send"
             else:
-                posted = await self._post(turn, client, chat_id, text, None, part=(k, n))
+                with tracing.span("send", kind=SpanKind.CLIENT,
+                                  attributes={"botsim.part": k}) as send_span:
+                    posted = await self._post(turn, client, chat_id, text, None, part=(k, n))
+                    _traced_outcome(send_span, posted.status if isinstance(posted, _Refused)
+                                    else "sent")
                 if isinstance(posted, _Refused):
                     why = posted.error
                 else:
@@ -909,6 +935,26 @@ class TurnPipeline:
             else:
                 return message, (reply if _reply_shown(message, reply) else None)
         return _Refused("failed", "failed", "send refused three times")
+
+
+def _turn_attributes(turn: Turn, worker_id: str) -> dict[str, str | int]:
+    """A turn span's attributes: its ids and why it was taken (never a text)."""
+    attrs: dict[str, str | int] = {
+        tracing.TURN_ID: turn.turn_id, tracing.CHAT_ID: turn.chat_id,
+        tracing.BOT_ID: turn.bot_id, tracing.WORKER_ID: worker_id,
+        "botsim.turn.reason": turn.reason, "botsim.topic": turn.topic}
+    if turn.reply_message_id is not None:
+        attrs["botsim.reply_message_id"] = turn.reply_message_id
+    return attrs
+
+
+def _traced_outcome(span: Span, status: str) -> None:
+    """Put an outcome (``sent``, ``failed``, ``unknown``, ``skipped``...) on ``span``;
+    ``failed`` and ``unknown`` set the status ERROR."""
+    if span.is_recording():
+        span.set_attribute(tracing.OUTCOME, status)
+        if status in ("failed", "unknown"):
+            tracing.failed(span, status)
 
 
 def _reply_shown(message: SentMessage, asked: int | None) -> bool:

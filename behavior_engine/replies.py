@@ -33,9 +33,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend import keys
+from backend import keys, tracing
 from backend.db.types import utcnow
 from backend.stores import messages as message_store
 from behavior_engine.context import to_line
@@ -61,6 +62,8 @@ class ReplyRequest:
         bot_id: the chosen replier.
         line: the human message as the scheduler and the prompt read it.
         reply_to_bot_id: our bot whose message the human replied to, if any.
+        traceparent: the W3C ``traceparent`` of the listener's ``dispatch`` span (the reply
+            turn's span is its child: one trace), or None (tracing off).
     """
 
     entry_id: str
@@ -69,11 +72,13 @@ class ReplyRequest:
     bot_id: int
     line: ChatLine
     reply_to_bot_id: int | None
+    traceparent: str | None = None
 
     def waiting(self, bots: tuple[int, ...]) -> WaitingMessage:
         """The request as the scheduler's :class:`WaitingMessage` assigned to ``bots``."""
         return WaitingMessage(message_id=self.message_id, line=self.line,
-                              reply_to_bot_id=self.reply_to_bot_id, assigned=bots)
+                              reply_to_bot_id=self.reply_to_bot_id, assigned=bots,
+                              traceparent=self.traceparent)
 
 
 def _s(v: Any) -> str:
@@ -90,9 +95,12 @@ def _parse(entry_id: Any, fields: dict[Any, Any]) -> ReplyRequest | None:
             bot_id=None, created_at=datetime.fromisoformat(body["at"]),
         )
         rtb = data.get("reply_to_bot")
+        carried = data.get(tracing.TRACEPARENT)
         return ReplyRequest(
             entry_id=_s(entry_id), message_id=int(data["message"]), chat_id=int(data["chat"]),
             bot_id=int(data["bot"]), line=line, reply_to_bot_id=int(rtb) if rtb else None,
+            traceparent=carried if carried and len(carried) <= tracing.TRACEPARENT_MAX
+            else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         log.error("reply stream entry %s unreadable (%s): dropped from the stream; the sweep "
@@ -118,6 +126,10 @@ class ReplyStream:
                   reply_to_bot_id: int | None) -> list[str]:
         """Add one entry per bot for the human message ``item``; record the dispatch.
 
+        Each entry carries the current span's ``traceparent`` (and ``tracestate``) when a
+        span is recording (:func:`backend.tracing.inject`), so the reply turn continues the
+        human message's trace.
+
         Returns:
             The new entry ids.
         """
@@ -125,10 +137,12 @@ class ReplyStream:
                            "username": item.speaker_username, "text": item.text,
                            "at": item.created_at.isoformat()})
         min_id = int((datetime.now(UTC) - HUMAN_WAIT_MAX).timestamp() * 1000)
+        carried = tracing.inject({})  # empty unless a span is recording
         async with self.redis.pipeline(transaction=True) as pipe:
             for bot in bot_ids:
                 fields: dict[str, str | int] = {
-                    "message": item.message_id, "chat": chat_id, "bot": bot, "line": line}
+                    "message": item.message_id, "chat": chat_id, "bot": bot, "line": line,
+                    **carried}
                 if reply_to_bot_id is not None:
                     fields["reply_to_bot"] = reply_to_bot_id
                 pipe.xadd(self.key, fields, minid=min_id, approximate=True)  # type: ignore[arg-type]
@@ -211,7 +225,8 @@ class ReplyDispatcher:
 
     async def dispatch(self, chat_id: int, item: HistoryItem) -> list[int]:
         """Choose the repliers of the human message ``item`` of ``chat_id`` and add the
-        requests to the stream.
+        requests to the stream, in a ``dispatch`` span (a producer span: its context rides
+        in the entries, :meth:`ReplyStream.add`).
 
         Returns:
             The chosen bot ids (empty when the chat has no enabled member bot, or the
@@ -221,6 +236,21 @@ class ReplyDispatcher:
             redis.RedisError: the stream is unreachable (the message stays stored and
                 waiting; the sweep dispatches it again).
         """
+        with tracing.span(
+                "dispatch", kind=SpanKind.PRODUCER,
+                attributes={tracing.CHAT_ID: chat_id, "messaging.system": "redis",
+                            "messaging.operation.type": "send",
+                            "messaging.destination.name": self.stream.key,
+                            "botsim.message_id": item.message_id},
+        ) as span:
+            chosen = await self._dispatch(chat_id, item)
+            if span.is_recording():
+                span.set_attribute("messaging.batch.message_count", len(chosen))
+                span.set_attribute("botsim.repliers", chosen)
+            return chosen
+
+    async def _dispatch(self, chat_id: int, item: HistoryItem) -> list[int]:
+        """:meth:`dispatch`'s body."""
         sim = await self.reads.settings()
         chat = next((c for c in await self.reads.chats() if c.id == chat_id), None)
         if chat is None or not chat.bot_ids or not sim.simulation_active:

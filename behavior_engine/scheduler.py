@@ -155,12 +155,15 @@ class WaitingMessage:
         assigned: the repliers already chosen for it (sharded workers: chosen once, by the
             listener's dispatch, and delivered to the owning worker); None: the scheduler
             chooses among the chat's bots.
+        traceparent: the W3C trace context its reply turns continue (the listener's
+            dispatch span), or None.
     """
 
     message_id: int
     line: ChatLine
     reply_to_bot_id: int | None = None
     assigned: tuple[int, ...] | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,7 @@ class _Planned:
     waiting_id: int  # Telegram message id of the human message
     reason: str
     message_id: int | None = None  # our messages.id of the human message
+    traceparent: str | None = None  # the human message's trace (WaitingMessage)
 
 
 @dataclass(slots=True)
@@ -407,7 +411,8 @@ class Scheduler:
                                     turn_id=reply_turn_id(chat.chat_id, planned.waiting_id,
                                                           bot.bot_id),
                                     reply_message_id=planned.message_id,
-                                    not_before=max(planned.due, now)))
+                                    not_before=max(planned.due, now),
+                                    traceparent=planned.traceparent))
             speakers.add(bot.bot_id)
             room -= 1
         st.lead = slot_lead(settings)
@@ -603,6 +608,7 @@ class Scheduler:
                         waiting_id=key,
                         reason="mention" if direct else "human",
                         message_id=waiting.message_id,
+                        traceparent=waiting.traceparent,
                     )
                 )
 
@@ -853,7 +859,7 @@ class Scheduler:
     def _turn(
         self, chat: ChatView, bot: BotView, reply_to: ChatLine | None, reason: str,
         now: datetime, *, turn_id: str | None = None, reply_message_id: int | None = None,
-        not_before: datetime | None = None,
+        not_before: datetime | None = None, traceparent: str | None = None,
     ) -> Turn:
         return Turn(
             # unique across runs and processes; deterministic for a reply to a human
@@ -867,6 +873,7 @@ class Scheduler:
             reason=reason,  # type: ignore[arg-type]
             decided_at=now,
             not_before=not_before,
+            traceparent=traceparent,
         )
 
 

@@ -80,6 +80,9 @@ class Turn:
         reply_message_id: our ``messages.id`` of the human message a reply answers.
         not_before: aware UTC due time: the pipeline does not send before it (sends follow
             the chat's rhythm, not the worker's tick grid); None: send when ready.
+        traceparent: the W3C trace context of the human message a reply answers (the
+            listener's dispatch span, carried by the reply stream): the turn's span is its
+            child; None: the turn starts a trace of its own.
     """
 
     turn_id: str
@@ -92,6 +95,7 @@ class Turn:
     decided_at: datetime
     reply_message_id: int | None = None
     not_before: datetime | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -514,14 +514,24 @@ def _join_dash_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+#: The commands that are processes of their own, traced as ``botsim-<command>`` when
+#: ``BOTSIM_TRACING`` says so (``backend.tracing``).
+TRACED = ("worker", "listener", "api", "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botsim`` command; returns the exit code."""
     args = _parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     configure_process()
+    traced = False
     try:
         settings = load_settings()
         # The conversation (demo) or the figures (load test) are the output: warnings only.
         configure_logging(settings, quiet=args.command in ("demo", "loadtest"))
+        if args.command in TRACED and not getattr(args, "check", False):
+            from backend.tracing import configure_tracing
+
+            traced = configure_tracing(settings, f"botsim-{args.command}")
         if args.command == "demo":
             from botsim.demo import DemoOptions, run_demo
 
@@ -609,6 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotsimError as exc:
         print(f"botsim: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if traced:  # the spans still queued go out before the process ends
+            from backend.tracing import shutdown_tracing
+
+            shutdown_tracing()
     return 0
 
 

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opentelemetry.trace import Span
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -38,7 +39,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from backend import metrics
+from backend import metrics, tracing
 from backend.errors import (
     ProviderError,
     ProviderRateLimited,
@@ -211,7 +212,27 @@ class ProviderChain:
         Returns:
             The generation and the skipped providers with their reasons. Never raises for
             provider failures: the last resort answers.
+
+        Traced as an ``llm`` span (the answering provider, model, tokens, the providers
+        left) with one ``llm.attempt`` child per attempt (:mod:`backend.tracing`).
         """
+        with tracing.span("llm") as span:
+            result = await self._generate(request, order)
+            if span.is_recording():
+                gen = result.generation
+                span.set_attributes({
+                    "gen_ai.provider.name": gen.provider,
+                    **({"gen_ai.response.model": gen.model} if gen.model else {}),
+                    "gen_ai.usage.input_tokens": gen.prompt_tokens,
+                    "gen_ai.usage.output_tokens": gen.completion_tokens,
+                    "botsim.llm.skipped": [f"{k.provider}: {k.reason.split(':', 1)[0]}"
+                                           for k in result.skipped],
+                    tracing.OUTCOME: "fallback" if result.skipped else "ok"})
+            return result
+
+    async def _generate(self, request: GenerationRequest,
+                        order: Sequence[str] | None) -> ChainResult:
+        """:meth:`generate`'s body."""
         skipped: list[Skip] = []
         for name in order if order is not None else self.order:
             entry = self.entries.get(name)
@@ -231,7 +252,11 @@ class ProviderChain:
                 skipped.append(Skip(name, f"{_outcome(exc)}: {exc}"))
                 continue
             return self._answered(generation, skipped)
-        return self._answered(await self.last_resort.generate(request), skipped)
+        with tracing.span("llm.attempt", attributes={
+                "gen_ai.provider.name": self.last_resort.name, "botsim.llm.attempt": 1}) as span:
+            generation = await self.last_resort.generate(request)
+            _traced_answer(span, generation)
+        return self._answered(generation, skipped)
 
     def _answered(self, generation: Generation, skipped: list[Skip]) -> ChainResult:
         for skip in skipped:
@@ -301,16 +326,23 @@ class ProviderChain:
     ) -> Generation:
         model = getattr(entry.provider, "model", None)
         t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(limit_s):
-                generation = await entry.provider.generate(request)
-        except TimeoutError:
-            exc: ProviderError = ProviderUnavailable(entry.name, f"no answer in {limit_s:.1f} s")
-            await self._failed(entry, request, model, exc, attempt, t0)
-            raise exc from None
-        except ProviderError as err:
-            await self._failed(entry, request, model, err, attempt, t0)
-            raise
+        with tracing.span("llm.attempt", attributes={
+                "gen_ai.provider.name": entry.name, "botsim.llm.attempt": attempt,
+                **({"gen_ai.request.model": model} if model else {})}) as span:
+            try:
+                async with asyncio.timeout(limit_s):
+                    generation = await entry.provider.generate(request)
+            except TimeoutError:
+                exc: ProviderError = ProviderUnavailable(entry.name,
+                                                         f"no answer in {limit_s:.1f} s")
+                _traced_failure(span, exc)
+                await self._failed(entry, request, model, exc, attempt, t0)
+                raise exc from None
+            except ProviderError as err:
+                _traced_failure(span, err)
+                await self._failed(entry, request, model, err, attempt, t0)
+                raise
+            _traced_answer(span, generation)
         entry.breaker.success()
         metrics.LLM_BREAKER_OPEN.labels(entry.name).set(0)
         entry.budget.spend(generation.prompt_tokens + generation.completion_tokens)
@@ -354,3 +386,21 @@ class ProviderChain:
     async def _record(self, record: CallRecord) -> None:
         if self.recorder is not None:
             await self.recorder(record)
+
+
+def _traced_answer(span: Span, generation: Generation) -> None:
+    """Put an attempt's answer on its span: model, tokens, outcome ``ok``."""
+    if span.is_recording():
+        span.set_attributes({
+            **({"gen_ai.response.model": generation.model} if generation.model else {}),
+            "gen_ai.usage.input_tokens": generation.prompt_tokens,
+            "gen_ai.usage.output_tokens": generation.completion_tokens,
+            "botsim.llm.cached_tokens": generation.cached_tokens, tracing.OUTCOME: "ok"})
+
+
+def _traced_failure(span: Span, exc: ProviderError) -> None:
+    """Put an attempt's failure on its span: outcome (``rate_limited``, ``unavailable``,
+    ``rejected``, ``refused``), ``error.type``, status ERROR (never the error's message)."""
+    if span.is_recording():
+        span.set_attributes({tracing.OUTCOME: _outcome(exc), "error.type": type(exc).__name__})
+        tracing.failed(span, _outcome(exc))
