@@ -269,6 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--report", type=Path, default=None, metavar="DIR",
                     help="write figures.json and index.html (plots) into DIR")
     lt.add_argument("--no-progress", action="store_true", help="no live display")
+    lt.add_argument("--prometheus-targets", type=Path, default=None, metavar="DIR",
+                    help="write Prometheus file_sd target files (listener, api, worker) "
+                         "into DIR as processes start; also runs the admin API")
     bots = sub.add_parser("bots", help="bot accounts")
     bots_sub = bots.add_subparsers(dest="bots_command", required=True)
     imp = bots_sub.add_parser(
@@ -479,7 +482,8 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
         human_rate_per_min=args.human_rate, msgs_per_hour=args.msgs_per_hour,
         seed=args.seed, warmup_s=args.warmup, database_url=args.database_url,
         redis_url=args.redis_url, in_flight=args.in_flight,
-        floor_samples=args.floor_samples, keep=args.keep, progress=not args.no_progress)
+        floor_samples=args.floor_samples, keep=args.keep, progress=not args.no_progress,
+        targets_dir=args.prometheus_targets)
     opts.validate()
     if args.report is not None and args.report.exists() and not args.report.is_dir():
         raise ValidationFailed("botsim loadtest",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +40,10 @@ class LoadOptions:
         in_flight: ``BOTSIM_MAX_TURNS_IN_FLIGHT`` of each worker (default the setting's).
         floor_samples: calls per operation of the floor micro-benchmark.
         keep: keep the scratch database and data directory (their places are reported).
+        targets_dir: where to write Prometheus ``file_sd`` target files as the processes
+            start (``listener.json``, ``api.json``, ``worker.json``: one per scrape job of
+            ``monitoring/prometheus.yml``); with it the run also starts ``botsim api``, so a
+            Prometheus scraping the run sees every job. None: no files, no API.
         progress: show the live display (on standard error).
     """
 
@@ -58,6 +63,7 @@ class LoadOptions:
     floor_samples: int = 500
     keep: bool = False
     progress: bool = True
+    targets_dir: Path | None = None
 
     @property
     def warmup(self) -> float:
@@ -95,6 +101,9 @@ class LoadOptions:
         for name, ok, why in checks:
             if not ok:
                 raise ValidationFailed("botsim loadtest", [(name, why)])
+        if self.targets_dir is not None and not self.targets_dir.is_dir():
+            raise ValidationFailed("botsim loadtest", [(
+                "--prometheus-targets", f"{self.targets_dir} is not a directory")])
         if self.in_flight is not None and not 1 <= self.in_flight <= 100_000:
             raise ValidationFailed("botsim loadtest",
                                    [("--in-flight", "must be between 1 and 100000")])
@@ -111,6 +120,9 @@ class LoadOptions:
 
 
 def options_dict(opts: LoadOptions) -> dict[str, Any]:
-    """The options as a JSON-ready dict."""
-    return asdict(opts)
+    """The options as a JSON-ready dict (a path as its text)."""
+    out = asdict(opts)
+    if opts.targets_dir is not None:
+        out["targets_dir"] = str(opts.targets_dir)
+    return out
 

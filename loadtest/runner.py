@@ -297,6 +297,17 @@ async def run_load(opts: LoadOptions, *, out: Console | None = None) -> dict[str
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_targets(folder: Path, targets: dict[str, list[str]]) -> None:
+    """Write one Prometheus ``file_sd`` file per job (``<folder>/<job>.json``: a list of
+    ``{"targets": [host:port…], "labels": {"run": "loadtest"}}``), each replaced atomically
+    (Prometheus re-reads a file when it changes; a half-written one is never seen)."""
+    for job, addresses in targets.items():
+        body = [{"targets": addresses, "labels": {"run": "loadtest"}}] if addresses else []
+        part = folder / f".{job}.json.tmp"
+        part.write_text(json.dumps(body))
+        part.replace(folder / f"{job}.json")
+
+
 async def _check_redis(url: str) -> None:
     client = make_redis(url, role="commands")
     try:
@@ -348,13 +359,18 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
     providers = [{"name": "load", "kind": "openai_compatible", "model": "load-model",
                   "base_url": f"http://127.0.0.1:{llm_port}/load/v1",
                   "timeout_s": max(15.0, 3 * (opts.llm_latency_ms + opts.llm_jitter_ms) / 1000),
-                  "max_tokens": 120}]
+                  "max_tokens": 120,
+                  # a budget never reached (its gauge, botsim_llm_budget_left_ratio, is
+                  # what a scraping Prometheus sees of budgets)
+                  "requests_per_min": 1_000_000}]
     env = {**base_env, "BOTSIM_DATABASE_URL": db_url, "BOTSIM_FERNET_KEY": fernet,
            "BOTSIM_WEBHOOK_SECRET": secrets.token_urlsafe(32),
            "BOTSIM_TELEGRAM_API_URL": f"{tg_base}/bot",
            "BOTSIM_PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{listener_port}",
            "BOTSIM_LISTENER_PORT": str(listener_port),
            "BOTSIM_LLM_PROVIDERS": json.dumps(providers),
+           # priced like a small hosted model, so the run's cost figures are not all zero
+           "BOTSIM_LLM_PRICES": json.dumps({"load-model": {"input": 0.05, "output": 0.08}}),
            "BOTSIM_REDIS_NAMESPACE": ns, "BOTSIM_SEED": str(opts.seed),
            "BOTSIM_LOG_LEVEL": "WARNING", "PTB_TIMEDELTA": "true"}
     if redis_url is not None:
@@ -365,6 +381,19 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
     fleet.start("listener", ["-m", "botsim", "listener", "--register"],
                 {**env, "BOTSIM_DATA_DIR": str(tmp / "listener")}, engine=True,
                 metrics_url=f"http://127.0.0.1:{listener_port}/metrics")
+    targets: dict[str, list[str]] = {"listener": [f"127.0.0.1:{listener_port}"],
+                                     "api": [], "worker": []}
+    if opts.targets_dir is not None:
+        # The admin API is not on the message path: not an engine process, and its
+        # /metrics is left to Prometheus (it is not in the run's own figures).
+        api_port = free_port()
+        (tmp / "api").mkdir()
+        fleet.start("api", ["-m", "botsim", "api"],
+                    {**env, "BOTSIM_DATA_DIR": str(tmp / "api"),
+                     "BOTSIM_API_HOST": "127.0.0.1", "BOTSIM_API_PORT": str(api_port)},
+                    engine=False)
+        targets["api"].append(f"127.0.0.1:{api_port}")
+        write_targets(opts.targets_dir, targets)
     console.print(f"[dim]registering {opts.bots:,} webhooks…[/dim]")
     await wait_http(f"http://127.0.0.1:{listener_port}/health/ready", STARTUP_S, fleet)
     for i in range(1, opts.workers + 1):
@@ -375,6 +404,9 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
                     {**env, "BOTSIM_DATA_DIR": str(data), "BOTSIM_METRICS_PORT": str(port),
                      "BOTSIM_WORKER_NAME": f"worker-{i}"},
                     engine=True, metrics_url=f"http://127.0.0.1:{port}/metrics")
+        targets["worker"].append(f"127.0.0.1:{port}")
+    if opts.targets_dir is not None:
+        write_targets(opts.targets_dir, targets)
     console.print(f"[dim]{opts.workers} workers taking on {opts.bots:,} bots…[/dim]")
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
         await _wait_taken_on(client, fleet, opts.bots)

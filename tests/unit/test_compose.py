@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MONITORING = ROOT / "monitoring"
+DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 
 #: Metrics being added alongside these files (a gauge and a counter); allowed by name.
 PENDING_METRICS = {"botsim_workers_live", "botsim_send_unknown_total"}
@@ -250,9 +251,10 @@ def test_grafana_provisioning_matches_its_mounts(compose: dict[str, Any]) -> Non
     datasources = _load_yaml(MONITORING / "grafana/provisioning/datasources/prometheus.yml")
     source = datasources["datasources"][0]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    dashboard = json.loads((MONITORING / "grafana/dashboards/botsim.json").read_text("utf-8"))
-    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
-    assert uids == {source["uid"]}
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text("utf-8"))
+        uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+        assert uids == {source["uid"]}, path.name
     assert _env(grafana)["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
 
 
@@ -294,14 +296,30 @@ def test_alerts_parse_and_use_defined_metrics() -> None:
     assert used_metrics(exprs) & defined_metrics(), "no alert on botsim's own metrics"
 
 
-def test_dashboard_parses_and_uses_defined_metrics() -> None:
-    text = (MONITORING / "grafana/dashboards/botsim.json").read_text(encoding="utf-8")
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_parses_and_uses_defined_metrics(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
     dashboard = json.loads(text)
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(dashboard["panels"]) >= 4 and all(e.strip() for e in exprs)
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    assert all(p.get("description") for p in dashboard["panels"]), "a panel says what it shows"
     unknown = used_metrics(text) - defined_metrics() - PENDING_METRICS
     assert not unknown, f"dashboard uses undefined metrics: {sorted(unknown)}"
+
+
+def test_dashboards_have_distinct_uids_and_no_overlapping_panels() -> None:
+    uids = [json.loads(p.read_text("utf-8"))["uid"] for p in DASHBOARDS]
+    assert len(DASHBOARDS) >= 3 and len(set(uids)) == len(uids)
+    for path in DASHBOARDS:
+        cells: set[tuple[int, int]] = set()
+        for panel in json.loads(path.read_text("utf-8"))["panels"]:
+            g = panel["gridPos"]
+            assert g["x"] + g["w"] <= 24, (path.name, panel["title"])
+            mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                    for y in range(g["y"], g["y"] + g["h"])}
+            assert not mine & cells, f"{path.name}: {panel['title']!r} overlaps another panel"
+            cells |= mine
 
 
 # --- Dockerfile -------------------------------------------------------------------------
