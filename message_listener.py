@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from backend import metrics, tracing
+from backend import logcontext, metrics, tracing
 from backend.cache import TwoLayerCache
 from backend.crypto import Secrets, webhook_secret_for
 from backend.db.models import Chat
@@ -184,6 +184,7 @@ async def _store_message(
     if msg.sender_chat is None and sender is not None and _our_bot(state, sender.id):
         return False, None, None, None  # our own bot: recorded from the send response
     chat = await _chat_for(session, state, msg.chat)
+    logcontext.update(chat_id=chat.id)
     # A late message from the group a supergroup came from: its ids live in the negated
     # range (backend.stores.chats.map_migration).
     sign = -1 if msg.chat.id == chat.migrated_from_telegram_chat_id else 1
@@ -230,6 +231,7 @@ async def _store_message(
                                        first=new_id is not None)
     if new_id is None:
         return False, chat.id, None, answer
+    log.debug("update %s stored as message %s", update_id, new_id)  # never the text
     item = HistoryItem(
         message_id=new_id, telegram_message_id=telegram_message_id, bot_id=None,
         speaker=sender_name, speaker_username=username, is_human=is_human,
@@ -384,6 +386,7 @@ async def _take(state: ListenerState, bot_id: int, upd: TgUpdate,
         return JSONResponse({"ok": True, "ignored": True, "kind": kind})
 
 
+@logcontext.scoped
 async def webhook(request: Request) -> JSONResponse:
     """``POST /webhook/{bot_id}``: take one Telegram update (see the module docstring).
 
@@ -393,15 +396,16 @@ async def webhook(request: Request) -> JSONResponse:
     else 200 ``{"ok": false}`` (a retry would fail again, and Telegram retries for 24 h,
     holding back the chat's later updates).
 
-    The request is a ``webhook`` server span, the root of the human message's trace (a
-    ``traceparent`` sent by the caller is not followed: Telegram is outside our traces), with
-    ``store`` and ``dispatch`` (:meth:`behavior_engine.replies.ReplyDispatcher.dispatch`) as
-    children.
+    Every answer is counted in ``botsim_webhook_requests_total{status}``. The request is a
+    ``webhook`` server span, the root of the human message's trace (a ``traceparent`` sent
+    by the caller is not followed: Telegram is outside our traces), with ``store`` and
+    ``dispatch`` (:meth:`behavior_engine.replies.ReplyDispatcher.dispatch`) as children.
     """
     with tracing.span("webhook", kind=SpanKind.SERVER, context=Context(), attributes={
             "http.request.method": "POST", "http.route": "/webhook/{bot_id}"}) as span:
         response = await _answer(request)
         _traced_answer(span, request, response)
+    metrics.WEBHOOK_REQUESTS.labels(status=str(response.status_code)).inc()
     return response
 
 
@@ -432,6 +436,7 @@ async def _webhook(request: Request, state: ListenerState) -> JSONResponse:
         await state.refresh_bots()
         if bot_id not in state.bots:
             return _error(404, "unknown bot")
+    logcontext.update(bot_id=bot_id)  # this request's log lines (webhook() undoes it)
     expected = webhook_secret_for(state.webhook_secret, bot_id)
     sent = request.headers.getlist(SECRET_HEADER)
     got = sent[0] if len(sent) == 1 else ""  # a repeated header is refused, whatever its values
@@ -616,6 +621,8 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
 
     from botsim.bootstrap import runtime
 
+    metrics.init_series("listener")
+
     async with runtime(settings) as rt:
         intake = reply_intake_for(settings, rt.reads, rt.sessionmaker, redis=rt.redis)
         state = ListenerState(sessionmaker=rt.sessionmaker,
@@ -630,5 +637,6 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
         config = uvicorn.Config(
             create_app(state), host=settings.listener_host, port=settings.listener_port,
             log_level="warning", access_log=False,
+            log_config=None,  # uvicorn's lines go through ours (BOTSIM_LOG_FORMAT)
         )
         await uvicorn.Server(config).serve()

@@ -26,7 +26,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend import metrics
+from backend import logcontext, metrics
 from backend.crypto import Secrets
 from backend.db.types import utcnow
 from backend.schemas import ProviderSettings
@@ -177,7 +177,9 @@ class Worker:
     # -- start, heartbeat, stop -----------------------------------------------------------
     async def start(self) -> None:
         """Join, take on this worker's bots and start ticking. A bot whose token Telegram
-        refuses is disabled and logged; the others go on."""
+        refuses is disabled and logged; the others go on. From here on, the log lines of
+        this task and of those it starts (ticks, heartbeats, turns) carry the worker's id."""
+        logcontext.update(worker_id=self.worker_id)
         self._write_id_file()
         await self.membership.join({"name": self.settings.worker_name, "bots": 0, "sent": 0})
         await self.rebalance()
@@ -447,9 +449,10 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     Raises:
         ConfigError, StorageError: when the database or the secrets are unusable.
     """
-    from backend.metrics import serve_metrics
+    from backend.metrics import init_series, serve_metrics
     from botsim.bootstrap import runtime
 
+    init_series("worker")
     async with runtime(settings) as rt:
         if settings.metrics_port is not None:
             serve_metrics(settings.listener_host, settings.metrics_port)

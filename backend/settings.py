@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         llm_prices: model name → USD per million tokens (JSON), merged over the defaults.
         seed: seed of the market feed and the offline generator.
         log_level: Python logging level name.
+        log_format: ``plain`` (``time LEVEL logger: message [bot=… chat=… turn=…]``) or
+            ``json`` (one JSON object per line: ``time``, ``level``, ``logger``, ``message``
+            and the bound ids, ``backend.logcontext``), on standard error.
         redis_namespace: first segment of every Redis key and channel; deployments (or test
             runs) sharing one Redis server use different namespaces.
         heartbeat_ttl_s: seconds a worker's heartbeat and its bot leases live without
@@ -120,6 +123,7 @@ class Settings(BaseSettings):
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["plain", "json"] = "plain"
     redis_namespace: str = Field(default="botsim", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     heartbeat_ttl_s: float = Field(default=10.0, ge=1.0, le=300.0)
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")

@@ -79,7 +79,7 @@ from typing import Literal, Protocol
 
 from opentelemetry.trace import Span, SpanKind
 
-from backend import metrics, tracing
+from backend import logcontext, metrics, tracing
 from backend.db.types import utcnow
 from backend.errors import (
     FencedOut,
@@ -450,6 +450,8 @@ class TurnPipeline:
         #: bot → changes of view already counted (``botsim_stance_changes_total``)
         self._changes_seen: dict[int, int] = {}
         self.safety_rules = load_rules() if safety_rules is None else safety_rules
+        for rule in self.safety_rules:  # each rule's series exists before its first block
+            metrics.SAFETY_BLOCKS.labels(rule=rule.name)
         self.limits = limits
         self.records = records
         self.reads = reads
@@ -467,10 +469,14 @@ class TurnPipeline:
         self.guard_counts: Counter[str] = Counter()
         self.chat_recent = RecentTexts(CHAT_RECENT)
 
+    @logcontext.scoped
     async def run(self, turn: Turn, *, decided: float | None = None) -> Outcome:
         """Carry out ``turn``; ``decided`` is ``time.perf_counter()`` at its decision (for
         the latency figures; default: now). Returns how it ended; raises only when
-        cancelled (a send in flight is then recorded ``unknown``)."""
+        cancelled (a send in flight is then recorded ``unknown``). Its log lines carry the
+        turn's, chat's, bot's and worker's ids (:mod:`backend.logcontext`)."""
+        logcontext.update(turn_id=turn.turn_id, chat_id=turn.chat_id, bot_id=turn.bot_id,
+                          worker_id=self.worker_id)
         carried = turn.traceparent is not None
         with tracing.span(
                 "turn", context=tracing.parent_of(turn.traceparent),
@@ -577,6 +583,7 @@ class TurnPipeline:
         metrics.TURN_LATENCY.observe(timing.latency_s)
         # the engine's own part: neither generation nor the deliberate reading/typing pauses
         metrics.TURN_OVERHEAD.observe(max(timing.latency_s - read_s - typing_s, 0.0))
+        _observe_sent(turn, timing.sent_at, history)
         view_map = views.view_map()
         sent = Sent(turn=turn, bot=bot, message=message, generation=generation,
                     reply_to=shown_reply, mood=ctx.mood, timing=timing, parts=len(parts),
@@ -967,3 +974,27 @@ def _reply_shown(message: SentMessage, asked: int | None) -> bool:
 def message_time(sent: SentMessage) -> datetime:
     """Telegram's time of a sent message as aware UTC (a naive date is UTC)."""
     return sent.date if sent.date.tzinfo else sent.date.replace(tzinfo=UTC)
+
+
+def _observe_sent(turn: Turn, sent_at: datetime, history: Sequence[HistoryItem]) -> None:
+    """Count a sent message in the chat's metrics: ``botsim_chat_messages_total{chat}``,
+    ``botsim_chat_gap_seconds`` (from the chat's latest message in ``history``) and, for an
+    answer to a person, ``botsim_human_reply_latency_seconds`` (from the person's message
+    stored by the listener)."""
+    metrics.CHAT_MESSAGES.labels(chat=str(turn.chat_id)).inc()
+    if history:
+        last = max(h.created_at for h in history)
+        metrics.CHAT_GAP.observe(max(_seconds_between(last, sent_at), 0.0))
+    asked = turn.reply_to
+    if asked is not None and asked.is_human and asked.created_at is not None:
+        metrics.HUMAN_REPLY_LATENCY.observe(
+            max(_seconds_between(asked.created_at, sent_at), 0.0))
+
+
+def _seconds_between(earlier: datetime, later: datetime) -> float:
+    """``later - earlier`` in seconds; a naive time is taken as UTC (SQLite keeps none)."""
+    if earlier.tzinfo is None:
+        earlier = earlier.replace(tzinfo=UTC)
+    if later.tzinfo is None:
+        later = later.replace(tzinfo=UTC)
+    return (later - earlier).total_seconds()

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend import keys, tracing
+from backend import keys, metrics, tracing
 from backend.db.types import utcnow
 from backend.stores import messages as message_store
 from behavior_engine.context import to_line
@@ -152,8 +152,16 @@ class ReplyStream:
         return [_s(x) for x in got[: len(bot_ids)]]
 
     async def read_new(self, count: int = 1000) -> list[ReplyRequest]:
-        """Entries added since the last read (none: an empty list; never blocks)."""
-        got: Any = await self.redis.xread({self.key: self._last}, count=count)
+        """Entries added since the last read (none: an empty list; never blocks).
+
+        Also sets ``botsim_reply_stream_pending`` to the stream's length (entries are deleted
+        once acted on, so the length is what waits for an answer), in the same round trip.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xread({self.key: self._last}, count=count)
+            pipe.xlen(self.key)
+            got, length = await pipe.execute()
+        metrics.REPLY_STREAM_PENDING.set(int(length))
         out: list[ReplyRequest] = []
         for _stream, entries in got or []:
             for entry_id, fields in entries:

@@ -22,7 +22,12 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+from backend.logcontext import FIELDS, ContextFilter
 
 if TYPE_CHECKING:  # the heavy imports wait for runtime(): `botsim personas check` stays quick
     from redis.asyncio import Redis
@@ -34,9 +39,14 @@ if TYPE_CHECKING:  # the heavy imports wait for runtime(): `botsim personas chec
 
 log = logging.getLogger("botsim.bootstrap")
 
-#: Libraries that log one line per tick or request: kept at WARNING or above.
-CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx")
+#: Libraries that log one line per tick, request or statement: kept at WARNING or above.
+#: aiosqlite's DEBUG lines quote each statement's parameters (people's messages among them).
+CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx", "aiosqlite")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: How the plain format names the ids in its ``[…]`` suffix (``backend.logcontext.FIELDS``;
+#: the span id only in JSON).
+_PLAIN_IDS = {"bot_id": "bot", "chat_id": "chat", "turn_id": "turn", "worker_id": "worker",
+              "trace_id": "trace"}
 
 _logging_configured = False
 
@@ -51,14 +61,81 @@ def configure_process() -> None:
     os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 
+class PlainFormatter(logging.Formatter):
+    """``time LEVEL logger: message [bot=12 chat=3 turn=… worker=… trace=…]``: the suffix
+    names the ids :class:`~backend.logcontext.ContextFilter` found bound (none: no suffix);
+    a traceback follows on the next lines."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line without its traceback, ids appended."""
+        ids = [f"{short}={value}" for name, short in _PLAIN_IDS.items()
+               if (value := getattr(record, name, None)) is not None]
+        line = super().formatMessage(record)
+        return f"{line} [{' '.join(ids)}]" if ids else line
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per line (python-json-logger): ``time`` (ISO 8601 UTC, ms, ``Z``),
+    ``level``, ``logger``, ``message``; then, where set, ``bot_id``, ``chat_id`` (ints),
+    ``turn_id``, ``worker_id``, ``trace_id`` (32 hex), ``span_id`` (16 hex) and any
+    ``extra=`` fields; ``exception`` (the formatted traceback) and ``stack`` when the record
+    has one."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ["levelname", "name", "message"],
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception",
+                           "stack_info": "stack"},
+            timestamp="time",
+            # uvicorn's colour copy of each message; taskName (Python 3.12+) says nothing
+            reserved_attrs=[*RESERVED_ATTRS, "color_message", "taskName"],
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        """``time`` first and as text, then level, logger, message, the bound ids (those not
+        bound left out), the rest."""
+        at = log_data.pop("time")
+        out: dict[str, Any] = {"time": at.isoformat(timespec="milliseconds")
+                               .replace("+00:00", "Z")}
+        for key in ("level", "logger", "message"):
+            out[key] = log_data.pop(key, None)
+        for key in FIELDS:
+            if (value := log_data.pop(key, None)) is not None:
+                out[key] = value
+        out.update(log_data)
+        return out
+
+
+def log_handler(log_format: Literal["plain", "json"],
+                stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing ``log_format`` lines (:class:`PlainFormatter` or
+    :class:`JsonLineFormatter`) to ``stream`` (default: standard error), with the bound ids
+    (:class:`~backend.logcontext.ContextFilter`)."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonLineFormatter() if log_format == "json" else PlainFormatter())
+    return handler
+
+
+def tame_chatty_loggers(level: int) -> None:
+    """Set :data:`CHATTY_LOGGERS` to ``level`` but WARNING at least."""
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+
+
 def configure_logging(settings: Settings, *, quiet: bool = False) -> bool:
     """Configure the root logger once per process; later calls change nothing.
 
-    Lines go to standard error as ``time LEVEL logger: message`` at ``settings.log_level``;
-    alembic, apscheduler and httpx (a line per tick or request) log WARNING and above.
+    Lines go to standard error at ``settings.log_level`` in ``settings.log_format``:
+    ``plain`` (:class:`PlainFormatter`) or ``json`` (:class:`JsonLineFormatter`), each with
+    the ids bound by :mod:`backend.logcontext`. :data:`CHATTY_LOGGERS` (a line per tick,
+    request or statement) log WARNING and above.
 
     Args:
-        settings: the process settings (``log_level``).
+        settings: the process settings (``log_level``, ``log_format``).
         quiet: WARNING at least, whatever ``log_level`` says (the demo and the load test,
             whose output is the conversation or the figures).
 
@@ -72,9 +149,8 @@ def configure_logging(settings: Settings, *, quiet: bool = False) -> bool:
     level = getattr(logging, settings.log_level)
     if quiet:
         level = max(level, logging.WARNING)
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    for chatty in CHATTY_LOGGERS:
-        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+    logging.basicConfig(level=level, handlers=[log_handler(settings.log_format)])
+    tame_chatty_loggers(level)
     return True
 
 

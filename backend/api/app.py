@@ -43,7 +43,7 @@ from backend.api.security import (
 )
 from backend.crypto import Secrets, resolve_secret_key
 from backend.db.session import check_loop
-from backend.metrics import metrics_app
+from backend.metrics import init_series, metrics_app
 from backend.settings import Settings
 from backend.stores import health
 from behavior_engine.reads import CachedReads
@@ -259,9 +259,11 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     from botsim.bootstrap import runtime
 
     resolve_secret_key(settings)  # refuse before touching the database
+    init_series("api")
     async with runtime(settings, redis=False) as rt:
         app = create_app(settings, rt.sessionmaker, secrets=secrets, reads=rt.reads)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
-                                log_level="warning", access_log=False)
+                                log_level="warning", access_log=False,
+                                log_config=None)  # its lines go through ours (JSON or plain)
         log.info("admin API on http://%s:%s", settings.api_host, settings.api_port)
         await uvicorn.Server(config).serve()

@@ -157,6 +157,19 @@ def _outcome(exc: ProviderError) -> Outcome:
     return "refused"
 
 
+#: The ``reason`` label values of ``botsim_llm_skips_total``: a breaker open, a budget
+#: spent, or the failed call's outcome (:func:`_outcome`).
+SKIP_REASONS = ("breaker_open", "budget", "rate_limited", "unavailable", "rejected",
+                "refused")
+
+
+def _export_budget(entry: ChainEntry) -> None:
+    """Set ``botsim_llm_budget_left_ratio{provider, limit}`` from the entry's budget (only
+    the limits that are set)."""
+    for limit, ratio in entry.budget.left_ratio().items():
+        metrics.LLM_BUDGET_LEFT.labels(entry.name, limit).set(ratio)
+
+
 class ProviderChain:
     """Ordered providers with fallback; the offline generator answers last.
 
@@ -180,6 +193,13 @@ class ProviderChain:
         self.last_resort = last_resort
         self.recorder = recorder
         self._sleep = sleep
+        for entry in entries:  # the series exist before the first call
+            _export_budget(entry)
+            metrics.LLM_FAILOVERS.labels(entry.name)
+            metrics.LLM_ANSWERS.labels(entry.name)
+            for reason in SKIP_REASONS:
+                metrics.LLM_SKIPS.labels(entry.name, reason)
+        metrics.LLM_FAILOVERS.labels(last_resort.name)
 
     def status(self) -> list[dict[str, Any]]:
         """Each provider's guards now, in chain order, as JSON-ready dicts: ``name``,
@@ -262,6 +282,8 @@ class ProviderChain:
         for skip in skipped:
             metrics.LLM_SKIPS.labels(skip.provider, skip.reason.split(":", 1)[0]).inc()
         metrics.LLM_ANSWERS.labels(generation.provider).inc()
+        if skipped:  # a provider before the one that answered did not
+            metrics.LLM_FAILOVERS.labels(generation.provider).inc()
         return ChainResult(generation, tuple(skipped))
 
     async def _call(self, entry: ChainEntry, request: GenerationRequest) -> Generation:
@@ -346,6 +368,7 @@ class ProviderChain:
         entry.breaker.success()
         metrics.LLM_BREAKER_OPEN.labels(entry.name).set(0)
         entry.budget.spend(generation.prompt_tokens + generation.completion_tokens)
+        _export_budget(entry)
         entry._told.clear()
         ctx = request.context
         await self._record(CallRecord(
@@ -375,6 +398,7 @@ class ProviderChain:
         metrics.LLM_BREAKER_OPEN.labels(entry.name).set(entry.breaker.state == "open")
         if outcome in ("rate_limited", "unavailable"):
             entry.budget.spend(0)  # the request counts against requests/min all the same
+            _export_budget(entry)
         ctx = request.context
         await self._record(CallRecord(
             provider=entry.name, model=model, bot_id=ctx.bot_id, chat_id=ctx.chat_id,

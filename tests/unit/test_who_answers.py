@@ -245,6 +245,7 @@ class _Reads:
 class _Stream:
     def __init__(self) -> None:
         self.added: list[list[int]] = []
+        self.key = "test:replies"
 
     async def add(self, item: HistoryItem, chat_id: int, bot_ids: list[int],
                   reply_to_bot_id: int | None) -> list[str]:
