@@ -747,7 +747,8 @@ async def reflect(stream: MemoryStream, generate: Generate, *, now: datetime,
     try:
         text = parse_reflection(await generate(messages))
     except Exception as exc:  # a provider error must not take the turn loop down
-        log.info("reflection failed: %s: %s", type(exc).__name__, exc)
+        # the class only: a parse error may quote the remembered messages (people's texts)
+        log.info("reflection failed: %s", type(exc).__name__)
         return None
     if text is None:
         return None

@@ -182,6 +182,8 @@ def _error_label(exc: tg_error.TelegramError) -> str:
         return "forbidden"
     if isinstance(exc, tg_error.TimedOut):
         return "timeout"
+    if isinstance(exc, tg_error.BadRequest):  # PTB: a BadRequest is a NetworkError
+        return "bad_request"
     if isinstance(exc, tg_error.NetworkError):
         # an HTTP answer (5xx) raises NetworkError itself; a transport failure chains
         # httpx's error as the cause

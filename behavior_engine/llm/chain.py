@@ -262,6 +262,7 @@ class ProviderChain:
             why = entry.budget.blocked(estimate_tokens(request, entry.max_tokens))
             if why is not None:
                 skipped.append(Skip(name, f"budget: {why}"))
+                _export_budget(entry)  # the gauge follows a budget that keeps it skipped
                 continue
             if not entry.breaker.allow():  # last: allow() may hand out the half-open probe
                 skipped.append(Skip(name, "breaker_open"))
