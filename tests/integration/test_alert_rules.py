@@ -106,6 +106,16 @@ def test_every_alert_has_for_severity_and_runbook() -> None:
         assert notes.get("runbook") == f"docs/operations.md#{name.lower()}", f"{name}: runbook"
 
 
+def test_every_runbook_section_exists() -> None:
+    """docs/operations.md has a ``### <AlertName>`` section for every alert, and none for an
+    alert that no longer exists."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text("utf-8")
+    sections = set(re.findall(r"^### (Botsim\w+)$", doc, re.M))
+    names = {rule["alert"] for rule in _alerts()}
+    assert names <= sections, f"alerts without a runbook section: {sorted(names - sections)}"
+    assert not sections - names, f"runbook sections of no alert: {sorted(sections - names)}"
+
+
 def _exported_names() -> set[str]:
     """Every series name the default registry's metrics export (counters with ``_total``,
     histograms with ``_bucket``, ``_count`` and ``_sum``)."""
