@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -18,8 +16,9 @@ from sqlalchemy import func, select
 from backend.db.models import Message, TurnRecord
 from backend.db.session import make_engine, make_sessionmaker
 from backend.errors import ValidationFailed
-from loadtest.runner import LoadOptions, hist_quantile, percentiles, run_load
+from loadtest.runner import LoadOptions, hist_quantile, percentiles
 from tests.conftest import service_missing
+from tests.e2e.conftest import SmallRun
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +40,6 @@ async def _services() -> None:
         service_missing("Redis", str(exc))
     finally:
         await client.aclose()
-
-
-async def _drop(url: str) -> None:
-    import asyncpg
-
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres", timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def _check_against_database(figures: dict[str, Any]) -> None:
@@ -101,22 +89,11 @@ async def _check_against_database(figures: dict[str, Any]) -> None:
 
 
 @pytest.mark.xdist_group("processes")  # with the other process-heavy tests (test_sharded)
-async def test_a_small_run_agrees_with_its_database(tmp_path: Path) -> None:
-    await _services()
-    # 12 bots at 240 an hour offer 16 messages a minute per chat (under its cap of 20):
-    # ~8 in the 10 s window, enough for every figure checked below.
-    opts = LoadOptions(bots=12, chats=3, workers=2, duration_s=14, warmup_s=4,
-                       llm_latency_ms=200, llm_jitter_ms=50, human_rate_per_min=20,
-                       msgs_per_hour=240, floor_samples=20, keep=True, progress=False)
-    figures = await asyncio.wait_for(run_load(opts), 110)
-    kept = figures["config"]["kept"]
-    try:
-        await _check_against_database(figures)
-        assert figures["config"]["database"] == "postgresql" and figures["config"]["redis"]
-        assert figures["human_reply_ms"]["posted"] >= 1
-    finally:
-        await _drop(kept["database_url"])
-        shutil.rmtree(kept["data_dir"], ignore_errors=True)
+async def test_a_small_run_agrees_with_its_database(small_run: SmallRun) -> None:
+    figures = small_run.figures  # the session's run (tests/e2e/conftest.py), kept
+    await _check_against_database(figures)
+    assert figures["config"]["database"] == "postgresql" and figures["config"]["redis"]
+    assert figures["human_reply_ms"]["posted"] >= 1
 
 
 @pytest.mark.parametrize(("change", "named"), [

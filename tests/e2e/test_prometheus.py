@@ -1,14 +1,16 @@
 """A real Prometheus scrapes a short sharded run: the listener, the admin API, two workers.
 
-Debian's ``prometheus`` (installed by ``.ci/run``) is started on a free port with the
-repository's alert rules, and finds the run's processes through the ``file_sd`` target files
-``botsim loadtest --prometheus-targets`` writes. Once the run is over, the test asks
-Prometheus (its HTTP API, the way Grafana does):
+The run is the session's ``small_run`` (``tests/e2e/conftest.py``): Debian's ``prometheus``
+(installed by ``.ci/run``) started on a free port with the repository's alert rules finds
+the run's processes through the ``file_sd`` target files ``botsim loadtest
+--prometheus-targets`` writes. Once the run is over, the test asks Prometheus (its HTTP
+API, the way Grafana does):
 
 - every metric of ``docs/operations.md``'s table has samples from every job the table names,
   and, for ``worker``, from both workers;
 - every query of every dashboard in ``monitoring/grafana/dashboards`` returns data over the
-  run (``$__rate_interval`` as Grafana would set it for a 1 s scrape);
+  run, a number at least once (not only NaN; ``$__rate_interval`` as Grafana would set it
+  for a 1 s scrape);
 - every alert rule evaluated without an error against the run's series.
 """
 
@@ -16,29 +18,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from loadtest.options import LoadOptions
-from loadtest.runner import run_load
 from tests.conftest import service_missing
+from tests.e2e.conftest import JOBS, SmallRun
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(300),
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(240),
               pytest.mark.xdist_group("processes")]
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "monitoring" / "grafana" / "dashboards").glob("*.json"))
-JOBS = ("listener", "api", "worker")
-SCRAPE_S = 1
 #: Grafana's ``$__rate_interval``: max(4 × scrape interval, the step + scrape interval).
 RATE_INTERVAL = "15s"
 
@@ -67,12 +60,6 @@ def documented_kinds() -> dict[str, str]:
         r"^\| `(botsim_[a-z0-9_]+)` \| (counter|gauge|histogram) \|", text, re.M)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_docs_table_lists_defined_metrics() -> None:
     """The table is parsed as the Prometheus test reads it, and names only real metrics."""
     from tests.unit.test_compose import defined_metrics
@@ -86,59 +73,6 @@ def test_docs_table_lists_defined_metrics() -> None:
         assert series_name(name, kinds[name]) in defined, f"{name} is not in backend/metrics.py"
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Any:
-    """A Prometheus on 127.0.0.1 scraping the job files in ``tmp_path/targets`` every
-    second, with the repository's alert rules; stopped (SIGTERM) after the test."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        service_missing("prometheus", "Debian's prometheus package is not installed "
-                        "(.ci/run installs it)")
-    targets = tmp_path / "targets"
-    targets.mkdir()
-    for job in JOBS:
-        (targets / f"{job}.json").write_text("[]")
-    config = {
-        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s",
-                   "scrape_timeout": f"{SCRAPE_S}s"},
-        "rule_files": [str(ROOT / "monitoring" / "alerts.yml")],
-        "scrape_configs": [
-            {"job_name": job, "file_sd_configs": [
-                {"files": [str(targets / f"{job}.json")], "refresh_interval": "1s"}]}
-            for job in JOBS],
-    }
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/-/ready", timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("prometheus did not start:\n"
-                            + (tmp_path / "prometheus.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-        yield base, targets
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 def _api(base: str, path: str, **params: Any) -> Any:
     r = httpx.get(f"{base}/api/v1/{path}", params=params, timeout=30, trust_env=False)
     body = r.json()
@@ -146,16 +80,12 @@ def _api(base: str, path: str, **params: Any) -> Any:
     return body["data"]
 
 
-async def test_prometheus_scrapes_a_sharded_run(prometheus: Any) -> None:
-    base, targets = prometheus
-    started = time.time()
-    figures = await run_load(LoadOptions(
-        bots=24, chats=4, workers=2, duration_s=30, warmup_s=5, llm_latency_ms=50,
-        human_rate_per_min=40, msgs_per_hour=600, seed=3, floor_samples=20, progress=False,
-        targets_dir=targets))
-    ended = time.time()
-    assert figures["throughput"]["messages"] > 0
-    window = {"start": f"{started:.3f}", "end": f"{ended:.3f}"}
+def test_prometheus_scrapes_a_sharded_run(small_run: SmallRun) -> None:
+    if small_run.prometheus is None:
+        service_missing("prometheus", small_run.missing or "not started")
+    base = small_run.prometheus
+    assert small_run.figures["throughput"]["messages"] > 0
+    window = {"start": f"{small_run.started:.3f}", "end": f"{small_run.ended:.3f}"}
 
     # Every process was a target, and was up.
     up = _api(base, "query_range", query="max_over_time(up[1h])", step="5",
@@ -188,8 +118,8 @@ async def test_prometheus_scrapes_a_sharded_run(prometheus: Any) -> None:
         for panel in json.loads(path.read_text("utf-8"))["panels"]:
             for target in panel["targets"]:
                 query = target["expr"].replace("$__rate_interval", RATE_INTERVAL)
-                data = _api(base, "query_range", query=query, step="5", **window)["result"]
-                if not any(s["values"] for s in data):
+                data = _api(base, "query_range", query=query, step="2", **window)["result"]
+                if not any(v != "NaN" for s in data for _, v in s["values"]):
                     empty.append(f"{path.name}: {panel['title']!r}: {query}")
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 
