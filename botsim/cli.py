@@ -24,6 +24,11 @@ Sub-commands::
                                             add an admin panel user; the password comes from
                                             BOTSIM_NEW_USER_PASSWORD or is generated and
                                             printed once
+    botsim admin users | disable NAME | enable NAME | set-password NAME | end-sessions NAME
+    botsim admin tokens [NAME] | create-token NAME --name N [--scope read|admin]
+                 [--expires 30d|ISO] | revoke-token ID
+                                            user and API-token lifecycle, audited
+                                            (botsim.accounts_cli)
     botsim bots import FILE [--dry-run] [--preflight]
                                             bots (token, persona, groups) from a CSV or
                                             YAML file, validated whole first
@@ -57,6 +62,7 @@ from typing import Any, TypeVar
 from backend.errors import BotsimError, ConfigError, ValidationFailed
 from backend.settings import Settings, load_settings
 from backend.timewindow import parse_since
+from botsim import accounts_cli
 from botsim.bootstrap import Runtime, configure_logging, configure_process, runtime
 
 
@@ -295,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
         "create-user", help="add a user (password from BOTSIM_NEW_USER_PASSWORD, else generated)")
     cu.add_argument("username")
     cu.add_argument("--role", choices=["admin", "viewer"], required=True)
+    accounts_cli.add_parsers(admin_sub)
     return p
 
 
@@ -593,6 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import worker
 
             return worker.check(settings)
+        if args.command == "admin" and args.admin_command != "create-user":
+            return asyncio.run(accounts_cli.accounts_cmd(settings, args))
         if args.command == "admin":
             password = os.environ.get("BOTSIM_NEW_USER_PASSWORD")
             asyncio.run(_create_user_cmd(settings, args.username, args.role, password))

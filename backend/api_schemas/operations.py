@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue, model_validator
 
 from backend.api_schemas.resources import InputModel, Role
 from backend.db.models import AuditEntry
@@ -45,10 +45,35 @@ class MeOut(BaseModel):
     csrf_token: str | None
 
 
-class TokenBody(InputModel):
-    """``POST /auth/tokens`` body: a name to recognise the token by."""
+#: Shortest new password accepted, characters (NIST SP 800-63B §5.1.1.2: at least 8).
+MIN_NEW_PASSWORD_CHARS = 8
+#: A token lifetime: a whole number of minutes, hours or days (``30m``, ``12h``, ``30d``).
+TOKEN_TTL_PATTERN = r"^\d{1,6}[mhd]$"
+TokenScope = Literal["read", "admin"]
+TokenState = Literal["active", "revoked", "expired"]
 
-    name: str = Field(min_length=1, max_length=64)
+
+class TokenBody(InputModel):
+    """``POST /auth/tokens`` body.
+
+    ``name`` recognises the token (1-64 characters, no control characters); ``scope`` is
+    ``read`` (default: acts as a viewer) or ``admin`` (acts with the user's role; a viewer
+    may not ask for it). The expiry is ``expires_at`` (an ISO 8601 time) or ``expires_in``
+    (``30m``, ``12h``, ``30d``), not both; default 90 days, 5 minutes to 365 days ahead.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+    scope: TokenScope = "read"
+    expires_at: datetime | None = None
+    expires_in: str | None = Field(default=None, max_length=8, pattern=TOKEN_TTL_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> TokenBody:
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2027-01-31T12:00:00Z)")
+        return self
 
 
 class TokenOut(BaseModel):
@@ -57,16 +82,60 @@ class TokenOut(BaseModel):
     id: int
     name: str
     token: str
+    scope: TokenScope = "admin"
+    expires_at: datetime | None = None
+
+
+class TokenInfo(BaseModel):
+    """An API token as listed (never the token or its digest).
+
+    ``state``: ``active``, ``revoked`` (by hand or by a password change) or ``expired``.
+    """
+
+    id: int
+    user_id: int
+    username: str
+    name: str
+    scope: TokenScope
+    state: TokenState
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+class PasswordChange(InputModel):
+    """``POST /auth/password`` body: the caller's current password and the new one."""
+
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_CHARS)
+    new_password: str = Field(min_length=MIN_NEW_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
+
+
+class PasswordSet(InputModel):
+    """``POST /users/{id}/password`` body (an admin sets another user's password)."""
+
+    new_password: str = Field(min_length=MIN_NEW_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
+
+
+class EndedOut(BaseModel):
+    """What a password change, a disable or "end sessions" ended."""
+
+    status: str
+    sessions_ended: int
+    tokens_revoked: int
 
 
 class UserOut(BaseModel):
-    """A user as the API shows it (never the password hash)."""
+    """A user as the API shows it (never the password hash): ``sessions`` not expired,
+    ``tokens`` neither revoked nor expired."""
 
     id: int
     username: str
     role: Role
     disabled: bool
     created_at: datetime
+    sessions: int = 0
+    tokens: int = 0
 
 
 class StatusOut(BaseModel):

@@ -306,6 +306,9 @@ class User(Base):
 
     ``password_hash`` is an argon2id PHC string (``$argon2id$v=19$...``); the password itself
     is never stored. ``role`` is ``admin`` (edits) or ``viewer`` (reads).
+    ``credentials_version`` goes up by one at each password change; sessions and API tokens
+    carry the version they were issued under and stop working when it moves on (so one
+    created concurrently with a password change cannot outlive it).
     """
 
     __tablename__ = "users"
@@ -316,6 +319,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    credentials_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
 
@@ -332,13 +336,19 @@ class ApiSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    credentials_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_api_sessions_user", "user_id"),)
 
 
 class ApiToken(Base):
     """A token for scripts (``Authorization: Bearer``); only its HMAC-SHA256 (keyed by
-    ``secret_key``) is stored."""
+    ``secret_key``) is stored.
+
+    ``scope`` is ``read`` (acts as a viewer) or ``admin`` (acts with its user's role);
+    ``expires_at`` is when it stops working; a revoked token is kept for the record
+    (``revoked_at``); ``credentials_version`` is its user's at issue (see :class:`User`).
+    """
 
     __tablename__ = "api_tokens"
 
@@ -349,6 +359,15 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    scope: Mapped[str] = mapped_column(String(8), default="admin", server_default="admin")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    credentials_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __table_args__ = (
+        CheckConstraint("scope IN ('read', 'admin')", name="scope_known"),
+        Index("ix_api_tokens_user", "user_id"),
+    )
 
 
 class AuditEntry(Base):
