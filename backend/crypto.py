@@ -2,6 +2,8 @@
 
 A bot token is a password to the bot: it is kept encrypted in the database, never logged
 (use :func:`mask_token`), and never put in a URL of ours (webhooks are routed by bot id).
+Every secret made or read here (the keys, each derived webhook secret, each token encrypted
+or decrypted) is registered with :mod:`backend.redaction`, so no log line shows it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from backend.errors import ConfigError
+from backend.redaction import register_secret, register_secrets
 from backend.settings import Settings
 
 
@@ -40,6 +43,7 @@ class TokenCipher:
 
     def encrypt(self, token: str) -> bytes:
         """Return the ciphertext of ``token``."""
+        register_secret(token)
         return self._fernet.encrypt(token.encode())
 
     def decrypt(self, ciphertext: bytes) -> str:
@@ -49,12 +53,14 @@ class TokenCipher:
             ConfigError: when the ciphertext was made with another key (the key changed).
         """
         try:
-            return self._fernet.decrypt(ciphertext).decode()
+            token = self._fernet.decrypt(ciphertext).decode()
         except InvalidToken as exc:
             raise ConfigError(
                 "a bot token cannot be decrypted: BOTSIM_FERNET_KEY differs from the key"
                 " it was encrypted with"
             ) from exc
+        register_secret(token)
+        return token
 
 
 def mask_token(token: str) -> str:
@@ -79,7 +85,9 @@ def webhook_secret_for(master: str, bot_id: int) -> str:
     this returns 43 characters of urlsafe base64 of HMAC-SHA256(master, "webhook:<bot_id>").
     """
     digest = hmac.new(master.encode(), f"webhook:{bot_id}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    secret = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    register_secret(secret)
+    return secret
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ def resolve_secrets(settings: Settings) -> Secrets:
         webhook = settings.webhook_secret.get_secret_value()
     else:
         webhook = _read_or_create(settings.data_dir / "webhook.secret", secrets.token_urlsafe(32))
+    register_secrets((fernet_key, webhook))
     TokenCipher(fernet_key)  # validate now, not on the first token
     return Secrets(fernet_key=fernet_key, webhook_secret=webhook)
 
@@ -147,8 +156,11 @@ def resolve_secret_key(settings: Settings) -> str:
                 "production mode refuses to start the API without BOTSIM_SECRET_KEY"
                 f" (at least {min_chars} characters; no default secrets outside development)"
             )
-        return _read_or_create(settings.data_dir / "secret.key", secrets.token_urlsafe(32))
+        key = _read_or_create(settings.data_dir / "secret.key", secrets.token_urlsafe(32))
+        register_secret(key)
+        return key
     key = settings.secret_key.get_secret_value()
+    register_secret(key)
     if len(key) < min_chars:
         raise ConfigError(f"BOTSIM_SECRET_KEY must be at least {min_chars} characters")
     return key

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
+from backend import redaction
 from backend.logcontext import FIELDS, ContextFilter
 
 if TYPE_CHECKING:  # the heavy imports wait for runtime(): `botsim personas check` stays quick
@@ -64,10 +65,15 @@ def configure_process() -> None:
 class PlainFormatter(logging.Formatter):
     """``time LEVEL logger: message [bot=12 chat=3 turn=… worker=… trace=…]``: the suffix
     names the ids :class:`~backend.logcontext.ContextFilter` found bound (none: no suffix);
-    a traceback follows on the next lines."""
+    a traceback follows on the next lines. Secrets are masked in the whole text (message,
+    arguments, traceback, stack: :func:`backend.redaction.redact`)."""
 
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line (and its traceback), secrets masked."""
+        return redaction.redact(super().format(record))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line without its traceback, ids appended."""
@@ -82,7 +88,8 @@ class JsonLineFormatter(JsonFormatter):
     ``level``, ``logger``, ``message``; then, where set, ``bot_id``, ``chat_id`` (ints),
     ``turn_id``, ``worker_id``, ``trace_id`` (32 hex), ``span_id`` (16 hex) and any
     ``extra=`` fields; ``exception`` (the formatted traceback) and ``stack`` when the record
-    has one."""
+    has one. Secrets are masked in every field, and the value of a secret-named ``extra=``
+    field is ``***`` (:func:`backend.redaction.redact_fields`)."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -96,7 +103,7 @@ class JsonLineFormatter(JsonFormatter):
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         """``time`` first and as text, then level, logger, message, the bound ids (those not
-        bound left out), the rest."""
+        bound left out), the rest; secrets masked."""
         at = log_data.pop("time")
         out: dict[str, Any] = {"time": at.isoformat(timespec="milliseconds")
                                .replace("+00:00", "Z")}
@@ -106,7 +113,8 @@ class JsonLineFormatter(JsonFormatter):
             if (value := log_data.pop(key, None)) is not None:
                 out[key] = value
         out.update(log_data)
-        return out
+        redacted: dict[str, Any] = redaction.redact_fields(out)
+        return redacted
 
 
 def log_handler(log_format: Literal["plain", "json"],
@@ -149,9 +157,56 @@ def configure_logging(settings: Settings, *, quiet: bool = False) -> bool:
     level = getattr(logging, settings.log_level)
     if quiet:
         level = max(level, logging.WARNING)
+    register_settings_secrets(settings)
     logging.basicConfig(level=level, handlers=[log_handler(settings.log_format)])
     tame_chatty_loggers(level)
+    install_redacting_excepthooks()
     return True
+
+
+def register_settings_secrets(settings: Settings) -> None:
+    """Register the secrets ``settings`` hold with :mod:`backend.redaction`, so that no log
+    line shows them whatever their shape: the Fernet key, the webhook secret, the admin
+    API's secret key, each LLM provider's API key, the passwords of the database and Redis
+    URLs. (Generated development keys, per-bot webhook secrets and decrypted bot tokens are
+    registered where they are made: :mod:`backend.crypto`.)"""
+    from urllib.parse import urlsplit
+
+    values = [secret.get_secret_value() for secret in (
+        settings.fernet_key, settings.webhook_secret, settings.secret_key,
+        *(p.api_key for p in settings.llm_providers)) if secret is not None]
+    for url in (settings.database_url, settings.redis_url):
+        with contextlib.suppress(ValueError):
+            values.append(urlsplit(url or "").password or "")
+    redaction.register_secrets(values)
+
+
+def _redacted_traceback(exc_type: type[BaseException], exc: BaseException,
+                        tb: Any) -> str:
+    import traceback
+
+    return redaction.redact("".join(traceback.format_exception(exc_type, exc, tb)))
+
+
+def install_redacting_excepthooks() -> None:
+    """An exception nobody caught (in the main thread or another) is printed to standard
+    error with its secrets masked, as a log line would be: Python's own hooks print the
+    traceback as it is (python-telegram-bot's ``InvalidToken`` quotes the token)."""
+    import threading
+
+    def main_hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        sys.stderr.write(_redacted_traceback(exc_type, exc, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        sys.stderr.write(f"Exception in thread {name}:\n"
+                         + _redacted_traceback(args.exc_type, args.exc_value,
+                                               args.exc_traceback))
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ by ``"***"`` too.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,15 +38,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.db.models import AuditEntry
 from backend.errors import ValidationFailed
 
-#: What replaces the value of a secret-named key.
-MASK = "***"
-#: Substrings of a normalised key (lowercase, ``-`` → ``_``) that mark it as a secret.
-SECRET_MARKERS = ("token", "password", "passwd", "api_key", "apikey", "secret")
+# Secrets are recognised in one place (backend.redaction); the names stay importable here.
+from backend.redaction import BOT_TOKEN_RE as BOT_TOKEN_RE
+from backend.redaction import MASK as MASK
+from backend.redaction import SECRET_MARKERS as SECRET_MARKERS
+from backend.redaction import is_secret_key as is_secret_key
+from backend.redaction import mask_secrets as mask_secrets
+from backend.redaction import redact_tokens as redact_tokens
+
 #: The largest page :func:`list_entries` returns.
 MAX_LIMIT = 1000
-#: A bot token's shape: the bot's numeric id, a colon, 30-odd characters of ``A-Za-z0-9_-``
-#: (core.telegram.org/bots/api#authorizing-your-bot: "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11").
-BOT_TOKEN_RE = re.compile(r"\d{3,}:[A-Za-z0-9_-]{20,}")
 #: ``username`` of the engine's own entries (``user_id`` None).
 ENGINE = "engine"
 #: The engine's actions (module table).
@@ -56,37 +56,6 @@ BOT_DISABLED = "bot.disabled"
 SAFETY_BLOCKED = "safety.blocked"
 
 _JSON: TypeAdapter[JsonValue] = TypeAdapter(JsonValue)
-
-
-def is_secret_key(key: str) -> bool:
-    """True when ``key`` is named like a secret (``token``, ``API_KEY``, ``db-password``...)."""
-    norm = key.lower().replace("-", "_")
-    return any(marker in norm for marker in SECRET_MARKERS)
-
-
-def redact_tokens(text: str) -> str:
-    """``text`` with every bot token in it (:data:`BOT_TOKEN_RE`) replaced by ``"***"``:
-    ``redact_tokens("The token `123456:ABC-DEF1234ghIkl-zyx57W2v1u` was rejected")`` is
-    ``"The token `***` was rejected"``."""
-    return BOT_TOKEN_RE.sub(MASK, text)
-
-
-def mask_secrets(value: Any) -> Any:
-    """Return a copy of ``value`` with every secret-named key's value replaced by ``"***"``
-    and every bot token inside a string redacted (:func:`redact_tokens`).
-
-    Walks nested dicts and lists (tuples become lists); other values are returned as is.
-    The input is not modified.
-    """
-    if isinstance(value, Mapping):
-        return {
-            str(k): MASK if is_secret_key(str(k)) else mask_secrets(v) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [mask_secrets(v) for v in value]
-    if isinstance(value, str):
-        return redact_tokens(value)
-    return value
 
 
 async def record(

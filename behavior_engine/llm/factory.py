@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backend.redaction import register_secret
 from backend.schemas import ProviderSettings
 from behavior_engine.llm.base import Provider
 from behavior_engine.llm.chain import ChainEntry, ProviderChain, Recorder, RetryPolicy
@@ -10,8 +11,10 @@ from behavior_engine.llm.offline import OfflineGenerator
 
 
 def build_provider(cfg: ProviderSettings) -> Provider:
-    """The SDK-backed provider for one configuration item (SDK retries off)."""
+    """The SDK-backed provider for one configuration item (SDK retries off); its API key is
+    registered as a secret no log line shows (:mod:`backend.redaction`)."""
     key = cfg.api_key.get_secret_value() if cfg.api_key is not None else "not-needed"
+    register_secret(cfg.api_key.get_secret_value() if cfg.api_key is not None else None)
     common = {"name": cfg.name, "model": cfg.model, "api_key": key, "base_url": cfg.base_url,
               "timeout": cfg.timeout_s, "max_tokens": cfg.max_tokens}
     if cfg.kind == "groq":
