@@ -638,5 +638,6 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
             create_app(state), host=settings.listener_host, port=settings.listener_port,
             log_level="warning", access_log=False,
             log_config=None,  # uvicorn's lines go through ours (BOTSIM_LOG_FORMAT)
+            **settings.proxy_options(),  # X-Forwarded-* only from BOTSIM_TRUSTED_PROXIES
         )
         await uvicorn.Server(config).serve()

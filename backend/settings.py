@@ -11,12 +11,14 @@ budgets, ...) live in the database instead: see ``backend.schemas.SimulationSett
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from backend.errors import ConfigError
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 from backend.schemas import DEFAULT_PRICES, ModelPrice, ProviderSettings
 
 _SECRET_MIN_CHARS = 32
+#: Entries of ``trusted_proxies`` at most (a proxy tier, not an address list to scan).
+MAX_TRUSTED_PROXIES = 64
 #: L1 TTL without Redis (seconds): the bound on seeing another process's writes.
 LOCAL_CACHE_TTL_S = 2.0
 
@@ -88,6 +92,13 @@ class Settings(BaseSettings):
             development generates ``<data_dir>/secret.key``. Changing it logs everyone out
             and invalidates every API token.
         session_ttl_s: seconds a browser session of the admin API lives after login.
+        trusted_proxies: the reverse proxies whose ``X-Forwarded-For`` (and
+            ``X-Forwarded-Proto``) headers are believed: IP addresses or CIDR networks,
+            comma-separated (``10.0.0.5,172.18.0.0/16``) or a JSON list; at most
+            :data:`MAX_TRUSTED_PROXIES`. Empty (the default): no forwarded header is
+            trusted, and the TCP peer is the client (uvicorn's ``proxy_headers`` off). Used
+            by the admin API's failed-login limits (``backend.api.security.client_address``)
+            and the uvicorn servers of ``botsim api`` and the listener.
         tracing: ``off`` (default: no spans, nearly no cost) or ``otlp``: each process
             exports one trace per turn over OTLP/HTTP (``backend.tracing``), to where the
             standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
@@ -133,6 +144,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     secret_key: SecretStr | None = None
     session_ttl_s: int = Field(default=43_200, gt=0, le=31_536_000)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     tracing: Literal["off", "otlp"] = "off"
 
     @field_validator("database_url")
@@ -150,6 +162,33 @@ class Settings(BaseSettings):
                 "must be a PostgreSQL (postgresql://...) or SQLite (sqlite:///path) URL"
             )
         return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, v: Any) -> list[str]:
+        """Each entry as a normalised network (``10.0.0.5`` → ``10.0.0.5/32``)."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    v = json.loads(text)
+                except ValueError:
+                    raise ValueError("not a valid JSON list of addresses") from None
+            else:
+                v = [part for part in re.split(r"[,\s]+", text) if part]
+        if not isinstance(v, list | tuple) or not all(isinstance(p, str) for p in v):
+            raise ValueError("expected IP addresses or CIDR networks, comma-separated")
+        if len(v) > MAX_TRUSTED_PROXIES:
+            raise ValueError(f"at most {MAX_TRUSTED_PROXIES} entries, got {len(v)}")
+        networks = []
+        for i, part in enumerate(v):
+            try:
+                networks.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"entry {i + 1} {part[:60]!r} is not an IP address or CIDR network"
+                ) from None
+        return networks
 
     @field_validator("llm_prices")
     @classmethod
@@ -182,6 +221,20 @@ class Settings(BaseSettings):
                                                               LOCAL_CACHE_TTL_S)
         return TwoLayerCache(redis_url=self.redis_url, l1_ttl_s=ttl, l1_size=self.cache_l1_size,
                              namespace=namespace or self.redis_namespace)
+
+    def proxy_options(self) -> dict[str, Any]:
+        """uvicorn's proxy options (``uvicorn.Config`` keywords) from ``trusted_proxies``.
+
+        Empty (the default): ``proxy_headers=False``, so no ``X-Forwarded-*`` header
+        changes the client address or scheme (uvicorn's own default believes them from
+        127.0.0.1, which lets any process on the host pick its address). Otherwise uvicorn
+        believes them from exactly those addresses and networks (``forwarded_allow_ips``)
+        and takes the rightmost untrusted ``X-Forwarded-For`` entry as the client, as
+        ``backend.api.security.client_address`` does.
+        """
+        if not self.trusted_proxies:
+            return {"proxy_headers": False}
+        return {"proxy_headers": True, "forwarded_allow_ips": list(self.trusted_proxies)}
 
     @property
     def effective_database_url(self) -> str:

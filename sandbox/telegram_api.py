@@ -245,8 +245,10 @@ class BackgroundServer:
         except OSError:
             sock.close()
             raise
+        # proxy_headers=False: no X-Forwarded-For is believed (uvicorn's default trusts it
+        # from 127.0.0.1); these servers bind locally and stand behind no proxy.
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=2)
+                                timeout_graceful_shutdown=2, proxy_headers=False)
         server = _EmbeddedServer(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
@@ -1915,7 +1917,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.world, encoding="utf-8") as fh:
             sandbox.load_world(json.load(fh))
     # No access log: request paths contain bot tokens.
-    uvicorn.run(sandbox.app, host=args.host, port=args.port, log_level="info", access_log=False)
+    uvicorn.run(sandbox.app, host=args.host, port=args.port, log_level="info", access_log=False,
+                proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -264,6 +264,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
         app = create_app(settings, rt.sessionmaker, secrets=secrets, reads=rt.reads)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                                 log_level="warning", access_log=False,
-                                log_config=None)  # its lines go through ours (JSON or plain)
+                                log_config=None,  # its lines go through ours (JSON or plain)
+                                **settings.proxy_options())
         log.info("admin API on http://%s:%s", settings.api_host, settings.api_port)
         await uvicorn.Server(config).serve()

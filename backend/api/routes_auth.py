@@ -8,12 +8,13 @@ in the answer that creates it. Errors are RFC 9457 problem details (:mod:`backen
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from backend.api.deps import Admin, State, Viewer
-from backend.api.security import SESSION_COOKIE, Principal, csrf_protect
+from backend.api.security import SESSION_COOKIE, Principal, client_address, csrf_protect
 from backend.api_schemas import LoginBody, LoginOut, MeOut, StatusOut, TokenBody, TokenOut, UserOut
 from backend.stores import users as store
 
@@ -28,16 +29,23 @@ async def login(body: LoginBody, request: Request, response: Response,
     """Check the password and open a session (cookie ``botsim_session``).
 
     An unknown username gets the same 401 and takes the same time as a wrong password
-    (the password is verified against a dummy hash). Failures are throttled: 429 with
-    ``Retry-After`` (see ``LoginThrottle``).
+    (the password is verified against a dummy hash). Failures are throttled
+    (``LoginThrottle``): 429 with ``Retry-After`` for an address that has failed too often
+    on this username or on any; a username failing from many addresses only slows its
+    attempts down (at most a few seconds), so its owner can still log in from elsewhere.
+    The address is ``client_address`` (``X-Forwarded-For`` only from
+    ``BOTSIM_TRUSTED_PROXIES``).
     """
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request, state.settings.trusted_proxies)
     wait = state.throttle.retry_after(body.username, address)
     if wait:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                            detail="too many failed logins; try again later",
+                            detail="too many failed logins from this address; try again later",
                             headers={"Retry-After": str(wait)})
+    slow = state.throttle.delay(body.username)
     started = state.throttle.begin(body.username, address)
+    if slow > 0:
+        await asyncio.sleep(slow)
     async with state.sessionmaker() as session:
         user = await store.get_by_username(session, username=body.username)
     ok = await state.verify(user.password_hash if user else state.dummy_hash, body.password)

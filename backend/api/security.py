@@ -16,11 +16,13 @@ Routes depend on :func:`require_viewer` or :func:`require_admin`; both include
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import ipaddress
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -86,26 +88,68 @@ class Principal:
 
 
 class LoginThrottle:
-    """Sliding-window limit on failed logins, per username and per client address.
+    """Failed-login limits that slow guessing down without locking the owner out.
 
-    Defaults: 5 failures per 15 minutes per username, 20 per address (OWASP Authentication
-    Cheat Sheet advises limiting per account and per source; the figures are ours). The
-    windows live in this process's memory: each API process counts on its own, and a
-    restart forgets them. Run one API process, or accept N × the limit with N processes.
+    Three counts of failed logins, each over a sliding window (15 minutes):
+
+    - per (username, client address): 5 failures, then that address gets 429 with
+      ``Retry-After`` for that username (someone guessing from one place);
+    - per client address: 20 failures, then that address gets 429 for every username
+      (one place trying many usernames);
+    - per username, from any address: never a refusal. From the 6th failure in the window
+      on, every attempt on that username waits before its password is checked: 0.25 s,
+      doubling with each further failure, at most 4 s (an ``asyncio.sleep``: the event
+      loop serves others meanwhile).
+
+    So an attacker who knows a username cannot lock its owner out: the right password
+    from an address that has not been failing logs in (at most 4 s late) even while the
+    username is under attack from many others. What the attacker gets is at most 5
+    guesses per address per username per window, each one slowed down, and 20 per
+    address over all usernames. The OWASP Authentication Cheat Sheet advises limiting per
+    account and per source and warns that an account lockout is itself a denial of
+    service; the figures are ours.
+
+    The client address is :func:`client_address`: the TCP peer, or what a trusted proxy
+    (``BOTSIM_TRUSTED_PROXIES``) says in ``X-Forwarded-For``; a client cannot pick it.
 
     An attempt counts as a failure from the moment it starts (:meth:`begin`) and is taken
     back on success (:meth:`succeeded`), so a burst of concurrent guesses cannot all pass
     the check before the first failure is recorded.
 
+    The windows live in this process's memory: each API process counts on its own, and a
+    restart forgets them. Memory is bounded: at most ``max_keys`` counters (the oldest
+    dropped first, under a flood of made-up usernames or addresses), each holding at most
+    :data:`KEEP_PER_KEY` timestamps.
+
     Args:
-        max_keys: keys remembered at most (oldest dropped first): bounds memory under a
-            flood of made-up usernames.
+        per_pair: failures per (username, address) before 429.
+        per_address: failures per address (any username) before 429.
+        user_free: failures per username (any address) before attempts on it are slowed.
+        user_delay_s: the first slowdown, seconds; doubles with each further failure.
+        max_delay_s: the longest slowdown, seconds.
+        window_s: the sliding window, seconds.
+        max_keys: counters remembered at most.
+
+    Raises:
+        ValueError: a limit below 1, a negative delay or a window that is not positive.
     """
 
-    def __init__(self, *, per_user: int = 5, per_address: int = 20, window_s: float = 900.0,
-                 max_keys: int = 100_000) -> None:
-        self.per_user = per_user
+    #: Timestamps kept per counter at most (the per-username count needs no more to reach
+    #: its longest delay; the refusing counts are capped by their limits anyway).
+    KEEP_PER_KEY = 64
+
+    def __init__(self, *, per_pair: int = 5, per_address: int = 20, user_free: int = 5,
+                 user_delay_s: float = 0.25, max_delay_s: float = 4.0,
+                 window_s: float = 900.0, max_keys: int = 100_000) -> None:
+        if min(per_pair, per_address, user_free + 1, max_keys) < 1:
+            raise ValueError("login limits and max_keys must be at least 1")
+        if user_delay_s < 0 or max_delay_s < 0 or not window_s > 0:
+            raise ValueError("delays must be >= 0 and window_s > 0")
+        self.per_pair = per_pair
         self.per_address = per_address
+        self.user_free = user_free
+        self.user_delay_s = user_delay_s
+        self.max_delay_s = max_delay_s
         self.window_s = window_s
         self.max_keys = max_keys
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
@@ -120,40 +164,136 @@ class LoginThrottle:
             del self._hits[key]
         return hits
 
-    def _keys(self, username: str, address: str) -> tuple[tuple[str, int], tuple[str, int]]:
-        return (f"u:{username.casefold()}", self.per_user), (f"a:{address}", self.per_address)
+    @staticmethod
+    def _user_key(username: str) -> str:
+        return f"u:{username.casefold()}"
+
+    @staticmethod
+    def _pair_key(username: str, address: str) -> str:
+        return f"p:{address}\x00{username.casefold()}"
+
+    @staticmethod
+    def _address_key(address: str) -> str:
+        return f"a:{address}"
 
     def retry_after(self, username: str, address: str, *, now: float | None = None) -> int:
-        """Seconds until another attempt is allowed; 0 when allowed now."""
+        """Seconds until ``address`` may try ``username`` again; 0 when it may now.
+
+        Only the per-(username, address) and per-address counts refuse; the per-username
+        count never does (see :meth:`delay`).
+        """
         now = time.monotonic() if now is None else now
         wait = 0.0
-        for key, limit in self._keys(username, address):
+        for key, limit in ((self._pair_key(username, address), self.per_pair),
+                           (self._address_key(address), self.per_address)):
             hits = self._live(key, now)
             if len(hits) >= limit:
                 wait = max(wait, hits[len(hits) - limit] + self.window_s - now)
         return max(1, math.ceil(wait)) if wait > 0 else 0
 
+    def delay(self, username: str, *, now: float | None = None) -> float:
+        """Seconds an attempt on ``username`` waits before its password is checked: 0 up
+        to ``user_free`` failures in the window, then ``user_delay_s`` doubling with each
+        further failure, at most ``max_delay_s``."""
+        now = time.monotonic() if now is None else now
+        over = len(self._live(self._user_key(username), now)) - self.user_free
+        if over < 0:
+            return 0.0
+        return float(min(self.max_delay_s, self.user_delay_s * 2.0 ** min(over, 32)))
+
     def begin(self, username: str, address: str, *, now: float | None = None) -> float:
         """Count an attempt as failed; returns its timestamp for :meth:`succeeded`."""
         now = time.monotonic() if now is None else now
-        for key, _ in self._keys(username, address):
-            self._hits.setdefault(key, deque()).append(now)
+        for key in (self._user_key(username), self._pair_key(username, address),
+                    self._address_key(address)):
+            self._hits.setdefault(key, deque(maxlen=self.KEEP_PER_KEY)).append(now)
             self._hits.move_to_end(key)
         while len(self._hits) > self.max_keys:
             self._hits.popitem(last=False)
         return now
 
     def succeeded(self, username: str, address: str, started: float) -> None:
-        """Take back the attempt begun at ``started`` and forget the username's failures
-        (the address keeps its count: a success must not launder other guesses)."""
-        user_key, _ = self._keys(username, address)[0]
-        self._hits.pop(user_key, None)
-        hits = self._hits.get(f"a:{address}")
-        if hits is not None:
-            try:
-                hits.remove(started)
-            except ValueError:
-                pass
+        """Take back the attempt begun at ``started`` and forget this address's failures
+        on ``username``. The address and the username keep their other failures: a
+        success must not launder other guesses, nor end the slowdown of an attack."""
+        self._hits.pop(self._pair_key(username, address), None)
+        for key in (self._address_key(address), self._user_key(username)):
+            hits = self._hits.get(key)
+            if hits is not None:
+                try:
+                    hits.remove(started)
+                except ValueError:
+                    pass
+
+
+#: Most ``X-Forwarded-For`` entries read (right to left) from a trusted proxy: a chain of
+#: proxies is short; whatever lies further left was written by the client.
+MAX_FORWARDED_HOPS = 16
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
+    return tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+
+
+def _ip(text: str) -> _Address | None:
+    """An address from a forwarded entry (``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:80``,
+    ``::1``); None when it is none (``unknown``, a hostname, garbage)."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        found = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
+
+
+def client_address(request: Request, trusted_proxies: Sequence[str] = ()) -> str:
+    """The client's address, as the failed-login limits count it.
+
+    The TCP peer, unless the peer is one of ``trusted_proxies`` (``BOTSIM_TRUSTED_PROXIES``:
+    addresses or CIDR networks; empty by default, so no forwarded header is believed).
+    From a trusted peer, ``X-Forwarded-For`` (every such header, joined) is read right to
+    left: the first address that is not a trusted proxy is the client; entries further
+    left were written by the client and prove nothing. When every entry is a trusted
+    proxy, the leftmost one; an entry that is not an address ends the walk at the last
+    trusted hop (which reported it). At most :data:`MAX_FORWARDED_HOPS` entries are read.
+
+    Returns:
+        An IP address as text (IPv4-mapped IPv6 as IPv4), or the peer's host as given when
+        it is not an IP address, or ``"unknown"`` without a peer.
+    """
+    peer = request.client.host if request.client else None
+    if peer is None:
+        return "unknown"
+    peer_ip = _ip(peer)
+    if peer_ip is None or not trusted_proxies:
+        return str(peer_ip) if peer_ip is not None else peer
+    networks = _networks(tuple(trusted_proxies))
+
+    def trusted(ip: _Address) -> bool:
+        return any(ip.version == n.version and ip in n for n in networks)
+
+    if not trusted(peer_ip):
+        return str(peer_ip)
+    header = ",".join(request.headers.getlist("x-forwarded-for"))
+    hop = peer_ip
+    for entry in reversed(header.split(",")[-MAX_FORWARDED_HOPS:] if header.strip() else []):
+        found = _ip(entry)
+        if found is None:
+            break
+        hop = found
+        if not trusted(found):
+            break
+    return str(hop)
 
 
 #: Largest id of our tables: their ids are PostgreSQL INTEGER (int32). Ids and cursors

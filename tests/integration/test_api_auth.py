@@ -170,7 +170,7 @@ async def test_failed_logins_are_throttled_per_address(
 
 
 def test_throttle_window_slides_and_success_forgets_the_username() -> None:
-    t = LoginThrottle(per_user=2, per_address=10, window_s=60)
+    t = LoginThrottle(per_pair=2, per_address=10, window_s=60)
     t.begin("a", "1.2.3.4", now=0)
     t.begin("a", "1.2.3.4", now=10)
     assert t.retry_after("a", "1.2.3.4", now=20) == 40
