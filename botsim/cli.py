@@ -110,7 +110,10 @@ async def _interview_cmd(settings: Settings, who: str, question: str, llm: str,
                           "answer": answer.text, "provider": answer.provider},
                          ensure_ascii=False))
     else:
-        print(f"{profile.name} (@{profile.username}, {answer.provider}): {answer.text}")
+        from botsim.terminal import clean
+
+        print(clean(f"{profile.name} (@{profile.username}, {answer.provider}): ",
+                    one_line=True) + clean(answer.text))
     return 0
 
 

@@ -52,6 +52,7 @@ from bots.demo_world import (
     DEMO_TICK_S,
 )
 from botsim.bootstrap import Runtime, runtime
+from botsim.terminal import clean
 from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import BackgroundServer, SandboxError, TelegramSandbox
 
@@ -185,15 +186,20 @@ class _Printer:
             self.last_id = msg.id
 
     def show(self, msg: Message) -> None:
+        """Print one message: what people and bots wrote without terminal control sequences
+        (:func:`botsim.terminal.clean`) and without ``rich`` markup."""
         human = msg.bot_id is None
-        speaker = (msg.sender_name or "?") if human else self.names.get(msg.bot_id or 0, "?")
-        self.texts[(msg.chat_id, msg.telegram_message_id)] = (speaker, msg.text)
+        speaker = clean((msg.sender_name or "?") if human
+                        else self.names.get(msg.bot_id or 0, "?"), one_line=True)
+        text = clean(msg.text)
+        self.texts[(msg.chat_id, msg.telegram_message_id)] = (speaker, text)
         when = msg.created_at.astimezone().strftime("%H:%M:%S")
         style = "bold cyan" if human else "bold"
-        where = (f"[magenta]\\[{escape(self.chats.get(msg.chat_id, '?'))}][/magenta] "
+        title = clean(self.chats.get(msg.chat_id, "?"), one_line=True)
+        where = (f"[magenta]\\[{escape(title)}][/magenta] "
                  if len(self.chats) > 1 else "")
         line = (f"[dim]{when}[/dim] {where}[{style}]{escape(speaker)}[/{style}]: "
-                f"{escape(msg.text)}")
+                f"{escape(text)}")
         self.console.print(line, soft_wrap=True, highlight=False)
         if msg.reply_to_telegram_message_id is not None:
             who, text = self.texts.get((msg.chat_id, msg.reply_to_telegram_message_id),
@@ -233,7 +239,7 @@ async def _converse(
             try:
                 await sandbox.post_as_human(DEMO_CHAT_ID, HUMAN_ID, text)
             except SandboxError as exc:  # e.g. longer than Telegram's 4096 characters
-                printer.console.print(f"[red]not posted:[/red] {escape(str(exc))}")
+                printer.console.print(f"[red]not posted:[/red] {escape(clean(str(exc)))}")
         await printer.poll(sessionmaker)
         await asyncio.sleep(0.25)
 
@@ -252,7 +258,8 @@ async def _inject(sessionmaker: async_sessionmaker[AsyncSession], what: str,
     async with sessionmaker() as session, session.begin():
         stored = await event_store.add_event(session, event=event, created_by="demo")
     moves = ", ".join(f"{s} {p:+g} %" for s, p in stored.shocks.items())
-    printer.console.print(f"[bold yellow]📰 {escape(stored.headline)}[/bold yellow]"
+    headline = clean(stored.headline, one_line=True)
+    printer.console.print(f"[bold yellow]📰 {escape(headline)}[/bold yellow]"
                           + (f" ({escape(moves)})" if moves else ""))
 
 

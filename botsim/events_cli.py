@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from backend.errors import NotFound, ValidationFailed
 from backend.schemas import WorldEvent, WorldEventIn
 from backend.settings import Settings
+from botsim.terminal import clean
 
 #: ``created_by`` and audit username of the CLI's events.
 CLI_USER = "cli"
@@ -156,6 +157,7 @@ def event_line(event: WorldEvent) -> str:
     if event.topics:
         parts.append("topics " + ", ".join(event.topics))
     parts.append(f"by {event.created_by}")
+    parts = [clean(part, one_line=True) for part in parts]  # written by people
     return "  ".join(parts)
 
 
@@ -188,7 +190,8 @@ async def event_cmd(settings: Settings, args: argparse.Namespace) -> int:
             from backend.api.routes_events import shocks_text
 
             for name, e in PRESETS.items():
-                print(f"{name:<20} {e.headline}  [{shocks_text(e.shocks.items())}]")
+                print(f"{name:<20} {clean(e.headline, one_line=True)}  "
+                      f"[{shocks_text(e.shocks.items())}]")
         return 0
     if command == "cancel":
         text = str(args.id).strip()

@@ -521,7 +521,10 @@ _LABEL = {"ok": "ok", "warn": "warn", "fail": "PROBLEM"}
 def render_table(report: PreflightReport) -> object:
     """A ``rich`` table of ``report``: one row per check of a bot (a membership check: per
     bot and group), with what to fix; the caption sums it up."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from botsim.terminal import clean
 
     verdict = ("all good" if report.ok else
                f"{report.problems} problem(s), {report.warnings} warning(s)")
@@ -531,9 +534,13 @@ def render_table(report: PreflightReport) -> object:
         table.add_column(col, overflow="fold")
     for bot in report.bots:
         for i, f in enumerate(bot.findings):
-            who = f"{bot.name}\n@{bot.username} (bot {bot.bot_id})" if i == 0 else ""
-            group = (f"{f.chat_title} ({f.telegram_chat_id})" if f.telegram_chat_id is not None
-                     else "")
+            # names, titles and Telegram's descriptions: no control sequence, no markup
+            who = (escape(clean(bot.name, one_line=True)) + "\n"
+                   + escape(clean(f"@{bot.username} (bot {bot.bot_id})", one_line=True))
+                   if i == 0 else "")
+            group = (escape(clean(f"{f.chat_title} ({f.telegram_chat_id})", one_line=True))
+                     if f.telegram_chat_id is not None else "")
             table.add_row(who, f.check, group, f"[{_STYLE[f.status]}]{_LABEL[f.status]}[/]",
-                          f.detail, f.fix or "", end_section=i == len(bot.findings) - 1)
+                          escape(clean(f.detail)), escape(clean(f.fix or "")),
+                          end_section=i == len(bot.findings) - 1)
     return table
