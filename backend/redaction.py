@@ -54,8 +54,8 @@ MAX_SECRETS = 50_000
 #: Shorter values are not registered (they would mask ordinary words).
 MIN_SECRET_CHARS = 8
 
-_GRAM = 6
-_STEP = 6
+_GRAM = 8
+_STEP = 8
 #: A value at least this long is indexed; shorter ones are searched for one by one.
 _INDEXED_CHARS = _GRAM + _STEP - 1
 
@@ -253,7 +253,7 @@ def redact_fields(value: Any) -> Any:
     Numbers, booleans, None and dates are kept; other objects become their redacted ``str``.
     """
     if isinstance(value, str):
-        return redact(value)
+        return redact(value) if len(value) >= MIN_SECRET_CHARS else value
     if isinstance(value, Mapping):
         return {k: MASK if isinstance(k, str) and _SECRET_FIELD.search(k) and v is not None
                 else redact_fields(v) for k, v in value.items()}

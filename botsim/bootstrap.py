@@ -112,9 +112,10 @@ class JsonLineFormatter(JsonFormatter):
         for key in FIELDS:
             if (value := log_data.pop(key, None)) is not None:
                 out[key] = value
-        out.update(log_data)
-        redacted: dict[str, Any] = redaction.redact_fields(out)
-        return redacted
+        if isinstance(out["message"], str):
+            out["message"] = redaction.redact(out["message"])
+        out.update(redaction.redact_fields(log_data))  # extra=, exception, stack
+        return out
 
 
 def log_handler(log_format: Literal["plain", "json"],
