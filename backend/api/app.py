@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api import (
     pages,
+    pages_accounts,
     pages_events,
     pages_realism,
     problems,
@@ -234,6 +235,7 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(pages_realism.router)
     app.include_router(pages_events.router)
+    app.include_router(pages_accounts.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.mount("/metrics", metrics_app())
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

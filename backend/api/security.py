@@ -74,9 +74,16 @@ class Principal:
     """Who is calling.
 
     Attributes:
+        role: what the caller may do: the user's role, but ``viewer`` for a ``read``-scope
+            token whatever the user's role (an ``admin``-scope token of a viewer is a viewer).
         via: ``session`` (browser cookie; CSRF applies) or ``token`` (bearer API token).
         csrf_token: the session's CSRF token; None for API tokens.
         session_hash: the session's token digest (for logout); None for API tokens.
+        token_id: the API token's id; None for a session.
+        scope: the API token's scope (``read`` or ``admin``); None for a session.
+        credentials_version: the user's ``credentials_version`` the session or token was
+            issued under (a token this session creates carries it; see
+            :func:`backend.stores.users.change_password`).
     """
 
     user_id: int
@@ -85,6 +92,9 @@ class Principal:
     via: Literal["session", "token"]
     csrf_token: str | None = None
     session_hash: str | None = field(default=None, repr=False)
+    token_id: int | None = None
+    scope: Literal["read", "admin"] | None = None
+    credentials_version: int = 0
 
 
 class LoginThrottle:
@@ -369,8 +379,13 @@ async def current_principal(
 ) -> Principal:
     """The caller, from ``Authorization: Bearer`` (tried first) or the session cookie.
 
+    Every request reads the session or token and its user from the database, so a revoked
+    or expired token, a disabled user, ended sessions and a changed password are refused
+    from the very next request on.
+
     Raises:
-        HTTPException: 401 when neither names a live session or unrevoked token.
+        HTTPException: 401 when neither names a live session or an active token (unknown,
+            revoked, expired, issued before a password change, or its user disabled).
     """
     auth = request.headers.get("authorization")
     if auth is not None:
@@ -381,11 +396,13 @@ async def current_principal(
         async with state.sessionmaker() as session, session.begin():
             found = await store.principal_for_token(session, token_hash=digest)
             if found is None:
-                raise _unauthorized("unknown or revoked API token")
-            _, user = found
-            return Principal(user_id=user.id, username=user.username,
-                             role=user.role,  # type: ignore[arg-type]
-                             via="token")
+                raise _unauthorized("unknown, revoked or expired API token")
+            row, user = found
+            scope: Literal["read", "admin"] = "admin" if row.scope == "admin" else "read"
+            role: Role = "admin" if user.role == "admin" and scope == "admin" else "viewer"
+            return Principal(user_id=user.id, username=user.username, role=role,
+                             via="token", token_id=row.id, scope=scope,
+                             credentials_version=row.credentials_version)
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         raise _unauthorized("not logged in")
@@ -396,9 +413,10 @@ async def current_principal(
             raise _unauthorized("session expired or unknown; log in again")
         api_session, user = live
         return Principal(user_id=user.id, username=user.username,
-                         role=user.role,  # type: ignore[arg-type]
+                         role="admin" if user.role == "admin" else "viewer",
                          via="session", csrf_token=api_session.csrf_token,
-                         session_hash=digest)
+                         session_hash=digest,
+                         credentials_version=api_session.credentials_version)
 
 
 async def csrf_protect(

@@ -245,8 +245,9 @@ async def test_viewer_cannot_call_admin_routes(
     csrf = (await _login(viewer, "vera", "viewer password")).json()["csrf_token"]
     assert (await viewer.get(ME)).json()["role"] == "viewer"
     assert (await viewer.get(USERS)).status_code == 403
-    r = await viewer.post(TOKENS, json={"name": "x"}, headers={"X-CSRF-Token": csrf})
-    assert r.status_code == 403 and r.json()["detail"] == "admin role required"
+    r = await viewer.post(TOKENS, json={"name": "x", "scope": "admin"},
+                          headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 422 and "read-scope" in r.json()["errors"][0]["msg"]
     admin = new_client()
     await _login(admin, "alice", "correct horse battery")
     listed = await admin.get(USERS)
@@ -271,8 +272,9 @@ async def test_bearer_tokens_skip_csrf_and_stop_when_revoked(
     me = await script.get(ME, headers=auth)
     assert me.status_code == 200 and me.json()["via"] == "token"
     assert me.json()["csrf_token"] is None
-    second = await script.post(TOKENS, json={"name": "ci2"}, headers=auth)  # no CSRF needed
-    assert second.status_code == 201
+    # No CSRF needed with a token, but a token cannot mint another (only a session can).
+    second = await script.post(TOKENS, json={"name": "ci2"}, headers=auth)
+    assert second.status_code == 403 and "session" in second.json()["detail"]
     async with sessionmaker() as session, session.begin():
         rows = (await session.execute(select(ApiToken).order_by(ApiToken.id))).scalars().all()
         assert rows[0].token_hash == store.token_digest(SECRET, token)
