@@ -41,8 +41,11 @@ if TYPE_CHECKING:  # the heavy imports wait for runtime(): `botsim personas chec
 log = logging.getLogger("botsim.bootstrap")
 
 #: Libraries that log one line per tick, request or statement: kept at WARNING or above.
-#: aiosqlite's DEBUG lines quote each statement's parameters (people's messages among them).
-CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx", "aiosqlite")
+#: aiosqlite's DEBUG lines quote each statement's parameters (people's messages among them);
+#: the LLM SDKs' DEBUG lines quote each request's body (the prompt: the chat's history) and
+#: httpcore's the bytes sent.
+CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx", "httpcore", "aiosqlite", "openai",
+                  "groq", "google_genai")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: How the plain format names the ids in its ``[…]`` suffix (``backend.logcontext.FIELDS``;
 #: the span id only in JSON).

@@ -241,3 +241,16 @@ def test_the_cli_writes_json_lines_on_standard_error(tmp_path: Path) -> None:
     assert all(ISO_UTC.match(line["time"]) and line["level"] for line in lines)
     bad = _botsim(tmp_path, "xml", "costs")
     assert bad.returncode == 2 and "BOTSIM_LOG_FORMAT" in bad.stderr
+
+
+@pytest.mark.parametrize("sdk_logger", ["openai._base_client", "groq._base_client",
+                                        "google_genai.models", "httpcore.http11"])
+def test_llm_sdks_debug_lines_never_reach_the_log(sdk_logger: str) -> None:
+    """At DEBUG the LLM SDKs log each request's body (the prompt quotes people's messages):
+    their loggers are kept at WARNING, so nothing of a prompt is written."""
+    with captured_logs("json") as stream:
+        logging.getLogger(sdk_logger).debug("Request options: %s",
+                                            {"messages": [{"content": "MARKER-person-text"}]})
+        logging.getLogger(sdk_logger).warning("retrying")
+    assert "MARKER-person-text" not in stream.getvalue()
+    assert [line["message"] for line in json_lines(stream, sdk_logger)] == ["retrying"]
