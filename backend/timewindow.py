@@ -25,11 +25,12 @@ def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | 
         now: the time ages count back from (default: now, UTC).
 
     Returns:
-        An aware datetime, or None for ``text`` None.
+        An aware datetime in UTC, or None for ``text`` None.
 
     Raises:
         ValidationFailed: naming the value and the accepted forms, also for an age over
-            :data:`MAX_AGE_DAYS` days.
+            :data:`MAX_AGE_DAYS` days (``datetime``'s range ends at year 1) or a time with
+            an offset that takes it outside years 1 to 9999 in UTC.
     """
     if text is None:
         return None
@@ -47,4 +48,10 @@ def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | 
         raise ValidationFailed(
             "--since", [(text[:40], "expected an age (30m, 24h, 7d) or an ISO date/time")]
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:  # 0001-01-01T00:00+23:00 is before year 1 in UTC: no datetime holds it
+        return when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValidationFailed(
+            "--since", [(text[:40], "a time within years 1 to 9999 once taken to UTC")]
+        ) from None

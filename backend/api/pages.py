@@ -270,12 +270,18 @@ async def _preflight(state: ApiState, who: Principal,
 async def persona_editor(bot_id: int, request: Request, state: State,
                          preflight: str | None = None) -> Response:
     """One bot's persona as JSON to edit, its prompt preview (404 page when unknown), and
-    its preflight section: with ``?preflight=1`` the bot is checked against the Bot API
+    its preflight section (a 422 page for an id outside 1 to 2^31-1): with
+    ``?preflight=1`` the bot is checked against the Bot API
     while the page renders (``GET /api/v1/bots/{id}/preflight``; any value but empty or ``0``
     asks for it); otherwise a link does it."""
     who = await _principal(request, state)
     if who is None:
         return _to_login()
+    if not 1 <= bot_id <= MAX_DB_ID:  # the database driver would fail on it
+        return _render(request, "refused.html", {
+            "user": who, "page": "personas", "problems": [
+                f"bot_id (in the path): {_quote(str(bot_id))} is not a bot id"
+                f" (a whole number from 1 to {MAX_DB_ID})"]}, status_code=422)
     async with state.sessionmaker() as session:
         bot = await bot_store.find_bot(session, bot_id=bot_id)
         fields = _editable(bot) if bot is not None else None

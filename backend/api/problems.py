@@ -11,7 +11,9 @@ An error is sent as ``application/problem+json``::
 ``errors`` (422 only, :class:`~backend.api_schemas.ValidationProblem`) names each refused
 field: ``loc`` starts with where it was (``body``, ``query``, ``path``, ``header``) and
 follows the field's path; the value sent is never echoed (a refused body may hold a bot
-token). Every other 4xx/5xx raised as an ``HTTPException`` is a
+token), nor quoted inside a message when its field is a secret (a password, a token, an
+API key: :func:`safe_msg`); a message is at most :data:`MSG_MAX` characters. Every other
+4xx/5xx raised as an ``HTTPException`` is a
 :class:`~backend.api_schemas.ProblemDetails` whose ``detail`` is the exception's, with its
 headers (``WWW-Authenticate``, ``Retry-After``, ``Allow``) kept.
 
@@ -29,7 +31,7 @@ pages, and never raise these.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -50,6 +52,15 @@ Where = Literal["body", "query", "path", "header"]
 _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 #: Characters of ``detail`` at most (a 422 of many fields stays readable).
 DETAIL_MAX = 1000
+#: Characters of one ``errors[].msg`` at most: a validator quoting the refused value (an
+#: unknown time zone, a topic name) quotes at most this much of it.
+MSG_MAX = 200
+#: Parts of a field name that make its value secret: its value is cut out of any message
+#: about it, whatever its length (``password``, ``token``, ``api_key``, ``fernet_key``...).
+SECRET_NAME_PARTS = ("password", "passwd", "passphrase", "token", "secret", "api_key",
+                     "apikey", "credential", "authorization", "cookie", "csrf")
+#: What stands for a secret value cut out of a message.
+REDACTED = "[redacted]"
 
 
 def title_of(status: int) -> str:
@@ -83,11 +94,48 @@ def _loc(parts: Iterable[Any]) -> list[str | int]:
     return [p if isinstance(p, int) and not isinstance(p, bool) else str(p) for p in parts]
 
 
+def is_secret_field(loc: Iterable[Any]) -> bool:
+    """True when a part of ``loc`` names a secret (:data:`SECRET_NAME_PARTS`, or a name
+    ending in ``key``)."""
+    for part in loc:
+        if not isinstance(part, str):
+            continue
+        name = part.lower()
+        if name.endswith("key") or any(s in name for s in SECRET_NAME_PARTS):
+            return True
+    return False
+
+
+def _shortened(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
+def safe_msg(error: Mapping[str, Any]) -> str:
+    """The ``msg`` of a FastAPI/pydantic error dict, safe to send back.
+
+    A secret field's value (:func:`is_secret_field` of its ``loc``) is cut out of the
+    message wherever it appears (as is or quoted with ``repr``); any other value quoted
+    longer than 40 characters is shortened; the message is at most :data:`MSG_MAX`
+    characters.
+    """
+    msg = str(error.get("msg", "invalid"))
+    value = error.get("input")
+    if isinstance(value, str | bytes) and value:
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        secret = is_secret_field(error.get("loc", ()))
+        if secret or len(text) > 40:
+            stand_in = REDACTED if secret else repr(_shortened(text, 40))
+            for shown in sorted({repr(text), text}, key=len, reverse=True):
+                msg = msg.replace(shown, stand_in)
+    return _shortened(msg, MSG_MAX)
+
+
 def field_problems(errors: Sequence[Any]) -> list[FieldProblem]:
     """The ``errors`` entries of a 422 from FastAPI/pydantic error dicts (``loc``, ``msg``,
-    ``type``; anything else, the ``input`` above all, is dropped)."""
-    return [FieldProblem(loc=_loc(e.get("loc", ())), msg=str(e.get("msg", "invalid")),
-                         type=str(e.get("type", "value_error"))) for e in errors]
+    ``type``; anything else, the ``input`` above all, is dropped; the message as
+    :func:`safe_msg` makes it)."""
+    return [FieldProblem(loc=_loc(e.get("loc", ())), msg=safe_msg(e),
+                         type=str(e.get("type", "value_error"))[:MSG_MAX]) for e in errors]
 
 
 def validation_problem(errors: Sequence[Any], instance: str) -> ValidationProblem:
@@ -118,9 +166,10 @@ def invalid(where: Where, problems: Sequence[tuple[str, str]]) -> RequestValidat
 
 def invalid_body(exc: ValidationError) -> RequestValidationError:
     """A 422 to raise for a body a route validated itself: each error of ``exc`` with its
-    ``loc`` under ``body`` (never its input)."""
+    ``loc`` under ``body`` (its input kept only for :func:`safe_msg`, never sent)."""
     return RequestValidationError([
-        {"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()
+        {"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"], "input": e.get("input")}
+        for e in exc.errors()
     ])
 
 

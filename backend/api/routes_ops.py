@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
@@ -35,7 +35,7 @@ from backend.api.deps import (
     audit_change,
 )
 from backend.api.problems import invalid
-from backend.api.security import MAX_DB_ID, NO_NUL, ApiState, Principal
+from backend.api.security import MAX_DB_ID, NO_NUL, ApiState, Principal, current_principal
 from backend.api_schemas import (
     AuditOut,
     CostRow,
@@ -74,6 +74,10 @@ SINCE_EXPECTED = "expected an age (30m, 24h, 7d), an ISO date/time or 'all'"
 EVENTS_POLL_S = 0.5
 #: Seconds between two ``: ping`` comments of ``/events`` (keeps proxies from closing it).
 EVENTS_PING_S = 15.0
+#: Seconds between two checks that the caller of an open ``/events`` stream may still
+#: read it (a logout, revoked token, disabled user or expired session ends the stream
+#: within about this long; one query per check; tests make it shorter).
+EVENTS_AUTH_S = 2.0
 #: Messages read per poll of ``/events`` at most; a larger backlog is sent over several
 #: polls without waiting in between.
 EVENTS_BATCH = 500
@@ -230,8 +234,10 @@ async def costs(
     ``botsim costs``)."""
     try:
         start = None if since.strip().lower() == "all" else parse_since(since)
-    except ValidationFailed:
-        raise invalid("query", [("since", f"{since!r}: {SINCE_EXPECTED}")]) from None
+    except ValidationFailed as exc:
+        why = exc.problems[0][1] if exc.problems else ""
+        why = SINCE_EXPECTED if why.startswith("expected") else f"{why}; {SINCE_EXPECTED}"
+        raise invalid("query", [("since", f"{since!r}: {why}")]) from None
     async with state.sessionmaker() as session:
         raw = await llm_store.cost_totals(session, since=start, by=by)
     rows = [CostRow.model_validate(r) for r in raw]
@@ -355,6 +361,20 @@ async def latest_id(state: ApiState) -> int:
         return await message_store.latest_message_id(session)
 
 
+async def still_allowed(request: Request, state: ApiState) -> str | None:
+    """None while the stream's caller is still let in; otherwise why not.
+
+    Calls :func:`~backend.api.security.current_principal` again with the request's own
+    credentials (cookie or bearer token), so whatever it checks (a session logged out or
+    expired, a token revoked, a user disabled) ends a stream too.
+    """
+    try:
+        await current_principal(request, state)
+    except HTTPException as exc:
+        return f"{exc.status_code}: {exc.detail}"
+    return None
+
+
 async def _event_stream(
     request: Request, state: ApiState, after_id: int, chat_id: int | None,
     world_since: datetime | None = None,
@@ -364,8 +384,16 @@ async def _event_stream(
     since = routes_events.stream_since(world_since, datetime.now(UTC))
     world_sent: set[int] = set()
     next_world = time.monotonic()
+    next_auth = time.monotonic() + EVENTS_AUTH_S
     yield ": connected\n\n"  # headers and a first byte now, before any message
     while not await request.is_disconnected():
+        if time.monotonic() >= next_auth:
+            refused = await still_allowed(request, state)
+            if refused is not None:
+                # A comment, then the end: EventSource reconnects and gets the 401 itself.
+                yield f": credentials no longer valid ({refused})\n\n"
+                return
+            next_auth = time.monotonic() + EVENTS_AUTH_S
         if time.monotonic() >= next_world:
             for event in await routes_events.due_events(state, since, world_sent):
                 yield routes_events.sse_world_event(event)
@@ -381,6 +409,23 @@ async def _event_stream(
             next_ping = time.monotonic() + EVENTS_PING_S
         if len(rows) < EVENTS_BATCH:
             await asyncio.sleep(EVENTS_POLL_S)
+
+
+def _resume_id(raw: str) -> int:
+    """The message id of a ``Last-Event-ID`` header: ASCII digits, 0 to ``MAX_DB_ID``.
+
+    Raises:
+        RequestValidationError: 422 naming ``header.last-event-id`` otherwise (a sign,
+            other digits, too many of them).
+    """
+    text = raw.strip()
+    if text.isascii() and text.isdigit() and len(text) <= len(str(MAX_DB_ID)):
+        if int(text) <= MAX_DB_ID:
+            return int(text)
+    shown = text[:20] + ("…" if len(text) > 20 else "")
+    raise invalid("header", [("last-event-id",
+                              f"{shown!r} is not a message id (a whole number from 0 to"
+                              f" {MAX_DB_ID})")])
 
 
 @router.get(
@@ -421,11 +466,14 @@ async def events(
     polled every 0.5 s. World events (global, whatever the chat) come as ``event:
     world_event`` with a ``WorldEvent`` as data and no ``id``, each once its time has come,
     from ``world_since`` on (:mod:`backend.api.routes_events`; read every 2 s). A
-    reconnecting ``EventSource`` resumes after its ``Last-Event-ID``. Text is sent as
-    JSON, unescaped for HTML: escaping is the page's job."""
+    reconnecting ``EventSource`` resumes after its ``Last-Event-ID`` (a message id, 0 to
+    2^31-1; anything else is a 422 naming ``header.last-event-id``). The caller's
+    credentials are checked again every 2 s: once its session is logged out or expired,
+    its token revoked or its user disabled, the stream ends (a last comment says why).
+    Text is sent as JSON, unescaped for HTML: escaping is the page's job."""
     start = after_id
-    if start is None and last_event_id is not None and last_event_id.strip().isdigit():
-        start = int(last_event_id.strip())
+    if start is None and last_event_id is not None and last_event_id.strip():
+        start = _resume_id(last_event_id)
     if start is None:
         start = await latest_id(state)
     return StreamingResponse(
