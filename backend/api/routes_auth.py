@@ -110,8 +110,11 @@ async def login(body: LoginBody, request: Request, response: Response,
     async with state.sessionmaker() as session, session.begin():
         if new_hash is not None:
             await store.set_password_hash(session, user_id=user.id, password_hash=new_hash)
+        # the version the password was checked under: a password changed meanwhile leaves
+        # this session born refused (backend.stores.users.create_session)
         new = await store.create_session(session, user_id=user.id, secret_key=state.secret_key,
-                                         ttl_s=state.settings.session_ttl_s)
+                                         ttl_s=state.settings.session_ttl_s,
+                                         credentials_version=user.credentials_version)
     response.set_cookie(SESSION_COOKIE, new.token, max_age=state.settings.session_ttl_s,
                         path="/", httponly=True, samesite="strict",
                         secure=state.secure_cookies)

@@ -407,3 +407,24 @@ async def test_users_list_counts_sessions_and_tokens(env: Env) -> None:
     async with env.sm() as s:
         users = (await s.execute(select(User))).scalars().all()
     assert all(u.credentials_version == 0 for u in users)
+
+
+async def test_a_login_racing_a_password_change_opens_no_session(
+    env: Env, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old password is verified, then the password changes before the login writes its
+    session: the session is born with the old credentials version and refused."""
+    vera_id = await _uid(env, "vera")
+    verify = env.state.verify
+
+    async def verify_then_change(password_hash: str, password: str) -> bool:
+        ok = await verify(password_hash, password)
+        async with env.sm() as s, s.begin():  # an admin changes it meanwhile
+            await store.change_password(s, user_id=vera_id, password_hash="$argon2id$x")
+        return ok
+
+    monkeypatch.setattr(env.state, "verify", verify_then_change)
+    c = env.client()
+    r = await c.post(f"{API}/auth/login", json={"username": "vera", "password": VIEWER_PW})
+    assert r.status_code == 200, r.text  # the password was right when it was checked
+    assert (await c.get(ME)).status_code == 401  # but the session it opened is not
