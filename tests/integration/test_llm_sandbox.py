@@ -260,6 +260,10 @@ async def test_api_key_not_logged(
     sandbox: LLMSandbox, make: Make, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # the SDKs' own loggers too: a process that configured botsim's logging keeps them at
+    # WARNING (botsim.bootstrap.CHATTY_LOGGERS), and this test wants their DEBUG lines
+    for sdk in ("openai", "groq", "google_genai", "httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=sdk)
     sandbox.script(kind, Fault.status(401), Fault.status(429, retry_after=1))
     provider = make(kind)
     for _ in range(2):
