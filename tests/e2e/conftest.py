@@ -14,8 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.db.models import Base
+from backend.db.session import make_engine, make_sessionmaker
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Prometheus's scrape jobs (as in monitoring/prometheus.yml).
@@ -161,3 +167,35 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallRun]:
         kept = figures["config"]["kept"]
         asyncio.run(_drop(kept["database_url"]))
         shutil.rmtree(kept["data_dir"], ignore_errors=True)
+
+
+@pytest.fixture
+async def pg_sessionmaker(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the worker's PostgreSQL test database, every table emptied first (the
+    processes of a test share it with the test)."""
+    engine = make_engine(pg_url)
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+def start_botsim(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m botsim <args>`` in the repository with ``env``, its output to ``log``."""
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "botsim", *args], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process, wait up to 15 s, then SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -21,23 +21,18 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.api.security import SESSION_COOKIE, make_hasher
 from backend.crypto import TokenCipher, webhook_secret_for
-from backend.db.models import Base
-from backend.db.session import make_engine, make_sessionmaker
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import settings as settings_store
@@ -46,6 +41,7 @@ from bots.personas import load_persona_dir
 from loadtest.fleet import free_port
 from sandbox.llm_api import LLMSandbox
 from sandbox.telegram_api import TelegramSandbox
+from tests.e2e.conftest import start_botsim, stop_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(120),
               pytest.mark.xdist_group("processes")]
@@ -56,34 +52,6 @@ HUMAN_ID = 902
 STARTUP_S = 30.0
 #: Anything shaped like a Telegram bot token.
 TOKEN_SHAPE = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")
-
-
-@pytest.fixture
-async def pg_sessionmaker(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(pg_url)
-    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "botsim", *args], cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 async def _wait_for(cond: Callable[[], Awaitable[bool]], seconds: float,
@@ -178,7 +146,7 @@ async def test_no_secret_in_any_process_output_at_debug(
                    "BOTSIM_LOG_FORMAT": log_format}
             if name == "demo":  # its own SQLite database and sandbox; no Redis
                 own = {k: v for k, v in own.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-            procs.append(_start(args, own, logs[name]))
+            procs.append(start_botsim(args, own, logs[name]))
 
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
             async def up(url: str) -> bool:
@@ -222,7 +190,7 @@ async def test_no_secret_in_any_process_output_at_debug(
         await asyncio.to_thread(demo.wait, 60)
         assert demo.returncode == 0, logs["demo"].read_text(errors="replace")[-2000:]
     finally:
-        _stop(procs)
+        stop_all(procs)
         await sandbox.stop()
         await llm.stop()
 

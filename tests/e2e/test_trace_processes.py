@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -40,14 +37,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backend.crypto import TokenCipher
-from backend.db.models import Base
-from backend.db.session import make_engine, make_sessionmaker
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import settings as settings_store
 from bots.personas import load_persona_dir
 from loadtest.fleet import free_port
 from sandbox.telegram_api import BackgroundServer, TelegramSandbox
+from tests.e2e.conftest import start_botsim, stop_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(90),
               pytest.mark.xdist_group("processes")]
@@ -125,34 +121,6 @@ async def wait_for(cond: Callable[[], Awaitable[bool]], seconds: float,
     return False
 
 
-@pytest.fixture
-async def pg_sessionmaker(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(pg_url)
-    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "botsim", *args], cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 async def test_a_human_message_and_its_answer_are_one_trace_across_processes(
     pg_url: str, redis_url: str, pg_sessionmaker: async_sessionmaker[AsyncSession],
     tmp_path: Path,
@@ -195,11 +163,11 @@ async def test_a_human_message_and_its_answer_are_one_trace_across_processes(
     logs = {name: tmp_path / f"{name}.log" for name in ("listener", "worker")}
     try:
         (tmp_path / "listener").mkdir()
-        procs.append(_start(["listener", "--register"],
+        procs.append(start_botsim(["listener", "--register"],
                             {**env, "BOTSIM_DATA_DIR": str(tmp_path / "listener")},
                             logs["listener"]))
         (tmp_path / "worker").mkdir()
-        procs.append(_start(["worker"], {**env, "BOTSIM_DATA_DIR": str(tmp_path / "worker"),
+        procs.append(start_botsim(["worker"], {**env, "BOTSIM_DATA_DIR": str(tmp_path / "worker"),
                                          "BOTSIM_WORKER_NAME": "tw1"}, logs["worker"]))
 
         async with httpx.AsyncClient(trust_env=False, timeout=2) as http:
@@ -238,12 +206,12 @@ async def test_a_human_message_and_its_answer_are_one_trace_across_processes(
         assert await wait_for(exported, 10, procs), sorted(
             {(s.service, s.name) for s in receiver.spans})
     except BaseException:
-        _stop(procs)
+        stop_all(procs)
         for name, path in logs.items():
             print(f"--- {name} ---\n{path.read_text(errors='replace')[-3000:]}")
         raise
     finally:
-        _stop(procs)
+        stop_all(procs)
         await sandbox.stop()
         if receiver.server is not None:
             await receiver.server.stop()
