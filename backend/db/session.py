@@ -40,6 +40,45 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+class _StopOnce:
+    """An aiosqlite connection's ``stop()`` that queues its stop request once only.
+
+    SQLAlchemy terminates a connection whose statement was cancelled by starting a
+    graceful ``close()`` in a shielded task and, when the cancellation reaches it too (as
+    anyio's cancel scopes do, e.g. a client leaving an ``/events`` stream), calling
+    ``stop()`` (``connectors/asyncio.py`` ``terminate``). aiosqlite 0.22's ``close()`` ends
+    with a ``stop()`` of its own and awaits it; with the first stop request already queued
+    the worker thread has exited, so that await never returned: a task pending forever on
+    each such cancellation, and an event loop that hung when it closed (ci36, a test
+    teardown stuck 120 s). A second ``stop()`` here returns None (nothing to await): the
+    first request closes the sqlite3 connection and ends the thread.
+    """
+
+    def __init__(self, stop: Any) -> None:
+        self._stop = stop
+        self._called = False
+
+    def __call__(self) -> asyncio.Future[Any] | None:
+        if self._called:
+            return None
+        self._called = True
+        result: asyncio.Future[Any] | None = self._stop()
+        return result
+
+
+def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Any:
+    """``aiosqlite.connect(*args, **kwargs)`` (not yet awaited) with :class:`_StopOnce`, its
+    thread a daemon as SQLAlchemy makes it (a connection left open never holds up exit)."""
+    import aiosqlite
+
+    connection = aiosqlite.connect(*args, **kwargs)
+    connection.stop = _StopOnce(connection.stop)  # type: ignore[method-assign]
+    thread = getattr(connection, "_thread", None)
+    if thread is not None:
+        thread.daemon = True
+    return connection
+
+
 def describe_url(url: str) -> str:
     """``url`` without its password, safe to log."""
     return make_url(url).render_as_string(hide_password=True)
@@ -49,7 +88,8 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     """Create an async engine for ``url``.
 
     SQLite (``sqlite+aiosqlite:///path``) gets WAL, a 5 s busy timeout and foreign keys on,
-    so a listener and a worker can share the file. PostgreSQL (``postgresql+asyncpg://``)
+    so a listener and a worker can share the file, and connections that a cancelled
+    statement cannot leave hanging (:class:`_StopOnce`). PostgreSQL (``postgresql+asyncpg://``)
     gets a pool of ``pool_size`` connections. Every statement counts in
     ``botsim_db_queries_total``. A database error's text (and ``echo``) never shows the
     statement's parameters: they hold people's messages and names (``hide_parameters``).
@@ -77,6 +117,10 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         metrics.DB_QUERIES.inc()
 
     if url.startswith("sqlite"):
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _sqlite_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:
+            cparams["async_creator_fn"] = _aiosqlite_connect  # SQLAlchemy's hook for it
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
