@@ -36,6 +36,11 @@ class Proc:
     engine: bool
     metrics_url: str | None = None
     log: Path | None = None
+    #: how it was started (``python args…`` with ``env``), so :meth:`Fleet.restart` can
+    args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    #: killed on purpose (a chaos fault): :meth:`Fleet.check` does not report its exit
+    down: bool = False
 
     def cpu_s(self) -> float:
         """User + system CPU seconds so far (0 once it has exited)."""
@@ -69,18 +74,52 @@ class Fleet:
               metrics_url: str | None = None) -> Proc:
         """Start ``python args…`` in the repository with ``env``; output to a log file."""
         log = self.logs / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT)
-        proc = Proc(name, popen, engine, metrics_url, log)
+        proc = Proc(name, self._spawn(args, env, log, "wb"), engine, metrics_url, log,
+                    tuple(args), dict(env))
         self.procs.append(proc)
         return proc
 
-    def check(self) -> None:
-        """Raises RuntimeError naming a process that exited, with its log's tail."""
+    @staticmethod
+    def _spawn(args: Iterable[str], env: dict[str, str], log: Path,
+               mode: str) -> subprocess.Popen[bytes]:
+        with log.open(mode) as out:
+            return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
+
+    def get(self, name: str) -> Proc:
+        """The process called ``name``. Raises KeyError when there is none."""
         for p in self.procs:
-            if p.popen.poll() is not None:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` the process ``name`` (no chance to clean up) and wait for it; from
+        now on its exit is expected (:meth:`check` leaves it alone until
+        :meth:`restart`)."""
+        proc = self.get(name)
+        proc.down = True
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait()
+
+    def restart(self, name: str) -> Proc:
+        """Start ``name`` again as it was first started (its log goes on in the same
+        file). Raises RuntimeError when it is still running."""
+        proc = self.get(name)
+        if proc.popen.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        assert proc.log is not None and proc.env is not None
+        proc.popen = self._spawn(proc.args, proc.env, proc.log, "ab")
+        proc.down = False
+        return proc
+
+    def check(self) -> None:
+        """Raises RuntimeError naming a process that exited (unless killed on purpose),
+        with its log's tail."""
+        for p in self.procs:
+            if not p.down and p.popen.poll() is not None:
                 tail = p.log.read_text(errors="replace")[-2000:] if p.log else ""
                 raise RuntimeError(f"{p.name} exited with code {p.popen.returncode}:\n{tail}")
 

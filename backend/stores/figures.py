@@ -223,3 +223,36 @@ async def chats_with_messages(
         stmt = stmt.where(Message.created_at < until)
     rows = (await session.execute(stmt.distinct().order_by(Chat.telegram_chat_id))).scalars()
     return [int(c) for c in rows]
+
+
+class StoredMessageRow(NamedTuple):
+    """One stored message with its chat's Telegram id (the chaos run's figures)."""
+
+    telegram_chat_id: int
+    telegram_message_id: int
+    bot_id: int | None
+    turn_id: str | None
+
+
+async def stored_messages(session: AsyncSession) -> list[StoredMessageRow]:
+    """Every stored message, humans' (``bot_id`` None) and our bots', with its chat's
+    Telegram id, in no particular order. One query."""
+    rows = (await session.execute(
+        select(Chat.telegram_chat_id, Message.telegram_message_id, Message.bot_id,
+               Message.turn_id).join(Chat, Chat.id == Message.chat_id))).all()
+    return [StoredMessageRow(int(c), int(m), None if b is None else int(b), t)
+            for c, m, b, t in rows]
+
+
+async def reply_turn_statuses(session: AsyncSession) -> dict[tuple[int, int], list[str]]:
+    """(Telegram chat id, Telegram message id of a human message) → the statuses of the
+    turns answering it (``turns.reply_to_message_id``), for every message that has one.
+    One query."""
+    rows = (await session.execute(
+        select(Chat.telegram_chat_id, Message.telegram_message_id, TurnRecord.status)
+        .join(Message, Message.id == TurnRecord.reply_to_message_id)
+        .join(Chat, Chat.id == Message.chat_id))).all()
+    out: dict[tuple[int, int], list[str]] = {}
+    for chat, message, status in rows:
+        out.setdefault((int(chat), int(message)), []).append(str(status))
+    return out
