@@ -14,10 +14,14 @@ Routes (``POST``): ``/{name}/v1/chat/completions`` (OpenAI and compatibles),
 generateContent`` (Gemini; google-genai 3.x calls ``v1`` by default, older SDKs ``v1beta``).
 
 Faults are scripted per provider name (:meth:`LLMSandbox.script`, :meth:`LLMSandbox.set_default`)
-with :class:`Fault`. Usage is estimated at ``ceil(chars / 4)`` tokens; prompt caching is
-simulated: a request whose first message (the persona prefix; for Gemini the first
-``systemInstruction`` part) is byte-identical to one this provider name saw before reports that
-message's estimate as cached tokens. Replies are persona-aware templates (name, role and
+with :class:`Fault`, or set over HTTP while the server runs as a separate process
+(``python -m sandbox.llm_api``): ``POST|GET /sandbox/faults`` and ``GET /sandbox/stats``,
+described on :class:`LLMSandbox`; the provider name ``sandbox`` is reserved for them.
+
+Usage is estimated at ``ceil(chars / 4)`` tokens; prompt caching is simulated: a request
+whose first message (the persona prefix; for Gemini the first ``systemInstruction`` part) is
+byte-identical to one this provider name saw before reports that message's estimate as
+cached tokens. Replies are persona-aware templates (name, role and
 language from the first system message, reply target or topic from the last user message, as
 ``behavior_engine.prompt_builder`` words them), seeded by the request content. This module
 imports nothing from the project.
@@ -37,8 +41,9 @@ import socket
 import struct
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -57,6 +62,15 @@ _TRANSPORT_KEY = "sandbox.transport"
 FaultKind = Literal["ok", "status", "hang", "reset", "malformed", "empty_choices",
                     "content_filter"]
 Dialect = Literal["openai", "gemini"]
+#: Every :data:`FaultKind`, as ``POST /sandbox/faults`` accepts them in ``fault.kind``.
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+#: Longest ``seconds`` (and ``retry_after``) ``POST /sandbox/faults`` accepts: one hour.
+MAX_FAULT_SECONDS = 3600.0
+#: Largest ``latency_ms`` ``POST /sandbox/faults`` accepts: ten minutes.
+MAX_LATENCY_MS = 600_000.0
+#: First path segment of the control endpoints; no provider may be called so.
+CONTROL_PREFIX = "sandbox"
+PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def estimate_tokens(text: str) -> int:
@@ -125,6 +139,99 @@ class Fault:
     def after(self, ms: float) -> Fault:
         """This fault, happening after ``ms`` milliseconds."""
         return replace(self, latency_ms=ms)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form :func:`fault_from_json` reads: ``{"kind", "latency_ms"}`` plus
+        ``"code"`` and ``"retry_after"`` (seconds or null) for kind ``status``."""
+        data: dict[str, Any] = {"kind": self.kind, "latency_ms": self.latency_ms}
+        if self.kind == "status":
+            data.update(code=self.code, retry_after=self.retry_after)
+        return data
+
+
+def _number(data: dict[str, Any], key: str, label: str, high: float, *,
+            positive: bool = False) -> float | None:
+    """``data[key]`` as a finite number in ``[0, high]`` (``(0, high]`` if ``positive``), or
+    None if absent/null. Raises ValueError naming ``label``."""
+    value = data.get(key)
+    if value is None:
+        return None
+    low = "> 0" if positive else ">= 0"
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not math.isfinite(value) or value < 0 or (positive and value == 0)
+            or value > high):
+        raise ValueError(f"field '{label}' must be a number {low} and <= {high:g}, "
+                         f"not {value!r}")
+    return float(value)
+
+
+def fault_from_json(data: Any) -> Fault:
+    """The :class:`Fault` described by ``data``, the ``fault`` field of ``POST
+    /sandbox/faults``.
+
+    Shape: ``{"kind": <one of FAULT_KINDS>, "latency_ms"?: number (ms, 0-600000, delay
+    before the fault or answer), "code"?: int, "retry_after"?: number (s)}``; ``code`` (400-
+    599) is required for and ``retry_after`` (0-3600 s) allowed with kind ``status`` only.
+    Examples: ``{"kind": "status", "code": 503}``, ``{"kind": "hang"}``, ``{"kind": "ok",
+    "latency_ms": 8000}``, ``{"kind": "reset"}``.
+
+    Raises:
+        ValueError: with a message naming the offending field (``fault.kind`` ...).
+    """
+    if not isinstance(data, dict):
+        raise ValueError("field 'fault' must be an object or null")
+    unknown = sorted(set(data) - {"kind", "code", "retry_after", "latency_ms"})
+    if unknown:
+        raise ValueError(f"field 'fault.{unknown[0]}' is unknown (fault takes kind, code, "
+                         "retry_after, latency_ms)")
+    kind = data.get("kind")
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"field 'fault.kind' must be one of {', '.join(FAULT_KINDS)}, "
+                         f"not {kind!r}")
+    latency = _number(data, "latency_ms", "fault.latency_ms", MAX_LATENCY_MS) or 0.0
+    if kind == "status":
+        code = data.get("code")
+        if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 599:
+            raise ValueError(f"field 'fault.code' must be an integer 400-599 for kind "
+                             f"'status', not {code!r}")
+        retry = _number(data, "retry_after", "fault.retry_after", MAX_FAULT_SECONDS)
+        return Fault.status(code, retry_after=retry).after(latency)
+    for key in ("code", "retry_after"):
+        if data.get(key) is not None:
+            raise ValueError(f"field 'fault.{key}' applies to kind 'status' only")
+    return Fault(kind=kind, latency_ms=latency)
+
+
+def parse_fault_request(data: Any) -> tuple[str, Fault | None, float | None]:
+    """Check a ``POST /sandbox/faults`` body ``{"provider": str, "fault": object | null,
+    "seconds"?: number | null}``.
+
+    Returns:
+        ``(provider, fault or None to clear, seconds or None for no end)``; ``seconds`` is
+        checked but returned as None when ``fault`` is null.
+
+    Raises:
+        ValueError: naming the field: ``provider`` missing, not a string of 1-64
+            ``[A-Za-z0-9_.-]`` or ``sandbox``; ``fault`` missing or bad (see
+            :func:`fault_from_json`); ``seconds`` not in ``(0, 3600]``; an unknown field.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    unknown = sorted(set(data) - {"provider", "fault", "seconds"})
+    if unknown:
+        raise ValueError(f"field '{unknown[0]}' is unknown (the body takes provider, fault, "
+                         "seconds)")
+    name = data.get("provider")
+    if not isinstance(name, str) or not PROVIDER_NAME_RE.match(name):
+        raise ValueError("field 'provider' is required and must be a provider name of 1-64 "
+                         f"letters, digits, '_', '.' or '-', not {name!r}")
+    if name == CONTROL_PREFIX:
+        raise ValueError(f"field 'provider': the name {CONTROL_PREFIX!r} is reserved")
+    if "fault" not in data:
+        raise ValueError("field 'fault' is required: an object, or null to clear")
+    fault = None if data["fault"] is None else fault_from_json(data["fault"])
+    seconds = _number(data, "seconds", "seconds", MAX_FAULT_SECONDS, positive=True)
+    return name, fault, seconds if fault is not None else None
 
 
 @dataclass(frozen=True)
@@ -447,22 +554,47 @@ _GEMINI_PATH = re.compile(r"^(v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):genera
 class LLMSandbox:
     """A stand-in LLM server for several providers at once, with scriptable faults.
 
+    Control endpoints (JSON; errors are HTTP 400 ``{"ok": false, "error_code": 400,
+    "description": "<message naming the field>"}`` and change nothing):
+
+    - ``POST /sandbox/faults`` ``{"provider": "primary", "fault": {"kind": "status", "code":
+      503} | {"kind": "hang"} | {"kind": "ok", "latency_ms": 8000} | {"kind": "reset"} |
+      null, "seconds"?: 60}``: :meth:`set_default` for that provider (every unscripted
+      request gets the fault; ``null`` clears it now; ``seconds``, 0 < s <= 3600, makes it
+      clear itself, so a runner that dies leaves no provider broken). Fault fields: see
+      :func:`fault_from_json`. Answers 200 ``{"ok": true, "result": <faults>}``.
+    - ``GET /sandbox/faults``: ``{"ok": true, "result": <faults>}``, where ``<faults>`` is
+      :meth:`faults`: ``{"<provider>": {"fault": {"kind", "latency_ms", "code"?,
+      "retry_after"?}, "seconds_left": float | null, "ends_at": unix seconds | null}}``.
+    - ``GET /sandbox/stats``: ``{"ok": true, "result": {"requests": {"<provider>": n},
+      "statuses": {"<provider>": {"<HTTP status>": n}}}}`` (:meth:`stats`).
+
+    Args:
+        clock: monotonic seconds for the ends of timed faults (inject a fake in tests).
+
     Attributes:
         app: the ASGI app (serve it yourself, or use :meth:`start`).
         log: one ``(provider name, HTTP status)`` per request, in arrival order; status 0 for
             a request that got no HTTP answer (``hang``, ``reset``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.log: list[tuple[str, int]] = []
+        self._clock = clock
         self._scripts: dict[str, deque[Fault]] = {}
         self._defaults: dict[str, Fault] = {}
+        self._fault_ends: dict[str, float] = {}
         self._latency: dict[str, tuple[float, float, random.Random]] = {}
         self._counts: Counter[str] = Counter()
         self._prefixes: dict[str, dict[str, None]] = {}
         self._stopping = asyncio.Event()
         self._server: BackgroundServer | None = None
-        routes = [Route("/{name}/{rest:path}", self._handle, methods=["POST"])]
+        # The control routes come first: "/{name}/{rest:path}" would match them too.
+        routes = [
+            Route(f"/{CONTROL_PREFIX}/faults", self._handle_faults, methods=["GET", "POST"]),
+            Route(f"/{CONTROL_PREFIX}/stats", self._handle_stats, methods=["GET"]),
+            Route("/{name}/{rest:path}", self._handle, methods=["POST"]),
+        ]
         self.app: ASGIApp = _KeepTransport(Starlette(routes=routes))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -495,12 +627,65 @@ class LLMSandbox:
         """Queue ``faults`` for ``name``: each is used by one request, in order."""
         self._scripts.setdefault(name, deque()).extend(faults)
 
-    def set_default(self, name: str, fault: Fault | None) -> None:
-        """Apply ``fault`` to every unscripted request of ``name`` (None: answer normally)."""
+    def set_default(self, name: str, fault: Fault | None, *,
+                    seconds: float | None = None) -> None:
+        """Apply ``fault`` to every unscripted request of ``name`` (None: answer normally).
+
+        Args:
+            seconds: the fault clears itself this many seconds later (None: it stays until
+                changed). Requests already hanging keep hanging until their client leaves
+                or the sandbox stops.
+
+        Raises:
+            ValueError: ``seconds`` is not a finite number > 0.
+        """
+        if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a finite number > 0, not {seconds!r}")
+        self._fault_ends.pop(name, None)
         if fault is None:
             self._defaults.pop(name, None)
-        else:
-            self._defaults[name] = fault
+            return
+        self._defaults[name] = fault
+        if seconds is not None:
+            self._fault_ends[name] = self._clock() + seconds
+
+    def faults(self) -> dict[str, dict[str, Any]]:
+        """The default faults now in force (expired ones are cleared first).
+
+        Returns:
+            ``{provider: {"fault": Fault.to_json(), "seconds_left": float | None,
+            "ends_at": float | None}}``; ``seconds_left`` and ``ends_at`` (Unix seconds) are
+            None for a fault without an end.
+        """
+        self._expire_faults()
+        now, wall = self._clock(), time.time()
+        result: dict[str, dict[str, Any]] = {}
+        for name, fault in sorted(self._defaults.items()):
+            end = self._fault_ends.get(name)
+            left = None if end is None else round(max(0.0, end - now), 3)
+            result[name] = {"fault": fault.to_json(), "seconds_left": left,
+                            "ends_at": None if left is None else round(wall + left, 3)}
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """Requests per provider and per HTTP status, from :attr:`log`.
+
+        Returns:
+            ``{"requests": {provider: n}, "statuses": {provider: {"<status>": n}}}``; status
+            ``"0"`` counts requests that got no HTTP answer (``hang``, ``reset``); requests
+            to an unknown path count as ``"404"``.
+        """
+        statuses: dict[str, dict[str, int]] = {}
+        for (name, status), n in sorted(Counter(self.log).items()):
+            statuses.setdefault(name, {})[str(status)] = n
+        return {"requests": dict(sorted(self._counts.items())), "statuses": statuses}
+
+    def _expire_faults(self) -> None:
+        now = self._clock()
+        for name, end in list(self._fault_ends.items()):
+            if now >= end:
+                del self._fault_ends[name]
+                self._defaults.pop(name, None)
 
     def set_latency(self, name: str, ms: float, jitter_ms: float = 0.0,
                     seed: int | None = None) -> None:
@@ -509,8 +694,8 @@ class LLMSandbox:
 
     def reset(self) -> None:
         """Forget scripts, defaults, latencies, counters, the log and the prompt cache."""
-        for state in (self.log, self._scripts, self._defaults, self._latency, self._counts,
-                      self._prefixes):
+        for state in (self.log, self._scripts, self._defaults, self._fault_ends, self._latency,
+                      self._counts, self._prefixes):
             state.clear()
 
     def requests(self, name: str) -> int:
@@ -521,6 +706,7 @@ class LLMSandbox:
         queue = self._scripts.get(name)
         if queue:
             return queue.popleft()
+        self._expire_faults()
         return self._defaults.get(name, Fault())
 
     def _cached(self, name: str, first: str) -> int:
@@ -532,8 +718,31 @@ class LLMSandbox:
             del seen[next(iter(seen))]
         return estimate_tokens(first) if hit and first else 0
 
+    async def _handle_faults(self, request: Request) -> Response:
+        """``GET|POST /sandbox/faults`` (class docstring)."""
+        if request.method == "POST":
+            try:
+                data = json.loads(await request.body())
+            except ValueError:
+                return _control_error("body must be a JSON object")
+            try:
+                name, fault, seconds = parse_fault_request(data)
+            except ValueError as exc:
+                return _control_error(str(exc))
+            self.set_default(name, fault, seconds=seconds)
+        return JSONResponse({"ok": True, "result": self.faults()})
+
+    async def _handle_stats(self, request: Request) -> Response:
+        """``GET /sandbox/stats`` (class docstring)."""
+        return JSONResponse({"ok": True, "result": self.stats()})
+
     async def _handle(self, request: Request) -> Response:
         name, rest = request.path_params["name"], request.path_params["rest"]
+        if name == CONTROL_PREFIX:
+            return JSONResponse({"error": {"message": f"/{CONTROL_PREFIX}/{rest} is not a "
+                                           "control endpoint; the provider name "
+                                           f"{CONTROL_PREFIX!r} is reserved", "code": 404}},
+                                404)
         raw = await request.body()
         self._counts[name] += 1
         gemini = _GEMINI_PATH.match(rest)
@@ -577,6 +786,11 @@ class LLMSandbox:
         return JSONResponse(answer_body(dialect, fault.kind, prompt, text, cached))
 
 
+def _control_error(message: str) -> JSONResponse:
+    """A control endpoint's 400 answer ``{"ok": false, "error_code": 400, "description"}``."""
+    return JSONResponse({"ok": False, "error_code": 400, "description": message}, 400)
+
+
 async def _serve(host: str, port: int, latency: list[str] | None = None) -> None:
     sandbox = LLMSandbox()
     for spec in latency or []:
@@ -585,7 +799,7 @@ async def _serve(host: str, port: int, latency: list[str] | None = None) -> None
         sandbox.set_latency(name, float(ms), float(jitter or 0), seed=0)
     url = await sandbox.start(host, port)
     print(f"LLM sandbox on {url}: OpenAI {url}/<name>/v1, Groq {url}/<name>, "
-          f"Gemini {url}/<name>", flush=True)
+          f"Gemini {url}/<name>; faults {url}/{CONTROL_PREFIX}/faults", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

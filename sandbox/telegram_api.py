@@ -105,6 +105,11 @@ _MD_NAMES = {"*": "Bold", "_": "Italic", "__": "Underline", "~": "Strikethrough"
              "||": "Spoiler", "`": "Code", "```": "Pre", "[": "TextUrl"}
 #: Colours Telegram allows for a topic icon (Bot API, createForumTopic.icon_color).
 TOPIC_COLORS = (7322096, 16766590, 13338331, 9367192, 16749490, 16478047)
+#: Bot API methods (lower case) of this sandbox that send or act in a chat: the ones a 429
+#: storm (:meth:`TelegramSandbox.storm`) refuses. Add new send methods here.
+STORM_METHODS = frozenset({"sendmessage", "sendchataction"})
+#: Longest storm (``seconds``) and largest ``retry_after`` ``POST /sandbox/storm`` accepts.
+MAX_STORM_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -570,6 +575,9 @@ class TelegramSandbox:
       ``POST /sandbox/bots/{bot_id}/privacy`` ``{"enabled": bool}`` -> true;
       ``POST /sandbox/bots/{bot_id}/updates`` with one ``{kind: object}`` -> ``{"update_id"}``.
     - ``GET /sandbox/stats`` answers :attr:`stats`.
+    - ``POST /sandbox/storm`` ``{"bot_ids": [int, ...], "seconds": number, "retry_after"?:
+      int}``: a 429 storm (:meth:`storm`) -> the storms in force (:meth:`storms`);
+      ``GET /sandbox/storm`` -> the same; ``DELETE /sandbox/storm`` ends them all -> ``{}``.
 
     Args:
         clock: Monotonic seconds used for rate limits and update expiry; inject a fake
@@ -611,7 +619,12 @@ class TelegramSandbox:
         self._penalties: dict[tuple[Any, ...], float] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             ("too_many_requests", "ignored_retry_after", "webhook_ok", "webhook_failed",
-             "updates_queued", "updates_expired", "chat_actions", "webhook_replies"), 0)
+             "updates_queued", "updates_expired", "chat_actions", "webhook_replies",
+             "storm_refused"), 0)
+        #: bot id -> (storm end on ``clock``, fixed retry_after or None).
+        self._storms: dict[int, tuple[float, int | None]] = {}
+        #: bot id -> ``clock`` time until which its last storm 429 told it to wait.
+        self._storm_waits: dict[int, float] = {}
         self._sent: dict[int, int] = {}
         self._client: httpx.AsyncClient | None = None
         self._server: BackgroundServer | None = None
@@ -629,6 +642,7 @@ class TelegramSandbox:
                 Route("/sandbox/chats/{chat_id}/messages", self._handle_human,
                       methods=["GET", "POST"]),
                 Route("/sandbox/stats", self._handle_stats, methods=["GET"]),
+                Route("/sandbox/storm", self._handle_storm, methods=["GET", "POST", "DELETE"]),
                 Route("/sandbox/bots", self._handle_new_bot, methods=["POST"]),
                 Route("/sandbox/chats/{chat_id}/bots", self._handle_add_bot,
                       methods=["POST"]),
@@ -1134,6 +1148,90 @@ class TelegramSandbox:
         self._enqueue(bot, copy.deepcopy(payload))
         return int(bot.next_update_id - 1)
 
+    def storm(self, bot_ids: Collection[int], seconds: float,
+              retry_after: int | None = None) -> dict[str, dict[str, Any]]:
+        """A "429 storm": for ``seconds`` (on :attr:`clock`), every call of a
+        :data:`STORM_METHODS` method (sendMessage, sendChatAction) by one of ``bot_ids``,
+        over HTTP or as a webhook reply, is refused before the method's own checks, with
+        Telegram's flood-control answer: HTTP 429 ``{"ok": false, "error_code": 429,
+        "description": "Too Many Requests: retry after N", "parameters": {"retry_after":
+        N}}``, N the seconds to wait before repeating the request (Bot API,
+        ResponseParameters.retry_after; core.telegram.org/bots/faq, "My bot is hitting
+        limits"). Nothing is stored or sent; each refusal counts in ``too_many_requests`` and
+        ``storm_refused``, and in ``ignored_retry_after`` when it comes before the N seconds
+        of the previous refusal are over. The storm ends by itself; a new storm for a bot
+        replaces its current one; :meth:`end_storms` ends all.
+
+        Args:
+            bot_ids: ids of registered bots (at least one).
+            seconds: duration, 0 < seconds <= :data:`MAX_STORM_SECONDS`.
+            retry_after: N, whole seconds 1-3600; None: the storm's remaining time rounded
+                up (at least 1).
+
+        Returns:
+            :meth:`storms`.
+
+        Raises:
+            SandboxError: (400) naming the field: no bot ids, ids that are not integers,
+                unknown bot ids (listed), bad ``seconds`` or ``retry_after``. Nothing changes.
+        """
+        ids = list(bot_ids)
+        if not ids or any(not isinstance(b, int) or isinstance(b, bool) for b in ids):
+            raise SandboxError("field 'bot_ids' must be a non-empty array of integer bot ids")
+        unknown = sorted({b for b in ids if b not in self._bots})
+        if unknown:
+            raise SandboxError(f"field 'bot_ids': unknown bot ids {unknown}")
+        if (not isinstance(seconds, int | float) or isinstance(seconds, bool)
+                or not math.isfinite(seconds) or not 0 < seconds <= MAX_STORM_SECONDS):
+            raise SandboxError(f"field 'seconds' must be a number > 0 and <= "
+                               f"{MAX_STORM_SECONDS:g}, not {seconds!r}")
+        if retry_after is not None and (
+                not isinstance(retry_after, int) or isinstance(retry_after, bool)
+                or not 1 <= retry_after <= MAX_STORM_SECONDS):
+            raise SandboxError(f"field 'retry_after' must be an integer 1-"
+                               f"{MAX_STORM_SECONDS:g}, not {retry_after!r}")
+        end = self.clock() + seconds
+        for bot_id in ids:
+            self._storms[bot_id] = (end, retry_after)
+        return self.storms()
+
+    def end_storms(self) -> None:
+        """End every 429 storm now."""
+        self._storms.clear()
+        self._storm_waits.clear()
+
+    def storms(self) -> dict[str, dict[str, Any]]:
+        """Storms in force: ``{"<bot_id>": {"seconds_left": float, "retry_after": int |
+        None}}`` (``retry_after`` None: the remaining time is sent)."""
+        now = self.clock()
+        self._expire_storms(now)
+        return {str(bot_id): {"seconds_left": round(end - now, 3), "retry_after": retry}
+                for bot_id, (end, retry) in sorted(self._storms.items())}
+
+    def _expire_storms(self, now: float) -> None:
+        for bot_id, (end, _) in list(self._storms.items()):
+            if now >= end:
+                del self._storms[bot_id]
+                self._storm_waits.pop(bot_id, None)
+
+    def _storm_check(self, bot: _Bot) -> None:
+        """Raise the storm's 429 if ``bot`` is in a storm (see :meth:`storm`)."""
+        bot_id = bot.user["id"]
+        if bot_id not in self._storms:
+            return
+        now = self.clock()
+        self._expire_storms(now)
+        if bot_id not in self._storms:
+            return
+        end, retry = self._storms[bot_id]
+        left = retry if retry is not None else _retry_after(end - now)
+        if self._storm_waits.get(bot_id, now) > now:
+            self._counters["ignored_retry_after"] += 1
+        self._storm_waits[bot_id] = now + left
+        self._counters["too_many_requests"] += 1
+        self._counters["storm_refused"] += 1
+        raise ApiError(429, f"Too Many Requests: retry after {left}", retry_after=left)
+
     # ------------------------------------------------------------------ inspection
     def messages(self, chat_id: int) -> list[dict[str, Any]]:
         """The chat log, oldest first, humans' and bots' messages (copies)."""
@@ -1147,7 +1245,9 @@ class TelegramSandbox:
     def stats(self) -> dict[str, Any]:
         """Counters: ``sent`` ({bot_id: messages}), ``too_many_requests`` (429s returned),
         ``ignored_retry_after`` (sends during a retry_after penalty), ``webhook_ok``,
-        ``webhook_failed``, ``updates_queued``, ``updates_expired``, ``chat_actions``."""
+        ``webhook_failed``, ``updates_queued``, ``updates_expired``, ``chat_actions``,
+        ``webhook_replies`` (Bot API calls made from webhook answers), ``storm_refused``
+        (calls refused by a 429 storm, also in ``too_many_requests``)."""
         return {"sent": dict(self._sent), **self._counters}
 
     @property
@@ -1648,6 +1748,8 @@ class TelegramSandbox:
             return
         params = {k: v for k, v in body.items() if k != "method"}
         try:
+            if body["method"].lower() in STORM_METHODS:
+                self._storm_check(bot)
             await handler(bot, params)
             self._counters["webhook_replies"] += 1
         except ApiError as exc:
@@ -1691,6 +1793,8 @@ class TelegramSandbox:
                 # The client hung up before its request arrived whole (a send cancelled by a
                 # worker's stop): like Telegram, nothing was done; nobody is left to answer.
                 return Response(status_code=499)
+            if method in STORM_METHODS:
+                self._storm_check(bot)
             result = await handler(bot, params)
         except ApiError as exc:
             return exc.response()
@@ -1892,6 +1996,28 @@ class TelegramSandbox:
         except SandboxError as exc:
             return exc.json()
         return JSONResponse({"ok": True, "result": True})
+
+    async def _handle_storm(self, request: Request) -> JSONResponse:
+        """``POST|GET|DELETE /sandbox/storm``: :meth:`storm`, :meth:`storms`,
+        :meth:`end_storms` (class docstring)."""
+        try:
+            if request.method == "DELETE":
+                self.end_storms()
+            elif request.method == "POST":
+                data = await self._json_object(request)
+                unknown = sorted(set(data) - {"bot_ids", "seconds", "retry_after"})
+                if unknown:
+                    raise SandboxError(f"field '{unknown[0]}' is unknown (the body takes "
+                                       "bot_ids, seconds, retry_after)")
+                bot_ids = _field(data, "bot_ids", list)
+                seconds = data.get("seconds")
+                if seconds is None:
+                    raise SandboxError("field 'seconds' is required and must be a number")
+                return JSONResponse({"ok": True, "result": self.storm(
+                    bot_ids, seconds, data.get("retry_after"))})
+        except SandboxError as exc:
+            return exc.json()
+        return JSONResponse({"ok": True, "result": self.storms()})
 
     async def _handle_stats(self, request: Request) -> JSONResponse:
         stats = self.stats
