@@ -341,6 +341,7 @@ class Worker:
 
     async def _tick(self) -> None:
         self.stats["ticks"] += 1
+        metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
         if self.ledger is not None:
             await self.ledger.flush()
         try:

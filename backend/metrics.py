@@ -182,6 +182,10 @@ LEASES_HELD = Gauge(
     "botsim_leases_held",
     "Bot leases this worker holds (the bots it drives).",
 )
+EVENT_LOOP_TASKS = Gauge(
+    "botsim_event_loop_tasks",
+    "asyncio tasks alive in this worker's event loop, read at each tick (a leak grows it)",
+)
 BOTS_DRIVEN = Gauge(
     "botsim_bots_driven",
     "Bots this worker drives now: lease held and Telegram client connected.",
