@@ -20,10 +20,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import logcontext, metrics
@@ -38,6 +37,7 @@ from behavior_engine.llm.chain import ProviderChain
 from behavior_engine.llm.ledger import Ledger
 from behavior_engine.market import MarketFeed
 from behavior_engine.membership import Membership, membership_for, membership_kind
+from behavior_engine.periodic import Periodic
 from behavior_engine.pipeline import TurnPipeline
 from behavior_engine.planner import TurnPlanner
 from behavior_engine.reads import CachedReads
@@ -131,7 +131,7 @@ class Worker:
         self._rebalancing = asyncio.Lock()
         self._ticking = asyncio.Lock()  # held by a running tick
         self._reflecting: asyncio.Task[Any] | None = None  # a running reflection job
-        self._aps: AsyncIOScheduler | None = None
+        self._periodic: Periodic | None = None
         self._owns_chain = False
         self._stopping = False
         self.stop_grace_s = STOP_GRACE_S
@@ -183,18 +183,15 @@ class Worker:
         self._write_id_file()
         await self.membership.join({"name": self.settings.worker_name, "bots": 0, "sent": 0})
         await self.rebalance()
-        self._aps = AsyncIOScheduler(timezone=UTC)
-        self._aps.add_job(self.tick, "interval", seconds=self.settings.tick_seconds,
-                          max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
-        self._aps.add_job(self.rebalance, "interval", seconds=self.settings.heartbeat_ttl_s / 3,
-                          max_instances=1, coalesce=True)
-        self._aps.add_job(self.reflect, "interval", seconds=REFLECT_EVERY_S,
-                          max_instances=1, coalesce=True)
+        # On the monotonic clock: a step of the wall clock neither stalls nor rushes them
+        # (behavior_engine.periodic).
+        self._periodic = Periodic()
+        self._periodic.add(self.tick, self.settings.tick_seconds, first_in_s=0.0)
+        self._periodic.add(self.rebalance, self.settings.heartbeat_ttl_s / 3)
+        self._periodic.add(self.reflect, REFLECT_EVERY_S)
         if self.settings.retention_days is not None:
-            self._aps.add_job(self.apply_retention, "interval", seconds=RETENTION_EVERY_S,
-                              max_instances=1, coalesce=True,
-                              next_run_time=datetime.now(UTC))
-        self._aps.start()
+            self._periodic.add(self.apply_retention, RETENTION_EVERY_S, first_in_s=0.0)
+        self._periodic.start()
         if self._background:  # the first bots, connected while the heartbeat runs
             await asyncio.wait(set(self._background))
         log.log(logging.INFO if self.driven() else logging.WARNING,
@@ -305,9 +302,9 @@ class Worker:
 
         A tick already running when ``stop`` starts launches no turn (:meth:`tick`)."""
         self._stopping = True
-        if self._aps is not None:
-            self._aps.shutdown(wait=False)
-            self._aps = None
+        periodic, self._periodic = self._periodic, None
+        if periodic is not None:  # no run starts from now on
+            periodic.stop()
         if self._reflecting is not None:  # an LLM call may take long: it is cut short
             self._reflecting.cancel()
             await asyncio.wait({self._reflecting}, timeout=self.stop_grace_s)
@@ -319,6 +316,8 @@ class Worker:
                         self.worker_id, self.stop_grace_s)
         await _finish(self._background, self.stop_grace_s, "bot connections")
         await _finish(self._tasks, self.stop_grace_s, "turns")
+        if periodic is not None:
+            await periodic.join(self.stop_grace_s)
         if self.ledger is not None:
             await self.ledger.flush()
         async with self._rebalancing:  # a heartbeat running now ends first

@@ -80,6 +80,7 @@ from typing import Literal, Protocol
 from opentelemetry.trace import Span, SpanKind
 
 from backend import logcontext, metrics, tracing
+from backend.db.session import database_unreachable
 from backend.db.types import utcnow
 from backend.errors import (
     FencedOut,
@@ -552,16 +553,29 @@ class TurnPipeline:
             self.stats["fenced"] += 1
             await self.holder.let_go(turn.bot_id)
             return Outcome(turn=turn, status="skipped", error=str(exc))
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            # Nothing written, nothing sent: the turn may be planned again (an answer to a
+            # person is: the person still waits). botsim chaos, PostgreSQL restarted.
+            log.warning("bot %s: database unreachable before the send (%s); nothing sent",
+                        turn.bot_id, type(exc).__name__)
+            return Outcome(turn=turn, status="skipped",
+                           error=f"database unreachable before the send: {type(exc).__name__}")
         if not fresh:
             return Outcome(turn=turn, status="duplicate", error="turn already acted on")
+        # Stopped before the send, the turn is recorded ``retry``: its non-delivery is
+        # certain, so its next holder may act on it (``failed`` would make the same turn id,
+        # an answer to a person, a duplicate for good: botsim chaos, a worker cut off from
+        # Redis past its lease left a person unanswered).
         if not self.holder.valid(turn.bot_id):  # paused or cut off past the lease's deadline
-            await self.records.finish(turn, "failed", "lease expired before the send")
+            await self.records.finish(turn, "retry", "lease expired before the send")
             self.stats["fenced"] += 1
             return Outcome(turn=turn, status="skipped", error="lease expired before the send")
         if self.holder.client(turn.bot_id) is not client:
             # The bot was let go (and perhaps taken on again) while this turn read, typed or
             # waited: its client is closed, so a send would fail with an unknown outcome.
-            await self.records.finish(turn, "failed", "bot let go before the send")
+            await self.records.finish(turn, "retry", "bot let go before the send")
             self.stats["fenced"] += 1
             return Outcome(turn=turn, status="skipped", error="bot let go before the send")
         reply_id = turn.reply_to.telegram_message_id if turn.reply_to else None

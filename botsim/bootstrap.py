@@ -44,7 +44,7 @@ log = logging.getLogger("botsim.bootstrap")
 #: aiosqlite's DEBUG lines quote each statement's parameters (people's messages among them);
 #: the LLM SDKs' DEBUG lines quote each request's body (the prompt: the chat's history) and
 #: httpcore's the bytes sent.
-CHATTY_LOGGERS = ("alembic", "apscheduler", "httpx", "httpcore", "aiosqlite", "openai",
+CHATTY_LOGGERS = ("alembic", "httpx", "httpcore", "aiosqlite", "openai",
                   "groq", "google_genai")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: How the plain format names the ids in its ``[…]`` suffix (``backend.logcontext.FIELDS``;

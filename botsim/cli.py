@@ -41,6 +41,11 @@ Sub-commands::
         [--llm-jitter-ms J] [--human-rate PER_MIN] [--seed S] [--json] [--report DIR] ...
                                             run the whole engine on 127.0.0.1 under load and
                                             report its figures (loadtest.runner)
+    botsim chaos [--duration S] [--workers W] [--bots N] [--faults all|K,K] [--seed S]
+        [--json] [--report DIR] ...         the sharded engine under load with faults on
+                                            purpose: kills, restarts, outages, 429 storms,
+                                            a partition, clock jumps; exit 1 unless nothing
+                                            was lost or sent twice (loadtest.chaos)
 
 Exit codes: 0 success, 1 failure at run time, 2 bad input or configuration (the message
 names what is wrong and where).
@@ -281,6 +286,34 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--prometheus-targets", type=Path, default=None, metavar="DIR",
                     help="write Prometheus file_sd target files (listener, api, worker) "
                          "into DIR as processes start; also runs the admin API")
+    ch = sub.add_parser("chaos", help="run the engine under load with faults; exit 1 unless "
+                        "nothing was lost or sent twice")
+    ch.add_argument("--duration", type=float, default=300.0,
+                    help="seconds of the run (a quiet fifth, the faults, a quiet fifth)")
+    ch.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    ch.add_argument("--bots", type=int, default=200, help="generated personas (default 200)")
+    ch.add_argument("--chats", type=int, default=None,
+                    help="groups (default: a tenth of the bots, at least 2)")
+    ch.add_argument("--faults", default="all", metavar="all|KIND,KIND",
+                    help="faults to inject: all, or some of worker_kill, listener_kill, "
+                         "redis_restart, postgres_restart, llm_outage, telegram_429, "
+                         "redis_partition, clock_jump")
+    ch.add_argument("--seed", type=int, default=1,
+                    help="the world, the humans and the fault schedule (replay a run)")
+    ch.add_argument("--msgs-per-hour", type=float, default=30.0,
+                    help="each bot's hourly budget (default 30)")
+    ch.add_argument("--human-rate", type=float, default=6.0, metavar="PER_MIN",
+                    help="human messages per minute over all groups (default 6)")
+    ch.add_argument("--llm-latency-ms", type=float, default=300.0,
+                    help="the sandbox LLM's answer time, ms (default 300)")
+    ch.add_argument("--heartbeat-ttl", type=float, default=10.0, metavar="S",
+                    help="the workers' heartbeat and lease TTL (default 10 s)")
+    ch.add_argument("--keep", action="store_true", help="keep the logs and print where")
+    ch.add_argument("--json", action="store_true",
+                    help="end with one JSON object of the figures on the last line")
+    ch.add_argument("--report", type=Path, default=None, metavar="DIR",
+                    help="write figures.json and timeline.png (faults marked) into DIR")
+    ch.add_argument("--quiet", action="store_true", help="do not print faults as they happen")
     bots = sub.add_parser("bots", help="bot accounts")
     bots_sub = bots.add_subparsers(dest="bots_command", required=True)
     imp = bots_sub.add_parser(
@@ -516,6 +549,44 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos_cmd(args: argparse.Namespace) -> int:
+    """``botsim chaos``: run, print the verdict and figures (and the JSON line), write the
+    report; exit 0 when every promise held, 1 otherwise."""
+    from rich.console import Console
+
+    from loadtest.chaos import ChaosOptions, run_chaos
+    from loadtest.chaos_report import print_summary, write_report
+    from loadtest.chaos_schedule import parse_kinds
+
+    try:
+        kinds = parse_kinds(args.faults)
+    except ValueError as exc:
+        raise ValidationFailed("botsim chaos", [("--faults", str(exc))]) from exc
+    opts = ChaosOptions(
+        duration_s=args.duration, workers=args.workers, bots=args.bots, chats=args.chats,
+        seed=args.seed, kinds=kinds, msgs_per_hour=args.msgs_per_hour,
+        human_rate_per_min=args.human_rate, llm_latency_ms=args.llm_latency_ms,
+        heartbeat_ttl_s=args.heartbeat_ttl, keep=args.keep, progress=not args.quiet)
+    opts.validate()
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise ValidationFailed("botsim chaos",
+                               [("--report", f"{args.report} exists and is not a directory")])
+    try:
+        figures = run_loop(run_chaos(opts))
+    except RuntimeError as exc:
+        print(f"botsim chaos: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("botsim chaos: interrupted; every process was stopped", file=sys.stderr)
+        return 1
+    print_summary(figures, Console(highlight=False))
+    if args.report is not None:
+        print(f"report: {write_report(figures, args.report)}")
+    if args.json:
+        print(json.dumps(figures, ensure_ascii=False, default=str))
+    return 0 if figures["verdict"]["passed"] else 1
+
+
 def _join_dash_values(argv: Sequence[str]) -> list[str]:
     """``--since -10m`` → ``--since=-10m`` (argparse takes a value starting with ``-`` for
     an option otherwise)."""
@@ -541,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         # The conversation (demo) or the figures (load test) are the output: warnings only.
-        configure_logging(settings, quiet=args.command in ("demo", "loadtest"))
+        configure_logging(settings, quiet=args.command in ("demo", "loadtest", "chaos"))
         if args.command in TRACED and not getattr(args, "check", False):
             from backend.tracing import configure_tracing
 
@@ -611,6 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "loadtest":
             return _loadtest_cmd(args)
+        if args.command == "chaos":
+            return _chaos_cmd(args)
         if args.command == "preflight":
             return asyncio.run(_preflight_cmd(settings, bot_ids=args.bot, strict=args.strict,
                                               call_timeout_s=args.timeout, as_json=args.json))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import secrets as pysecrets
 import sys
 import threading
@@ -400,9 +399,6 @@ async def _run(rt: Runtime, options: DemoOptions, console: Console, secrets: Sec
             update={"telegram_api_url": sandbox.bot_api_url, "public_webhook_url": listener.url,
                     "tick_seconds": min(settings.tick_seconds, DEMO_TICK_S)}
         )
-        # A tick still deciding when the next is due is skipped (max_instances=1, by
-        # design); at the demo's 0.25 s tick APScheduler would warn of it on the terminal.
-        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
         await register_webhooks(
             sessionmaker=sessionmaker, secrets=secrets, api_url=sandbox.bot_api_url,
             public_url=listener.url,

@@ -75,18 +75,23 @@ def _pid_alive(pid: int) -> bool:
 
 async def _run(cmd: list[str], *, cwd: Path | None = None, timeout_s: float = 120.0) -> str:
     """Run ``cmd`` to its end without blocking the loop; its output (stdout + stderr).
-    RuntimeError with the output when it exits non-zero; killed after ``timeout_s``."""
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    text = out.decode(errors="replace")
+    RuntimeError with the output when it exits non-zero; killed after ``timeout_s``.
+
+    The output goes to a temporary file, not a pipe: ``pg_ctl start`` leaves the postmaster
+    running, and under uvloop the postmaster inherited the pipe, so reading it to its end
+    never finished."""
+    with tempfile.TemporaryFile() as out:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        out.seek(0)
+        text = out.read().decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited with code {proc.returncode}:\n{text}")
     return text

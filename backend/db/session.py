@@ -79,6 +79,42 @@ def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Any:
     return connection
 
 
+#: asyncpg's errors that mean the server went away or is not accepting connections yet
+#: (SQLSTATE class 57 "operator intervention" and 08 "connection exception"; PostgreSQL,
+#: Appendix A).
+_ASYNCPG_GONE = frozenset({
+    "AdminShutdownError", "CannotConnectNowError", "CrashShutdownError",
+    "ConnectionDoesNotExistError", "ConnectionFailureError", "PostgresConnectionError",
+    "InterfaceError", "ClientCannotConnectError",
+})
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the database could not be
+    reached or dropped the connection (a restart, a cut), not that a statement was wrong.
+
+    True for ``OSError`` (connection refused, reset), ``TimeoutError``, SQLAlchemy's
+    ``DBAPIError`` with ``connection_invalidated`` or an ``OperationalError`` /
+    ``InterfaceError``, and asyncpg's connection and shutdown errors (SQLSTATE classes 08
+    and 57). Follows ``__cause__`` / ``__context__`` up to 8 levels.
+    """
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError | TimeoutError):
+            return True
+        if isinstance(seen, DBAPIError) and (
+                seen.connection_invalidated or isinstance(seen, OperationalError | InterfaceError)):
+            return True
+        if type(seen).__module__.startswith("asyncpg") and type(seen).__name__ in _ASYNCPG_GONE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def describe_url(url: str) -> str:
     """``url`` without its password, safe to log."""
     return make_url(url).render_as_string(hide_password=True)

@@ -317,7 +317,7 @@ async def test_the_workers_retention_job_anonymises_old_messages(world: World) -
     worker = make_worker(w)
     await worker.start()
     try:
-        jobs = [j.func for j in worker._aps.get_jobs()]  # type: ignore[union-attr]
+        jobs = worker._periodic.jobs()  # type: ignore[union-attr]
         assert worker.apply_retention in jobs  # scheduled, and run at start
 
         async def anonymised() -> bool:

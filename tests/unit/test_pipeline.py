@@ -95,6 +95,7 @@ class FakeRecords:
     def __init__(self, *, fenced: bool = False, fresh: bool = True,
                  migrate_ok: bool = True) -> None:
         self.fenced, self.fresh, self.migrate_ok = fenced, fresh, migrate_ok
+        self.raises: Exception | None = None
         self.intents: list[tuple[str, int]] = []
         self.finished: list[tuple[str, str]] = []
         self.committed: list[Sent] = []
@@ -110,6 +111,8 @@ class FakeRecords:
     async def record_intent(self, turn: Turn, *, token: int, worker: str) -> bool:
         if self.fenced:
             raise FencedOut(turn.bot_id, token)
+        if self.raises is not None:
+            raise self.raises
         self.intents.append((turn.turn_id, token))
         return self.fresh
 
@@ -288,6 +291,20 @@ async def test_a_turn_already_acted_on_is_not_sent_again() -> None:
     assert out.status == "duplicate" and rig.client.sends == []
 
 
+async def test_a_database_down_at_the_intent_sends_nothing_and_leaves_the_turn_open() -> None:
+    # PostgreSQL restarting (botsim chaos): the intent cannot be written, so nothing is
+    # sent and nothing recorded; "skipped" lets an answer to a person be planned again.
+    records = FakeRecords()
+    records.raises = ConnectionRefusedError(111, "Connection refused")
+    rig = Rig(FakeClient(), records=records)
+    out = await rig.pipeline.run(turn(reply_to=HUMAN))
+    assert out.status == "skipped" and "database unreachable" in (out.error or "")
+    assert rig.client.sends == [] and records.finished == [] and records.committed == []
+    records.raises = ValueError("a bug, not an outage")
+    with pytest.raises(ValueError):
+        await rig.pipeline.run(turn(reply_to=HUMAN))
+
+
 async def test_lease_expiring_after_the_intent_sends_nothing() -> None:
     client = FakeClient()
     holder = FakeHolder(client)
@@ -295,7 +312,7 @@ async def test_lease_expiring_after_the_intent_sends_nothing() -> None:
     rig = Rig(client, holder=holder)
     out = await rig.pipeline.run(turn())
     assert out.status == "skipped" and rig.client.sends == []
-    assert rig.records.finished == [("turn-1", "failed")] and rig.stats["fenced"] == 1
+    assert rig.records.finished == [("turn-1", "retry")] and rig.stats["fenced"] == 1
 
 
 async def test_a_bot_let_go_while_typing_sends_nothing_through_its_closed_client() -> None:
@@ -314,7 +331,7 @@ async def test_a_bot_let_go_while_typing_sends_nothing_through_its_closed_client
     out = await rig.pipeline.run(turn())
     assert out.status == "skipped" and out.error == "bot let go before the send"
     assert client.sends == [] and replacement.sends == [] and rig.records.committed == []
-    assert rig.records.finished == [("turn-1", "failed")] and rig.stats["fenced"] == 1
+    assert rig.records.finished == [("turn-1", "retry")] and rig.stats["fenced"] == 1
 
 
 async def test_chatter_leaves_the_human_reply_reserve_of_the_chat_cap() -> None:

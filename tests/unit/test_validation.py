@@ -186,3 +186,24 @@ def test_cache_ttl_capped_without_redis() -> None:
     local = Settings(cache_l1_ttl_s=300).make_cache()
     shared = Settings(cache_l1_ttl_s=300, redis_url="redis://127.0.0.1:6379/0").make_cache()
     assert local._l1_ttl_s == 2.0 and shared._l1_ttl_s == 300
+
+
+def test_database_unreachable_tells_an_outage_from_a_bad_statement() -> None:
+    import asyncpg
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from backend.db.session import database_unreachable
+
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert database_unreachable(refused)
+    wrapped = OperationalError("SELECT 1", {}, refused)
+    assert database_unreachable(wrapped)
+    try:
+        try:
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+        except Exception as inner:
+            raise RuntimeError("while recording the intent") from inner
+    except RuntimeError as outer:
+        assert database_unreachable(outer)
+    assert not database_unreachable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not database_unreachable(ValueError("bad input"))
