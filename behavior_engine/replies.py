@@ -291,8 +291,12 @@ class ReplyDispatcher:
         Returns:
             How many messages were dispatched again.
         """
-        now = utcnow()
         async with self.sessionmaker() as session:
+            # The later of this worker's clock and the database's: a worker whose wall clock
+            # stepped back (botsim chaos, clock_jump -90 s) found no message old enough and
+            # swept nothing while it held the sweep lock. Ahead, it only sweeps early
+            # (a message dispatched twice is acted on once).
+            now = max(utcnow(), await message_store.database_now(session))
             rows = await message_store.waiting_human_messages(
                 session, since=now - HUMAN_WAIT_MAX,
                 until=now - timedelta(seconds=older_than_s), limit=limit)

@@ -141,7 +141,7 @@ def growth_per_hour(points: Sequence[tuple[float, float]], warmup_s: float) -> f
 def chaos_figures(*, sends: Sequence[Send], stored: Stored,
                   posted: Sequence[tuple[int, int, float]], faults: Sequence[Happened],
                   driven: Sequence[tuple[float, float]],
-                  resources: dict[str, list[tuple[float, float, float]]], bots: int,
+                  resources: dict[str, list[tuple[float, float, float, float]]], bots: int,
                   bot_ids: Sequence[int], run_start: float, run_end: float,
                   heartbeat_ttl_s: float, config: dict[str, Any]) -> dict[str, Any]:
     """The figures of a chaos run (issue 19, item 2).
@@ -163,8 +163,11 @@ def chaos_figures(*, sends: Sequence[Send], stored: Stored,
       (:func:`takeover_s`).
     * ``throughput``: messages per minute before the first fault, during the faults, after
       the last one ends.
-    * ``resources``: per process, peak RSS (MiB) and open descriptors, and their growth per
-      hour after the first fifth of its life (:func:`growth_per_hour`).
+    * ``resources``: per process (``name#pid``: a restarted process is another), peak RSS
+      (MiB) and open descriptors, and their growth per hour after the first fifth of its
+      life (:func:`growth_per_hour`), with its asyncio tasks' (workers: the
+      ``botsim_event_loop_tasks`` gauge; ``resources`` points are (Unix time, RSS MiB,
+      descriptors, tasks or -1)).
     * ``timeline``: messages per :data:`BUCKET_S` bucket (for the report's plot).
     """
     times = sorted(s.at for s in sends)
@@ -219,9 +222,10 @@ def chaos_figures(*, sends: Sequence[Send], stored: Stored,
         res[name] = {
             "peak_rss_mb": round(max((p[1] for p in points), default=0.0), 1),
             "peak_fds": int(max((p[2] for p in points), default=0.0)),
-            "rss_growth_mb_per_h": growth_per_hour([(t, r) for t, r, _f in points],
-                                                   life / 5),
-            "fds_growth_per_h": growth_per_hour([(t, f) for t, _r, f in points], life / 5),
+            "rss_growth_mb_per_h": growth_per_hour([(p[0], p[1]) for p in points], life / 5),
+            "fds_growth_per_h": growth_per_hour([(p[0], p[2]) for p in points], life / 5),
+            "tasks_growth_per_h": growth_per_hour(
+                [(p[0], p[3]) for p in points if p[3] >= 0], life / 5),
             "seconds": round(life, 1),
         }
     return {

@@ -55,8 +55,10 @@ def print_summary(figures: dict[str, Any], console: Console) -> None:
                      for r in figures["resources"].values()), default=0.0)
     worst_fds = max((r["fds_growth_per_h"] or 0.0 for r in figures["resources"].values()),
                     default=0.0)
+    worst_tasks = max((r["tasks_growth_per_h"] or 0.0
+                       for r in figures["resources"].values()), default=0.0)
     console.print(f"growth after warm-up, worst process: {worst_rss} MiB/h RSS, "
-                  f"{worst_fds} descriptors/h")
+                  f"{worst_fds} descriptors/h, {worst_tasks} asyncio tasks/h")
 
 
 def plot_timeline(figures: dict[str, Any]) -> bytes:

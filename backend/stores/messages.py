@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
@@ -310,6 +310,20 @@ async def chat_history(
         .limit(limit)
     )).all()
     return [(m, n, u) for m, n, u in reversed(rows)]
+
+
+async def database_now(session: AsyncSession) -> datetime:
+    """The database server's current time (aware UTC): ``now()`` on PostgreSQL,
+    ``CURRENT_TIMESTAMP`` (UTC, whole seconds) on SQLite. One query.
+
+    A clock that does not move with this process's: the reply sweep compares stored
+    times, written by the listener's clock, against it as well as against its own."""
+    value = (await session.execute(select(func.current_timestamp()))).scalar_one()
+    if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM:SS", UTC
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 async def waiting_human_messages(

@@ -193,10 +193,14 @@ class SharedMembership:
         metrics.LEASES_HELD.set(len(leases.tokens))
         now = time.monotonic()
         if now - self._last_sweep >= SWEEP_EVERY_S:
-            self._last_sweep = now
             lock = rkeys.sweeper_key(leases.namespace)
             if await self.redis.set(lock, self.worker_id, nx=True,
                                     px=int(SWEEP_EVERY_S * 1000)):
+                # Only a won lock starts this worker's period: one that lost tries again at
+                # its next heartbeat, so the lock passes between workers (before, the
+                # winner's next try fell just after its lock expired, ahead of the others
+                # waiting out a whole period: one worker could sweep alone for good).
+                self._last_sweep = now
                 await self.dispatcher.sweep()
         return change
 

@@ -277,3 +277,24 @@ async def test_sweep_redispatches_only_lost_records(
     assert await stream.undispatched([kept, lost, fresh]) == [fresh]
     assert await d.sweep(older_than_s=0) == 0  # its record exists again
     assert await stream.read_new() == []
+
+
+async def test_a_worker_whose_clock_stepped_back_still_sweeps(
+    world: World, stream: ReplyStream, reads: CachedReads, sessionmaker: Sessions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """botsim chaos: the sweeping worker's wall clock 90 s behind the listener's. The window
+    is measured on the later of its clock and the database's, so a message stored 30 s ago
+    whose dispatch record is gone is dispatched again (before: none was old enough)."""
+    from behavior_engine import replies
+
+    d = dispatcher(stream, reads, sessionmaker)
+    lost = await human_message(sessionmaker, world.chat_id, 51, f"@{world.usernames[0]} ?",
+                               age_s=30)
+    behind = datetime.now(UTC) - timedelta(seconds=90)
+    monkeypatch.setattr(replies, "utcnow", lambda: behind)
+    assert await d.sweep(older_than_s=20) == 1
+    assert [r.message_id for r in await stream.read_new()] == [lost]
+    async with sessionmaker() as s:
+        db_now = await message_store.database_now(s)
+    assert abs((db_now - datetime.now(UTC)).total_seconds()) < 5

@@ -1,0 +1,69 @@
+"""``botsim chaos``, short: every fault on 2 workers, and the engine's promises hold (issue 19).
+
+The full run (``botsim chaos --duration 300``, 4 workers, 200 bots) and the 30-minute soak
+are recorded in ``docs/reliability.md``; this is the same program at CI's size: 24 bots,
+a minute of faults (each kind once), a 3-s heartbeat TTL so a dead worker's bots move fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.chaos_infra import FakeClock, postgres_bindir
+from loadtest.chaos_schedule import FAULT_KINDS
+from tests.conftest import service_missing
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _botsim(*args: str, tmp_path: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSIM_")}
+    env["BOTSIM_DATA_DIR"] = str(tmp_path / "data")
+    return subprocess.run([sys.executable, "-m", "botsim", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("processes")  # with the other process-heavy tests
+def test_every_fault_and_nothing_lost_or_sent_twice(tmp_path: Path) -> None:
+    if postgres_bindir() is None:
+        service_missing("PostgreSQL server binaries", "no initdb under /usr/lib/postgresql")
+    if not FakeClock.available():
+        service_missing("libfaketime", "apt-get install faketime (.ci/run installs it)")
+    done = _botsim("chaos", "--duration", "60", "--workers", "2", "--bots", "24",
+                   "--chats", "3", "--msgs-per-hour", "120", "--human-rate", "12",
+                   "--heartbeat-ttl", "3", "--seed", "5", "--json", "--quiet",
+                   "--report", str(tmp_path / "report"), tmp_path=tmp_path, timeout=280)
+    assert done.stdout.strip(), done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    shown = json.dumps({k: figures[k] for k in ("verdict", "humans", "sends", "turns",
+                                                "faults")}, default=str)[:4000]
+    assert done.returncode == 0, shown + done.stderr[-2000:]
+    assert figures["verdict"]["passed"], shown
+    assert sorted(f["kind"] for f in figures["faults"]) == sorted(FAULT_KINDS), shown
+    assert not any(f.get("error") for f in figures["faults"]), shown
+    assert figures["humans"]["posted"] >= 3 and figures["humans"]["lost"] == 0, shown
+    assert figures["sends"]["accepted"] >= 20 and figures["sends"]["duplicates"] == 0, shown
+    kill = next(f for f in figures["faults"] if f["kind"] == "worker_kill")
+    assert kill["takeover_s"] is not None and kill["takeover_s"] <= 6.0, shown
+    assert (tmp_path / "report" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "report" / "figures.json").read_text())
+    assert saved["verdict"] == figures["verdict"]
+
+
+def test_bad_options_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    done = _botsim("chaos", "--faults", "worker_kill,nap", tmp_path=tmp_path, timeout=60)
+    assert done.returncode == 2 and "unknown fault 'nap'" in done.stderr, done.stderr
+    done = _botsim("chaos", "--workers", "1", "--faults", "worker_kill", tmp_path=tmp_path,
+                   timeout=60)
+    assert done.returncode == 2 and "need at least 2 workers" in done.stderr, done.stderr
+    done = _botsim("chaos", "--duration", "5", tmp_path=tmp_path, timeout=60)
+    assert done.returncode == 2 and "--duration" in done.stderr, done.stderr
