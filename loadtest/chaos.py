@@ -530,5 +530,7 @@ async def _stored(sm: async_sessionmaker[AsyncSession]) -> Stored:
                       if r.bot_id is not None],
         humans=[(r.telegram_chat_id, r.telegram_message_id) for r in rows
                 if r.bot_id is None],
+        still_waiting={(r.telegram_chat_id, r.telegram_message_id) for r in rows
+                       if r.bot_id is None and r.reply_wanted},
         reply_statuses=replies, turn_statuses={str(k): int(v) for k, v in statuses.items()},
         duplicates_telegram=dups.telegram, duplicates_turn=dups.turn)

@@ -12,7 +12,7 @@ import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ class Stored:
         turn_statuses: turns per status.
         duplicates_telegram / duplicates_turn: groups of stored rows that should be one
             (:func:`backend.stores.figures.duplicate_groups`).
+        still_waiting: the human messages still marked ``reply_wanted``.
     """
 
     bot_messages: Sequence[tuple[int, int, str | None]]
@@ -66,6 +67,7 @@ class Stored:
     turn_statuses: dict[str, int]
     duplicates_telegram: int
     duplicates_turn: int
+    still_waiting: set[tuple[int, int]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,11 @@ def chaos_figures(*, sends: Sequence[Send], stored: Stored,
                 unknown.append(key)
             else:
                 unanswered.append(key)
+    def _detail(key: tuple[int, int]) -> dict[str, Any]:
+        at = next((a for c, m, a in posted if (c, m) == key), run_start)
+        return {"chat": key[0], "message_id": key[1], "posted_s": round(at - run_start, 1),
+                "turns": stored.reply_statuses.get(key, []),
+                "reply_wanted": key in stored.still_waiting}
     seen: set[tuple[int, int, str, int | None]] = set()
     duplicates, unrecorded = [], []
     for s in sorted(sends, key=lambda x: (x.at, x.message_id)):
@@ -234,7 +241,8 @@ def chaos_figures(*, sends: Sequence[Send], stored: Stored,
             (c, m) for c, m, _a in posted}), "answered": len(posted) - len(lost)
             - len(unanswered) - len(unknown), "answer_unknown": len(unknown),
             "lost": len(lost), "unanswered": len(unanswered),
-            "examples": {"lost": lost[:10], "unanswered": unanswered[:10]}},
+            "examples": {"lost": [_detail(k) for k in lost[:10]],
+                         "unanswered": [_detail(k) for k in unanswered[:10]]}},
         "sends": {"accepted": len(sends), "stored": len(stored.bot_messages),
                   "unrecorded": len(unrecorded), "duplicates": len(duplicates),
                   "duplicate_rows_telegram": stored.duplicates_telegram,

@@ -232,6 +232,7 @@ class StoredMessageRow(NamedTuple):
     telegram_message_id: int
     bot_id: int | None
     turn_id: str | None
+    reply_wanted: bool
 
 
 async def stored_messages(session: AsyncSession) -> list[StoredMessageRow]:
@@ -239,9 +240,10 @@ async def stored_messages(session: AsyncSession) -> list[StoredMessageRow]:
     Telegram id, in no particular order. One query."""
     rows = (await session.execute(
         select(Chat.telegram_chat_id, Message.telegram_message_id, Message.bot_id,
-               Message.turn_id).join(Chat, Chat.id == Message.chat_id))).all()
-    return [StoredMessageRow(int(c), int(m), None if b is None else int(b), t)
-            for c, m, b, t in rows]
+               Message.turn_id, Message.reply_wanted)
+        .join(Chat, Chat.id == Message.chat_id))).all()
+    return [StoredMessageRow(int(c), int(m), None if b is None else int(b), t, bool(w))
+            for c, m, b, t, w in rows]
 
 
 async def reply_turn_statuses(session: AsyncSession) -> dict[tuple[int, int], list[str]]:

@@ -92,7 +92,9 @@ def test_a_lost_human_a_duplicate_and_an_unrecorded_send_fail_it() -> None:
     # 11 repeats 10 (same bot, chat, text, reply) and was not stored; 12 not stored either.
     stored = _stored([(-1, 10, "a")], [(-1, 7)], statuses={"sent": 1})
     figures = _figures(sends, stored, [(-1, 7, 4.0), (-1, 8, 6.0)])
-    assert figures["humans"]["lost"] == 1 and figures["humans"]["examples"]["lost"] == [(-1, 8)]
+    assert figures["humans"]["lost"] == 1
+    assert figures["humans"]["examples"]["lost"] == [
+        {"chat": -1, "message_id": 8, "posted_s": 6.0, "turns": [], "reply_wanted": False}]
     assert figures["sends"]["duplicates"] == 1 and figures["sends"]["unrecorded"] == 2
     checks = verdict(figures)["checks"]
     assert not checks["humans_lost"]["ok"] and not checks["duplicate_sends"]["ok"]
