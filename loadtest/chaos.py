@@ -42,11 +42,9 @@ from cryptography.fernet import Fernet
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.crypto import TokenCipher
 from backend.db.session import make_engine, make_sessionmaker
 from backend.errors import ValidationFailed
 from backend.stores import figures as figures_store
-from backend.stores import settings as settings_store
 from backend.stores import turns as turn_store
 from loadtest.chaos_figures import Happened, Send, Stored, chaos_figures, verdict
 from loadtest.chaos_infra import FakeClock, FaultProxy, PrivatePostgres, PrivateRedis
@@ -54,8 +52,8 @@ from loadtest.chaos_schedule import FAULT_KINDS, FaultEvent, make_schedule
 from loadtest.figures import RunState, scrape, total
 from loadtest.fleet import Fleet, free_port, wait_http
 from loadtest.options import LoadOptions
-from loadtest.runner import STEADY_STREAM, _database, _drain, _post_humans, _wait_taken_on
-from loadtest.world import World, generate_world, sandbox_world, seed_database
+from loadtest.runner import _database, _drain, _post_humans, _wait_taken_on, seed_run
+from loadtest.world import World, generate_world, sandbox_world
 
 #: The two providers, both served by the sandbox LLM: the outage hits the first; the chain
 #: falls back to the second (and to the offline generator after it).
@@ -230,25 +228,13 @@ async def _with_database(run: _Run) -> dict[str, Any]:
             await engine.dispose()
 
 
-async def _seed(sm: async_sessionmaker[AsyncSession], world: World, fernet: str,
-                opts: ChaosOptions) -> None:
-    async with sm() as s, s.begin():
-        await seed_database(s, world, cipher=TokenCipher(fernet))
-        await settings_store.update_settings(s, changes={
-            "bot_hourly_msg_limit": {"min": opts.msgs_per_hour, "max": opts.msgs_per_hour},
-            "max_msgs_per_min": 20, "scale_factor": 1.0,
-            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
-            "reading_cap_s": 0.0, "typing_cap_s": 0.0, "writing_lead_s": 0.0,
-            **STEADY_STREAM})
-
-
 async def _run(run: _Run, lopts: LoadOptions, db_url: str,
                sm: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
     opts, fleet, tmp = run.opts, run.fleet, run.tmp
     schedule = opts.schedule()
     fernet = Fernet.generate_key().decode()
     world = generate_world(opts.bots, opts.n_chats, seed=opts.seed)
-    await _seed(sm, world, fernet, opts)
+    await seed_run(sm, world, fernet, opts.msgs_per_hour)
     (tmp / "world.json").write_text(json.dumps(sandbox_world(world)))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSIM_")
                 and k not in ("DATABASE_URL", "REDIS_URL")}

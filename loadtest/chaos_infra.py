@@ -100,7 +100,30 @@ async def _run(cmd: list[str], *, cwd: Path | None = None, timeout_s: float = 12
 # ---------------------------------------------------------------------------------- Redis
 
 
-class PrivateRedis:
+class _Service:
+    """``async with`` for a service with ``start()`` and ``stop()``: stopped on the way out,
+    and also when ``start()`` itself fails (``__aexit__`` is not called then)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # __aexit__ is not called when __aenter__ fails
+            raise
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+class PrivateRedis(_Service):
     """A redis-server of the run's own on 127.0.0.1 (no RDB, no AOF), as a subprocess whose
     output goes to a log file.
 
@@ -244,17 +267,6 @@ class PrivateRedis:
             self._popen.wait()
         self._remove_dir()
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()  # __aexit__ is not called when __aenter__ fails
-            raise
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
@@ -282,7 +294,7 @@ def postgres_bindir() -> Path | None:
     return None
 
 
-class PrivatePostgres:
+class PrivatePostgres(_Service):
     """A PostgreSQL cluster of the run's own in a temporary directory, on 127.0.0.1 only,
     ``fsync=off`` and ``full_page_writes=off`` (a crash of the machine would lose data, a
     crash of PostgreSQL does not), trust authentication, ``max_connections=200``, with one
@@ -502,17 +514,6 @@ class PrivatePostgres:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()  # __aexit__ is not called when __aenter__ fails
-            raise
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
 
 # ----------------------------------------------------------------------------- TCP proxy
@@ -555,7 +556,7 @@ class _Link:
                 w.close()
 
 
-class FaultProxy:
+class FaultProxy(_Service):
     """An asyncio TCP proxy on 127.0.0.1:<free port> to ``upstream_host:upstream_port``,
     that can simulate a network partition.
 
@@ -698,13 +699,6 @@ class FaultProxy:
                 link.abort()
                 return
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
 
 # -------------------------------------------------------------------------------- clock

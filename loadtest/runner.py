@@ -318,6 +318,24 @@ async def _check_redis(url: str) -> None:
         await client.aclose()
 
 
+async def seed_run(sm: async_sessionmaker[AsyncSession], world: World, fernet: str,
+                   msgs_per_hour: float) -> None:
+    """Store ``world`` (tokens encrypted with the Fernet key ``fernet``) and the run's
+    settings: each bot's budget ``msgs_per_hour``, the steady stream
+    (:data:`STEADY_STREAM`), no prime hours, and no reading or typing pauses or slot lead
+    (throughput stays comparable, and a turn's latency is the engine and the LLM: a turn
+    decided a writing lead early would wait for its due time, counted as engine
+    overhead). One transaction."""
+    async with sm() as s, s.begin():
+        await seed_database(s, world, cipher=TokenCipher(fernet))
+        await settings_store.update_settings(s, changes={
+            "bot_hourly_msg_limit": {"min": msgs_per_hour, "max": msgs_per_hour},
+            "max_msgs_per_min": 20, "scale_factor": 1.0,
+            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
+            "reading_cap_s": 0.0, "typing_cap_s": 0.0, "writing_lead_s": 0.0,
+            **STEADY_STREAM})
+
+
 async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns: str,
                redis_url: str | None, db_url: str,
                sm: async_sessionmaker[AsyncSession], base_env: dict[str, str],
@@ -325,17 +343,7 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
     state.phase = "seeding"
     fernet = Fernet.generate_key().decode()
     world = generate_world(opts.bots, opts.chats, seed=opts.seed)
-    async with sm() as s, s.begin():
-        await seed_database(s, world, cipher=TokenCipher(fernet))
-        await settings_store.update_settings(s, changes={
-            "bot_hourly_msg_limit": {"min": opts.msgs_per_hour, "max": opts.msgs_per_hour},
-            "max_msgs_per_min": 20, "scale_factor": 1.0,
-            "prime_hours": {"hours": [], "boost": 1.0, "timezone": "UTC"},
-            # No reading or typing pauses and no slot lead: throughput stays comparable, and
-            # a turn's latency is the engine and the LLM (a turn decided a writing lead
-            # early would wait for its due time, counted as engine overhead).
-            "reading_cap_s": 0.0, "typing_cap_s": 0.0, "writing_lead_s": 0.0,
-            **STEADY_STREAM})
+    await seed_run(sm, world, fernet, opts.msgs_per_hour)
     world_file = tmp / "world.json"
     world_file.write_text(json.dumps(sandbox_world(world)))
 
