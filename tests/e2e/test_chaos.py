@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def _botsim(*args: str, tmp_path: Path, timeout: float) -> subprocess.CompletedP
 @pytest.mark.timeout(300)
 @pytest.mark.xdist_group("processes")  # with the other process-heavy tests
 def test_every_fault_and_nothing_lost_or_sent_twice(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server", "not on PATH (apt-get install redis-server)")
     if postgres_bindir() is None:
         service_missing("PostgreSQL server binaries", "no initdb under /usr/lib/postgresql")
     if not FakeClock.available():
