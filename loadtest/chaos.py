@@ -92,6 +92,7 @@ class ChaosOptions:
         heartbeat_ttl_s: the workers' heartbeat and lease TTL (``BOTSIM_HEARTBEAT_TTL_S``).
         keep: keep the data directory (logs) and print where it is.
         progress: print each fault as it happens (standard error).
+        extra_env: more environment for the engine's processes (``BOTSIM_…`` settings).
     """
 
     duration_s: float = 300.0
@@ -200,6 +201,8 @@ async def run_chaos(opts: ChaosOptions, *, out: Console | None = None) -> dict[s
         for proxy in run.proxies.values():
             with contextlib.suppress(Exception):
                 await proxy.stop()
+        for clock in run.clocks.values():  # libfaketime's shared files in /dev/shm
+            clock.close()
         with contextlib.suppress(Exception):
             await redis.stop()
         with contextlib.suppress(Exception):
