@@ -2,7 +2,7 @@
 
 The full run (``botsim chaos --duration 300``, 4 workers, 200 bots) and the 30-minute soak
 are recorded in ``docs/reliability.md``; this is the same program at CI's size: 24 bots,
-40 s with every fault once (in 24 s of them), a 3-s heartbeat TTL so a dead worker's bots move fast.
+40 s with every fault once (in 24 s of them), a 4-s heartbeat TTL so a dead worker's bots move fast.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def _botsim(*args: str, tmp_path: Path, timeout: float) -> subprocess.CompletedP
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xdist_group("processes")  # with the other process-heavy tests
+# A group of its own, not "processes": its processes are light (2 workers, 24 bots) and
+# mostly wait out its 40 s, so it runs beside the process-heavy tests instead of after them
+# (ci38: the "processes" worker, 230 s of tests in a row, was the suite's tail). Its limits
+# are the verdict's (takeover within 2 × the 4-s TTL), with room for the shared cores.
+@pytest.mark.xdist_group("chaos")
 def test_every_fault_and_nothing_lost_or_sent_twice(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         service_missing("redis-server", "not on PATH (apt-get install redis-server)")
@@ -43,7 +47,7 @@ def test_every_fault_and_nothing_lost_or_sent_twice(tmp_path: Path) -> None:
         service_missing("libfaketime", "apt-get install faketime (.ci/run installs it)")
     done = _botsim("chaos", "--duration", "40", "--workers", "2", "--bots", "24",
                    "--chats", "3", "--msgs-per-hour", "120", "--human-rate", "12",
-                   "--heartbeat-ttl", "3", "--seed", "5", "--json", "--quiet",
+                   "--heartbeat-ttl", "4", "--seed", "5", "--json", "--quiet",
                    "--report", str(tmp_path / "report"), tmp_path=tmp_path, timeout=280)
     assert done.stdout.strip(), done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -56,7 +60,7 @@ def test_every_fault_and_nothing_lost_or_sent_twice(tmp_path: Path) -> None:
     assert figures["humans"]["posted"] >= 3 and figures["humans"]["lost"] == 0, shown
     assert figures["sends"]["accepted"] >= 20 and figures["sends"]["duplicates"] == 0, shown
     kill = next(f for f in figures["faults"] if f["kind"] == "worker_kill")
-    assert kill["takeover_s"] is not None and kill["takeover_s"] <= 6.0, shown
+    assert kill["takeover_s"] is not None and kill["takeover_s"] <= 8.0, shown
     assert (tmp_path / "report" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "report" / "figures.json").read_text())
     assert saved["verdict"] == figures["verdict"]
