@@ -28,8 +28,10 @@ MAX_SLOT_S = 30.0
 #: The LLM outage: one provider fails for this long (5xx, then timeouts, then slow answers,
 #: a third each), capped by the run's fault window.
 LLM_OUTAGE_S = 60.0
-#: How long a 429 storm lasts and what ``retry_after`` it tells the bots (Telegram sends
-#: ``retry_after`` in seconds; core.telegram.org/bots/faq, "My bot is hitting limits").
+#: How long a 429 storm lasts (at most: in a short run, as the LLM outage, no longer than
+#: what is left of the run less its recovery) and what ``retry_after`` it tells the bots
+#: (Telegram sends ``retry_after`` in seconds; core.telegram.org/bots/faq, "My bot is
+#: hitting limits").
 STORM_S = 30.0
 STORM_RETRY_AFTER_S = 3
 #: Share of the bots a storm hits.
@@ -102,9 +104,9 @@ def make_schedule(*, seed: int, duration_s: float, kinds: Sequence[str], workers
     apart (the fault window split evenly, at most :data:`MAX_SLOT_S`). Durations:
     a killed worker comes back after 3 × ``heartbeat_ttl_s`` (so the others take its
     bots first: within 2 × the TTL); a partition lasts 2.5 × the TTL (longer than a lease);
-    an LLM outage :data:`LLM_OUTAGE_S` (at most the fault window); the rest as their
-    constants say. Targets (the worker, the bots of a storm, the provider) come from
-    ``seed``.
+    an LLM outage :data:`LLM_OUTAGE_S` and a storm :data:`STORM_S` (each at most what is
+    left of the run less its recovery share); the rest as their constants say. Targets
+    (the worker, the bots of a storm, the provider) come from ``seed``.
 
     Raises:
         ValueError: no kind, fewer than 2 workers for a worker fault (a killed lone worker
@@ -161,7 +163,8 @@ def _event(kind: str, at: float, rng: random.Random, *, workers: int,
     if kind == "telegram_429":
         n = max(1, round(len(bot_ids) * STORM_SHARE))
         chosen = sorted(rng.sample(list(bot_ids), n))
-        return FaultEvent(at, kind, "bots", STORM_S,
+        lasts = max(3.0, min(STORM_S, room * (1 - RECOVER_SHARE)))
+        return FaultEvent(at, kind, "bots", lasts,
                           {"bot_ids": chosen, "retry_after_s": STORM_RETRY_AFTER_S})
     if kind == "redis_partition":
         return FaultEvent(at, kind, worker, 2.5 * ttl)

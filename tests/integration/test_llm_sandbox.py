@@ -205,7 +205,10 @@ async def test_hang_times_out_as_unavailable(sandbox: LLMSandbox, make: Make, ki
     with pytest.raises(ProviderUnavailable):
         await provider.generate(request_for())
     elapsed = time.perf_counter() - started
-    assert 0.45 <= elapsed < 1.0
+    # The 0.5-s timeout held (an SDK's own default is a minute or more); one attempt only is
+    # the request count's to say. The bound leaves room for a loaded machine (ci39: 1.04 s
+    # with the suite's other processes on the same two cores failed a bound of 1.0 s).
+    assert 0.45 <= elapsed < 5.0
     assert sandbox.requests(kind) == 1
     assert sandbox.log == [(kind, 0)]
 
