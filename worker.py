@@ -1,6 +1,7 @@
 """The worker process: drives the bots it holds, one scheduler tick at a time.
 
-Each tick (``Settings.tick_seconds``, APScheduler) the worker asks its
+Each tick (``Settings.tick_seconds``, on the monotonic clock:
+:mod:`behavior_engine.periodic`) the worker asks its
 :class:`~behavior_engine.planner.TurnPlanner` which turns are due and runs each as a task
 through the :class:`~behavior_engine.pipeline.TurnPipeline` (prompt, generation, Telegram's
 limits, the intent under the bot's fencing token, the send, one commit). Every
