@@ -514,7 +514,10 @@ async def test_persona_edit_reaches_the_running_workers_next_prompt(
             return Generation(text=f"kayıt {len(self.prompts)}", provider=self.name)
 
     ns = f"t{uuid.uuid4().hex[:8]}"
-    worker_cache = TwoLayerCache(redis_url=redis_url, namespace=ns)  # the worker's process
+    # The worker's process; its L1 entries live 10 minutes here, so the wait below (however
+    # long the chat's rhythm makes it) stays inside their life: only the invalidation can
+    # bring the edit (ci41: the bot's next turn came more than 10 s after the edit).
+    worker_cache = TwoLayerCache(redis_url=redis_url, namespace=ns, l1_ttl_s=600.0)
     admin_cache = TwoLayerCache(redis_url=redis_url, namespace=ns)  # the admin API's process
     await worker_cache.start()
     await admin_cache.start()
@@ -547,8 +550,8 @@ async def test_persona_edit_reaches_the_running_workers_next_prompt(
         async def seen() -> bool:
             return any(marker in p for p in recording.prompts[edited_at:])
 
-        # well inside the L1 TTL (30 s): only the invalidation can explain it
-        assert await wait_until(seen, 10), "the edit never reached a prompt"
+        # well inside the worker's L1 TTL (600 s here): only the invalidation can explain it
+        assert await wait_until(seen, 60), "the edit never reached a prompt"
     finally:
         await worker.stop()
         await worker_cache.close()
