@@ -60,7 +60,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -528,16 +528,9 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
         floor_samples=args.floor_samples, keep=args.keep, progress=not args.no_progress,
         targets_dir=args.prometheus_targets)
     opts.validate()
-    if args.report is not None and args.report.exists() and not args.report.is_dir():
-        raise ValidationFailed("botsim loadtest",
-                               [("--report", f"{args.report} exists and is not a directory")])
-    try:
-        figures = run_loop(run_load(opts))  # the floor runs on the engine's event loop
-    except RuntimeError as exc:
-        print(f"botsim loadtest: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("botsim loadtest: interrupted; every process was stopped", file=sys.stderr)
+    # the floor runs on the engine's event loop
+    figures = _run_measured("botsim loadtest", args.report, lambda: run_load(opts))
+    if figures is None:
         return 1
     print_summary(figures, Console(highlight=False))
     if args.report is not None:
@@ -547,6 +540,26 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
         slim = {k: v for k, v in figures.items() if not k.endswith("_samples_ms")}
         print(json.dumps(slim, ensure_ascii=False, default=str))
     return 0
+
+
+def _run_measured(command: str, report: Path | None,
+                  body: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
+                  ) -> dict[str, Any] | None:
+    """Run a load or chaos run (``body()``) on :func:`run_loop` and return its figures; None
+    after printing why (a process or service failed, or Ctrl-C: every process was stopped).
+
+    Raises:
+        ValidationFailed: ``report`` exists and is not a directory (checked first).
+    """
+    if report is not None and report.exists() and not report.is_dir():
+        raise ValidationFailed(command, [("--report", f"{report} exists and is not a directory")])
+    try:
+        return run_loop(body())
+    except RuntimeError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted; every process was stopped", file=sys.stderr)
+    return None
 
 
 def _chaos_cmd(args: argparse.Namespace) -> int:
@@ -568,16 +581,8 @@ def _chaos_cmd(args: argparse.Namespace) -> int:
         human_rate_per_min=args.human_rate, llm_latency_ms=args.llm_latency_ms,
         heartbeat_ttl_s=args.heartbeat_ttl, keep=args.keep, progress=not args.quiet)
     opts.validate()
-    if args.report is not None and args.report.exists() and not args.report.is_dir():
-        raise ValidationFailed("botsim chaos",
-                               [("--report", f"{args.report} exists and is not a directory")])
-    try:
-        figures = run_loop(run_chaos(opts))
-    except RuntimeError as exc:
-        print(f"botsim chaos: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("botsim chaos: interrupted; every process was stopped", file=sys.stderr)
+    figures = _run_measured("botsim chaos", args.report, lambda: run_chaos(opts))
+    if figures is None:
         return 1
     print_summary(figures, Console(highlight=False))
     if args.report is not None:
