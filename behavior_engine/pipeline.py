@@ -469,6 +469,10 @@ class TurnPipeline:
         #: heartbeat carries it to the panel; Prometheus has the same).
         self.guard_counts: Counter[str] = Counter()
         self.chat_recent = RecentTexts(CHAT_RECENT)
+        #: Texts of turns past the last repeat check and not yet ended, per chat: a second
+        #: turn of the chat checked meanwhile sees them (two turns written at once with the
+        #: same text both passed the check and both posted: test_markup_characters, ci44).
+        self._saying: dict[int, list[str]] = {}
 
     @logcontext.scoped
     async def run(self, turn: Turn, *, decided: float | None = None) -> Outcome:
@@ -483,13 +487,29 @@ class TurnPipeline:
                 "turn", context=tracing.parent_of(turn.traceparent),
                 kind=SpanKind.CONSUMER if carried else SpanKind.INTERNAL,
                 attributes=_turn_attributes(turn, self.worker_id)) as span:
-            outcome = await self._run(turn, decided)
+            claimed: list[str] = []
+            try:
+                outcome = await self._run(turn, decided, claimed)
+            finally:
+                self._unclaim(turn.chat_id, claimed)
             _traced_outcome(span, outcome.status)
             return outcome
 
-    async def _run(self, turn: Turn, decided: float | None) -> Outcome:
+    def _unclaim(self, chat_id: int, claimed: list[str]) -> None:
+        """Forget the texts a turn claimed in :attr:`_saying` (its turn has ended; a sent
+        text is in :attr:`chat_recent` and the chat's history by now)."""
+        saying = self._saying.get(chat_id)
+        for text in claimed:
+            if saying is not None and text in saying:
+                saying.remove(text)
+        if saying == []:
+            del self._saying[chat_id]
+
+    async def _run(self, turn: Turn, decided: float | None, claimed: list[str]) -> Outcome:
         """:meth:`run`'s body, inside the turn's span: a child of the human message's trace
-        (``turn.traceparent``) or a root span (:mod:`backend.tracing`)."""
+        (``turn.traceparent``) or a root span (:mod:`backend.tracing`). The text it goes on
+        to send once the repeat guard passed it is appended to ``claimed`` (and
+        :attr:`_saying`); :meth:`run` releases it when the turn ends."""
         decided = decided if decided is not None else time.perf_counter()
         client = self.holder.client(turn.bot_id)
         token = self.holder.token(turn.bot_id)
@@ -538,6 +558,9 @@ class TurnPipeline:
         ).repeats:  # another turn of the chat said it while this one was written
             self._count("repeat", "dropped")
             return Outcome(turn=turn, status="skipped", error="guards: dropped")
+        # No await since the check: the chat's other turns see this text from now on.
+        self._saying.setdefault(turn.chat_id, []).append(generation.text)
+        claimed.append(generation.text)
         # Guards: Telegram's limits (per chat, per group, per bot) and the chat's cap.
         # An answer to a human may use the whole cap; chatter only what the human-reply
         # reserve leaves (issue 14), here too, where the cap holds across workers.
@@ -666,12 +689,13 @@ class TurnPipeline:
 
     async def _said_since(self, turn: Turn, history: Sequence[HistoryItem]) -> list[str]:
         """What was said since ``history`` was read: the bots' new messages in the chat's
-        history (this worker's and others') and the bot's own last texts; the rest was
-        checked already (:meth:`_vet`)."""
+        history (this worker's and others'), the chat's and the bot's last texts sent from
+        this worker, and what the chat's turns in flight in this worker are about to send."""
         seen = {i.message_id for i in history}
         return [*(i.text for i in await self.reads.history(turn.chat_id)
                   if not i.is_human and i.message_id not in seen),
-                *self.own_recent.of(turn.bot_id)]
+                *self.chat_recent.of(turn.chat_id), *self.own_recent.of(turn.bot_id),
+                *self._saying.get(turn.chat_id, ())]
 
     async def _vet(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
                    generation: Generation,

@@ -8,6 +8,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -731,6 +732,43 @@ async def test_chatter_said_meanwhile_by_another_turn_of_the_chat_is_dropped() -
     rig.reads.history = history  # type: ignore[method-assign]
     out = await rig.pipeline.run(turn())
     assert (out.status, out.error, rig.client.sends) == ("skipped", "guards: dropped", [])
+
+
+class Gated(FakeClient):
+    """A client whose first send waits until ``gate`` is set (a send in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.calls = 0
+
+    async def send_message(self, **kwargs: Any) -> SentMessage:
+        self.calls += 1
+        if self.calls == 1:
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().send_message(**kwargs)
+
+
+async def test_two_turns_of_a_chat_in_flight_at_once_never_both_send_one_text() -> None:
+    # ci44: two bots' turns got the same text at once; both passed the repeat check before
+    # either was sent (and in the chat's history), and both posted
+    client = Gated()
+    rig = Rig(client, providers=(Scripted(SAID),))
+    first = asyncio.create_task(rig.pipeline.run(turn()))
+    await asyncio.wait_for(client.waiting.wait(), 5)  # the first one's send is in flight
+    other = dataclasses.replace(turn(), turn_id="turn-2", bot_id=BOT + 1)
+    second = await rig.pipeline.run(other)
+    client.gate.set()
+    assert (await first).status == "sent"
+    assert (second.status, second.error) == ("skipped", "guards: dropped")
+    assert [s[1] for s in client.sends] == [SAID]
+    assert rig.pipeline._saying == {}  # released when the turns ended
+    # a turn that ends past its claim without sending releases it too
+    refused = Rig(FakeClient(), records=FakeRecords(fresh=False), providers=(Scripted(SAID),))
+    assert (await refused.pipeline.run(turn())).status == "duplicate"
+    assert refused.pipeline._saying == {}
 
 
 async def test_a_chat_remembers_more_than_its_cached_history() -> None:
