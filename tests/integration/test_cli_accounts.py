@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.crypto import resolve_secret_key
 from backend.db.models import ApiToken, AuditEntry, User
-from backend.db.session import make_engine, make_sessionmaker, upgrade_sync
+from backend.db.session import make_engine, make_sessionmaker
 from backend.db.types import utcnow
 from backend.settings import Settings
 from backend.stores import users as store
@@ -30,11 +31,11 @@ PW = "viewer password 1"
 
 
 @pytest.fixture
-def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated SQLite file that ``botsim`` sees through DATABASE_URL, with alice (admin)
-    and vera (viewer)."""
+def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_template: Path) -> str:
+    """A migrated SQLite file (a copy of the session's template) that ``botsim`` sees
+    through DATABASE_URL, with alice (admin) and vera (viewer)."""
+    shutil.copy(sqlite_template, tmp_path / "cli.db")
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    upgrade_sync(url)
     for name in list(os.environ):
         if name.startswith("BOTSIM_"):
             monkeypatch.delenv(name)
