@@ -11,7 +11,7 @@ demo: $(VENV)/bin/botsim
 	$(VENV)/bin/botsim demo
 
 test: $(VENV)/bin/botsim
-	$(VENV)/bin/ruff check . && $(VENV)/bin/lint-imports && $(VENV)/bin/mypy && $(PY) -m pytest -q -n 3 --dist loadgroup --durations=15
+	$(VENV)/bin/ruff check . && $(VENV)/bin/lint-imports && $(PY) -m pytest -q -n 4 --dist loadgroup --durations=15
 
 lint: $(VENV)/bin/botsim
 	$(VENV)/bin/ruff check .
