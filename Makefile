@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint typecheck bench
 
 $(VENV)/bin/botsim:
-	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e '.[test]'
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --no-compile -e '.[test]' \
+	  && $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib
 
 demo: $(VENV)/bin/botsim
 	$(VENV)/bin/botsim demo

@@ -33,8 +33,17 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_the_test_command_runs_in_parallel_and_names_the_slowest_tests() -> None:
     command = README.split("<!-- test-command -->", 1)[1].splitlines()[2]
-    assert "-n 3" in command and "--dist loadgroup" in command  # pytest-xdist, 3 workers
+    assert "-n 4" in command and "--dist loadgroup" in command  # pytest-xdist, 4 workers
     assert "--durations=15" in command
+
+
+def test_the_test_command_type_checks_and_byte_compiles_in_parallel() -> None:
+    command = README.split("<!-- test-command -->", 1)[1].splitlines()[2]
+    assert "--no-compile" in command and "compileall -q -j 0 .venv/lib" in command
+    # mypy is a test of the suite (it shares the cores with the waiting tests)
+    assert "mypy" not in command
+    assert "def test_mypy_finds_no_error" in (
+        ROOT / "tests" / "unit" / "test_typecheck.py").read_text(encoding="utf-8")
 
 
 def test_the_test_command_checks_the_floors() -> None:
