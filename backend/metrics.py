@@ -172,7 +172,10 @@ TURN_OVERHEAD = Histogram(
 )
 DB_QUERIES = Counter(
     "botsim_db_queries",
-    "SQL statements this process sent to the database.",
+    "SQL statements this process sent to the database, by kind: the verb and its table "
+    "(\"INSERT turns\", \"SELECT messages\"), a statement with common table expressions by "
+    "its first one (\"WITH turn_intent\"); backend.db.session.statement_kind.",
+    ["statement"],
 )
 WORKERS_LIVE = Gauge(
     "botsim_workers_live",

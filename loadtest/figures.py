@@ -135,6 +135,19 @@ def _delta(a: Snapshot, b: Snapshot, name: str, **labels: str) -> dict[str, floa
             for w in b.metrics}
 
 
+def _by_label(a: Snapshot, b: Snapshot, name: str, label: str) -> dict[str, float]:
+    """``name``'s growth from ``a`` to ``b`` per value of ``label``, all processes summed,
+    largest first."""
+    out: dict[str, float] = defaultdict(float)
+    for proc, samples in b.metrics.items():
+        before = a.metrics.get(proc, {})
+        for (n, lab), v in samples.items():
+            if n == name:
+                value = dict(lab).get(label, "")
+                out[value] += v - before.get((n, lab), 0.0)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den > 0 else None
 
@@ -238,6 +251,8 @@ async def compute_figures(
     engine_ms = 1000 * cpu_s / in_window if in_window else None
     q = _delta(measure_start, measure_end, "botsim_db_queries_total")
     queries = sum(q.values())
+    kinds = _by_label(measure_start, measure_end, "botsim_db_queries_total", "statement")
+    worker_queries = sum(v for w, v in q.items() if w.startswith("worker"))
     l1 = {r: sum(_delta(measure_start, measure_end, "botsim_cache_requests_total",
                         layer="l1", result=r).values()) for r in ("hit", "miss")}
     l2 = {r: sum(_delta(measure_start, measure_end, "botsim_cache_requests_total",
@@ -315,7 +330,10 @@ async def compute_figures(
         "cache": {"l1_hit_rate": _ratio(l1["hit"], l1["hit"] + l1["miss"]),
                   "l2_hit_rate": _ratio(l2["hit"], l2["hit"] + l2["miss"]),
                   "lookups": int(l1["hit"] + l1["miss"])},
-        "db": {"queries": int(queries), "queries_per_msg": _ratio(queries, in_window)},
+        "db": {"queries": int(queries), "queries_per_msg": _ratio(queries, in_window),
+               "worker_queries_per_msg": _ratio(worker_queries, in_window),
+               "per_msg_by_statement": {k: _ratio(v, in_window) for k, v in
+                                        kinds.items() if v > 0}},
         "timeline": timeline,
         "rhythm": {"planned": planned,
                    "planned_per_min": round(planned / window_s * 60, 1) if window_s > 0

@@ -303,6 +303,9 @@ def _workers_section(figures: Mapping[str, Any]) -> _Section:
     s.add("cache lookups", _count(cache.get("lookups")))
     s.add("DB queries", _count(db.get("queries")))
     s.add("DB queries / message", _fmt(db.get("queries_per_msg"), digits=2))
+    s.add("  of which workers", _fmt(db.get("worker_queries_per_msg"), digits=2))
+    for kind, per_msg in list((db.get("per_msg_by_statement") or {}).items())[:8]:
+        s.add(f"  {kind}", _fmt(per_msg, digits=2))
     return s
 
 

@@ -9,6 +9,7 @@ running loop before every session and raises :class:`~backend.errors.WrongEventL
 from __future__ import annotations
 
 import asyncio
+import re
 import weakref
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,9 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     so a listener and a worker can share the file, and connections that a cancelled
     statement cannot leave hanging (:class:`_StopOnce`). PostgreSQL (``postgresql+asyncpg://``)
     gets a pool of ``pool_size`` connections. Every statement counts in
-    ``botsim_db_queries_total``. A database error's text (and ``echo``) never shows the
-    statement's parameters: they hold people's messages and names (``hide_parameters``).
+    ``botsim_db_queries_total``, by kind (:func:`statement_kind`). A database error's text
+    (and ``echo``) never shows the statement's parameters: they hold people's messages and
+    names (``hide_parameters``).
 
     Args:
         url: SQLAlchemy async URL.
@@ -149,8 +151,13 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     from backend import metrics
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _count_query(*_args: Any) -> None:
-        metrics.DB_QUERIES.inc()
+    def _count_query(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        counter = _STATEMENT_COUNTERS.get(statement)
+        if counter is None:
+            counter = metrics.DB_QUERIES.labels(statement=statement_kind(statement))
+            if len(_STATEMENT_COUNTERS) < _STATEMENT_CACHE_SIZE:
+                _STATEMENT_COUNTERS[statement] = counter
+        counter.inc()
 
     if url.startswith("sqlite"):
 
@@ -167,6 +174,34 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
             cur.close()
 
     return engine
+
+
+#: Statement text → its ``botsim_db_queries_total`` child. SQLAlchemy sends the same
+#: compiled string for a statement each time, whose hash Python keeps: one dict lookup a
+#: statement. Bounded: an engine sending ever new texts (literal values) is classified anew.
+_STATEMENT_COUNTERS: dict[str, Any] = {}
+_STATEMENT_CACHE_SIZE = 2048
+_KIND = re.compile(
+    r"^\s*(?:/\*.*?\*/\s*)?(?:(?P<with>WITH)\s+(?:RECURSIVE\s+)?(?P<cte>\w+)"
+    r"|(?P<verb>INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(?P<table>\w+)"
+    r"|(?P<select>SELECT)\b(?:.*?\bFROM\s+\"?(?P<from>\w+))?)",
+    re.IGNORECASE | re.DOTALL)
+
+
+def statement_kind(statement: str) -> str:
+    """The kind of a SQL statement for ``botsim_db_queries_total{statement}``: its verb and
+    table (``"INSERT turns"``, ``"UPDATE bot_leases"``, ``"SELECT messages"``, ``"SELECT"``
+    without a table), a statement with common table expressions by its first one
+    (``"WITH turn_intent"``), else its first word in capitals (``"BEGIN"``, ``"PRAGMA"``)."""
+    m = _KIND.match(statement)
+    if m is None:
+        word = statement.split(None, 1)
+        return word[0].upper()[:20] if word else "empty"
+    if m["with"]:
+        return f"WITH {m['cte']}"
+    if m["verb"]:
+        return f"{m['verb'].split()[0].upper()} {m['table']}"
+    return f"SELECT {m['from']}" if m["from"] else "SELECT"
 
 
 def owner_loop(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:
