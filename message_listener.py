@@ -623,7 +623,7 @@ async def serve(settings: Settings, secrets: Secrets, *, register: bool = False)
 
     metrics.init_series("listener")
 
-    async with runtime(settings) as rt:
+    async with runtime(settings, pre_ping=False) as rt:  # the hot path (make_engine)
         intake = reply_intake_for(settings, rt.reads, rt.sessionmaker, redis=rt.redis)
         state = ListenerState(sessionmaker=rt.sessionmaker,
                               webhook_secret=secrets.webhook_secret, reads=rt.reads,

@@ -454,7 +454,7 @@ async def serve(settings: Settings, secrets: Secrets) -> None:
     from botsim.bootstrap import runtime
 
     init_series("worker")
-    async with runtime(settings) as rt:
+    async with runtime(settings, pre_ping=False) as rt:  # the hot path (make_engine)
         if settings.metrics_port is not None:
             serve_metrics(settings.listener_host, settings.metrics_port)
         worker = Worker.assemble(settings=settings, sessionmaker=rt.sessionmaker,

@@ -11,23 +11,35 @@ panel reads a bot's memberships with their status, reason and time in one store 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import metrics
 from backend.cache import TwoLayerCache
+from backend.db.session import database_unreachable
 from backend.schemas import MessageMeta
 from backend.stores import audit as audit_store
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import members as member_store
 from backend.stores import memories as memory_store
+from backend.stores import messages as message_store
 from backend.stores import turns as turn_store
 from behavior_engine.memory import MemoryItem
 from behavior_engine.pipeline import Sent, message_time
 from behavior_engine.reads import HistoryItem, item_from_row
 from behavior_engine.turn import Turn
+
+log = logging.getLogger(__name__)
+
+#: Attempts at storing a sent message when the database cannot be reached, and the first
+#: pause between them (doubling: 0.5 + 1 + 2 + 4 + 8 = 15.5 s in all).
+COMMIT_ATTEMPTS = 6
+COMMIT_BACKOFF_S = 0.5
 
 
 class StoreTurnRecords:
@@ -60,17 +72,50 @@ class StoreTurnRecords:
         """One transaction (:func:`backend.stores.turns.commit_sent`): part 1 (or the whole
         text), the turn's ``sent`` outcome, the answered flag of the human message the turn
         answers (by our id, ``turn.reply_message_id``, whatever Telegram showed) and the
-        mood; returns the history item of the stored message."""
+        mood; returns the history item of the stored message.
+
+        The message is on Telegram already, so a database that cannot be reached (a
+        restart; a pooled connection it dropped, which no pre-ping replaces on the hot path)
+        is tried again, :data:`COMMIT_ATTEMPTS` times in all with doubling pauses from
+        :data:`COMMIT_BACKOFF_S` (~15 s). A retry that finds the turn stored (the lost
+        attempt did commit) returns that message.
+
+        Raises:
+            sqlalchemy.exc.IntegrityError: the first attempt found the turn stored (a
+                duplicate, which the intent record prevents).
+            Exception: the database's error after the last attempt.
+        """
         turn = sent.turn
-        async with self.sessionmaker() as session, session.begin():
-            msg = await turn_store.commit_sent(
-                session, turn_id=turn.turn_id, chat_id=turn.chat_id, bot_id=turn.bot_id,
-                telegram_message_id=sent.message.message_id, text=sent.sent_text,
-                meta=_meta(sent), created_at=message_time(sent.message),
-                reply_to_telegram_message_id=sent.reply_to,
-                answered_human=turn.reply_to is not None and turn.reply_to.is_human,
-                mood=sent.mood, answered_message_id=turn.reply_message_id)
-        return item_from_row(msg, sent.bot.name, sent.bot.username)
+        pause = COMMIT_BACKOFF_S
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    msg = await turn_store.commit_sent(
+                        session, turn_id=turn.turn_id, chat_id=turn.chat_id,
+                        bot_id=turn.bot_id, telegram_message_id=sent.message.message_id,
+                        text=sent.sent_text, meta=_meta(sent),
+                        created_at=message_time(sent.message),
+                        reply_to_telegram_message_id=sent.reply_to,
+                        answered_human=turn.reply_to is not None and turn.reply_to.is_human,
+                        mood=sent.mood, answered_message_id=turn.reply_message_id)
+                return item_from_row(msg, sent.bot.name, sent.bot.username)
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+                async with self.sessionmaker() as session:
+                    stored = await message_store.by_turn_id(session, turn_id=turn.turn_id)
+                if stored is None:
+                    raise
+                return item_from_row(stored, sent.bot.name, sent.bot.username)
+            except Exception as exc:
+                if attempt == COMMIT_ATTEMPTS or not database_unreachable(exc):
+                    raise
+                log.warning("turn %s: sent, but the database could not be reached to store "
+                            "it (%s); trying again in %.1f s", turn.turn_id,
+                            type(exc).__name__, pause)
+                await asyncio.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def commit_part(self, sent: Sent) -> HistoryItem:
         """One transaction (:func:`backend.stores.turns.commit_part`): part ``sent.part`` >= 2

@@ -252,6 +252,7 @@ async def runtime(
     cache_namespace: str | None = None,
     connect_cache: bool = True,
     redis: bool = True,
+    pre_ping: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Migrate the database, open the engine, start the cache, make the reads and Redis.
 
@@ -270,6 +271,9 @@ async def runtime(
             invalidations). False for one-shot commands: the cache then works in process
             memory only.
         redis: make the process's Redis client when ``settings.redis_url`` is set.
+        pre_ping: a round trip testing each pooled connection at checkout
+            (:func:`backend.db.session.make_engine`); the worker and the listener, the hot
+            paths, turn it off.
 
     Yields:
         The :class:`Runtime`.
@@ -284,7 +288,8 @@ async def runtime(
     url = settings.effective_database_url
     await upgrade(url)
     async with contextlib.AsyncExitStack() as stack:
-        engine = make_engine(url, pool_size=pool_size or settings.db_pool_size)
+        engine = make_engine(url, pool_size=pool_size or settings.db_pool_size,
+                             pre_ping=pre_ping)
         stack.push_async_callback(engine.dispose)
         sessionmaker = make_sessionmaker(engine)
         cache = settings.make_cache(namespace=cache_namespace)

@@ -121,7 +121,8 @@ def describe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False,
+                pre_ping: bool = True) -> AsyncEngine:
     """Create an async engine for ``url``.
 
     SQLite (``sqlite+aiosqlite:///path``) gets WAL, a 5 s busy timeout and foreign keys on,
@@ -136,13 +137,20 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         url: SQLAlchemy async URL.
         pool_size: PostgreSQL pool size (ignored for SQLite).
         echo: log every statement (debugging).
+        pre_ping: test each pooled PostgreSQL connection with a round trip at checkout
+            (replacing one the server dropped). The hot paths turn it off (the worker and
+            the listener, issue 20: a round trip on every transaction, every turn's two):
+            there a dropped connection fails its statement, SQLAlchemy then discards every
+            older pooled connection, and what must not be lost is tried again
+            (``behavior_engine.records``: a sent message's commit; Telegram retries an
+            update the listener answered 500).
     """
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
         kwargs["connect_args"] = {"timeout": 5}
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping)
     engine = create_async_engine(url, **kwargs)
     try:
         _OWNER_LOOPS[engine.sync_engine] = asyncio.get_running_loop()

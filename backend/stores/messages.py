@@ -147,6 +147,12 @@ async def record_sent(
     return msg
 
 
+async def by_turn_id(session: AsyncSession, *, turn_id: str) -> Message | None:
+    """The message a bot's turn stored (its first part), or None."""
+    return (await session.execute(select(Message).where(Message.turn_id == turn_id))
+            ).scalar_one_or_none()
+
+
 async def recent_messages(
     session: AsyncSession, *, chat_id: int, limit: int = 20
 ) -> list[Message]:

@@ -36,12 +36,12 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.db.models import TURN_STATUSES, BotLease, Message, TurnRecord
+from backend.db.models import TURN_STATUSES, Bot, BotLease, Message, TurnRecord
 from backend.db.types import utcnow
 from backend.errors import FencedOut, ValidationFailed
 from backend.schemas import MessageMeta
@@ -130,6 +130,10 @@ async def record_intent(
 ) -> bool:
     """Record that ``turn_id`` is about to be sent, under fencing token ``token``.
 
+    One statement on PostgreSQL (the fence's ``UPDATE ... RETURNING`` and the insert in common
+    table expressions: ``WITH turn_intent``); two on SQLite, which has no data-modifying CTEs
+    (:func:`check_fence`, then the insert).
+
     Returns:
         True: recorded (a new turn, or a retry of one whose non-delivery was certain);
         False: this turn id was already acted on (``intent``, ``sent``, ``failed`` or
@@ -138,20 +142,37 @@ async def record_intent(
     Raises:
         FencedOut: ``token`` is stale; nothing is written.
     """
-    await check_fence(session, bot_id=bot_id, token=token)
     now = utcnow()
-    ins = _insert(session)(TurnRecord.__table__).values(
-        turn_id=turn_id, bot_id=bot_id, chat_id=chat_id, fencing_token=token, worker=worker,
-        status="intent", attempts=1, reply_to_message_id=reply_to_message_id,
-        created_at=now, updated_at=now,
-    )
     table = TurnRecord.__table__
-    stmt = ins.on_conflict_do_update(
-        index_elements=["turn_id"],
-        set_={"status": "intent", "attempts": table.c.attempts + 1, "fencing_token": token,
-              "worker": worker, "updated_at": now, "error": None},
-        where=table.c.status == "retry",
-    ).returning(table.c.turn_id)
+    values = {"turn_id": turn_id, "bot_id": bot_id, "chat_id": chat_id, "fencing_token": token,
+              "worker": worker, "status": "intent", "attempts": 1,
+              "reply_to_message_id": reply_to_message_id, "created_at": now, "updated_at": now}
+    again = {"status": "intent", "attempts": table.c.attempts + 1, "fencing_token": token,
+             "worker": worker, "updated_at": now, "error": None}
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement (issue 20): the fence's row lock and the insert, which happens only
+        # when the fence matched; the two counts tell a stale token from a turn acted on.
+        fence = (update(BotLease)
+                 .where(BotLease.bot_id == bot_id, BotLease.fencing_token == token)
+                 .values(fencing_token=BotLease.fencing_token)
+                 .returning(BotLease.bot_id).cte("turn_intent"))
+        rows = select(*(literal(v, table.c[k].type).label(k) for k, v in values.items())
+                      ).select_from(fence)
+        written = (pg_insert(TurnRecord).from_select(list(values), rows)
+                   .on_conflict_do_update(index_elements=["turn_id"], set_=again,
+                                          where=table.c.status == "retry")
+                   .returning(table.c.turn_id).cte("turn_written"))
+        fenced, fresh = (await session.execute(select(
+            select(func.count()).select_from(fence).scalar_subquery(),
+            select(func.count()).select_from(written).scalar_subquery()))).one()
+        if fenced != 1:
+            raise FencedOut(bot_id, token)
+        return bool(fresh)
+    await check_fence(session, bot_id=bot_id, token=token)
+    stmt = (_insert(session)(table).values(**values)
+            .on_conflict_do_update(index_elements=["turn_id"], set_=again,
+                                   where=table.c.status == "retry")
+            .returning(table.c.turn_id))
     return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 
@@ -272,7 +293,8 @@ async def commit_sent(
     answered_message_id: int | None = None,
 ) -> Message:
     """Commit a sent turn in one place: its message row, the turn's ``sent`` outcome, the
-    answered flag of the human message it replies to, and the bot's mood.
+    answered flag of the human message it replies to, and the bot's mood. One statement on
+    PostgreSQL (:func:`_commit_sent_pg`); on SQLite one each.
 
     Call inside the caller's transaction (``session.begin()``), after Telegram accepted the
     send: everything here is one commit, so a sent turn is never half recorded.
@@ -297,6 +319,13 @@ async def commit_sent(
         sqlalchemy.exc.IntegrityError: the turn or the (chat, Telegram id) is already
             stored; a duplicate, which the intent record prevents.
     """
+    answered_tg = reply_to_telegram_message_id if answered_human else None
+    if session.get_bind().dialect.name == "postgresql":
+        return await _commit_sent_pg(
+            session, turn_id=turn_id, chat_id=chat_id, bot_id=bot_id,
+            telegram_message_id=telegram_message_id, text=text, meta=meta,
+            created_at=created_at, reply_to_telegram_message_id=reply_to_telegram_message_id,
+            answered_tg=answered_tg, mood=mood, answered_message_id=answered_message_id)
     msg = await message_store.record_sent(
         session, chat_id=chat_id, bot_id=bot_id, turn_id=turn_id,
         telegram_message_id=telegram_message_id, text=text, meta=meta,
@@ -313,6 +342,46 @@ async def commit_sent(
     if mood is not None:
         await bot_store.set_mood(session, bot_id=bot_id, mood=mood)
     return msg
+
+
+async def _commit_sent_pg(
+    session: AsyncSession, *, turn_id: str, chat_id: int, bot_id: int,
+    telegram_message_id: int, text: str, meta: MessageMeta, created_at: datetime,
+    reply_to_telegram_message_id: int | None, answered_tg: int | None, mood: float | None,
+    answered_message_id: int | None,
+) -> Message:
+    """:func:`commit_sent` in one statement (issue 20): the message's insert, the turn's
+    outcome, the answered human message and the mood as common table expressions
+    (``WITH sent_message``); PostgreSQL runs every data-modifying CTE once, on one snapshot.
+    The answered message is one UPDATE (by Telegram id or by our id: both may name the same
+    row, which two UPDATEs of one statement must not touch)."""
+    row = {"chat_id": chat_id, "bot_id": bot_id, "turn_id": turn_id,
+           "telegram_message_id": telegram_message_id,
+           "reply_to_telegram_message_id": reply_to_telegram_message_id, "text": text,
+           "meta": meta, "created_at": created_at, "reply_wanted": False}
+    inserted = (pg_insert(Message).values(**row).returning(Message.id)
+                .cte("sent_message"))
+    ctes: list[Any] = [
+        update(TurnRecord).where(TurnRecord.turn_id == turn_id)
+        .values(status="sent", error=None, telegram_message_id=telegram_message_id,
+                updated_at=utcnow()).cte("sent_turn")]
+    targets: list[ColumnElement[bool]] = []
+    if answered_tg is not None:
+        targets.append((Message.chat_id == chat_id)
+                       & (Message.telegram_message_id == answered_tg))
+    if answered_message_id is not None:
+        targets.append(Message.id == answered_message_id)
+    if targets:
+        ctes.append(update(Message).where(or_(*targets)).values(reply_wanted=False)
+                    .cte("answered"))
+    if mood is not None:
+        # updated_at given: a column's Python-side onupdate is not run inside a CTE
+        ctes.append(update(Bot).where(Bot.id == bot_id)
+                    .values(mood=max(-1.0, min(1.0, mood)), updated_at=utcnow())
+                    .cte("sent_mood"))
+    new_id = (await session.execute(
+        select(inserted.c.id).add_cte(*ctes))).scalar_one()
+    return Message(id=new_id, **row)
 
 
 async def commit_part(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import TokenCipher
@@ -360,3 +361,73 @@ async def test_check_fence_blocks_a_concurrent_takeover(sessionmaker: Sessions,
     # the old holder is fenced out from now on
     with pytest.raises(FencedOut):
         await intent(sessionmaker, "next", b1, w.chat_id, token=1, worker="old")
+
+
+# -- the hot path's statements (issue 20) -----------------------------------------------------
+
+def _statements() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(s.value for m in REGISTRY.collect() if m.name == "botsim_db_queries"
+               for s in m.samples if s.name == "botsim_db_queries_total")
+
+
+async def commit(sm: Sessions, w: World, turn_id: str, tg_id: int, **kw: object) -> Message:
+    async with sm() as s, s.begin():
+        return await turn_store.commit_sent(
+            s, turn_id=turn_id, chat_id=w.chat_id, bot_id=w.bot_ids[0],
+            telegram_message_id=tg_id, text="Bence dolar yükselir.",
+            meta=MessageMeta(provider="groq"), created_at=datetime.now(UTC), **kw)  # type: ignore[arg-type]
+
+
+async def test_intent_and_commit_are_one_statement_each_on_postgresql(
+        sessionmaker: Sessions, cipher: TokenCipher) -> None:
+    w = await seed_world(sessionmaker, cipher)
+    b1 = w.bot_ids[0]
+    await issue(sessionmaker, [b1])
+    asked = await human_message(sessionmaker, w.chat_id, 900)
+    pg = sessionmaker.kw["bind"].dialect.name == "postgresql"
+    before = _statements()
+    assert await intent(sessionmaker, "t-one", b1, w.chat_id, token=1, reply_to=asked) is True
+    assert _statements() - before == (1 if pg else 2)
+    before = _statements()
+    msg = await commit(sessionmaker, w, "t-one", 901, reply_to_telegram_message_id=900,
+                       answered_human=True, mood=3.0, answered_message_id=asked)
+    assert _statements() - before == (1 if pg else 5)
+    # what the one statement wrote: the message, the turn's outcome, the answered person,
+    # the mood (clamped)
+    async with sessionmaker() as s:
+        stored = await s.get(Message, msg.id)
+        bot = await bot_store.get_bot(s, bot_id=b1)
+    assert stored is not None and (stored.turn_id, stored.telegram_message_id, stored.text) == (
+        "t-one", 901, "Bence dolar yükselir.")
+    assert stored.meta.provider == "groq" and stored.reply_to_telegram_message_id == 900
+    assert (msg.id, msg.telegram_message_id, msg.reply_wanted) == (stored.id, 901, False)
+    got = await turn(sessionmaker, "t-one")
+    assert got is not None and (got.status, got.telegram_message_id) == ("sent", 901)
+    assert await reply_wanted(sessionmaker, asked) is False
+    assert bot is not None and bot.mood == 1.0
+    # the stale token and the turn acted on are still told apart
+    await issue(sessionmaker, [b1])
+    with pytest.raises(FencedOut):
+        await intent(sessionmaker, "t-two", b1, w.chat_id, token=1)
+    assert await intent(sessionmaker, "t-one", b1, w.chat_id, token=2) is False
+    # a second commit of the turn is a duplicate, refused whole
+    with pytest.raises(IntegrityError):
+        await commit(sessionmaker, w, "t-one", 902)
+    async with sessionmaker() as s:
+        assert (await s.execute(select(Message).where(Message.telegram_message_id == 902))
+                ).first() is None
+
+
+async def test_commit_by_our_id_alone_clears_the_wait(sessionmaker: Sessions,
+                                                      cipher: TokenCipher) -> None:
+    # Telegram dropped the reply (target deleted): the person is answered by our id
+    w = await seed_world(sessionmaker, cipher)
+    await issue(sessionmaker, [w.bot_ids[0]])
+    asked = await human_message(sessionmaker, w.chat_id, 910)
+    other = await human_message(sessionmaker, w.chat_id, 911)
+    assert await intent(sessionmaker, "t-id", w.bot_ids[0], w.chat_id, token=1, reply_to=asked)
+    await commit(sessionmaker, w, "t-id", 912, answered_message_id=asked)
+    assert await reply_wanted(sessionmaker, asked) is False
+    assert await reply_wanted(sessionmaker, other) is True
