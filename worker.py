@@ -343,7 +343,7 @@ class Worker:
         self.stats["ticks"] += 1
         metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
         if self.ledger is not None:
-            await self.ledger.flush()
+            await self.ledger.flush_due()
         try:
             for event in await self.events.refresh(self.sessionmaker):
                 log.info("world event %d at %s: %s", event.id, event.at.isoformat(),

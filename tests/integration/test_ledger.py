@@ -76,6 +76,34 @@ async def test_every_call_is_a_priced_row(sessionmaker: async_sessionmaker[Async
     assert after - before == 1
 
 
+async def test_the_tick_writes_rows_once_the_oldest_is_old_enough(
+        sessionmaker: async_sessionmaker[AsyncSession], cipher: TokenCipher) -> None:
+    bot_id, chat_id = await seed(sessionmaker, cipher)
+    now = [100.0]
+    ledger = Ledger(sessionmaker, PRICES, flush_every_s=5.0, clock=lambda: now[0])
+
+    async def stored() -> int:
+        async with sessionmaker() as s:
+            return len((await s.execute(select(LLMCall))).scalars().all())
+
+    await ledger.flush_due()  # nothing buffered: nothing written
+    await ledger(record("a", "m-a", bot_id=bot_id, chat_id=chat_id))
+    now[0] += 3.0
+    await ledger(record("a", "m-a", bot_id=bot_id, chat_id=chat_id))
+    now[0] += 1.9  # the oldest row is 4.9 s old
+    await ledger.flush_due()
+    assert await stored() == 0
+    now[0] += 0.1
+    await ledger.flush_due()
+    assert await stored() == 2  # both, in one INSERT
+    await ledger(record("a", "m-a", bot_id=bot_id, chat_id=chat_id))
+    now[0] += 4.0
+    await ledger.flush_due()
+    assert await stored() == 2  # the clock restarts with the next buffered row
+    await ledger.flush()
+    assert await stored() == 3
+
+
 @pytest.mark.parametrize("by", ["provider", "bot", "day"])
 async def test_totals_match_rows(sessionmaker: async_sessionmaker[AsyncSession],
                                  cipher: TokenCipher, by: str) -> None:
