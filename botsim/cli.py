@@ -286,6 +286,9 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--prometheus-targets", type=Path, default=None, metavar="DIR",
                     help="write Prometheus file_sd target files (listener, api, worker) "
                          "into DIR as processes start; also runs the admin API")
+    lt.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                    help="record a py-spy profile of worker-1 over the measured window into "
+                         "FILE (flame graph SVG; speedscope JSON for a .json name)")
     ch = sub.add_parser("chaos", help="run the engine under load with faults; exit 1 unless "
                         "nothing was lost or sent twice")
     ch.add_argument("--duration", type=float, default=300.0,
@@ -526,7 +529,7 @@ def _loadtest_cmd(args: argparse.Namespace) -> int:
         seed=args.seed, warmup_s=args.warmup, database_url=args.database_url,
         redis_url=args.redis_url, in_flight=args.in_flight,
         floor_samples=args.floor_samples, keep=args.keep, progress=not args.no_progress,
-        targets_dir=args.prometheus_targets)
+        targets_dir=args.prometheus_targets, profile_path=args.profile)
     opts.validate()
     # the floor runs on the engine's event loop
     figures = _run_measured("botsim loadtest", args.report, lambda: run_load(opts))

@@ -285,6 +285,7 @@ async def compute_figures(
             "in_flight": opts.in_flight, "database": database, "redis": redis,
             "machine": machine(), "started_at": run_start.at.isoformat(timespec="seconds"),
             "kept": kept,
+            "profile_path": str(opts.profile_path) if opts.profile_path else None,
         },
         "warmup": {"seconds": round(warm_s, 1), "messages": warm_msgs,
                    "msgs_per_min": round(warm_msgs / warm_s * 60, 1) if warm_s > 0 else None},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,9 @@ class LoadOptions:
             ``monitoring/prometheus.yml``); with it the run also starts ``botsim api``, so a
             Prometheus scraping the run sees every job. None: no files, no API.
         progress: show the live display (on standard error).
+        profile_path: record a py-spy profile of ``worker-1`` over the measured window into
+            this file (a flame graph SVG, or speedscope JSON for a ``.json`` name); py-spy
+            comes with ``pip install -e '.[test]'``. None: no profile.
     """
 
     bots: int
@@ -64,6 +69,7 @@ class LoadOptions:
     keep: bool = False
     progress: bool = True
     targets_dir: Path | None = None
+    profile_path: Path | None = None
 
     @property
     def warmup(self) -> float:
@@ -104,6 +110,14 @@ class LoadOptions:
         if self.targets_dir is not None and not self.targets_dir.is_dir():
             raise ValidationFailed("botsim loadtest", [(
                 "--prometheus-targets", f"{self.targets_dir} is not a directory")])
+        if self.profile_path is not None:
+            if self.profile_path.is_dir() or not self.profile_path.parent.is_dir():
+                raise ValidationFailed("botsim loadtest", [(
+                    "--profile", f"{self.profile_path} must be a file in an existing "
+                                 "directory")])
+            if py_spy() is None:
+                raise ValidationFailed("botsim loadtest", [(
+                    "--profile", "py-spy is not installed (pip install -e '.[test]')")])
         if self.in_flight is not None and not 1 <= self.in_flight <= 100_000:
             raise ValidationFailed("botsim loadtest",
                                    [("--in-flight", "must be between 1 and 100000")])
@@ -122,7 +136,14 @@ class LoadOptions:
 def options_dict(opts: LoadOptions) -> dict[str, Any]:
     """The options as a JSON-ready dict (a path as its text)."""
     out = asdict(opts)
-    if opts.targets_dir is not None:
-        out["targets_dir"] = str(opts.targets_dir)
+    for name in ("targets_dir", "profile_path"):
+        if out[name] is not None:
+            out[name] = str(out[name])
     return out
+
+
+def py_spy() -> str | None:
+    """The py-spy executable: beside this Python's (the venv's ``bin``), else on ``PATH``."""
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.is_file() else shutil.which("py-spy")
 

@@ -30,6 +30,7 @@ import json
 import os
 import random
 import secrets
+import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -65,7 +66,14 @@ from loadtest.figures import (
     total,
 )
 from loadtest.fleet import ROOT, Fleet, Proc, free_port, wait_http
-from loadtest.options import DEFAULT_PG_ADMIN, DEFAULT_REDIS, LOOPBACK, LoadOptions, options_dict
+from loadtest.options import (
+    DEFAULT_PG_ADMIN,
+    DEFAULT_REDIS,
+    LOOPBACK,
+    LoadOptions,
+    options_dict,
+    py_spy,
+)
 from loadtest.world import World, generate_world, sandbox_world, seed_database
 
 # Re-exported: these lived here before the split, and callers import them from here.
@@ -430,8 +438,11 @@ async def _run(opts: LoadOptions, console: Console, tmp: Path, fleet: Fleet, ns:
             await _sleep_checked(opts.warmup, fleet)
             measure_start = await _snapshot(client, fleet, tg_base)
             state.phase = "measuring"
+            profiler = _start_profile(opts, fleet)
             await _sleep_checked(opts.duration_s - opts.warmup, fleet)
             measure_end = await _snapshot(client, fleet, tg_base)
+            if profiler is not None:
+                await _end_profile(profiler, opts)
             peaks = {p.name: round(p.peak_rss_mb(), 1) for p in fleet.procs if p.engine}
         finally:
             stop.set()
@@ -502,6 +513,46 @@ async def _wait_taken_on(client: httpx.AsyncClient, fleet: Fleet, bots: int) -> 
             return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"only {held:.0f} of {bots} bots taken on after {STARTUP_S:.0f} s")
+
+
+def _start_profile(opts: LoadOptions, fleet: Fleet) -> subprocess.Popen[bytes] | None:
+    """py-spy attached to ``worker-1`` for the measured window (``opts.profile_path``), its
+    output in a log beside the profile; None without ``--profile``."""
+    if opts.profile_path is None:
+        return None
+    spy = py_spy()
+    if spy is None:  # validate() refused this already
+        raise RuntimeError("py-spy is not installed")
+    worker = next(p for p in fleet.procs if p.name == "worker-1")
+    window = max(1, round(opts.duration_s - opts.warmup))
+    fmt = "speedscope" if opts.profile_path.suffix == ".json" else "flamegraph"
+    log_path = opts.profile_path.with_name(opts.profile_path.name + ".log")
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [spy, "record", "--pid", str(worker.popen.pid), "--duration", str(window),
+             "--rate", "100", "--nonblocking", "--format", fmt,
+             "--output", str(opts.profile_path)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+async def _end_profile(profiler: subprocess.Popen[bytes], opts: LoadOptions) -> None:
+    """Wait for py-spy to write the profile (it stops after the window; 30 s more at most).
+
+    Raises:
+        RuntimeError: py-spy failed or wrote nothing (its log's tail attached).
+    """
+    assert opts.profile_path is not None
+    for _ in range(300):
+        if profiler.poll() is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        profiler.kill()
+        profiler.wait()
+    log_path = opts.profile_path.with_name(opts.profile_path.name + ".log")
+    if profiler.returncode != 0 or not opts.profile_path.is_file():
+        tail = log_path.read_text(errors="replace")[-1500:] if log_path.is_file() else ""
+        raise RuntimeError(f"py-spy exited {profiler.returncode} without a profile: {tail}")
 
 
 async def _drain(client: httpx.AsyncClient, fleet: Fleet,

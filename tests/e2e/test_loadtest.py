@@ -105,6 +105,8 @@ async def test_a_small_run_agrees_with_its_database(small_run: SmallRun) -> None
     ({"database_url": "postgresql://postgres@db.example.com/postgres"}, "--database-url"),
     ({"redis_url": "redis://10.0.0.5:6379/0"}, "--redis-url"),
     ({"database_url": "mysql://127.0.0.1/x"}, "--database-url"),
+    ({"profile_path": Path("/nonexistent-dir/profile.svg")}, "--profile"),
+    ({"profile_path": Path("/tmp")}, "--profile"),
 ])
 def test_bad_options_are_refused_by_name(change: dict[str, Any], named: str) -> None:
     base: dict[str, Any] = {"bots": 10, "chats": 2, "workers": 2, "duration_s": 30,
@@ -145,7 +147,7 @@ def test_json_line_is_last(tmp_path: Path) -> None:
         [sys.executable, "-m", "botsim", "loadtest", "--bots", "6", "--chats", "2",
          "--workers", "1", "--duration", "10", "--warmup", "2", "--llm-latency-ms", "100",
          "--msgs-per-hour", "600", "--floor-samples", "10", "--no-progress", "--json",
-         "--report", str(tmp_path / "report")],
+         "--report", str(tmp_path / "report"), "--profile", str(tmp_path / "worker.svg")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -162,3 +164,8 @@ def test_json_line_is_last(tmp_path: Path) -> None:
     assert "<h2>Realism</h2>" in page
     saved = json.loads((tmp_path / "report" / "figures.json").read_text())
     assert saved["throughput"] == figures["throughput"]
+    # --profile: py-spy's flame graph of worker-1 over the measured window (make profile)
+    assert figures["config"]["profile_path"] == str(tmp_path / "worker.svg")
+    flame = (tmp_path / "worker.svg").read_text()
+    assert flame.startswith("<?xml") and "<svg" in flame
+    assert "Wrote flamegraph data" in (tmp_path / "worker.svg.log").read_text()
