@@ -391,6 +391,8 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
         read_ms: the reading pause before a reply (``behavior_engine.typist``), ms.
         typing_ms: how long "typing…" showed before the send: generation plus the typing
             pause after it, ms.
+        due_ms: the wait for the turn's due time in the chat's rhythm (a slot's turn is
+            written ahead of it, issue 14), ms.
         thread_id: the forum topic (``message_thread_id``) the message is in, if any.
         mentions: usernames it mentions (lowercase, no ``@``; ``id:<user id>`` for a person
             without one), from Telegram's entities (``bots.updates.TgMessage.mentions``).
@@ -417,6 +419,7 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
     wait_ms: float | None = None
     read_ms: float | None = None
     typing_ms: float | None = None
+    due_ms: float | None = None
     thread_id: int | None = None
     mentions: tuple[str, ...] = ()
     forwarded_from: str | None = None

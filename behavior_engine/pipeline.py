@@ -289,6 +289,7 @@ class Timing:
         llm_s: of which generating the text; wait_s: of which waiting for a Telegram limit.
         read_s: of which reading the replied message (a pause, seconds).
         typing_s: of which "typing…" showed: ``llm_s`` plus the typing pause after it.
+        due_s: of which waiting for the turn's due time in the chat's rhythm.
     """
 
     sent_at: datetime
@@ -297,6 +298,13 @@ class Timing:
     wait_s: float
     read_s: float = 0.0
     typing_s: float = 0.0
+    due_s: float = 0.0
+
+    @property
+    def overhead_s(self) -> float:
+        """The engine's own part of the latency: less the text generation and the deliberate
+        pauses (reading, typing, the rhythm's due time); Telegram-limit waits stay in."""
+        return max(self.latency_s - self.read_s - self.typing_s - self.due_s, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,13 +554,14 @@ class TurnPipeline:
         read_s = pace.reading_s(turn.reply_to.text) if turn.reply_to is not None else 0.0
         if read_s > 0:  # a person reads the message before typing the answer
             await self._sleep(read_s)
-        generation, llm_s, typing_s = await self._generate(turn, client, request,
-                                                           ctx.profile.llm_providers, pace)
+        generation, llm_s, typing_s, idle_s = await self._generate(
+            turn, client, request, ctx.profile.llm_providers, pace)
         vetted = await self._vet(turn, ctx, request, generation, history)
         if vetted is None:
             return Outcome(turn=turn, status="skipped", error="guards: dropped")
         generation = vetted
-        await self._until_due(turn)  # written ahead of its slot: sent on the chat's rhythm
+        # written ahead of its slot: sent on the chat's rhythm (the wait before typing too)
+        due_s = idle_s + await self._until_due(turn)
         if (turn.reply_to is None or not turn.reply_to.is_human) and check_repeat(
                 generation.text, await self._said_since(turn, history)
         ).repeats:  # another turn of the chat said it while this one was written
@@ -616,10 +625,10 @@ class TurnPipeline:
                            retry_after=posted.retry_after)
         message, shown_reply = posted
         timing = Timing(sent_at=utcnow(), latency_s=time.perf_counter() - decided,
-                        llm_s=llm_s, wait_s=waited_s, read_s=read_s, typing_s=typing_s)
+                        llm_s=llm_s, wait_s=waited_s, read_s=read_s, typing_s=typing_s,
+                        due_s=due_s)
         metrics.TURN_LATENCY.observe(timing.latency_s)
-        # the engine's own part: neither generation nor the deliberate reading/typing pauses
-        metrics.TURN_OVERHEAD.observe(max(timing.latency_s - read_s - typing_s, 0.0))
+        metrics.TURN_OVERHEAD.observe(timing.overhead_s)
         _observe_sent(turn, timing.sent_at, history)
         view_map = views.view_map()
         sent = Sent(turn=turn, bot=bot, message=message, generation=generation,
@@ -830,8 +839,9 @@ class TurnPipeline:
 
     async def _generate(self, turn: Turn, client: Sender, request: GenerationRequest,
                         order: list[str] | None,
-                        pace: Pace) -> tuple[Generation, float, float]:
-        """The text, the seconds spent generating it, and the seconds "typing…" showed.
+                        pace: Pace) -> tuple[Generation, float, float, float]:
+        """The text, the seconds spent generating it, the seconds "typing…" showed, and the
+        seconds waited before typing for the turn's due time (a slot's turn, below).
 
         A turn due now (no ``not_before``, or one within ``typing_cap_s``): "typing…" shows
         while the text is generated (renewed every
@@ -868,14 +878,15 @@ class TurnPipeline:
         typing_s = pace.typing_s(text, jitter_rng(self.seed, turn.turn_id))
         shown = 0.0 if early else llm_s
         pause = typing_s - shown
+        idle = 0.0
         if early and turn.not_before is not None:
-            idle = (turn.not_before - self.clock()).total_seconds() - max(pause, 0.0)
+            idle = max((turn.not_before - self.clock()).total_seconds() - max(pause, 0.0), 0.0)
             if idle > 0:  # not typing yet: start so as to finish at the due time
                 await self._sleep(idle)
         if pause > 0:
             await keep_typing(lambda: client.send_typing(chat_id=chat_id), self._sleep, pause,
                               shown_ago=None if early else llm_s)
-        return result.generation, llm_s, shown + max(pause, 0.0)
+        return result.generation, llm_s, shown + max(pause, 0.0), idle
 
     async def _renew_typing(self, client: Sender, chat_id: int) -> None:
         """Renew "typing…" every :data:`TYPING_RENEW_S` seconds (wall clock: the provider's
@@ -887,14 +898,17 @@ class TurnPipeline:
             except TelegramError as exc:  # decoration: never worth a lost turn
                 log.debug("chat %s: typing not renewed: %s", chat_id, exc)
 
-    async def _until_due(self, turn: Turn) -> None:
+    async def _until_due(self, turn: Turn) -> float:
         """Wait until the turn's due time (``Turn.not_before``) when it is still ahead: the
-        send follows the chat's rhythm, not the worker's tick (issue 14)."""
+        send follows the chat's rhythm, not the worker's tick (issue 14). Returns the
+        seconds waited."""
         if turn.not_before is None:
-            return
+            return 0.0
         ahead = (turn.not_before - self.clock()).total_seconds()
-        if ahead > 0:
-            await self._sleep(ahead)
+        if ahead <= 0:
+            return 0.0
+        await self._sleep(ahead)
+        return ahead
 
     async def _guard(self, turn: Turn, chat_cap: int,
                      chat_id: int | None = None) -> tuple[float, Outcome | None]:

@@ -239,4 +239,5 @@ def _meta(sent: Sent) -> MessageMeta:
                        wait_ms=round(timing.wait_s * 1000, 3),
                        read_ms=round(timing.read_s * 1000, 3),
                        typing_ms=round(timing.typing_s * 1000, 3),
+                       due_ms=round(timing.due_s * 1000, 3),
                        views=sent.views, event_id=sent.event_id)

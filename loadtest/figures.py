@@ -20,6 +20,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.schemas import MessageMeta
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
 from backend.stores import figures as figures_store
@@ -135,6 +136,17 @@ def _delta(a: Snapshot, b: Snapshot, name: str, **labels: str) -> dict[str, floa
             for w in b.metrics}
 
 
+def overhead_ms(meta: MessageMeta) -> float:
+    """A sent message's engine overhead, ms: its latency less the text generation and the
+    deliberate pauses (reading, typing, the rhythm's due time: ``MessageMeta``'s
+    ``read_ms``, ``typing_ms`` (generation included), ``due_ms``), as the workers'
+    ``botsim_turn_overhead_seconds`` (``behavior_engine.pipeline.Timing.overhead_s``).
+    Rows stored before those fields existed: less ``llm_ms`` only."""
+    latency = meta.latency_ms or 0.0
+    paused = (meta.read_ms or 0.0) + max(meta.typing_ms or 0.0, meta.llm_ms or 0.0)
+    return max(latency - paused - (meta.due_ms or 0.0), 0.0)
+
+
 def _by_label(a: Snapshot, b: Snapshot, name: str, label: str) -> dict[str, float]:
     """``name``'s growth from ``a`` to ``b`` per value of ``label``, all processes summed,
     largest first."""
@@ -169,8 +181,8 @@ async def compute_figures(
       against its hourly budget (``over_budget_bots``: bots that sent more than the budget
       in the run, which is shorter than an hour, or more than budget × hours).
     * ``latency_ms``: the sent turns' ``meta.latency_ms`` (decision → Telegram's answer);
-      ``overhead_ms``: the same less ``meta.llm_ms`` (the engine's own part, limiter waits
-      included); ``wait_ms``: the limiter waits alone.
+      ``overhead_ms``: the engine's own part (:func:`overhead_ms`, limiter waits included);
+      ``wait_ms``: the limiter waits alone.
     * ``human_reply_ms``: from posting a human message to the ``sent_at`` of the first bot
       message replying to it, for those posted in the measured window.
     * ``cpu``: CPU seconds of the engine processes (workers and listener, from ``/proc``)
@@ -224,7 +236,7 @@ async def compute_figures(
             in_window += 1
             if meta.latency_ms is not None:
                 lat.append(meta.latency_ms)
-                over.append(meta.latency_ms - (meta.llm_ms or 0.0))
+                over.append(overhead_ms(meta))
                 wait.append(meta.wait_ms or 0.0)
     human_ms = []
     posted_in_window = [p for p in state.posted if t0 <= p.at < t1]

@@ -324,3 +324,15 @@ def test_summary_shows_the_realism_of_the_run() -> None:
     # A 10 s clock: A_n −1 outside 0.45–0.75; every message the same: 29 of 30 repeats.
     assert re.search(r"burstiness_an\s+-1\.00\s+0\.45 – 0\.75\s+✗", text)
     assert re.search(r"exact_duplicates\s+96\.7 %\s+≤ 2\.5 %\s+✗", text)
+
+
+def test_overhead_leaves_out_generation_and_the_deliberate_pauses() -> None:
+    from backend.schemas import MessageMeta
+    from loadtest.figures import overhead_ms
+
+    meta = MessageMeta(latency_ms=9000.0, llm_ms=800.0, typing_ms=2500.0, read_ms=1200.0,
+                       due_ms=5000.0, wait_ms=100.0)
+    assert overhead_ms(meta) == 300.0  # the limiter's 100 ms stay in
+    # a row from before the pauses were stored: less the generation only
+    assert overhead_ms(MessageMeta(latency_ms=900.0, llm_ms=800.0)) == 100.0
+    assert overhead_ms(MessageMeta(latency_ms=100.0, llm_ms=800.0)) == 0.0

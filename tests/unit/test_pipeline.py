@@ -510,6 +510,11 @@ async def test_a_turn_waits_for_its_due_time_before_the_send() -> None:
     due = dataclasses.replace(turn(), not_before=NOW + timedelta(seconds=0.73))
     out = await rig.pipeline.run(due)
     assert out.status == "sent" and rig.slept == [pytest.approx(0.73)]
+    # the wait is the rhythm's, not the engine's: left out of the overhead (issue 20)
+    timing = rig.records.committed[0].timing
+    assert timing.due_s + timing.typing_s == pytest.approx(0.73)
+    assert timing.overhead_s == pytest.approx(
+        max(timing.latency_s - timing.read_s - timing.typing_s - timing.due_s, 0.0))
     # a turn already due (or with no due time) does not wait
     rig = Rig(FakeClient(906))
     await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW - timedelta(seconds=2)))
