@@ -351,8 +351,9 @@ async def _commit_sent_pg(
     answered_message_id: int | None,
 ) -> Message:
     """:func:`commit_sent` in one statement (issue 20): the message's insert, the turn's
-    outcome, the answered human message and the mood as common table expressions
-    (``WITH sent_message``); PostgreSQL runs every data-modifying CTE once, on one snapshot.
+    outcome, the answered human message and the mood as common table expressions (counted
+    as ``WITH sent_turn``, the first one rendered); PostgreSQL runs every data-modifying CTE
+    once, on one snapshot.
     The answered message is one UPDATE (by Telegram id or by our id: both may name the same
     row, which two UPDATEs of one statement must not touch)."""
     row = {"chat_id": chat_id, "bot_id": bot_id, "turn_id": turn_id,
