@@ -393,6 +393,8 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
             pause after it, ms.
         due_ms: the wait for the turn's due time in the chat's rhythm (a slot's turn is
             written ahead of it, issue 14), ms.
+        pause_ms: typing after the text was ready (``typing_ms`` less what showed while it
+            was generated), ms.
         thread_id: the forum topic (``message_thread_id``) the message is in, if any.
         mentions: usernames it mentions (lowercase, no ``@``; ``id:<user id>`` for a person
             without one), from Telegram's entities (``bots.updates.TgMessage.mentions``).
@@ -420,6 +422,7 @@ class MessageMeta(_Record):  # written per message by the engine: no text check
     read_ms: float | None = None
     typing_ms: float | None = None
     due_ms: float | None = None
+    pause_ms: float | None = None
     thread_id: int | None = None
     mentions: tuple[str, ...] = ()
     forwarded_from: str | None = None

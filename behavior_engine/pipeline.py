@@ -290,6 +290,8 @@ class Timing:
         read_s: of which reading the replied message (a pause, seconds).
         typing_s: of which "typing…" showed: ``llm_s`` plus the typing pause after it.
         due_s: of which waiting for the turn's due time in the chat's rhythm.
+        pause_s: of which typing after the text was ready (``typing_s`` less what showed
+            while it was generated; all of it for a slot's turn written out of sight).
     """
 
     sent_at: datetime
@@ -299,12 +301,14 @@ class Timing:
     read_s: float = 0.0
     typing_s: float = 0.0
     due_s: float = 0.0
+    pause_s: float = 0.0
 
     @property
     def overhead_s(self) -> float:
         """The engine's own part of the latency: less the text generation and the deliberate
-        pauses (reading, typing, the rhythm's due time); Telegram-limit waits stay in."""
-        return max(self.latency_s - self.read_s - self.typing_s - self.due_s, 0.0)
+        pauses (reading, typing after the text was ready, the rhythm's due time);
+        Telegram-limit waits stay in."""
+        return max(self.latency_s - self.llm_s - self.read_s - self.pause_s - self.due_s, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,9 +558,11 @@ class TurnPipeline:
         read_s = pace.reading_s(turn.reply_to.text) if turn.reply_to is not None else 0.0
         if read_s > 0:  # a person reads the message before typing the answer
             await self._sleep(read_s)
-        generation, llm_s, typing_s, idle_s = await self._generate(
+        generation, llm_s, typing_s, idle_s, pause_s = await self._generate(
             turn, client, request, ctx.profile.llm_providers, pace)
-        vetted = await self._vet(turn, ctx, request, generation, history)
+        regenerated: list[float] = []  # seconds of each regeneration the guards asked for
+        vetted = await self._vet(turn, ctx, request, generation, history, regenerated)
+        llm_s += sum(regenerated)  # generation time too: not the engine's overhead
         if vetted is None:
             return Outcome(turn=turn, status="skipped", error="guards: dropped")
         generation = vetted
@@ -626,7 +632,7 @@ class TurnPipeline:
         message, shown_reply = posted
         timing = Timing(sent_at=utcnow(), latency_s=time.perf_counter() - decided,
                         llm_s=llm_s, wait_s=waited_s, read_s=read_s, typing_s=typing_s,
-                        due_s=due_s)
+                        due_s=due_s, pause_s=pause_s)
         metrics.TURN_LATENCY.observe(timing.latency_s)
         metrics.TURN_OVERHEAD.observe(timing.overhead_s)
         _observe_sent(turn, timing.sent_at, history)
@@ -707,8 +713,8 @@ class TurnPipeline:
                 *self._saying.get(turn.chat_id, ())]
 
     async def _vet(self, turn: Turn, ctx: TurnContext, request: GenerationRequest,
-                   generation: Generation,
-                   history: Sequence[HistoryItem]) -> Generation | None:
+                   generation: Generation, history: Sequence[HistoryItem],
+                   regenerated: list[float]) -> Generation | None:
         """The guards on a generated text before its send, in this order: content safety
         (:mod:`behavior_engine.safety`), the bot's views and holdings
         (:mod:`behavior_engine.consistency`), agreement while the chat drifts into it
@@ -721,7 +727,9 @@ class TurnPipeline:
         never dropped for a repeat or an agreement: it is sent in its least repeating draft
         that broke no rule and contradicted nothing; only when every draft broke a safety
         rule or contradicted the bot is it dropped (the person is answered by another turn).
-        Each safety block is counted per rule and written to the audit log.
+        Each safety block is counted per rule and written to the audit log. Each draft asked
+        for again appends its generation's seconds to ``regenerated`` (the turn's ``llm_s``:
+        generation, not the engine's overhead; ran (b)'s slowest 1 % were regenerations).
         """
         earlier = self._said(turn, history)
         language = ctx.profile.language
@@ -769,8 +777,10 @@ class TurnPipeline:
                 messages=[*request.messages, {"role": "system", "content": hint}],
                 context=dataclasses.replace(ctx, seed=ctx.seed + 7919 * (attempt + 1)),
                 max_chars=request.max_chars)
+            t_again = time.perf_counter()
             draft = (await self.chain.generate(again, order=ctx.profile.llm_providers)
                      ).generation
+            regenerated.append(time.perf_counter() - t_again)
         if kept is not None and to_person:
             self._count(failures[-1] if failures[-1] in ("repeat", "agreement") else "repeat",
                         "kept_for_human")
@@ -839,9 +849,10 @@ class TurnPipeline:
 
     async def _generate(self, turn: Turn, client: Sender, request: GenerationRequest,
                         order: list[str] | None,
-                        pace: Pace) -> tuple[Generation, float, float, float]:
-        """The text, the seconds spent generating it, the seconds "typing…" showed, and the
-        seconds waited before typing for the turn's due time (a slot's turn, below).
+                        pace: Pace) -> tuple[Generation, float, float, float, float]:
+        """The text, the seconds spent generating it, the seconds "typing…" showed, the
+        seconds waited before typing for the turn's due time (a slot's turn, below), and the
+        seconds typed after the text was ready.
 
         A turn due now (no ``not_before``, or one within ``typing_cap_s``): "typing…" shows
         while the text is generated (renewed every
@@ -886,7 +897,7 @@ class TurnPipeline:
         if pause > 0:
             await keep_typing(lambda: client.send_typing(chat_id=chat_id), self._sleep, pause,
                               shown_ago=None if early else llm_s)
-        return result.generation, llm_s, shown + max(pause, 0.0), idle
+        return result.generation, llm_s, shown + max(pause, 0.0), idle, max(pause, 0.0)
 
     async def _renew_typing(self, client: Sender, chat_id: int) -> None:
         """Renew "typing…" every :data:`TYPING_RENEW_S` seconds (wall clock: the provider's

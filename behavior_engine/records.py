@@ -240,4 +240,5 @@ def _meta(sent: Sent) -> MessageMeta:
                        read_ms=round(timing.read_s * 1000, 3),
                        typing_ms=round(timing.typing_s * 1000, 3),
                        due_ms=round(timing.due_s * 1000, 3),
+                       pause_ms=round(timing.pause_s * 1000, 3),
                        views=sent.views, event_id=sent.event_id)

@@ -137,14 +137,14 @@ def _delta(a: Snapshot, b: Snapshot, name: str, **labels: str) -> dict[str, floa
 
 
 def overhead_ms(meta: MessageMeta) -> float:
-    """A sent message's engine overhead, ms: its latency less the text generation and the
-    deliberate pauses (reading, typing, the rhythm's due time: ``MessageMeta``'s
-    ``read_ms``, ``typing_ms`` (generation included), ``due_ms``), as the workers'
+    """A sent message's engine overhead, ms: its latency less the text generation
+    (regenerations the guards asked for included) and the deliberate pauses (reading,
+    typing after the text was ready, the rhythm's due time: ``MessageMeta``'s ``llm_ms``,
+    ``read_ms``, ``pause_ms``, ``due_ms``), as the workers'
     ``botsim_turn_overhead_seconds`` (``behavior_engine.pipeline.Timing.overhead_s``).
     Rows stored before those fields existed: less ``llm_ms`` only."""
-    latency = meta.latency_ms or 0.0
-    paused = (meta.read_ms or 0.0) + max(meta.typing_ms or 0.0, meta.llm_ms or 0.0)
-    return max(latency - paused - (meta.due_ms or 0.0), 0.0)
+    paused = (meta.read_ms or 0.0) + (meta.pause_ms or 0.0) + (meta.due_ms or 0.0)
+    return max((meta.latency_ms or 0.0) - (meta.llm_ms or 0.0) - paused, 0.0)
 
 
 def _by_label(a: Snapshot, b: Snapshot, name: str, label: str) -> dict[str, float]:

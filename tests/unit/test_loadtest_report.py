@@ -330,8 +330,8 @@ def test_overhead_leaves_out_generation_and_the_deliberate_pauses() -> None:
     from backend.schemas import MessageMeta
     from loadtest.figures import overhead_ms
 
-    meta = MessageMeta(latency_ms=9000.0, llm_ms=800.0, typing_ms=2500.0, read_ms=1200.0,
-                       due_ms=5000.0, wait_ms=100.0)
+    meta = MessageMeta(latency_ms=9000.0, llm_ms=800.0, typing_ms=2500.0, pause_ms=1700.0,
+                       read_ms=1200.0, due_ms=5000.0, wait_ms=100.0)
     assert overhead_ms(meta) == 300.0  # the limiter's 100 ms stay in
     # a row from before the pauses were stored: less the generation only
     assert overhead_ms(MessageMeta(latency_ms=900.0, llm_ms=800.0)) == 100.0

@@ -512,9 +512,9 @@ async def test_a_turn_waits_for_its_due_time_before_the_send() -> None:
     assert out.status == "sent" and rig.slept == [pytest.approx(0.73)]
     # the wait is the rhythm's, not the engine's: left out of the overhead (issue 20)
     timing = rig.records.committed[0].timing
-    assert timing.due_s + timing.typing_s == pytest.approx(0.73)
-    assert timing.overhead_s == pytest.approx(
-        max(timing.latency_s - timing.read_s - timing.typing_s - timing.due_s, 0.0))
+    assert timing.due_s + timing.pause_s == pytest.approx(0.73)
+    assert timing.overhead_s == pytest.approx(max(
+        timing.latency_s - timing.llm_s - timing.read_s - timing.pause_s - timing.due_s, 0.0))
     # a turn already due (or with no due time) does not wait
     rig = Rig(FakeClient(906))
     await rig.pipeline.run(dataclasses.replace(turn(), not_before=NOW - timedelta(seconds=2)))
@@ -696,6 +696,23 @@ async def test_a_repeat_is_generated_again_with_a_hint() -> None:
         "Dolar tarafında bugün hareket yok, izlemekteyim."]
     assert len(llm.requests) == 2 and "tekrarlıyor" in llm.requests[1].messages[-1]["content"]
     assert guard_count("regenerated") == before + 1
+
+
+async def test_a_regeneration_counts_as_generation_not_overhead() -> None:
+    # issue 20: run (b)'s slowest 1 % of overheads were drafts the guards asked for again
+    class Slow(Scripted):
+        async def generate(self, request: GenerationRequest) -> Generation:
+            await asyncio.sleep(0.05)
+            return await super().generate(request)
+
+    llm = Slow("altın bu hafta YİNE yükselir, bence pozisyonu korumak lazım",
+               "Dolar tarafında bugün hareket yok, izlemekteyim.")
+    rig = Rig(FakeClient(), providers=(llm,))
+    said_before(rig)
+    assert (await rig.pipeline.run(turn())).status == "sent"
+    timing = rig.records.committed[0].timing
+    assert len(llm.requests) == 2 and timing.llm_s >= 0.1  # both drafts' time
+    assert timing.overhead_s < timing.latency_s - 0.1
 
 
 async def test_chatter_still_repeating_is_dropped_and_an_answer_to_a_person_is_not() -> None:
