@@ -4,8 +4,6 @@ connection the server dropped fails the first statement on it: issue 20)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,24 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from behavior_engine import records as records_module
 from behavior_engine.records import COMMIT_ATTEMPTS, StoreTurnRecords
-from tests.unit.test_typing_pace import NOW, sent_with, settings
-
-
-def _row(**kw: Any) -> SimpleNamespace:
-    return SimpleNamespace(id=77, telegram_message_id=kw["telegram_message_id"],
-                           bot_id=kw["bot_id"], sender_name=None, sender_id=None,
-                           meta=kw["meta"], text=kw["text"], created_at=NOW,
-                           reply_to_telegram_message_id=None, reply_wanted=False)
-
-
-class Session:
-    def begin(self) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()  # type: ignore[return-value]
-
-
-@contextlib.asynccontextmanager
-async def sessionmaker() -> AsyncIterator[Session]:
-    yield Session()
+from tests.unit.test_typing_pace import fake_sessionmaker as sessionmaker
+from tests.unit.test_typing_pace import sent_with, settings, stored_row
 
 
 class Script:
@@ -49,7 +31,7 @@ class Script:
             step = self.steps.pop(0) if self.steps else None
             if step is not None:
                 raise step
-            return _row(**kw)
+            return stored_row(**kw)
 
         async def by_turn_id(session: object, *, turn_id: str) -> SimpleNamespace | None:
             self.looked_up.append(turn_id)
@@ -79,7 +61,7 @@ async def test_a_database_restart_is_waited_out_and_the_message_stored(
 async def test_a_lost_acknowledgement_finds_the_message_stored(
         monkeypatch: pytest.MonkeyPatch) -> None:
     _, sent = await sent_with("Bence beklemek lazım.", settings())
-    stored = _row(telegram_message_id=sent.message.message_id, bot_id=sent.turn.bot_id,
+    stored = stored_row(telegram_message_id=sent.message.message_id, bot_id=sent.turn.bot_id,
                   meta=records_module._meta(sent), text="Bence beklemek lazım.")
     script = Script(monkeypatch, ConnectionResetError(), _duplicate(), stored=stored)
     item = await StoreTurnRecords(sessionmaker).commit_sent(sent)  # type: ignore[arg-type]

@@ -158,6 +158,28 @@ async def test_keep_typing_counts_the_time_already_shown() -> None:
     assert all(b - a <= TYPING_RENEW_S + 1e-9 for a, b in itertools.pairwise(shown))
 
 
+def stored_row(**kw: Any) -> SimpleNamespace:
+    """What a faked ``turn_store.commit_sent`` returns for its keyword arguments (the stored
+    message as ``item_from_row`` reads it; id 77)."""
+    return SimpleNamespace(id=77, telegram_message_id=kw["telegram_message_id"],
+                           bot_id=kw["bot_id"], sender_name=None, sender_id=None,
+                           meta=kw["meta"], text=kw["text"], created_at=NOW,
+                           reply_to_telegram_message_id=None, reply_wanted=False)
+
+
+class FakeSession:
+    """A session whose transaction does nothing (the store functions are faked)."""
+
+    def begin(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def fake_sessionmaker() -> AsyncIterator[FakeSession]:
+    """Sessions for :class:`StoreTurnRecords` with every store function faked."""
+    yield FakeSession()
+
+
 async def test_the_message_meta_stores_read_and_typing_ms(
         monkeypatch: pytest.MonkeyPatch) -> None:
     question = ChatLine(telegram_message_id=42, speaker="Deniz", speaker_username=None,
@@ -167,21 +189,10 @@ async def test_the_message_meta_stores_read_and_typing_ms(
 
     async def commit_sent(session: object, **kw: Any) -> SimpleNamespace:
         stored.append(kw["meta"])
-        return SimpleNamespace(id=1, telegram_message_id=kw["telegram_message_id"],
-                               bot_id=kw["bot_id"], sender_name=None, sender_id=None,
-                               meta=kw["meta"], text=kw["text"], created_at=NOW,
-                               reply_to_telegram_message_id=None, reply_wanted=False)
-
-    class Session:
-        def begin(self) -> contextlib.AbstractAsyncContextManager[None]:
-            return contextlib.nullcontext()  # type: ignore[return-value]
-
-    @contextlib.asynccontextmanager
-    async def sessionmaker() -> AsyncIterator[Session]:
-        yield Session()
+        return stored_row(**kw)
 
     monkeypatch.setattr(records_module.turn_store, "commit_sent", commit_sent)
-    await StoreTurnRecords(sessionmaker).commit_sent(sent)  # type: ignore[arg-type]
+    await StoreTurnRecords(fake_sessionmaker).commit_sent(sent)  # type: ignore[arg-type]
     [meta] = stored
     assert sent.timing.read_s > 0 and sent.timing.typing_s > 0
     assert meta.read_ms == pytest.approx(sent.timing.read_s * 1000, abs=1e-3)
