@@ -282,11 +282,17 @@ class Worker:
                 task.add_done_callback(self._background.discard)
 
     async def _take_on(self, won: list[int]) -> None:
-        """Connect the bots just won and confirm them; those not held by then are closed."""
+        """Connect the bots just won, refill their memory streams in bulk (before they can
+        take a turn: :meth:`MemoryKeeper.prefill`, two statements per
+        ``behavior_engine.recall.PREFILL_BATCH`` bots) and confirm them; those not held by
+        then are closed and their streams dropped."""
         try:
             connected = await self.clients.connect(won, self.clock())
+            await self.pipeline.memory.prefill(connected, self.clock())
             held = set(await self.membership.confirm(won, connected))
-            await self.held.disconnect([b for b in connected if b not in held])
+            dropped = [b for b in connected if b not in held]
+            await self.held.disconnect(dropped)
+            self.pipeline.memory.forget(dropped)
         except Exception:
             self.stats["errors"] += 1
             log.exception("worker %s: taking on %d bots failed", self.worker_id, len(won))

@@ -3,10 +3,13 @@
 :class:`MemoryKeeper` keeps one :class:`~behavior_engine.memory.MemoryStream` per bot the
 worker drives:
 
-* **refill**: the first turn of a bot in this worker refills its stream from the database
-  (:meth:`MemoryRecords.memory_seed`: its own messages and those said to it over the last
-  :data:`SEED_SPAN`, at most :data:`SEED_LIMIT`, one query; and its reflections), so a bot
-  taken over from a dead worker remembers what it remembered there;
+* **refill**: when the worker takes bots on, their streams are refilled from the database
+  in bulk (:meth:`MemoryKeeper.prefill`: :data:`PREFILL_BATCH` bots per two statements,
+  :meth:`MemoryRecords.memory_refill`): each bot's own messages and those said to it over
+  the last :data:`SEED_SPAN`, at most :data:`SEED_LIMIT`, and its reflections, so a bot
+  taken over from a dead worker remembers what it remembered there. A bot whose stream is
+  not there at its turn (the bulk refill failed, or the book let it go) is refilled alone
+  (two statements, :meth:`MemoryKeeper.prepare`);
 * **observe**: every turn observes the chat's history lines (the bot's own sends arrive this
   way too, once stored), so what it said and what was said or asked to it are remembered;
 * **events**: a world event the bot reacted to is noted (kind ``event``);
@@ -55,8 +58,24 @@ SEED_SPAN = timedelta(days=7)
 SEED_LIMIT = 200
 #: Reflections a refill reads at most.
 SEED_REFLECTIONS = 5
+#: Bots refilled per bulk read (:meth:`MemoryKeeper.prefill`): two statements each batch,
+#: at most ``PREFILL_BATCH × SEED_LIMIT`` message rows at once.
+PREFILL_BATCH = 250
 #: Bots asked for a reflection per run of :meth:`MemoryKeeper.reflect_due` at most.
 REFLECT_PER_RUN = 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemorySeed:
+    """What one bot's stream is refilled from.
+
+    Attributes:
+        lines: ``(line, chat id, own)`` of its messages and those said to it, newest first.
+        reflections: its reflections not expired, newest first.
+    """
+
+    lines: list[tuple[HistoryItem, int, bool]]
+    reflections: list[MemoryItem]
 
 
 class MemoryRecords(Protocol):
@@ -71,6 +90,11 @@ class MemoryRecords(Protocol):
     async def reflections(self, bot_id: int, *, now: datetime, limit: int
                           ) -> list[MemoryItem]:
         """The bot's reflections not expired at ``now``, newest first."""
+
+    async def memory_refill(self, bot_ids: Sequence[int], *, since: datetime, now: datetime,
+                            limit: int, reflections: int) -> dict[int, MemorySeed]:
+        """Bot id → its :class:`MemorySeed`, for many bots in a fixed number of
+        statements."""
 
     async def save_reflection(self, bot_id: int, item: MemoryItem,
                               expires_at: datetime) -> None:
@@ -95,23 +119,69 @@ class MemoryKeeper:
         self.records = records
         self.book = book or MemoryBook()
 
+    async def prefill(self, bot_ids: Iterable[int], now: datetime,
+                      batch: int = PREFILL_BATCH) -> int:
+        """Refill the streams of ``bot_ids`` (bots this worker just took on) from the
+        database, ``batch`` bots per :meth:`MemoryRecords.memory_refill` (two statements), so
+        their turns need no read of their own. A bot whose stream exists by the time its
+        batch is read (a turn refilled it meanwhile) is left as it is; past the book's
+        ``max_bots``, the least recently used streams go as ever.
+
+        Returns:
+            How many streams were refilled. Never raises for a failed read (logged): the
+            bots of that batch are refilled one by one at their turns instead.
+
+        Raises:
+            ValueError: ``batch`` below 1.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        if self.records is None:
+            return 0
+        todo = [b for b in dict.fromkeys(bot_ids) if b not in self.book]
+        filled = 0
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            try:
+                seeds = await self.records.memory_refill(
+                    chunk, since=now - SEED_SPAN, now=now, limit=SEED_LIMIT,
+                    reflections=SEED_REFLECTIONS)
+            except Exception as exc:  # each bot's first turn refills it instead
+                log.warning("memory of %d bots not refilled in bulk (%s)", len(chunk),
+                            type(exc).__name__)
+                continue
+            for bot_id in chunk:
+                if bot_id not in self.book:
+                    self._fill(bot_id, seeds.get(bot_id, MemorySeed([], [])), now)
+                    filled += 1
+        return filled
+
+    def _fill(self, bot_id: int, seed: MemorySeed, now: datetime) -> None:
+        """Add ``seed`` to the bot's stream (created if need be): its lines oldest first
+        (each the bot's own, or said to it), then its reflections."""
+        stream = self.book.stream(bot_id)
+        for line, chat, own in reversed(seed.lines):
+            # to_bot settles the kind, so neither the username nor the name is read
+            self.book.observe(bot_id, line, chat_id=chat, bot_username="", now=now,
+                              to_bot=None if own else True)
+        for item in seed.reflections:
+            stream.add(item, now=now)
+
     async def prepare(self, bot: BotProfile, chat_id: int, history: Sequence[HistoryItem],
                       now: datetime) -> None:
-        """Refill the bot's stream on its first turn here, then observe ``history`` (the
-        chat's lines, oldest first). Never raises for a failed refill (logged)."""
+        """Refill the bot's stream if it has none here (not taken on through
+        :meth:`prefill`), then observe ``history`` (the chat's lines, oldest first). Never
+        raises for a failed refill (logged)."""
         if bot.id not in self.book:
-            stream = self.book.stream(bot.id)
+            self.book.stream(bot.id)  # from here on, a prefill leaves this bot alone
             if self.records is not None:
                 try:
-                    seed = await self.records.memory_seed(bot.id, since=now - SEED_SPAN,
-                                                          limit=SEED_LIMIT)
-                    for line, chat, own in reversed(seed):
-                        self.book.observe(bot.id, line, chat_id=chat,
-                                          bot_username=bot.username, now=now,
-                                          to_bot=None if own else True, bot_name=bot.name)
-                    for item in await self.records.reflections(bot.id, now=now,
-                                                               limit=SEED_REFLECTIONS):
-                        stream.add(item, now=now)
+                    seed = MemorySeed(
+                        lines=await self.records.memory_seed(bot.id, since=now - SEED_SPAN,
+                                                             limit=SEED_LIMIT),
+                        reflections=await self.records.reflections(
+                            bot.id, now=now, limit=SEED_REFLECTIONS))
+                    self._fill(bot.id, seed, now)
                 except Exception as exc:  # the turn goes on with what the chat shows
                     log.warning("bot %s: memory not refilled (%s)", bot.id,
                                 type(exc).__name__)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend import metrics
 from backend.cache import TwoLayerCache
+from backend.db.models import BotReflection
 from backend.db.session import database_unreachable
 from backend.schemas import MessageMeta
 from backend.stores import audit as audit_store
@@ -32,6 +34,7 @@ from backend.stores import turns as turn_store
 from behavior_engine.memory import MemoryItem
 from behavior_engine.pipeline import Sent, message_time
 from behavior_engine.reads import HistoryItem, item_from_row
+from behavior_engine.recall import MemorySeed
 from behavior_engine.turn import Turn
 
 log = logging.getLogger(__name__)
@@ -135,8 +138,7 @@ class StoreTurnRecords:
         async with self.sessionmaker() as session:
             rows = await memory_store.bot_memory_seed(session, bot_id=bot_id, since=since,
                                                       limit=limit)
-        return [(item_from_row(r.message, r.bot_name, r.bot_username), r.message.chat_id,
-                 r.own) for r in rows]
+        return [_seed_line(r) for r in rows]
 
     async def reflections(self, bot_id: int, *, now: datetime, limit: int
                           ) -> list[MemoryItem]:
@@ -144,8 +146,23 @@ class StoreTurnRecords:
         async with self.sessionmaker() as session:
             rows = await memory_store.recent_reflections(session, bot_id=bot_id, limit=limit,
                                                          now=now)
-        return [MemoryItem(kind="reflection", text=r.text, importance=r.importance,
-                           at=r.created_at) for r in rows]
+        return [_reflection(r) for r in rows]
+
+    async def memory_refill(self, bot_ids: Sequence[int], *, since: datetime, now: datetime,
+                            limit: int, reflections: int) -> dict[int, MemorySeed]:
+        """Bot id → its :class:`~behavior_engine.recall.MemorySeed` for every bot of
+        ``bot_ids``, in two statements whatever their number
+        (:func:`backend.stores.memories.bot_memory_seeds` and
+        :func:`~backend.stores.memories.recent_reflections_of`): at most ``limit`` lines
+        since ``since`` and ``reflections`` reflections not expired at ``now`` each."""
+        async with self.sessionmaker() as session:
+            lines = await memory_store.bot_memory_seeds(session, bot_ids=bot_ids, since=since,
+                                                        limit=limit)
+            kept = await memory_store.recent_reflections_of(session, bot_ids=bot_ids,
+                                                            limit=reflections, now=now)
+        return {b: MemorySeed(lines=[_seed_line(r) for r in lines[b]],
+                              reflections=[_reflection(r) for r in kept[b]])
+                for b in bot_ids}
 
     async def save_reflection(self, bot_id: int, item: MemoryItem,
                               expires_at: datetime) -> None:
@@ -225,6 +242,18 @@ class StoreTurnRecords:
             return await chat_store.migrate_chat(
                 session, chat_id=turn.chat_id, new_telegram_chat_id=new_telegram_chat_id,
                 cache=self.cache)
+
+
+def _seed_line(row: memory_store.SeedMessage) -> tuple[HistoryItem, int, bool]:
+    """A refill's message as ``(line, chat id, own)``."""
+    return (item_from_row(row.message, row.bot_name, row.bot_username), row.message.chat_id,
+            row.own)
+
+
+def _reflection(row: BotReflection) -> MemoryItem:
+    """A stored reflection as a memory."""
+    return MemoryItem(kind="reflection", text=row.text, importance=row.importance,
+                      at=row.created_at)
 
 
 def _meta(sent: Sent) -> MessageMeta:

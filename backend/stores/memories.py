@@ -6,15 +6,16 @@ The memory stream itself lives in the worker that drives the bot
 - the bot's reflections (``bot_reflections``): LLM-written insights, which cost a call each
   and cannot be rebuilt from the chat, kept until their ``expires_at``;
 - nothing else: what the bot said and what was said to it are the ``messages`` rows, which
-  :func:`bot_memory_seed` reads back in one query when a worker takes the bot.
+  :func:`bot_memory_seeds` reads back in one query for many bots when a worker takes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, cast, delete, func, literal, select, union_all
+from sqlalchemy import Text, and_, cast, delete, func, literal, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -53,14 +54,43 @@ async def add_reflection(session: AsyncSession, *, bot_id: int, text: str, impor
 
 async def recent_reflections(session: AsyncSession, *, bot_id: int, limit: int,
                              now: datetime | None = None) -> list[BotReflection]:
-    """The last ``limit`` reflections of ``bot_id``, newest first (one query on
-    ``ix_bot_reflections_bot_created``); with ``now`` (aware UTC), only those not expired at
-    ``now``."""
-    stmt = select(BotReflection).where(BotReflection.bot_id == bot_id)
+    """The last ``limit`` reflections of ``bot_id``, newest first
+    (:func:`recent_reflections_of`)."""
+    return (await recent_reflections_of(session, bot_ids=[bot_id], limit=limit,
+                                        now=now))[bot_id]
+
+
+async def recent_reflections_of(session: AsyncSession, *, bot_ids: Sequence[int], limit: int,
+                                now: datetime | None = None
+                                ) -> dict[int, list[BotReflection]]:
+    """Bot id → its last ``limit`` reflections, newest first, for every bot of ``bot_ids``
+    (an empty list for a bot with none): one query for them all (``row_number()`` over
+    each bot's reflections, on ``ix_bot_reflections_bot_created``). With ``now`` (aware
+    UTC), only those not expired at ``now``.
+
+    Raises:
+        ValueError: ``limit`` below 1.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    out: dict[int, list[BotReflection]] = {b: [] for b in bot_ids}
+    if not out:
+        return out
+    rank = func.row_number().over(
+        partition_by=BotReflection.bot_id,
+        order_by=(BotReflection.created_at.desc(), BotReflection.id.desc())).label("rank")
+    ranked = select(BotReflection.id, rank).where(BotReflection.bot_id.in_(list(out)))
     if now is not None:
-        stmt = stmt.where(BotReflection.expires_at > now)
-    stmt = stmt.order_by(BotReflection.created_at.desc(), BotReflection.id.desc()).limit(limit)
-    return list((await session.execute(stmt)).scalars().all())
+        ranked = ranked.where(BotReflection.expires_at > now)
+    top = ranked.subquery()
+    rows = (await session.execute(
+        select(BotReflection).join(top, top.c.id == BotReflection.id)
+        .where(top.c.rank <= limit)
+        .order_by(BotReflection.bot_id, BotReflection.created_at.desc(),
+                  BotReflection.id.desc()))).scalars().all()
+    for row in rows:
+        out[row.bot_id].append(row)
+    return out
 
 
 async def expire_reflections(session: AsyncSession, *, now: datetime) -> int:
@@ -95,46 +125,73 @@ class SeedMessage:
 
 async def bot_memory_seed(session: AsyncSession, *, bot_id: int, since: datetime,
                           limit: int) -> list[SeedMessage]:
-    """What a worker taking ``bot_id`` refills its memory stream from: the bot's own
-    messages and the messages that reply to one of them or mention it, stored at or after
-    ``since`` (aware UTC), newest first, at most ``limit``. One query.
+    """What a worker taking ``bot_id`` refills its memory stream from
+    (:func:`bot_memory_seeds` for one bot), newest first."""
+    return (await bot_memory_seeds(session, bot_ids=[bot_id], since=since,
+                                   limit=limit))[bot_id]
+
+
+async def bot_memory_seeds(session: AsyncSession, *, bot_ids: Sequence[int],
+                           since: datetime, limit: int) -> dict[int, list[SeedMessage]]:
+    """What a worker taking the bots ``bot_ids`` refills their memory streams from, in one
+    query: bot id → the bot's own messages and the messages that reply to one of them or
+    mention it, stored at or after ``since`` (aware UTC), newest first, at most ``limit``
+    each (``row_number()`` over each bot's messages; an empty list for a bot with none).
 
     "Mention" is read from the text (``@username``, case-insensitive) or from the
-    metadata's ``mentions`` (Telegram's entities); only the chats the bot is a member of
+    metadata's ``mentions`` (Telegram's entities); only the chats a bot is a member of
     are searched for messages to it (through ``ix_messages_chat_created``), its own
     messages in every chat (``ix_messages_bot_created``). People's messages emptied by
-    retention (``messages.anonymise_people``) are left out.
-    """
-    username = func.lower(
-        select(Bot.username).where(Bot.id == bot_id).scalar_subquery())
-    own_msg = aliased(Message)
-    replies_to_bot = (
-        select(own_msg.id)
-        .where(own_msg.chat_id == Message.chat_id,
-               own_msg.telegram_message_id == Message.reply_to_telegram_message_id,
-               own_msg.bot_id == bot_id)
-        .exists()
-    )
-    mentions_bot = (
-        func.lower(Message.text).contains(literal("@").concat(username))
-        | cast(Message.meta, Text).contains(literal('"').concat(username).concat('"'))
-    )
-    own_ids = select(Message.id).where(Message.bot_id == bot_id, Message.created_at >= since)
-    to_bot_ids = select(Message.id).where(
-        Message.chat_id.in_(select(ChatBot.chat_id).where(ChatBot.bot_id == bot_id)),
-        Message.created_at >= since,
-        Message.bot_id.is_distinct_from(bot_id),
-        Message.text != "",
-        replies_to_bot | mentions_bot,
-    )
-    ids = union_all(own_ids, to_bot_ids).subquery()
-    rows = (await session.execute(
-        select(Message, Bot.name, Bot.username)
-        .outerjoin(Bot, Bot.id == Message.bot_id)
-        .where(Message.id.in_(select(ids.c.id)))
-        .order_by(Message.created_at.desc(), Message.id.desc())
-        .limit(limit)
-    )).all()
-    return [SeedMessage(message=m, bot_name=n, bot_username=u, own=m.bot_id == bot_id)
-            for m, n, u in rows]
+    retention (``messages.anonymise_people``) are left out. A message said to two of the
+    bots is in both lists (the same ``Message`` object).
 
+    Raises:
+        ValueError: ``limit`` below 1.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    out: dict[int, list[SeedMessage]] = {b: [] for b in bot_ids}
+    if not out:
+        return out
+    targets = list(out)
+    own_msg = aliased(Message)
+    member = aliased(Bot)
+    said_to = (Message.created_at >= since, Message.bot_id.is_distinct_from(ChatBot.bot_id),
+               Message.text != "")
+    own = select(Message.bot_id.label("target"), Message.id.label("mid")).where(
+        Message.bot_id.in_(targets), Message.created_at >= since)
+    replies = (
+        select(ChatBot.bot_id.label("target"), Message.id.label("mid"))
+        .join(Message, Message.chat_id == ChatBot.chat_id)
+        .join(own_msg, and_(own_msg.chat_id == Message.chat_id,
+                            own_msg.telegram_message_id == Message.reply_to_telegram_message_id,
+                            own_msg.bot_id == ChatBot.bot_id))
+        .where(ChatBot.bot_id.in_(targets), *said_to)
+    )
+    username = func.lower(member.username)
+    mentions = (
+        select(ChatBot.bot_id.label("target"), Message.id.label("mid"))
+        .join(Message, Message.chat_id == ChatBot.chat_id)
+        .join(member, member.id == ChatBot.bot_id)
+        .where(ChatBot.bot_id.in_(targets), *said_to,
+               func.lower(Message.text).contains(literal("@").concat(username))
+               | cast(Message.meta, Text).contains(
+                   literal('"').concat(username).concat('"')))
+    )
+    pairs = union(own, replies, mentions).subquery()  # UNION: a (bot, message) pair once
+    rank = func.row_number().over(
+        partition_by=pairs.c.target,
+        order_by=(Message.created_at.desc(), Message.id.desc())).label("rank")
+    ranked = (select(pairs.c.target, pairs.c.mid, rank)
+              .join(Message, Message.id == pairs.c.mid)).subquery()
+    rows = (await session.execute(
+        select(ranked.c.target, Message, Bot.name, Bot.username)
+        .join(ranked, ranked.c.mid == Message.id)
+        .outerjoin(Bot, Bot.id == Message.bot_id)
+        .where(ranked.c.rank <= limit)
+        .order_by(ranked.c.target, Message.created_at.desc(), Message.id.desc())
+    )).all()
+    for target, m, name, handle in rows:
+        out[target].append(SeedMessage(message=m, bot_name=name, bot_username=handle,
+                                       own=m.bot_id == target))
+    return out

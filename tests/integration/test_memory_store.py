@@ -97,6 +97,57 @@ async def test_seed_reads_own_messages_and_those_said_to_the_bot(
     assert [r.message.telegram_message_id for r in top] == [6, 4]
 
 
+async def test_many_bots_are_refilled_in_one_statement_each_as_one_by_one(
+        sessionmaker: Sessions, cipher: TokenCipher) -> None:
+    """Issue 20: the bulk refill of the bots a worker takes on reads, for each bot, what
+    the one-bot refill reads (its limit per bot), in one statement for the messages and one
+    for the reflections, however many bots."""
+    from tests.integration.test_turns_store import _statements
+
+    bot, other, chat, other_chat = await seed(sessionmaker, cipher)
+    t = NOW - timedelta(hours=10)
+    async with sessionmaker() as s, s.begin():
+        await sent(s, chat, bot, 1, "Altın bence yükselecek", t)
+        await human(s, chat, 2, "@ayse_bot @other_bot ikiniz de ne dersiniz?",
+                    t + timedelta(minutes=1), reply_to=1)        # to both bots
+        await sent(s, chat, other, 3, "Katılıyorum", t + timedelta(minutes=2), reply_to=1)
+        await human(s, chat, 4, "bence de", t + timedelta(minutes=3), mentions=("other_bot",))
+        await sent(s, other_chat, other, 1, "Başka grup", t)
+        await human(s, other_chat, 2, "cevap", t + timedelta(minutes=4), reply_to=1)
+        for i, who in enumerate((bot, bot, other, bot)):
+            await memory_store.add_reflection(
+                s, bot_id=who, text=f"İçgörü {i}", importance=0.7,
+                created_at=t + timedelta(minutes=i), expires_at=NOW + timedelta(days=1))
+    since = NOW - timedelta(days=7)
+    ghost = 987654  # no such bot: an empty refill, not an error
+    for limit in (50, 2):
+        async with sessionmaker() as s:
+            before = _statements()
+            bulk = await memory_store.bot_memory_seeds(s, bot_ids=[bot, other, ghost],
+                                                       since=since, limit=limit)
+            kept = await memory_store.recent_reflections_of(
+                s, bot_ids=[bot, other, ghost], limit=limit, now=NOW)
+            assert _statements() - before == 2
+            for b in (bot, other):
+                alone = await memory_store.bot_memory_seed(s, bot_id=b, since=since,
+                                                           limit=limit)
+                assert ([(r.message.id, r.own) for r in bulk[b]]
+                        == [(r.message.id, r.own) for r in alone])
+                assert ([r.id for r in kept[b]] == [r.id for r in await
+                        memory_store.recent_reflections(s, bot_id=b, limit=limit, now=NOW)])
+        assert bulk[ghost] == [] and kept[ghost] == []
+        assert len(bulk[bot]) == min(limit, 3) and len(kept[bot]) == min(limit, 3)
+    got = {b: [(r.message.chat_id, r.message.telegram_message_id, r.own) for r in rows]
+           for b, rows in bulk.items()}
+    assert got[bot] == [(chat, 3, False), (chat, 2, False)]  # limit 2, newest first
+    assert got[other] == [(other_chat, 2, False), (chat, 4, False)]
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        async with sessionmaker() as s:
+            await memory_store.bot_memory_seeds(s, bot_ids=[bot], since=since, limit=0)
+    async with sessionmaker() as s:
+        assert await memory_store.bot_memory_seeds(s, bot_ids=[], since=since, limit=5) == {}
+
+
 async def test_seed_keeps_own_messages_of_chats_the_bot_left(
         sessionmaker: Sessions, cipher: TokenCipher) -> None:
     bot, _other, _chat, other_chat = await seed(sessionmaker, cipher)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from behavior_engine.memory import MemoryItem
 from behavior_engine.reads import HistoryItem
-from behavior_engine.recall import MemoryKeeper, recall_query
+from behavior_engine.recall import MemoryKeeper, MemorySeed, recall_query
 from behavior_engine.turn import Generation, GenerationRequest
 from tests.unit.test_pipeline import BOT, NOW, FakeClient, Rig, profile, turn
 
@@ -27,6 +29,7 @@ class FakeMemoryRecords:
         self.seed = seed or []
         self.fail = fail
         self.seeded: list[int] = []
+        self.bulk: list[list[int]] = []  # the bot ids of each memory_refill
         self.saved: list[tuple[int, MemoryItem]] = []
 
     async def memory_seed(self, bot_id: int, *, since: datetime, limit: int
@@ -40,6 +43,15 @@ class FakeMemoryRecords:
                           ) -> list[MemoryItem]:
         return [MemoryItem(kind="reflection", text="Deniz hep faizi soruyor.", importance=0.7,
                            at=now - timedelta(days=1))]
+
+    async def memory_refill(self, bot_ids: list[int], *, since: datetime, now: datetime,
+                            limit: int, reflections: int) -> dict[int, MemorySeed]:
+        if self.fail:
+            raise ConnectionError("database down")
+        self.bulk.append(list(bot_ids))
+        return {b: MemorySeed(lines=self.seed if b == BOT else [],
+                              reflections=await self.reflections(b, now=now, limit=reflections))
+                for b in bot_ids}
 
     async def save_reflection(self, bot_id: int, item: MemoryItem,
                               expires_at: datetime) -> None:
@@ -67,6 +79,39 @@ async def test_a_failed_refill_leaves_the_turn_with_what_the_chat_shows() -> Non
     keeper = MemoryKeeper(FakeMemoryRecords(fail=True))
     await keeper.prepare(BOT_PROFILE, 3, [line(5, f"@{BOT_PROFILE.username} altın ne olur?")], NOW)
     assert keeper.recall(BOT_PROFILE, "altın", NOW) != ()
+
+
+async def test_bots_taken_on_are_refilled_in_bulk_and_their_turns_read_nothing() -> None:
+    """Issue 20: the refill of bots a worker takes on is one read per batch of bots, not
+    one per bot at its first turn."""
+    asked = line(10, "Ali Hoca, carry trade ne zaman biter?", reply_to=9,
+                 at=NOW - timedelta(days=2))
+    records = FakeMemoryRecords(seed=[(asked, 3, False)])
+    keeper = MemoryKeeper(records)
+    others = list(range(1000, 1004))
+    assert await keeper.prefill([BOT, *others, BOT], NOW, batch=2) == 5
+    assert records.bulk == [[BOT, 1000], [1001, 1002], [1003]]  # each bot once, in batches
+    await keeper.prepare(BOT_PROFILE, 3, [], NOW)
+    assert records.seeded == []  # its turn read nothing more
+    lines = keeper.recall(BOT_PROFILE, "carry trade ne olacak?", NOW)
+    assert any("carry trade" in x for x in lines) and any("Deniz hep faizi" in x for x in lines)
+    assert await keeper.prefill([BOT, 1000], NOW) == 0  # already there: left as they are
+    assert records.bulk[3:] == []
+
+
+async def test_a_failed_bulk_refill_leaves_each_bot_to_its_own_first_turn() -> None:
+    records = FakeMemoryRecords(fail=True)
+    keeper = MemoryKeeper(records)
+    assert await keeper.prefill([BOT], NOW) == 0
+    assert BOT not in keeper.book
+    records.fail = False
+    await keeper.prepare(BOT_PROFILE, 3, [], NOW)
+    assert records.seeded == [BOT]
+
+
+async def test_a_prefill_batch_must_hold_a_bot() -> None:
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        await MemoryKeeper(FakeMemoryRecords()).prefill([BOT], NOW, batch=0)
 
 
 def test_recall_query() -> None:
