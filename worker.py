@@ -106,8 +106,8 @@ class Worker:
         self.clients = BotClients(sessionmaker, secrets, settings.telegram_api_url,
                                   on_refused=self.records.disable_bot)
         self.scheduler = Scheduler(seed=settings.seed, lookahead_s=settings.tick_seconds)
-        #: the world events, applied to ``market`` (read every tick, at most every
-        #: ``behavior_engine.events.REFRESH_S`` seconds)
+        #: the world events, applied to ``market`` (read when the cache says an event was
+        #: stored; without Redis, at most every ``behavior_engine.events.REFRESH_S`` s)
         self.events = EventBook(market)
         self.planner = TurnPlanner(scheduler=self.scheduler, reads=self.reads,
                                    membership=self.membership, clients=self.clients,
@@ -351,7 +351,10 @@ class Worker:
         if self.ledger is not None:
             await self.ledger.flush_due()
         try:
-            for event in await self.events.refresh(self.sessionmaker):
+            # With Redis, the cache says when there is news (an invalidation from whoever
+            # stored it); without, the database is asked every REFRESH_S seconds.
+            latest = await self.reads.latest_event_id() if self.reads.cache.redis_up else None
+            for event in await self.events.refresh(self.sessionmaker, latest=latest):
                 log.info("world event %d at %s: %s", event.id, event.at.isoformat(),
                          event.headline)
         except Exception as exc:  # the engine goes on with the events it knows

@@ -5,7 +5,8 @@ and cache it again.
 
 Cached kinds (``backend.keys.SCHEMA_VERSIONS`` versions their layout):
 ``bot`` (key: bot id), ``chats`` (key: ``enabled``), ``history`` (key: chat id, a list),
-``settings`` (key: ``simulation``).
+``settings`` (key: ``simulation``), ``events`` (key: ``latest``: the newest world event's
+id, the workers' signal to read the events again).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ KIND_BOT = "bot"
 KIND_CHATS = "chats"
 KIND_HISTORY = "history"
 KIND_SETTINGS = "settings"
+KIND_EVENTS = "events"
 
 _PENDING = "botsim_invalidate"
 
@@ -53,6 +55,16 @@ def _after_commit(session: Session) -> None:
         task = loop.create_task(cache.invalidate(kind, key))
         _TASKS.add(task)
         task.add_done_callback(_TASKS.discard)
+
+
+async def settle() -> None:
+    """Wait for the invalidations already started (after commits) to finish: a one-shot
+    command calls it before closing its cache, or its last change might not be announced to
+    the other processes. Their errors are not raised (the cache logs and counts them).
+    Only this event loop's are awaited (a task belongs to the loop that made it)."""
+    loop = asyncio.get_running_loop()
+    while mine := [t for t in _TASKS if t.get_loop() is loop and not t.done()]:
+        await asyncio.gather(*mine, return_exceptions=True)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -51,6 +51,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "chats": 1,
     "history": 1,
     "settings": 1,
+    "events": 1,
 }
 
 #: Seconds a value lives in L1 (the process's memory). Also the staleness bound while

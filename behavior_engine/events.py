@@ -1,8 +1,10 @@
 """World events in the engine (issue 16, item 5): the market, moods, stances and topics react.
 
 An operator injects an event (panel, API, ``botsim event``) or schedules one; it is stored
-(:mod:`backend.stores.events`) and every worker's :class:`EventBook` loads it within
-:data:`REFRESH_S` seconds. From the event's time on:
+(:mod:`backend.stores.events`) and every worker's :class:`EventBook` loads it at its next
+tick, told by the cache (the newest event's id, invalidated over Redis when one is stored;
+no statement per tick otherwise), or, without Redis, within :data:`REFRESH_S` seconds. From
+the event's time on:
 
 * **market**: its ``shocks`` are a step in the feed's prices
   (:meth:`~behavior_engine.market.MarketFeed.add_shock`), so holdings' P&L, and with it
@@ -189,16 +191,23 @@ class EventBook:
         return new
 
     async def refresh(self, sessionmaker: async_sessionmaker[AsyncSession], *,
-                      force: bool = False) -> list[WorldEvent]:
-        """Read events stored since the last read, at most every :data:`REFRESH_S` seconds
-        (``force``: now). Returns the new ones.
+                      force: bool = False, latest: int | None = None) -> list[WorldEvent]:
+        """Read events stored since the last read. Returns the new ones.
+
+        Args:
+            force: read now.
+            latest: the newest stored event's id, when known without the database (the
+                cache's ``events``/``latest``, invalidated when an event is stored): the
+                events are read only when it is past the newest known (issue 20: no
+                statement per tick). None: at most every :data:`REFRESH_S` seconds.
 
         Raises:
             Exception: the database read failed (the caller's tick counts it; the next
                 refresh tries again).
         """
         now = time.monotonic()
-        if not force and now - self._read_at < REFRESH_S:
+        if not force and (now - self._read_at < REFRESH_S if latest is None
+                          else latest <= self._last_id):
             return []
         self._read_at = now
         async with sessionmaker() as session:

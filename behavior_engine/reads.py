@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cache import PydanticCodec, TwoLayerCache
 from backend.db.models import Message
-from backend.invalidation import KIND_BOT, KIND_CHATS, KIND_HISTORY, KIND_SETTINGS
+from backend.invalidation import KIND_BOT, KIND_CHATS, KIND_EVENTS, KIND_HISTORY, KIND_SETTINGS
 from backend.schemas import Holding, PersonaProfile, SimulationSettings, Stance
 from backend.stores import bots as bot_store
 from backend.stores import chats as chat_store
+from backend.stores import events as event_store
 from backend.stores import messages as message_store
 from backend.stores import settings as settings_store
 
@@ -98,6 +99,7 @@ _BOT = PydanticCodec(BotProfile)
 _CHATS = PydanticCodec(ChatList)
 _ITEM = PydanticCodec(HistoryItem)
 _SETTINGS = PydanticCodec(SimulationSettings)
+_INT = PydanticCodec(int)
 
 
 def item_from_row(msg: Message, name: str | None, username: str | None) -> HistoryItem:
@@ -185,6 +187,16 @@ class CachedReads:
 
         return await self.cache.get_list(KIND_HISTORY, str(chat_id), load, codec=_ITEM,
                                          max_len=HISTORY_LEN)
+
+    async def latest_event_id(self) -> int:
+        """The newest world event's id, 0 for none (one query on a miss; invalidated by
+        ``backend.stores.events.add_event`` and ``cancel_event`` when given the cache)."""
+
+        async def load() -> int:
+            async with self.sessionmaker() as session:
+                return await event_store.latest_event_id(session)
+
+        return await self.cache.get(KIND_EVENTS, event_store.LATEST, load, codec=_INT)
 
     async def appended(self, chat_id: int, item: HistoryItem) -> None:
         """A message was stored (committed): add it to the chat's cached history."""

@@ -283,6 +283,7 @@ async def runtime(
             URL without its password and the driver's reason.
     """
     from backend.db.session import describe_url, make_engine, make_sessionmaker, upgrade
+    from backend.invalidation import settle
     from behavior_engine.reads import CachedReads
 
     url = settings.effective_database_url
@@ -294,6 +295,7 @@ async def runtime(
         sessionmaker = make_sessionmaker(engine)
         cache = settings.make_cache(namespace=cache_namespace)
         stack.push_async_callback(cache.close)
+        stack.push_async_callback(settle)  # before the cache closes: changes announced
         if connect_cache:
             await cache.start()
         reads = CachedReads(cache, sessionmaker)

@@ -179,7 +179,8 @@ async def event_cmd(settings: Settings, args: argparse.Namespace) -> int:
     from botsim.bootstrap import runtime
 
     def _one_shot() -> Any:
-        return runtime(settings, connect_cache=False, redis=False)
+        # the cache connected: the workers hear of the change at once (events/latest)
+        return runtime(settings, redis=False)
 
     command = args.event_command
     if command == "presets":
@@ -202,7 +203,8 @@ async def event_cmd(settings: Settings, args: argparse.Namespace) -> int:
         async with _one_shot() as rt:
             try:
                 async with rt.sessionmaker() as session, session.begin():
-                    gone = await store.cancel_event(session, event_id=int(text))
+                    gone = await store.cancel_event(session, event_id=int(text),
+                                                    cache=rt.cache)
                     await audit.record(session, user_id=None, username=CLI_USER,
                                        action="world_event.cancelled", entity="world_event",
                                        entity_id=gone.id, before=_audit_after(gone),
@@ -218,7 +220,7 @@ async def event_cmd(settings: Settings, args: argparse.Namespace) -> int:
         async with _one_shot() as rt:
             async with rt.sessionmaker() as session, session.begin():
                 stored = await store.add_event(session, event=event, created_by=CLI_USER,
-                                               now=now)
+                                               now=now, cache=rt.cache)
                 await audit.record(session, user_id=None, username=CLI_USER,
                                    action="world_event.created", entity="world_event",
                                    entity_id=stored.id, before=None,

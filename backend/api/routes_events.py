@@ -151,7 +151,7 @@ async def create_event(state: ApiState, who: Any, body: WorldEventCreate) -> Wor
     event = event.model_copy(update={"at": check_at(event.at, now)})
     async with state.sessionmaker() as session, session.begin():
         stored = await event_store.add_event(session, event=event, created_by=who.username,
-                                             now=now)
+                                             now=now, cache=state.cache)
         await audit_change(session, who, CREATED, ENTITY, stored.id, None, audited(stored))
     return stored
 
@@ -203,7 +203,8 @@ async def delete_world_event(event_id: DbId, who: Admin, state: State) -> WorldE
     reacted: it stays on record)."""
     try:
         async with state.sessionmaker() as session, session.begin():
-            gone = await event_store.cancel_event(session, event_id=event_id)
+            gone = await event_store.cancel_event(session, event_id=event_id,
+                                                  cache=state.cache)
             await audit_change(session, who, CANCELLED, ENTITY, event_id, audited(gone), None)
     except NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None

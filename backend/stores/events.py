@@ -7,14 +7,22 @@ Rows come back as :class:`~backend.schemas.WorldEvent` (validated), oldest first
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db.models import WorldEventRow
 from backend.db.types import utcnow
 from backend.errors import NotFound, ValidationFailed
+from backend.invalidation import KIND_EVENTS, invalidate_after_commit
 from backend.schemas import WorldEvent, WorldEventIn
+
+if TYPE_CHECKING:
+    from backend.cache import TwoLayerCache
+
+#: The cache key of the newest event's id (kind :data:`~backend.invalidation.KIND_EVENTS`).
+LATEST = "latest"
 
 #: The largest page :func:`list_events` returns.
 MAX_LIMIT = 500
@@ -27,13 +35,16 @@ def _out(row: WorldEventRow) -> WorldEvent:
 
 
 async def add_event(session: AsyncSession, *, event: WorldEventIn, created_by: str,
-                    now: datetime | None = None) -> WorldEvent:
+                    now: datetime | None = None,
+                    cache: TwoLayerCache | None = None) -> WorldEvent:
     """Store ``event``; its time is ``event.at`` or ``now`` (default: the clock).
 
     Args:
         event: the validated event.
         created_by: who injected it (an operator's name, ``cli``, ``demo``), ≤ 64 chars.
         now: aware UTC now.
+        cache: invalidated once the transaction commits (``events``/:data:`LATEST`), so
+            every worker reads the events again at its next tick.
 
     Returns:
         The stored event with its id.
@@ -44,7 +55,13 @@ async def add_event(session: AsyncSession, *, event: WorldEventIn, created_by: s
                         at=event.at or now, created_by=created_by[:64], created_at=now)
     session.add(row)
     await session.flush()
+    invalidate_after_commit(session, cache, KIND_EVENTS, LATEST)
     return _out(row)
+
+
+async def latest_event_id(session: AsyncSession) -> int:
+    """The largest event id stored (0: none). One query on the primary key."""
+    return int(await session.scalar(select(func.max(WorldEventRow.id))) or 0)
 
 
 async def list_events(session: AsyncSession, *, after_id: int = 0,
@@ -68,8 +85,9 @@ async def list_events(session: AsyncSession, *, after_id: int = 0,
 
 
 async def cancel_event(session: AsyncSession, *, event_id: int,
-                       now: datetime | None = None) -> WorldEvent:
-    """Delete a scheduled event that has not happened yet.
+                       now: datetime | None = None,
+                       cache: TwoLayerCache | None = None) -> WorldEvent:
+    """Delete a scheduled event that has not happened yet (``cache``: as :func:`add_event`).
 
     Raises:
         NotFound: no event ``event_id``.
@@ -84,4 +102,5 @@ async def cancel_event(session: AsyncSession, *, event_id: int,
                   "cancelled")])
     out = _out(row)
     await session.execute(delete(WorldEventRow).where(WorldEventRow.id == event_id))
+    invalidate_after_commit(session, cache, KIND_EVENTS, LATEST)
     return out

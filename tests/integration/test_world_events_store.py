@@ -58,3 +58,46 @@ async def test_only_a_scheduled_event_can_be_cancelled(sessionmaker: Sessions) -
             await event_store.cancel_event(s, event_id=future.id)
     async with sessionmaker() as s:
         assert [e.id for e in await event_store.list_events(s)] == [past.id]
+
+
+async def test_workers_read_the_events_only_when_the_cache_says_one_was_stored(
+        sessionmaker: Sessions, redis_url: str) -> None:
+    """Issue 20: with Redis, a worker's tick asks the cache for the newest event's id (no
+    statement) and reads the events only when an event was stored, which invalidates that
+    id in every process; without it, the events were read every 5 s."""
+    import asyncio
+    import uuid
+
+    from backend.cache import TwoLayerCache
+    from behavior_engine.events import EventBook
+    from behavior_engine.reads import CachedReads
+    from tests.integration.test_turns_store import _statements
+
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    async with TwoLayerCache(redis_url=redis_url, namespace=ns) as panel, \
+            TwoLayerCache(redis_url=redis_url, namespace=ns) as worker:
+        reads, book = CachedReads(worker, sessionmaker), EventBook()
+
+        async def tick() -> list[int]:
+            return [e.id for e in await book.refresh(sessionmaker,
+                                                     latest=await reads.latest_event_id())]
+
+        assert await tick() == []  # the first: one query for the newest id, then cached
+        before = _statements()
+        assert [await tick() for _ in range(20)] == [[]] * 20
+        assert _statements() - before == 0
+        async with sessionmaker() as s, s.begin():
+            stored = await event_store.add_event(
+                s, event=WorldEventIn(headline="Altın rekor kırdı", shocks={"GOLD": 3.0}),
+                created_by="op", now=NOW, cache=panel)
+        before = _statements()
+        for _ in range(200):  # the invalidation crosses Redis pub/sub (about 1 ms)
+            if await reads.latest_event_id() == stored.id:
+                break
+            await asyncio.sleep(0.01)
+        assert await tick() == [stored.id]
+        assert _statements() - before == 2  # the newest id once, then the new events
+        before = _statements()
+        assert [await tick() for _ in range(20)] == [[]] * 20
+        assert _statements() - before == 0
+        assert [e.id for e in book.events] == [stored.id]
