@@ -102,7 +102,7 @@ class Worker:
         self.membership = membership or membership_for(
             settings, self.reads, sessionmaker, limiter=limiter, stats=self.stats, redis=redis)
         self.worker_id = self.membership.worker_id
-        self.records = StoreTurnRecords(sessionmaker, self.reads.cache)
+        self.records = StoreTurnRecords(sessionmaker, self.reads.cache, ledger=ledger)
         self.clients = BotClients(sessionmaker, secrets, settings.telegram_api_url,
                                   on_refused=self.records.disable_bot)
         self.scheduler = Scheduler(seed=settings.seed, lookahead_s=settings.tick_seconds)

@@ -31,6 +31,7 @@ from backend.stores import members as member_store
 from backend.stores import memories as memory_store
 from backend.stores import messages as message_store
 from backend.stores import turns as turn_store
+from behavior_engine.llm.ledger import Ledger
 from behavior_engine.memory import MemoryItem
 from behavior_engine.pipeline import Sent, message_time
 from behavior_engine.reads import HistoryItem, item_from_row
@@ -54,9 +55,12 @@ class StoreTurnRecords:
     """
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession],
-                 cache: TwoLayerCache | None = None) -> None:
+                 cache: TwoLayerCache | None = None, ledger: Ledger | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.cache = cache
+        #: the LLM calls' recorder: a turn's commit writes the turn's own buffered ledger
+        #: rows in its statement (:meth:`Ledger.take`)
+        self.ledger = ledger
 
     async def record_intent(self, turn: Turn, *, token: int, worker: str) -> bool:
         """See :func:`backend.stores.turns.record_intent` (raises ``FencedOut``)."""
@@ -91,16 +95,24 @@ class StoreTurnRecords:
         turn = sent.turn
         pause = COMMIT_BACKOFF_S
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            rows = self.ledger.take(turn.turn_id) if self.ledger is not None else []
             try:
-                async with self.sessionmaker() as session, session.begin():
-                    msg = await turn_store.commit_sent(
-                        session, turn_id=turn.turn_id, chat_id=turn.chat_id,
-                        bot_id=turn.bot_id, telegram_message_id=sent.message.message_id,
-                        text=sent.sent_text, meta=_meta(sent),
-                        created_at=message_time(sent.message),
-                        reply_to_telegram_message_id=sent.reply_to,
-                        answered_human=turn.reply_to is not None and turn.reply_to.is_human,
-                        mood=sent.mood, answered_message_id=turn.reply_message_id)
+                try:
+                    async with self.sessionmaker() as session, session.begin():
+                        msg = await turn_store.commit_sent(
+                            session, turn_id=turn.turn_id, chat_id=turn.chat_id,
+                            bot_id=turn.bot_id, telegram_message_id=sent.message.message_id,
+                            text=sent.sent_text, meta=_meta(sent),
+                            created_at=message_time(sent.message),
+                            reply_to_telegram_message_id=sent.reply_to,
+                            answered_human=(turn.reply_to is not None
+                                            and turn.reply_to.is_human),
+                            mood=sent.mood, answered_message_id=turn.reply_message_id,
+                            ledger_rows=rows)
+                except BaseException:
+                    if self.ledger is not None:  # not written: the next flush writes them
+                        self.ledger.put_back(rows)
+                    raise
                 return item_from_row(msg, sent.bot.name, sent.bot.username)
             except IntegrityError:
                 if attempt == 1:

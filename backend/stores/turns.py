@@ -41,11 +41,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.db.models import TURN_STATUSES, Bot, BotLease, Message, TurnRecord
+from backend.db.models import TURN_STATUSES, Bot, BotLease, LLMCall, Message, TurnRecord
 from backend.db.types import utcnow
 from backend.errors import FencedOut, ValidationFailed
 from backend.schemas import MessageMeta
 from backend.stores import bots as bot_store
+from backend.stores import llm_calls as ledger_store
 from backend.stores import messages as message_store
 
 #: Statuses after which a turn id is never acted on again.
@@ -291,10 +292,13 @@ async def commit_sent(
     answered_human: bool = False,
     mood: float | None = None,
     answered_message_id: int | None = None,
+    ledger_rows: Sequence[dict[str, Any]] = (),
 ) -> Message:
     """Commit a sent turn in one place: its message row, the turn's ``sent`` outcome, the
-    answered flag of the human message it replies to, and the bot's mood. One statement on
-    PostgreSQL (:func:`_commit_sent_pg`); on SQLite one each.
+    answered flag of the human message it replies to, the bot's mood, and ledger rows
+    waiting to be written (group commit: the LLM calls' ledger rides on the turn's commit
+    instead of a statement of its own). One statement on PostgreSQL
+    (:func:`_commit_sent_pg`); on SQLite one each.
 
     Call inside the caller's transaction (``session.begin()``), after Telegram accepted the
     send: everything here is one commit, so a sent turn is never half recorded.
@@ -311,6 +315,8 @@ async def commit_sent(
         answered_message_id: our ``messages.id`` of the human message the turn answers: its
             ``reply_wanted`` is cleared even when Telegram dropped the reply (target
             deleted) or the chat migrated (the old group's ids were negated).
+        ledger_rows: ``llm_calls`` rows (:func:`backend.stores.llm_calls.record_calls`'s
+            keys), any turn's: written in the same transaction.
 
     Returns:
         The stored message row (flushed: ``id`` set).
@@ -325,7 +331,9 @@ async def commit_sent(
             session, turn_id=turn_id, chat_id=chat_id, bot_id=bot_id,
             telegram_message_id=telegram_message_id, text=text, meta=meta,
             created_at=created_at, reply_to_telegram_message_id=reply_to_telegram_message_id,
-            answered_tg=answered_tg, mood=mood, answered_message_id=answered_message_id)
+            answered_tg=answered_tg, mood=mood, answered_message_id=answered_message_id,
+            ledger_rows=ledger_rows)
+    await ledger_store.record_calls(session, rows=ledger_rows)
     msg = await message_store.record_sent(
         session, chat_id=chat_id, bot_id=bot_id, turn_id=turn_id,
         telegram_message_id=telegram_message_id, text=text, meta=meta,
@@ -348,12 +356,12 @@ async def _commit_sent_pg(
     session: AsyncSession, *, turn_id: str, chat_id: int, bot_id: int,
     telegram_message_id: int, text: str, meta: MessageMeta, created_at: datetime,
     reply_to_telegram_message_id: int | None, answered_tg: int | None, mood: float | None,
-    answered_message_id: int | None,
+    answered_message_id: int | None, ledger_rows: Sequence[dict[str, Any]] = (),
 ) -> Message:
     """:func:`commit_sent` in one statement (issue 20): the message's insert, the turn's
-    outcome, the answered human message and the mood as common table expressions (counted
-    as ``WITH sent_turn``, the first one rendered); PostgreSQL runs every data-modifying CTE
-    once, on one snapshot.
+    outcome, the answered human message, the mood and the ledger rows as common table
+    expressions (counted as ``WITH sent_turn``, the first one rendered); PostgreSQL runs
+    every data-modifying CTE once, on one snapshot.
     The answered message is one UPDATE (by Telegram id or by our id: both may name the same
     row, which two UPDATEs of one statement must not touch)."""
     row = {"chat_id": chat_id, "bot_id": bot_id, "turn_id": turn_id,
@@ -380,6 +388,8 @@ async def _commit_sent_pg(
         ctes.append(update(Bot).where(Bot.id == bot_id)
                     .values(mood=max(-1.0, min(1.0, mood)), updated_at=utcnow())
                     .cte("sent_mood"))
+    if ledger_rows:
+        ctes.append(pg_insert(LLMCall).values(list(ledger_rows)).cte("sent_ledger"))
     new_id = (await session.execute(
         select(inserted.c.id).add_cte(*ctes))).scalar_one()
     return Message(id=new_id, **row)

@@ -2,9 +2,10 @@
 
 Metrics are updated at once; rows are buffered and written in batches (one INSERT per
 ``batch_size`` calls or per :meth:`Ledger.flush`), so the ledger adds no database round trip
-to the per-message path. The worker's tick flushes what is older than ``flush_every_s``
-(:meth:`Ledger.flush_due`; flushing every 1-s tick cost one INSERT a message at 200 bots,
-issue 20), and the worker flushes all on stop.
+to the per-message path: a turn's commit takes the rows buffered so far into its own
+statement (:meth:`Ledger.take`, group commit), the worker's tick flushes what is older than
+``flush_every_s`` (:meth:`Ledger.flush_due`; flushing every 1-s tick cost one INSERT a
+message at 200 bots, issue 20), and the worker flushes all on stop.
 """
 
 from __future__ import annotations
@@ -123,6 +124,27 @@ class Ledger:
             self._first_at = self.clock()
         if len(self._rows) >= self.batch_size:
             await self.flush()
+
+    def take(self, turn_id: str) -> list[dict[str, Any]]:
+        """Hand the buffered rows of turn ``turn_id`` over to its commit, which writes them
+        in its own statement (group commit, issue 20: the ledger costs no statement of its
+        own while turns are committed); give them back with :meth:`put_back` if it fails.
+        Only the turn's own rows: their bot and chat are the committed message's, so they
+        cannot fail that commit (another turn's chat may have been deleted meanwhile)."""
+        mine = [r for r in self._rows if r["turn_id"] == turn_id]
+        if mine:
+            self._rows = [r for r in self._rows if r["turn_id"] != turn_id]
+            if not self._rows:
+                self._first_at = None
+        return mine
+
+    def put_back(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer again rows :meth:`take` handed over and the caller could not write (the
+        next flush or commit writes them)."""
+        if rows:
+            self._rows = rows + self._rows
+            if self._first_at is None:
+                self._first_at = self.clock()
 
     async def flush_due(self) -> None:
         """:meth:`flush` when the oldest buffered row is ``flush_every_s`` old or more."""

@@ -104,6 +104,35 @@ async def test_the_tick_writes_rows_once_the_oldest_is_old_enough(
     assert await stored() == 3
 
 
+async def test_a_turns_commit_takes_its_own_rows_and_gives_them_back_on_failure(
+        sessionmaker: async_sessionmaker[AsyncSession], cipher: TokenCipher) -> None:
+    """Group commit (issue 20): a turn's commit writes the turn's buffered ledger rows in
+    its statement; the other turns' rows wait for the flush; rows of a failed commit are
+    buffered again, in order, and the flush clock runs for them."""
+    import dataclasses
+
+    bot_id, chat_id = await seed(sessionmaker, cipher)
+    now = [100.0]
+    ledger = Ledger(sessionmaker, PRICES, flush_every_s=5.0, clock=lambda: now[0])
+    for turn_id, attempt in (("t1", 1), ("t2", 1), ("t1", 2)):
+        await ledger(dataclasses.replace(record("a", "m-a", bot_id=bot_id, chat_id=chat_id),
+                                         turn_id=turn_id, attempt=attempt))
+    mine = ledger.take("t1")
+    assert [(r["turn_id"], r["attempt"]) for r in mine] == [("t1", 1), ("t1", 2)]
+    assert ledger.take("t1") == [] and ledger.take("t9") == []
+    ledger.put_back(mine)  # the commit failed
+    assert [(r["turn_id"], r["attempt"]) for r in ledger.take("t1")] == [("t1", 1), ("t1", 2)]
+    assert [r["turn_id"] for r in ledger.take("t2")] == ["t2"]
+    ledger.put_back([])
+    await ledger.flush_due()  # nothing left: nothing due, nothing written
+    ledger.put_back(mine)
+    now[0] += 5.0
+    await ledger.flush_due()  # given back rows are flushed in flush_every_s like any
+    async with sessionmaker() as s:
+        assert sorted((r.turn_id, r.attempt) for r in (await s.execute(select(LLMCall))
+                                                      ).scalars()) == [("t1", 1), ("t1", 2)]
+
+
 @pytest.mark.parametrize("by", ["provider", "bot", "day"])
 async def test_totals_match_rows(sessionmaker: async_sessionmaker[AsyncSession],
                                  cipher: TokenCipher, by: str) -> None:

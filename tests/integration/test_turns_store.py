@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.crypto import TokenCipher
-from backend.db.models import BotLease, Message, TurnRecord
+from backend.db.models import BotLease, LLMCall, Message, TurnRecord
 from backend.errors import FencedOut, ValidationFailed
 from backend.schemas import MessageMeta
 from backend.stores import bots as bot_store
@@ -391,9 +391,15 @@ async def test_intent_and_commit_are_one_statement_each_on_postgresql(
     assert await intent(sessionmaker, "t-one", b1, w.chat_id, token=1, reply_to=asked) is True
     assert _statements() - before == (1 if pg else 2)
     before = _statements()
+    calls = [{"created_at": datetime.now(UTC), "provider": "groq", "model": "llama",
+              "bot_id": b1, "chat_id": w.chat_id, "turn_id": "t-one", "attempt": n,
+              "outcome": outcome, "error": None, "prompt_tokens": 120, "completion_tokens": 30,
+              "cached_tokens": 0, "latency_ms": 800.0, "cost_usd": 0.0001}
+             for n, outcome in ((1, "timeout"), (2, "ok"))]
     msg = await commit(sessionmaker, w, "t-one", 901, reply_to_telegram_message_id=900,
-                       answered_human=True, mood=3.0, answered_message_id=asked)
-    assert _statements() - before == (1 if pg else 5)
+                       answered_human=True, mood=3.0, answered_message_id=asked,
+                       ledger_rows=calls)
+    assert _statements() - before == (1 if pg else 6)
     # what the one statement wrote: the message, the turn's outcome, the answered person,
     # the mood (clamped)
     async with sessionmaker() as s:
@@ -407,6 +413,11 @@ async def test_intent_and_commit_are_one_statement_each_on_postgresql(
     assert got is not None and (got.status, got.telegram_message_id) == ("sent", 901)
     assert await reply_wanted(sessionmaker, asked) is False
     assert bot is not None and bot.mood == 1.0
+    async with sessionmaker() as s:  # and the turn's ledger rows (group commit)
+        ledger = (await s.execute(select(LLMCall.attempt, LLMCall.outcome)
+                                  .where(LLMCall.turn_id == "t-one")
+                                  .order_by(LLMCall.attempt))).all()
+    assert [tuple(r) for r in ledger] == [(1, "timeout"), (2, "ok")]
     # the stale token and the turn acted on are still told apart
     await issue(sessionmaker, [b1])
     with pytest.raises(FencedOut):

@@ -89,3 +89,40 @@ async def test_a_duplicate_at_once_a_statement_error_and_a_long_outage_are_raise
     script = Script(monkeypatch, ConnectionResetError(), _duplicate(), stored=None)
     with pytest.raises(IntegrityError):
         await records.commit_sent(sent)
+
+
+async def test_the_turns_ledger_rows_ride_on_the_commit_that_stores_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit (issue 20): each attempt takes the turn's buffered ledger rows; a failed
+    attempt gives them back, so the attempt that stores the message writes them once."""
+    _, sent = await sent_with("Bence beklemek lazım.", settings())
+    seen: list[list[str]] = []
+
+    class FakeLedger:
+        def __init__(self) -> None:
+            self.rows: list[dict[str, Any]] = [{"turn_id": sent.turn.turn_id, "attempt": 1},
+                                               {"turn_id": "other"}]
+
+        def take(self, turn_id: str) -> list[dict[str, Any]]:
+            mine = [r for r in self.rows if r["turn_id"] == turn_id]
+            self.rows = [r for r in self.rows if r["turn_id"] != turn_id]
+            return mine
+
+        def put_back(self, rows: list[dict[str, Any]]) -> None:
+            self.rows = rows + self.rows
+
+    ledger = FakeLedger()
+    script = Script(monkeypatch, ConnectionResetError(), None)
+    original = records_module.turn_store.commit_sent
+
+    async def spy(session: object, **kw: Any) -> SimpleNamespace:
+        seen.append([r["turn_id"] for r in kw["ledger_rows"]])
+        result: SimpleNamespace = await original(session, **kw)
+        return result
+
+    monkeypatch.setattr(records_module.turn_store, "commit_sent", spy)
+    records = StoreTurnRecords(sessionmaker, ledger=ledger)  # type: ignore[arg-type]
+    await records.commit_sent(sent)
+    assert script.calls == 2
+    assert seen == [[sent.turn.turn_id], [sent.turn.turn_id]]  # given back, taken again
+    assert ledger.rows == [{"turn_id": "other"}]  # written with the message; others wait
