@@ -329,6 +329,7 @@ class Worker:
             await self.ledger.flush()
         async with self._rebalancing:  # a heartbeat running now ends first
             await self.held.disconnect(self.clients.ids())
+            await self.clients.close()  # the bots' shared HTTP pool
             await self.membership.leave()
             await self.membership.close()
         if self._owns_chain:

@@ -48,7 +48,7 @@ DEFAULT_NAMESPACE = "botsim"
 #: ``settings``).
 SCHEMA_VERSIONS: dict[str, int] = {
     "bot": 1,
-    "chats": 1,
+    "chats": 2,  # 2: ChatInfo.member_talk
     "history": 1,
     "settings": 1,
     "events": 1,

@@ -17,7 +17,7 @@ from backend.stores import bots as bot_store
 from backend.stores import messages as message_store
 from behavior_engine.membership import Membership
 from behavior_engine.pipeline import Sender
-from bots.telegram import BotClient
+from bots.telegram import BotClient, SharedPool
 
 log = logging.getLogger("botsim.clients")
 
@@ -29,7 +29,9 @@ CONNECT_CONCURRENCY = 16
 class BotClients:
     """Connected :class:`~bots.telegram.BotClient` s by bot id, with each bot's send times
     in the last hour (its hourly budget; loaded from the database when the bot is taken on:
-    one worker drives a bot at a time).
+    one worker drives a bot at a time). The clients share one HTTP connection pool
+    (:class:`~bots.telegram.SharedPool`, made at the first connect, closed by
+    :meth:`close`).
 
     Args:
         sessionmaker: database sessions (tokens, send times).
@@ -46,6 +48,7 @@ class BotClients:
         self.api_url = api_url
         self.on_refused = on_refused
         self._clients: dict[int, BotClient] = {}
+        self._pool: SharedPool | None = None
         self._sent: dict[int, deque[datetime]] = defaultdict(deque)
 
     def __contains__(self, bot_id: object) -> bool:
@@ -72,9 +75,11 @@ class BotClients:
         async with self.sessionmaker() as session:
             rows = {b.id: b for b in await bot_store.list_bots(
                 session, enabled_only=True, bot_ids=bot_ids)}
+        if self._pool is None:  # made in the event loop that uses it
+            self._pool = SharedPool()
         clients = {
             b: BotClient(bot_id=b, token=cipher.decrypt(rows[b].token_encrypted),
-                         base_url=self.api_url)
+                         base_url=self.api_url, pool=self._pool)
             for b in bot_ids if b in rows
         }
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -116,6 +121,14 @@ class BotClients:
             client = self._clients.pop(b, None)
             if client is not None:
                 await client.close()
+
+    async def close(self) -> None:
+        """Close every client, then the shared pool (a later :meth:`connect` makes a new
+        one). Idempotent."""
+        await self.disconnect(self.ids())
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     def sent(self, bot_id: int, when: datetime) -> None:
         """Count a send of ``bot_id`` at ``when`` (aware UTC) in its hour."""

@@ -24,10 +24,6 @@ from behavior_engine.reads import BotProfile, CachedReads
 from behavior_engine.scheduler import BotView, ChatView, Scheduler
 from behavior_engine.turn import Turn
 
-#: A member bot's talkativeness is read again after this many seconds (a persona edit
-#: reaches the chat's rhythm within it).
-TALK_TTL_S = 60.0
-
 
 class TurnPlanner:
     """Decides a tick's turns.
@@ -58,7 +54,6 @@ class TurnPlanner:
         self.clock = clock
         self.stats = stats
         self.decided: dict[str, float] = {}
-        self._talk: dict[int, tuple[float, float]] = {}  # bot → (talkativeness, read at)
         self._acquired = 0  # stats["acquired"] at the last wake
 
     def started(self, turn: Turn) -> float | None:
@@ -119,7 +114,9 @@ class TurnPlanner:
                     recent=[to_line(i) for i in history[-HISTORY_SIZE:]],
                     waiting=self.membership.waiting(chat.id, history, now, set(members)),
                     in_flight=in_flight[chat.id],
-                    members=await self._members(chat.bot_ids, chat.talkativeness),
+                    # every member's weight, driven here or not (the chat's rhythm is
+                    # computed over all of them), from the cached chat: no profile read
+                    members={b: chat.member_talk.get(b, 1.0) for b in chat.bot_ids},
                 )
                 bot_views = [self._bot_view(await self.reads.bot(b), chat.telegram_chat_id,
                                             now, busy, chat.talkativeness.get(b))
@@ -139,24 +136,6 @@ class TurnPlanner:
         self.stats["turns"] += len(turns)
         metrics.TURNS_DECIDED.inc(len(turns))
         return turns
-
-    async def _members(self, bot_ids: Collection[int],
-                       in_chat: dict[int, float]) -> dict[int, float]:
-        """Bot id → talkativeness of a chat's bots, driven here or not (the chat's rhythm is
-        computed over all of them): ``in_chat``'s (the chat's own, overriding the persona's)
-        or the persona's, each read at most every :data:`TALK_TTL_S` seconds, since a tick
-        would otherwise read every member's profile of every chat it decides."""
-        now = time.monotonic()
-        out: dict[int, float] = {}
-        for b in bot_ids:
-            if b in in_chat:
-                out[b] = in_chat[b]
-                continue
-            cached = self._talk.get(b)
-            if cached is None or now - cached[1] > TALK_TTL_S:
-                cached = self._talk[b] = ((await self.reads.bot(b)).persona.talkativeness, now)
-            out[b] = cached[0]
-        return out
 
     def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime,
                   busy: Mapping[int, datetime | None],

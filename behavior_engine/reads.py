@@ -51,7 +51,9 @@ class BotProfile(_Frozen):
 
 class ChatInfo(_Frozen):
     """An enabled chat and the ids of its enabled member bots; ``talkativeness``: the
-    members whose talkativeness in this chat overrides their persona's (bot id → 0.05–10)."""
+    members whose talkativeness in this chat overrides their persona's (bot id → 0.05–10);
+    ``member_talk``: every member's talkativeness here (the override, else the persona's),
+    so a tick weighs a chat's speakers without reading their profiles (issue 20)."""
 
     id: int
     telegram_chat_id: int
@@ -59,6 +61,7 @@ class ChatInfo(_Frozen):
     topics: dict[str, float]
     bot_ids: list[int]
     talkativeness: dict[int, float] = {}
+    member_talk: dict[int, float] = {}
 
 
 class HistoryItem(_Frozen):
@@ -153,7 +156,9 @@ class CachedReads:
             return ChatList(chats=[
                 ChatInfo(id=c.id, telegram_chat_id=c.telegram_chat_id, title=c.title,
                          topics=c.topics.weights, bot_ids=list(talk),
-                         talkativeness={b: t for b, t in talk.items() if t is not None})
+                         talkativeness={b: t for b, (t, _own) in talk.items() if t is not None},
+                         member_talk={b: own if t is None else t
+                                      for b, (t, own) in talk.items()})
                 for c, talk in chats
             ])
 

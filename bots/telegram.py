@@ -15,8 +15,13 @@ python-telegram-bot                    botsim
 ``TimedOut`` / ``NetworkError``        ``TelegramUnavailable(delivered_unknown=...)``
 =====================================  ==========================================
 
-Each bot gets its own ``HTTPXRequest``: python-telegram-bot closes a shared one for all
-bots when any one shuts down (TELEGRAM.md, "Clients").
+A worker's bots share one HTTP connection pool (:class:`SharedPool`, issue 20): the token
+is in each request's path, so one pool of keep-alive connections serves every token, and a
+worker driving 2,500 bots holds a few dozen connections to the Bot API instead of one or
+more per bot (each a TLS handshake with the real Telegram). python-telegram-bot closes its
+request object when a bot shuts down (TELEGRAM.md, "Clients"); the shared pool ignores a
+bot's shutdown and is closed by its owner (:meth:`SharedPool.close`). A client made without
+a pool gets one of its own, closed with it.
 """
 
 from __future__ import annotations
@@ -235,6 +240,41 @@ def shared_ssl_context() -> ssl.SSLContext:
     return _SSL_CONTEXT
 
 
+#: Connections a :class:`SharedPool` keeps at most by default: above a worker's turns in
+#: flight (``Settings.max_turns_in_flight``) and its getMe calls while taking bots on.
+SHARED_POOL_SIZE = 128
+
+
+def _request(pool_size: int, timeout: float) -> HTTPXRequest:
+    return HTTPXRequest(connection_pool_size=pool_size, connect_timeout=timeout,
+                        read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout,
+                        httpx_kwargs={"verify": shared_ssl_context()})
+
+
+class SharedPool(HTTPXRequest):
+    """One python-telegram-bot request object (an httpx connection pool) for many bots'
+    clients in one process and event loop: a bot's shutdown leaves it open; :meth:`close`
+    closes it, once no client uses it.
+
+    Args:
+        size: connections at most (default :data:`SHARED_POOL_SIZE`); a request waits up to
+            ``timeout`` for one (then ``TelegramUnavailable``, as any time-out).
+        timeout: connect/read/write/pool timeout of each request, seconds.
+    """
+
+    def __init__(self, size: int = SHARED_POOL_SIZE, timeout: float = 10.0) -> None:
+        super().__init__(connection_pool_size=size, connect_timeout=timeout,
+                         read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout,
+                         httpx_kwargs={"verify": shared_ssl_context()})
+
+    async def shutdown(self) -> None:
+        """A bot's ``Bot.shutdown()``: the pool stays open for the other bots."""
+
+    async def close(self) -> None:
+        """Close the pool's connections (its owner, when no client uses it any more)."""
+        await super().shutdown()
+
+
 class BotClient:
     """One bot account speaking the Bot API through python-telegram-bot.
 
@@ -242,19 +282,16 @@ class BotClient:
         bot_id: our id of the bot (for errors and logs; the token is never logged).
         token: the bot token.
         base_url: Bot API base, e.g. ``https://api.telegram.org/bot`` or the sandbox's.
-        timeout: read/write/connect timeout of each request, seconds.
+        timeout: read/write/connect timeout of each request, seconds (ignored with ``pool``:
+            the pool's).
+        pool: the process's :class:`SharedPool` (None: a pool of 4 connections of this
+            client's own, closed by :meth:`close`).
     """
 
-    def __init__(self, *, bot_id: int, token: str, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(self, *, bot_id: int, token: str, base_url: str, timeout: float = 10.0,
+                 pool: SharedPool | None = None) -> None:
         self.bot_id = bot_id
-        request = HTTPXRequest(
-            connection_pool_size=4,
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            write_timeout=timeout,
-            pool_timeout=timeout,
-            httpx_kwargs={"verify": shared_ssl_context()},
-        )
+        request = pool if pool is not None else _request(4, timeout)
         self._request = request
         # getUpdates is never used (webhooks): the same request object serves both slots,
         # so no second HTTP client is built per bot.
@@ -274,7 +311,8 @@ class BotClient:
             raise translate_error(exc, bot_id=self.bot_id, method="getMe") from exc
 
     async def close(self) -> None:
-        """Close the client's connections (also when :meth:`start` was never called)."""
+        """Close the client's own connections (also when :meth:`start` was never called);
+        a :class:`SharedPool` stays open for the other bots."""
         try:
             await self._bot.shutdown()
         except tg_error.TelegramError as exc:  # pragma: no cover - shutdown is local

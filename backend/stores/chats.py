@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import JSON, delete, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.cache import TwoLayerCache
@@ -273,24 +273,28 @@ async def enabled_chats_with_bots(session: AsyncSession) -> list[tuple[Chat, lis
 
 async def enabled_chats_with_talkativeness(
     session: AsyncSession,
-) -> list[tuple[Chat, dict[int, float | None]]]:
-    """Every enabled chat with its enabled member bots, ``{bot id: talkativeness in the
-    chat}`` (None: the persona's), in chat then bot order (one query). A bot whose
-    membership Telegram reports as not active (kicked, left, restricted from sending:
+) -> list[tuple[Chat, dict[int, tuple[float | None, float]]]]:
+    """Every enabled chat with its enabled member bots, ``{bot id: (talkativeness in the
+    chat (None: the persona's), the persona's talkativeness)}``, in chat then bot order
+    (one query; the persona's value is read from its JSON, 1.0 when it sets none). A bot
+    whose membership Telegram reports as not active (kicked, left, restricted from sending:
     :mod:`backend.stores.members`) is left out of that chat."""
+    persona_talk = func.coalesce(
+        type_coerce(Bot.persona, JSON)["talkativeness"].as_float(), 1.0)
     rows = (await session.execute(
-        select(Chat, Bot.id, ChatBot.talkativeness, ChatMember.status, ChatMember.can_send)
+        select(Chat, Bot.id, ChatBot.talkativeness, ChatMember.status, ChatMember.can_send,
+               persona_talk)
         .outerjoin(ChatBot, ChatBot.chat_id == Chat.id)
         .outerjoin(Bot, (Bot.id == ChatBot.bot_id) & Bot.enabled.is_(True))
         .outerjoin(ChatMember, (ChatMember.chat_id == Chat.id) & (ChatMember.bot_id == Bot.id))
         .where(Chat.enabled.is_(True))
         .order_by(Chat.id, Bot.id)
     )).all()
-    chats: dict[int, tuple[Chat, dict[int, float | None]]] = {}
-    for chat, bot_id, talk, status, can_send in rows:
+    chats: dict[int, tuple[Chat, dict[int, tuple[float | None, float]]]] = {}
+    for chat, bot_id, talk, status, can_send, own in rows:
         entry = chats.setdefault(chat.id, (chat, {}))
         if bot_id is not None and (status is None or is_active(status, bool(can_send))):
-            entry[1][int(bot_id)] = None if talk is None else float(talk)
+            entry[1][int(bot_id)] = (None if talk is None else float(talk), float(own))
     return list(chats.values())
 
 

@@ -145,24 +145,29 @@ async def test_talkativeness_per_chat_overrides_the_personas(
     reads: CachedReads, sessionmaker: Sessions, cipher: TokenCipher
 ) -> None:
     """A bot loud in one group may lurk in another (issue 14): the membership's
-    talkativeness reaches the planner's shares; a bad one is refused, naming the field."""
+    talkativeness reaches the planner's shares (``member_talk``, read with the chats: a
+    tick reads no profile for it, issue 20), and so does a persona edit; a bad one is
+    refused, naming the field."""
     from backend.errors import ValidationFailed
-    from behavior_engine.planner import TurnPlanner
 
     bot_id, chat_id = await seed(sessionmaker, cipher)
     [chat] = await reads.chats()
     assert chat.talkativeness == {}  # the persona's
-    persona_talk = (await reads.bot(bot_id)).persona.talkativeness
-    planner = TurnPlanner.__new__(TurnPlanner)
-    planner.reads, planner._talk = reads, {}
-    assert await planner._members(chat.bot_ids, chat.talkativeness) == {bot_id: persona_talk}
+    profile = await reads.bot(bot_id)
+    assert chat.member_talk == {bot_id: profile.persona.talkativeness}
+    async with sessionmaker() as s, s.begin():  # the operator edits the persona
+        louder = make_persona().model_copy(update={"talkativeness": 3.25})
+        await bot_store.upsert_persona_bot(s, persona=louder, token=TOKEN, cipher=cipher,
+                                           cache=reads.cache)
+    await settle()
+    [chat] = await reads.chats()
+    assert chat.talkativeness == {} and chat.member_talk == {bot_id: 3.25}
     async with sessionmaker() as s, s.begin():
         await chat_store.add_bot(s, chat_id=chat_id, bot_id=bot_id, talkativeness=7.5,
                                  cache=reads.cache)
     await settle()
     [chat] = await reads.chats()
-    assert chat.talkativeness == {bot_id: 7.5}
-    assert await planner._members(chat.bot_ids, chat.talkativeness) == {bot_id: 7.5}
+    assert chat.talkativeness == {bot_id: 7.5} and chat.member_talk == {bot_id: 7.5}
     for bad in (0.0, 11.0, -1.0):
         with pytest.raises(ValidationFailed) as err:
             async with sessionmaker() as s, s.begin():
