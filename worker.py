@@ -282,12 +282,18 @@ class Worker:
                 task.add_done_callback(self._background.discard)
 
     async def _take_on(self, won: list[int]) -> None:
-        """Connect the bots just won, refill their memory streams in bulk (before they can
-        take a turn: :meth:`MemoryKeeper.prefill`, two statements per
-        ``behavior_engine.recall.PREFILL_BATCH`` bots) and confirm them; those not held by
-        then are closed and their streams dropped."""
+        """Connect the bots just won, warm the cache with their profiles and refill their
+        memory streams, in bulk (before they can take a turn: :meth:`CachedReads.bots` and
+        :meth:`MemoryKeeper.prefill`, a few statements per hundreds of bots, where each
+        bot's first turn read its own), and confirm them; those not held by then are closed
+        and their streams dropped."""
         try:
             connected = await self.clients.connect(won, self.clock())
+            try:
+                await self.reads.bots(connected)
+            except Exception as exc:  # a warm-up only: each turn reads its bot anyway
+                log.warning("worker %s: profiles of %d bots not read in bulk (%s)",
+                            self.worker_id, len(connected), type(exc).__name__)
             await self.pipeline.memory.prefill(connected, self.clock())
             held = set(await self.membership.confirm(won, connected))
             dropped = [b for b in connected if b not in held]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.cache import PydanticCodec, TwoLayerCache
-from backend.db.models import Message
+from backend.db.models import Bot, Message
 from backend.invalidation import KIND_BOT, KIND_CHATS, KIND_EVENTS, KIND_HISTORY, KIND_SETTINGS
 from backend.schemas import Holding, PersonaProfile, SimulationSettings, Stance
 from backend.stores import bots as bot_store
@@ -124,6 +124,19 @@ def item_from_row(msg: Message, name: str | None, username: str | None) -> Histo
     )
 
 
+#: Bots per :meth:`CachedReads.bots` read (a query's parameters stay far below the
+#: drivers' limits: asyncpg 32,767, SQLite 32,766).
+BOTS_BATCH = 500
+
+
+def _profile(b: Bot) -> BotProfile:
+    """The cached profile of a stored bot."""
+    return BotProfile(id=b.id, name=b.name, username=b.username,
+                      telegram_user_id=b.telegram_user_id, persona=b.persona,
+                      stances=list(b.stances.items), holdings=list(b.holdings.items),
+                      enabled=b.enabled)
+
+
 class CachedReads:
     """The per-message reads, cached (see the module docstring).
 
@@ -173,13 +186,27 @@ class CachedReads:
 
         async def load() -> BotProfile:
             async with self.sessionmaker() as session:
-                b = await bot_store.get_bot(session, bot_id=bot_id)
-            return BotProfile(id=b.id, name=b.name, username=b.username,
-                              telegram_user_id=b.telegram_user_id, persona=b.persona,
-                              stances=list(b.stances.items), holdings=list(b.holdings.items),
-                              enabled=b.enabled)
+                return _profile(await bot_store.get_bot(session, bot_id=bot_id))
 
         return await self.cache.get(KIND_BOT, str(bot_id), load, codec=_BOT)
+
+    async def bots(self, bot_ids: Sequence[int]) -> dict[int, BotProfile]:
+        """Many bots' profiles at once (:meth:`TwoLayerCache.get_many`: one Redis read and
+        at most one query per :data:`BOTS_BATCH` bots on a miss), e.g. to warm the cache
+        for the bots a worker takes on, whose first turns would otherwise load them one
+        query each. A bot that does not exist is left out."""
+        out: dict[int, BotProfile] = {}
+
+        async def load(keys: list[str]) -> dict[str, BotProfile]:
+            async with self.sessionmaker() as session:
+                rows = await bot_store.list_bots(session, bot_ids=[int(k) for k in keys])
+            return {str(b.id): _profile(b) for b in rows}
+
+        for i in range(0, len(bot_ids), BOTS_BATCH):
+            got = await self.cache.get_many(
+                KIND_BOT, [str(b) for b in bot_ids[i:i + BOTS_BATCH]], load, codec=_BOT)
+            out.update((int(k), v) for k, v in got.items())
+        return out
 
     async def history(self, chat_id: int) -> list[HistoryItem]:
         """The chat's last :data:`HISTORY_LEN` messages, oldest first (one query on a miss)."""

@@ -51,7 +51,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -210,6 +210,92 @@ class TwoLayerCache:
         self._count("l1", kind, "miss")
         value = await self._l1.single_flight(ck, lambda: self._load_value(ck, loader, codec))
         return cast(T, value)
+
+    async def get_many(
+        self, kind: str, keys: Sequence[str],
+        loader: Callable[[list[str]], Awaitable[Mapping[str, T]]], *, codec: Codec[T],
+    ) -> dict[str, T]:
+        """The values of many keys of ``kind`` at once (e.g. the profiles of the bots a
+        worker takes on): L1 for each, then one L2 ``MGET`` for the misses, then one
+        ``loader`` call for those still missing, whose values are written to L2 (one
+        pipeline, each under the generation guard of :meth:`get`) and L1.
+
+        Args:
+            keys: the entities' ids as strings (repeats are read once).
+            loader: missing keys → their values (one query); a key it leaves out (no such
+                entity) is left out of the result and cached nowhere.
+            codec: bytes for L2.
+
+        Returns:
+            key → value, for the keys found.
+
+        Raises:
+            Exception: whatever ``loader`` raised (nothing is cached then); never a Redis
+                error.
+        """
+        out: dict[str, T] = {}
+        missing: list[Key] = []
+        for key in dict.fromkeys(keys):
+            entry = self._l1.get((kind, key))
+            if entry is None:
+                self._count("l1", kind, "miss")
+                missing.append((kind, key))
+            else:
+                self._count("l1", kind, "hit")
+                out[key] = cast(T, entry.value)
+        if not missing:
+            return out
+        states = {ck: self._l1.begin(ck) for ck in missing}
+        epochs = {ck: state.epoch for ck, state in states.items()}
+        try:
+            pairs = {ck: key_pair(ck, self._ns) for ck in missing}
+            gens: dict[Key, Any] = {}
+            read = False
+            if (c := self._l2()) is not None:
+                flat: list[Any] = []
+                try:
+                    flat = await c.redis.mget([k for ck in missing for k in pairs[ck]])
+                    read = True
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+                if read:
+                    still: list[Key] = []
+                    for i, ck in enumerate(missing):
+                        raw, gens[ck] = flat[2 * i], flat[2 * i + 1]
+                        value = _MISSING if raw is None else self._decode(codec, raw, ck)
+                        if value is _MISSING:
+                            self._count("l2", kind, "miss")
+                            still.append(ck)
+                        else:
+                            self._count("l2", kind, "hit")
+                            self._l1.write(ck, states[ck], epochs[ck], value)
+                            out[ck[1]] = cast(T, value)
+                    missing = still
+            if not missing:
+                return out
+            wanted = [ck[1] for ck in missing]
+            loaded = await self._call_loader(kind, lambda: loader(wanted))
+            found = [ck for ck in missing if ck[1] in loaded]
+            if read and found and (c := self._l2()) is not None:
+                try:
+                    async with c.redis.pipeline(transaction=False) as pipe:
+                        for ck in found:
+                            await c.fill_value(
+                                keys=list(pairs[ck]),
+                                args=[gens.get(ck) or b"", codec.dumps(loaded[ck[1]]),
+                                      self._l2_ttl_ms],
+                                client=pipe)
+                        await pipe.execute()
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            for ck in found:
+                value = loaded[ck[1]]
+                self._l1.write(ck, states[ck], epochs[ck], value)
+                out[ck[1]] = value
+            return out
+        finally:
+            for ck, state in states.items():
+                self._l1.end(ck, state)
 
     async def get_list(
         self,

@@ -250,6 +250,74 @@ async def test_a_load_racing_an_invalidation_puts_nothing_stale_back(
     assert await a.get("persona", "3", typed(fresh), codec=PERSONA) == fresh.value
 
 
+async def test_many_keys_are_read_in_one_go_from_each_layer(any_url: str | None,
+                                                             caches) -> None:
+    """get_many (issue 20: the profiles of the bots a worker takes on): L1 for each key,
+    then one MGET, then one loader call for the rest; a key the loader does not know is
+    left out and cached nowhere."""
+    a = await caches(any_url)
+    asked: list[list[str]] = []
+
+    def loader_for(version: int) -> Callable[[list[str]], Awaitable[dict[str, Persona]]]:
+        async def load(keys: list[str]) -> dict[str, Persona]:
+            asked.append(keys)
+            return {k: Persona(name=f"bot {k}", version=version) for k in keys if k != "404"}
+
+        return load
+
+    assert await a.get("persona", "1", typed(Loader(Persona(name="bot 1", version=1))),
+                       codec=PERSONA) == Persona(name="bot 1", version=1)
+    got = await a.get_many("persona", ["1", "2", "3", "404", "2"], loader_for(1),
+                           codec=PERSONA)
+    assert got == {k: Persona(name=f"bot {k}", version=1) for k in ("1", "2", "3")}
+    assert asked == [["2", "3", "404"]]  # "1" from L1; each missing key asked once
+    assert await a.get_many("persona", ["3", "2", "1"], loader_for(9), codec=PERSONA) == {
+        k: Persona(name=f"bot {k}", version=1) for k in ("3", "2", "1")}
+    assert asked == [["2", "3", "404"]]  # all from L1 now
+    assert await a.get_many("persona", ["404"], loader_for(9), codec=PERSONA) == {}
+    assert asked[-1] == ["404"]  # not cached: asked again
+    if any_url is None:
+        return
+    b = await caches(any_url)  # another process: served by L2 in one MGET
+    assert await b.get_many("persona", ["1", "2", "3", "5"], loader_for(2), codec=PERSONA) == {
+        **{k: Persona(name=f"bot {k}", version=1) for k in ("1", "2", "3")},
+        "5": Persona(name="bot 5", version=2)}
+    assert asked[-1] == ["5"]
+    stats = b.stats()
+    assert (stats["l2"]["persona"].hits, stats["l2"]["persona"].misses) == (3, 1)
+
+
+async def test_a_bulk_load_racing_an_invalidation_puts_nothing_stale_back(
+    redis_url: str, caches
+) -> None:
+    a = await caches(redis_url)
+    b = await caches(redis_url)
+    c = await caches(redis_url)
+    loading, edited = asyncio.Event(), asyncio.Event()
+
+    async def slow_old_read(keys: list[str]) -> dict[str, Persona]:
+        loading.set()
+        await edited.wait()  # read "before" the edit of "3", returned after it
+        return {k: Persona(name="old", version=1) for k in keys}
+
+    task = asyncio.create_task(a.get_many("persona", ["3", "4"], slow_old_read,
+                                          codec=PERSONA))
+    await loading.wait()
+    await b.invalidate("persona", "3")
+    await asyncio.sleep(0.05)  # the event reaches a
+    edited.set()
+    assert (await task)["3"] == Persona(name="old", version=1)  # asked before the edit
+    assert not a.cached("persona", "3"), "a stale bulk load must not fill L1"
+    assert a.cached("persona", "4"), "the keys not edited are cached"
+    fresh = Loader(Persona(name="new", version=2))
+    assert await c.get("persona", "3", typed(fresh), codec=PERSONA) == fresh.value
+    assert fresh.calls == 1, "a stale bulk load must not fill L2"
+    untouched = Loader(Persona(name="never", version=0))
+    assert await c.get("persona", "4", typed(untouched), codec=PERSONA) == Persona(
+        name="old", version=1)
+    assert untouched.calls == 0, "the keys not edited are in L2"
+
+
 # ----------------------------------------------------------------------- 3. single-flight
 
 

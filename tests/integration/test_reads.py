@@ -141,6 +141,29 @@ async def test_single_flight_100_misses_one_query(
     assert queries.n == 2 and all(h == histories[0] for h in histories)
 
 
+async def test_the_bots_a_worker_takes_on_are_read_in_one_query(
+    reads: CachedReads, sessionmaker: Sessions, engine: AsyncEngine, cipher: TokenCipher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20: the profiles of the bots taken on are read in bulk (one query per batch),
+    then each turn's read of its bot is served from memory."""
+    import behavior_engine.reads as reads_module
+
+    first, _chat = await seed(sessionmaker, cipher)
+    async with sessionmaker() as s, s.begin():
+        ids = [first] + [(await bot_store.upsert_persona_bot(
+            s, persona=make_persona(f"bot_{n}_test_bot"),
+            token=f"71000000{n:02d}:AAHsecretpartofthetoken_abcdefghij", cipher=cipher)).id
+            for n in range(10, 15)]
+    monkeypatch.setattr(reads_module, "BOTS_BATCH", 4)
+    queries = Queries(engine)
+    got = await reads.bots([*ids, 999_999])
+    assert sorted(got) == sorted(ids) and got[ids[3]].username == "bot_12_test_bot"
+    assert queries.n == 2  # 6 bots and one that does not exist: 2 batches of 4
+    assert [await reads.bot(b) for b in ids] == [got[b] for b in ids]
+    assert queries.n == 2  # every turn's read from memory
+
+
 async def test_talkativeness_per_chat_overrides_the_personas(
     reads: CachedReads, sessionmaker: Sessions, cipher: TokenCipher
 ) -> None:
