@@ -58,6 +58,16 @@ STOP_GRACE_S = 10.0
 RETENTION_EVERY_S = 3600.0
 #: Seconds between two runs of the reflection job (:meth:`Worker.reflect`).
 REFLECT_EVERY_S = 60.0
+#: How often a worker reads its bots' profiles again in bulk (:meth:`Worker.refresh_profiles`):
+#: within the cache's L2 lifetime (``backend.keys.L2_TTL_S``, 600 s), so the entries its turns
+#: use never expire one by one, a query each (10,000 bots: 1,000 queries a minute).
+PROFILES_EVERY_S = 240.0
+#: A tick starting more than this many seconds after its period is an overloaded worker's
+#: (its event loop is saturated, or the last tick overran): it sheds chatter (issue 20).
+SHED_LAG_S = 0.5
+#: Share of ``max_turns_in_flight`` in flight at which a worker sheds chatter, so answers
+#: to people keep the room that is left.
+SHED_IN_FLIGHT = 0.9
 
 
 class Worker:
@@ -132,6 +142,7 @@ class Worker:
         self._rebalancing = asyncio.Lock()
         self._ticking = asyncio.Lock()  # held by a running tick
         self._reflecting: asyncio.Task[Any] | None = None  # a running reflection job
+        self._tick_at: float | None = None  # monotonic start of the last tick
         self._periodic: Periodic | None = None
         self._owns_chain = False
         self._stopping = False
@@ -160,7 +171,8 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """What this worker reports (its heartbeat's info; the API's provider health):
         ``name``, ``bots`` held, ``sent``, ``in_flight`` turns, ``in_flight_full`` /
-        ``skipped`` / ``ticks`` counters, ``providers`` (each provider's breaker state
+        ``skipped`` / ``ticks`` / ``overloaded`` (ticks that shed chatter) /
+        ``chatter_shed`` counters, ``providers`` (each provider's breaker state
         and budget left, :meth:`ProviderChain.status`) and ``guards`` (what the text guards
         did: ``"repeat:passed"``, ``"safety:links"``... → count,
         :attr:`TurnPipeline.guard_counts`)."""
@@ -168,6 +180,8 @@ class Worker:
                 "sent": self.stats["sent"], "in_flight": len(self._tasks),
                 "in_flight_full": self.stats["in_flight_full"],
                 "skipped": self.stats["skipped"], "ticks": self.stats["ticks"],
+                "overloaded": self.stats["overloaded"],
+                "chatter_shed": self.stats["chatter_shed"],
                 "providers": self.chain.status(),
                 "guards": dict(sorted(self.pipeline.guard_counts.items()))}
 
@@ -190,6 +204,7 @@ class Worker:
         self._periodic.add(self.tick, self.settings.tick_seconds, first_in_s=0.0)
         self._periodic.add(self.rebalance, self.settings.heartbeat_ttl_s / 3)
         self._periodic.add(self.reflect, REFLECT_EVERY_S)
+        self._periodic.add(self.refresh_profiles, PROFILES_EVERY_S)
         if self.settings.retention_days is not None:
             self._periodic.add(self.apply_retention, RETENTION_EVERY_S, first_in_s=0.0)
         self._periodic.start()
@@ -197,6 +212,19 @@ class Worker:
             await asyncio.wait(set(self._background))
         log.log(logging.INFO if self.driven() else logging.WARNING,
                 "worker %s started with %d bots", self.worker_id, len(self.driven()))
+
+    async def refresh_profiles(self) -> int:
+        """The profile job: read the driven bots' profiles again in bulk
+        (:meth:`CachedReads.bots` with ``refresh``: a query per 500 bots), restarting their
+        cache lifetimes. Returns how many were read; never raises (the next run retries,
+        and a turn reads its bot anyway)."""
+        if self._stopping:
+            return 0
+        try:
+            return len(await self.reads.bots(sorted(self.driven()), refresh=True))
+        except Exception as exc:  # a job: the next run tries again
+            log.warning("profiles: not read again this time (%s)", type(exc).__name__)
+            return 0
 
     async def apply_retention(self) -> int:
         """Anonymise people's messages older than ``Settings.retention_days`` (the hourly
@@ -373,7 +401,7 @@ class Worker:
             turns = await self.planner.decide(
                 driven=driven, busy=self._busy_until(), in_flight=self._in_flight,
                 room=self.settings.max_turns_in_flight - len(self._tasks),
-                tick=self.stats["ticks"])
+                tick=self.stats["ticks"], shed_chatter=self._overloaded())
         except Exception:
             self.stats["errors"] += 1
             log.exception("tick failed")
@@ -386,6 +414,24 @@ class Worker:
             task = asyncio.create_task(self.run_turn(turn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _overloaded(self) -> bool:
+        """Whether this tick sheds chatter (:meth:`TurnPlanner.decide`'s ``shed_chatter``):
+        it started more than :data:`SHED_LAG_S` after the last one's start plus the tick
+        period, or the turns in flight fill :data:`SHED_IN_FLIGHT` of the room. Sets
+        ``botsim_tick_lag_seconds``; counts ``stats["overloaded"]`` and
+        ``botsim_overloaded_ticks_total``."""
+        now = time.monotonic()
+        lag = 0.0 if self._tick_at is None else max(
+            0.0, now - self._tick_at - self.settings.tick_seconds)
+        self._tick_at = now
+        metrics.TICK_LAG.set(lag)
+        over = (lag > SHED_LAG_S
+                or len(self._tasks) >= SHED_IN_FLIGHT * self.settings.max_turns_in_flight)
+        if over:
+            self.stats["overloaded"] += 1
+            metrics.OVERLOADED_TICKS.inc()
+        return over
 
     def _busy_until(self) -> dict[int, datetime | None]:
         """Bot → the due time of its one running slot turn, or None when it runs a turn

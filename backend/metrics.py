@@ -159,6 +159,21 @@ TURNS_DECIDED = Counter(
     "Turns the scheduler decided and the worker launched (each ends as one botsim_turns"
     " outcome; the difference, once idle, is turns lost).",
 )
+CHATTER_SHED = Counter(
+    "botsim_chatter_shed",
+    "Spontaneous chatter an overloaded worker shed (issue 20): due chats it did not decide,"
+    " and spontaneous turns it dropped, while answers to people still went out.",
+)
+OVERLOADED_TICKS = Counter(
+    "botsim_overloaded_ticks",
+    "Ticks of an overloaded worker, which shed chatter: the tick started more than"
+    " SHED_LAG_S late (the event loop is saturated) or the turns in flight filled"
+    " SHED_IN_FLIGHT of its room (issue 20).",
+)
+TICK_LAG = Gauge(
+    "botsim_tick_lag_seconds",
+    "How much later than its period the worker's last tick started, seconds.",
+)
 _TURN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TURN_LATENCY = Histogram(
     "botsim_turn_latency_seconds",

@@ -61,7 +61,8 @@ class TurnPlanner:
         return self.decided.pop(turn.turn_id, None)
 
     async def decide(self, *, driven: Collection[int], busy: Mapping[int, datetime | None],
-                     in_flight: Counter[int], room: int, tick: int) -> list[Turn]:
+                     in_flight: Counter[int], room: int, tick: int,
+                     shed_chatter: bool = False) -> list[Turn]:
         """The turns due now for the ``driven`` bots, at most ``room`` of them.
 
         Args:
@@ -74,6 +75,11 @@ class TurnPlanner:
             room: turns this worker may still start.
             tick: the tick's number (the chat it starts at rotates, so a full room starves
                 none).
+            shed_chatter: the worker is overloaded (issue 20): only chats where a person
+                waits for an answer are decided, and only the answers are kept; the chatter
+                put off is counted (``stats["chatter_shed"]``,
+                ``botsim_chatter_shed_total``). A slot put off runs once the load falls, or
+                is dropped once stale (``behavior_engine.rhythm.SLOT_STALE``).
 
         Raises:
             Exception: a read failed (the tick's decisions are dropped).
@@ -96,6 +102,10 @@ class TurnPlanner:
                     break
                 members = [b for b in chat.bot_ids if b in driven]
                 if not members:
+                    continue
+                if shed_chatter and not await self.membership.wants_reply(chat.id):
+                    if self.scheduler.idle_until(chat.id, now) is None:
+                        self._shed()  # chatter was due here: put off
                     continue
                 if (self.scheduler.idle_until(chat.id, now) is not None
                         or self.membership.floor_held(chat.id)) and not (
@@ -122,6 +132,9 @@ class TurnPlanner:
                                             now, busy, chat.talkativeness.get(b))
                              for b in members]
                 for turn in self.scheduler.decide(view, bot_views, sim, now):
+                    if shed_chatter and turn.reply_message_id is None:
+                        self._shed()  # the answer goes; the chatter beside it does not
+                        continue
                     # Only turns that get the chat's floor count against the room.
                     if await self.membership.take_floor(turn):
                         turns.append(turn)
@@ -136,6 +149,10 @@ class TurnPlanner:
         self.stats["turns"] += len(turns)
         metrics.TURNS_DECIDED.inc(len(turns))
         return turns
+
+    def _shed(self) -> None:
+        self.stats["chatter_shed"] += 1
+        metrics.CHATTER_SHED.inc()
 
     def _bot_view(self, bot: BotProfile, tg_chat_id: int, now: datetime,
                   busy: Mapping[int, datetime | None],

@@ -190,11 +190,14 @@ class CachedReads:
 
         return await self.cache.get(KIND_BOT, str(bot_id), load, codec=_BOT)
 
-    async def bots(self, bot_ids: Sequence[int]) -> dict[int, BotProfile]:
+    async def bots(self, bot_ids: Sequence[int], *, refresh: bool = False
+                   ) -> dict[int, BotProfile]:
         """Many bots' profiles at once (:meth:`TwoLayerCache.get_many`: one Redis read and
         at most one query per :data:`BOTS_BATCH` bots on a miss), e.g. to warm the cache
         for the bots a worker takes on, whose first turns would otherwise load them one
-        query each. A bot that does not exist is left out."""
+        query each; ``refresh``: read them all again and restart their cache lifetimes (a
+        worker does so for its bots before their entries expire one query each). A bot
+        that does not exist is left out."""
         out: dict[int, BotProfile] = {}
 
         async def load(keys: list[str]) -> dict[str, BotProfile]:
@@ -204,7 +207,8 @@ class CachedReads:
 
         for i in range(0, len(bot_ids), BOTS_BATCH):
             got = await self.cache.get_many(
-                KIND_BOT, [str(b) for b in bot_ids[i:i + BOTS_BATCH]], load, codec=_BOT)
+                KIND_BOT, [str(b) for b in bot_ids[i:i + BOTS_BATCH]], load, codec=_BOT,
+                refresh=refresh)
             out.update((int(k), v) for k, v in got.items())
         return out
 

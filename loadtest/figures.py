@@ -193,6 +193,10 @@ async def compute_figures(
       accepted from our bots but the database does not hold), 429s from the sandbox.
     * ``workers``: messages per worker (``turns.worker``); ``cache`` and ``db``: from the
       workers' and listener's counters over the window.
+    * ``overload``: the workers' ticks in the window that shed chatter
+      (``botsim_overloaded_ticks_total``: a tick started over ``worker.SHED_LAG_S`` late,
+      or the room nearly full) and the chatter shed: non-zero means the run passed the
+      engine's overload point, and its throughput is that point.
     * ``realism``: ``botsim realism`` over the measured window (every chat; the report's
       ``metrics``, ``counts`` and ``failed``; None when no message was stored in it).
     * ``rhythm``: the spontaneous messages the chats' rhythm planned in the window
@@ -348,6 +352,11 @@ async def compute_figures(
                "per_msg_by_statement": {k: _ratio(v, in_window) for k, v in
                                         kinds.items() if v > 0}},
         "timeline": timeline,
+        "overload": {
+            "overloaded_ticks": int(sum(_delta(measure_start, measure_end,
+                                               "botsim_overloaded_ticks_total").values())),
+            "chatter_shed": int(sum(_delta(measure_start, measure_end,
+                                           "botsim_chatter_shed_total").values()))},
         "rhythm": {"planned": planned,
                    "planned_per_min": round(planned / window_s * 60, 1) if window_s > 0
                    else None,

@@ -306,6 +306,9 @@ def _workers_section(figures: Mapping[str, Any]) -> _Section:
     s.add("  of which workers", _fmt(db.get("worker_queries_per_msg"), digits=2))
     for kind, per_msg in list((db.get("per_msg_by_statement") or {}).items())[:8]:
         s.add(f"  {kind}", _fmt(per_msg, digits=2))
+    overload = _section(figures, "overload")
+    s.add("overloaded ticks (chatter shed)", _count(overload.get("overloaded_ticks")))
+    s.add("chatter shed", _count(overload.get("chatter_shed")))
     return s
 
 

@@ -214,6 +214,7 @@ class TwoLayerCache:
     async def get_many(
         self, kind: str, keys: Sequence[str],
         loader: Callable[[list[str]], Awaitable[Mapping[str, T]]], *, codec: Codec[T],
+        refresh: bool = False,
     ) -> dict[str, T]:
         """The values of many keys of ``kind`` at once (e.g. the profiles of the bots a
         worker takes on): L1 for each, then one L2 ``MGET`` for the misses, then one
@@ -225,6 +226,9 @@ class TwoLayerCache:
             loader: missing keys → their values (one query); a key it leaves out (no such
                 entity) is left out of the result and cached nowhere.
             codec: bytes for L2.
+            refresh: load every key and write both layers again (their TTLs start over),
+                as if none were cached: a process keeps the entries it uses from expiring
+                one by one, each a query (the generation guard still applies).
 
         Returns:
             key → value, for the keys found.
@@ -236,7 +240,7 @@ class TwoLayerCache:
         out: dict[str, T] = {}
         missing: list[Key] = []
         for key in dict.fromkeys(keys):
-            entry = self._l1.get((kind, key))
+            entry = None if refresh else self._l1.get((kind, key))
             if entry is None:
                 self._count("l1", kind, "miss")
                 missing.append((kind, key))
@@ -262,7 +266,8 @@ class TwoLayerCache:
                     still: list[Key] = []
                     for i, ck in enumerate(missing):
                         raw, gens[ck] = flat[2 * i], flat[2 * i + 1]
-                        value = _MISSING if raw is None else self._decode(codec, raw, ck)
+                        value = (_MISSING if raw is None or refresh
+                                 else self._decode(codec, raw, ck))
                         if value is _MISSING:
                             self._count("l2", kind, "miss")
                             still.append(ck)

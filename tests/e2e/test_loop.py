@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -173,6 +174,42 @@ async def test_reply_to_a_human_carries_its_reply_to(world: World) -> None:
     assert sorted(stored) == sorted(bot_sent)
     assert worker.stats["errors"] == 0
     assert assembled() - before >= len(bot_sent)  # every prompt's assembly was timed
+
+
+async def test_an_overloaded_worker_sheds_chatter_and_still_answers_people(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, headroom: while the worker is overloaded (here: any tick lag counts), it
+    sheds spontaneous chatter and keeps answering people; once the load falls, the chat
+    talks again."""
+    import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SHED_LAG_S", -1.0)  # every tick is overloaded
+    worker = make_worker(world)
+    await worker.start()
+    try:
+        await asyncio.sleep(2.0)  # chatter falls due about every second here
+        human = await world.sandbox.post_as_human(CHAT, HUMAN_ID, "Ali Hoca, faiz ne olur?")
+
+        def bot_lines() -> list[dict[str, Any]]:
+            return [m for m in world.sandbox.messages(CHAT) if m["from"]["is_bot"]]
+
+        async def answered() -> bool:
+            return any((m.get("reply_to_message") or {}).get("message_id")
+                       == human["message_id"] for m in bot_lines())
+
+        assert await wait_until(answered, 25), "no bot answered the person"
+        assert all((m.get("reply_to_message") or {}).get("message_id") == human["message_id"]
+                   for m in bot_lines()), "chatter went out while overloaded"
+        assert worker.stats["chatter_shed"] > 0 and worker.stats["overloaded"] > 0
+        assert worker.status()["chatter_shed"] == worker.stats["chatter_shed"]
+        monkeypatch.setattr(worker_module, "SHED_LAG_S", 0.5)  # the load falls
+
+        async def chatting() -> bool:
+            return any(not m.get("reply_to_message") for m in bot_lines())
+
+        assert await wait_until(chatting, 25), "the chat stayed silent after the overload"
+    finally:
+        await worker.stop()
 
 
 @pytest.mark.parametrize("world", [Limits(group_per_minute=2)], indirect=True)

@@ -285,6 +285,14 @@ async def test_many_keys_are_read_in_one_go_from_each_layer(any_url: str | None,
     assert asked[-1] == ["5"]
     stats = b.stats()
     assert (stats["l2"]["persona"].hits, stats["l2"]["persona"].misses) == (3, 1)
+    # refresh: every key loaded again and written to both layers, as if none were cached
+    assert await b.get_many("persona", ["1", "5"], loader_for(7), codec=PERSONA,
+                            refresh=True) == {k: Persona(name=f"bot {k}", version=7)
+                                              for k in ("1", "5")}
+    assert asked[-1] == ["1", "5"]
+    c = await caches(any_url)
+    assert await c.get("persona", "1", typed(Loader(None)), codec=PERSONA) == Persona(
+        name="bot 1", version=7)  # from L2, rewritten by the refresh
 
 
 async def test_a_bulk_load_racing_an_invalidation_puts_nothing_stale_back(
