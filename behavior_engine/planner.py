@@ -24,6 +24,13 @@ from behavior_engine.reads import BotProfile, CachedReads
 from behavior_engine.scheduler import BotView, ChatView, Scheduler
 from behavior_engine.turn import Turn
 
+#: Chats a tick decides for the first time at most (issue 20): a worker taking on 10,000
+#: bots in 1,000 chats spent its first tick on all of them (their histories, the rhythm's
+#: windows), ~15 s in which their slots fell due, and then sent those at once; spread over
+#: ticks, no chat is late by more than a few ticks, and none has a backlog (a chat's rhythm
+#: starts when it is first decided).
+NEW_CHATS_PER_TICK = 100
+
 
 class TurnPlanner:
     """Decides a tick's turns.
@@ -95,6 +102,7 @@ class TurnPlanner:
         turns: list[Turn] = []
         chats = await self.reads.chats()
         start = tick % len(chats) if chats else 0
+        new_chats = 0
         try:
             for chat in [*chats[start:], *chats[:start]]:
                 if room - len(turns) <= 0:
@@ -103,6 +111,11 @@ class TurnPlanner:
                 members = [b for b in chat.bot_ids if b in driven]
                 if not members:
                     continue
+                if not self.scheduler.knows(chat.id):
+                    if (new_chats >= NEW_CHATS_PER_TICK
+                            and not await self.membership.wants_reply(chat.id)):
+                        continue  # decided for the first time at a later tick
+                    new_chats += 1
                 if shed_chatter and not await self.membership.wants_reply(chat.id):
                     if self.scheduler.idle_until(chat.id, now) is None:
                         self._shed()  # chatter was due here: put off

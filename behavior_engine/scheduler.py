@@ -528,6 +528,10 @@ class Scheduler:
                 for slot in self._window(chat, (), settings, window)
                 if start <= slot.due < end]
 
+    def knows(self, chat_id: int) -> bool:
+        """Whether ``chat_id`` was decided here before (its rhythm's state exists)."""
+        return chat_id in self._chats
+
     def idle_until(self, chat_id: int, now: datetime) -> datetime | None:
         """When ``chat_id`` may next have a turn due, if that is after ``now``; None when it
         may have one now (or the chat is new). A chat idle until later needs no
