@@ -124,9 +124,10 @@ def item_from_row(msg: Message, name: str | None, username: str | None) -> Histo
     )
 
 
-#: Bots per :meth:`CachedReads.bots` read (a query's parameters stay far below the
-#: drivers' limits: asyncpg 32,767, SQLite 32,766).
-BOTS_BATCH = 500
+#: Bots per :meth:`CachedReads.bots` read: a query's parameters stay far below the drivers'
+#: limits (asyncpg 32,767, SQLite 32,766), and the event loop is held for tens of ms at most
+#: by a batch's decoding (what the turns in flight then wait).
+BOTS_BATCH = 100
 
 
 def _profile(b: Bot) -> BotProfile:
