@@ -317,23 +317,24 @@ class Worker:
                 task.add_done_callback(self._background.discard)
 
     async def _take_on(self, won: list[int]) -> None:
-        """Connect the bots just won, warm the cache with their profiles and refill their
-        memory streams, in bulk (before they can take a turn: :meth:`CachedReads.bots` and
-        :meth:`MemoryKeeper.prefill`, a few statements per hundreds of bots, where each
-        bot's first turn read its own), and confirm them; those not held by then are closed
-        and their streams dropped."""
+        """Connect the bots just won and confirm them (those not held by then are closed),
+        then warm the cache with their profiles and refill their memory streams, in bulk
+        (:meth:`CachedReads.bots` and :meth:`MemoryKeeper.prefill`: a few statements per
+        hundreds of bots, where each bot's first turn read its own). After the confirm, so
+        a slow read (Redis or the database in trouble) never delays a takeover; a bot whose
+        turn comes first refills its own stream (the prefill leaves it)."""
         try:
             connected = await self.clients.connect(won, self.clock())
+            held = set(await self.membership.confirm(won, connected))
+            await self.held.disconnect([b for b in connected if b not in held])
+            taken = [b for b in connected if b in held]
+            metrics.BOTS_DRIVEN.set(len(self.driven()))  # driven from here on
             try:
-                await self.reads.bots(connected)
+                await self.reads.bots(taken)
             except Exception as exc:  # a warm-up only: each turn reads its bot anyway
                 log.warning("worker %s: profiles of %d bots not read in bulk (%s)",
-                            self.worker_id, len(connected), type(exc).__name__)
-            await self.pipeline.memory.prefill(connected, self.clock())
-            held = set(await self.membership.confirm(won, connected))
-            dropped = [b for b in connected if b not in held]
-            await self.held.disconnect(dropped)
-            self.pipeline.memory.forget(dropped)
+                            self.worker_id, len(taken), type(exc).__name__)
+            await self.pipeline.memory.prefill(taken, self.clock())
         except Exception:
             self.stats["errors"] += 1
             log.exception("worker %s: taking on %d bots failed", self.worker_id, len(won))
