@@ -166,13 +166,14 @@ CHATTER_SHED = Counter(
 )
 OVERLOADED_TICKS = Counter(
     "botsim_overloaded_ticks",
-    "Ticks of an overloaded worker, which shed chatter: the tick started more than"
-    " SHED_LAG_S late (the event loop is saturated) or the turns in flight filled"
-    " SHED_IN_FLIGHT of its room (issue 20).",
+    "Ticks of an overloaded worker, which shed chatter: its event loop lagged more than"
+    " SHED_LAG_S (it is saturated) or the turns in flight filled SHED_IN_FLIGHT of its"
+    " room (issue 20).",
 )
 TICK_LAG = Gauge(
     "botsim_tick_lag_seconds",
-    "How much later than its period the worker's last tick started, seconds.",
+    "The worker's event loop lag before its last tick: how late a 0.25-s probe woke at"
+    " most, seconds.",
 )
 _TURN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TURN_LATENCY = Histogram(

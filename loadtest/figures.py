@@ -194,7 +194,7 @@ async def compute_figures(
     * ``workers``: messages per worker (``turns.worker``); ``cache`` and ``db``: from the
       workers' and listener's counters over the window.
     * ``overload``: the workers' ticks in the window that shed chatter
-      (``botsim_overloaded_ticks_total``: a tick started over ``worker.SHED_LAG_S`` late,
+      (``botsim_overloaded_ticks_total``: the event loop lagged over ``worker.SHED_LAG_S``,
       or the room nearly full) and the chatter shed: non-zero means the run passed the
       engine's overload point, and its throughput is that point.
     * ``realism``: ``botsim realism`` over the measured window (every chat; the report's
