@@ -71,6 +71,9 @@ PROFILES_SLICES = 8
 #: that waited on Redis or the database (an outage) is slow without the worker being busy,
 #: and shedding then slowed the chaos test's takeover (10 s against 4-6 s).
 SHED_LAG_S = 0.5
+#: Ticks in a row whose lag must pass :data:`SHED_LAG_S` before chatter is shed: a lone
+#: spike (a fault, a burst of work) sheds nothing.
+SHED_SUSTAIN = 3
 #: Period of the event loop lag probe, seconds.
 LAG_PROBE_S = 0.25
 #: Share of ``max_turns_in_flight`` in flight at which a worker sheds chatter, so answers
@@ -152,6 +155,7 @@ class Worker:
         self._reflecting: asyncio.Task[Any] | None = None  # a running reflection job
         self._probe_at: float | None = None  # monotonic time of the lag probe's last run
         self._lag_s = 0.0  # the largest event loop lag seen since the last tick
+        self._lagging = 0  # ticks in a row with the lag over SHED_LAG_S
         self._profile_slice = 0  # the profile job's last slice
         self._periodic: Periodic | None = None
         self._owns_chain = False
@@ -440,13 +444,14 @@ class Worker:
 
     def _overloaded(self) -> bool:
         """Whether this tick sheds chatter (:meth:`TurnPlanner.decide`'s ``shed_chatter``):
-        the event loop lagged more than :data:`SHED_LAG_S` since the last tick
-        (:meth:`_probe_lag`), or the turns in flight fill :data:`SHED_IN_FLIGHT` of the
-        room. Sets ``botsim_tick_lag_seconds`` (that lag); counts ``stats["overloaded"]``
-        and ``botsim_overloaded_ticks_total``."""
+        the event loop lagged more than :data:`SHED_LAG_S` before each of the last
+        :data:`SHED_SUSTAIN` ticks (:meth:`_probe_lag`), or the turns in flight fill
+        :data:`SHED_IN_FLIGHT` of the room. Sets ``botsim_tick_lag_seconds`` (that lag);
+        counts ``stats["overloaded"]`` and ``botsim_overloaded_ticks_total``."""
         lag, self._lag_s = max(0.0, self._lag_s), 0.0
         metrics.TICK_LAG.set(lag)
-        over = (lag > SHED_LAG_S
+        self._lagging = self._lagging + 1 if lag > SHED_LAG_S else 0
+        over = (self._lagging >= SHED_SUSTAIN
                 or len(self._tasks) >= SHED_IN_FLIGHT * self.settings.max_turns_in_flight)
         if over:
             self.stats["overloaded"] += 1

@@ -62,7 +62,11 @@ def test_every_fault_and_nothing_lost_or_sent_twice(tmp_path: Path) -> None:
     # setting the pace), and nothing twice
     assert figures["sends"]["accepted"] >= 8 and figures["sends"]["duplicates"] == 0, shown
     kill = next(f for f in figures["faults"] if f["kind"] == "worker_kill")
-    assert kill["takeover_s"] is not None and kill["takeover_s"] <= 8.0, shown
+    # within 2 × the 4-s TTL, plus a Redis restart's length and reconnect when one began
+    # then (seed 5 restarts Redis 6 s after the kill: the leases wait for it)
+    limit = figures["verdict"]["checks"]["takeover"]["limit"]
+    assert 8.0 <= limit <= 8.0 + 3 * 2.0, shown
+    assert kill["takeover_s"] is not None and kill["takeover_s"] <= limit, shown
     assert (tmp_path / "report" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "report" / "figures.json").read_text())
     assert saved["verdict"] == figures["verdict"]
