@@ -183,7 +183,8 @@ async def test_an_overloaded_worker_sheds_chatter_and_still_answers_people(
     talks again."""
     import worker as worker_module
 
-    monkeypatch.setattr(worker_module, "SHED_LAG_S", -1.0)  # every tick is overloaded
+    monkeypatch.setattr(worker_module, "SHED_LAG_S", -1.0)  # every tick is overloaded,
+    monkeypatch.setattr(worker_module, "SHED_SUSTAIN", 1)  # from the first
     worker = make_worker(world)
     await worker.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import statistics
 import time
 
 import pytest
@@ -58,7 +59,10 @@ async def test_an_overrun_is_followed_at_once_and_a_failure_runs_again(
         assert await periodic.join(1.0)  # the slow run in progress finished
     slow_starts = [t for t in starts if t >= 0]
     gaps = [b - a for a, b in itertools.pairwise(slow_starts)]
-    assert gaps and all(0.11 <= g < 0.2 for g in gaps), gaps
+    # at once after an overrun: the run's 0.12 s, not another period on top (0.17 s); the
+    # median, as one start may be late on a loaded machine (ci52: one gap of 0.2017 s)
+    assert gaps and all(g >= 0.11 for g in gaps), gaps
+    assert statistics.median(gaps) < 0.165, gaps
     assert starts.count(-1.0) >= 5
     assert "periodic job failing failed" in caplog.text
 
