@@ -159,6 +159,12 @@ TURNS_DECIDED = Counter(
     "Turns the scheduler decided and the worker launched (each ends as one botsim_turns"
     " outcome; the difference, once idle, is turns lost).",
 )
+SIMULATION_ACTIVE = Gauge(
+    "botsim_simulation_active",
+    "1 while this worker's last tick read the operator setting simulation_active as on, 0"
+    " once a tick has read it off (a pause): from that tick on it decides no turn. Without"
+    " Redis a pause reaches a worker within its L1 TTL (settings.LOCAL_CACHE_TTL_S).",
+)
 CHATTER_SHED = Counter(
     "botsim_chatter_shed",
     "Spontaneous chatter an overloaded worker shed (issue 20): due chats it did not decide,"

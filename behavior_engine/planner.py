@@ -93,6 +93,7 @@ class TurnPlanner:
         """
         now = self.clock()
         sim = await self.reads.settings()
+        metrics.SIMULATION_ACTIVE.set(1 if sim.simulation_active else 0)
         if not sim.simulation_active:
             return []
         await self.membership.drop_stale(now)

@@ -90,6 +90,8 @@ __all__ = [
 WATCH_METRICS_EVERY = 5
 #: How long the workers may take to end their turns once the simulation is paused.
 DRAIN_S = 60.0
+#: Seconds between two scrapes of the workers while draining.
+DRAIN_POLL_S = 0.5
 #: How long the bots may take to be taken on (10,000 bots: webhooks and leases).
 STARTUP_S = 300.0
 HUMAN_TEXTS = (
@@ -558,8 +560,13 @@ async def _end_profile(profiler: subprocess.Popen[bytes], opts: LoadOptions) -> 
 async def _drain(client: httpx.AsyncClient, fleet: Fleet,
                  sm: async_sessionmaker[AsyncSession], redis_url: str | None,
                  ns: str) -> bool:
-    """Pause the simulation (the workers decide no more turns) and wait until every worker
-    has ended every turn it decided. Returns whether they did within :data:`DRAIN_S`."""
+    """Pause the simulation and wait until every worker has seen the pause (its
+    ``botsim_simulation_active`` reads 0: it decides no more turns) and has ended every turn
+    it decided. Returns whether they did within :data:`DRAIN_S`.
+
+    Without Redis the pause reaches a worker only when its cached settings expire
+    (``backend.settings.LOCAL_CACHE_TTL_S``); a worker that had not yet seen it could decide
+    a turn after an idle moment, which the figures would count as lost."""
     from backend.cache import TwoLayerCache
 
     cache = TwoLayerCache(redis_url=redis_url, namespace=ns)
@@ -568,17 +575,18 @@ async def _drain(client: httpx.AsyncClient, fleet: Fleet,
         async with sm() as s, s.begin():
             await settings_store.update_settings(s, changes={"simulation_active": False},
                                                  cache=cache)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(DRAIN_POLL_S)
     finally:
         await cache.close()
     end = time.monotonic() + DRAIN_S
     while time.monotonic() < end:
-        busy = 0.0
+        busy, active = 0.0, 0.0
         for p in fleet.procs:
             if p.metrics_url and p.name.startswith("worker"):
                 m = await scrape(client, p.metrics_url)
                 busy += total(m, "botsim_turns_decided_total") - total(m, "botsim_turns_total")
-        if busy <= 0:
+                active += total(m, "botsim_simulation_active")
+        if busy <= 0 and active <= 0:
             return True
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(DRAIN_POLL_S)
     return False

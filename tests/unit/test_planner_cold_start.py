@@ -86,3 +86,28 @@ async def test_new_chats_are_decided_a_quota_per_tick(monkeypatch: pytest.Monkey
     assert len(await tick(1)) == 21
     assert len(await tick(2)) == CHATS
     assert len(await tick(3)) == CHATS
+
+
+async def test_the_planner_reports_the_pause_it_has_read() -> None:
+    """``botsim_simulation_active`` follows what the tick read (the load test's drain waits
+    for 0 before it counts the turns left)."""
+    from backend import metrics
+
+    class Paused(Reads):
+        active = True
+
+        async def settings(self) -> SimulationSettings:
+            return SimulationSettings(simulation_active=self.active)
+
+    reads = Paused()
+    planner = TurnPlanner(scheduler=Scheduler(seed=1, lookahead_s=1.0),
+                          reads=reads,  # type: ignore[arg-type]
+                          membership=Membership(asking=set()),  # type: ignore[arg-type]
+                          clients=SimpleNamespace(sent_last_hour=lambda b, now: 0),  # type: ignore[arg-type]
+                          clock=lambda: NOW, stats=Counter())
+    await planner.decide(driven={3, 4, 5}, busy={}, in_flight=Counter(), room=10, tick=0)
+    assert metrics.SIMULATION_ACTIVE._value.get() == 1
+    reads.active = False
+    assert await planner.decide(driven={3, 4, 5}, busy={}, in_flight=Counter(), room=10,
+                                tick=1) == []
+    assert metrics.SIMULATION_ACTIVE._value.get() == 0
