@@ -44,6 +44,8 @@ bots' :class:`BotView`; the scheduler returns the :class:`Turn` records due now.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import math
 import random
@@ -61,11 +63,14 @@ from backend.schemas import SimulationSettings
 from behavior_engine.rhythm import (
     SLOT_STALE,
     Slot,
+    StableUnits,
+    activity_at,
     chatter_cap,
     daily_activity,
+    local_hour,
     paced_from,
+    peak_hour,
     slot_lead,
-    stable_unit,
     window_of,
     window_slots,
     window_start,
@@ -240,6 +245,13 @@ def _stable_unit(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _budget_unit(seed: int, bot_id: int) -> float:
+    """Where ``bot_id``'s hourly budget falls between the limit's min and max, in [0, 1)
+    (a stable hash, kept for the last 65,536 bots: every ranking asks for it)."""
+    return _stable_unit(seed, "budget", bot_id)
+
+
 def draw_topic(chat_topics: dict[str, float], bot_topics: dict[str, float],
                rng: random.Random) -> str:
     """A topic for a fresh message: drawn by chat weight × bot weight (each + 0.1, so a
@@ -255,7 +267,7 @@ def hourly_limit(seed: int, bot_id: int, settings: SimulationSettings, now: date
     The same in every process for the same ``seed`` (a stable hash, not ``random``).
     """
     lim = settings.bot_hourly_msg_limit
-    base = lim.min + _stable_unit(seed, "budget", bot_id) * (lim.max - lim.min)
+    base = lim.min + _budget_unit(seed, bot_id) * (lim.max - lim.min)
     local_hour = now.astimezone(ZoneInfo(settings.prime_hours.timezone)).hour
     boost = settings.prime_hours.boost if local_hour in settings.prime_hours.hours else 1.0
     return base * settings.scale_factor * boost
@@ -357,6 +369,9 @@ class Scheduler:
         self._chats: dict[int, _ChatState] = {}
         self._slots: dict[tuple[object, ...], list[Slot]] = {}
         self._rankings: dict[tuple[int, int, int], dict[int, tuple[float, float]]] = {}
+        # (chat, window, slot index) → the slot's first-ranked bot (_first_ranked of its
+        # ranking, kept: every tick asks for it)
+        self._tops: dict[tuple[int, int, int], int] = {}
         self._latest_window = -1  # the latest window computed (older ones are pruned)
         # bot → answers to humans planned for it, over all chats (kept with st.planned)
         self._replying: Counter[int] = Counter()
@@ -662,8 +677,7 @@ class Scheduler:
     def _top(self, chat: ChatView, slot: Slot) -> int | None:
         """The slot's first-ranked bot (the same in every worker), None before its window's
         ranking is computed."""
-        keyed = self._rankings.get((chat.chat_id, slot.window, slot.index), {})
-        return _first_ranked(keyed) if keyed else None
+        return self._tops.get((chat.chat_id, slot.window, slot.index))
 
     def _rank(self, chat: ChatView, bots: Sequence[BotView], settings: SimulationSettings,
               slots: Sequence[Slot]) -> None:
@@ -678,21 +692,29 @@ class Scheduler:
         slot alike even while their views of the last messages differ.
         """
         members = dict(chat.members) or {b.bot_id: b.talkativeness for b in bots}
+        profile = settings.bot_daily_profile
+        peaks = {b: peak_hour(self._seed, b) for b in members} if profile else {}
         recent: list[int] = []
         for slot in slots:
+            # daily_activity(seed, bot, settings, slot.due), its local hour read once a slot
+            hour = local_hour(settings, slot.due) if profile else 0.0
+            # stable_unit(seed, "speaker", chat, window, index, bot), the prefix hashed once
+            unit = StableUnits(self._seed, "speaker", chat.chat_id, slot.window, slot.index)
+            last = recent[-1] if recent else None
+            quiet = set(recent[-QUIET_WINDOW:])
             keyed: dict[int, tuple[float, float]] = {}
             for bot_id, talkativeness in members.items():
-                w = talkativeness * daily_activity(self._seed, bot_id, settings, slot.due)
-                if recent and bot_id == recent[-1]:
+                w = talkativeness * (activity_at(peaks[bot_id], hour) if profile else 1.0)
+                if bot_id == last:
                     w *= LAST_SPEAKER
-                elif bot_id not in recent[-QUIET_WINDOW:]:
+                elif bot_id not in quiet:
                     w *= settings.quiet_boost  # 1.0 unless the operator evens shares out
-                u = stable_unit(self._seed, "speaker", chat.chat_id, slot.window, slot.index,
-                                bot_id)
-                keyed[bot_id] = (math.log(max(u, 1e-300)), w)
-            self._rankings[(chat.chat_id, slot.window, slot.index)] = keyed
+                keyed[bot_id] = (math.log(max(unit(bot_id), 1e-300)), w)
+            key = (chat.chat_id, slot.window, slot.index)
+            self._rankings[key] = keyed
             if keyed:
-                recent.append(_first_ranked(keyed))
+                recent.append(top := _first_ranked(keyed))
+                self._tops[key] = top
 
     def _chat_rate(self, chat: ChatView, bots: Sequence[BotView],
                    settings: SimulationSettings, at: datetime) -> float:
@@ -760,8 +782,7 @@ class Scheduler:
         for slot in slots:
             if slot.burst == ended:
                 continue
-            keyed = self._rankings.get((chat_id, window, slot.index), {})
-            top = _first_ranked(keyed) if keyed else None
+            top = self._tops.get((chat_id, window, slot.index))
             due = slot.due + shift
             if out and top is not None and top == previous and due - out[-1].due < lead:
                 shift += lead - (due - out[-1].due)
@@ -790,6 +811,7 @@ class Scheduler:
         self._slots = {k: v for k, v in self._slots.items()
                        if isinstance(k[1], int) and k[1] >= window - 2}
         self._rankings = {k: v for k, v in self._rankings.items() if k[1] >= window - 2}
+        self._tops = {k: v for k, v in self._tops.items() if k[1] >= window - 2}
 
     def _next_slot(self, st: _ChatState, chat: ChatView, bots: Sequence[BotView],
                    settings: SimulationSettings, now: datetime) -> Slot | None:
@@ -798,10 +820,11 @@ class Scheduler:
         if st.cursor < now - SLOT_STALE:
             st.cursor = now - SLOT_STALE
         for window in range(window_of(st.cursor), window_of(now) + 2):
-            for slot in self._window(chat, bots, settings, window):
-                if slot.due > st.cursor:
-                    st.next_at = slot.due
-                    return slot
+            slots = self._window(chat, bots, settings, window)  # in due order
+            i = bisect.bisect_right(slots, st.cursor, key=_due)
+            if i < len(slots):
+                st.next_at = slots[i].due
+                return slots[i]
         st.next_at = window_start(window_of(now) + 2)
         return None
 
@@ -879,6 +902,10 @@ class Scheduler:
             not_before=not_before,
             traceparent=traceparent,
         )
+
+
+def _due(slot: Slot) -> datetime:
+    return slot.due
 
 
 def _wait_fits(bot: BotView, due: datetime, now: datetime) -> bool:

@@ -15,11 +15,14 @@ import io
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from behavior_engine.realism import MessageRecord
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 #: Speakers shown by name in the plots (the rest are summed as "others").
@@ -30,6 +33,14 @@ def _label(name: str, limit: int = 24) -> str:
     """A name as a matplotlib label: shortened, ``$`` escaped (no mathtext)."""
     name = name if len(name) <= limit else name[: limit - 1] + "…"
     return name.replace("$", r"\$")
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A new figure of ``width`` × ``height`` inches. matplotlib is imported here, on the
+    first plot, not with the API (~0.5 s of every API process's start)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 def _svg(fig: Figure) -> str:
@@ -58,7 +69,7 @@ def _names(messages: Sequence[MessageRecord]) -> dict[str, str]:
 def gap_histogram(messages: Sequence[MessageRecord]) -> str:
     """The gaps between consecutive messages (seconds) on log-spaced bins, log x axis;
     the median and p90 marked (REALISM.md: a heavy tail, p90 ÷ median ≥ 15)."""
-    fig = Figure(figsize=(6.4, 3.2))
+    fig = _figure(6.4, 3.2)
     ax = fig.add_subplot()
     times = np.sort(np.asarray([m.at.timestamp() for m in messages], dtype=float))
     gaps = np.diff(times) if times.size > 1 else np.array([])
@@ -91,7 +102,7 @@ def speaker_bars(messages: Sequence[MessageRecord]) -> str:
     values = [n for _, n in top] + ([rest] if rest else [])
     colours = ["#dd8452" if s in humans else "#4c72b0" for s, _ in top] + (
         ["#999999"] if rest else [])
-    fig = Figure(figsize=(6.4, 0.4 * len(values) + 1.0))
+    fig = _figure(6.4, 0.4 * len(values) + 1.0)
     ax = fig.add_subplot()
     if not values:
         ax.text(0.5, 0.5, "no messages", ha="center", va="center", transform=ax.transAxes)
@@ -113,7 +124,7 @@ def reply_matrix(messages: Sequence[MessageRecord]) -> str:
     pairs = Counter((m.sender, sender_of[m.reply_to]) for m in messages
                     if m.reply_to is not None and m.reply_to in sender_of)
     speakers = [s for s, _ in Counter(m.sender for m in messages).most_common(MAX_SPEAKERS)]
-    fig = Figure(figsize=(6.4, 5.2))
+    fig = _figure(6.4, 5.2)
     ax = fig.add_subplot()
     if not pairs or not speakers:
         ax.text(0.5, 0.5, "no replies", ha="center", va="center", transform=ax.transAxes)
