@@ -445,3 +445,43 @@ def test_a_burst_that_meets_the_chatter_cap_ends_there_in_the_plan() -> None:
     for key, dues in cut.items():  # a burst under the cap is left whole
         if most_in_a_minute(free[key]) <= 7:
             assert dues == free[key]
+
+
+def test_a_slots_ranking_is_exactly_the_documented_formula() -> None:
+    """Every worker ranks a slot alike, whatever its version (a rolling deploy): the
+    ranking the scheduler keeps (its prefix-hashed draws, cached chronotypes, one local
+    hour per slot) equals ``key = log(u) / w`` computed term by term with
+    :func:`stable_unit` and :func:`daily_activity`, bit for bit."""
+    from behavior_engine import scheduler as sched
+    from behavior_engine.rhythm import StableUnits, window_of
+
+    settings = SimulationSettings.model_validate(
+        {"bot_hourly_msg_limit": {"min": 60, "max": 120}, "quiet_boost": 2.5})
+    members = {40 + i: 0.3 + 0.1 * i for i in range(12)}
+    chat = ChatView(chat_id=9, telegram_chat_id=-109, topics={"btc": 1.0},
+                    sent_last_minute=0, recent=[], members=members)
+    s = Scheduler(seed=11)
+    window = window_of(START)
+    assert s.planned(chat, settings, START, START + timedelta(hours=1))
+    indices = sorted(i for (c, w, i) in s._rankings if (c, w) == (9, window))
+    assert len(indices) > 20
+    recent: list[int] = []
+    for index in indices:
+        due = next(slot.due for slot in sched.window_slots(
+            seed=11, chat_id=9, window=window, rate=s._chat_rate(chat, (), settings, START),
+            settings=settings) if slot.index == index)
+        expected: dict[int, tuple[float, float]] = {}
+        for bot_id, talk in members.items():
+            w = talk * daily_activity(11, bot_id, settings, due)
+            if recent and bot_id == recent[-1]:
+                w *= sched.LAST_SPEAKER
+            elif bot_id not in recent[-sched.QUIET_WINDOW:]:
+                w *= settings.quiet_boost
+            u = stable_unit(11, "speaker", 9, window, index, bot_id)
+            expected[bot_id] = (math.log(max(u, 1e-300)), w)
+        assert s._rankings[(9, window, index)] == expected
+        top = max(expected, key=lambda b: expected[b][0] / max(expected[b][1], 1e-9))
+        assert s._tops[(9, window, index)] == top
+        recent.append(top)
+    units = StableUnits(3, "x", -7)
+    assert [units(b) for b in (0, 17, "z")] == [stable_unit(3, "x", -7, b) for b in (0, 17, "z")]
