@@ -32,7 +32,7 @@ import hashlib
 import math
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -78,9 +78,18 @@ class StableUnits:
 
     def __call__(self, last: object) -> float:
         """The number of ``(*prefix, last)``, in [0, 1)."""
-        h = self._prefix.copy()
-        h.update(str(last).encode())
-        return int.from_bytes(h.digest(), "big") / 2**64
+        return self.many([str(last).encode()])[0]
+
+    def many(self, lasts: Sequence[bytes]) -> list[float]:
+        """The numbers of ``(*prefix, last)`` for each ``last`` given as ``str(last)``
+        encoded (UTF-8), in order."""
+        copy = self._prefix.copy
+        out: list[float] = []
+        for last in lasts:
+            h = copy()
+            h.update(last)
+            out.append(int.from_bytes(h.digest(), "big") / 2**64)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -693,27 +693,39 @@ class Scheduler:
         """
         members = dict(chat.members) or {b.bot_id: b.talkativeness for b in bots}
         profile = settings.bot_daily_profile
-        peaks = {b: peak_hour(self._seed, b) for b in members} if profile else {}
+        ids = list(members)
+        talk = [float(members[b]) for b in ids]
+        peaks = [peak_hour(self._seed, b) for b in ids] if profile else []
+        # stable_unit(seed, "speaker", chat, window, index, bot): the bot as its last part
+        suffixes = [str(b).encode() for b in ids]
+        boost = settings.quiet_boost  # 1.0 unless the operator evens shares out
         recent: list[int] = []
         for slot in slots:
-            # daily_activity(seed, bot, settings, slot.due), its local hour read once a slot
-            hour = local_hour(settings, slot.due) if profile else 0.0
-            # stable_unit(seed, "speaker", chat, window, index, bot), the prefix hashed once
-            unit = StableUnits(self._seed, "speaker", chat.chat_id, slot.window, slot.index)
+            if profile:  # daily_activity(seed, bot, settings, slot.due), one local hour
+                hour = local_hour(settings, slot.due)
+                weights = [t * activity_at(p, hour) for t, p in zip(talk, peaks, strict=True)]
+            else:
+                weights = talk
+            units = StableUnits(self._seed, "speaker", chat.chat_id, slot.window,
+                                slot.index).many(suffixes)
             last = recent[-1] if recent else None
             quiet = set(recent[-QUIET_WINDOW:])
             keyed: dict[int, tuple[float, float]] = {}
-            for bot_id, talkativeness in members.items():
-                w = talkativeness * (activity_at(peaks[bot_id], hour) if profile else 1.0)
+            top, best = None, 0.0
+            for bot_id, w, u in zip(ids, weights, units, strict=True):
                 if bot_id == last:
                     w *= LAST_SPEAKER
                 elif bot_id not in quiet:
-                    w *= settings.quiet_boost  # 1.0 unless the operator evens shares out
-                keyed[bot_id] = (math.log(max(unit(bot_id), 1e-300)), w)
+                    w *= boost
+                log_u = math.log(max(u, 1e-300))
+                keyed[bot_id] = (log_u, w)
+                k = log_u / max(w, 1e-9)  # _first_ranked's key: the first largest wins
+                if top is None or k > best:
+                    top, best = bot_id, k
             key = (chat.chat_id, slot.window, slot.index)
             self._rankings[key] = keyed
-            if keyed:
-                recent.append(top := _first_ranked(keyed))
+            if top is not None:
+                recent.append(top)
                 self._tops[key] = top
 
     def _chat_rate(self, chat: ChatView, bots: Sequence[BotView],
