@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint typecheck bench profile
 
 $(VENV)/bin/botsim:
-	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --no-compile -e '.[test]' \
-	  && $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -U 'pip>=25' \
+	  && $(VENV)/bin/pip install -q --no-compile -e '.[test]' \
+	  && $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib -x '/site-packages/(pip|setuptools|.*/tests?)/'
 
 demo: $(VENV)/bin/botsim
 	$(VENV)/bin/botsim demo
