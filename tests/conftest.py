@@ -232,9 +232,40 @@ async def llm() -> AsyncIterator[LLMSandbox]:
         await sb.stop()
 
 
+#: The share of the other tests over which the end-to-end tests are spread (the last ones
+#: are short and busy, so the run does not end on a test that waits).
+E2E_SPREAD = 0.7
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the type check first: pytest-xdist hands out tests in this order, the end-to-end
-    tests come first and mostly wait on a chat's real-time rhythm (the cores sat ~75 % idle
-    for the run's second minute, 2026-12-06), and mypy's ~30 s of CPU fill that."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/unit/test_typecheck.py")
-               else 1)
+    """Hand the end-to-end tests out spread through the run, not all at its start.
+
+    pytest-xdist hands out tests in this order (after the ``xdist_group`` groups, which
+    ``--dist loadgroup`` puts first). The end-to-end tests mostly wait on a chat's real-time
+    rhythm: handed out first, four of them at once left the two cores ~30 % idle for the
+    run's first two minutes (2026-12-06, vmstat), while the busy unit and integration tests
+    waited for their turn. Here each ungrouped end-to-end test goes in at a module boundary
+    of the other tests, evenly over their first :data:`E2E_SPREAD`, so one waits while
+    others compute. The type check still goes first (its CPU, when mypy's cache is cold).
+    """
+    def first(item: pytest.Item) -> bool:
+        return item.nodeid.startswith("tests/unit/test_typecheck.py")
+
+    def spread(item: pytest.Item) -> bool:
+        return (item.get_closest_marker("e2e") is not None
+                and item.get_closest_marker("xdist_group") is None and not first(item))
+
+    waiting = [i for i in items if spread(i)]
+    rest = [i for i in items if not spread(i) and not first(i)]
+    out = [i for i in items if first(i)]
+    step = len(rest) * E2E_SPREAD / max(len(waiting), 1)
+    n = 0
+    for k, item in enumerate(rest):
+        if k == 0 or item.path != rest[k - 1].path:  # a module boundary
+            while n < len(waiting) and n * step <= k:
+                out.append(waiting[n])
+                n += 1
+        out.append(item)
+    out.extend(waiting[n:])
+    assert len(out) == len(items)
+    items[:] = out
