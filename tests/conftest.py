@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -245,8 +246,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rhythm: handed out first, four of them at once left the two cores ~30 % idle for the
     run's first two minutes (2026-12-06, vmstat), while the busy unit and integration tests
     waited for their turn. Here each ungrouped end-to-end test goes in at a module boundary
-    of the other tests, evenly over their first :data:`E2E_SPREAD`, so one waits while
-    others compute. The type check still goes first (its CPU, when mypy's cache is cold).
+    of the other tests, evenly over their first :data:`E2E_SPREAD` and taking the modules in
+    turn, so one waits while others compute. The type check still goes first (its CPU,
+    when mypy's cache is cold).
     """
     def first(item: pytest.Item) -> bool:
         return item.nodeid.startswith("tests/unit/test_typecheck.py")
@@ -255,7 +257,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (item.get_closest_marker("e2e") is not None
                 and item.get_closest_marker("xdist_group") is None and not first(item))
 
-    waiting = [i for i in items if spread(i)]
+    by_module: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        if spread(item):
+            by_module.setdefault(item.path, []).append(item)
+    # round robin over the modules: one module's tests (e.g. test_loop's demos) never
+    # wait side by side
+    waiting = [i for batch in itertools.zip_longest(*by_module.values()) for i in batch
+               if i is not None]
     rest = [i for i in items if not spread(i) and not first(i)]
     out = [i for i in items if first(i)]
     step = len(rest) * E2E_SPREAD / max(len(waiting), 1)
