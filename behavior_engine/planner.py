@@ -32,6 +32,23 @@ from behavior_engine.turn import Turn
 NEW_CHATS_PER_TICK = 100
 
 
+class _Asked:
+    """Whether a person waits for an answer in one chat (``Membership.wants_reply``), asked
+    at most once: a tick's checks of a chat share the answer (the shared membership scans
+    its pending requests, the in-process one reads the chat's history)."""
+
+    __slots__ = ("_chat_id", "_membership", "_wanted")
+
+    def __init__(self, membership: Membership, chat_id: int) -> None:
+        self._membership, self._chat_id = membership, chat_id
+        self._wanted: bool | None = None
+
+    async def __call__(self) -> bool:
+        if self._wanted is None:
+            self._wanted = await self._membership.wants_reply(self._chat_id)
+        return self._wanted
+
+
 class TurnPlanner:
     """Decides a tick's turns.
 
@@ -112,18 +129,17 @@ class TurnPlanner:
                 members = [b for b in chat.bot_ids if b in driven]
                 if not members:
                     continue
+                asked = _Asked(self.membership, chat.id)  # wants_reply, read once a tick
                 if not self.scheduler.knows(chat.id):
-                    if (new_chats >= NEW_CHATS_PER_TICK
-                            and not await self.membership.wants_reply(chat.id)):
+                    if new_chats >= NEW_CHATS_PER_TICK and not await asked():
                         continue  # decided for the first time at a later tick
                     new_chats += 1
-                if shed_chatter and not await self.membership.wants_reply(chat.id):
+                if shed_chatter and not await asked():
                     if self.scheduler.idle_until(chat.id, now) is None:
                         self._shed()  # chatter was due here: put off
                     continue
                 if (self.scheduler.idle_until(chat.id, now) is not None
-                        or self.membership.floor_held(chat.id)) and not (
-                        await self.membership.wants_reply(chat.id)):
+                        or self.membership.floor_held(chat.id)) and not await asked():
                     continue  # nothing due before later, or our spontaneous turn is on
                 history = await self.reads.history(chat.id)
                 view = ChatView(

@@ -111,3 +111,32 @@ async def test_the_planner_reports_the_pause_it_has_read() -> None:
     assert await planner.decide(driven={3, 4, 5}, busy={}, in_flight=Counter(), room=10,
                                 tick=1) == []
     assert metrics.SIMULATION_ACTIVE._value.get() == 0
+
+
+async def test_a_tick_asks_once_per_chat_whether_a_person_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks of one chat in one tick (new chat quota, shedding, idle) share one
+    ``wants_reply`` (it scans the pending requests, or reads the chat's history)."""
+    monkeypatch.setattr(planner_module, "NEW_CHATS_PER_TICK", 0)
+
+    class Counting(Membership):
+        def __init__(self) -> None:
+            super().__init__(asking=set())
+            self.asked: Counter[int] = Counter()
+
+        async def wants_reply(self, chat_id: int) -> bool:
+            self.asked[chat_id] += 1
+            return True
+
+    membership = Counting()
+    planner = TurnPlanner(scheduler=Scheduler(seed=1, lookahead_s=1.0),
+                          reads=Reads(),  # type: ignore[arg-type]
+                          membership=membership,  # type: ignore[arg-type]
+                          clients=SimpleNamespace(sent_last_hour=lambda b, now: 0),  # type: ignore[arg-type]
+                          clock=lambda: NOW, stats=Counter())
+    driven = {b for c in range(1, CHATS + 1) for b in (3 * c, 3 * c + 1, 3 * c + 2)}
+    # new chats past the quota, where a person waits, while shedding: each check asks
+    await planner.decide(driven=driven, busy={}, in_flight=Counter(), room=1000, tick=0,
+                         shed_chatter=True)
+    assert set(membership.asked) == set(range(1, CHATS + 1))
+    assert max(membership.asked.values()) == 1
