@@ -76,10 +76,6 @@ class StableUnits:
         self._prefix = hashlib.blake2b((":".join(map(str, prefix)) + ":").encode(),
                                        digest_size=8)
 
-    def __call__(self, last: object) -> float:
-        """The number of ``(*prefix, last)``, in [0, 1)."""
-        return self.many([str(last).encode()])[0]
-
     def many(self, lasts: Sequence[bytes]) -> list[float]:
         """The numbers of ``(*prefix, last)`` for each ``last`` given as ``str(last)``
         encoded (UTF-8), in order."""

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import hashlib
 import math
 import random
 import re
@@ -71,6 +70,7 @@ from behavior_engine.rhythm import (
     paced_from,
     peak_hour,
     slot_lead,
+    stable_unit,
     window_of,
     window_slots,
     window_start,
@@ -225,12 +225,6 @@ class _ChatState:
     replayed: dict[int, datetime] = field(default_factory=dict)
 
 
-def _first_ranked(keyed: dict[int, tuple[float, float]]) -> int:
-    """The bot of a slot's ranking (bot → (log u, weight), non-empty) with the largest key
-    log(u) / weight (Efraimidis–Spirakis)."""
-    return max(keyed, key=lambda b: keyed[b][0] / max(keyed[b][1], 1e-9))
-
-
 def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
     """The turn id of ``bot_id``'s reply to a human message: the same in every process, so a
     reply request delivered twice (or planned again after a failover) is acted on once (the
@@ -239,17 +233,11 @@ def reply_turn_id(chat_id: int, telegram_message_id: int, bot_id: int) -> str:
                                               f"{bot_id}"))
 
 
-def _stable_unit(*parts: object) -> float:
-    """A number in [0, 1) that depends only on ``parts`` (stable across processes)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
 @functools.lru_cache(maxsize=1 << 16)
 def _budget_unit(seed: int, bot_id: int) -> float:
     """Where ``bot_id``'s hourly budget falls between the limit's min and max, in [0, 1)
     (a stable hash, kept for the last 65,536 bots: every ranking asks for it)."""
-    return _stable_unit(seed, "budget", bot_id)
+    return stable_unit(seed, "budget", bot_id)
 
 
 def draw_topic(chat_topics: dict[str, float], bot_topics: dict[str, float],
@@ -369,8 +357,8 @@ class Scheduler:
         self._chats: dict[int, _ChatState] = {}
         self._slots: dict[tuple[object, ...], list[Slot]] = {}
         self._rankings: dict[tuple[int, int, int], dict[int, tuple[float, float]]] = {}
-        # (chat, window, slot index) → the slot's first-ranked bot (_first_ranked of its
-        # ranking, kept: every tick asks for it)
+        # (chat, window, slot index) → the slot's first-ranked bot (the largest key
+        # log(u) / w of its ranking, kept: every tick asks for it)
         self._tops: dict[tuple[int, int, int], int] = {}
         self._latest_window = -1  # the latest window computed (older ones are pruned)
         # bot → answers to humans planned for it, over all chats (kept with st.planned)
@@ -719,7 +707,7 @@ class Scheduler:
                     w *= boost
                 log_u = math.log(max(u, 1e-300))
                 keyed[bot_id] = (log_u, w)
-                k = log_u / max(w, 1e-9)  # _first_ranked's key: the first largest wins
+                k = log_u / max(w, 1e-9)  # log(u^(1/w)); the first largest wins
                 if top is None or k > best:
                     top, best = bot_id, k
             key = (chat.chat_id, slot.window, slot.index)

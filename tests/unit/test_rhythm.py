@@ -484,4 +484,5 @@ def test_a_slots_ranking_is_exactly_the_documented_formula() -> None:
         assert s._tops[(9, window, index)] == top
         recent.append(top)
     units = StableUnits(3, "x", -7)
-    assert [units(b) for b in (0, 17, "z")] == [stable_unit(3, "x", -7, b) for b in (0, 17, "z")]
+    assert units.many([str(b).encode() for b in (0, 17, "z")]) == [
+        stable_unit(3, "x", -7, b) for b in (0, 17, "z")]
